@@ -1,0 +1,64 @@
+"""Run one backend over a list of jobs in this process: `python -m backends.worker BACKEND JOBS.json`.
+
+JOBS.json is a list of {"spec": <resolved spec>, "out": <records folder>}. Many jobs share one process so that
+a framework is imported (and its thread pools built) once. Exit codes: 0 done, 3 framework missing or a job failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from backends import BACKENDS, install_hint
+from common import record
+from common.datasets import load_dataset
+from common.driver import train
+
+
+def load_adapter(name: str):
+    """Import the backend's adapter module; ImportError of its framework becomes a clear message."""
+    module_name = BACKENDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"parity: backend '{name}' is not available ({exc.name or exc} not installed); "
+                         f"install it with: {install_hint(name)}") from None
+    return module
+
+
+def run_job(module, name: str, spec: dict, out: Path, progress: bool) -> None:
+    data = load_dataset(spec)
+    adapter = module.make_adapter(spec)
+    body = train(adapter, spec, data, progress=progress)
+    rec = record.build(name, adapter.versions(), adapter.device(), spec, body)
+    record.write(out, rec, record.arrays(body, data))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backends.worker")
+    parser.add_argument("backend", choices=sorted(BACKENDS))
+    parser.add_argument("jobs", type=Path)
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        module = load_adapter(args.backend)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    failed = 0
+    for job in json.loads(args.jobs.read_text(encoding="utf-8")):
+        try:
+            run_job(module, args.backend, job["spec"], Path(job["out"]), args.progress)
+        except Exception:  # one failed job must not lose the others; the traceback goes to the log
+            failed += 1
+            print(f"parity: backend '{args.backend}' failed on spec '{job['spec']['name']}':", file=sys.stderr)
+            traceback.print_exc()
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

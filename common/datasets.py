@@ -1,0 +1,185 @@
+"""Datasets, the train/test split and standardisation (numpy only).
+
+- `doughnuts`: two concentric noisy rings (the seeds' toy). Params: n (total points), noise (std of the radial
+  noise), radii (inner, outer). Label k is the ring k.
+- `iris` (150×4, 3 classes) and `digits` (1797×64, 10 classes): scikit-learn's bundled copies, no download.
+- `csv`: numeric feature columns plus an integer label column (`data.label_column`), with a header row.
+- `npz`: arrays `x` (N×F) and `y` (N,).
+
+Split: one permutation from `default_rng([seed, 1])`; the first round(N·test_fraction) rows are the test split,
+the rest the training split, each kept in permutation order. Standardisation: x' = (x − μ)/σ with μ, σ from the
+training split only (σ = 1 where a column is constant). Row ids in records index the training split so produced.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import InputError
+
+SPLIT_STREAM = 1
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The split, standardised data in float64; cast to the spec dtype by the consumer."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return self.train_x.shape[1]
+
+
+def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    allowed = {"n", "noise", "radii"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise InputError(f"spec key 'data.params.{unknown[0]}': unknown key for doughnuts (n, noise, radii)")
+    n = params.get("n", 400)
+    noise = params.get("noise", 0.1)
+    radii = params.get("radii", [1.0, 2.0])
+    if not isinstance(n, int) or isinstance(n, bool) or n < 4:
+        raise InputError(f"spec key 'data.params.n': expected an integer >= 4, got {n!r}")
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not np.isfinite(noise) or noise < 0:
+        raise InputError(f"spec key 'data.params.noise': expected a number >= 0, got {noise!r}")
+    if (not isinstance(radii, list) or len(radii) != 2
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in radii)):
+        raise InputError(f"spec key 'data.params.radii': expected two positive numbers, got {radii!r}")
+    rng = np.random.default_rng([seed, 0])
+    y = np.arange(n) % 2
+    angle = rng.uniform(0.0, 2 * np.pi, size=n)
+    radius = np.asarray(radii, dtype=np.float64)[y] + noise * rng.standard_normal(n)
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    return x, y
+
+
+def _sklearn(name: str, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    if params:
+        raise InputError(f"spec key 'data.params.{sorted(params)[0]}': {name} takes no params")
+    from sklearn import datasets as skd
+
+    bunch = skd.load_iris() if name == "iris" else skd.load_digits()
+    return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+
+
+def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise InputError(f"data file '{path}': not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"data file '{path}': unreadable ({exc.__class__.__name__})") from None
+    if not rows:
+        raise InputError(f"data file '{path}': empty")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if label_column not in header:
+        raise InputError(f"data file '{path}': no label column '{label_column}' (spec key 'data.label_column')")
+    if not body:
+        raise InputError(f"data file '{path}': no data rows")
+    label_at = header.index(label_column)
+    features, labels = [], []
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise InputError(f"data file '{path}': line {line} has {len(row)} fields, header has {len(header)}")
+        try:
+            values = [float(v) for v in row]
+        except ValueError:
+            raise InputError(f"data file '{path}': line {line} has a non-numeric value") from None
+        labels.append(values.pop(label_at))
+        features.append(values)
+    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in ("x", "y") if k not in archive.files]
+            if missing:
+                raise InputError(f"data file '{path}': missing array '{missing[0]}' (needs x and y)")
+            x, y = archive["x"], archive["y"]
+    except FileNotFoundError:
+        raise InputError(f"data file '{path}': not found") from None
+    except InputError:
+        raise
+    except Exception as exc:  # np.load raises several unrelated types on corrupt files
+        raise InputError(f"data file '{path}': unreadable ({exc.__class__.__name__})") from None
+    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        raise InputError(f"data file '{path}': x and y must be numeric")
+    return x.astype(np.float64), y.astype(np.float64)
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validate features and labels; return (x, integer y, number of classes C = max(y) + 1).
+
+    Errors: empty data, x not 2-D, mismatched lengths, NaN/inf, labels that are not integers in 0..C-1.
+    """
+    if x.ndim != 2:
+        raise InputError(f"{source}: x must be 2-D (rows × features), got shape {x.shape}")
+    if y.ndim != 1:
+        raise InputError(f"{source}: y must be 1-D, got shape {y.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"{source}: empty data")
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"{source}: {x.shape[0]} feature rows but {y.shape[0]} labels")
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{source}: features contain NaN or inf")
+    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
+        raise InputError(f"{source}: labels must be integers 0..C-1")
+    labels = y.astype(np.int64)
+    n_classes = int(labels.max()) + 1
+    if n_classes < 2:
+        raise InputError(f"{source}: need at least 2 classes, labels are all {labels.max()}")
+    return x, labels, n_classes
+
+
+def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, source: str):
+    """Deterministic split: permutation from default_rng([seed, 1]); test = the first round(N·f) rows."""
+    n = x.shape[0]
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n - n_test < 1:
+        raise InputError(f"spec key 'data.test_fraction': {test_fraction} leaves an empty split of {source} "
+                         f"({n} rows)")
+    order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n)
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def standardize(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x' = (x − μ)/σ, μ and σ (population std) from the training split; σ := 1 for constant columns."""
+    mean = train_x.mean(axis=0)
+    std = train_x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
+def load_dataset(spec: dict) -> Dataset:
+    """Build the split (and optionally standardised) dataset a resolved spec names."""
+    data = spec["data"]
+    name, seed = data["name"], spec["seed"]
+    if name == "doughnuts":
+        x, y = _doughnuts(data["params"], seed)
+        source = "doughnuts"
+    elif name in ("iris", "digits"):
+        x, y = _sklearn(name, data["params"])
+        source = name
+    else:
+        if data["params"]:
+            raise InputError(f"spec key 'data.params.{sorted(data['params'])[0]}': {name} takes no params")
+        path = Path(data["path"])
+        x, y = _read_csv(path, data["label_column"]) if name == "csv" else _read_npz(path)
+        source = f"data file '{path}'"
+    x, y, n_classes = check_arrays(x, y, source)
+    train_x, train_y, test_x, test_y = split(x, y, data["test_fraction"], seed, source)
+    if data["standardize"]:
+        train_x, test_x = standardize(train_x, test_x)
+    return Dataset(train_x, train_y, test_x, test_y, n_classes)

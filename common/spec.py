@@ -1,0 +1,244 @@
+"""The experiment spec: TOML schema, defaults, `--set` overrides and strict validation (DESIGN §4).
+
+A spec is a plain nested dict once resolved. Every key has a default, a type and an allowed range; unknown keys,
+wrong types and out-of-range values raise :class:`InputError` with a one-line message naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from common.errors import InputError
+
+
+@dataclass(frozen=True)
+class Field:
+    """One spec key: its default, its type and an optional check returning an error text or None."""
+
+    default: Any
+    kind: type | tuple
+    check: Callable[[Any], str | None] | None = None
+
+
+def _choice(*options: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in options else f"must be one of {', '.join(options)}"
+
+
+def _range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], str | None]:
+    def check(v):
+        if not math.isfinite(v):
+            return "must be finite"
+        if v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+            return f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        return None
+
+    return check
+
+
+def _positive_ints(v) -> str | None:
+    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
+        return "must be a list of positive integers"
+    return None
+
+
+SCHEMA: dict[str, Any] = {
+    "name": Field("iris-mlp", str),
+    "seed": Field(0, int, _range(0, 2**32 - 1)),
+    "dtype": Field("float32", str, _choice("float32", "float64")),
+    "mode": Field("exact", str, _choice("exact", "native")),
+    "data": {
+        "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz")),
+        "test_fraction": Field(0.2, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),
+        "standardize": Field(True, bool),
+        "path": Field("", str),
+        "label_column": Field("label", str),
+        "params": Field({}, dict),
+    },
+    "model": {
+        "kind": Field("mlp", str, _choice("mlp")),
+        "hidden": Field([32], list, _positive_ints),
+        "activation": Field("relu", str, _choice("relu", "tanh")),
+        "init": Field("torch_default", str, _choice("torch_default", "glorot_uniform", "lecun_normal")),
+    },
+    "batching": {
+        "batch_size": Field(16, int, _range(1, 2**31)),
+        "shuffle": Field(True, bool),
+        "last_batch": Field("keep", str, _choice("keep", "drop", "pad")),
+        "eval_batch_size": Field(0, int, _range(0, 2**31)),
+    },
+    "regularization": {
+        "dropout": Field(0.0, float, _range(0.0, 1.0, hi_open=True)),
+        "l1": Field(0.0, float, _range(0.0, 1e6)),
+        "l1_reduction": Field("mean", str, _choice("mean", "sum")),
+        "l2": Field(0.0, float, _range(0.0, 1e6)),
+        "weight_decay": Field(0.0, float, _range(0.0, 1e6)),
+        "decay": Field("coupled", str, _choice("coupled", "decoupled")),
+        "regularize_bias": Field(False, bool),
+    },
+    "optimizer": {
+        "name": Field("sgd", str, _choice("sgd", "adam", "adamw")),
+        "lr": Field(0.01, float, _range(0.0, 1e6, lo_open=True)),
+        "momentum": Field(0.0, float, _range(0.0, 1.0, hi_open=True)),
+        "nesterov": Field(False, bool),
+        "beta1": Field(0.9, float, _range(0.0, 1.0, hi_open=True)),
+        "beta2": Field(0.999, float, _range(0.0, 1.0, hi_open=True)),
+        "eps": Field(1e-8, float, _range(0.0, 1.0, lo_open=True)),
+    },
+    "train": {
+        "epochs": Field(5, int, _range(1, 100000)),
+    },
+    "metrics": {
+        "aggregation": Field("weighted", str, _choice("weighted", "per_batch_mean")),
+    },
+}
+
+DEFAULT_SPEC_NAME = "iris-mlp"
+"""The built-in default experiment: the seeds' iris MLP with shared dropout masks and a little weight decay."""
+
+_DEFAULT_OVERRIDES = {
+    "dtype": "float64",
+    "regularization": {"dropout": 0.5, "weight_decay": 0.001},
+    "optimizer": {"momentum": 0.9},
+}
+
+
+def defaults() -> dict:
+    """The schema's defaults as a nested dict."""
+
+    def walk(node):
+        return {k: (walk(v) if isinstance(v, dict) else copy.deepcopy(v.default)) for k, v in node.items()}
+
+    return walk(SCHEMA)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_type(key: str, value: Any, field: Field) -> Any:
+    kind = field.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise InputError(f"spec key '{key}': expected {kind.__name__}, got {type(value).__name__} {value!r}")
+    if field.check is not None:
+        problem = field.check(value)
+        if problem:
+            raise InputError(f"spec key '{key}': {value!r} {problem}")
+    return value
+
+
+def validate(spec: dict) -> dict:
+    """Check every key of a full spec against SCHEMA and the cross-key rules; return the normalised copy.
+
+    Cross-key rules:
+    - `optimizer.name = "adamw"` is Adam with decoupled decay, so `regularization.decay` must be "decoupled".
+    - `data.path` is required for csv and npz, and must be empty for the built-in datasets.
+    - Adam with decoupled decay is spelled `adamw`.
+    - `optimizer.nesterov` needs a momentum > 0 (torch raises otherwise).
+    """
+
+    def walk(node: dict, schema: dict, prefix: str) -> dict:
+        if not isinstance(node, dict):
+            raise InputError(f"spec key '{prefix.rstrip('.')}': expected a table")
+        unknown = sorted(set(node) - set(schema))
+        if unknown:
+            raise InputError(f"spec key '{prefix}{unknown[0]}': unknown key")
+        out = {}
+        for key, sub in schema.items():
+            dotted = prefix + key
+            if isinstance(sub, dict):
+                out[key] = walk(node.get(key, {}), sub, dotted + ".")
+            else:
+                out[key] = _check_type(dotted, node.get(key, copy.deepcopy(sub.default)), sub)
+        return out
+
+    out = walk(spec, SCHEMA, "")
+    if not out["name"].strip():
+        raise InputError("spec key 'name': must not be empty")
+    if out["optimizer"]["name"] == "adamw" and out["regularization"]["decay"] != "decoupled":
+        raise InputError("spec key 'regularization.decay': optimizer 'adamw' is decoupled by definition; "
+                         "set decay = \"decoupled\" or use optimizer 'adam'")
+    if out["optimizer"]["name"] == "adam" and out["regularization"]["decay"] == "decoupled":
+        raise InputError("spec key 'optimizer.name': Adam with decoupled decay is AdamW; set name = \"adamw\"")
+    if out["optimizer"]["nesterov"] and out["optimizer"]["momentum"] == 0.0:
+        raise InputError("spec key 'optimizer.nesterov': nesterov needs optimizer.momentum > 0")
+    if out["optimizer"]["name"] != "sgd" and (out["optimizer"]["momentum"] or out["optimizer"]["nesterov"]):
+        raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
+    needs_path = out["data"]["name"] in ("csv", "npz")
+    if needs_path and not out["data"]["path"]:
+        raise InputError(f"spec key 'data.path': required for data.name = '{out['data']['name']}'")
+    if not needs_path and out["data"]["path"]:
+        raise InputError(f"spec key 'data.path': only csv and npz read a path, not '{out['data']['name']}'")
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one `--set key.path=value`; the value is read as a TOML value, else kept as a string."""
+    if "=" not in text:
+        raise InputError(f"--set '{text}': expected key.path=value")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if not all(path):
+        raise InputError(f"--set '{text}': empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(spec: dict, overrides: list[str]) -> dict:
+    """Apply `--set` overrides to a raw (unvalidated) spec; unknown keys are caught by validate()."""
+    out = copy.deepcopy(spec)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set '{text}': '{part}' is not a table")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """Read a TOML spec file (or the built-in default when path is None), apply overrides, validate.
+
+    Relative `data.path` values are resolved against the spec file's folder.
+    """
+    if path is None:
+        raw = _merge(defaults(), _DEFAULT_OVERRIDES)
+    else:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"spec file '{path}': not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"spec file '{path}': unreadable ({exc.__class__.__name__})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"spec file '{path}': invalid TOML ({exc})") from None
+        data_path = raw.get("data", {}).get("path") if isinstance(raw.get("data"), dict) else None
+        if isinstance(data_path, str) and data_path and not Path(data_path).is_absolute():
+            raw["data"]["path"] = str((path.parent / data_path).resolve())
+    return validate(apply_overrides(raw, list(overrides)))
+
+
+def to_json(spec: dict) -> str:
+    """Canonical JSON text of a resolved spec (sorted keys), as stored in records."""
+    return json.dumps(spec, sort_keys=True)

@@ -1,0 +1,60 @@
+"""Shared test helpers: train a spec in this process on one backend and compare with the oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backends.worker import load_adapter
+from common import record
+from common.compare import compare
+from common.datasets import load_dataset
+from common.driver import train
+from common.spec import apply_overrides, defaults, validate
+from common.tolerance import tolerance_for
+
+
+def make_spec(**sections) -> dict:
+    """A validated spec: the schema defaults updated with `sections`, e.g. make_spec(dtype="float64",
+    batching={"batch_size": 7}). Top-level scalars and section dicts are both accepted."""
+    overrides = []
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            overrides += [f"{key}.{k}={_toml(v)}" for k, v in value.items()]
+        else:
+            overrides.append(f"{key}={_toml(value)}")
+    return validate(apply_overrides(defaults(), overrides))
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+def run_in_process(backend: str, spec: dict) -> tuple[dict, dict]:
+    """(record JSON, record NPZ) of one backend trained here, without files."""
+    module = load_adapter(backend)
+    data = load_dataset(spec)
+    adapter = module.make_adapter(spec)
+    body = train(adapter, spec, data)
+    rec = record.build(backend, adapter.versions(), adapter.device(), spec, body)
+    return rec, record.arrays(body, data)
+
+
+def compare_with_oracle(backend: str, spec: dict) -> dict:
+    """comparison.json body of `backend` against the numpy oracle, both trained here."""
+    records = {"numpy": run_in_process("numpy", spec), backend: run_in_process(backend, spec)}
+    return compare(records, "numpy", tolerance_for(spec["dtype"], spec["mode"]))
+
+
+def divergences(comparison: dict) -> list[str]:
+    """Human-readable lines for every divergent metric, empty when equivalent."""
+    return [f"{p['a']} vs {p['b']} {p['metric']}: step {p['first_divergent_step']}, "
+            f"max rel {p['max_rel_diff']}" for p in comparison["pairs"] if p["divergent"]]
+
+
+def worst_rel(comparison: dict) -> float:
+    vals = [p["max_rel_diff"] for p in comparison["pairs"] if p["max_rel_diff"] is not None]
+    return float(np.max(vals)) if vals else 0.0
