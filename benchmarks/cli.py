@@ -1,0 +1,115 @@
+"""The `parity` command line (DESIGN §4).
+
+    parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
+
+Exit codes: 0 equivalent (or native mode, where no per-step claim is made), 1 divergent, 2 bad input (one line
+naming the key or file, nothing written), 3 a backend failed or is not installed (the others still run and are
+compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from backends import FRAMEWORKS, REFERENCE
+from benchmarks import plots, report
+from benchmarks.runner import run_all
+from common import InputError, record
+from common.batching import BatchPlan
+from common.compare import compare
+from common.datasets import load_dataset
+from common.spec import load_spec
+from common.tolerance import tolerance_for
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises InputError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise InputError(f"arguments: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="parity", description="Run one experiment on PyTorch, TensorFlow and JAX and compare.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="train a spec on every backend and compare with the numpy oracle")
+    run.add_argument("spec", nargs="?", help="TOML spec file (default: the built-in iris experiment)")
+    run.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated: torch,tf,jax")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    run.add_argument("--out", type=Path, help="output folder (default: runs/<spec name>)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def parse_backends(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FRAMEWORKS]
+    if not names or unknown:
+        raise InputError(f"--backends: unknown backend '{unknown[0] if unknown else text}' "
+                         f"(choose from {', '.join(FRAMEWORKS)})")
+    return list(dict.fromkeys(names))
+
+
+def _prepare_out(out: Path, backends: list[str]) -> Path:
+    """Create the output folder and remove stale records of the backends about to run."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}': exists and is not a folder")
+    records_dir = out / "records"
+    for name in backends:
+        for suffix in (".json", ".npz"):
+            (records_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    for stale in ("comparison.json", "report.md", "loss.png"):
+        (out / stale).unlink(missing_ok=True)
+    records_dir.mkdir(parents=True, exist_ok=True)
+    return records_dir
+
+
+def command_run(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    backends = parse_backends(args.backends)
+    data = load_dataset(spec)  # every input error surfaces before anything is written
+    BatchPlan.from_spec(spec, data.train_x.shape[0])
+    out = args.out or Path("runs") / spec["name"]
+    everyone = [REFERENCE] + backends
+    records_dir = _prepare_out(out, everyone)
+    (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True), encoding="utf-8")
+
+    results = run_all(everyone, [(spec, records_dir)], out, progress=not args.quiet)
+    failed = {r.backend: r.message for r in results if not r.ok}
+    for name, message in failed.items():
+        print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
+    records = {r.backend: record.read(records_dir, r.backend) for r in results if r.ok}
+
+    comparison = compare(records, REFERENCE, tolerance_for(spec["dtype"], spec["mode"]))
+    comparison["failed"] = failed
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
+    plot = None
+    if records:
+        plots.loss_plot(records, REFERENCE, out / "loss.png")
+        plot = "loss.png"
+    (out / "report.md").write_text(report.markdown(spec, records, comparison, failed, plot), encoding="utf-8")
+    print(report.verdict_table(comparison, sorted(failed)))
+    print(f"records, comparison.json, report.md and loss.png in {out}")
+    if failed:
+        return 3
+    if comparison["claim"].startswith("none"):
+        return 0
+    return 0 if comparison["equivalent"] else 1
+
+
+COMMANDS = {"run": command_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"parity: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("parity: interrupted", file=sys.stderr)
+        return 130

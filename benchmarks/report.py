@@ -1,0 +1,103 @@
+"""The verdict table (terminal) and report.md, built from comparison.json and the records."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from common.compare import EPOCH_METRICS, first_divergence
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2e}" if isinstance(value, float) else str(value)
+
+
+def pair_rows(comparison: dict) -> list[dict]:
+    """One summary row per backend pair: worst relative differences by metric group and the first divergence."""
+    groups = defaultdict(list)
+    for p in comparison["pairs"]:
+        groups[(p["a"], p["b"])].append(p)
+    rows = []
+    for (a, b), pairs in groups.items():
+        def worst(select):
+            vals = [p["max_rel_diff"] for p in pairs if select(p["metric"]) and p["max_rel_diff"] is not None]
+            return max(vals) if vals else None
+
+        bad = [p for p in pairs if p["divergent"]]
+        first = min(bad, key=lambda p: p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18,
+                    default=None)
+        ids = next(p for p in pairs if p["metric"] == "batch_ids")
+        rows.append({
+            "a": a, "b": b,
+            "batch_ids": "identical" if not ids["divergent"] else f"differ at step {ids['first_divergent_step']}",
+            "loss": worst(lambda m: m == "loss"),
+            "metrics": worst(lambda m: m in EPOCH_METRICS),
+            "params": worst(lambda m: m.startswith("final/")),
+            "first": None if first is None else f"{first['metric']} @ {first['first_divergent_step']}",
+            "agree": not bad,
+        })
+    return rows
+
+
+def verdict_line(comparison: dict, failed: list[str]) -> str:
+    tol = comparison["tolerance"]
+    if comparison["claim"].startswith("none"):
+        head = "NO PER-STEP CLAIM (native mode: each framework's own RNG)"
+    elif comparison["equivalent"]:
+        head = f"EQUIVALENT within rtol {tol['rtol']:g} at every step"
+    else:
+        first = first_divergence(comparison)
+        head = "DIVERGENT" if first is None else (
+            f"DIVERGENT: {first['a']} vs {first['b']} first differ in {first['metric']} at "
+            f"{'step' if first['metric'] in ('loss', 'batch_ids') else 'epoch'} {first['first_divergent_step']} "
+            f"(max rel diff {_fmt(first['max_rel_diff'])})")
+    if failed:
+        head += f"; FAILED or missing: {', '.join(failed)}"
+    return head
+
+
+def verdict_table(comparison: dict, failed: list[str]) -> str:
+    """A fixed-width table for the terminal."""
+    header = f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10}  first divergence"
+    lines = [header, "-" * len(header)]
+    for r in pair_rows(comparison):
+        lines.append(f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
+                     f"{_fmt(r['params']):>10}  {r['first'] or '-'}")
+    lines.append("")
+    lines.append("verdict: " + verdict_line(comparison, failed))
+    return "\n".join(lines)
+
+
+def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str], plot: str | None) -> str:
+    """report.md: spec summary, versions, the verdict table, final metrics and the loss plot."""
+    tol = comparison["tolerance"]
+    out = [f"# Parity report: {spec['name']}", "",
+           f"**Verdict:** {verdict_line(comparison, sorted(failed))}", "",
+           f"- dtype `{spec['dtype']}`, mode `{spec['mode']}`, seed {spec['seed']}, data `{spec['data']['name']}`, "
+           f"batch {spec['batching']['batch_size']} (last batch `{spec['batching']['last_batch']}`), "
+           f"optimizer `{spec['optimizer']['name']}` lr {spec['optimizer']['lr']}, "
+           f"dropout {spec['regularization']['dropout']}, epochs {spec['train']['epochs']}",
+           f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}", ""]
+    out += ["## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
+    for name, (rec, _) in records.items():
+        versions = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
+        out.append(f"| {name} | {rec['device']} | {versions} | {len(rec['steps'])} | "
+                   f"{rec['timing']['train_s']:.2f} |")
+    for name, message in sorted(failed.items()):
+        out.append(f"| {name} | - | {message} | - | - |")
+    out += ["", "## Agreement (max relative difference per pair)", "",
+            "| a | b | batch ids | per-step loss | epoch metrics | final params | first divergence |",
+            "|---|---|---|---|---|---|---|"]
+    for r in pair_rows(comparison):
+        out.append(f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
+                   f"{_fmt(r['params'])} | {r['first'] or '-'} |")
+    out += ["", "## Final epoch metrics", "", "| backend | train loss | train acc | test loss | test acc |",
+            "|---|---|---|---|---|"]
+    for name, (rec, _) in records.items():
+        e = rec["epochs"][-1]
+        out.append(f"| {name} | {e['train_loss']:.10g} | {e['train_acc']:.6g} | {e['test_loss']:.10g} | "
+                   f"{e['test_acc']:.6g} |")
+    if plot:
+        out += ["", f"![per-step loss]({plot})"]
+    return "\n".join(out) + "\n"
