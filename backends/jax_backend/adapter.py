@@ -1,0 +1,106 @@
+"""The JAX backend as a common.driver.Adapter: flax.linen MLP + optax, trained by ONE jax.jit-ed pure step.
+
+    step(params, opt_state, x, y, w, masks, key) → (params, opt_state, loss),
+    loss = Σ w·ℓ / Σ w,  ℓ = optax.softmax_cross_entropy_with_integer_labels (per row; optax does not reduce).
+
+jit compiles once per distinct input shape: under last_batch "pad" every batch has the shape B (one compile), a
+ragged "keep" batch adds one more. `compile_count` counts them: it is incremented by the Python body of the step,
+which only runs when JAX traces a new signature. Native-mode dropout keys are `fold_in(key(seed), step)`, passed
+as an argument (not a closure constant) so they do not trigger recompiles. `jax_enable_x64` is process-global,
+which is why each backend runs in its own process; make_adapter turns it on for float64 specs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from backends.jax_backend import data as pipeline
+from backends.jax_backend import model as mlp
+from backends.jax_backend import optim
+from common.regularization import Regularization
+
+
+class JaxAdapter:
+    name = "jax"
+
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.dtype = np.dtype(spec["dtype"])
+        self.compile_count = 0
+
+    def versions(self) -> dict[str, str]:
+        import flax
+        import jaxlib
+
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                "optax": optax.__version__}
+
+    def device(self) -> str:
+        d = jax.devices()[0]
+        return "cpu" if d.platform == "cpu" else f"{d.platform}:{d.id} ({d.device_kind})"
+
+    def prepare(self, spec, data, plan, params):
+        self.data = data
+        self.pipeline = pipeline.Pipeline(data.train_x, data.train_y, plan, self.dtype)
+        native_rate = spec["regularization"]["dropout"] if spec["mode"] == "native" else 0.0
+        self.model = mlp.MLP(tuple(spec["model"]["hidden"]), data.n_classes, spec["model"]["activation"],
+                             native_rate, jnp.dtype(self.dtype))
+        self.params = mlp.load(self.model, params, data.n_features)
+        self.tx = optim.build(spec, Regularization.from_spec(spec), params)
+        self.opt_state = self.tx.init(self.params)
+        self.key = jax.random.key(spec["seed"])
+        self._step = jax.jit(self._train_step)
+        self._eval = jax.jit(self._eval_batch)
+
+    def _train_step(self, params, opt_state, x, y, w, masks, key):
+        self.compile_count += 1  # Python side effect: runs at trace time only
+
+        def loss_fn(p):
+            logits = self.model.apply(p, x, masks, train=True, rngs={"dropout": key})
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.sum(w * ce) / jnp.sum(w)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def _eval_batch(self, params, x, y, w):
+        logits = self.model.apply(params, x)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(w * ce), jnp.sum(w * (jnp.argmax(logits, axis=-1) == y))
+
+    def epoch_batches(self, epoch):
+        return self.pipeline.epoch(epoch)
+
+    def batch_ids(self, batch):
+        return batch.ids
+
+    def train_step(self, batch, step, masks):
+        if masks is not None:
+            masks = [jnp.asarray(m, dtype=self.dtype) for m in masks]
+        key = jax.random.fold_in(self.key, step)
+        self.params, self.opt_state, loss = self._step(self.params, self.opt_state, batch.x, batch.y, batch.w,
+                                                       masks, key)
+        return float(loss)
+
+    def evaluate(self, split, batches):
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        out = []
+        for batch in batches:
+            b = pipeline.to_device(x, y, batch, self.dtype)
+            loss_sum, correct = self._eval(self.params, b.x, b.y, b.w)
+            out.append((float(loss_sum), float(correct), batch.n_real))
+        return out
+
+    def parameters(self):
+        return mlp.to_canonical(self.params)
+
+
+def make_adapter(spec: dict) -> JaxAdapter:
+    """The adapter for a resolved spec; float64 specs switch on `jax_enable_x64` (before any array is made)."""
+    if spec["dtype"] == "float64":
+        jax.config.update("jax_enable_x64", True)
+    return JaxAdapter(spec)

@@ -1,0 +1,75 @@
+"""The MLP in flax.linen and the canonical ⇄ flax parameter mapping.
+
+Why linen (not nnx): `MLP.apply(params, x)` is a pure function of an explicit params pytree, so it drops straight
+into one `jax.jit`-ed step and into optax's pytree API without nnx.split/merge, and `nn.Dense`'s kernel is already
+stored (in, out) like the canonical layout, so the mapping is a renaming, never a transpose.
+
+Forward: every hidden Dense (named `layer{i}`) → activation → dropout, then the output Dense → logits.
+Dropout: exact mode multiplies by the shared pre-scaled mask passed in (no framework layer accepts an external
+mask); native mode uses `nn.Dropout` (inverted dropout, rng stream 'dropout'), deterministic unless `train`.
+Evaluation passes neither masks nor train=True, so dropout is off.
+Dense uses `precision=HIGHEST`: on GPUs JAX's DEFAULT precision may use TF32/bf16 passes for float32 matmuls
+(DESIGN §5 "Precision"); on CPU it changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+
+
+class MLP(nn.Module):
+    hidden: Sequence[int]
+    n_classes: int
+    activation: str
+    dropout: float  # native-mode nn.Dropout rate; exact mode uses the passed masks instead
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, masks=None, train: bool = False):
+        act = ACTIVATIONS[self.activation]
+        for i, width in enumerate(self.hidden):
+            x = act(self._dense(i, width)(x))
+            if masks is not None:
+                x = x * masks[i]
+            elif self.dropout > 0.0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return self._dense(len(self.hidden), self.n_classes)(x)
+
+    def _dense(self, i: int, features: int) -> nn.Dense:
+        return nn.Dense(features, dtype=self.dtype, param_dtype=self.dtype,
+                        precision=jax.lax.Precision.HIGHEST, name=f"layer{i}")
+
+
+def to_native(canonical: dict[str, Any]) -> dict:
+    """{'layer{i}.weight': a, 'layer{i}.bias': b} → {'params': {'layer{i}': {'kernel': a, 'bias': b}}}.
+
+    Leaves are passed through unchanged, so the same mapping builds optax masks and per-tensor coefficients.
+    """
+    tree: dict = {}
+    for name, leaf in canonical.items():
+        layer, kind = name.split(".")
+        tree.setdefault(layer, {})["kernel" if kind == "weight" else "bias"] = leaf
+    return {"params": tree}
+
+
+def to_canonical(params: dict) -> dict[str, np.ndarray]:
+    """The inverse of `to_native`, as numpy arrays."""
+    return {f"{layer}.{'weight' if kind == 'kernel' else 'bias'}": np.asarray(leaf)
+            for layer, leaves in params["params"].items() for kind, leaf in leaves.items()}
+
+
+def load(model: MLP, canonical: dict[str, np.ndarray], n_features: int) -> dict:
+    """Flax params holding `canonical`, checked against the structure and shapes `model.init` would create."""
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=model.dtype), to_native(canonical))
+    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, n_features), model.dtype))
+    shapes = jax.tree.map(lambda a: (a.shape, a.dtype), params)
+    if jax.tree.map(lambda a: (a.shape, a.dtype), expected) != shapes:
+        raise ValueError(f"canonical parameters do not fit the flax MLP: {shapes} vs {expected}")
+    return params

@@ -1,0 +1,80 @@
+"""The MLP as Keras 3 layers, and the canonical ⇄ native parameter mapping.
+
+Native mechanisms used:
+- `keras.layers.Dense(activation=relu|tanh)` per layer. Its kernel is stored (in, out), which *is* the canonical
+  layout, so loading and reading parameters is `set_weights` / `get_weights` without a transpose.
+- Regularization is attached where Keras puts it, as `kernel_regularizer` / `bias_regularizer` on each Dense
+  (built by optim.layer_regularizer); Keras then reports the penalties in `model.losses`.
+- dtype: every layer is built with the spec dtype (and the adapter sets `keras.config.set_floatx`).
+- Dropout after every hidden layer, train only:
+    exact mode:  h ← h · m with the driver's pre-scaled shared mask m, an explicit multiply, because no Keras layer
+                 accepts an external mask (DESIGN §5, "Dropout");
+    native mode: `keras.layers.Dropout(rate, seed=…)`, Keras's own inverted dropout and RNG, one seed per layer
+                 derived from the spec seed; `training=False` turns it off.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+if keras.backend.backend() != "tensorflow":
+    raise RuntimeError(f"backends.tf_backend needs KERAS_BACKEND=tensorflow, but Keras was loaded with "
+                       f"'{keras.backend.backend()}'")
+
+DROPOUT_STREAM = 5
+
+
+class MLP(keras.Model):
+    """Dense → act → dropout for each hidden layer, then a Dense output layer giving logits."""
+
+    def __init__(self, sizes: list[tuple[int, int]], activation: str, dtype: str,
+                 regularizers: dict[str, keras.regularizers.Regularizer | None], native_dropout: float, seed: int):
+        super().__init__(name="mlp", dtype=dtype)
+        last = len(sizes) - 1
+        self.dense = [
+            keras.layers.Dense(fan_out, activation=activation if i < last else None, dtype=dtype, name=f"layer{i}",
+                               kernel_regularizer=regularizers.get(f"layer{i}.weight"),
+                               bias_regularizer=regularizers.get(f"layer{i}.bias"))
+            for i, (_, fan_out) in enumerate(sizes)]
+        self.dropout = [
+            keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
+                                 seed=int(np.random.SeedSequence([seed, DROPOUT_STREAM, i]).generate_state(1)[0]))
+            for i in range(last)] if native_dropout > 0 else []
+
+    def call(self, x, masks=None, training=False):
+        h = x
+        for i, dense in enumerate(self.dense[:-1]):
+            h = dense(h)
+            if masks is not None:
+                h = h * masks[i]
+            elif self.dropout:
+                h = self.dropout[i](h, training=training)
+        return self.dense[-1](h)
+
+
+def build_mlp(sizes, activation, dtype, regularizers, native_dropout, seed) -> MLP:
+    """An MLP with its variables created (one eval-mode call on a zero row)."""
+    model = MLP(sizes, activation, dtype, regularizers, native_dropout, seed)
+    model(np.zeros((1, sizes[0][0]), dtype=dtype))
+    return model
+
+
+def load_params(model: MLP, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters in (Keras kernel (in, out) = canonical weight, no transpose)."""
+    for i, dense in enumerate(model.dense):
+        dense.set_weights([params[f"layer{i}.weight"], params[f"layer{i}.bias"]])
+
+
+def canonical_params(model: MLP) -> dict[str, np.ndarray]:
+    """Current parameters in the canonical layout."""
+    out = {}
+    for i, dense in enumerate(model.dense):
+        out[f"layer{i}.weight"], out[f"layer{i}.bias"] = dense.get_weights()
+    return out
+
+
+def dense_variables(model: MLP) -> dict[str, keras.Variable]:
+    """Canonical name → the Keras variable that holds it (for per-tensor optimizer settings)."""
+    return {name: var for i, dense in enumerate(model.dense)
+            for name, var in ((f"layer{i}.weight", dense.kernel), (f"layer{i}.bias", dense.bias))}

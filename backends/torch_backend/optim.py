@@ -1,0 +1,66 @@
+"""torch.optim built from common.regularization.Regularization (the conversions are decided there; DESIGN §5).
+
+Two parameter groups, regularized (`Regularization.applies`) and not, so that weight decay never touches the
+biases unless `regularize_bias`:
+- coupled c (= 2·l2 + coupled wd) → the group's native `weight_decay=c` of `SGD` / `Adam` (grad += c·w);
+- decoupled d under adamw → `AdamW(weight_decay=d)`. torch has no decoupled SGD, so for SGD AdamW's own line
+  `p.mul_(1 − lr·d)` is applied to the regularized group just before `SGD.step()`;
+- when decoupled decay is on, the coupled part (from l2) cannot ride in `weight_decay`: AdamW has no coupled slot,
+  and SGD's would read the weights after the decoupled line shrank them. It becomes the loss term (c/2)·Σw²,
+  whose gradient c·w is taken at the pre-update weights, as the canonical rule says;
+- L1 has no torch mechanism: the loss term Σ_t f_t·Σ|w_t| (f_t = `Regularization.l1_coefficient`); autograd
+  differentiates |w| at 0 to 0, the canonical sign(0) = 0.
+Penalty terms enter the backward pass only; the recorded loss stays the cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.regularization import Regularization
+
+
+class TorchOptimizer:
+    """A torch.optim optimizer plus the penalty terms and the pre-step decoupled decay torch lacks natively."""
+
+    def __init__(self, spec: dict, model: nn.Module):
+        o = spec["optimizer"]
+        self.reg = reg = Regularization.from_spec(spec)
+        self.lr = o["lr"]
+        named = list(model.named_parameters())
+        self.regularized = [(n, p) for n, p in named if reg.applies(n)]
+        plain = [p for n, p in named if not reg.applies(n)]
+        decoupled = reg.decoupled > 0.0
+        native_wd = reg.decoupled if o["name"] == "adamw" else (0.0 if decoupled else reg.coupled)
+        self.loss_l2 = reg.coupled if decoupled else 0.0  # c carried as a loss term (see module docstring)
+        self.sgd_decay = reg.decoupled if o["name"] == "sgd" else 0.0
+        groups = [g for g in ({"params": [p for _, p in self.regularized], "weight_decay": native_wd},
+                              {"params": plain, "weight_decay": 0.0}) if g["params"]]
+        if o["name"] == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o["momentum"], nesterov=o["nesterov"])
+        else:
+            cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
+            self.opt = cls(groups, lr=self.lr, betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+
+    def penalty(self) -> torch.Tensor | float:
+        """The loss terms for what torch.optim cannot express: L1, and (c/2)·Σw² under decoupled decay."""
+        total = 0.0
+        for name, p in self.regularized:
+            f = self.reg.l1_coefficient(name, p.numel())
+            if f:
+                total = total + f * p.abs().sum()
+            if self.loss_l2:
+                total = total + (self.loss_l2 / 2.0) * p.square().sum()
+        return total
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Decoupled decay for SGD (AdamW's line, before the step), then the native optimizer step."""
+        if self.sgd_decay:
+            for _, p in self.regularized:
+                p.mul_(1.0 - self.lr * self.sgd_decay)
+        self.opt.step()

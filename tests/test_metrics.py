@@ -1,0 +1,51 @@
+"""Aggregation: the weighted metric ignores the evaluation batching; the per-batch mean does not (banding)."""
+
+import numpy as np
+from hypothesis import assume, given, settings, strategies as st
+
+from common.batching import eval_batches
+from common.metrics import aggregate, cross_entropy, weighted_mean
+
+
+def _per_batch(values, size):
+    batches = eval_batches(len(values), size)
+    return [float(values[b.ids].sum()) for b in batches], [b.rows for b in batches]
+
+
+@settings(max_examples=80, deadline=None)
+@given(correct=st.lists(st.booleans(), min_size=2, max_size=50), size=st.integers(0, 60))
+def test_weighted_accuracy_independent_of_eval_batch_size(correct, size):
+    values = np.array(correct, dtype=float)
+    sums, counts = _per_batch(values, size)
+    assert np.isclose(aggregate(sums, counts, "weighted"), values.mean(), rtol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(correct=st.lists(st.booleans(), min_size=3, max_size=50), size=st.integers(2, 49))
+def test_per_batch_mean_depends_on_batching_when_batches_are_unequal(correct, size):
+    values = np.array(correct, dtype=float)
+    n = len(values)
+    assume(size < n and n % size != 0)  # k >= 1 full batches of `size` and a shorter last one of r rows
+    sums, counts = _per_batch(values, size)
+    k, r = n // size, n % size
+    full, last = values[: k * size].mean(), values[k * size:].mean()
+    assert np.isclose(aggregate(sums, counts, "per_batch_mean"), (k * full + last) / (k + 1))
+    assert np.isclose(aggregate(sums, counts, "weighted"), (k * size * full + r * last) / n)
+    if not np.isclose(last, full):
+        assert not np.isclose(aggregate(sums, counts, "per_batch_mean"), aggregate(sums, counts, "weighted"))
+
+
+def test_banding_quantisation_of_a_batch_of_two():
+    batches = eval_batches(30, 28)
+    last = batches[-1]
+    assert last.rows == 2
+    scores = {aggregate([c], [2], "per_batch_mean") for c in (0, 1, 2)}
+    assert scores == {0.0, 0.5, 1.0}
+
+
+def test_cross_entropy_matches_definition():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(5, 3)) * 10, rng.integers(0, 3, 5)
+    expected = [np.log(np.exp(z).sum()) - z[y] for z, y in zip(logits, labels)]
+    assert np.allclose(cross_entropy(logits, labels), expected, rtol=1e-12)
+    assert weighted_mean(np.array([1.0, 3.0, 100.0]), np.array([1.0, 1.0, 0.0])) == 2.0
