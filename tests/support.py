@@ -62,3 +62,47 @@ def divergences(comparison: dict) -> list[str]:
 def worst_rel(comparison: dict) -> float:
     vals = [p["max_rel_diff"] for p in comparison["pairs"] if p["max_rel_diff"] is not None]
     return float(np.max(vals)) if vals else 0.0
+
+
+_BASE = {"batching": {"batch_size": 7}, "train": {"epochs": 6}}
+EXACT_MATRIX = {
+    # id: sections; iris has 120 training rows, so batch 7 leaves a last batch of 1 (>= 102 steps in 6 epochs)
+    "keep-shuffle-sgd-momentum-coupled-drop0.5": {
+        "batching": {"last_batch": "keep"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "regularization": {"weight_decay": 1e-3, "dropout": 0.5}},
+    "drop-ordered-nesterov-l2-bias-drop0.3": {
+        "batching": {"last_batch": "drop", "shuffle": False}, "optimizer": {"lr": 0.05, "momentum": 0.9,
+                                                                             "nesterov": True},
+        "regularization": {"l2": 1e-3, "regularize_bias": True, "dropout": 0.3}},
+    "pad-shuffle-adam-l1mean-tanh-glorot": {
+        "batching": {"last_batch": "pad"}, "optimizer": {"name": "adam", "lr": 0.01},
+        "model": {"activation": "tanh", "init": "glorot_uniform"}, "regularization": {"l1": 1e-3}},
+    "keep-ordered-adamw-bias-drop0.3-lecun": {
+        "batching": {"last_batch": "keep", "shuffle": False}, "optimizer": {"name": "adamw", "lr": 0.01},
+        "model": {"init": "lecun_normal"},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3}},
+    "pad-shuffle-sgd-decoupled-l1sum-drop0.5": {
+        "batching": {"last_batch": "pad"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4, "l1_reduction": "sum",
+                           "dropout": 0.5}},
+    "drop-shuffle-adam-coupled-l2-l1-bias-deep": {
+        "batching": {"last_batch": "drop"}, "optimizer": {"name": "adam", "lr": 0.01},
+        "model": {"hidden": [16, 8]},
+        "regularization": {"weight_decay": 1e-3, "l2": 1e-3, "l1": 1e-3, "regularize_bias": True,
+                           "dropout": 0.5}},
+    "keep-shuffle-sgd-l1-on-zero-biases": {
+        "batching": {"last_batch": "keep"}, "optimizer": {"lr": 0.05}, "model": {"init": "glorot_uniform"},
+        "regularization": {"l1": 1e-2, "regularize_bias": True}},
+    "pad-ordered-adamw-l2-banded-eval": {
+        "batching": {"last_batch": "pad", "shuffle": False, "eval_batch_size": 8},
+        "optimizer": {"name": "adamw", "lr": 0.01}, "metrics": {"aggregation": "per_batch_mean"},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3, "dropout": 0.3}},
+}
+
+
+def matrix_spec(case: str, dtype: str = "float64") -> dict:
+    """One covering-matrix experiment as a validated spec."""
+    sections = {k: dict(v) for k, v in _BASE.items()}
+    for key, value in EXACT_MATRIX[case].items():
+        sections.setdefault(key, {}).update(value)
+    return make_spec(dtype=dtype, name=case, **sections)

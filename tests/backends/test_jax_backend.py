@@ -78,7 +78,6 @@ def test_float64_exact_matches_oracle(name):
     assert divergences(comparison) == []
 
 
-
 def test_float32_exact_matches_oracle():
     config = CONFIGS["pad-shuffle-adam-l1sum-coupled-bias"]
     spec = spec_for(dtype="float32", **{**config, "regularization": {**config["regularization"], "dropout": 0.3}})
