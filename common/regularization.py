@@ -12,8 +12,9 @@ The recorded per-step loss is the cross-entropy alone; P is not part of it.
 Conversions (each adapter reads these, nothing else):
 - torch: coupled c → `SGD/Adam(weight_decay=c)` on the regularized parameter group (torch λ = 2·l2: the "L2 is
   weight_decay" trap). Decoupled d → `AdamW(weight_decay=d)`; torch has no decoupled SGD, so the adapter applies
-  AdamW's own decay line `p.mul_(1 − lr·d)` before `SGD.step()`. AdamW has no coupled slot, so under AdamW the
-  coupled part is a loss term (c/2)·Σw². L1 is a loss term (torch has no L1).
+  AdamW's own decay line `p.mul_(1 − lr·d)` before `SGD.step()`. Whenever d > 0 the coupled part is a loss term
+  (c/2)·Σw² instead: AdamW has no coupled slot, and SGD's would read weights the decay line already shrank
+  (giving c·w·(1 − lr·d)). L1 is a loss term (torch has no L1).
 - Keras: coupled c → `regularizers.L2(c/2)` (Keras L2(f) adds f·Σw², gradient 2f·w). L1 → `regularizers.L1(f)`
   with f = l1/n_t (mean form) or l1 (sum). Decoupled d → the optimizer's `weight_decay=d` (Keras decay is
   decoupled and hits every variable unless excluded), biases excluded unless `regularize_bias`.

@@ -73,4 +73,4 @@ def make_loader(dataset: RowsDataset, plan: BatchPlan, seed: int) -> DataLoader:
     """DataLoader over `dataset` walking `plan`, with its own Generator (the global torch RNG stays untouched)."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=_already_collated,
-                      )
+                      generator=generator)
