@@ -1,7 +1,9 @@
 """Run one backend over a list of jobs in this process: `python -m backends.worker BACKEND JOBS.json`.
 
 JOBS.json is a list of {"spec": <resolved spec>, "out": <records folder>}. Many jobs share one process so that
-a framework is imported (and its thread pools built) once. Exit codes: 0 done, 3 framework missing or a job failed.
+a framework is imported (and its thread pools built) once. After each job's record is written it prints
+`done <job index>` on stdout (sweeps append results as they come). Exit codes: 0 done, 3 framework missing or a
+job failed.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 3
     failed = 0
-    for job in json.loads(args.jobs.read_text(encoding="utf-8")):
+    for index, job in enumerate(json.loads(args.jobs.read_text(encoding="utf-8"))):
         try:
             run_job(module, args.backend, job["spec"], Path(job["out"]), args.progress)
+            print(f"done {index}", flush=True)
         except Exception:  # one failed job must not lose the others; the traceback goes to the log
             failed += 1
             print(f"parity: backend '{args.backend}' failed on spec '{job['spec']['name']}':", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The `parity` command line (DESIGN §4).
 
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
+    parity sweep PRESET [--full] [--workers N] [--out DIR]
 
 Exit codes: 0 equivalent (or native mode, where no per-step claim is made), 1 divergent, 2 bad input (one line
 naming the key or file, nothing written), 3 a backend failed or is not installed (the others still run and are
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
 from benchmarks import plots, report
+from benchmarks.presets import list_presets
 from benchmarks.runner import run_all
+from benchmarks.sweep import run_sweep
 from common import InputError, record
 from common.batching import BatchPlan
 from common.compare import compare
@@ -41,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<spec name>)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
+    sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
+    sweep.add_argument("--full", action="store_true", help="full size (default: the reduced CI size)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    sweep.add_argument("--out", type=Path, help="output folder (default: runs/sweeps/<preset>[-ci])")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -100,7 +109,13 @@ def command_run(args) -> int:
     return 0 if comparison["equivalent"] else 1
 
 
-COMMANDS = {"run": command_run}
+def command_sweep(args) -> int:
+    if args.workers < 1:
+        raise InputError(f"--workers: {args.workers} must be at least 1")
+    return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
+
+
+COMMANDS = {"run": command_run, "sweep": command_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,3 +31,77 @@ def loss_plot(records: dict, reference: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _final_rows(rows: list[dict]) -> list[dict]:
+    last = {}
+    for r in rows:
+        key = r["run_key"]
+        if key not in last or int(r["epoch"]) > int(last[key]["epoch"]):
+            last[key] = r
+    return list(last.values())
+
+
+def _label(row: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys)
+
+
+def sweep_plots(rows: list[dict], keys: list[str], sweep, out: Path, name: str) -> None:
+    """One figure, the backends side by side; bottom row: generalisation gap (train − test accuracy).
+
+    plot = final:  final train/test accuracy against the first swept key (mean over seeds).
+    plot = curves: the test metric against epoch, one line per grid point (train dashed).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fig, axes = plt.subplots(2, len(backends), figsize=(4.2 * len(backends), 6.5), squeeze=False, sharex="col")
+    for col, backend in enumerate(backends):
+        top, bottom = axes[0][col], axes[1][col]
+        mine = [r for r in rows if r["backend"] == backend]
+        if sweep.plot == "final":
+            finals = _final_rows(mine)
+            xs = sorted({float(r[keys[0]]) for r in finals})
+            for metric, style in (("train_acc", "--"), ("test_acc", "-")):
+                ys = [np.mean([float(r[metric]) for r in finals if float(r[keys[0]]) == x]) for x in xs]
+                top.plot(xs, ys, style, marker="o", label=metric)
+            gaps = [np.mean([float(r["gap"]) for r in finals if float(r[keys[0]]) == x]) for x in xs]
+            bottom.plot(xs, gaps, marker="o", color="tab:red")
+            bottom.set_xlabel(keys[0])
+        else:
+            for label in dict.fromkeys(_label(r, keys) for r in mine):
+                series = sorted((r for r in mine if _label(r, keys) == label and int(r["seed"]) == int(mine[0]["seed"])),
+                                key=lambda r: int(r["epoch"]))
+                epochs = [int(r["epoch"]) for r in series]
+                line, = top.plot(epochs, [float(r[f"test_{sweep.metric}"]) for r in series], label=label)
+                top.plot(epochs, [float(r[f"train_{sweep.metric}"]) for r in series], "--", color=line.get_color())
+                bottom.plot(epochs, [float(r["gap"]) for r in series], color=line.get_color())
+            bottom.set_xlabel("epoch")
+        top.set_title(backend)
+        top.set_ylabel("accuracy" if sweep.plot == "final" or sweep.metric == "acc" else "loss")
+        bottom.set_ylabel("gap: train − test accuracy")
+        top.legend(fontsize=7)
+    fig.suptitle(name)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=90)
+    plt.close(fig)
+
+
+def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
+    """Markdown: final-epoch metrics per grid point and backend, averaged over seeds."""
+    finals = _final_rows(rows)
+    groups: dict[tuple, list[dict]] = {}
+    for r in finals:
+        groups.setdefault((_label(r, keys), r["backend"]), []).append(r)
+    lines = [f"# Sweep {name}", "", "| point | backend | seeds | train acc | test acc | gap | test loss |",
+             "|---|---|---|---|---|---|---|"]
+    for (label, backend), rs in groups.items():
+        mean = {m: np.mean([float(r[m]) for r in rs]) for m in ("train_acc", "test_acc", "gap", "test_loss")}
+        lines.append(f"| {label} | {backend} | {len(rs)} | {mean['train_acc']:.4f} | {mean['test_acc']:.4f} | "
+                     f"{mean['gap']:+.4f} | {mean['test_loss']:.4f} |")
+    return "\n".join(lines) + "\n"

@@ -5,8 +5,8 @@
            optimizer )
 
 optimizer, checked against optax 0.2.8's source:
-- sgd:   `optax.sgd(lr, momentum or None, nesterov)` = chain(trace, scale(−lr)); trace keeps b ← g + μ·b (b₁ = g)
-         and returns g + μ·b under nesterov: torch's update.
+- sgd:   `optax.sgd(lr, momentum or None, nesterov)` = chain(trace, scale(−lr)); trace keeps b ← g + μ·b
+         (b₁ = g, from zeros) and returns g + μ·b under nesterov: torch's update.
 - sgd with decoupled d: chain(trace(μ, nesterov), add_decayed_weights(d, mask), scale_by_learning_rate(lr)),
          i.e. w ← w − lr·(u + d·w) (optax.adamw's own layout, with the SGD trace in place of scale_by_adam).
 - adam:  `optax.adam(lr, b1, b2, eps)`: m̂/(√v̂ + ε) with eps_root = 0, torch's ε placement.

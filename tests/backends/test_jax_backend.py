@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("jax")
+jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("optax")
+
+import jax.numpy as jnp  # noqa: E402
 
 from backends.numpy_backend.model import forward  # noqa: E402
 from backends.worker import load_adapter  # noqa: E402
@@ -84,8 +86,11 @@ def test_float32_exact_matches_oracle():
     comparison = compare_with_oracle("jax", spec)
     assert comparison["tolerance"]["rtol"] == 1e-4
     assert divergences(comparison) == []
-    _, npz = run_in_process("jax", spec)
-    assert all(npz[k].dtype == np.float32 for k in npz if k.startswith("final/"))
+    # x64 is on for every spec (see adapter.py); nothing may silently promote to float64
+    adapter, _, body = trained_adapter(spec)
+    leaves = jax.tree.leaves((adapter.params, adapter.opt_state))
+    assert {str(a.dtype) for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {"float32"}
+    assert all(v.dtype == np.float32 for v in body["final"].values())
 
 
 @pytest.mark.parametrize("mode", ["exact", "native"])
@@ -143,8 +148,6 @@ def test_padded_batch_equals_ragged_batch():
 
 
 def test_l1_uses_sign_with_zero_at_zero():
-    import jax.numpy as jnp
-
     from backends.jax_backend.optim import l1_sign
 
     tx = l1_sign({"w": 0.5})
