@@ -100,6 +100,8 @@ def command_run(args) -> int:
         plots.loss_plot(records, REFERENCE, out / "loss.png")
         plot = "loss.png"
     (out / "report.md").write_text(report.markdown(spec, records, comparison, failed, plot), encoding="utf-8")
+    for warning in report.banding_warnings(spec, records):
+        print(warning)
     print(report.verdict_table(comparison, sorted(failed)))
     print(f"records, comparison.json, report.md and loss.png in {out}")
     if failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from common.compare import EPOCH_METRICS, first_divergence
+from common.metrics import banding
 
 
 def _fmt(value) -> str:
@@ -57,6 +58,23 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
     return head
 
 
+def banding_warnings(spec: dict, records: dict) -> list[str]:
+    """One line per split whose epoch accuracy is quantised by per-batch-mean aggregation (common.metrics)."""
+    if not records:
+        return []
+    rec = next(iter(records.values()))[0]
+    out = []
+    for split, sizes in rec["epochs"][0]["eval_batch_sizes"].items():
+        found = banding(sizes, spec["metrics"]["aggregation"])
+        if found:
+            levels = ", ".join(f"{v:g}" for v in found["levels"][:6]) + (", …" if len(found["levels"]) > 6 else "")
+            out.append(f"WARNING banding: {split} accuracy is the mean of per-batch accuracies over unequal batches "
+                       f"{found['batch_sizes']}; the batch of {found['smallest']} can only score {levels}, so the "
+                       f"epoch accuracy moves in steps of {found['step']:.3g}. Use metrics.aggregation = "
+                       f"\"weighted\" (per sample).")
+    return out
+
+
 def verdict_table(comparison: dict, failed: list[str]) -> str:
     """A fixed-width table for the terminal."""
     header = f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10}  first divergence"
@@ -79,7 +97,8 @@ def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str]
            f"optimizer `{spec['optimizer']['name']}` lr {spec['optimizer']['lr']}, "
            f"dropout {spec['regularization']['dropout']}, epochs {spec['train']['epochs']}",
            f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}", ""]
-    out += ["## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
+    out += [f"> {w}" for w in banding_warnings(spec, records)]
+    out += ["", "## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
     for name, (rec, _) in records.items():
         versions = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
         out.append(f"| {name} | {rec['device']} | {versions} | {len(rec['steps'])} | "

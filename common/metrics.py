@@ -35,3 +35,17 @@ def aggregate(sums: list[float], counts: list[int], how: str) -> float:
     if how == "per_batch_mean":
         return float(np.mean(sums / counts))
     raise ValueError(f"unknown aggregation {how!r}")
+
+
+def banding(batch_sizes: list[int], how: str) -> dict | None:
+    """Detect the banding situation: per-batch-mean aggregation over unequal evaluation batches.
+
+    A batch of k rows can only score accuracies j/k (j = 0..k); under the per-batch mean over B batches it moves the
+    epoch accuracy in steps of 1/(k·B), so the smallest batch quantises the curve into visible bands. Returns
+    None when the aggregation is weighted or the batches are equal.
+    """
+    if how != "per_batch_mean" or len(set(batch_sizes)) <= 1:
+        return None
+    k = min(batch_sizes)
+    return {"batch_sizes": list(batch_sizes), "smallest": k, "levels": [j / k for j in range(k + 1)],
+            "step": 1.0 / (k * len(batch_sizes))}

@@ -49,3 +49,30 @@ def test_cross_entropy_matches_definition():
     expected = [np.log(np.exp(z).sum()) - z[y] for z, y in zip(logits, labels)]
     assert np.allclose(cross_entropy(logits, labels), expected, rtol=1e-12)
     assert weighted_mean(np.array([1.0, 3.0, 100.0]), np.array([1.0, 1.0, 0.0])) == 2.0
+
+
+def test_banding_detection_rule():
+    from common.metrics import banding
+
+    assert banding([78, 2], "weighted") is None
+    assert banding([40, 40], "per_batch_mean") is None
+    found = banding([78, 2], "per_batch_mean")
+    assert found["smallest"] == 2 and found["levels"] == [0.0, 0.5, 1.0] and found["step"] == 0.25
+
+
+def test_doughnuts_banding_is_reproduced_by_the_oracle():
+    """Seeds 000/002: test batches of 78 and 2 averaged per batch give accuracies (j/78 + a₂)/2, a₂ ∈ {0, ½, 1}."""
+    from benchmarks.presets import expand, load_preset
+    from tests.support import run_in_process
+
+    raw, sweep, _ = load_preset("doughnuts-banding", full=False)
+    runs = {(r.point["metrics.aggregation"], r.point["batching.eval_batch_size"]): r for r in expand(raw, sweep)}
+    banded = run_in_process("numpy", runs[("per_batch_mean", 78)].spec)[0]["epochs"]
+    weighted = run_in_process("numpy", runs[("weighted", 78)].spec)[0]["epochs"]
+    whole = run_in_process("numpy", runs[("weighted", 0)].spec)[0]["epochs"]
+    for b, w, h in zip(banded, weighted, whole):
+        assert w["test_acc"] == h["test_acc"]  # weighted: independent of the evaluation batch size
+        fits = [abs(round((2 * b["test_acc"] - a2) * 78) - (2 * b["test_acc"] - a2) * 78) < 1e-9
+                for a2 in (0.0, 0.5, 1.0)]
+        assert any(fits)
+    assert any(b["test_acc"] != w["test_acc"] for b, w in zip(banded, weighted))
