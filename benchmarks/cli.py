@@ -25,6 +25,7 @@ from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
 from common.spec import load_spec
+from common.stats import seed_equivalence
 from common.tolerance import tolerance_for
 
 
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated: torch,tf,jax")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<spec name>)")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="K > 1: run seeds seed..seed+K-1 and test final metrics for equivalence (TOST)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
     sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
@@ -76,24 +79,47 @@ def _prepare_out(out: Path, backends: list[str]) -> Path:
     return records_dir
 
 
-def command_run(args) -> int:
-    spec = load_spec(args.spec, args.overrides)
-    backends = parse_backends(args.backends)
-    data = load_dataset(spec)  # every input error surfaces before anything is written
-    BatchPlan.from_spec(spec, data.train_x.shape[0])
-    out = args.out or Path("runs") / spec["name"]
-    everyone = [REFERENCE] + backends
-    records_dir = _prepare_out(out, everyone)
-    (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True), encoding="utf-8")
-
-    results = run_all(everyone, [(spec, records_dir)], out, progress=not args.quiet)
+def _run_backends(spec: dict, seeds: list[int], out: Path, backends: list[str], quiet: bool):
+    """Run every backend over the seeds; returns ({seed: {backend: record}}, {failed backend: message})."""
+    folders = {seed: out / "records" if len(seeds) == 1 else out / "seeds" / f"seed-{seed}" / "records"
+               for seed in seeds}
+    for folder in folders.values():
+        _prepare_out(folder.parent, backends)
+    jobs = [({**spec, "seed": seed}, folder) for seed, folder in folders.items()]
+    results = run_all(backends, jobs, out, progress=not quiet)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
-    records = {r.backend: record.read(records_dir, r.backend) for r in results if r.ok}
+    runs = {seed: {b: record.read(folder, b) for b in backends if (folder / f"{b}.json").exists()}
+            for seed, folder in folders.items()}
+    return runs, failed
+
+
+def command_run(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    backends = parse_backends(args.backends)
+    if args.seeds < 1:
+        raise InputError(f"--seeds: {args.seeds} must be at least 1")
+    data = load_dataset(spec)  # every input error surfaces before anything is written
+    BatchPlan.from_spec(spec, data.train_x.shape[0])
+    out = args.out or Path("runs") / spec["name"]
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}': exists and is not a folder")
+    everyone = [REFERENCE] + backends
+    seeds = list(range(spec["seed"], spec["seed"] + args.seeds))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True), encoding="utf-8")
+    runs, failed = _run_backends(spec, seeds, out, everyone, args.quiet)
+    records = runs[seeds[0]]
 
     comparison = compare(records, REFERENCE, tolerance_for(spec["dtype"], spec["mode"]))
     comparison["failed"] = failed
+    if len(seeds) > 1:
+        finals = {b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]]
+                      for m in ("test_acc", "test_loss")} for b in everyone if b not in failed}
+        comparison["seeds"] = seeds
+        comparison["statistical"] = seed_equivalence(finals, spec)
+        comparison["equivalent"] = bool(comparison["statistical"]) and all(p["verdict"].startswith("equivalent") for p in comparison["statistical"])
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
     plot = None
     if records:
@@ -103,10 +129,12 @@ def command_run(args) -> int:
     for warning in report.banding_warnings(spec, records):
         print(warning)
     print(report.verdict_table(comparison, sorted(failed)))
+    if "statistical" in comparison:
+        print(report.statistical_table(comparison))
     print(f"records, comparison.json, report.md and loss.png in {out}")
     if failed:
         return 3
-    if comparison["claim"].startswith("none"):
+    if "statistical" not in comparison and comparison["claim"].startswith("none"):
         return 0
     return 0 if comparison["equivalent"] else 1
 

@@ -43,7 +43,11 @@ def pair_rows(comparison: dict) -> list[dict]:
 
 def verdict_line(comparison: dict, failed: list[str]) -> str:
     tol = comparison["tolerance"]
-    if comparison["claim"].startswith("none"):
+    if "statistical" in comparison:
+        verdicts = sorted({p["verdict"] for p in comparison["statistical"]})
+        head = ("EQUIVALENT over seeds (TOST)" if comparison["equivalent"] else "NOT SHOWN EQUIVALENT over seeds") + \
+            f": {'; '.join(verdicts)}"
+    elif comparison["claim"].startswith("none"):
         head = "NO PER-STEP CLAIM (native mode: each framework's own RNG)"
     elif comparison["equivalent"]:
         head = f"EQUIVALENT within rtol {tol['rtol']:g} at every step"
@@ -73,6 +77,17 @@ def banding_warnings(spec: dict, records: dict) -> list[str]:
                        f"epoch accuracy moves in steps of {found['step']:.3g}. Use metrics.aggregation = "
                        f"\"weighted\" (per sample).")
     return out
+
+
+def statistical_table(comparison: dict) -> str:
+    """The multi-seed TOST results (comparison["statistical"]) as fixed-width text."""
+    lines = [f"multi-seed equivalence over seeds {comparison['seeds']} (Welch TOST, final test metrics)",
+             f"{'a':<6} {'b':<6} {'metric':<10} {'diff':>9} {'90% CI':>22} {'p':>7}  verdict"]
+    for p in comparison["statistical"]:
+        ci = f"[{p['ci_equivalence'][0]:+.4f}, {p['ci_equivalence'][1]:+.4f}]"
+        lines.append(f"{p['a']:<6} {p['b']:<6} {p['metric']:<10} {p['difference']:>+9.4f} {ci:>22} "
+                     f"{p['p_tost']:>7.3f}  {p['verdict']}")
+    return "\n".join(lines)
 
 
 def verdict_table(comparison: dict, failed: list[str]) -> str:
@@ -117,6 +132,17 @@ def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str]
         e = rec["epochs"][-1]
         out.append(f"| {name} | {e['train_loss']:.10g} | {e['train_acc']:.6g} | {e['test_loss']:.10g} | "
                    f"{e['test_acc']:.6g} |")
+    if "statistical" in comparison:
+        out += ["", "## Multi-seed equivalence", "", f"Seeds {comparison['seeds']}; margins from the spec's "
+                f"[equivalence] table: accuracy ±{spec['equivalence']['acc_margin']}, loss "
+                f"±{spec['equivalence']['loss_margin']}, α = {spec['equivalence']['alpha']}.", "",
+                "| a | b | metric | mean diff | (1−2α) CI | (1−α) CI | p (TOST) | verdict |",
+                "|---|---|---|---|---|---|---|---|"]
+        for p in comparison["statistical"]:
+            out.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['difference']:+.4f} | "
+                       f"[{p['ci_equivalence'][0]:+.4f}, {p['ci_equivalence'][1]:+.4f}] | "
+                       f"[{p['ci_difference'][0]:+.4f}, {p['ci_difference'][1]:+.4f}] | {p['p_tost']:.3g} | "
+                       f"{p['verdict']} |")
     if plot:
         out += ["", f"![per-step loss]({plot})"]
     return "\n".join(out) + "\n"

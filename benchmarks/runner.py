@@ -39,10 +39,10 @@ def run_backend(backend: str, jobs_file: Path, log_file: Path, progress: bool = 
     log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.write_text("".join(lines), encoding="utf-8")
     meaningful = [l.strip() for l in lines if l.strip() and not l.startswith(f"[{backend}]")]
-    parity_lines = [l for l in meaningful if l.startswith("parity:")]
+    missing = [l for l in meaningful if "is not available" in l]
     message = ""
-    if proc.returncode:
-        message = parity_lines[0] if parity_lines else (meaningful[-1] if meaningful else f"exit {proc.returncode}")
+    if proc.returncode:  # the install hint, else the exception's last line
+        message = missing[0] if missing else (meaningful[-1] if meaningful else f"exit {proc.returncode}")
     return BackendResult(backend, proc.returncode, message)
 
 

@@ -20,6 +20,7 @@ from common.datasets import Dataset
 from common.dropout import shared_masks
 from common.initializers import initial_params, layer_sizes
 from common.metrics import aggregate
+from common.native import running_epoch_loss
 
 
 class Adapter(Protocol):
@@ -33,14 +34,19 @@ class Adapter(Protocol):
     def device(self) -> str:
         """Where the computation runs, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
 
-    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, params: dict[str, np.ndarray]) -> None:
-        """Build the native pipeline, model (loaded with `params`) and optimizer for a resolved spec."""
+    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, params: dict[str, np.ndarray] | None) -> None:
+        """Build the native pipeline, model and optimizer for a resolved spec.
+
+        Exact mode: load `params` and follow `plan`. Native mode (`params` is None): the framework's own default
+        init, shuffle and the idioms of common.native.
+        """
 
     def epoch_batches(self, epoch: int) -> Iterable[Any]:
         """The epoch's batches through the framework's native pipeline, in plan order."""
 
     def batch_ids(self, batch: Any) -> np.ndarray:
-        """All row ids of a native batch as the pipeline delivered them (filler rows included)."""
+        """Row ids of a native batch as the pipeline delivered them: every row fed (filler included) in exact
+        mode, where the driver checks them against the plan; the real rows only in native mode."""
 
     def train_step(self, batch: Any, step: int, masks: list[np.ndarray] | None) -> float:
         """One update; returns the batch's cross-entropy Σw·ℓ/Σw from the pre-update training forward pass.
@@ -65,12 +71,36 @@ def _progress(name: str, epoch: int, epochs: int, loss: float) -> None:
     print(f"[{name}] epoch {epoch}/{epochs} loss {loss:.6g}", file=sys.stderr, flush=True)
 
 
+def _epoch_metrics(adapter: Adapter, eval_plan: dict, how: str) -> dict:
+    metrics = {}
+    for split, batches in eval_plan.items():
+        sums = adapter.evaluate(split, batches)
+        metrics[f"{split}_loss"] = aggregate([s[0] for s in sums], [s[2] for s in sums], how)
+        metrics[f"{split}_acc"] = aggregate([s[1] for s in sums], [s[2] for s in sums], how)
+    metrics["eval_batch_sizes"] = {split: [b.rows for b in batches] for split, batches in eval_plan.items()}
+    return metrics
+
+
+def _exact_ids(adapter: Adapter, native_batch, planned: Batch, epoch: int) -> Batch:
+    got = np.asarray(adapter.batch_ids(native_batch))
+    if not np.array_equal(got, planned.ids):
+        raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
+                           f"the plan says {planned.ids.tolist()}")
+    return planned
+
+
 def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -> dict:
-    """Run the spec's training through `adapter`; return the record body (steps, epochs, params, timing)."""
+    """Run the spec's training through `adapter`; return the record body (steps, epochs, params, timing).
+
+    Exact mode: the plan's batches (checked), the canonical init and shared masks; the epoch's train_loss is
+    evaluated after the epoch like every other metric. Native mode: the adapter's own order, init and dropout; the
+    epoch's train_loss is the `fit`-style running mean of its step losses (common.native.running_epoch_loss).
+    """
+    exact = spec["mode"] == "exact"
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
-    init = canonical_init(spec, data)
+    init = canonical_init(spec, data) if exact else None
     widths = spec["model"]["hidden"]
-    rate = spec["regularization"]["dropout"] if spec["mode"] == "exact" else 0.0
+    rate = spec["regularization"]["dropout"] if exact else 0.0
     dtype = np.dtype(spec["dtype"])
     how = spec["metrics"]["aggregation"]
     eval_plan = {split: eval_batches(n, spec["batching"]["eval_batch_size"])
@@ -79,31 +109,34 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
     started = time.perf_counter()
     adapter.prepare(spec, data, plan, init)
     prepare_s = time.perf_counter() - started
+    if init is None:
+        init = {k: np.asarray(v) for k, v in adapter.parameters().items()}
     steps, epochs, epoch_seconds, first_step_s = [], [], [], None
     step = 0
     for epoch in range(spec["train"]["epochs"]):
         epoch_start = time.perf_counter()
-        planned = plan.batches(epoch)
-        for planned_batch, native_batch in zip(planned, adapter.epoch_batches(epoch), strict=True):
-            got = np.asarray(adapter.batch_ids(native_batch))
-            if not np.array_equal(got, planned_batch.ids):
-                raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
-                                   f"the plan says {planned_batch.ids.tolist()}")
+        native_batches = adapter.epoch_batches(epoch)
+        pairs = zip(plan.batches(epoch), native_batches, strict=True) if exact else ((None, b) for b in native_batches)
+        epoch_losses, epoch_sizes = [], []
+        for planned, native_batch in pairs:
             step += 1
-            masks = shared_masks(spec["seed"], step, rate, planned_batch.rows, widths, dtype)
+            if exact:
+                real_ids = _exact_ids(adapter, native_batch, planned, epoch).real_ids
+                masks = shared_masks(spec["seed"], step, rate, planned.rows, widths, dtype)
+            else:
+                real_ids, masks = np.asarray(adapter.batch_ids(native_batch)), None
             t0 = time.perf_counter()
-            loss = adapter.train_step(native_batch, step, masks)
+            loss = float(adapter.train_step(native_batch, step, masks))
             if first_step_s is None:
                 first_step_s = time.perf_counter() - t0
-            steps.append({"epoch": epoch + 1, "step": step, "batch_ids": planned_batch.real_ids.tolist(),
-                          "batch_size": planned_batch.n_real, "loss": float(loss)})
+            steps.append({"epoch": epoch + 1, "step": step, "batch_ids": real_ids.tolist(),
+                          "batch_size": int(real_ids.shape[0]), "loss": loss})
+            epoch_losses.append(loss)
+            epoch_sizes.append(int(real_ids.shape[0]))
         epoch_seconds.append(time.perf_counter() - epoch_start)
-        metrics = {"epoch": epoch + 1}
-        for split, batches in eval_plan.items():
-            sums = adapter.evaluate(split, batches)
-            metrics[f"{split}_loss"] = aggregate([s[0] for s in sums], [s[2] for s in sums], how)
-            metrics[f"{split}_acc"] = aggregate([s[1] for s in sums], [s[2] for s in sums], how)
-        metrics["eval_batch_sizes"] = {split: [b.rows for b in batches] for split, batches in eval_plan.items()}
+        metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}
+        if not exact:
+            metrics["train_loss"] = running_epoch_loss(epoch_losses, epoch_sizes)
         epochs.append(metrics)
         if progress:
             _progress(adapter.name, epoch + 1, spec["train"]["epochs"], metrics["train_loss"])

@@ -96,6 +96,11 @@ SCHEMA: dict[str, Any] = {
     "metrics": {
         "aggregation": Field("weighted", str, _choice("weighted", "per_batch_mean")),
     },
+    "equivalence": {  # multi-seed TOST on final test metrics (`parity run --seeds K`), see common.stats
+        "acc_margin": Field(0.05, float, _range(0.0, 1.0, lo_open=True)),
+        "loss_margin": Field(0.1, float, _range(0.0, 1e6, lo_open=True)),
+        "alpha": Field(0.05, float, _range(0.0, 0.5, lo_open=True, hi_open=True)),
+    },
 }
 
 DEFAULT_SPEC_NAME = "iris-mlp"

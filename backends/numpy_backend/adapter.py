@@ -1,7 +1,7 @@
 """The oracle as a common.driver.Adapter: float64 throughout, whatever the spec's dtype.
 
-Native mode draws its own dropout masks from numpy's `default_rng(seed)` stream, in call order (not the shared
-per-step masks), so that it behaves like a framework with its own RNG.
+Native mode: numpy's idioms are the canonical ones (spec init, plan order), but dropout masks come from its own
+`default_rng(seed)` stream in call order, not the shared per-step masks, as a framework with its own RNG would.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 from backends.numpy_backend import data as pipeline
 from backends.numpy_backend.model import forward, loss_and_grads
 from backends.numpy_backend.optim import CanonicalOptimizer
+from common.driver import canonical_init
 from common.dropout import keep_scale
 from common.metrics import cross_entropy
 from common.regularization import Regularization
@@ -32,6 +33,8 @@ class NumpyOracle:
 
     def prepare(self, spec, data, plan, params):
         self.data, self.plan = data, plan
+        if params is None:
+            params = canonical_init(spec, data)
         self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         self.optimizer = CanonicalOptimizer(spec, Regularization.from_spec(spec))
 
@@ -39,7 +42,7 @@ class NumpyOracle:
         return pipeline.epoch_batches(self.plan, epoch, self.data.train_x, self.data.train_y)
 
     def batch_ids(self, batch):
-        return batch.ids
+        return batch.ids if self.spec["mode"] == "exact" else batch.ids[batch.weights > 0]
 
     def _native_masks(self, rows: int) -> list[np.ndarray] | None:
         rate = self.spec["regularization"]["dropout"]
