@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from backends.tf_backend import data as pipeline
 from backends.tf_backend.model import build_mlp, canonical_params, dense_variables, load_params
-from backends.tf_backend.optim import KerasOptimizer, layer_regularizer
+from backends.tf_backend.optim import KerasOptimizer, layer_regularizer, native_regularizer
+from common.initializers import layer_sizes
 from common.regularization import Regularization
 
 
@@ -46,20 +47,30 @@ class TFAdapter:
         self.x = {s: getattr(data, f"{s}_x").astype(self.dtype) for s in ("train", "test")}
         self.y = {s: getattr(data, f"{s}_y").astype(np.int64) for s in ("train", "test")}
         reg = Regularization.from_spec(spec)
-        n_layers = sum(1 for k in params if k.endswith(".weight"))
-        sizes = [params[f"layer{i}.weight"].shape for i in range(n_layers)]
-        regularizers = {name: layer_regularizer(reg, name, p.size) for name, p in params.items()}
+        sizes = layer_sizes(data.n_features, spec["model"]["hidden"], data.n_classes)
+        size_of = {}  # canonical name → number of entries (the L1 mean form divides by it)
+        for i, (fan_in, fan_out) in enumerate(sizes):
+            size_of[f"layer{i}.weight"], size_of[f"layer{i}.bias"] = fan_in * fan_out, fan_out
         rate = spec["regularization"]["dropout"]
         native = spec["mode"] == "native"
+        if native:  # the framework's own idioms (common.native): nothing converted, nothing loaded
+            regularizers = {name: native_regularizer(spec, reg, name) for name in size_of}
+        else:
+            regularizers = {name: layer_regularizer(reg, name, size_of[name], self.dtype) for name in size_of}
         self.model = build_mlp(sizes, spec["model"]["activation"], self.dtype, regularizers,
-                               rate if native else 0.0, spec["seed"])
-        load_params(self.model, params)
-        self.optimizer = KerasOptimizer(spec, reg, dense_variables(self.model), self.dtype)
+                               rate if native else 0.0, spec["seed"], seeded_init=native)
+        variables = dense_variables(self.model)
+        if native:
+            self.optimizer = KerasOptimizer.native(spec, variables)
+            self.native_ds = pipeline.native_dataset(self.x["train"], self.y["train"], spec)
+        else:
+            load_params(self.model, params)
+            self.optimizer = KerasOptimizer.exact(spec, reg, variables, self.dtype)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight", dtype=self.dtype)
         mask_widths = spec["model"]["hidden"] if (rate > 0 and not native) else []
-        self._step = self._make_step(sizes[0][0], mask_widths)
-        self._forward = self._make_eval(sizes[0][0])
+        self._step = self._make_step(data.n_features, mask_widths)
+        self._forward = self._make_eval(data.n_features)
 
     def _make_step(self, n_features: int, mask_widths: list[int]):
         model, optimizer, loss_fn = self.model, self.optimizer.optimizer, self.loss_fn
@@ -89,10 +100,12 @@ class TFAdapter:
         return forward
 
     def epoch_batches(self, epoch):
+        if self.spec["mode"] == "native":
+            return self.native_ds  # each iteration reshuffles
         return pipeline.epoch_dataset(self.x["train"], self.y["train"], self.plan, epoch)
 
     def batch_ids(self, batch):
-        return batch[3].numpy()
+        return batch[3].numpy()  # every row fed; in native mode they are all real (weight 1)
 
     def train_step(self, batch, step, masks):
         x, y, w, _ = batch

@@ -6,6 +6,8 @@ Native mechanisms used:
 - Regularization is attached where Keras puts it, as `kernel_regularizer` / `bias_regularizer` on each Dense
   (built by optim.layer_regularizer); Keras then reports the penalties in `model.losses`.
 - dtype: every layer is built with the spec dtype (and the adapter sets `keras.config.set_floatx`).
+- Initialisation: exact mode loads the canonical parameters. Native mode keeps Dense's own default,
+  glorot_uniform kernel and zero bias, seeded per layer from the spec seed (`GlorotUniform(seed=…)`).
 - Dropout after every hidden layer, train only:
     exact mode:  h ← h · m with the driver's pre-scaled shared mask m, an explicit multiply, because no Keras layer
                  accepts an external mask (DESIGN §5, "Dropout");
@@ -23,23 +25,36 @@ if keras.backend.backend() != "tensorflow":
                        f"'{keras.backend.backend()}'")
 
 DROPOUT_STREAM = 5
+INIT_STREAM = 6
+
+
+def _layer_seed(seed: int, stream: int, layer: int) -> int:
+    """An independent Keras seed per (spec seed, purpose, layer)."""
+    return int(np.random.SeedSequence([seed, stream, layer]).generate_state(1)[0])
+
+
+def _glorot(seed: int, layer: int) -> keras.initializers.GlorotUniform:
+    """Dense's default kernel initializer, seeded (its default bias initializer is already zeros)."""
+    return keras.initializers.GlorotUniform(seed=_layer_seed(seed, INIT_STREAM, layer))
 
 
 class MLP(keras.Model):
     """Dense → act → dropout for each hidden layer, then a Dense output layer giving logits."""
 
     def __init__(self, sizes: list[tuple[int, int]], activation: str, dtype: str,
-                 regularizers: dict[str, keras.regularizers.Regularizer | None], native_dropout: float, seed: int):
+                 regularizers: dict[str, keras.regularizers.Regularizer | None], native_dropout: float, seed: int,
+                 seeded_init: bool = False):
         super().__init__(name="mlp", dtype=dtype)
         last = len(sizes) - 1
         self.dense = [
             keras.layers.Dense(fan_out, activation=activation if i < last else None, dtype=dtype, name=f"layer{i}",
+                               kernel_initializer=_glorot(seed, i) if seeded_init else "glorot_uniform",
                                kernel_regularizer=regularizers.get(f"layer{i}.weight"),
                                bias_regularizer=regularizers.get(f"layer{i}.bias"))
             for i, (_, fan_out) in enumerate(sizes)]
         self.dropout = [
             keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
-                                 seed=int(np.random.SeedSequence([seed, DROPOUT_STREAM, i]).generate_state(1)[0]))
+                                 seed=_layer_seed(seed, DROPOUT_STREAM, i))
             for i in range(last)] if native_dropout > 0 else []
 
     def call(self, x, masks=None, training=False):
@@ -53,9 +68,9 @@ class MLP(keras.Model):
         return self.dense[-1](h)
 
 
-def build_mlp(sizes, activation, dtype, regularizers, native_dropout, seed) -> MLP:
+def build_mlp(sizes, activation, dtype, regularizers, native_dropout, seed, seeded_init=False) -> MLP:
     """An MLP with its variables created (one eval-mode call on a zero row)."""
-    model = MLP(sizes, activation, dtype, regularizers, native_dropout, seed)
+    model = MLP(sizes, activation, dtype, regularizers, native_dropout, seed, seeded_init)
     model(np.zeros((1, sizes[0][0]), dtype=dtype))
     return model
 

@@ -11,47 +11,93 @@ Native mechanisms, one per slot of `Regularization` (the conversions are decided
   torch/optax only with the step-dependent ε̂_t = `common.optim.keras_epsilon_hat(ε, β2, t)`. The optimizer's
   `epsilon` is therefore a non-trainable Keras variable that `before_step(t)` assigns before each update; the
   update math is Keras's own, unchanged (Adam.update_step reads `self.epsilon` at every step).
+Native mode converts nothing: `native_regularizer` and `KerasOptimizer.native` follow common.native's table.
+
+Precision trap: Keras keeps hyperparameters (momentum, β1, β2, weight_decay, the L1L2 factors) as Python floats and
+casts them with `ops.cast(value, variable.dtype)`; on the TF backend that is `tf.cast`, which first makes a float32
+tensor of a Python float, so in a float64 run 0.9 becomes 0.8999999761581421 (2.6e-8 relative, beyond rtol 1e-9
+within a few Adam steps). `hyper` hands them over as numpy float64 scalars in float64 runs (which `tf.cast` keeps
+exact, and which still pass Keras's `isinstance(x, float)` checks). In float32 runs they stay Python floats: a
+numpy float64 would promote Keras's float32 arithmetic to float64.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 
+from common.native import KERAS_DEFAULT_ADAM_EPSILON, l2_as_written
 from common.optim import keras_epsilon_hat
 from common.regularization import Regularization
 
 
-def layer_regularizer(reg: Regularization, name: str, size: int) -> keras.regularizers.L1L2 | None:
+def hyper(value: float, dtype: str) -> float:
+    """A hyperparameter as Keras must receive it to keep the run's precision (see the module docstring)."""
+    return np.float64(value) if dtype == "float64" else float(value)
+
+
+def layer_regularizer(reg: Regularization, name: str, size: int, dtype: str) -> keras.regularizers.L1L2 | None:
     """The Keras regularizer of canonical tensor `name` (`size` entries), or None when it is not penalized."""
     l1, l2 = reg.l1_coefficient(name, size), reg.keras_l2_factor(name)
-    return keras.regularizers.L1L2(l1=l1, l2=l2) if (l1 or l2) else None
+    if not (l1 or l2):
+        return None
+    regularizer = keras.regularizers.L1L2(l1=l1, l2=l2)
+    # L1L2.__init__ validates and stores float(l1), float(l2); put the precision-keeping scalars back.
+    regularizer.l1, regularizer.l2 = hyper(l1, dtype), hyper(l2, dtype)
+    return regularizer
+
+
+def native_regularizer(spec: dict, reg: Regularization, name: str) -> keras.regularizers.L1L2 | None:
+    """Native mode (common.native): the spec's numbers passed to Keras "as written": L1(l1) in its sum form and
+    L2(λ), λ = l2 + coupled weight_decay (gradient 2λ·w), on weights and, with regularize_bias, biases."""
+    l1, l2 = spec["regularization"]["l1"], l2_as_written(spec)
+    return keras.regularizers.L1L2(l1=l1, l2=l2) if reg.applies(name) and (l1 or l2) else None
+
+
+def _keras_optimizer(o: dict, epsilon, decay):
+    """The Keras optimizer named by spec section `o`, with `weight_decay=decay` (None: off)."""
+    if o["name"] == "sgd":
+        return keras.optimizers.SGD(learning_rate=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
+                                    weight_decay=decay)
+    if o["name"] == "adam":
+        return keras.optimizers.Adam(learning_rate=o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=epsilon,
+                                     weight_decay=decay)
+    return keras.optimizers.AdamW(learning_rate=o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=epsilon,
+                                  weight_decay=0.0 if decay is None else decay)  # AdamW rejects None
 
 
 class KerasOptimizer:
-    """A Keras optimizer built for the spec and the model's variables, plus the per-step ε̂ hook.
+    """A Keras optimizer built for the spec and the model's variables, plus the per-step ε̂ hook (exact mode).
 
     Build under the spec's floatx: the Keras learning-rate variable takes `keras.config.floatx()`, and a float32
     copy of lr (0.01 → 0.0099999998) would already break the float64 tolerance.
     """
 
-    def __init__(self, spec: dict, reg: Regularization, variables: dict[str, keras.Variable], dtype: str):
-        o = spec["optimizer"]
-        decay = reg.decoupled
-        self.eps, self.beta2, self.epsilon_hat = o["eps"], o["beta2"], None
-        if o["name"] == "sgd":
-            self.optimizer = keras.optimizers.SGD(learning_rate=o["lr"], momentum=o["momentum"],
-                                                  nesterov=o["nesterov"], weight_decay=decay or None)
-        else:
-            self.epsilon_hat = keras.Variable(keras_epsilon_hat(self.eps, self.beta2, 1), dtype=dtype,
-                                              trainable=False, name="epsilon_hat")
-            kind = keras.optimizers.AdamW if o["name"] == "adamw" else keras.optimizers.Adam
-            self.optimizer = kind(learning_rate=o["lr"], beta_1=o["beta1"], beta_2=o["beta2"],
-                                  epsilon=self.epsilon_hat,
-                                  weight_decay=decay if o["name"] == "adamw" else (decay or None))
-        if self.optimizer.weight_decay is not None:
-            self.optimizer.exclude_from_weight_decay(
-                var_list=[v for name, v in variables.items() if not reg.applies(name)])
-        self.optimizer.build(list(variables.values()))
+    def __init__(self, optimizer, variables: dict[str, keras.Variable], epsilon_hat=None, eps=0.0, beta2=0.0):
+        self.optimizer, self.epsilon_hat, self.eps, self.beta2 = optimizer, epsilon_hat, eps, beta2
+        optimizer.build(list(variables.values()))
+
+    @classmethod
+    def exact(cls, spec: dict, reg: Regularization, variables: dict[str, keras.Variable], dtype: str):
+        """Converted: ε̂_t per step, decoupled d with unregularized tensors excluded, precision-keeping scalars."""
+        raw = spec["optimizer"]
+        o = {k: hyper(v, dtype) if k in ("momentum", "beta1", "beta2") else v for k, v in raw.items()}
+        epsilon_hat = None
+        if o["name"] != "sgd":
+            epsilon_hat = keras.Variable(keras_epsilon_hat(raw["eps"], raw["beta2"], 1), dtype=dtype,
+                                         trainable=False, name="epsilon_hat")
+        optimizer = _keras_optimizer(o, epsilon_hat, hyper(reg.decoupled, dtype) if reg.decoupled else None)
+        if optimizer.weight_decay is not None:
+            optimizer.exclude_from_weight_decay(var_list=[v for name, v in variables.items() if not reg.applies(name)])
+        return cls(optimizer, variables, epsilon_hat, raw["eps"], raw["beta2"])
+
+    @classmethod
+    def native(cls, spec: dict, variables: dict[str, keras.Variable]):
+        """Native mode (common.native): Keras's default ε (1e-7, ε-hat form, constant) and a decoupled
+        `weight_decay` that decays every variable, biases included."""
+        r = spec["regularization"]
+        decay = r["weight_decay"] if r["decay"] == "decoupled" and r["weight_decay"] else None
+        return cls(_keras_optimizer(spec["optimizer"], KERAS_DEFAULT_ADAM_EPSILON, decay), variables)
 
     def before_step(self, step: int) -> None:
         """Set ε̂_t for global step t (1-based), which must be the optimizer's own next iteration."""

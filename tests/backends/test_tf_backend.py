@@ -1,0 +1,252 @@
+"""TensorFlow / Keras 3 backend: exact-mode agreement with the numpy oracle, dropout handling, and the Keras traps
+this backend converts (L2 factor, sample-weight reduction, ε-hat, float32 hyperparameter casts, retracing)."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from backends.tf_backend import optim as tf_optim  # noqa: E402
+from backends.tf_backend.adapter import make_adapter  # noqa: E402
+from common.batching import BatchPlan, eval_batches  # noqa: E402
+from common.datasets import load_dataset  # noqa: E402
+from common.driver import canonical_init, train  # noqa: E402
+from common.metrics import cross_entropy, weighted_mean  # noqa: E402
+from common.regularization import Regularization  # noqa: E402
+from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
+
+BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
+
+# Together these cover every last_batch policy, shuffle on/off, plain sgd, sgd+momentum, sgd+nesterov, adam, adamw,
+# l1 mean and sum (on zero-initialised biases too: sign(0) = 0), l2, coupled and decoupled decay, regularize_bias
+# on/off, dropout 0.3 / 0.5, relu/tanh, all three init schemes, one and two hidden layers.
+CONFIGS = {
+    "keep-shuffle-momentum-l2-drop0.3": dict(
+        batching={"last_batch": "keep", "shuffle": True}, optimizer={"momentum": 0.9},
+        regularization={"l2": 0.01, "dropout": 0.3}),
+    "drop-noshuffle-nesterov-wd-l1mean-bias-glorot": dict(
+        batching={"last_batch": "drop", "shuffle": False}, optimizer={"momentum": 0.9, "nesterov": True},
+        regularization={"weight_decay": 0.01, "l1": 0.01, "regularize_bias": True, "dropout": 0.5},
+        model={"activation": "tanh", "init": "glorot_uniform"}),
+    "pad-shuffle-adam-l1mean": dict(
+        batching={"last_batch": "pad"}, optimizer={"name": "adam", "lr": 0.005},
+        regularization={"l1": 0.01, "dropout": 0.3}),
+    "keep-adamw-decoupled-bias": dict(
+        optimizer={"name": "adamw", "lr": 0.005},
+        regularization={"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5}),
+    "pad-noshuffle-sgd-l1sum-bias": dict(
+        batching={"last_batch": "pad", "shuffle": False}, optimizer={"lr": 0.05},
+        regularization={"l1": 0.001, "l1_reduction": "sum", "regularize_bias": True}),
+    "drop-sgd-momentum-decoupled-plus-l2": dict(
+        batching={"last_batch": "drop"}, optimizer={"momentum": 0.9},
+        regularization={"weight_decay": 0.01, "decay": "decoupled", "l2": 0.005, "dropout": 0.3}),
+    "keep-adam-coupled-wd-l2-two-hidden": dict(
+        optimizer={"name": "adam", "lr": 0.005}, model={"hidden": [16, 8], "init": "glorot_uniform"},
+        regularization={"weight_decay": 0.01, "l2": 0.002, "dropout": 0.5}),
+    "pad-adamw-l2-l1sum-lecun": dict(
+        batching={"last_batch": "pad"}, optimizer={"name": "adamw", "lr": 0.005},
+        model={"init": "lecun_normal", "activation": "tanh"},
+        regularization={"weight_decay": 0.02, "decay": "decoupled", "l2": 0.001, "l1": 0.0005,
+                        "l1_reduction": "sum", "dropout": 0.3}),
+}
+
+
+def _spec(**sections):
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for key, value in sections.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return make_spec(**merged)
+
+
+def _loss_pair(cmp):
+    return next(p for p in cmp["pairs"] if p["metric"] == "loss")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_float64_exact_mode_agrees_with_oracle(name):
+    spec = _spec(**CONFIGS[name])
+    cmp = compare_with_oracle("tf", spec)
+    assert divergences(cmp) == []
+    assert BatchPlan.from_spec(spec, 120).steps_per_epoch * spec["train"]["epochs"] >= 100
+
+
+def test_float32_exact_mode_agrees_within_float32_tolerance():
+    # SGD, not Adam: Keras's float32 Adam carries a systematic step-size bias (next test) that, accumulated over
+    # ~120 steps, puts near-zero parameters just outside atol 1e-6.
+    spec = _spec(dtype="float32", batching={"last_batch": "pad"}, optimizer={"momentum": 0.9},
+                 regularization={"dropout": 0.3, "l2": 0.001, "weight_decay": 0.01, "decay": "decoupled"})
+    cmp = compare_with_oracle("tf", spec)
+    assert cmp["tolerance"]["rtol"] == 1e-4
+    assert divergences(cmp) == []
+    rec, npz = run_in_process("tf", spec)
+    assert all(v.dtype == np.float32 for k, v in npz.items() if k.startswith("final/"))
+
+
+def test_keras_float32_adam_bias_correction_uses_float32_betas():
+    """In float32 Keras Adam computes α = lr·√(1−β2ᵗ)/(1−β1ᵗ) from β1, β2 rounded to float32, so its first step is
+    lr·√(1−f32(β2))/(1−f32(β1))·f32(1−β1)/√f32(1−β2), about 6.4e-6 short of lr (torch/optax form bias corrections
+    in float64 Python scalars): a native float32 difference, not a conversion error."""
+    f32 = lambda v: float(np.float32(v))  # noqa: E731
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float32")
+    try:
+        w = keras.Variable(np.zeros(3, np.float32), dtype="float32")  # w₁ = −step, to float32 precision
+        opt = keras.optimizers.Adam(learning_rate=0.01, epsilon=0.0)
+        opt.apply_gradients([(np.array([0.3, -0.02, 1e-3], np.float32), w)])
+        steps = np.abs(w.numpy().astype(np.float64)) / 0.01
+    finally:
+        keras.config.set_floatx(previous)
+    want = np.sqrt(1 - f32(0.999)) / (1 - f32(0.9)) * f32(1 - 0.9) / np.sqrt(f32(1 - 0.999))
+    assert 1.0 - want > 5e-6
+    np.testing.assert_allclose(steps, want, rtol=1e-6)
+
+
+def _trained_adapter(spec):
+    data = load_dataset(spec)
+    adapter = make_adapter(spec)
+    train(adapter, spec, data)
+    return adapter, data
+
+
+def _numpy_eval(params, x, y, activation):
+    h = x
+    n = sum(1 for k in params if k.endswith(".weight"))
+    for i in range(n):
+        h = h @ params[f"layer{i}.weight"] + params[f"layer{i}.bias"]
+        if i < n - 1:
+            h = np.maximum(h, 0.0) if activation == "relu" else np.tanh(h)
+    return float(cross_entropy(h, y).sum()), float((h.argmax(axis=1) == y).sum())
+
+
+@pytest.mark.parametrize("mode", ["exact", "native"])
+def test_evaluate_has_no_dropout(mode):
+    spec = _spec(mode=mode, train={"epochs": 1}, batching={"eval_batch_size": 32}, regularization={"dropout": 0.5})
+    adapter, data = _trained_adapter(spec)
+    batches = eval_batches(data.train_x.shape[0], 32)
+    first, second = adapter.evaluate("train", batches), adapter.evaluate("train", batches)
+    assert first == second
+    params = adapter.parameters()
+    for batch, (loss_sum, correct, n) in zip(batches, first):
+        want_loss, want_correct = _numpy_eval(params, data.train_x[batch.ids], data.train_y[batch.ids], "relu")
+        assert n == batch.n_real
+        assert correct == want_correct
+        assert loss_sum == pytest.approx(want_loss, rel=1e-12)
+
+
+def test_native_mode_uses_keras_dropout():
+    spec = _spec(mode="native", train={"epochs": 1}, regularization={"dropout": 0.5})
+    adapter = make_adapter(spec)
+    train(adapter, spec, load_dataset(spec))
+    dropouts = [layer for layer in adapter.model.dropout if isinstance(layer, keras.layers.Dropout)]
+    assert len(dropouts) == len(spec["model"]["hidden"]) and all(d.rate == 0.5 for d in dropouts)
+    native = run_in_process("tf", spec)
+    no_dropout = run_in_process("tf", _spec(mode="native", train={"epochs": 1}))
+    # Same seed, so the same native init and order: step 1 differs only by Keras's own dropout.
+    assert native[0]["steps"][0]["batch_ids"] == no_dropout[0]["steps"][0]["batch_ids"]
+    np.testing.assert_array_equal(native[1]["init/layer0.weight"], no_dropout[1]["init/layer0.weight"])
+    assert native[1]["losses"][0] != no_dropout[1]["losses"][0]
+    exact = run_in_process("tf", _spec(train={"epochs": 1}, regularization={"dropout": 0.5}))
+    assert native[1]["losses"][0] != exact[1]["losses"][0]
+    np.testing.assert_array_equal(native[1]["losses"], run_in_process("tf", spec)[1]["losses"])  # seeded
+
+
+def test_native_mode_uses_keras_idioms():
+    """common.native's tf column: tf.data.shuffle order, pad → ragged, glorot/zero init, L2(λ) and L1(λ) as
+    written, Keras's default ε, decoupled decay on biases too."""
+    spec = _spec(mode="native", train={"epochs": 2}, batching={"last_batch": "pad"}, optimizer={"name": "adamw"},
+                 regularization={"l2": 0.01, "l1": 0.002, "weight_decay": 0.05, "decay": "decoupled"})
+    data = load_dataset(spec)
+    adapter = make_adapter(spec)
+    body = train(adapter, spec, data)
+    epochs = [[s for s in body["steps"] if s["epoch"] == e] for e in (1, 2)]
+    orders = [np.concatenate([s["batch_ids"] for s in steps]) for steps in epochs]
+    plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
+    for e, order in enumerate(orders):
+        assert sorted(order) == list(range(120))
+        assert not np.array_equal(order, plan.order(e))
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    assert [s["batch_size"] for s in epochs[0]][-1] == 120 % 7  # "pad" has no native idiom: ragged
+    init = body["init"]
+    bound = np.sqrt(6.0 / sum(init["layer0.weight"].shape))
+    assert np.all(init["layer0.bias"] == 0) and np.abs(init["layer0.weight"]).max() <= bound
+    kernel_reg = adapter.model.dense[0].kernel_regularizer
+    assert (kernel_reg.l1, kernel_reg.l2) == (0.002, 0.01) and adapter.model.dense[0].bias_regularizer is None
+    opt = adapter.optimizer.optimizer
+    assert opt.epsilon == 1e-7 and opt.weight_decay == 0.05
+    assert opt._use_weight_decay(adapter.model.dense[0].bias)
+
+
+def test_wrong_keras_l2_factor_is_caught_at_step_2(monkeypatch):
+    """L2(c) instead of L2(c/2) doubles the coupled gradient: step 1's loss (pre-update) still agrees, the first
+    update differs, so the comparison fails first at step 2."""
+    spec = _spec(train={"epochs": 1}, regularization={"l2": 0.01})
+    assert divergences(compare_with_oracle("tf", spec)) == []
+    monkeypatch.setattr(Regularization, "keras_l2_factor",
+                        lambda self, name: self.coupled if self.applies(name) else 0.0)
+    cmp = compare_with_oracle("tf", spec)
+    assert not cmp["equivalent"]
+    assert _loss_pair(cmp)["first_divergent_step"] == 2
+
+
+def test_keras_default_sample_weight_reduction_is_wrong_on_padded_batch():
+    """Keras's default reduction divides Σw·ℓ by the row count; only "mean_with_sample_weight" gives Σw·ℓ/Σw."""
+    plan = BatchPlan(120, 7, True, "pad", 0)
+    last = plan.batches(0)[-1]
+    assert last.n_real < last.rows
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((last.rows, 3)), rng.integers(0, 3, last.rows)
+    want = weighted_mean(cross_entropy(logits, labels), last.weights)
+
+    def keras_loss(**kwargs):
+        fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64", **kwargs)
+        return float(fn(labels, logits, sample_weight=last.weights))
+
+    assert keras_loss(reduction="mean_with_sample_weight") == pytest.approx(want, rel=1e-12)
+    default = keras_loss()
+    assert default != pytest.approx(want, rel=1e-3)
+    assert default == pytest.approx(want * last.n_real / last.rows, rel=1e-12)
+
+
+def test_constant_keras_epsilon_diverges(monkeypatch):
+    """Keras's ε-hat placement: a constant epsilon = ε (no per-step ε̂_t) does not reproduce torch/optax Adam."""
+    spec = _spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4})
+    assert divergences(compare_with_oracle("tf", spec)) == []
+    monkeypatch.setattr(tf_optim, "keras_epsilon_hat", lambda eps, beta2, step: eps)
+    cmp = compare_with_oracle("tf", spec)
+    assert _loss_pair(cmp)["first_divergent_step"] == 2
+
+
+def test_python_float_hyperparameters_lose_float64_precision(monkeypatch):
+    """Keras casts Python-float hyperparameters through a float32 tensor on TF; `hyper` keeps them float64."""
+    assert keras.ops.cast(0.9, "float64").numpy() != 0.9
+    assert keras.ops.cast(tf_optim.hyper(0.9, "float64"), "float64").numpy() == 0.9
+    spec = _spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01})
+    monkeypatch.setattr(tf_optim, "hyper", lambda value, dtype: float(value))
+    cmp = compare_with_oracle("tf", spec)
+    assert _loss_pair(cmp)["first_divergent_step"] == 2
+
+
+def test_ragged_last_batch_does_not_retrace():
+    spec = _spec(train={"epochs": 2}, regularization={"dropout": 0.3})
+    assert 120 % spec["batching"]["batch_size"] != 0
+    adapter, _ = _trained_adapter(spec)
+    assert adapter._step.experimental_get_tracing_count() == 1
+    assert adapter._forward.experimental_get_tracing_count() == 1
+
+
+def test_pipeline_is_tf_data_and_records_versions():
+    spec = _spec(train={"epochs": 1})
+    adapter = make_adapter(spec)
+    data = load_dataset(spec)
+    plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
+    adapter.prepare(spec, data, plan, canonical_init(spec, data))
+    ds = adapter.epoch_batches(0)
+    assert isinstance(ds, tf.data.Dataset)
+    sizes = [int(b[0].shape[0]) for b in ds]
+    assert sizes == [b.rows for b in plan.batches(0)] and sizes[-1] < 7  # ragged last batch from .batch()
+    assert adapter.versions() == {"tensorflow": tf.__version__, "keras": keras.__version__}
+    np.testing.assert_array_equal(adapter.parameters()["layer0.weight"], canonical_init(spec, data)["layer0.weight"])
