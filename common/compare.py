@@ -5,7 +5,9 @@ Every framework is compared with the reference (the numpy oracle) and with every
 - `loss`: every step's loss;
 - each epoch metric (train_loss, train_acc, test_loss, test_acc);
 - each final parameter tensor.
-A pair agrees when |a − b| ≤ atol + rtol·max(|a|, |b|) everywhere (common.tolerance). A pair's
+A pair agrees when |a − b| ≤ atol + rtol·s everywhere (common.tolerance), with s = max(|a|, |b|) per value for
+losses and metrics, and s = max over the tensor of max(|a|, |b|) for a parameter tensor: a weight that passes
+through zero has no relative precision of its own, its error is measured against the tensor's scale. A pair's
 `first_divergent_step` is the first step (loss, batch_ids) or epoch (epoch metrics) where it does not.
 """
 
@@ -29,8 +31,11 @@ def _series(rec: dict, npz: dict, metric: str) -> tuple[np.ndarray, list[int]]:
     return np.asarray(npz[metric], dtype=np.float64).ravel(), []
 
 
-def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Tolerance) -> dict:
-    """max_abs_diff, max_rel_diff and the first index (step or epoch) outside tolerance, or None."""
+def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Tolerance, tensor: bool = False) -> dict:
+    """max_abs_diff, max_rel_diff and the first index (step or epoch) outside tolerance, or None.
+
+    `tensor`: scale every element by the whole tensor's magnitude (parameters), else element-wise.
+    """
     if a.shape != b.shape:
         return {"max_abs_diff": None, "max_rel_diff": None,
                 "first_divergent_step": index[min(len(a), len(b))] if index and min(len(a), len(b)) < len(index)
@@ -39,6 +44,8 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
         return {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "first_divergent_step": None}
     diff = np.abs(a - b)
     scale = np.maximum(np.abs(a), np.abs(b))
+    if tensor:
+        scale = np.full_like(scale, scale.max())
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(scale > 0, diff / scale, 0.0)
     bad = ~(diff <= tol.atol + tol.rtol * scale)  # NaN counts as divergent
@@ -74,7 +81,8 @@ def compare_pair(name_a: str, a: tuple[dict, dict], name_b: str, b: tuple[dict, 
             continue
         va, index = _series(rec_a, npz_a, metric)
         vb, _ = _series(rec_b, npz_b, metric)
-        pairs.append({"a": name_a, "b": name_b, "metric": metric, **compare_values(va, vb, index, tol)})
+        pairs.append({"a": name_a, "b": name_b, "metric": metric,
+                      **compare_values(va, vb, index, tol, tensor=metric.startswith("final/"))})
     return pairs
 
 
