@@ -35,6 +35,7 @@ def pair_rows(comparison: dict) -> list[dict]:
             "loss": worst(lambda m: m == "loss"),
             "metrics": worst(lambda m: m in EPOCH_METRICS),
             "params": worst(lambda m: m.startswith("final/")),
+            "used": max((p.get("tolerance_used") or 0.0 for p in pairs), default=0.0),
             "first": None if first is None else f"{first['metric']} @ {first['first_divergent_step']}",
             "agree": not bad,
         })
@@ -92,11 +93,12 @@ def statistical_table(comparison: dict) -> str:
 
 def verdict_table(comparison: dict, failed: list[str]) -> str:
     """A fixed-width table for the terminal."""
-    header = f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10}  first divergence"
+    header = (f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10} "
+              f"{'tol used':>8}  first divergence")
     lines = [header, "-" * len(header)]
     for r in pair_rows(comparison):
         lines.append(f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
-                     f"{_fmt(r['params']):>10}  {r['first'] or '-'}")
+                     f"{_fmt(r['params']):>10} {r['used']:>8.2g}  {r['first'] or '-'}")
     lines.append("")
     lines.append("verdict: " + verdict_line(comparison, failed))
     return "\n".join(lines)
@@ -121,11 +123,11 @@ def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str]
     for name, message in sorted(failed.items()):
         out.append(f"| {name} | - | {message} | - | - |")
     out += ["", "## Agreement (max relative difference per pair)", "",
-            "| a | b | batch ids | per-step loss | epoch metrics | final params | first divergence |",
-            "|---|---|---|---|---|---|---|"]
+            "| a | b | batch ids | per-step loss | epoch metrics | final params | tolerance used | first divergence |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in pair_rows(comparison):
         out.append(f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
-                   f"{_fmt(r['params'])} | {r['first'] or '-'} |")
+                   f"{_fmt(r['params'])} | {r['used']:.2g} | {r['first'] or '-'} |")
     out += ["", "## Final epoch metrics", "", "| backend | train loss | train acc | test loss | test acc |",
             "|---|---|---|---|---|"]
     for name, (rec, _) in records.items():

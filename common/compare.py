@@ -8,7 +8,8 @@ Every framework is compared with the reference (the numpy oracle) and with every
 A pair agrees when |a − b| ≤ atol + rtol·s everywhere (common.tolerance), with s = max(|a|, |b|) per value for
 losses and metrics, and s = max over the tensor of max(|a|, |b|) for a parameter tensor: a weight that passes
 through zero has no relative precision of its own, its error is measured against the tensor's scale. A pair's
-`first_divergent_step` is the first step (loss, batch_ids) or epoch (epoch metrics) where it does not.
+`first_divergent_step` is the first step (loss, batch_ids) or epoch (epoch metrics) where it does not, and
+`tolerance_used` = max |a − b| / (atol + rtol·s) says how close to the limit it came (> 1 is divergent).
 """
 
 from __future__ import annotations
@@ -48,13 +49,15 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
         scale = np.full_like(scale, scale.max())
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(scale > 0, diff / scale, 0.0)
-    bad = ~(diff <= tol.atol + tol.rtol * scale)  # NaN counts as divergent
+    allowed = tol.atol + tol.rtol * scale
+    bad = ~(diff <= allowed)  # NaN counts as divergent
     first = None
     if bad.any():
         pos = int(np.argmax(bad))
         first = index[pos] if index else pos
     return {"max_abs_diff": float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan"),
             "max_rel_diff": float(np.nanmax(rel)) if not np.isnan(rel).all() else float("nan"),
+            "tolerance_used": float(np.nanmax(diff / allowed)) if allowed.min() > 0 else None,
             "first_divergent_step": first, "divergent": bool(bad.any())}
 
 

@@ -64,6 +64,12 @@ def worst_rel(comparison: dict) -> float:
     return float(np.max(vals)) if vals else 0.0
 
 
+def worst_tolerance_used(comparison: dict) -> float:
+    """max |a − b| / (atol + rtol·s) over every compared value (1.0 = at the limit)."""
+    vals = [p["tolerance_used"] for p in comparison["pairs"] if p.get("tolerance_used") is not None]
+    return float(np.max(vals)) if vals else 0.0
+
+
 _BASE = {"batching": {"batch_size": 7}, "train": {"epochs": 6}}
 EXACT_MATRIX = {
     # id: sections; iris has 120 training rows, so batch 7 leaves a last batch of 1 (>= 102 steps in 6 epochs)

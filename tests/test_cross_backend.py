@@ -17,7 +17,7 @@ from benchmarks.runner import run_all
 from common import record
 from common.compare import compare
 from common.tolerance import tolerance_for
-from tests.support import EXACT_MATRIX, divergences, matrix_spec, worst_rel
+from tests.support import EXACT_MATRIX, divergences, matrix_spec, worst_rel, worst_tolerance_used
 
 MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 pytestmark = [
@@ -45,7 +45,8 @@ def test_all_backends_agree_with_the_oracle_at_every_step(matrix_records, case, 
     records = {name: record.read(folder, name) for name in (REFERENCE, *FRAMEWORKS)}
     assert len(records[REFERENCE][0]["steps"]) >= 100
     comparison = compare(records, REFERENCE, tolerance_for(dtype, "exact"))
-    print(f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}")
+    print(f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}, "
+          f"tolerance used {worst_tolerance_used(comparison):.3g}")
     assert divergences(comparison) == []
     ids = [[s["batch_ids"] for s in rec["steps"]] for rec, _ in records.values()]
     assert all(i == ids[0] for i in ids)
