@@ -1,0 +1,53 @@
+"""What a backend offers the throughput benchmark (DESIGN §7), framework-free.
+
+Each framework's `backends/<fw>_backend/bench.py` exposes
+
+    MODES: tuple[str, ...]                     the execution modes it has ("eager", "compiled", "fused")
+    LOADERS: tuple[str, ...]                   its native input pipelines (e.g. "naive", "fast")
+    def make_target(spec, data, mode, device) -> BenchTarget
+
+and `backends/<fw>_backend/reference_loop.py` the hand-fused reference (the fastest minimal loop the framework
+allows) as `make_reference(spec, data, device) -> EpochRunner`.
+
+Definitions, for one batch size B and N training rows:
+- loader alone:  one pass of the pipeline over the epoch, the batches moved to the device, no model (items: N);
+- step alone:    one optimizer step on a batch already on the device (items: B);
+- end to end:    one epoch, pipeline and steps together (items: N);
+- loader overhead = end-to-end time per epoch − steps per epoch × step time, as a fraction of the step time.
+Every mode must first reproduce the eager adapter's per-step losses in exact mode (the equivalence check), via
+`equivalence_losses`, before it is timed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class BenchTarget(Protocol):
+    mode: str
+
+    def settings(self) -> dict[str, Any]:
+        """Versions, device name, thread counts and precision (TF32) settings, for the record."""
+
+    def loader_epoch(self, loader: str) -> Any:
+        """Iterate one epoch of the named native pipeline, each batch placed on the device; return a syncable."""
+
+    def step(self) -> Any:
+        """One training step on a fixed batch already on the device; return something `sync` can wait on."""
+
+    def epoch(self) -> Any:
+        """One end-to-end training epoch (fast loader + steps); return a syncable."""
+
+    def sync(self, result: Any) -> None:
+        """Block until the device has finished `result` (torch.cuda.synchronize, block_until_ready, .numpy())."""
+
+    def equivalence_losses(self, epochs: int) -> list[float]:
+        """The per-step losses of this mode trained in exact mode for `epochs` epochs from the canonical init."""
+
+
+class EpochRunner(Protocol):
+    def epoch(self) -> Any:
+        """One training epoch; return a syncable."""
+
+    def sync(self, result: Any) -> None:
+        """As BenchTarget.sync."""
