@@ -52,6 +52,10 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, int, _range(0, 2**32 - 1)),
     "dtype": Field("float32", str, _choice("float32", "float64")),
     "mode": Field("exact", str, _choice("exact", "native")),
+    # how a backend executes its training step (benchmarks/DESIGN §7): eager = the framework's default loop
+    # (torch eager, tf.function graph, jax op-by-op), compiled = torch.compile / tf.function(jit_compile=True) /
+    # jax.jit, fused = CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax)
+    "execution": Field("eager", str, _choice("eager", "compiled", "fused")),
     "data": {
         "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz")),
         "test_fraction": Field(0.2, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),
