@@ -9,9 +9,11 @@ this table, so the run shows the traps instead of converting them away:
 | last batch     | keep/drop as asked; pad → ragged   | keep/drop as asked; pad → ragged    | pad with weight 0 as asked    |
 | init           | nn.Linear default (kaiming a=√5)   | Dense default (glorot, zero bias)   | Dense default (lecun, 0 bias) |
 | dropout        | nn.Dropout, global torch RNG       | keras.layers.Dropout(seed)          | nn.Dropout, PRNG key          |
-| l2 = λ         | SGD/Adam(weight_decay=λ)           | regularizers.L2(λ)  (grad 2λw)      | add_decayed_weights(λ)        |
+| l2 = λ         | SGD/Adam(weight_decay=λ), one group| regularizers.L2(λ)  (grad 2λw)      | add_decayed_weights(λ)        |
+|                | of model.parameters(): biases too  |                                     |                               |
 | weight_decay=λ | coupled: weight_decay=λ            | coupled: L2(λ) "as written"         | add_decayed_weights(λ)        |
-| decoupled λ    | AdamW(weight_decay=λ)              | optimizer weight_decay=λ, biases too| adamw(weight_decay=λ), no mask|
+| decoupled λ    | AdamW(weight_decay=λ); SGD has no  | optimizer weight_decay=λ, biases too| adamw(weight_decay=λ), no mask|
+|                | decoupled form: weight_decay=λ     |                                     |                               |
 | l1 = λ         | loss λ·A_t (as the spec says)      | regularizers.L1(λ): sum form always | loss λ·A_t, |x|' = +1 at 0    |
 | Adam ε         | spec eps                           | Keras default 1e-7, ε-hat form      | spec eps                      |
 | epoch loss     | running mean of step losses, weighted by batch size (the `fit` convention); not the loss of

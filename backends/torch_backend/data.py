@@ -1,13 +1,19 @@
 """The native PyTorch input pipeline: a Dataset with a batched `__getitems__`, fed by a batch_sampler (DESIGN §5).
 
-- `RowsDataset.__getitems__(batch)` receives a whole `common.batching.Batch` from the sampler and indexes the x / y
-  tensors with its id array in one vectorised gather (no per-row `__getitem__` + collate).
-- `PlanBatchSampler` yields the shared plan's batches for the current epoch (`set_epoch`), so the DataLoader walks
-  exactly the rows, order and `pad` filler (weight 0) every other backend walks; torch's own `randperm` shuffle
-  cannot be made equal to the others.
+- `RowsDataset.__getitems__(batch)` receives a whole batch from the sampler, either a `common.batching.Batch`
+  (exact mode) or the plain list of row indices DataLoader's own BatchSampler yields (native mode), and indexes
+  the x / y tensors with it in one vectorised gather (no per-row `__getitem__` + collate). The ids travel with the
+  batch.
+- Exact mode: `PlanBatchSampler` yields the shared plan's batches for the current epoch (`set_epoch`), so the
+  DataLoader walks exactly the rows, order and `pad` filler (weight 0) every other backend walks; torch's own
+  `randperm` shuffle cannot be made equal to the others.
 - The DataLoader draws a base seed from its `generator` at every `iter()`, even with no shuffling and no workers.
   Given the global generator it would shift every later native `nn.Dropout` mask, so it gets its own
   `torch.Generator` seeded from the spec seed.
+- Native mode (common.native, torch column): `make_native_loader` is what a user writes,
+  `DataLoader(ds, batch_size=B, shuffle=…, drop_last=last_batch == "drop", generator=…)`. Its RandomSampler
+  draws a fresh `randperm` from that generator at every `iter()`, so each epoch is reshuffled; "pad" has no torch
+  idiom, so the ragged last batch is kept. Every row it delivers is real (weight 1).
 """
 
 from __future__ import annotations
@@ -42,10 +48,16 @@ class RowsDataset(Dataset):
     def __getitem__(self, index: int):
         return self.x[index], self.y[index]
 
-    def __getitems__(self, batch: Batch) -> TorchBatch:
-        index = torch.as_tensor(batch.ids, dtype=torch.long, device=self.x.device)
-        weights = torch.as_tensor(batch.weights, dtype=self.x.dtype, device=self.x.device)
-        return TorchBatch(np.asarray(batch.ids), self.x[index], self.y[index], weights)
+    def __getitems__(self, batch: Batch | list[int]) -> TorchBatch:
+        """A plan `Batch` (ids and weights as planned) or a list of row indices (all real, weight 1)."""
+        if isinstance(batch, Batch):
+            ids, weights = np.asarray(batch.ids), batch.weights
+        else:
+            ids = np.asarray(batch, dtype=np.int64)
+            weights = np.ones(ids.shape[0])
+        index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
+        weights = torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
+        return TorchBatch(ids, self.x[index], self.y[index], weights)
 
 
 class PlanBatchSampler(Sampler):
@@ -74,3 +86,10 @@ def make_loader(dataset: RowsDataset, plan: BatchPlan, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=_already_collated,
                       generator=generator)
+
+
+def make_native_loader(dataset: RowsDataset, spec: dict) -> DataLoader:
+    """Native mode: torch's own sampler and batching, shuffled by a Generator seeded from the spec seed."""
+    b = spec["batching"]
+    return DataLoader(dataset, batch_size=b["batch_size"], shuffle=b["shuffle"], drop_last=b["last_batch"] == "drop",
+                      collate_fn=_already_collated, generator=torch.Generator().manual_seed(spec["seed"]))

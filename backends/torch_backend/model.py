@@ -4,6 +4,11 @@ Dense layers are `nn.Linear` modules registered as `layer{i}`, so `named_paramet
 names; only the layout differs: nn.Linear stores its weight (out, in), canonical is (in, out), so weights are
 transposed on load and on export.
 
+Initialisation: exact mode loads the canonical parameters (`load_canonical`). Native mode keeps nn.Linear's own
+default, kaiming_uniform(a=√5) = U(±1/√fan_in) for weights and U(±1/√fan_in) for biases, drawn from the global torch
+RNG: the adapter calls `torch.manual_seed(spec seed)` and builds the MLP on the CPU, then moves it to the device, as
+a user writes `MLP().to(device)`, so the native init does not depend on the device.
+
 Dropout after every hidden activation:
 - exact mode: `h * mask` with the driver's pre-scaled shared mask (no torch layer accepts an external mask);
 - native mode: `nn.Dropout(p)`, torch's own inverted dropout drawing from the global torch RNG;

@@ -11,6 +11,17 @@ biases unless `regularize_bias`:
 - L1 has no torch mechanism: the loss term Σ_t f_t·Σ|w_t| (f_t = `Regularization.l1_coefficient`); autograd
   differentiates |w| at 0 to 0, the canonical sign(0) = 0.
 Penalty terms enter the backward pass only; the recorded loss stays the cross-entropy.
+
+Native mode (`NativeTorchOptimizer`, common.native's torch column) converts nothing; it is what a user porting the
+spec by hand writes, with every parameter passed to the optimizer in one group:
+- coupled: `SGD/Adam(model.parameters(), weight_decay=λ)`, λ = `common.native.l2_as_written` (gradient λ·w, half the
+  spec's 2·l2·w: the "L2 is weight_decay" trap), and, like any torch weight_decay, biases included;
+- decoupled under adamw: `AdamW(model.parameters(), weight_decay=wd)`, biases included. AdamW has no coupled slot,
+  so an l2 next to it is written into the loss as the spec says, l2·Σw² over the regularized tensors;
+- decoupled under sgd: torch has no decoupled SGD, so the one knob a user has takes it, coupled:
+  `SGD(weight_decay=λ + wd)` (the same update without momentum, a different one with it);
+- L1: the loss term Σ_t f_t·Σ|w_t| as the spec says (mean or sum, biases per regularize_bias), autograd's |x|'(0) = 0;
+- Adam / AdamW ε: the spec's eps.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from common.native import l2_as_written
 from common.regularization import Regularization
 
 
@@ -63,4 +75,44 @@ class TorchOptimizer:
         if self.sgd_decay:
             for _, p in self.regularized:
                 p.mul_(1.0 - self.lr * self.sgd_decay)
+        self.opt.step()
+
+
+class NativeTorchOptimizer:
+    """Native mode: torch.optim as a user writes it (see the module docstring); same interface as TorchOptimizer."""
+
+    def __init__(self, spec: dict, model: nn.Module):
+        o, r = spec["optimizer"], spec["regularization"]
+        self.reg = Regularization.from_spec(spec)
+        named = list(model.named_parameters())
+        self.regularized = [(n, p) for n, p in named if self.reg.applies(n)]
+        params = [p for _, p in named]
+        decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
+        self.loss_l2 = 0.0
+        if o["name"] == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                                         weight_decay=decoupled)
+            self.loss_l2 = r["l2"]
+        elif o["name"] == "adam":
+            self.opt = torch.optim.Adam(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                                        weight_decay=l2_as_written(spec))
+        else:
+            self.opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
+                                       weight_decay=l2_as_written(spec) + decoupled)
+
+    def penalty(self) -> torch.Tensor | float:
+        """The hand-written loss terms: L1 as the spec says, and l2·Σw² next to AdamW."""
+        total = 0.0
+        for name, p in self.regularized:
+            f = self.reg.l1_coefficient(name, p.numel())
+            if f:
+                total = total + f * p.abs().sum()
+            if self.loss_l2:
+                total = total + self.loss_l2 * p.square().sum()
+        return total
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
         self.opt.step()

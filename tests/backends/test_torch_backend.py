@@ -1,5 +1,5 @@
-"""PyTorch backend: exact-mode agreement with the numpy oracle, dropout handling, the DataLoader's RNG, and a
-replay of a torch record by a plain hand-written PyTorch loop."""
+"""PyTorch backend: exact-mode agreement with the numpy oracle, dropout handling, the DataLoader's RNG, a replay of
+a torch record by a plain hand-written PyTorch loop, and native mode (common.native's torch column)."""
 
 import json
 
@@ -16,7 +16,7 @@ from backends.torch_backend.data import RowsDataset, make_loader  # noqa: E402
 from common import record  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init  # noqa: E402
+from common.driver import canonical_init, train  # noqa: E402
 from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
@@ -86,10 +86,11 @@ def test_float32_exact_mode_agrees_within_float32_tolerance():
 
 
 def _prepared(spec):
+    """An adapter prepared as the driver does: canonical parameters in exact mode, none in native mode."""
     data = load_dataset(spec)
     adapter = make_adapter(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
-    adapter.prepare(spec, data, plan, canonical_init(spec, data))
+    adapter.prepare(spec, data, plan, canonical_init(spec, data) if spec["mode"] == "exact" else None)
     return adapter, data, plan
 
 
@@ -111,21 +112,6 @@ def test_dropout_is_off_in_evaluate(mode):
         assert got[0] == pytest.approx(losses[b.ids].sum(), rel=1e-12)
         assert got[1] == correct[b.ids].sum()
         assert got[2] == b.n_real
-
-
-def test_native_mode_uses_torch_dropout():
-    exact = _spec(regularization={"dropout": 0.5}, train={"epochs": 1})
-    native = _spec(mode="native", regularization={"dropout": 0.5}, train={"epochs": 1})
-    adapter, _, _ = _prepared(native)
-    layers = [m for m in adapter.model.modules() if isinstance(m, nn.Dropout)]
-    assert [m.p for m in layers] == [0.5]
-    losses = {name: [s["loss"] for s in run_in_process("torch", s)[0]["steps"]]
-              for name, s in (("exact", exact), ("native", native))}
-    assert losses["native"][0] != pytest.approx(losses["exact"][0], rel=1e-6)
-    again = [s["loss"] for s in run_in_process("torch", native)[0]["steps"]]
-    assert again == losses["native"]  # torch's own RNG, seeded from the spec seed
-    other = [s["loss"] for s in run_in_process("torch", {**native, "seed": 1})[0]["steps"]]
-    assert other != losses["native"]
 
 
 def test_loader_yields_plan_batches_and_keeps_global_rng():
@@ -178,3 +164,148 @@ def test_plain_torch_loop_replays_the_record(tmp_path):
         opt.step()
         losses.append(loss.item())
     np.testing.assert_allclose(losses, [s["loss"] for s in saved["steps"]], rtol=1e-12, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- native mode
+
+def _native(**sections):
+    return _spec(mode="native", **sections)
+
+
+def _epochs(body_or_rec, n):
+    return [[s["batch_ids"] for s in body_or_rec["steps"] if s["epoch"] == e] for e in range(1, n + 1)]
+
+
+def test_native_mode_is_reproducible_and_seeded():
+    spec = _native(train={"epochs": 2}, regularization={"dropout": 0.3})
+    (rec, npz), (again, npz_again) = run_in_process("torch", spec), run_in_process("torch", spec)
+    assert rec["steps"] == again["steps"]  # order, sizes and losses (dropout included)
+    for key in npz:
+        np.testing.assert_array_equal(npz[key], npz_again[key])
+    other, npz_other = run_in_process("torch", {**spec, "seed": 1})
+    assert _epochs(other, 2) != _epochs(rec, 2)
+    assert not np.array_equal(npz_other["init/layer0.weight"], npz["init/layer0.weight"])
+    assert not np.array_equal(npz_other["losses"], npz["losses"])
+
+
+def test_native_mode_uses_torch_dropout():
+    spec = _native(regularization={"dropout": 0.5}, train={"epochs": 1})
+    adapter, _, _ = _prepared(spec)
+    assert [m.p for m in adapter.model.modules() if isinstance(m, nn.Dropout)] == [0.5]
+    with_dropout, npz = run_in_process("torch", spec)
+    without, npz_without = run_in_process("torch", _native(train={"epochs": 1}))
+    # Same seed: the same init and order, so step 1 differs only by nn.Dropout's mask.
+    assert with_dropout["steps"][0]["batch_ids"] == without["steps"][0]["batch_ids"]
+    np.testing.assert_array_equal(npz["init/layer0.weight"], npz_without["init/layer0.weight"])
+    assert npz["losses"][0] != npz_without["losses"][0]
+
+
+@pytest.mark.parametrize("hidden", [[32], [16, 8]])
+def test_native_init_is_nn_linear_default(hidden):
+    """kaiming_uniform(a=√5) weights and U(±1/√fan_in) biases from torch.manual_seed(seed), whatever model.init
+    says, and not common's canonical init."""
+    spec = _native(seed=3, model={"hidden": hidden, "init": "glorot_uniform"})
+    adapter, data, _ = _prepared(spec)
+    init = adapter.parameters()
+    canonical = canonical_init(spec, data)
+    torch.manual_seed(3)
+    by_hand = [nn.Linear(fan_in, fan_out, dtype=torch.float64)
+               for fan_in, fan_out in zip([4] + hidden, hidden + [3])]
+    for i, layer in enumerate(by_hand):
+        w, b = init[f"layer{i}.weight"], init[f"layer{i}.bias"]
+        bound = 1.0 / np.sqrt(w.shape[0])
+        assert np.abs(w).max() <= bound and np.abs(b).max() <= bound
+        assert np.all(b != 0)
+        assert np.abs(w).max() > 0.9 * bound  # the full U(±1/√fan_in) range, not a narrower scheme
+        np.testing.assert_array_equal(w, layer.weight.detach().numpy().T)
+        np.testing.assert_array_equal(b, layer.bias.detach().numpy())
+        assert not np.allclose(w, canonical[f"layer{i}.weight"])
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "drop", "pad"])
+def test_native_order_is_the_dataloader_shuffle(last_batch):
+    spec = _native(train={"epochs": 3}, batching={"last_batch": last_batch})
+    data = load_dataset(spec)
+    adapter = make_adapter(spec)
+    body = train(adapter, spec, data)
+    epochs = _epochs(body, 3)
+    plan = BatchPlan.from_spec(spec, 120)
+    by_hand = torch.utils.data.DataLoader(range(120), batch_size=7, shuffle=True, drop_last=last_batch == "drop",
+                                          generator=torch.Generator().manual_seed(spec["seed"]))
+    for e, batches in enumerate(epochs):
+        assert batches == [b.tolist() for b in by_hand]  # torch's own RandomSampler, reshuffled each epoch
+        order = np.concatenate(batches)
+        assert not np.array_equal(order, plan.order(e)[:order.shape[0]])
+        if last_batch == "drop":
+            assert [len(b) for b in batches] == [7] * 17 and len(set(order)) == 119
+        else:  # keep, and pad kept ragged (no filler ids): every row exactly once
+            assert sorted(order) == list(range(120)) and len(batches[-1]) == 120 % 7
+    assert epochs[0] != epochs[1] != epochs[2]
+
+
+def test_native_order_without_shuffle_and_loader_leaves_global_rng():
+    spec = _native(train={"epochs": 1}, batching={"shuffle": False})
+    adapter, _, _ = _prepared(spec)
+    before = torch.get_rng_state()
+    batches = [b.ids.tolist() for b in adapter.epoch_batches(0)]
+    assert np.concatenate(batches).tolist() == list(range(120))
+    assert torch.equal(torch.get_rng_state(), before)  # the loader's own Generator: nn.Dropout's RNG untouched
+    shuffled, _, _ = _prepared(_native())
+    before = torch.get_rng_state()
+    list(shuffled.epoch_batches(0))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _one_step(spec):
+    adapter, _, _ = _prepared(spec)
+    before = adapter.parameters()
+    batch = next(iter(adapter.epoch_batches(0)))
+    adapter.train_step(batch, 1, None)
+    return before, adapter.parameters(), batch.ids
+
+
+LAMBDA, LR = 0.03, 0.1
+
+
+@pytest.mark.parametrize("regularization", [
+    {"l2": LAMBDA},
+    {"weight_decay": LAMBDA},
+    {"l2": LAMBDA / 3, "weight_decay": 2 * LAMBDA / 3},
+    {"weight_decay": LAMBDA, "decay": "decoupled"},  # no decoupled SGD in torch: the one knob, coupled
+])
+def test_native_l2_is_torch_weight_decay_as_written(regularization):
+    """SGD(weight_decay=λ): one step moves w by lr·(g + λ·w), not the spec's lr·(g + 2·l2·w); biases too."""
+    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, **regularization})
+    w0, with_l2, ids = _one_step(spec)
+    w0_plain, plain, ids_plain = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0}))
+    assert np.array_equal(ids, ids_plain)
+    for name in w0:
+        np.testing.assert_array_equal(w0[name], w0_plain[name])  # the same native init
+        np.testing.assert_allclose(plain[name] - with_l2[name], LR * LAMBDA * w0[name], rtol=0, atol=1e-12)
+
+
+def test_native_l1_is_a_loss_term_as_the_spec_says():
+    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, "l1": LAMBDA})
+    w0, with_l1, _ = _one_step(spec)
+    _, plain, _ = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0}))
+    for name in w0:
+        expected = LR * LAMBDA / w0[name].size * np.sign(w0[name]) if name.endswith(".weight") else 0.0
+        np.testing.assert_allclose(plain[name] - with_l1[name], expected, rtol=0, atol=1e-12)
+
+
+def test_native_optimizers_take_the_spec_numbers_as_written():
+    adam, _, _ = _prepared(_native(optimizer={"name": "adam", "eps": 1e-6},
+                                   regularization={"l2": 0.01, "weight_decay": 0.002}))
+    opt = adam.optimizer.opt
+    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.012) and opt.param_groups[0]["eps"] == 1e-6
+    assert len(opt.param_groups[0]["params"]) == 4  # biases decayed too: torch's weight_decay has no mask
+    adamw, _, _ = _prepared(_native(optimizer={"name": "adamw", "eps": 1e-6},
+                                    regularization={"l2": 0.01, "weight_decay": 0.05, "decay": "decoupled"}))
+    opt = adamw.optimizer.opt
+    assert type(opt) is torch.optim.AdamW and len(opt.param_groups[0]["params"]) == 4
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["eps"] == 1e-6
+    # AdamW has no coupled slot: l2 is written into the loss as the spec says, l2·Σw² over the weights.
+    p = adamw.parameters()
+    expected = 0.01 * sum(np.square(p[k]).sum() for k in p if k.endswith(".weight"))
+    assert adamw.optimizer.penalty().item() == pytest.approx(expected, rel=1e-12)
