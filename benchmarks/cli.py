@@ -2,6 +2,7 @@
 
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
     parity sweep PRESET [--full] [--workers N] [--out DIR]
+    parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
 
 Exit codes: 0 equivalent (or native mode, where no per-step claim is made), 1 divergent, 2 bad input (one line
 naming the key or file, nothing written), 3 a backend failed or is not installed (the others still run and are
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
 from benchmarks import plots, report
+from benchmarks.bench import MODES as BENCH_MODES, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import list_presets
 from benchmarks.runner import run_all
 from benchmarks.sweep import run_sweep
@@ -53,7 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     sweep.add_argument("--out", type=Path, help="output folder (default: runs/sweeps/<preset>[-ci])")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench = sub.add_parser("bench", help="time loader, step and end-to-end throughput per backend and mode")
+    bench.add_argument("spec", nargs="?", help="TOML spec (default: a 16384-row doughnuts MLP in float32)")
+    bench.add_argument("--batch-sizes", default="32,128,1024")
+    bench.add_argument("--backends", default=",".join(FRAMEWORKS))
+    bench.add_argument("--modes", default="eager,compiled,fused")
+    bench.add_argument("--device", default="auto", choices=("cpu", "gpu", "auto"))
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    bench.add_argument("--windows", type=int, default=10, help="timing windows (>= 10 for reported figures)")
+    bench.add_argument("--budget", type=float, default=1.0, help="seconds of step timing per mode and batch size")
+    bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
+    bench.add_argument("--out", type=Path, help="output folder (default: runs/bench)")
     return parser
+
+
+def command_bench(args) -> int:
+    spec = bench_spec(args.spec, args.overrides)
+    backends = parse_backends(args.backends)
+    sizes = parse_list(args.batch_sizes, "batch-sizes", kind=int)
+    modes = parse_list(args.modes, "modes", allowed=BENCH_MODES)
+    if args.windows < 2 or args.budget <= 0:
+        raise InputError("--windows must be at least 2 and --budget positive")
+    load_dataset(spec)
+    out = args.out or Path("runs") / "bench"
+    result = run_bench(spec, backends, sizes, modes, args.device, out, args.windows, args.budget, not args.no_keras)
+    write_outputs(result, out)
+    print((out / "bench.md").read_text(encoding="utf-8"))
+    for note in result["notes"]:
+        print(f"parity bench: {note}", file=sys.stderr)
+    return 3 if result["notes"] else 0
 
 
 def parse_backends(text: str) -> list[str]:
@@ -145,7 +175,7 @@ def command_sweep(args) -> int:
     return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
 
 
-COMMANDS = {"run": command_run, "sweep": command_sweep}
+COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,3 +105,36 @@ def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
         lines.append(f"| {label} | {backend} | {len(rs)} | {mean['train_acc']:.4f} | {mean['test_acc']:.4f} | "
                      f"{mean['gap']:+.4f} | {mean['test_loss']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def bench_plot(rows: list[dict], path: Path) -> None:
+    """Samples/s against batch size (log-log): end-to-end epochs per backend and mode, Keras fit, references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple, list] = {}
+    for r in rows:
+        if "items_per_s" not in r:
+            continue
+        axis = right if r["kind"] == "step" else left
+        if r["kind"] in ("end_to_end", "keras_fit", "reference", "step"):
+            series.setdefault((axis is right, r["backend"], r["mode"]), []).append((r["batch_size"], r["items_per_s"]))
+    for (is_step, backend, mode), points in sorted(series.items()):
+        points.sort()
+        axis = right if is_step else left
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{backend} {mode}",
+                  linestyle="--" if backend.startswith("keras") or mode == "hand-fused" else "-")
+    for axis, title in ((left, "end to end (epoch): adapters, Keras fit, hand-fused"), (right, "step alone")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("batch size")
+        axis.set_ylabel("samples / s")
+        axis.set_title(title)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,183 @@
+"""`parity bench`: loader vs step throughput per backend, mode and batch size, with Keras `fit` as the peer.
+
+Each backend runs in its own subprocess (benchmarks.bench_worker), and so does Keras on each of its backends
+(benchmarks.keras_peer with KERAS_BACKEND set), one after another so that timings do not interfere. Outputs in
+DIR: bench.json (rows + settings), bench.csv, bench.png (samples/s against batch size) and bench.md (tables and
+the ratios: best mode vs Keras fit on the same backend, each mode vs the hand-fused reference, loader overhead,
+naive-loader slowdown). Ratios are only ever taken within one run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backends import FRAMEWORKS
+from common import InputError
+from common.spec import apply_overrides, defaults, validate
+
+KERAS_BACKEND_OF = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
+MODES = ("eager", "compiled", "fused")
+BENCH_SPEC = {
+    "name": "bench-mlp", "dtype": "float32",
+    "data": {"name": "doughnuts", "params": {"n": 16384, "noise": 0.2, "radii": [1.0, 2.0]}},
+    "model": {"hidden": [32]},
+    "optimizer": {"lr": 0.05, "momentum": 0.9},
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_spec(path: str | None, overrides: list[str]) -> dict:
+    """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD)."""
+    from common.spec import load_spec
+
+    if path:
+        return load_spec(path, overrides)
+    return validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides))
+
+
+def parse_list(text: str, what: str, allowed=None, kind=str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--{what}: cannot read '{text}'") from None
+    bad = [v for v in values if (allowed is not None and v not in allowed) or (kind is int and v < 1)]
+    if not values or bad:
+        raise InputError(f"--{what}: invalid value '{bad[0] if bad else text}'")
+    return values
+
+
+def device_env(device: str) -> dict:
+    """Environment for a subprocess: `cpu` hides GPUs from every framework."""
+    env = dict(os.environ)
+    if device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    return env
+
+
+def _subprocess(cmd: list[str], env: dict, log: Path) -> int:
+    with log.open("w", encoding="utf-8") as err:
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT).returncode
+
+
+def run_bench(spec: dict, backends: list[str], batch_sizes: list[int], modes: list[str], device: str, out: Path,
+              windows: int, budget_s: float, keras_peer: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"spec": spec, "batch_sizes": batch_sizes, "modes": modes, "device": device, "windows": windows,
+              "budget_s": budget_s}
+    (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    results, notes = [], []
+    jobs = [(b, [sys.executable, "-m", "benchmarks.bench_worker", b], device_env(device)) for b in backends]
+    if keras_peer:
+        jobs += [(f"keras-{b}", [sys.executable, "-m", "benchmarks.keras_peer"],
+                  {**device_env(device), "KERAS_BACKEND": KERAS_BACKEND_OF[b]}) for b in backends]
+    for name, cmd, env in jobs:
+        print(f"parity bench: {name} ...", file=sys.stderr, flush=True)
+        result_file = out / f"{name}.json"
+        result_file.unlink(missing_ok=True)
+        code = _subprocess([*cmd, str(out / "config.json"), str(result_file)], env, out / f"{name}.log")
+        if result_file.exists():
+            results.append(json.loads(result_file.read_text(encoding="utf-8")))
+        if code:
+            tail = (out / f"{name}.log").read_text(encoding="utf-8").strip().splitlines()[-1:] or ["no output"]
+            notes.append(f"{name}: exit {code}: {tail[0]}")
+    return {"spec": spec, "device": device, "batch_sizes": batch_sizes, "results": results, "notes": notes}
+
+
+def rows_of(bench: dict) -> list[dict]:
+    return [{"backend": r.get("backend", res["backend"]), **r} for res in bench["results"] for r in res["rows"]]
+
+
+def _find(rows, backend, kind, mode, batch_size):
+    return next((r for r in rows if r["backend"] == backend and r["kind"] == kind and r["mode"] == mode
+                 and r["batch_size"] == batch_size), None)
+
+
+def ratios(bench: dict) -> list[dict]:
+    """The ratios the issue asks for, per backend and batch size (all from this one run)."""
+    rows = rows_of(bench)
+    n_rows = None
+    out = []
+    for backend in [b for b in FRAMEWORKS if any(r["backend"] == b for r in rows)]:
+        for bs in bench["batch_sizes"]:
+            e2e = {r["mode"]: r for r in rows if r["backend"] == backend and r["kind"] == "end_to_end"
+                   and r["batch_size"] == bs}
+            if not e2e:
+                continue
+            best_mode = max(e2e, key=lambda m: e2e[m]["items_per_s"])
+            entry = {"backend": backend, "batch_size": bs, "best_mode": best_mode,
+                     "best_samples_per_s": e2e[best_mode]["items_per_s"]}
+            peer = _find(rows, f"keras[{KERAS_BACKEND_OF[backend]}]", "keras_fit", "fit", bs)
+            if peer:
+                entry["vs_keras_fit"] = e2e[best_mode]["items_per_s"] / peer["items_per_s"]
+            ref = _find(rows, backend, "reference", "hand-fused", bs)
+            for mode, r in e2e.items():
+                if ref:
+                    entry[f"{mode}_vs_reference"] = r["items_per_s"] / ref["items_per_s"]
+                step = _find(rows, backend, "step", mode, bs)
+                if step:
+                    n_rows = r["items_per_call"]
+                    steps_time = math.ceil(n_rows / bs) * step["median_s"]
+                    entry[f"{mode}_loader_overhead"] = (r["median_s"] - steps_time) / steps_time
+            naive, fast = (_find(rows, backend, f"loader:{k}", "-", bs) for k in ("naive", "fast"))
+            if naive and fast:
+                entry["naive_loader_slowdown"] = naive["median_s"] / fast["median_s"]
+            out.append(entry)
+    return out
+
+
+def write_outputs(bench: dict, out: Path) -> None:
+    from benchmarks import plots
+
+    rows = rows_of(bench)
+    bench["ratios"] = ratios(bench)
+    (out / "bench.json").write_text(json.dumps(bench, indent=1), encoding="utf-8")
+    columns = ["backend", "kind", "mode", "batch_size", "items_per_s", "median_s", "iqr_s", "first_call_s",
+               "compile_s", "equivalent", "max_rel_diff", "note"]
+    with (out / "bench.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    plots.bench_plot(rows, out / "bench.png")
+    (out / "bench.md").write_text(markdown(bench, rows), encoding="utf-8")
+
+
+def _num(value, fmt=".3g") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def markdown(bench: dict, rows: list[dict]) -> str:
+    lines = [f"# Parity bench: {bench['spec']['name']} on {bench['device']}", "",
+             "Median per call over windows, IQR beside it; compile/first-call time apart. Samples/s = items per "
+             "call / median.", ""]
+    settings = {res["backend"]: res.get("settings", {}) for res in bench["results"]}
+    lines += ["## Settings", ""] + [f"- **{b}**: {json.dumps(s, sort_keys=True)}" for b, s in settings.items()]
+    lines += ["", "## Timings", "", "| backend | kind | mode | batch | samples/s | median s | IQR s | first call s |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "median_s" in r:
+            lines.append(f"| {r['backend']} | {r['kind']} | {r['mode']} | {r['batch_size']} | "
+                         f"{r['items_per_s']:.4g} | {r['median_s']:.3g} | {r['iqr_s']:.2g} | "
+                         f"{r['first_call_s']:.3g} |")
+    lines += ["", "## Equivalence of each mode with eager (one exact-mode epoch)", "",
+              "| backend | mode | batch | equivalent | max rel diff | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] in ("equivalence", "note"):
+            lines.append(f"| {r['backend']} | {r['mode']} | {r['batch_size']} | {r.get('equivalent', '-')} | "
+                         f"{_num(r.get('max_rel_diff'))} | {r.get('note', '')} |")
+    lines += ["", "## Ratios (same run)", "",
+              "| backend | batch | best mode | best samples/s | best / Keras fit | eager / ref | compiled / ref | "
+              "fused / ref | loader overhead (eager) | naive loader slowdown |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in bench["ratios"]:
+        lines.append(f"| {e['backend']} | {e['batch_size']} | {e['best_mode']} | {e['best_samples_per_s']:.4g} | "
+                     f"{_num(e.get('vs_keras_fit'))} | {_num(e.get('eager_vs_reference'))} | "
+                     f"{_num(e.get('compiled_vs_reference'))} | {_num(e.get('fused_vs_reference'))} | "
+                     f"{_num(e.get('eager_loader_overhead'), '.1%')} | {_num(e.get('naive_loader_slowdown'))} |")
+    if bench["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in bench["notes"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,112 @@
+"""Benchmark one backend in this process: `python -m benchmarks.bench_worker BACKEND CONFIG.json OUT.json`.
+
+For each batch size: every requested mode is first checked for equivalence against eager (per-step losses of one
+exact-mode epoch within common.tolerance), then timed (common.timing): the step alone, each native loader alone
+(once per batch size), one end-to-end epoch, and the backend's hand-fused reference loop. A mode that cannot run
+here (e.g. a CUDA graph without a GPU) or that fails the equivalence check is recorded with a note, not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from backends.worker import load_adapter
+from common.compare import compare_values
+from common.datasets import load_dataset
+from common.timing import calls_for_budget, time_calls
+from common.tolerance import tolerance_for
+
+
+def _module(backend: str, name: str):
+    load_adapter(backend)  # a missing framework gives the install hint
+    return importlib.import_module(f"backends.{backend}_backend.{name}")
+
+
+def _timed(kind: str, mode: str, batch_size: int, timing, extra: dict | None = None) -> dict:
+    return {"kind": kind, "mode": mode, "batch_size": batch_size, **timing.to_json(), **(extra or {})}
+
+
+def bench_batch_size(backend: str, spec: dict, data, modes: list[str], device: str, windows: int,
+                     budget_s: float) -> tuple[list[dict], dict]:
+    bench = _module(backend, "bench")
+    batch_size = spec["batching"]["batch_size"]
+    n_rows = data.train_x.shape[0]
+    rows, settings = [], {}
+    eager = bench.make_target(spec, data, "eager", device)
+    reference_losses = np.asarray(eager.equivalence_losses(1), dtype=np.float64)
+    tol = tolerance_for(spec["dtype"], "exact")
+    for mode in modes:
+        if mode not in bench.MODES:
+            rows.append({"kind": "note", "mode": mode, "batch_size": batch_size,
+                         "note": f"{backend} has no {mode} mode"})
+            continue
+        try:
+            target = eager if mode == "eager" else bench.make_target(spec, data, mode, device)
+            losses = np.asarray(target.equivalence_losses(1), dtype=np.float64)
+        except Exception as exc:  # a mode this device cannot run: noted, the others go on
+            rows.append({"kind": "note", "mode": mode, "batch_size": batch_size,
+                         "note": f"{mode} unavailable: {exc}".splitlines()[0]})
+            continue
+        check = compare_values(losses, reference_losses, list(range(1, len(losses) + 1)), tol)
+        equivalent = not check.get("divergent", True)
+        rows.append({"kind": "equivalence", "mode": mode, "batch_size": batch_size, "equivalent": equivalent,
+                     "max_rel_diff": check["max_rel_diff"], "steps": int(len(losses))})
+        if not equivalent:
+            continue
+        settings = target.settings()
+        probe = time_calls(target.step, target.sync, batch_size, windows=2, calls_per_window=3, warmup=1)
+        step = time_calls(target.step, target.sync, batch_size, windows=windows,
+                          calls_per_window=calls_for_budget(probe.median_s, budget_s, windows))
+        rows.append(_timed("step", mode, batch_size, step, {"compile_s": probe.first_call_s}))
+        rows.append(_timed("end_to_end", mode, batch_size,
+                           time_calls(target.epoch, target.sync, n_rows, windows=windows, calls_per_window=1)))
+        if mode == "eager":
+            for loader in bench.LOADERS:
+                rows.append(_timed(f"loader:{loader}", "-", batch_size, time_calls(
+                    lambda: target.loader_epoch(loader), target.sync, n_rows, windows=windows, calls_per_window=1)))
+    reference = _module(backend, "reference_loop").make_reference(spec, data, device)
+    rows.append(_timed("reference", "hand-fused", batch_size,
+                       time_calls(reference.epoch, reference.sync, n_rows, windows=windows, calls_per_window=1)))
+    return rows, settings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_worker")
+    parser.add_argument("backend")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args(argv)
+    config = json.loads(args.config.read_text(encoding="utf-8"))
+    try:
+        load_adapter(args.backend)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    spec = config["spec"]
+    data = load_dataset(spec)
+    rows, settings, failed = [], {}, 0
+    for batch_size in config["batch_sizes"]:
+        sized = {**spec, "batching": {**spec["batching"], "batch_size": batch_size}}
+        print(f"[{args.backend}] batch {batch_size}", file=sys.stderr, flush=True)
+        try:
+            more, found = bench_batch_size(args.backend, sized, data, config["modes"], config["device"],
+                                           config["windows"], config["budget_s"])
+            rows += [{"backend": args.backend, **r} for r in more]
+            settings = found or settings
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+    args.out.write_text(json.dumps({"backend": args.backend, "settings": settings, "rows": rows}, indent=1),
+                        encoding="utf-8")
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

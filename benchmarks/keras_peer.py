@@ -1,0 +1,62 @@
+"""The peer: Keras 3 `model.fit` on one Keras backend, timed like the adapters' end-to-end epoch.
+
+    KERAS_BACKEND=<tensorflow|torch|jax> python -m benchmarks.keras_peer CONFIG.json OUT.json
+
+Same MLP (canonical init), optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=False)`, so
+per-epoch Keras overhead (callbacks, logs, iterator set-up) is part of what is measured, as it is for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from common.datasets import load_dataset
+from common.driver import canonical_init
+from common.timing import time_calls
+
+
+def build_model(keras, spec: dict, data, dtype: str):
+    hidden = spec["model"]["hidden"]
+    layers = [keras.Input((data.n_features,), dtype=dtype)]
+    layers += [keras.layers.Dense(h, activation=spec["model"]["activation"], dtype=dtype) for h in hidden]
+    layers.append(keras.layers.Dense(data.n_classes, dtype=dtype))
+    model = keras.Sequential(layers)
+    init = canonical_init(spec, data)
+    model.set_weights([init[f"layer{i}.{part}"] for i in range(len(hidden) + 1) for part in ("weight", "bias")])
+    o = spec["optimizer"]
+    if o["name"] == "sgd":
+        optimizer = keras.optimizers.SGD(o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+    else:
+        optimizer = keras.optimizers.Adam(o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=o["eps"])
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def main(argv=None) -> int:
+    config_path, out_path = map(Path, (argv or sys.argv[1:])[:2])
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    import keras
+
+    spec = config["spec"]
+    data = load_dataset(spec)
+    keras.config.set_floatx(spec["dtype"])
+    x, y = data.train_x.astype(spec["dtype"]), data.train_y
+    rows = []
+    for batch_size in config["batch_sizes"]:
+        model = build_model(keras, spec, data, spec["dtype"])
+        fit = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)  # noqa: E731
+        timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
+        rows.append({"backend": f"keras[{keras.backend.backend()}]", "kind": "keras_fit", "mode": "fit",
+                     "batch_size": batch_size, **timing.to_json()})
+    out_path.write_text(json.dumps({"backend": f"keras[{keras.backend.backend()}]",
+                                    "settings": {"keras": keras.__version__,
+                                                 "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")},
+                                    "rows": rows}, indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
