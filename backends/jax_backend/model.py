@@ -8,6 +8,9 @@ Forward: every hidden Dense (named `layer{i}`) → activation → dropout, then 
 Dropout: exact mode multiplies by the shared pre-scaled mask passed in (no framework layer accepts an external
 mask); native mode uses `nn.Dropout` (inverted dropout, rng stream 'dropout'), deterministic unless `train`.
 Evaluation passes neither masks nor train=True, so dropout is off.
+Initialisation: exact mode loads the canonical parameters (`load`); native mode keeps nn.Dense's own defaults,
+lecun_normal kernel (truncated normal, variance 1/fan_in) and zero bias, drawn by `model.init(PRNGKey(seed), x)`
+(`native_init`).
 Dense uses `precision=HIGHEST`: on GPUs JAX's DEFAULT precision may use TF32/bf16 passes for float32 matmuls
 (DESIGN §5 "Precision"); on CPU it changes nothing.
 """
@@ -73,3 +76,9 @@ def load(model: MLP, canonical: dict[str, np.ndarray], n_features: int) -> dict:
     if jax.tree.map(lambda a: (a.shape, a.dtype), expected) != shapes:
         raise ValueError(f"canonical parameters do not fit the flax MLP: {shapes} vs {expected}")
     return params
+
+
+def native_init(model: MLP, seed: int, x) -> dict:
+    """Native mode: the params flax's own `model.init` draws from the spec seed (Dense defaults: lecun_normal
+    kernel, zero bias), in the model's dtype."""
+    return model.init(jax.random.PRNGKey(seed), jnp.asarray(x, dtype=model.dtype))

@@ -13,6 +13,15 @@ optimizer, checked against optax 0.2.8's source:
 - adamw: `optax.adamw(lr, b1, b2, eps, weight_decay=d, mask=mask)` = w ← w − lr·(m̂/(√v̂+ε) + d·w).
 Masks are pytrees of Python bools from Regularization.applies (weights always, biases only with regularize_bias);
 `add_decayed_weights(mask=None)` would decay biases too.
+
+Native mode (common.native's jax column, `build_native` and `native_l1_penalty`): nothing converted.
+- coupled: `add_decayed_weights(λ, mask)` with λ = common.native.l2_as_written(spec) = l2 + coupled wd
+  (gradient λ·w, where the canonical c is 2·l2 + wd), mask = weights (+ biases with regularize_bias).
+- decoupled d: `optax.adamw(…, weight_decay=d)` with NO mask (optax's default decays biases too); sgd: the exact
+  chain trace → add_decayed_weights(d) → scale_by_learning_rate, also unmasked.
+- L1: a loss term l1·A_t (A_t = mean|w_t| or Σ|w_t|) written with jnp.abs, whose derivative JAX takes as +1 at
+  0 (not sign(0) = 0): the native trap on zero-initialised biases.
+- Adam ε: the spec's eps.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import numpy as np
 import optax
 
 from backends.jax_backend.model import to_native
+from common.native import l2_as_written
 from common.regularization import Regularization
 
 
@@ -40,8 +50,8 @@ def l1_sign(coefficients) -> optax.GradientTransformation:
 
 
 def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
-    """The optax transformation for `spec`; `canonical` (the initial params) gives tensor names and sizes."""
-    o = spec["optimizer"]
+    """Exact mode: the optax transformation for `spec`; `canonical` (the initial params) gives tensor names and
+    sizes."""
     mask = to_native({name: reg.applies(name) for name in canonical})
     coefficients = {name: reg.l1_coefficient(name, np.size(w)) for name, w in canonical.items()}
     parts = []
@@ -49,13 +59,46 @@ def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> 
         parts.append(l1_sign(to_native(coefficients)))
     if reg.coupled:
         parts.append(optax.add_decayed_weights(reg.coupled, mask))
-    if o["name"] == "sgd" and reg.decoupled:
-        parts += [optax.trace(o["momentum"], o["nesterov"]), optax.add_decayed_weights(reg.decoupled, mask),
-                  optax.scale_by_learning_rate(o["lr"])]
-    elif o["name"] == "sgd":
-        parts.append(optax.sgd(o["lr"], o["momentum"] or None, o["nesterov"]))
-    elif o["name"] == "adam":
-        parts.append(optax.adam(o["lr"], o["beta1"], o["beta2"], o["eps"]))
-    else:
-        parts.append(optax.adamw(o["lr"], o["beta1"], o["beta2"], o["eps"], weight_decay=reg.decoupled, mask=mask))
+    parts.append(_optimizer(spec["optimizer"], reg.decoupled, mask))
     return optax.chain(*parts)
+
+
+def _optimizer(o: dict, decoupled: float, mask) -> optax.GradientTransformation:
+    """The optimizer part of the chain for spec section `o` with decoupled decay d (mask None: every leaf)."""
+    if o["name"] == "sgd" and decoupled:
+        return optax.chain(optax.trace(o["momentum"], o["nesterov"]), optax.add_decayed_weights(decoupled, mask),
+                           optax.scale_by_learning_rate(o["lr"]))
+    if o["name"] == "sgd":
+        return optax.sgd(o["lr"], o["momentum"] or None, o["nesterov"])
+    if o["name"] == "adam":
+        return optax.adam(o["lr"], o["beta1"], o["beta2"], o["eps"])
+    return optax.adamw(o["lr"], o["beta1"], o["beta2"], o["eps"], weight_decay=decoupled, mask=mask)
+
+
+def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
+    """Native mode: the optax chain a user writes from the spec's numbers (see the module docstring); L1 is not
+    here but in the loss (`native_l1_penalty`)."""
+    r = spec["regularization"]
+    coupled = l2_as_written(spec)
+    decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
+    parts = []
+    if coupled:
+        parts.append(optax.add_decayed_weights(coupled, to_native({name: reg.applies(name) for name in canonical})))
+    parts.append(_optimizer(spec["optimizer"], decoupled, None))
+    return optax.chain(*parts)
+
+
+def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]):
+    """Native mode: p ↦ l1·Σ_t A_t over the regularized tensors, A_t = jnp.mean|w_t| ("mean") or jnp.sum|w_t|
+    ("sum"), as a loss term (its gradient at w = 0 is +1·l1/n_t, JAX's |x|′(0)); None when l1 = 0."""
+    r = spec["regularization"]
+    if not r["l1"]:
+        return None
+    reduce = jnp.mean if r["l1_reduction"] == "mean" else jnp.sum
+    chosen = to_native({name: reg.applies(name) for name in canonical})
+
+    def penalty(params):
+        terms = jax.tree.map(lambda w, on: reduce(jnp.abs(w)) if on else None, params, chosen)
+        return r["l1"] * sum(jax.tree.leaves(terms))
+
+    return penalty

@@ -1,5 +1,6 @@
-"""JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, native dropout, and the
-jit-specific checks (one compile under last_batch "pad", pad-with-weights equals the ragged batch)."""
+"""JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, the jit-specific checks (one
+compile under last_batch "pad", pad-with-weights equals the ragged batch) and native mode (common.native's jax
+column: jax.random order, flax default init, nn.Dropout, optax "as written", L1 as a jnp.abs loss term)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("optax")
 
+import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from backends.jax_backend.model import to_canonical  # noqa: E402
 from backends.numpy_backend.model import forward  # noqa: E402
 from backends.worker import load_adapter  # noqa: E402
-from common.batching import eval_batches  # noqa: E402
+from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import train  # noqa: E402
+from common.driver import canonical_init, train  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
 from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
@@ -110,18 +113,6 @@ def test_evaluate_has_no_dropout(mode):
         assert correct == np.sum(np.argmax(logits, axis=1) == y)
 
 
-def test_native_mode_uses_flax_dropout():
-    overrides = dict(train={"epochs": 2}, regularization={"dropout": 0.5})
-    native = [s["loss"] for s in run_in_process("jax", spec_for(mode="native", **overrides))[0]["steps"]]
-    again = [s["loss"] for s in run_in_process("jax", spec_for(mode="native", **overrides))[0]["steps"]]
-    exact = [s["loss"] for s in run_in_process("jax", spec_for(mode="exact", **overrides))[0]["steps"]]
-    no_dropout = run_in_process("jax", spec_for(mode="native", train={"epochs": 1}))[0]["steps"][0]["loss"]
-    assert native == again  # nn.Dropout's key comes from the spec seed and the step
-    assert native[0] != pytest.approx(exact[0], rel=1e-6)  # its own RNG, not the shared masks
-    assert native[0] != pytest.approx(no_dropout, rel=1e-6)  # dropout is active in training
-    assert np.all(np.isfinite(native))
-
-
 @pytest.mark.parametrize("last_batch, batch_size, compiles", [
     ("pad", 7, 1), ("keep", 7, 2), ("drop", 7, 1), ("keep", 8, 1)])
 def test_jit_compiles_once_per_batch_shape(last_batch, batch_size, compiles):
@@ -154,3 +145,232 @@ def test_l1_uses_sign_with_zero_at_zero():
     params = {"w": jnp.array([0.0, 2.0, -3.0])}
     updates, _ = tx.update({"w": jnp.array([1.0, 1.0, 1.0])}, tx.init(params), params)
     np.testing.assert_array_equal(np.asarray(updates["w"]), [1.0, 1.5, 0.5])
+
+
+# ---- native mode -------------------------------------------------------------------------------------------------
+
+def first_step(spec: dict) -> tuple[dict, dict]:
+    """(parameters before, parameters after) the first training step of `spec` (dropout must be 0: no masks)."""
+    data = load_dataset(spec)
+    adapter = load_adapter("jax").make_adapter(spec)
+    exact = spec["mode"] == "exact"
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]),
+                    canonical_init(spec, data) if exact else None)
+    before = adapter.parameters()
+    adapter.train_step(next(iter(adapter.epoch_batches(0))), 1, None)
+    return before, adapter.parameters()
+
+
+def epoch_orders(rec: dict) -> list[np.ndarray]:
+    """The recorded batch ids of each epoch, concatenated."""
+    epochs = sorted({s["epoch"] for s in rec["steps"]})
+    return [np.concatenate([s["batch_ids"] for s in rec["steps"] if s["epoch"] == e]) for e in epochs]
+
+
+def test_native_mode_is_seeded():
+    sections = dict(mode="native", train={"epochs": 2}, regularization={"dropout": 0.3})
+    rec, npz = run_in_process("jax", spec_for(**sections))
+    again, again_npz = run_in_process("jax", spec_for(**sections))
+    other, other_npz = run_in_process("jax", spec_for(seed=1, **sections))
+    assert [s["batch_ids"] for s in rec["steps"]] == [s["batch_ids"] for s in again["steps"]]
+    assert npz.keys() == again_npz.keys()
+    for key in npz:
+        np.testing.assert_array_equal(npz[key], again_npz[key])
+    assert [s["batch_ids"] for s in rec["steps"]] != [s["batch_ids"] for s in other["steps"]]
+    assert not np.allclose(npz["init/layer0.weight"], other_npz["init/layer0.weight"])
+    assert not np.allclose(npz["losses"], other_npz["losses"])
+
+
+def test_native_init_is_flax_dense_default():
+    """nn.Dense's defaults: lecun_normal (a normal truncated at ±2σ₀, rescaled to variance 1/fan_in) and zero
+    bias; neither torch's kaiming bound (biases nonzero) nor glorot nor common's canonical draws."""
+    spec = spec_for(mode="native", model={"hidden": [64, 32]}, train={"epochs": 1})
+    data = load_dataset(spec)
+    adapter = load_adapter("jax").make_adapter(spec)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), None)
+    init = adapter.parameters()
+    for i, fan_in in enumerate((data.n_features, 64, 32)):
+        w, b = init[f"layer{i}.weight"], init[f"layer{i}.bias"]
+        assert w.shape[0] == fan_in and w.dtype == np.float64
+        np.testing.assert_array_equal(b, 0.0)
+        std = np.sqrt(1.0 / fan_in)
+        assert w.std() == pytest.approx(std, rel=0.2)
+        assert abs(w.mean()) < 0.3 * std
+        assert np.abs(w).max() <= 2.0 * std / 0.87962566103423978  # truncation at 2σ₀, σ₀ = std / 0.8796…
+    # what a user writes: Dense layers with flax's defaults, `init(PRNGKey(seed), x)`
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, width in enumerate((64, 32)):
+                x = nn.relu(nn.Dense(width, param_dtype=jnp.float64, name=f"layer{i}")(x))
+            return nn.Dense(data.n_classes, param_dtype=jnp.float64, name="layer2")(x)
+
+    want = Plain().init(jax.random.PRNGKey(spec["seed"]), jnp.zeros((1, data.n_features)))
+    for name, value in to_canonical(want).items():
+        np.testing.assert_array_equal(init[name], value)
+    for scheme in ("torch_default", "glorot_uniform", "lecun_normal"):
+        canonical = canonical_init(spec_for(mode="exact", model={"hidden": [64, 32], "init": scheme}), data)
+        assert not np.allclose(canonical["layer0.weight"], init["layer0.weight"])
+
+
+def test_native_order_is_jax_permutation():
+    spec = spec_for(mode="native", train={"epochs": 3}, batching={"last_batch": "keep"})
+    rec, _ = run_in_process("jax", spec)
+    plan = BatchPlan.from_spec(spec, 120)
+    orders = epoch_orders(rec)
+    for e, order in enumerate(orders):
+        assert sorted(order.tolist()) == list(range(120))  # every row exactly once under keep
+        assert not np.array_equal(order, plan.order(e))  # not the shared numpy order
+        key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), e)
+        np.testing.assert_array_equal(order, np.asarray(jax.random.permutation(key, 120)))
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    assert [s["batch_size"] for s in rec["steps"] if s["epoch"] == 1] == [7] * 17 + [1]
+    ordered, _ = run_in_process("jax", spec_for(mode="native", train={"epochs": 2}, batching={"shuffle": False}))
+    for order in epoch_orders(ordered):
+        np.testing.assert_array_equal(order, np.arange(120))
+
+
+def test_native_last_batch_policies():
+    """pad: weight-0 filler (one compile) but only the real ids recorded, and the same steps as keep; drop: the
+    permutation's last row is not used."""
+    sections = dict(mode="native", train={"epochs": 2}, optimizer={"momentum": 0.9, "lr": 0.05})
+    keep, keep_npz = run_in_process("jax", spec_for(batching={"last_batch": "keep"}, **sections))
+    pad_spec = spec_for(batching={"last_batch": "pad"}, **sections)
+    adapter, data, pad = trained_adapter(pad_spec)
+    drop, _ = run_in_process("jax", spec_for(batching={"last_batch": "drop"}, **sections))
+    assert adapter.compile_count == 1
+    assert [s["batch_ids"] for s in pad["steps"]] == [s["batch_ids"] for s in keep["steps"]]
+    assert [s["batch_size"] for s in pad["steps"]][17] == 1
+    tol = dict(rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
+    np.testing.assert_allclose([s["loss"] for s in pad["steps"]], keep_npz["losses"], **tol)
+    for name, value in pad["final"].items():
+        np.testing.assert_allclose(value, keep_npz[f"final/{name}"], **tol)
+    assert [s["batch_size"] for s in drop["steps"]] == [7] * 34
+    for order, full in zip(epoch_orders(drop), epoch_orders(keep), strict=True):
+        np.testing.assert_array_equal(order, full[:119])
+
+
+def test_native_mode_uses_flax_dropout():
+    overrides = dict(mode="native", train={"epochs": 2}, regularization={"dropout": 0.5})
+    adapter, _, body = trained_adapter(spec_for(**overrides))
+    assert adapter.model.dropout == 0.5
+    rec, npz = run_in_process("jax", spec_for(**overrides))
+    plain, plain_npz = run_in_process("jax", spec_for(mode="native", train={"epochs": 2}))
+    # the same seed gives the same init and order, so step 1 differs only by nn.Dropout
+    assert rec["steps"][0]["batch_ids"] == plain["steps"][0]["batch_ids"]
+    np.testing.assert_array_equal(npz["init/layer0.weight"], plain_npz["init/layer0.weight"])
+    assert npz["losses"][0] != pytest.approx(plain_npz["losses"][0], rel=1e-6)
+    np.testing.assert_array_equal(npz["losses"], [s["loss"] for s in body["steps"]])  # keyed by seed and step
+    assert np.all(np.isfinite(npz["losses"]))
+
+
+def test_native_dropout_keys():
+    """nn.Dropout's key is new at every step, depends on the seed, and is none of the shuffle's keys
+    fold_in(PRNGKey(seed), epoch) (plain fold_in(PRNGKey(seed), step) would reuse epoch `step`'s key)."""
+    spec = spec_for(mode="native", regularization={"dropout": 0.5})
+    data = load_dataset(spec)
+    adapters = []
+    for seed in (0, 1):
+        s = spec_for(mode="native", seed=seed, regularization={"dropout": 0.5})
+        adapters.append(load_adapter("jax").make_adapter(s))
+        adapters[-1].prepare(s, data, BatchPlan.from_spec(s, data.train_x.shape[0]), None)
+    keys = {(seed, t): tuple(np.asarray(a.dropout_key(t)).tolist()) for seed, a in enumerate(adapters)
+            for t in range(1, 30)}
+    shuffle = {tuple(np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), e)).tolist())
+               for seed in (0, 1) for e in range(30)}
+    assert len(set(keys.values())) == len(keys) and not shuffle & set(keys.values())
+    a, x = adapters[0], jnp.asarray(data.train_x[:8])
+    out = [np.asarray(a.model.apply(a.params, x, train=True, rngs={"dropout": a.dropout_key(t)})) for t in (1, 2)]
+    assert not np.allclose(out[0], out[1])  # the key reaches nn.Dropout: new masks each step
+
+
+def test_native_l2_as_written_moves_by_lr_lambda_w():
+    """Coupled "as written": λ = l2 + coupled wd = 0.03 goes to add_decayed_weights(λ), gradient λ·w (the exact
+    mode's canonical c = 2·l2 + wd = 0.04). One plain SGD step from the same native init and batch."""
+    lr = 0.1
+    before, plain = first_step(spec_for(mode="native", optimizer={"lr": lr}))
+    init, decayed = first_step(spec_for(mode="native", optimizer={"lr": lr},
+                                        regularization={"l2": 0.01, "weight_decay": 0.02}))
+    for name in before:
+        np.testing.assert_array_equal(init[name], before[name])
+        want = -lr * 0.03 * init[name] if name.endswith(".weight") else np.zeros_like(init[name])
+        np.testing.assert_allclose(decayed[name] - plain[name], want, rtol=0, atol=1e-12)
+    assert np.abs(lr * 0.03 * init["layer0.weight"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_native_l1_subgradient_is_plus_one_at_zero(reduction):
+    """JAX differentiates |x| at 0 to +1, so native L1 (a jnp.abs loss term) pushes flax's zero biases down by
+    lr·f at step 1; exact mode (sign(0) = 0) leaves zero biases where the cross-entropy puts them."""
+    assert float(jax.grad(jnp.abs)(0.0)) == 1.0
+    lr, l1 = 0.1, 0.05
+    reg = {"l1": l1, "l1_reduction": reduction, "regularize_bias": True}
+    for mode, init in (("native", "torch_default"), ("exact", "glorot_uniform")):  # both start at zero biases
+        before, plain = first_step(spec_for(mode=mode, model={"init": init}, optimizer={"lr": lr}))
+        start, shrunk = first_step(spec_for(mode=mode, model={"init": init}, optimizer={"lr": lr},
+                                            regularization=reg))
+        for name in before:
+            w = start[name]
+            np.testing.assert_array_equal(w, before[name])
+            f = l1 / w.size if reduction == "mean" else l1
+            sign = np.where(w == 0, 1.0 if mode == "native" else 0.0, np.sign(w))
+            np.testing.assert_allclose(shrunk[name] - plain[name], -lr * f * sign, rtol=0, atol=1e-12)
+            if name.endswith(".bias"):
+                np.testing.assert_array_equal(w, 0.0)
+                moved = np.abs(shrunk[name] - plain[name]).min()
+                assert moved > 1e-4 if mode == "native" else moved == 0.0
+
+
+def native_tx(**sections):
+    """(optim.build_native's chain for a native spec, a float64 one-layer flax params tree with nonzero biases)."""
+    from backends.jax_backend.model import to_native
+    from backends.jax_backend.optim import build_native
+    from common.regularization import Regularization
+
+    spec = spec_for(mode="native", **sections)
+    load_adapter("jax").make_adapter(spec)  # switches on jax_enable_x64, as every run does: float64 params below
+    canonical = {"layer0.weight": np.full((2, 3), 2.0), "layer0.bias": np.full(3, -1.0)}
+    return build_native(spec, Regularization.from_spec(spec), canonical), to_native(canonical)
+
+
+def one_update(tx, params, gradient: float) -> dict:
+    """The chain's first update of `params` (leaves as float64) for a constant gradient, by leaf kind."""
+    params = jax.tree.map(lambda p: jnp.asarray(p, dtype=jnp.float64), params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, gradient), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert {str(v.dtype) for v in jax.tree.leaves(updates)} == {"float64"}
+    return {k: np.asarray(v) for k, v in updates["params"]["layer0"].items()}
+
+
+@pytest.mark.parametrize("regularize_bias", [False, True])
+def test_native_decay_masks(regularize_bias):
+    """Coupled add_decayed_weights(λ) honours regularize_bias; decoupled decay (adamw, sgd) has no mask."""
+    tx, params = native_tx(optimizer={"lr": 0.1}, regularization={"l2": 0.01, "regularize_bias": regularize_bias})
+    u = one_update(tx, params, 0.0)
+    np.testing.assert_allclose(u["kernel"], -0.1 * 0.01 * 2.0, rtol=1e-12)
+    np.testing.assert_allclose(u["bias"], 0.1 * 0.01 if regularize_bias else 0.0, rtol=1e-12)
+    for name in ("adamw", "sgd"):
+        tx, params = native_tx(optimizer={"name": name, "lr": 0.1}, regularization={
+            "weight_decay": 0.05, "decay": "decoupled", "regularize_bias": regularize_bias})
+        u = one_update(tx, params, 0.0)
+        np.testing.assert_allclose(u["kernel"], -0.1 * 0.05 * 2.0, rtol=1e-12)
+        np.testing.assert_allclose(u["bias"], 0.1 * 0.05, rtol=1e-12)  # biases decayed either way
+
+
+def test_native_adam_uses_spec_eps():
+    """First Adam step: lr·g/(|g| + ε); with g = ε = 1e-6 that is lr/2 (Keras's default 1e-7 would give lr/1.1)."""
+    tx, params = native_tx(optimizer={"name": "adam", "lr": 0.1, "eps": 1e-6})
+    u = one_update(tx, params, 1e-6)
+    np.testing.assert_allclose(u["kernel"], -0.05, rtol=1e-9)
+    np.testing.assert_allclose(u["bias"], -0.05, rtol=1e-9)
+
+
+def test_native_float32_stays_float32():
+    spec = spec_for(mode="native", dtype="float32", train={"epochs": 1}, optimizer={"name": "adamw"},
+                    regularization={"l1": 0.01, "l2": 0.01, "weight_decay": 0.01, "decay": "decoupled",
+                                    "dropout": 0.3})
+    adapter, _, body = trained_adapter(spec)
+    leaves = jax.tree.leaves((adapter.params, adapter.opt_state))
+    assert {str(a.dtype) for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {"float32"}
+    assert all(v.dtype == np.float32 for v in (*body["init"].values(), *body["final"].values()))
+    assert np.all(np.isfinite([s["loss"] for s in body["steps"]]))
