@@ -1,7 +1,7 @@
 """Aggregation: the weighted metric ignores the evaluation batching; the per-batch mean does not (banding)."""
 
 import numpy as np
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from common.batching import eval_batches
 from common.metrics import aggregate, cross_entropy, weighted_mean
@@ -20,12 +20,20 @@ def test_weighted_accuracy_independent_of_eval_batch_size(correct, size):
     assert np.isclose(aggregate(sums, counts, "weighted"), values.mean(), rtol=1e-12)
 
 
+@st.composite
+def _unequal_batching(draw):
+    """Outcomes and a batch size that leaves k >= 1 full batches and a shorter last one."""
+    n = draw(st.integers(3, 50))
+    size = draw(st.integers(2, n - 1).filter(lambda s: n % s != 0))
+    return draw(st.lists(st.booleans(), min_size=n, max_size=n)), size
+
+
 @settings(max_examples=80, deadline=None)
-@given(correct=st.lists(st.booleans(), min_size=3, max_size=50), size=st.integers(2, 49))
-def test_per_batch_mean_depends_on_batching_when_batches_are_unequal(correct, size):
+@given(case=_unequal_batching())
+def test_per_batch_mean_depends_on_batching_when_batches_are_unequal(case):
+    correct, size = case
     values = np.array(correct, dtype=float)
     n = len(values)
-    assume(size < n and n % size != 0)  # k >= 1 full batches of `size` and a shorter last one of r rows
     sums, counts = _per_batch(values, size)
     k, r = n // size, n % size
     full, last = values[: k * size].mean(), values[k * size:].mean()
