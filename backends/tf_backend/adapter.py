@@ -9,6 +9,12 @@ ragged last batch under "keep" reuses the same graph instead of retracing. Insid
 and `optimizer.apply_gradients` applies ∇total. The reduction must be "mean_with_sample_weight" = Σw·ℓ/Σw: Keras's
 default ("sum_over_batch_size") divides Σw·ℓ by the row count, which is wrong on a padded batch (DESIGN §5).
 Only `ce` is returned: the recorded loss excludes penalties (Keras's `fit` would include them).
+
+`spec["execution"]` picks how that step runs (backends.tf_backend.execution): eager = the tf.function graph above,
+compiled = the same under XLA (`jit_compile=True`), fused = one XLA program per epoch over the plan's batches on
+the device; the driver still sees one `train_step` per batch (the fused epoch runs at the epoch's first step and
+hands back its losses one by one; the driver's masks for those steps are the same common.dropout masks, keyed by
+seed and step, that the program was given).
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import numpy as np
 import tensorflow as tf
 
 from backends.tf_backend import data as pipeline
+from backends.tf_backend.execution import FusedEpoch, compile_step, step_body
 from backends.tf_backend.model import build_mlp, canonical_params, dense_variables, load_params
 from backends.tf_backend.optim import KerasOptimizer, layer_regularizer, native_regularizer
+from common.batching import Batch
+from common.dropout import shared_masks
 from common.initializers import layer_sizes
 from common.regularization import Regularization
 
@@ -30,6 +39,10 @@ class TFAdapter:
     def __init__(self, spec: dict):
         self.spec = spec
         self.dtype = spec["dtype"]
+        self.execution = spec["execution"]
+        if self.execution == "fused" and spec["mode"] != "exact":
+            raise ValueError("tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
+                             "BatchPlan on the device; native mode's order comes from tf.data.shuffle)")
 
     def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__}
@@ -68,26 +81,13 @@ class TFAdapter:
             self.optimizer = KerasOptimizer.exact(spec, reg, variables, self.dtype)
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight", dtype=self.dtype)
-        mask_widths = spec["model"]["hidden"] if (rate > 0 and not native) else []
-        self._step = self._make_step(data.n_features, mask_widths)
+        self.mask_widths = spec["model"]["hidden"] if (rate > 0 and not native) else []
+        body = step_body(self.model, self.optimizer.optimizer, self.loss_fn)
+        self._step = compile_step(body, self.execution, data.n_features, self.dtype, self.mask_widths)
+        self._fused = FusedEpoch(body, self.x["train"], self.y["train"], plan, spec, self.mask_widths,
+                                 self.optimizer) if self.execution == "fused" else None
+        self._epoch, self._pending = 0, []  # fused: the running epoch's losses not yet handed to the driver
         self._forward = self._make_eval(data.n_features)
-
-    def _make_step(self, n_features: int, mask_widths: list[int]):
-        model, optimizer, loss_fn = self.model, self.optimizer.optimizer, self.loss_fn
-        signature = [tf.TensorSpec((None, n_features), self.dtype), tf.TensorSpec((None,), tf.int64),
-                     tf.TensorSpec((None,), self.dtype)] + [tf.TensorSpec((None, w), self.dtype) for w in mask_widths]
-
-        @tf.function(input_signature=signature)
-        def step(x, y, w, *masks):
-            with tf.GradientTape() as tape:
-                logits = model(x, masks=list(masks) if masks else None, training=True)
-                ce = loss_fn(y, logits, sample_weight=w)
-                total = ce + sum(model.losses)
-            variables = model.trainable_variables
-            optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
-            return ce
-
-        return step
 
     def _make_eval(self, n_features: int):
         model = self.model
@@ -102,16 +102,42 @@ class TFAdapter:
     def epoch_batches(self, epoch):
         if self.spec["mode"] == "native":
             return self.native_ds  # each iteration reshuffles
+        if self._fused is not None:  # the fused program gathers the plan's rows on the device itself
+            self._epoch = epoch
+            return self.plan.batches(epoch)
         return pipeline.epoch_dataset(self.x["train"], self.y["train"], self.plan, epoch)
 
     def batch_ids(self, batch):
+        if isinstance(batch, Batch):
+            return batch.ids
         return batch[3].numpy()  # every row fed; in native mode they are all real (weight 1)
 
-    def train_step(self, batch, step, masks):
+    def _device_step(self, batch, step: int, masks) -> tf.Tensor:
+        """One step of the tf.function (graph or XLA) on a tf.data batch; the loss tensor, not synchronised."""
         x, y, w, _ = batch
         self.optimizer.before_step(step)
         extra = [tf.convert_to_tensor(m, dtype=self.dtype) for m in masks] if masks is not None else []
-        return float(self._step(x, y, w, *extra))
+        return self._step(x, y, w, *extra)
+
+    def train_step(self, batch, step, masks):
+        if self._fused is None:
+            return float(self._device_step(batch, step, masks))
+        if not self._pending:  # the epoch's first step: run the whole epoch as one program
+            self._pending = self._fused.run(self._epoch, step).numpy().tolist()
+        return self._pending.pop(0)
+
+    def run_epoch(self, epoch: int) -> tf.Tensor:
+        """One exact-mode epoch without a host sync per step (for timing); returns the last loss tensor(s)."""
+        first = int(self.optimizer.optimizer.iterations.numpy()) + 1
+        if self._fused is not None:
+            return self._fused.run(epoch, first)
+        loss = None
+        for k, batch in enumerate(self.epoch_batches(epoch)):
+            rows = int(batch[0].shape[0])
+            loss = self._device_step(batch, first + k, shared_masks(
+                self.spec["seed"], first + k, self.spec["regularization"]["dropout"], rows, self.mask_widths,
+                self.dtype) if self.mask_widths else None)
+        return loss
 
     def evaluate(self, split, batches):
         x, y = self.x[split], self.y[split]

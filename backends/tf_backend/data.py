@@ -35,3 +35,21 @@ def native_dataset(x: np.ndarray, y: np.ndarray, spec: dict) -> tf.data.Dataset:
     if b["shuffle"]:
         ds = ds.shuffle(n, seed=spec["seed"], reshuffle_each_iteration=True)
     return ds.batch(b["batch_size"], drop_remainder=b["last_batch"] == "drop").prefetch(tf.data.AUTOTUNE)
+
+
+def naive_epoch_dataset(x: np.ndarray, y: np.ndarray, plan: BatchPlan, epoch: int) -> tf.data.Dataset:
+    """The same epoch as `epoch_dataset`, the way a naive port writes it (benchmarks only: the "naive" loader).
+
+    `Dataset.from_generator` over a Python generator yielding one row (x, y, w, id) at a time, then `.batch(B)`,
+    no prefetch: every row crosses the Python ⇄ TF boundary on its own.
+    """
+    ids, weights = plan.slots(epoch)
+    weights = weights.astype(x.dtype)
+
+    def rows():
+        for k, i in enumerate(ids):
+            yield x[i], y[i], weights[k], i
+
+    signature = (tf.TensorSpec((x.shape[1],), x.dtype), tf.TensorSpec((), tf.int64),
+                 tf.TensorSpec((), x.dtype), tf.TensorSpec((), tf.int64))
+    return tf.data.Dataset.from_generator(rows, output_signature=signature).batch(plan.batch_size)

@@ -99,11 +99,22 @@ class KerasOptimizer:
         decay = r["weight_decay"] if r["decay"] == "decoupled" and r["weight_decay"] else None
         return cls(_keras_optimizer(spec["optimizer"], KERAS_DEFAULT_ADAM_EPSILON, decay), variables)
 
+    def check_next_step(self, step: int) -> None:
+        """Raise unless global step `step` (1-based) is the optimizer's own next iteration (ε̂ must match it)."""
+        if self.epsilon_hat is not None and int(self.optimizer.iterations.numpy()) + 1 != step:
+            raise RuntimeError(f"Keras optimizer is at iteration {int(self.optimizer.iterations.numpy())}, "
+                               f"the driver at step {step}: ε̂ would be set for the wrong step")
+
+    def epsilon_table(self, first_step: int, count: int) -> np.ndarray | None:
+        """ε̂_t for the global steps first_step … first_step + count − 1 (None without ε̂), for a fused loop."""
+        if self.epsilon_hat is None:
+            return None
+        return np.array([keras_epsilon_hat(self.eps, self.beta2, first_step + k) for k in range(count)],
+                        dtype=self.epsilon_hat.dtype)
+
     def before_step(self, step: int) -> None:
         """Set ε̂_t for global step t (1-based), which must be the optimizer's own next iteration."""
         if self.epsilon_hat is None:
             return
-        if int(self.optimizer.iterations.numpy()) + 1 != step:
-            raise RuntimeError(f"Keras optimizer is at iteration {int(self.optimizer.iterations.numpy())}, "
-                               f"the driver at step {step}: ε̂ would be set for the wrong step")
+        self.check_next_step(step)
         self.epsilon_hat.assign(keras_epsilon_hat(self.eps, self.beta2, step))

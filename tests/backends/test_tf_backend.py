@@ -17,7 +17,8 @@ from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, train  # noqa: E402
 from common.metrics import cross_entropy, weighted_mean  # noqa: E402
 from common.regularization import Regularization  # noqa: E402
-from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
+from backends.tf_backend.execution import MODES  # noqa: E402
+from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
 
 BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
 
@@ -250,3 +251,59 @@ def test_pipeline_is_tf_data_and_records_versions():
     assert sizes == [b.rows for b in plan.batches(0)] and sizes[-1] < 7  # ragged last batch from .batch()
     assert adapter.versions() == {"tensorflow": tf.__version__, "keras": keras.__version__}
     np.testing.assert_array_equal(adapter.parameters()["layer0.weight"], canonical_init(spec, data)["layer0.weight"])
+
+
+# Execution modes (spec["execution"]): both cases keep a ragged last batch of 1 row (the fused program's extra step
+# after its loop) and shared dropout masks; the second runs Keras AdamW, so ε̂_t must follow every step.
+MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5", "keep-ordered-adamw-bias-drop0.3-lecun")
+
+
+@pytest.mark.parametrize("case", MODE_CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_execution_mode_agrees_with_oracle(mode, case):
+    spec = {**matrix_spec(case), "execution": mode}
+    assert divergences(compare_with_oracle("tf", spec)) == []
+
+
+def _prepared(spec):
+    adapter = make_adapter(spec)
+    data = load_dataset(spec)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), canonical_init(spec, data))
+    return adapter
+
+
+def test_compiled_and_fused_use_xla():
+    spec = _spec(train={"epochs": 1})
+    assert not _prepared({**spec, "execution": "eager"})._step._jit_compile
+    assert _prepared({**spec, "execution": "compiled"})._step._jit_compile
+    fused = _prepared({**spec, "execution": "fused"})
+    assert fused._fused.program._jit_compile
+
+
+def test_fused_runs_one_program_per_epoch():
+    spec = {**_spec(train={"epochs": 3}, optimizer={"name": "adam"}, regularization={"dropout": 0.3}),
+            "execution": "fused"}
+    adapter, _ = _trained_adapter(spec)
+    plan = BatchPlan.from_spec(spec, 120)
+    assert adapter._fused.program.experimental_get_tracing_count() == 1  # same shapes every epoch: one trace
+    assert int(adapter.optimizer.optimizer.iterations.numpy()) == 3 * plan.steps_per_epoch
+    assert adapter._step.experimental_get_tracing_count() == 0  # the driver's steps all came from the program
+    full, tail = adapter._fused.plan_inputs(0, 1)
+    assert full[0].shape == (120 // 7, 7) and tail[0].shape == (120 % 7,)
+
+
+def test_fused_sets_epsilon_hat_inside_the_loop(monkeypatch):
+    """The fused program assigns ε̂_t per step from its table, entry k to step first + k: a table shifted by one
+    step diverges at step 2 (step 1's update is wrong), one frozen at ε̂ of the first step at step 3."""
+    spec = {**_spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4}), "execution": "fused"}
+    assert divergences(compare_with_oracle("tf", spec)) == []
+    table = tf_optim.KerasOptimizer.epsilon_table
+    for wrong, first_bad in ((lambda self, first, count: table(self, first + 1, count), 2),
+                             (lambda self, first, count: np.full(count, table(self, first, 1)[0]), 3)):
+        monkeypatch.setattr(tf_optim.KerasOptimizer, "epsilon_table", wrong)
+        assert _loss_pair(compare_with_oracle("tf", spec))["first_divergent_step"] == first_bad
+
+
+def test_fused_needs_exact_mode():
+    with pytest.raises(ValueError, match="fused.*exact"):
+        make_adapter({**_spec(mode="native"), "execution": "fused"})

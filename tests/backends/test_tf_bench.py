@@ -1,0 +1,113 @@
+"""TensorFlow bench target and hand-fused reference: smoke timings (no thresholds), settings, equivalence per mode."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+tf = pytest.importorskip("tensorflow")
+
+from backends.tf_backend.bench import LOADERS, MODES, make_target  # noqa: E402
+from backends.tf_backend.reference_loop import make_reference  # noqa: E402
+from common.datasets import load_dataset  # noqa: E402
+from common.timing import time_calls  # noqa: E402
+from common.tolerance import tolerance_for  # noqa: E402
+from tests.support import make_spec, run_in_process  # noqa: E402
+
+# iris: 120 rows at batch 32 → 3 full batches and a ragged last batch of 24 ("keep"); Adam (ε̂ per step) and
+# shared dropout masks, so the fused program's loop, its extra last step and its in-loop ε̂ are all exercised.
+SPEC = make_spec(dtype="float64", batching={"batch_size": 32}, optimizer={"name": "adam"}, train={"epochs": 1},
+                 regularization={"dropout": 0.3, "weight_decay": 1e-3})
+SETTINGS_KEYS = {"backend", "mode", "versions", "device", "dtype", "threads", "precision", "xla"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(SPEC)
+
+
+@pytest.fixture(scope="module")
+def eager_losses():
+    return run_in_process("tf", {**SPEC, "execution": "eager"})[1]["losses"]
+
+
+def _smoke(call, sync, items):
+    timing = time_calls(call, sync, items, windows=2, calls_per_window=1, warmup=1)
+    assert timing.windows == 2 and timing.calls_per_window == 1 and timing.items_per_call == items
+    assert min(timing.first_call_s, timing.median_s, timing.q25_s, timing.q75_s, timing.items_per_s) > 0
+    assert timing.iqr_s >= 0
+    return timing
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_smoke_and_equivalence(mode, data, eager_losses):
+    target = make_target(SPEC, data, mode, "cpu")
+    assert target.mode == mode
+    losses = target.equivalence_losses(1)
+    assert len(losses) == 4
+    np.testing.assert_allclose(losses, eager_losses, rtol=tolerance_for("float64", "exact").rtol, atol=0)
+    _smoke(target.step, target.sync, 32)
+    _smoke(target.epoch, target.sync, 120)
+    settings = target.settings()
+    assert SETTINGS_KEYS <= set(settings)
+    assert settings["mode"] == mode and settings["xla"]["jit_compile"] == (mode != "eager")
+    assert settings["versions"]["tensorflow"] == tf.__version__ and settings["device"] == "cpu"
+    assert {"intra_op", "inter_op"} <= set(settings["threads"])
+    assert isinstance(settings["precision"]["tf32_execution"], bool)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_loader_smoke(loader, data):
+    target = make_target(SPEC, data, "eager", "cpu")
+    batch = target.loader_epoch(loader)
+    assert batch[0].shape == (120 % 32, 4)  # the epoch's last batch: the ragged one
+    _smoke(lambda: target.loader_epoch(loader), target.sync, 120)
+
+
+def test_loaders_deliver_the_same_epoch(data):
+    from backends.tf_backend import data as pipeline
+    target = make_target(SPEC, data, "eager", "cpu")
+    fast, naive = ([[t.numpy() for t in b] for b in make(target.x, target.y, target.plan, 2)]
+                   for make in (pipeline.epoch_dataset, pipeline.naive_epoch_dataset))
+    assert len(fast) == len(naive) == 4
+    for a, b in zip(fast, naive):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
+def test_reference_smoke(data):
+    reference = make_reference(SPEC, data, "cpu")
+    _smoke(reference.epoch, reference.sync, 120)
+    assert np.isfinite(float(reference.epoch()))
+
+
+@pytest.mark.parametrize("sections", [
+    dict(optimizer={"name": "adam"}, regularization={"weight_decay": 1e-2, "l1": 1e-3},
+         batching={"last_batch": "keep"}),
+    dict(optimizer={"name": "adamw"}, regularization={"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3},
+         batching={"last_batch": "pad"}),
+    dict(optimizer={"momentum": 0.9, "nesterov": True}, model={"hidden": [16, 8], "activation": "tanh"},
+         regularization={"l1": 1e-3, "l1_reduction": "sum", "regularize_bias": True}, batching={"last_batch": "drop"}),
+])
+def test_reference_trains_the_same_model(sections):
+    """Without shuffle and dropout the reference's batches are the plan's: its parameters after two epochs equal
+    the adapter's (same init, sizes, optimizer, lr, penalties, batch size and last-batch handling)."""
+    batching = {"batch_size": 32, "shuffle": False, **sections["batching"]}
+    spec = make_spec(dtype="float64", train={"epochs": 2}, **{**sections, "batching": batching})
+    reference = make_reference(spec, load_dataset(spec), "cpu")
+    reference.sync(reference.epoch())
+    reference.sync(reference.epoch())
+    final = run_in_process("tf", spec)[1]
+    for name, value in zip(reference.names, reference.params):
+        np.testing.assert_allclose(value.numpy(), final[f"final/{name}"], rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_mode_loader_and_missing_gpu_are_clear_errors(data):
+    with pytest.raises(ValueError, match="no execution mode 'graphs'"):
+        make_target(SPEC, data, "graphs", "cpu")
+    with pytest.raises(ValueError, match="no loader 'grain'"):
+        make_target(SPEC, data, "eager", "cpu").loader_epoch("grain")
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(RuntimeError, match="'compiled' cannot run on device 'gpu'"):
+            make_target(SPEC, data, "compiled", "gpu")
