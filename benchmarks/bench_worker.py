@@ -39,8 +39,12 @@ def bench_batch_size(backend: str, spec: dict, data, modes: list[str], device: s
     batch_size = spec["batching"]["batch_size"]
     n_rows = data.train_x.shape[0]
     rows, settings = [], {}
-    eager = bench.make_target(spec, data, "eager", device)
-    reference_losses = np.asarray(eager.equivalence_losses(1), dtype=np.float64)
+    try:
+        eager = bench.make_target(spec, data, "eager", device)
+        reference_losses = np.asarray(eager.equivalence_losses(1), dtype=np.float64)
+    except Exception as exc:  # e.g. --device gpu where this framework sees no GPU: noted, nothing timed
+        note = f"eager unavailable on {device}: {exc}".splitlines()[0]
+        return [{"kind": "note", "mode": m, "batch_size": batch_size, "note": note} for m in modes], settings
     tol = tolerance_for(spec["dtype"], "exact")
     for mode in modes:
         if mode not in bench.MODES:
@@ -60,7 +64,7 @@ def bench_batch_size(backend: str, spec: dict, data, modes: list[str], device: s
                      "max_rel_diff": check["max_rel_diff"], "steps": int(len(losses))})
         if not equivalent:
             continue
-        settings = target.settings()
+        settings[mode] = target.settings()
         probe = time_calls(target.step, target.sync, batch_size, windows=2, calls_per_window=3, warmup=1)
         step = time_calls(target.step, target.sync, batch_size, windows=windows,
                           calls_per_window=calls_for_budget(probe.median_s, budget_s, windows))
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
         return 3
     spec = config["spec"]
     data = load_dataset(spec)
-    rows, settings, failed = [], {}, 0
+    rows, settings, failed = [], {}, 0  # settings: mode → the target's versions, device, threads, precision
     for batch_size in config["batch_sizes"]:
         sized = {**spec, "batching": {**spec["batching"], "batch_size": batch_size}}
         print(f"[{args.backend}] batch {batch_size}", file=sys.stderr, flush=True)
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
             more, found = bench_batch_size(args.backend, sized, data, config["modes"], config["device"],
                                            config["windows"], config["budget_s"])
             rows += [{"backend": args.backend, **r} for r in more]
-            settings = found or settings
+            settings.update(found)
         except Exception:
             failed += 1
             traceback.print_exc()
