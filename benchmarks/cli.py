@@ -3,10 +3,12 @@
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
     parity sweep PRESET [--full] [--workers N] [--out DIR]
     parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
+    parity conformance [--frameworks torch,tf,jax] [--traps ID,...] [--out DIR]
 
 Exit codes: 0 equivalent (or native mode, where no per-step claim is made), 1 divergent, 2 bad input (one line
 naming the key or file, nothing written), 3 a backend failed or is not installed (the others still run and are
-compared).
+compared). For `conformance`, 1 means a measured framework behaviour no longer matches common/traps.py and 3 that
+a framework is missing or a probe crashed (benchmarks/conformance.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
-from benchmarks import plots, report
+from benchmarks import conformance, plots, report
 from benchmarks.bench import MODES as BENCH_MODES, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import list_presets
 from benchmarks.runner import run_all
@@ -66,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of step timing per mode and batch size")
     bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
     bench.add_argument("--out", type=Path, help="output folder (default: runs/bench)")
+    conformance.add_arguments(sub.add_parser(
+        "conformance", help="measure the trap catalogue on each installed framework (matrix in JSON + markdown)"))
     return parser
 
 
@@ -175,7 +179,8 @@ def command_sweep(args) -> int:
     return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
 
 
-COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench}
+COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench,
+            "conformance": conformance.command}
 
 
 def main(argv: list[str] | None = None) -> int:

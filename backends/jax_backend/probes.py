@@ -1,0 +1,292 @@
+"""JAX (flax + optax)'s side of the trap catalogue (common.traps): one probe per trap JAX takes part in.
+
+Each probe MEASURES what the installed jax / flax / optax do and returns a JSON-able dict; the conformance test
+compares it with `common.traps.TRAPS[id].expected["jax"]`. `jax_enable_x64` is process-global and the JAX adapter
+turns it on, so every probe states its dtypes explicitly, float64 probes run inside `jax.enable_x64(True)` (which
+restores the previous state), and the x64-off default of `jnp.asarray` is read in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from common import traps as T
+
+
+def versions() -> dict[str, str]:
+    return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
+
+
+def _fresh(code: str) -> dict:
+    """Run `code` (which prints one JSON line) in a fresh interpreter with JAX's x64 default (off)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _key(seed: int = T.SEED):
+    return jax.random.key(seed)
+
+
+def shuffle_order() -> dict:
+    return {"order": np.asarray(jax.random.permutation(_key(), T.ORDER_N)).tolist()}
+
+
+def ragged_recompile() -> dict:
+    """jax.jit traces over batch sizes 4, 4, 2, 3, and over the same batches padded to 4 (weight 0 filler)."""
+    def counted():
+        count = [0]
+
+        @jax.jit
+        def step(x, w):
+            count[0] += 1  # Python side effect: runs once per trace
+            return jnp.sum(w * jnp.sum(x * x, axis=1)) / jnp.sum(w)
+        return step, count
+
+    ragged, n_ragged = counted()
+    padded, n_padded = counted()
+    for n in (4, 4, 2, 3):
+        ragged(jnp.ones((n, 3), jnp.float32), jnp.ones(n, jnp.float32))
+        padded(jnp.ones((4, 3), jnp.float32), (jnp.arange(4) < n).astype(jnp.float32))
+    return {"compiles": n_ragged[0], "compiles_padded": n_padded[0]}
+
+
+def _per_example(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits), jnp.asarray(labels))
+
+
+def masked_mean_loss() -> dict:
+    """optax's integer-label cross-entropy does not reduce: the mask is the caller's Σw·ℓ/Σw."""
+    value = _per_example(T.LOSS_LOGITS, T.MASK_LABELS)
+    per_row = np.asarray(value)
+    return {"reduction": T.classify_reduction(per_row, per_row, T.LOSS_MASK),
+            "all_masked": T.classify_reduction(per_row, per_row, np.zeros(4))}
+
+
+def sample_weight_reduction() -> dict:
+    per_row = np.asarray(_per_example(T.LOSS_LOGITS, T.WEIGHT_LABELS))
+    return {"default": T.classify_reduction(per_row, per_row, T.LOSS_MASK)}
+
+
+def dropout_scale() -> dict:
+    """flax.linen.Dropout in training on float32 inputs at DROPOUT_RATES, applied eagerly and under jax.jit.
+
+    flax's source divides (x / keep_prob); XLA turns division by a constant into multiplication by its
+    reciprocal, which is what the classifier sees.
+    """
+    x = T.dropout_input()
+    eager, jitted = {}, {}
+    for p in T.DROPOUT_RATES:
+        def apply(v, p=p):
+            return nn.Dropout(p, deterministic=False).apply({}, v, rngs={"dropout": _key()})
+        eager[p] = np.asarray(apply(jnp.asarray(x, jnp.float32)))
+        jitted[p] = np.asarray(jax.jit(apply)(jnp.asarray(x, jnp.float32)))
+    return {**T.classify_dropout(x, eager), "jit_form": T.classify_dropout(x, jitted)["form"]}
+
+
+def _outcome(fn) -> str:
+    try:
+        out = np.asarray(fn())
+    except Exception as exc:  # the outcome is the exception's type
+        return type(exc).__name__
+    return "zeros" if not out.any() else "nonzero"
+
+
+def _mode(fn, x) -> str:
+    try:
+        out = np.asarray(fn(x))
+    except Exception as exc:  # the outcome is the exception's type
+        return type(exc).__name__
+    return "active" if not np.array_equal(out, np.asarray(x)) else "inactive"
+
+
+def dropout_default_mode() -> dict:
+    """nnx.Dropout called without a mode, and linen.Dropout without `deterministic`."""
+    x = jnp.ones(1000, jnp.float32)
+    return {"default_call": _mode(nnx.Dropout(0.5, rngs=nnx.Rngs(T.SEED)), x),
+            "linen.Dropout": _mode(lambda v: nn.Dropout(0.5).apply({}, v, rngs={"dropout": _key()}), x)}
+
+
+def dropout_rate_one() -> dict:
+    x = jnp.ones(8, jnp.float32)
+    return {"layer": _outcome(lambda: nn.Dropout(1.0, deterministic=False).apply({}, x, rngs={"dropout": _key()})),
+            "nnx": _outcome(lambda: nnx.Dropout(1.0, rngs=nnx.Rngs(T.SEED))(x))}
+
+
+def l2_vs_weight_decay() -> dict:
+    """optax.add_decayed_weights(λ) on a zero gradient: the update divided by λ·w."""
+    lam = 0.25
+    with jax.enable_x64(True):
+        w = jnp.array([1.0, -2.0], jnp.float64)
+        tx = optax.add_decayed_weights(lam)
+        updates, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
+        return {"grad_per_lambda": float(np.mean(np.asarray(updates) / (lam * np.asarray(w))))}
+
+
+def penalty_in_loss() -> dict:
+    """value_and_grad's loss with chain(add_decayed_weights, sgd): the decay lives in the gradient transform."""
+    with jax.enable_x64(True):
+        params = {"kernel": jnp.full((3, 3), 0.5, jnp.float64), "bias": jnp.full(3, 0.1, jnp.float64)}
+        x, y = jnp.asarray(T.LOSS_LOGITS, jnp.float64), jnp.asarray(T.MASK_LABELS)
+
+        def loss_fn(p):
+            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(x @ p["kernel"] + p["bias"], y))
+
+        tx = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.0))
+        reported, grads = jax.value_and_grad(loss_fn)(params)
+        tx.update(grads, tx.init(params), params)
+        penalty = 0.5 / 2 * sum(float(jnp.sum(v ** 2)) for v in params.values())
+        plain = float(loss_fn(params))
+    reported = float(reported)
+    return {"reported_loss_includes_penalty": bool(abs(reported - (plain + penalty)) < abs(reported - plain)),
+            "penalty": penalty}
+
+
+def optimizer_weight_decay() -> dict:
+    """optax.sgd has no weight_decay argument; decay is a separate transform (add_decayed_weights)."""
+    return {"sgd_has_weight_decay": "weight_decay" in inspect.signature(optax.sgd).parameters}
+
+
+def _adam_run(tx, dtype=jnp.float64) -> list[float]:
+    p = T.ADAM
+    w = jnp.array(p["w0"], dtype)
+    a, b = jnp.array(p["a"], dtype), jnp.array(p["b"], dtype)
+    state = tx.init(w)
+    for _ in range(p["steps"]):
+        updates, state = tx.update(a * w + b, state, w)
+        w = optax.apply_updates(w, updates)
+    return np.asarray(w).tolist()
+
+
+def adam_weight_decay_equivalence() -> dict:
+    """chain(add_decayed_weights(λ), adam) and adamw(λ) on g = a·w + b: float64 end points (checked), and float32
+    ones (x64 off, JAX's default) beside them."""
+    p = T.ADAM
+    kw = dict(learning_rate=p["lr"], b1=p["b1"], b2=p["b2"], eps=p["eps"])
+    out = {}
+    for suffix, x64, dtype in (("", True, jnp.float64), ("_f32", False, jnp.float32)):
+        with jax.enable_x64(x64):
+            out["adam_coupled" + suffix] = _adam_run(
+                optax.chain(optax.add_decayed_weights(p["wd"]), optax.adam(**kw)), dtype)
+            out["adamw" + suffix] = _adam_run(optax.adamw(weight_decay=p["wd"], **kw), dtype)
+    return out
+
+
+def optax_decay_mask() -> dict:
+    params = {"kernel": jnp.ones((2, 2), jnp.float32), "bias": jnp.ones(2, jnp.float32)}
+    tx = optax.add_decayed_weights(0.1)
+    updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), tx.init(params), params)
+    return {f"{k}_decayed": bool(jnp.any(v != 0)) for k, v in updates.items()}
+
+
+def abs_subgradient() -> dict:
+    return {"grad_abs_at_0": float(jax.grad(jnp.abs)(jnp.float32(0.0)))}
+
+
+def adam_eps_default() -> dict:
+    return {"eps": inspect.signature(optax.adam).parameters["eps"].default}
+
+
+def keras_epsilon_hat() -> dict:
+    """optax.adam(eps=1e-8)'s first update vs common.optim's formula (float64): max relative error."""
+    p = T.EPS_HAT
+    with jax.enable_x64(True):
+        w = jnp.zeros(len(p["grad"]), jnp.float64)
+        tx = optax.adam(p["lr"], b1=p["b1"], b2=p["b2"], eps=p["eps"])
+        updates, _ = tx.update(jnp.array(p["grad"], jnp.float64), tx.init(w), w)
+        return {"eps_1e-8": T.rel_diff(np.asarray(optax.apply_updates(w, updates)), T.adam_first_update_reference())}
+
+
+def sgd_momentum_schedule() -> dict:
+    """inject_hyperparams(optax.sgd) under a constant gradient; the lr changes before step `change_at`."""
+    m = T.MOMENTUM
+    out = {}
+    with jax.enable_x64(True):
+        for key, change in (("constant_lr", False), ("lr_changed", True)):
+            w = jnp.zeros(1, jnp.float64)
+            tx = optax.inject_hyperparams(optax.sgd)(learning_rate=m["lr"], momentum=m["momentum"])
+            state = tx.init(w)
+            for t in range(1, m["steps"] + 1):
+                if change and t == m["change_at"]:
+                    state.hyperparams["learning_rate"] = jnp.asarray(m["lr_after"], jnp.float64)
+                updates, state = tx.update(jnp.full(1, m["grad"], jnp.float64), state, w)
+                w = optax.apply_updates(w, updates)
+            out[key] = float(w[0])
+    return out
+
+
+def default_init() -> dict:
+    """flax.linen.Dense's default init: weight std and max|w|, max|b|, each · √fan_in."""
+    variables = nn.Dense(T.INIT_FAN_OUT).init(_key(), jnp.ones((1, T.INIT_FAN_IN), jnp.float32))["params"]
+    w, b = np.asarray(variables["kernel"], np.float64), np.asarray(variables["bias"], np.float64)
+    r = np.sqrt(T.INIT_FAN_IN)
+    return {"weight_std": float(w.std() * r), "weight_max": float(np.abs(w).max() * r),
+            "bias_max": float(np.abs(b).max() * r)}
+
+
+def weight_layout() -> dict:
+    kernel = nn.Dense(2).init(_key(), jnp.ones((1, 3), jnp.float32))["params"]["kernel"]
+    return {"weight_shape": list(kernel.shape)}
+
+
+def loss_input_defaults() -> dict:
+    read = float(_per_example(np.array([[0.2, 0.3, 0.5]]), np.array([2]))[0])
+    zero = float(_per_example(np.array([[-np.inf, 0.0, -np.inf]], np.float32), np.array([0]))[0])
+    return {"input": T.classify_loss_input(read), "zero_prob_loss": T.finite_or_name(zero)}
+
+
+def float64_conversion() -> dict:
+    """jnp.asarray(float64 numpy) in a fresh interpreter (x64 off by default), and with x64 on."""
+    fresh = _fresh("import json, numpy as np, jax.numpy as jnp\n"
+                   "print(json.dumps({'dtype': str(jnp.asarray(np.zeros(2)).dtype)}))")
+    with jax.enable_x64(True):
+        with_x64 = str(jnp.asarray(np.zeros(2)).dtype)
+    return {"dtype": fresh["dtype"], "with_x64": with_x64}
+
+
+def tf32_defaults() -> dict:
+    """jax_default_matmul_precision of a fresh interpreter: None = the backend's DEFAULT (TF32/bf16 on Ampere+)."""
+    out = _fresh("import json, jax\n"
+                 "print(json.dumps({'default_matmul_precision': jax.config.jax_default_matmul_precision,"
+                 " 'backend': jax.default_backend()}))")
+    precision = out["default_matmul_precision"]
+    out["matmul_tf32"] = "platform default" if precision is None else str(precision)
+    return out
+
+
+PROBES = {
+    "shuffle_order": shuffle_order,
+    "ragged_recompile": ragged_recompile,
+    "masked_mean_loss": masked_mean_loss,
+    "sample_weight_reduction": sample_weight_reduction,
+    "dropout_scale": dropout_scale,
+    "dropout_default_mode": dropout_default_mode,
+    "dropout_rate_one": dropout_rate_one,
+    "l2_vs_weight_decay": l2_vs_weight_decay,
+    "penalty_in_loss": penalty_in_loss,
+    "optimizer_weight_decay": optimizer_weight_decay,
+    "adam_weight_decay_equivalence": adam_weight_decay_equivalence,
+    "optax_decay_mask": optax_decay_mask,
+    "abs_subgradient": abs_subgradient,
+    "adam_eps_default": adam_eps_default,
+    "keras_epsilon_hat": keras_epsilon_hat,
+    "sgd_momentum_schedule": sgd_momentum_schedule,
+    "default_init": default_init,
+    "weight_layout": weight_layout,
+    "loss_input_defaults": loss_input_defaults,
+    "float64_conversion": float64_conversion,
+    "tf32_defaults": tf32_defaults,
+}

@@ -1,0 +1,453 @@
+"""TensorFlow / Keras 3's side of the trap catalogue (common.traps): one probe per trap TF takes part in.
+
+Each probe MEASURES what the installed tensorflow / keras do and returns a JSON-able dict; the conformance test
+compares it with `common.traps.TRAPS[id].expected["tf"]`. Probes that need a seeded tf.data shuffle call
+`tf.random.set_seed(SEED)` (tf.data op seeds are paired with the global seed); op determinism is switched back off
+after the Keras jit probe; the TF32 default is read in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import functools  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common import traps as T  # noqa: E402
+from common.metrics import aggregate  # noqa: E402
+
+
+def versions() -> dict[str, str]:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def keras_defaults(probe):
+    """Run `probe` under Keras's default floatx (float32), restoring the process's setting afterwards.
+
+    The TF adapter sets floatx to the spec dtype, and floatx is process-global: a probe of Keras's *defaults*
+    must not inherit a float64 left behind by an earlier run in the same process (e.g. a test session).
+    """
+    @functools.wraps(probe)
+    def wrapped():
+        previous = keras.config.floatx()
+        keras.config.set_floatx("float32")
+        try:
+            return probe()
+        finally:
+            keras.config.set_floatx(previous)
+    return wrapped
+
+
+def _fresh(code: str) -> dict:
+    """Run `code` (which prints one JSON line) in a fresh interpreter: defaults untouched by this process."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ints(ds) -> list:
+    return [np.asarray(b).tolist() for b in ds]
+
+
+def _scce(**kwargs):
+    return keras.losses.SparseCategoricalCrossentropy(**kwargs)
+
+
+def shuffle_order() -> dict:
+    """tf.data.Dataset.range(N).shuffle(N, seed=SEED) after tf.random.set_seed(SEED)."""
+    tf.random.set_seed(T.SEED)
+    return {"order": _ints(tf.data.Dataset.range(T.ORDER_N).shuffle(T.ORDER_N, seed=T.SEED))}
+
+
+def tf_shuffle_buffer() -> dict:
+    """Which ids come first over SHUFFLE_EPOCHS reshuffled epochs of shuffle(buffer_size=2) on N ids."""
+    tf.random.set_seed(T.SEED)
+    ds = (tf.data.Dataset.range(T.ORDER_N).shuffle(T.SHUFFLE_BUFFER, seed=T.SEED, reshuffle_each_iteration=True)
+          .repeat(T.SHUFFLE_EPOCHS).batch(T.ORDER_N))
+    return {"first_element_support": sorted({int(b[0]) for b in ds})}
+
+
+def repeat_batch_epochs() -> dict:
+    ds = tf.data.Dataset.range(T.ORDER_N_SMALL)
+    return {"batches": _ints(ds.repeat(2).batch(3)), "batch_then_repeat": _ints(ds.batch(3).repeat(2))}
+
+
+def ragged_recompile() -> dict:
+    """tf.function traces over batch sizes 4, 4, 2, 3: plain, and with an input_signature of batch None."""
+    counts = {"compiles": 0, "compiles_input_signature": 0}
+
+    def make(key, **kwargs):
+        @tf.function(**kwargs)
+        def step(x):
+            counts[key] += 1  # Python side effect: runs once per trace
+            return tf.reduce_sum(x * x)
+        return step
+
+    plain = make("compiles")
+    signed = make("compiles_input_signature", input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    for n in (4, 4, 2, 3):
+        plain(tf.ones((n, 3)))
+        signed(tf.ones((n, 3)))
+    return counts
+
+
+def keras_pad_sequences() -> dict:
+    params = inspect.signature(keras.utils.pad_sequences).parameters
+    return {"padded": keras.utils.pad_sequences(T.SEQUENCES, maxlen=2).tolist(),
+            "padding": params["padding"].default, "truncating": params["truncating"].default}
+
+
+def tf_padded_batch() -> dict:
+    ds = tf.data.Dataset.from_generator(lambda: iter(T.SEQUENCES), output_signature=tf.TensorSpec([None], tf.int32))
+    return {"default": _ints(ds.padded_batch(len(T.SEQUENCES)))[0]}
+
+
+def masked_mean_loss() -> dict:
+    """SparseCategoricalCrossentropy(from_logits=True) on a Keras-masked sequence (Masking layer) and ignore_class."""
+    z = T.LOSS_LOGITS.copy()
+    z[T.LOSS_MASK == 0] = 0.0  # Masking(0.0) masks the all-zero time steps
+    y = T.MASK_LABELS[None, :]
+    per_row = np.asarray(_scce(from_logits=True, reduction="none")(y, T.LOSS_LOGITS[None]))[0]
+    masked = keras.layers.Masking(0.0)(z[None])
+    value = float(_scce(from_logits=True)(y, masked))
+    everything = float(_scce(from_logits=True)(y, keras.layers.Masking(0.0)(np.zeros_like(z)[None])))
+    ignored = np.where(T.LOSS_MASK > 0, T.MASK_LABELS, -1)
+    by_class = float(_scce(from_logits=True, ignore_class=-1)(ignored, T.LOSS_LOGITS))
+    all_ignored = float(_scce(from_logits=True, ignore_class=-1)(np.full(4, -1), T.LOSS_LOGITS))
+    return {"reduction": T.classify_reduction(value, per_row, T.LOSS_MASK), "all_masked": T.finite_or_name(everything),
+            "ignore_class": T.classify_reduction(by_class, per_row, T.LOSS_MASK),
+            "ignore_class_all_masked": T.finite_or_name(all_ignored)}
+
+
+def sample_weight_reduction() -> dict:
+    y, z, w = T.WEIGHT_LABELS, T.LOSS_LOGITS, T.LOSS_MASK
+    per_row = np.asarray(_scce(from_logits=True, reduction="none")(y, z))
+    default = float(_scce(from_logits=True)(y, z, sample_weight=w))
+    weighted = float(_scce(from_logits=True, reduction="mean_with_sample_weight")(y, z, sample_weight=w))
+    return {"default": T.classify_reduction(default, per_row, w),
+            "mean_with_sample_weight": T.classify_reduction(weighted, per_row, w)}
+
+
+def dropout_scale() -> dict:
+    """keras.layers.Dropout in training on float32 inputs at DROPOUT_RATES (and raw tf.nn.dropout beside it)."""
+    x = T.dropout_input()
+    layer = {p: np.asarray(keras.layers.Dropout(p, seed=T.SEED, dtype="float32")(x, training=True))
+             for p in T.DROPOUT_RATES}
+    raw = {p: tf.nn.dropout(tf.constant(x), p, seed=T.SEED).numpy() for p in T.DROPOUT_RATES}
+    return {**T.classify_dropout(x, layer), "tf.nn.dropout": T.classify_dropout(x, raw)["form"]}
+
+
+def _mode(out, x) -> str:
+    return "active" if not np.array_equal(np.asarray(out), x) else "inactive"
+
+
+def dropout_default_mode() -> dict:
+    x = np.ones(1000, np.float32)
+    return {"default_call": _mode(keras.layers.Dropout(0.5)(x), x), "tf.nn.dropout": _mode(tf.nn.dropout(x, 0.5), x)}
+
+
+def _outcome(fn) -> str:
+    try:
+        out = np.asarray(fn())
+    except Exception as exc:  # the outcome is the exception's type
+        return type(exc).__name__
+    return "zeros" if not out.any() else "nonzero"
+
+
+def dropout_rate_one() -> dict:
+    x = np.ones(8, np.float32)
+    return {"layer": _outcome(lambda: keras.layers.Dropout(1.0)(x, training=True)),
+            "functional": _outcome(lambda: tf.nn.dropout(x, 1.0))}
+
+
+def l2_vs_weight_decay() -> dict:
+    """A Dense kernel's regularizer gradient ∂Σ layer.losses/∂w divided by λ·w: L2(λ), and the L2(λ/2) conversion."""
+    lam = 0.25
+    kernel = np.array([[1.0, -2.0]])
+
+    def ratio(factor):
+        layer = keras.layers.Dense(2, use_bias=False, kernel_regularizer=keras.regularizers.L2(factor),
+                                   dtype="float64")
+        layer.build((None, 1))
+        layer.kernel.assign(kernel)
+        with tf.GradientTape() as tape:
+            penalty = tf.add_n(layer.losses)
+        grad = tape.gradient(penalty, layer.kernel).numpy()
+        return float(np.mean(grad / (lam * kernel)))
+
+    return {"grad_per_lambda": ratio(lam), "converted": ratio(lam / 2)}
+
+
+def _regularized_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
+        3, kernel_regularizer=keras.regularizers.L2(0.5), kernel_initializer=keras.initializers.Constant(0.5),
+        bias_initializer=keras.initializers.Constant(0.1))])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=_scce(from_logits=True))
+    return model
+
+
+def penalty_in_loss() -> dict:
+    """fit (lr 0: weights fixed) and evaluate report CE + Σ model.losses, not the CE."""
+    x, y = T.LOSS_LOGITS, T.MASK_LABELS
+    model = _regularized_model()
+    fit = model.fit(x, y, batch_size=len(y), epochs=1, shuffle=False, verbose=0).history["loss"][0]
+    evaluated = model.evaluate(x, y, batch_size=len(y), verbose=0)
+    plain = float(_scce(from_logits=True)(y, model(x)))
+    penalty = float(sum(float(v) for v in model.losses))
+
+    def includes(reported):
+        return bool(abs(reported - (plain + penalty)) < abs(reported - plain))
+
+    return {"reported_loss_includes_penalty": includes(fit), "evaluate_includes_penalty": includes(evaluated),
+            "penalty": penalty}
+
+
+def optimizer_weight_decay() -> dict:
+    """SGD(momentum, weight_decay) on a Dense kernel and bias, zero loss gradient, DECAY's steps (float64)."""
+    d = T.DECAY
+    layer = keras.layers.Dense(1, dtype="float64", kernel_initializer=keras.initializers.Constant(d["w0"]),
+                               bias_initializer=keras.initializers.Constant(d["w0"]))
+    layer.build((None, 1))
+    opt = keras.optimizers.SGD(learning_rate=d["lr"], momentum=d["momentum"], weight_decay=d["wd"])
+    for _ in range(d["steps"]):
+        opt.apply_gradients([(tf.zeros_like(v), v) for v in (layer.kernel, layer.bias)])
+    return {"sgd_has_weight_decay": True, "kernel": T.classify_decay(float(layer.kernel.numpy().item())),
+            "bias": T.classify_decay(float(layer.bias.numpy().item()))}
+
+
+def abs_subgradient() -> dict:
+    """tf.abs's gradient at 0, and a Keras L1 regularizer's at a zero weight."""
+    v = tf.Variable(0.0, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        loss = tf.abs(v)
+    w = tf.Variable([0.0], dtype=tf.float64)
+    with tf.GradientTape() as tape_l1:
+        penalty = keras.regularizers.L1(1.0)(w)
+    return {"grad_abs_at_0": float(tape.gradient(loss, v)),
+            "keras_l1_grad_at_0": float(tape_l1.gradient(penalty, w).numpy()[0])}
+
+
+def adam_eps_default() -> dict:
+    return {"eps": float(keras.optimizers.Adam().epsilon)}
+
+
+def keras_epsilon_hat() -> dict:
+    """Keras Adam's first update (float64) vs torch's ε placement: with ε = 1e-8, and with ε̂₁ = ε·√(1 − β2).
+
+    β1, β2 go in as numpy float64: as Python floats Keras would cast them through float32 (keras_float64_hyper).
+    """
+    p = T.EPS_HAT
+
+    def first_update(eps):
+        w = keras.Variable(np.zeros(len(p["grad"])), dtype="float64")
+        opt = keras.optimizers.Adam(learning_rate=p["lr"], beta_1=np.float64(p["b1"]), beta_2=np.float64(p["b2"]),
+                                    epsilon=eps)
+        opt.apply_gradients([(tf.constant(p["grad"], tf.float64), w)])
+        return np.asarray(w.numpy())
+
+    ref = T.adam_first_update_reference()
+    return {"eps_1e-8": T.rel_diff(first_update(p["eps"]), ref),
+            "eps_hat": T.rel_diff(first_update(T.keras_first_epsilon_hat()), ref)}
+
+
+def sgd_momentum_schedule() -> dict:
+    m = T.MOMENTUM
+    out = {}
+    for key, change in (("constant_lr", False), ("lr_changed", True)):
+        w = keras.Variable(np.zeros(1), dtype="float64")
+        opt = keras.optimizers.SGD(learning_rate=m["lr"], momentum=m["momentum"])
+        for t in range(1, m["steps"] + 1):
+            if change and t == m["change_at"]:
+                opt.learning_rate = m["lr_after"]
+            opt.apply_gradients([(tf.fill([1], tf.constant(m["grad"], tf.float64)), w)])
+        out[key] = float(w.numpy()[0])
+    return out
+
+
+def default_init() -> dict:
+    layer = keras.layers.Dense(T.INIT_FAN_OUT)
+    layer.build((None, T.INIT_FAN_IN))
+    w, b = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
+    r = np.sqrt(T.INIT_FAN_IN)
+    return {"weight_std": float(w.std() * r), "weight_max": float(np.abs(w).max() * r),
+            "bias_max": float(np.abs(b).max() * r)}
+
+
+def weight_layout() -> dict:
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    return {"weight_shape": list(layer.kernel.shape)}
+
+
+def loss_input_defaults() -> dict:
+    read = float(_scce()(np.array([2]), np.array([[0.2, 0.3, 0.5]])))
+    zero = float(_scce()(np.array([0]), np.array([[0.0, 1.0, 0.0]])))
+    return {"input": T.classify_loss_input(read), "from_logits": _scce().from_logits,
+            "zero_prob_loss": T.finite_or_name(zero)}
+
+
+def _tiny_model(kernel: np.ndarray, use_bias: bool = True):
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1],
+                                                                                  use_bias=use_bias)])
+    model.layers[-1].kernel.assign(kernel)
+    return model
+
+
+def fit_epoch_loss() -> dict:
+    """fit's epoch loss on 10 rows in batches 4, 4, 2 (SGD 0.5) vs the same steps replayed by hand."""
+    rng = np.random.default_rng(T.SEED)
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 10)
+    kernel = rng.normal(size=(3, 2)).astype(np.float32)
+    fitted = _tiny_model(kernel)
+    fitted.compile(optimizer=keras.optimizers.SGD(0.5), loss=_scce(from_logits=True))
+    fit = fitted.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+    final = float(_scce(from_logits=True)(y, fitted(x)))
+
+    replay, opt, losses, sizes = _tiny_model(kernel), keras.optimizers.SGD(0.5), [], []
+    for start in range(0, 10, 4):
+        xb, yb = x[start:start + 4], y[start:start + 4]
+        with tf.GradientTape() as tape:
+            loss = _scce(from_logits=True)(yb, replay(xb, training=True))
+        opt.apply_gradients(zip(tape.gradient(loss, replay.trainable_variables), replay.trainable_variables))
+        losses.append(float(loss))
+        sizes.append(len(yb))
+    candidates = {"size_weighted_running_mean": float(np.dot(losses, sizes) / np.sum(sizes)),
+                  "plain_mean_of_batches": float(np.mean(losses)), "final_weights": final}
+    name = min(candidates, key=lambda k: abs(candidates[k] - fit))
+    if abs(candidates[name] - fit) > 1e-5 * abs(fit):
+        name = "other"
+    return {"fit_epoch_loss": name, "fit": float(fit), "final_weights": final,
+            "plain_mean_of_batches": candidates["plain_mean_of_batches"]}
+
+
+def metric_aggregation() -> dict:
+    """evaluate's accuracy with batch 4 and batch 10 on rows whose correctness is 1,1,1,0 | 1,1,1,0 | 0,0."""
+    correct = np.array([1, 1, 1, 0, 1, 1, 1, 0, 0, 0])
+    y = np.arange(10) % 2
+    x = np.eye(2, dtype=np.float32)[np.where(correct == 1, y, 1 - y)]  # argmax(x·I) = y exactly when correct
+    model = _tiny_model(np.eye(2, dtype=np.float32), use_bias=False)
+    model.compile(loss=_scce(from_logits=True), metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
+    acc = {b: model.evaluate(x, y, batch_size=b, verbose=0, return_dict=True)["acc"] for b in (4, 10)}
+    sums = [float(correct[i:i + 4].sum()) for i in range(0, 10, 4)]
+    counts = [len(correct[i:i + 4]) for i in range(0, 10, 4)]
+    weighted, per_batch = aggregate(sums, counts, "weighted"), aggregate(sums, counts, "per_batch_mean")
+    name = "weighted" if abs(acc[4] - weighted) < 1e-6 else "per_batch_mean" if abs(acc[4] - per_batch) < 1e-6 \
+        else "other"
+    return {"evaluate": name, "batch_size_invariant": bool(abs(acc[4] - acc[10]) < 1e-6),
+            "weighted": weighted, "per_batch_mean": per_batch}
+
+
+def float64_conversion() -> dict:
+    x = np.zeros(2)
+    return {"dtype": tf.convert_to_tensor(x).dtype.name,
+            "keras.ops": keras.backend.standardize_dtype(keras.ops.convert_to_tensor(x).dtype)}
+
+
+def tf32_defaults() -> dict:
+    return _fresh("import json, tensorflow as tf\n"
+                  "print(json.dumps({'matmul_tf32': bool(tf.config.experimental.tensor_float_32_execution_enabled()),"
+                  " 'gpus': len(tf.config.list_physical_devices('GPU'))}))")
+
+
+def keras_auto_jit() -> dict:
+    """keras' model_supports_jit with op determinism off and on, and what jit_compile='auto' resolves to here."""
+    from keras.src.trainers.trainer import model_supports_jit
+    from tensorflow.python.framework import config as tf_config
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(loss="mse", jit_compile="auto")
+    was_on = tf_config.is_op_determinism_enabled()
+    supports = model_supports_jit(model)
+    tf_config.enable_op_determinism()
+    try:
+        with_determinism = model_supports_jit(model)
+    finally:
+        if not was_on:
+            tf_config.disable_op_determinism()
+    return {"model_supports_jit": bool(supports), "with_op_determinism": bool(with_determinism),
+            "auto_resolved": bool(model.jit_compile), "gpu": bool(tf.config.list_physical_devices("GPU"))}
+
+
+def last_batch_default() -> dict:
+    """Dataset.batch's default keeps the partial batch; fit on 10 rows, batch 4, runs 3 steps."""
+    steps = []
+    model = _tiny_model(np.zeros((1, 1), np.float32))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    callback = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: steps.append(batch))
+    model.fit(np.ones((10, 1)), np.zeros(10), batch_size=4, epochs=1, verbose=0, callbacks=[callback])
+    sizes = [len(b) for b in _ints(tf.data.Dataset.range(10).batch(4))]
+    return {"keeps_partial": sizes == [4, 4, 2], "fit_steps": len(steps)}
+
+
+def keras_validation_split() -> dict:
+    """fit(validation_split=0.2, shuffle=True) with a zero model and MSE: val_loss = mean(y_val²) names the rows."""
+    model = _tiny_model(np.zeros((1, 1), np.float32), use_bias=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    y = np.arange(10, dtype=np.float32)
+    val = model.fit(np.ones((10, 1)), y, validation_split=0.2, shuffle=True, epochs=1, batch_size=10,
+                    verbose=0).history["val_loss"][0]
+    named = {"last": float(np.mean(y[-2:] ** 2)), "first": float(np.mean(y[:2] ** 2))}
+    return {"validation_rows": next((k for k, v in named.items() if abs(v - val) < 1e-4), "other"),
+            "val_loss": float(val)}
+
+
+def keras_float64_hyper() -> dict:
+    """ops.cast(Python 0.9, float64), as Keras optimizers cast hyperparameters, and its effect on SGD momentum."""
+    cast_python = float(keras.ops.cast(0.9, "float64"))
+    cast_numpy = float(keras.ops.cast(np.float64(0.9), "float64"))
+
+    def two_steps(momentum):
+        w = keras.Variable(np.zeros(1), dtype="float64")
+        opt = keras.optimizers.SGD(learning_rate=0.5, momentum=momentum)
+        for _ in range(2):
+            opt.apply_gradients([(tf.ones([1], tf.float64), w)])
+        return float(w.numpy()[0])
+
+    exact = -0.5 - 0.5 * (0.9 + 1.0)  # b₂ = μ·1 + 1, w₂ = −lr·(b₁ + b₂)
+    return {"cast_python_0.9": cast_python, "cast_numpy_0.9": cast_numpy,
+            "sgd_rel_error_python_momentum": abs(two_steps(0.9) - exact) / abs(exact),
+            "sgd_rel_error_numpy_momentum": abs(two_steps(np.float64(0.9)) - exact) / abs(exact)}
+
+
+PROBES = {name: keras_defaults(probe) for name, probe in {
+    "shuffle_order": shuffle_order,
+    "tf_shuffle_buffer": tf_shuffle_buffer,
+    "repeat_batch_epochs": repeat_batch_epochs,
+    "ragged_recompile": ragged_recompile,
+    "keras_pad_sequences": keras_pad_sequences,
+    "tf_padded_batch": tf_padded_batch,
+    "masked_mean_loss": masked_mean_loss,
+    "sample_weight_reduction": sample_weight_reduction,
+    "dropout_scale": dropout_scale,
+    "dropout_default_mode": dropout_default_mode,
+    "dropout_rate_one": dropout_rate_one,
+    "l2_vs_weight_decay": l2_vs_weight_decay,
+    "penalty_in_loss": penalty_in_loss,
+    "optimizer_weight_decay": optimizer_weight_decay,
+    "abs_subgradient": abs_subgradient,
+    "adam_eps_default": adam_eps_default,
+    "keras_epsilon_hat": keras_epsilon_hat,
+    "sgd_momentum_schedule": sgd_momentum_schedule,
+    "default_init": default_init,
+    "weight_layout": weight_layout,
+    "loss_input_defaults": loss_input_defaults,
+    "fit_epoch_loss": fit_epoch_loss,
+    "metric_aggregation": metric_aggregation,
+    "float64_conversion": float64_conversion,
+    "tf32_defaults": tf32_defaults,
+    "keras_auto_jit": keras_auto_jit,
+    "last_batch_default": last_batch_default,
+    "keras_validation_split": keras_validation_split,
+    "keras_float64_hyper": keras_float64_hyper,
+}.items()}
