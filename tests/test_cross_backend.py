@@ -104,3 +104,23 @@ def test_divergence_exit_code_and_first_step(tmp_path):
     assert not comparison["equivalent"]
     bad = [p for p in comparison["pairs"] if p["divergent"]]
     assert [(p["metric"], p["first_divergent_step"]) for p in bad] == [("loss", 4)]
+
+
+def test_tost_verdict_on_iris_in_native_mode(tmp_path):
+    """Native mode over seeds: every backend pair gets a TOST verdict with intervals; the report shows them."""
+    proc = _parity(tmp_path, "--out", str(tmp_path / "t"), "--seeds", "3", "--set", 'mode="native"',
+                   "--set", "train.epochs=3")
+    assert proc.returncode in (0, 1), proc.stderr
+    comparison = json.loads((tmp_path / "t" / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1, 2]
+    pairs = {(p["a"], p["b"], p["metric"]) for p in comparison["statistical"]}
+    assert len(pairs) == 6 * 2  # 4 backends → 6 pairs, accuracy and loss each
+    for p in comparison["statistical"]:
+        assert p["verdict"] in (f"equivalent within ±{p['margin']:g}", "different", "inconclusive")
+        lo, hi = p["ci_equivalence"]
+        assert lo <= p["difference"] <= hi and p["n_a"] == p["n_b"] == 3
+    assert comparison["equivalent"] == all(p["verdict"].startswith("equivalent") for p in comparison["statistical"])
+    assert proc.returncode == (0 if comparison["equivalent"] else 1)
+    seeds_on_disk = sorted(p.name for p in (tmp_path / "t" / "seeds").iterdir())
+    assert seeds_on_disk == ["seed-0", "seed-1", "seed-2"]
+    assert "Multi-seed equivalence" in (tmp_path / "t" / "report.md").read_text()
