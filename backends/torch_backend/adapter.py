@@ -1,6 +1,9 @@
 """The PyTorch adapter for common.driver: DataLoader → nn.Module → torch.optim (see data, model, optim).
 
-Device: CUDA when available (TF32 switched off for matmul and cuDNN so float32 stays IEEE single), else CPU.
+Device: "auto" (make_adapter) = CUDA when available, else CPU; bench.py may ask for "cpu" or "gpu" ("gpu" without
+CUDA raises). On CUDA TF32 is switched off for matmul and cuDNN so float32 stays IEEE single.
+Execution (spec["execution"]): the step runs eager, torch.compile-d or as a CUDA graph (execution.py); fused
+raises on a device other than CUDA. Each reproduces the eager run in exact mode.
 Exact mode: the plan's batches, canonical parameters loaded, shared masks, torch.optim with converted settings.
 Native mode (common.native, torch column): what a user porting by hand writes. `torch.manual_seed(spec seed)` once,
 then the model is built (nn.Linear's default init draws from the global RNG) and `nn.Dropout` keeps drawing from
@@ -16,9 +19,11 @@ import torch.nn.functional as F
 
 from common.batching import Batch, BatchPlan
 from common.datasets import Dataset
+from common.dropout import shared_masks
 from common.initializers import layer_sizes
 
 from backends.torch_backend.data import RowsDataset, TorchBatch, make_loader, make_native_loader
+from backends.torch_backend.execution import check_execution, make_step
 from backends.torch_backend.model import MLP
 from backends.torch_backend.optim import NativeTorchOptimizer, TorchOptimizer
 
@@ -28,9 +33,11 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class TorchAdapter:
     name = "torch"
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, device: str = "auto"):
         self.spec = spec
-        self.dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dev = resolve_device(device)
+        self.execution = spec.get("execution", "eager")
+        check_execution(self.execution, self.dev)
         if self.dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
@@ -53,17 +60,31 @@ class TorchAdapter:
         self.datasets = {split: RowsDataset(*xy) for split, xy in tensors.items()}
         sizes = layer_sizes(data.n_features, spec["model"]["hidden"], data.n_classes)
         activation = spec["model"]["activation"]
+        # CUDA graphs need Adam's step count on the device; torch.compile on CUDA would set that itself, but only
+        # for state it creates, and TorchOptimizer creates it up front (its float64 step count)
+        capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
+        self.plan = plan
         if self.native:
             self.loader = make_native_loader(self.datasets["train"], spec)
             torch.manual_seed(spec["seed"])  # nn.Linear's default init, then nn.Dropout, draw from the global RNG
             self.model = MLP(sizes, activation, spec["regularization"]["dropout"], dtype, "cpu").to(self.dev)
-            self.optimizer = NativeTorchOptimizer(spec, self.model)
+            self.optimizer = NativeTorchOptimizer(spec, self.model, capturable=capturable)
         else:
             self.loader = make_loader(self.datasets["train"], plan, spec["seed"])
             self.model = MLP(sizes, activation, 0.0, dtype, self.dev)
             self.model.load_canonical(params)
             torch.manual_seed(spec["seed"])
-            self.optimizer = TorchOptimizer(spec, self.model)
+            self.optimizer = TorchOptimizer(spec, self.model, capturable=capturable)
+        self.run_step = make_step(self.execution, self._loss, self.optimizer, list(self.model.parameters()))
+
+    def _loss(self, x, y, w, masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates."""
+        if self.native:
+            loss = F.cross_entropy(self.model(x), y)
+        else:
+            rows = F.cross_entropy(self.model(x, masks), y, reduction="none")
+            loss = (rows * w).sum() / w.sum()
+        return loss, loss + self.optimizer.penalty()
 
     def epoch_batches(self, epoch: int):
         if self.native:
@@ -75,17 +96,30 @@ class TorchAdapter:
         return batch.ids  # native batches hold real rows only (no pad filler)
 
     def train_step(self, batch: TorchBatch, step: int, masks: list[np.ndarray] | None) -> float:
+        shared = None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
+        return self.advance(batch.x, batch.y, batch.weights, shared).item()
+
+    # ---- the execution modes, also driven directly by bench.py ------------------------------------------------
+
+    def advance(self, x, y, w, masks: list[torch.Tensor] | None) -> torch.Tensor:
+        """One update on a device batch in this execution mode; the loss tensor, not waited on."""
         self.model.train()
-        self.optimizer.zero_grad()
-        if self.native:
-            loss = F.cross_entropy(self.model(batch.x), batch.y)
-        else:
-            shared = None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
-            rows = F.cross_entropy(self.model(batch.x, shared), batch.y, reduction="none")
-            loss = (rows * batch.weights).sum() / batch.weights.sum()
-        (loss + self.optimizer.penalty()).backward()
-        self.optimizer.step()
-        return loss.item()
+        return self.run_step(x, y, w, masks)
+
+    def step_masks(self, step: int, rows: int) -> list[torch.Tensor] | None:
+        """Exact mode: the shared masks of global step `step` (common.dropout) on the device; None without dropout
+        and in native mode (nn.Dropout)."""
+        rate = 0.0 if self.native else self.spec["regularization"]["dropout"]
+        masks = shared_masks(self.spec["seed"], step, rate, rows, self.spec["model"]["hidden"], self.spec["dtype"])
+        return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
+
+    def run_epoch(self, epoch: int, first_step: int) -> torch.Tensor:
+        """One training epoch through the DataLoader (global steps from `first_step`), no per-step host sync;
+        returns the last step's loss."""
+        loss = None
+        for t, batch in enumerate(self.epoch_batches(epoch), start=first_step):
+            loss = self.advance(batch.x, batch.y, batch.weights, self.step_masks(t, batch.x.shape[0]))
+        return loss
 
     @torch.no_grad()
     def evaluate(self, split: str, batches: list[Batch]) -> list[tuple[float, float, int]]:
@@ -103,5 +137,15 @@ class TorchAdapter:
         return self.model.canonical()
 
 
-def make_adapter(spec: dict) -> TorchAdapter:
-    return TorchAdapter(spec)
+def resolve_device(device: str) -> torch.device:
+    """"auto" → CUDA when available, else CPU; "cpu"; "gpu" (or "cuda") → CUDA, an error when torch has none."""
+    if device not in ("auto", "cpu", "gpu", "cuda"):
+        raise ValueError(f"torch: unknown device '{device}' (cpu, gpu or auto)")
+    if device in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"torch: device '{device}' requested but torch.cuda.is_available() is False "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    return torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
+
+
+def make_adapter(spec: dict, device: str = "auto") -> TorchAdapter:
+    return TorchAdapter(spec, device)

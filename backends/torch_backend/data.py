@@ -14,6 +14,14 @@
   `DataLoader(ds, batch_size=B, shuffle=…, drop_last=last_batch == "drop", generator=…)`. Its RandomSampler
   draws a fresh `randperm` from that generator at every `iter()`, so each epoch is reshuffled; "pad" has no torch
   idiom, so the ragged last batch is kept. Every row it delivers is real (weight 1).
+
+Loaders timed alone by the throughput benchmark (bench.py), both walking the plan's rows:
+- "fast":  the adapter's `make_loader` pipeline above; the split was put on the adapter's device once, so a batch is
+           one on-device gather, only its ids and weights built on the host;
+- "naive": `make_per_row_loader`, the textbook idiom: a `TensorDataset` over host tensors (per-row `__getitem__`),
+           `DataLoader(batch_size=B, sampler=…)` with the default collate (`torch.stack` of B rows), each batch then
+           moved with `.to(device)`. `PlanOrderSampler` yields the plan's flattened row order (filler included), so
+           its batches hold the plan's rows.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from common.batching import Batch, BatchPlan
 
@@ -93,3 +101,26 @@ def make_native_loader(dataset: RowsDataset, spec: dict) -> DataLoader:
     b = spec["batching"]
     return DataLoader(dataset, batch_size=b["batch_size"], shuffle=b["shuffle"], drop_last=b["last_batch"] == "drop",
                       collate_fn=_already_collated, generator=torch.Generator().manual_seed(spec["seed"]))
+
+
+class PlanOrderSampler(Sampler):
+    """Single row indices in the plan's order for the current epoch (`set_epoch`), filler included: cut into
+    chunks of the plan's batch size they are the plan's batches."""
+
+    def __init__(self, plan: BatchPlan):
+        self.plan, self.epoch = plan, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.plan.slots(self.epoch)[0].tolist())
+
+    def __len__(self) -> int:
+        return self.plan.slots(self.epoch)[0].shape[0]
+
+
+def make_per_row_loader(x: torch.Tensor, y: torch.Tensor, plan: BatchPlan) -> DataLoader:
+    """Loader "naive": TensorDataset + DataLoader(batch_size, sampler) with per-row fetches and default collate."""
+    return DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, sampler=PlanOrderSampler(plan),
+                      generator=torch.Generator().manual_seed(plan.seed))

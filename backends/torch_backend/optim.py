@@ -12,6 +12,10 @@ biases unless `regularize_bias`:
   differentiates |w| at 0 to 0, the canonical sign(0) = 0.
 Penalty terms enter the backward pass only; the recorded loss stays the cross-entropy.
 
+Implementation knobs, the same update up to rounding: `capturable=True` (the adapter's fused mode) keeps
+Adam/AdamW's step count on the device so that the step can be captured in a CUDA graph (SGD needs none);
+`fused=True` (the hand-fused reference loop) selects torch.optim's single-kernel implementation.
+
 Native mode (`NativeTorchOptimizer`, common.native's torch column) converts nothing; it is what a user porting the
 spec by hand writes, with every parameter passed to the optimizer in one group:
 - coupled: `SGD/Adam(model.parameters(), weight_decay=λ)`, λ = `common.native.l2_as_written` (gradient λ·w, half the
@@ -36,7 +40,7 @@ from common.regularization import Regularization
 class TorchOptimizer:
     """A torch.optim optimizer plus the penalty terms and the pre-step decoupled decay torch lacks natively."""
 
-    def __init__(self, spec: dict, model: nn.Module):
+    def __init__(self, spec: dict, model: nn.Module, capturable: bool = False, fused: bool | None = None):
         o = spec["optimizer"]
         self.reg = reg = Regularization.from_spec(spec)
         self.lr = o["lr"]
@@ -50,10 +54,28 @@ class TorchOptimizer:
         groups = [g for g in ({"params": [p for _, p in self.regularized], "weight_decay": native_wd},
                               {"params": plain, "weight_decay": 0.0}) if g["params"]]
         if o["name"] == "sgd":
-            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o["momentum"], nesterov=o["nesterov"])
+            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o["momentum"], nesterov=o["nesterov"], fused=fused)
         else:
             cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
-            self.opt = cls(groups, lr=self.lr, betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+            self.opt = cls(groups, lr=self.lr, betas=(o["beta1"], o["beta2"]), eps=o["eps"], capturable=capturable,
+                           fused=fused)
+            if not fused:
+                self._float64_step_count(capturable)
+
+    def _float64_step_count(self, capturable: bool) -> None:
+        """Adam/AdamW state created up front, as torch.optim creates it lazily, but with a float64 step count.
+
+        Eager torch reads the count as a Python float (`.item()`) and forms 1 − β^t in double precision. Under
+        torch.compile, and with `capturable=True` (CUDA graphs), it stays a tensor, which torch makes float32
+        unless the default dtype is float64: 1 − β2^t at t = 2 is then off by ~3e-5 relative, a divergence from
+        step 2 on even in float64. A float64 count keeps every execution mode on the eager arithmetic.
+        """
+        for group in self.opt.param_groups:
+            for p in group["params"]:
+                self.opt.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float64, device=p.device if capturable else "cpu"),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def penalty(self) -> torch.Tensor | float:
         """The loss terms for what torch.optim cannot express: L1, and (c/2)·Σw² under decoupled decay."""
@@ -81,7 +103,7 @@ class TorchOptimizer:
 class NativeTorchOptimizer:
     """Native mode: torch.optim as a user writes it (see the module docstring); same interface as TorchOptimizer."""
 
-    def __init__(self, spec: dict, model: nn.Module):
+    def __init__(self, spec: dict, model: nn.Module, capturable: bool = False):
         o, r = spec["optimizer"], spec["regularization"]
         self.reg = Regularization.from_spec(spec)
         named = list(model.named_parameters())
@@ -91,11 +113,11 @@ class NativeTorchOptimizer:
         self.loss_l2 = 0.0
         if o["name"] == "adamw":
             self.opt = torch.optim.AdamW(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
-                                         weight_decay=decoupled)
+                                         weight_decay=decoupled, capturable=capturable)
             self.loss_l2 = r["l2"]
         elif o["name"] == "adam":
             self.opt = torch.optim.Adam(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
-                                        weight_decay=l2_as_written(spec))
+                                        weight_decay=l2_as_written(spec), capturable=capturable)
         else:
             self.opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
                                        weight_decay=l2_as_written(spec) + decoupled)

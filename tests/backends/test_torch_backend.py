@@ -1,5 +1,6 @@
 """PyTorch backend: exact-mode agreement with the numpy oracle, dropout handling, the DataLoader's RNG, a replay of
-a torch record by a plain hand-written PyTorch loop, and native mode (common.native's torch column)."""
+a torch record by a plain hand-written PyTorch loop, native mode (common.native's torch column), and the execution
+modes (eager, torch.compile, CUDA graph) each reproducing the oracle."""
 
 import json
 
@@ -19,7 +20,8 @@ from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, train  # noqa: E402
 from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
-from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
+from backends.torch_backend.execution import CompiledStep, GraphStep  # noqa: E402
+from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
 
 BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
 
@@ -309,3 +311,51 @@ def test_native_optimizers_take_the_spec_numbers_as_written():
     p = adamw.parameters()
     expected = 0.01 * sum(np.square(p[k]).sum() for k in p if k.endswith(".weight"))
     assert adamw.optimizer.penalty().item() == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------ execution modes
+
+# keep (a ragged last batch: a second shape to compile / capture) + AdamW + bias decay + masks, and pad + SGD
+# momentum + decoupled decay (optim.py's pre-step line inside the compiled / captured optimizer step) + L1 sum + masks
+EXECUTION_CASES = ["keep-ordered-adamw-bias-drop0.3-lecun", "pad-shuffle-sgd-decoupled-l1sum-drop0.5"]
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fused = CUDA graph: needs a CUDA device")
+
+
+@pytest.mark.parametrize("case", EXECUTION_CASES)
+@pytest.mark.parametrize("execution", ["eager", "compiled", pytest.param("fused", marks=NEEDS_CUDA)])
+def test_execution_modes_agree_with_oracle(execution, case):
+    spec = {**matrix_spec(case), "execution": execution}
+    assert divergences(compare_with_oracle("torch", spec)) == []
+
+
+def test_compiled_mode_runs_dynamo_graphs_not_eager():
+    from torch._dynamo.utils import counters
+
+    spec = {**_spec(batching={"last_batch": "keep"}, train={"epochs": 1}), "execution": "compiled"}
+    adapter, data, _ = _prepared(spec)
+    assert isinstance(adapter.run_step, CompiledStep)
+    before = counters["stats"]["unique_graphs"]
+    train(adapter, spec, data)
+    # forward+loss at B = 7 and at the ragged 1, and the optimizer step: at least three fresh graphs
+    assert counters["stats"]["unique_graphs"] - before >= 3
+
+
+def test_fused_mode_without_cuda_is_a_clear_error():
+    spec = {**_spec(), "execution": "fused"}
+    with pytest.raises(RuntimeError, match="fused mode .*needs a CUDA device; this run is on cpu"):
+        make_adapter(spec, "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="fused mode"):
+            make_adapter(spec)
+        with pytest.raises(RuntimeError, match="device 'gpu' requested"):
+            make_adapter(_spec(), "gpu")
+
+
+@NEEDS_CUDA
+def test_fused_mode_captures_one_graph_per_batch_shape():
+    spec = {**_spec(batching={"last_batch": "keep"}, train={"epochs": 2}, optimizer={"name": "adam"}),
+            "execution": "fused"}
+    adapter, data, _ = _prepared(spec)
+    train(adapter, spec, data)
+    assert isinstance(adapter.run_step, GraphStep)
+    assert sorted(adapter.run_step.graphs) == [((1, 4), False), ((7, 4), False)]

@@ -1,0 +1,134 @@
+"""The PyTorch throughput target (common.benchtarget): the adapter's execution modes, driven without the driver.
+
+- MODES: the adapter's executions (execution.py): eager (autograd + torch.optim op by op), compiled
+  (`torch.compile` of forward + loss and of the optimizer step), fused (a CUDA graph of the whole step; on a
+  device other than CUDA `make_target` raises, and the bench notes the mode as unavailable).
+- LOADERS: naive (`TensorDataset` per-row fetch + default collate, then `.to(device)`), fast (the adapter's
+  DataLoader: plan batch_sampler + batched `__getitems__` gathering from the split already on the device); data.py.
+- step alone: `TorchAdapter.advance` on a fixed batch already on the device (the plan's first batch of epoch 0 with
+  the shared masks of step 1 in exact mode). fused: this includes copying the batch into the graph's static inputs.
+- end to end: `TorchAdapter.run_epoch`, the fast loader and the mode's step, no host sync inside the epoch.
+- equivalence_losses: the driver (common.driver.train) on a fresh adapter in this mode and on this device, exact mode.
+- device: "cpu" | "gpu" | "auto" (adapter.resolve_device); sync: `torch.cuda.synchronize` on CUDA, and on CPU
+  `.item()` of the returned tensor (torch runs CPU ops synchronously, so this only reads the value).
+- threads: recorded (`torch.get_num_threads`, `get_num_interop_threads`), never set.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+import torch
+
+from backends.torch_backend.adapter import DTYPES, TorchAdapter
+from backends.torch_backend.data import make_per_row_loader
+from backends.torch_backend.execution import EXECUTIONS
+from common.batching import BatchPlan
+from common.datasets import Dataset
+from common.driver import canonical_init, train
+
+MODES = EXECUTIONS
+LOADERS = ("naive", "fast")
+
+
+def sync_device(dev: torch.device, result: Any) -> None:
+    """Wait until `result` (a tensor, or None) is computed on `dev`."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif torch.is_tensor(result):
+        result.item() if result.numel() == 1 else result.sum().item()
+
+
+def device_settings(dev: torch.device) -> dict[str, Any]:
+    """Device name, driver, threads and the float32 precision switches (TF32), for the record."""
+    out: dict[str, Any] = {
+        "device_type": dev.type,
+        "threads": {"torch_num_threads": torch.get_num_threads(),
+                    "torch_num_interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
+                    "affinity": len(os.sched_getaffinity(0)), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "precision": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+                      "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                      "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                      "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled},
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        out["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                      "memory_gib": round(props.total_memory / 2**30, 1), "cuda_runtime": torch.version.cuda,
+                      "cudnn": torch.backends.cudnn.version(), "driver": _cuda_driver()}
+    return out
+
+
+def _cuda_driver() -> str:
+    try:
+        import ctypes
+
+        version = ctypes.c_int()
+        ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version))
+        return f"{version.value // 1000}.{version.value % 1000 // 10}"
+    except OSError:
+        return "unknown"
+
+
+class TorchTarget:
+    """One execution mode of the torch adapter, prepared once in exact or native mode as the spec says."""
+
+    def __init__(self, spec: dict, data: Dataset, mode: str, device: str):
+        self.mode, self.data, self.device = mode, data, device
+        self.spec = {**spec, "execution": mode}
+        self.adapter = TorchAdapter(self.spec, device)  # raises for a mode this device cannot run
+        self.dev = self.adapter.dev
+        plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0])
+        exact = self.spec["mode"] == "exact"
+        self.adapter.prepare(self.spec, data, plan, canonical_init(self.spec, data) if exact else None)
+        first = next(iter(self.adapter.epoch_batches(0)))
+        self.fixed = (first.x, first.y, first.weights, self.adapter.step_masks(1, first.x.shape[0]))
+        dtype = DTYPES[self.spec["dtype"]]
+        self.naive = make_per_row_loader(torch.as_tensor(data.train_x, dtype=dtype),
+                                         torch.as_tensor(data.train_y, dtype=torch.long), plan)
+        self.epochs_run = self.loader_epochs = 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"backend": "torch", "mode": self.mode, "versions": self.adapter.versions(),
+                "device": self.adapter.device(), "dtype": self.spec["dtype"], **device_settings(self.dev)}
+
+    def loader_epoch(self, loader: str) -> Any:
+        if loader not in LOADERS:
+            raise ValueError(f"torch has no loader '{loader}' (loaders: {', '.join(LOADERS)})")
+        last = None
+        if loader == "fast":
+            for batch in self.adapter.epoch_batches(self.loader_epochs):
+                last = batch.x
+        else:
+            self.naive.sampler.set_epoch(self.loader_epochs)
+            for x, y in self.naive:
+                last, _ = x.to(self.dev), y.to(self.dev)
+        self.loader_epochs += 1
+        return last
+
+    def step(self) -> Any:
+        return self.adapter.advance(*self.fixed)
+
+    def epoch(self) -> Any:
+        steps = self.adapter.plan.steps_per_epoch
+        loss = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
+        self.epochs_run += 1
+        return loss
+
+    def sync(self, result: Any) -> None:
+        sync_device(self.dev, result)
+
+    def equivalence_losses(self, epochs: int) -> list[float]:
+        spec = {**self.spec, "mode": "exact", "train": {**self.spec["train"], "epochs": epochs}}
+        body = train(TorchAdapter(spec, self.device), spec, self.data)
+        return [s["loss"] for s in body["steps"]]
+
+
+def make_target(spec: dict, data: Dataset, mode: str, device: str) -> TorchTarget:
+    if mode not in MODES:
+        raise ValueError(f"torch has no execution mode '{mode}' (modes: {', '.join(MODES)})")
+    return TorchTarget(spec, data, mode, device)
+

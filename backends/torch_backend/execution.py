@@ -1,0 +1,143 @@
+"""How the adapter executes one training step, as `spec["execution"]` says (common.spec, DESIGN §7).
+
+One step is always: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, masks)` → (recorded
+loss, loss + penalties)), `backward()`, the optimizer step. The modes differ only in which native mechanism runs it:
+
+- eager:    torch's eager autograd and `torch.optim`, op by op (today's adapter).
+- compiled: `torch.compile` (TorchDynamo → AOTAutograd → Inductor) of the forward + loss, so the backward graph
+            is compiled too, and `torch.compile` of the optimizer step (Dynamo traces torch.optim's own update,
+            including the decoupled-decay line optim.TorchOptimizer adds). `dynamic=False`: one graph per batch
+            shape (the plan's B, plus one for a ragged "keep" tail). On CPU Inductor emits C++ (needs a compiler).
+            On CUDA Adam/AdamW are built `capturable=True` (their step count on the device), what Dynamo itself
+            does for optimizer state it creates (optim.TorchOptimizer creates it up front, with a float64 count).
+            Dynamo caches per code object and guards on the module, so every adapter adds cache entries to the same
+            code; the process-global `recompile_limit` is raised and hitting it made an error
+            (`fail_on_recompile_limit_hit`), so a benchmark can never silently time eager code as "compiled".
+- fused:    a CUDA graph (`torch.cuda.CUDAGraph` / `torch.cuda.graph`) of the whole step, forward, backward and
+            optimizer step, replayed with one launch per step. CUDA only: any other device raises at construction.
+            The graph reads static input tensors, so each call copies the batch in first; one graph per input
+            signature (rows, with or without dropout masks). Before a capture the step is warmed up on a side
+            stream (as torch's docs require) and the parameters, optimizer state and CUDA RNG are then restored,
+            optimizer state created by the warm-up zeroed (SGD momentum 0·μ + g = g and Adam's zero moments and
+            step 0 are exactly the first-step state), so the replayed run is the eager run. Adam/AdamW need
+            `capturable=True` (their step count on the device); the adapter builds them so. The returned loss is
+            the graph's static output: valid until the next replay.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+EXECUTIONS = ("eager", "compiled", "fused")
+RECOMPILE_LIMIT = 64
+
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def check_execution(execution: str, device: torch.device) -> None:
+    """A clear error for a mode that does not exist, or that this device cannot run (fused needs CUDA)."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"torch: unknown execution mode '{execution}' (modes: {', '.join(EXECUTIONS)})")
+    if execution == "fused" and device.type != "cuda":
+        raise RuntimeError(f"torch fused mode (CUDA-graph step) needs a CUDA device; this run is on {device.type} "
+                           f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+
+
+class EagerStep:
+    """eager: autograd and torch.optim op by op."""
+
+    def __init__(self, loss_fn: LossFn, optimizer):
+        self.loss_fn, self.optimizer = loss_fn, optimizer
+        self.opt_step = optimizer.step
+
+    def __call__(self, x, y, w, masks) -> torch.Tensor:
+        self.optimizer.zero_grad()
+        loss, total = self.loss_fn(x, y, w, masks)
+        total.backward()
+        self.opt_step()
+        return loss.detach()
+
+
+class CompiledStep(EagerStep):
+    """compiled: torch.compile of the forward + loss (AOTAutograd compiles its backward) and of the optimizer step."""
+
+    def __init__(self, loss_fn: LossFn, optimizer):
+        super().__init__(torch.compile(loss_fn, dynamic=False), optimizer)
+        self.opt_step = torch.compile(optimizer.step, dynamic=False)
+        config = torch._dynamo.config
+        config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+        config.fail_on_recompile_limit_hit = True
+
+
+class GraphStep(EagerStep):
+    """fused: one CUDA graph per input signature, replayed per step (see the module docstring)."""
+
+    WARMUP = 3
+
+    def __init__(self, loss_fn: LossFn, optimizer, params: list[torch.Tensor]):
+        super().__init__(loss_fn, optimizer)
+        self.params = params
+        self.graphs: dict[tuple, tuple[list[torch.Tensor], torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    @staticmethod
+    def _flat(x, y, w, masks) -> list[torch.Tensor]:
+        return [x, y, w, *(masks or [])]
+
+    @staticmethod
+    def _unflat(flat: list[torch.Tensor], with_masks: bool):
+        return (*flat[:3], flat[3:] if with_masks else None)
+
+    def __call__(self, x, y, w, masks) -> torch.Tensor:
+        key = (tuple(x.shape), masks is not None)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(self._flat(x, y, w, masks), masks is not None)
+        static, graph, loss = self.graphs[key]
+        for dst, src in zip(static, self._flat(x, y, w, masks)):
+            dst.copy_(src)
+        graph.replay()
+        return loss
+
+    def _capture(self, inputs: list[torch.Tensor], with_masks: bool):
+        static = [t.clone() for t in inputs]
+        args = self._unflat(static, with_masks)
+        saved = self._snapshot()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                super().__call__(*args)
+        torch.cuda.current_stream().wait_stream(side)
+        self._restore(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # zero_grad(set_to_none) inside: the grads live in the graph's pool
+            loss = super().__call__(*args)
+        return static, graph, loss
+
+    @torch.no_grad()
+    def _snapshot(self) -> tuple:
+        state = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                 for p, s in self.optimizer.opt.state.items()}
+        return [p.detach().clone() for p in self.params], state, torch.cuda.get_rng_state()
+
+    @torch.no_grad()
+    def _restore(self, saved: tuple) -> None:
+        params, state, rng = saved
+        for p, value in zip(self.params, params):
+            p.copy_(value)
+        for p, s in self.optimizer.opt.state.items():
+            before = state.get(id(p), {})
+            for k, v in s.items():
+                if not torch.is_tensor(v):
+                    raise RuntimeError(f"torch fused mode: optimizer state '{k}' is not a tensor (not capturable)")
+                v.copy_(before[k]) if k in before else v.zero_()
+        torch.cuda.set_rng_state(rng)
+
+
+def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor]) -> EagerStep:
+    if execution == "compiled":
+        return CompiledStep(loss_fn, optimizer)
+    if execution == "fused":
+        return GraphStep(loss_fn, optimizer, params)
+    return EagerStep(loss_fn, optimizer)
