@@ -103,7 +103,50 @@ EXACT_MATRIX = {
         "batching": {"last_batch": "pad", "shuffle": False, "eval_batch_size": 8},
         "optimizer": {"name": "adamw", "lr": 0.01}, "metrics": {"aggregation": "per_batch_mean"},
         "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3, "dropout": 0.3}},
+    # from the per-backend suites; "drop-sgd-momentum-decoupled-plus-l2" caught torch reading decayed weights
+    "keep-shuffle-momentum-l2-drop0.3": {
+        "batching": {"last_batch": "keep", "shuffle": True},
+        "optimizer": {"momentum": 0.9},
+        "regularization": {"l2": 0.01, "dropout": 0.3}},
+    "drop-noshuffle-nesterov-wd-l1mean-bias-glorot": {
+        "batching": {"last_batch": "drop", "shuffle": False},
+        "optimizer": {"momentum": 0.9, "nesterov": True},
+        "regularization": {"weight_decay": 0.01, "l1": 0.01, "regularize_bias": True, "dropout": 0.5},
+        "model": {"activation": "tanh", "init": "glorot_uniform"}},
+    "pad-shuffle-adam-l1mean": {
+        "batching": {"last_batch": "pad"},
+        "optimizer": {"name": "adam", "lr": 0.005},
+        "regularization": {"l1": 0.01, "dropout": 0.3}},
+    "keep-adamw-decoupled-bias": {
+        "optimizer": {"name": "adamw", "lr": 0.005},
+        "regularization": {"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5}},
+    "pad-noshuffle-sgd-l1sum-bias": {
+        "batching": {"last_batch": "pad", "shuffle": False},
+        "optimizer": {"lr": 0.05},
+        "regularization": {"l1": 0.001, "l1_reduction": "sum", "regularize_bias": True}},
+    "drop-sgd-momentum-decoupled-plus-l2": {
+        "batching": {"last_batch": "drop"},
+        "optimizer": {"momentum": 0.9},
+        "regularization": {"weight_decay": 0.01, "decay": "decoupled", "l2": 0.005, "dropout": 0.3}},
+    "keep-adam-coupled-wd-l2-two-hidden": {
+        "optimizer": {"name": "adam", "lr": 0.005},
+        "model": {"hidden": [16, 8], "init": "glorot_uniform"},
+        "regularization": {"weight_decay": 0.01, "l2": 0.002, "dropout": 0.5}},
+    "pad-adamw-l2-l1sum-lecun": {
+        "batching": {"last_batch": "pad"},
+        "optimizer": {"name": "adamw", "lr": 0.005},
+        "model": {"init": "lecun_normal", "activation": "tanh"},
+        "regularization": {"weight_decay": 0.02, "decay": "decoupled", "l2": 0.001, "l1": 0.0005,
+                           "l1_reduction": "sum", "dropout": 0.3}},
 }
+
+
+def base_spec(**sections) -> dict:
+    """A validated float64 spec on the matrix base (iris, batch 7, 6 epochs) updated with `sections`."""
+    merged = {"dtype": "float64", **{k: dict(v) for k, v in _BASE.items()}}
+    for key, value in sections.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return make_spec(**merged)
 
 
 def matrix_spec(case: str, dtype: str = "float64") -> dict:

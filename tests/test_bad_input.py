@@ -45,25 +45,25 @@ def _write_data(tmp_path, kind):
         return f"[data]\nname = 'csv'\npath = '{tmp_path / 'nope.csv'}'\n", "nope.csv"
     if kind == "nan_csv":
         (tmp_path / "d.csv").write_text("a,b,label\n1,2,0\nnan,1,1\n3,4,1\n")
-        return f"[data]\nname = 'csv'\npath = 'd.csv'\n", "NaN"
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "NaN"
     if kind == "label_range":
         np.savez(tmp_path / "d.npz", x=np.ones((6, 2)), y=np.array([0, 1, 2, -1, 0, 1]))
-        return f"[data]\nname = 'npz'\npath = 'd.npz'\n", "labels"
+        return "[data]\nname = 'npz'\npath = 'd.npz'\n", "labels"
     if kind == "mismatch":
         np.savez(tmp_path / "d.npz", x=np.ones((6, 2)), y=np.array([0, 1, 0]))
-        return f"[data]\nname = 'npz'\npath = 'd.npz'\n", "6 feature rows but 3 labels"
+        return "[data]\nname = 'npz'\npath = 'd.npz'\n", "6 feature rows but 3 labels"
     if kind == "empty_csv":
         (tmp_path / "d.csv").write_text("")
-        return f"[data]\nname = 'csv'\npath = 'd.csv'\n", "empty"
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "empty"
     if kind == "unreadable_npz":
         (tmp_path / "d.npz").write_bytes(b"not a zip at all")
-        return f"[data]\nname = 'npz'\npath = 'd.npz'\n", "unreadable"
+        return "[data]\nname = 'npz'\npath = 'd.npz'\n", "unreadable"
     if kind == "no_label_column":
         (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
-        return f"[data]\nname = 'csv'\npath = 'd.csv'\n", "label"
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "label"
     if kind == "non_numeric_csv":
         (tmp_path / "d.csv").write_text("a,label\n1,0\nx,1\n2,1\n")
-        return f"[data]\nname = 'csv'\npath = 'd.csv'\n", "non-numeric"
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "non-numeric"
     raise AssertionError(kind)
 
 

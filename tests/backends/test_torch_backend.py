@@ -21,54 +21,21 @@ from common.driver import canonical_init, train  # noqa: E402
 from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from backends.torch_backend.execution import CompiledStep, GraphStep  # noqa: E402
-from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
+from tests.support import (EXACT_MATRIX, base_spec, compare_with_oracle, divergences,  # noqa: E402
+                           matrix_spec, run_in_process)
 
-BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
 
 # Together these cover every last_batch policy, shuffle on/off, sgd+momentum, sgd+nesterov, plain sgd, adam,
 # adamw, l1 mean and sum, l2, coupled and decoupled decay, regularize_bias on/off, dropout 0.3 / 0.5, relu/tanh,
 # all three init schemes, one and two hidden layers.
-CONFIGS = {
-    "keep-shuffle-momentum-l2-drop0.3": dict(
-        batching={"last_batch": "keep", "shuffle": True}, optimizer={"momentum": 0.9},
-        regularization={"l2": 0.01, "dropout": 0.3}),
-    "drop-noshuffle-nesterov-wd-l1mean-bias-glorot": dict(
-        batching={"last_batch": "drop", "shuffle": False}, optimizer={"momentum": 0.9, "nesterov": True},
-        regularization={"weight_decay": 0.01, "l1": 0.01, "regularize_bias": True, "dropout": 0.5},
-        model={"activation": "tanh", "init": "glorot_uniform"}),
-    "pad-shuffle-adam-l1mean": dict(
-        batching={"last_batch": "pad"}, optimizer={"name": "adam", "lr": 0.005},
-        regularization={"l1": 0.01, "dropout": 0.3}),
-    "keep-adamw-decoupled-bias": dict(
-        optimizer={"name": "adamw", "lr": 0.005},
-        regularization={"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5}),
-    "pad-noshuffle-sgd-l1sum-bias": dict(
-        batching={"last_batch": "pad", "shuffle": False}, optimizer={"lr": 0.05},
-        regularization={"l1": 0.001, "l1_reduction": "sum", "regularize_bias": True}),
-    "drop-sgd-momentum-decoupled-plus-l2": dict(
-        batching={"last_batch": "drop"}, optimizer={"momentum": 0.9},
-        regularization={"weight_decay": 0.01, "decay": "decoupled", "l2": 0.005, "dropout": 0.3}),
-    "keep-adam-coupled-wd-l2-two-hidden": dict(
-        optimizer={"name": "adam", "lr": 0.005}, model={"hidden": [16, 8], "init": "glorot_uniform"},
-        regularization={"weight_decay": 0.01, "l2": 0.002, "dropout": 0.5}),
-    "pad-adamw-l2-l1sum-lecun": dict(
-        batching={"last_batch": "pad"}, optimizer={"name": "adamw", "lr": 0.005},
-        model={"init": "lecun_normal", "activation": "tanh"},
-        regularization={"weight_decay": 0.02, "decay": "decoupled", "l2": 0.001, "l1": 0.0005,
-                        "l1_reduction": "sum", "dropout": 0.3}),
-}
 
 
-def _spec(**sections):
-    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
-    for key, value in sections.items():
-        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-    return make_spec(**merged)
+_spec = base_spec
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("name", sorted(EXACT_MATRIX))
 def test_float64_exact_mode_agrees_with_oracle(name):
-    spec = _spec(**CONFIGS[name])
+    spec = matrix_spec(name)
     cmp = compare_with_oracle("torch", spec)
     assert divergences(cmp) == []
     loss = next(p for p in cmp["pairs"] if p["metric"] == "loss")
