@@ -1,0 +1,54 @@
+"""`parity bench` smoke test: tiny sizes, no thresholds (performance is measured, never asserted)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bench import ratios
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ratios_from_rows_without_frameworks():
+    def row(backend, kind, mode, median, items):
+        return {"backend": backend, "kind": kind, "mode": mode, "batch_size": 32, "median_s": median,
+                "items_per_call": items, "items_per_s": items / median}
+
+    bench = {"batch_sizes": [32], "results": [{"backend": "torch", "rows": [
+        row("torch", "end_to_end", "eager", 0.010, 128), row("torch", "end_to_end", "compiled", 0.005, 128),
+        row("torch", "step", "eager", 0.002, 32), row("torch", "reference", "hand-fused", 0.004, 128),
+        row("torch", "loader:naive", "-", 0.004, 128), row("torch", "loader:fast", "-", 0.001, 128)]},
+        {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]}]}
+    (entry,) = ratios(bench)
+    assert entry["best_mode"] == "compiled"
+    assert entry["vs_keras_fit"] == pytest.approx(4.0)
+    assert entry["compiled_vs_reference"] == pytest.approx(0.8)
+    assert entry["eager_loader_overhead"] == pytest.approx((0.010 - 4 * 0.002) / (4 * 0.002))
+    assert entry["naive_loader_slowdown"] == pytest.approx(4.0)
+
+
+@pytest.mark.cross
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow", "jax")),
+                    reason="needs torch, tensorflow and jax (tox -e parity)")
+def test_bench_smoke_all_backends(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--batch-sizes", "32", "--windows", "2",
+                           "--budget", "0.02", "--device", "cpu", "--set", 'data.name="iris"', "--out",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    rows = [r for res in bench["results"] for r in res["rows"]]
+    backends = {r["backend"] for r in rows}
+    assert {"torch", "tf", "jax", "keras[torch]", "keras[tensorflow]", "keras[jax]"} <= backends
+    checks = [r for r in rows if r["kind"] == "equivalence"]
+    assert checks and all(r["equivalent"] for r in checks)
+    for backend in ("torch", "tf", "jax"):
+        kinds = {r["kind"] for r in rows if r["backend"] == backend}
+        assert {"step", "end_to_end", "reference", "loader:fast"} <= kinds, backend
+    assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
+    assert all("vs_keras_fit" in e for e in bench["ratios"])
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert "Ratios" in (tmp_path / "bench.md").read_text()
