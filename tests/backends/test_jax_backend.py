@@ -1,6 +1,7 @@
-"""JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, the jit-specific checks (one
-compile under last_batch "pad", pad-with-weights equals the ragged batch) and native mode (common.native's jax
-column: jax.random order, flax default init, nn.Dropout, optax "as written", L1 as a jnp.abs loss term)."""
+"""JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, the execution modes (eager op by
+op, compiled jax.jit, fused lax.scan: each matches the oracle; one compile per batch shape; float32 stays float32
+inside the scan), pad-with-weights equals the ragged batch, and native mode (common.native's jax column:
+jax.random order, flax default init, nn.Dropout, optax "as written", L1 as a jnp.abs loss term)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, train  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
-from tests.support import compare_with_oracle, divergences, make_spec, run_in_process  # noqa: E402
+from tests.support import (compare_with_oracle, divergences, make_spec, matrix_spec,  # noqa: E402
+                           run_in_process)
 
 # iris: 120 training rows; batch 7 leaves a ragged last batch of 1 (17 full batches), so 7 epochs give 119-126 steps.
 BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
@@ -113,14 +115,93 @@ def test_evaluate_has_no_dropout(mode):
         assert correct == np.sum(np.argmax(logits, axis=1) == y)
 
 
+# ---- execution modes ---------------------------------------------------------------------------------------------
+
+MODES = ("eager", "compiled", "fused")
+MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5",  # ragged last batch (fused: a 2nd scan), one mask layer
+              "drop-shuffle-adam-coupled-l2-l1-bias-deep")   # two hidden layers, two stacked mask layers, adam
+
+
+@pytest.mark.parametrize("case", MODE_CASES)
+@pytest.mark.parametrize("mode", MODES)
+def test_execution_modes_match_oracle(mode, case):
+    comparison = compare_with_oracle("jax", {**matrix_spec(case), "execution": mode})
+    assert divergences(comparison) == []
+
+
+@pytest.mark.parametrize("execution", ["compiled", "fused"])
 @pytest.mark.parametrize("last_batch, batch_size, compiles", [
     ("pad", 7, 1), ("keep", 7, 2), ("drop", 7, 1), ("keep", 8, 1)])
-def test_jit_compiles_once_per_batch_shape(last_batch, batch_size, compiles):
-    spec = spec_for(train={"epochs": 3}, batching={"last_batch": last_batch, "batch_size": batch_size},
-                    regularization={"dropout": 0.3})
+def test_jit_compiles_once_per_batch_shape(execution, last_batch, batch_size, compiles):
+    spec = spec_for(execution=execution, train={"epochs": 3}, regularization={"dropout": 0.3},
+                    batching={"last_batch": last_batch, "batch_size": batch_size})
     adapter, _, body = trained_adapter(spec)
     assert len(body["steps"]) > 3 * (120 // batch_size) - 1
     assert adapter.compile_count == compiles
+
+
+def test_eager_mode_is_not_jitted():
+    adapter, _, body = trained_adapter(spec_for(train={"epochs": 1}, regularization={"dropout": 0.3}))
+    assert adapter.execution == "eager" and adapter.compile_count == 0
+    assert not hasattr(adapter._step, "lower")  # a jax.jit-ed function has .lower; the plain step has not
+    assert len(body["steps"]) == 18
+
+
+def test_fused_native_mode_equals_compiled():
+    """Native mode's jax.random order and nn.Dropout keys (folded from the scanned step numbers) are the same in
+    the fused scan as in the per-step jit."""
+    sections = dict(mode="native", train={"epochs": 3}, regularization={"dropout": 0.3})
+    compiled, compiled_npz = run_in_process("jax", spec_for(execution="compiled", **sections))
+    fused, fused_npz = run_in_process("jax", spec_for(execution="fused", **sections))
+    assert [s["batch_ids"] for s in fused["steps"]] == [s["batch_ids"] for s in compiled["steps"]]
+    tol = dict(rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
+    np.testing.assert_allclose(fused_npz["losses"], compiled_npz["losses"], **tol)
+    for key in (k for k in compiled_npz if k.startswith("final/")):
+        np.testing.assert_allclose(fused_npz[key], compiled_npz[key], **tol)
+
+
+def test_fused_checks_the_driver_masks():
+    spec = spec_for(execution="fused", regularization={"dropout": 0.5})
+    data = load_dataset(spec)
+    adapter = load_adapter("jax").make_adapter(spec)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, 120), canonical_init(spec, data))
+    batch = adapter.epoch_batches(0)[0]
+    masks = adapter.step_masks(1, batch.rows)
+    with pytest.raises(RuntimeError, match="masks of step 1"):
+        adapter.train_step(batch, 1, [1.0 - m for m in masks])
+
+
+def float_avals(jaxpr) -> set[tuple[str, bool]]:
+    """{(dtype, is scalar)} of every floating value in a jaxpr, sub-jaxprs (the scan body, the gradients) included."""
+    from jax.extend.core import jaxprs_in_params
+
+    found = set()
+    for eqn in jaxpr.eqns:
+        for var in (*eqn.invars, *eqn.outvars):
+            aval = getattr(var, "aval", None)
+            if aval is not None and jnp.issubdtype(aval.dtype, jnp.floating):
+                found.add((str(aval.dtype), aval.shape == ()))
+        for sub in jaxprs_in_params(eqn.params):
+            found |= float_avals(sub)
+    return found
+
+
+def test_fused_float32_stays_float32():
+    """x64 is on for every spec: inside the fused scan every tensor stays float32; only scalars (Adam's bias
+    correction 1 − β^t from Python floats) are float64, cast to float32 before they touch a tensor."""
+    config = MODE_CASES[1]
+    spec = {**matrix_spec(config, "float32"), "execution": "fused"}
+    assert divergences(compare_with_oracle("jax", spec)) == []
+    data = load_dataset(spec)
+    adapter = load_adapter("jax").make_adapter(spec)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, 120), canonical_init(spec, data))
+    ids, w = adapter.plan.slots(0)
+    args = (adapter.params, adapter.opt_state, *adapter.split, *adapter.stacked(ids[:21].reshape(3, 7),
+                                                                                w[:21].reshape(3, 7), 1))
+    closed = jax.make_jaxpr(adapter._scan_steps)(*args)
+    found = float_avals(closed.jaxpr)
+    assert ("float32", False) in found and ("float64", False) not in found
+    assert {str(a.dtype) for a in closed.out_avals if jnp.issubdtype(a.dtype, jnp.floating)} == {"float32"}
 
 
 def test_padded_batch_equals_ragged_batch():
@@ -235,7 +316,7 @@ def test_native_last_batch_policies():
     permutation's last row is not used."""
     sections = dict(mode="native", train={"epochs": 2}, optimizer={"momentum": 0.9, "lr": 0.05})
     keep, keep_npz = run_in_process("jax", spec_for(batching={"last_batch": "keep"}, **sections))
-    pad_spec = spec_for(batching={"last_batch": "pad"}, **sections)
+    pad_spec = spec_for(execution="compiled", batching={"last_batch": "pad"}, **sections)
     adapter, data, pad = trained_adapter(pad_spec)
     drop, _ = run_in_process("jax", spec_for(batching={"last_batch": "drop"}, **sections))
     assert adapter.compile_count == 1

@@ -1,0 +1,137 @@
+"""The JAX throughput target (common.benchtarget): the adapter's execution modes, driven without the driver.
+
+- MODES: the adapter's executions (adapter.py): eager (op-by-op dispatch, no jit), compiled (`jax.jit` per step),
+  fused (`jax.jit` of a `lax.scan` over the epoch, rows gathered on the device). JAX runs all three on CPU and GPU.
+- LOADERS: data.LOADERS: naive (per-row Python stacking), fast (numpy batch indexing + `jax.device_put`, the
+  adapter's pipeline), prefetched (split put on the device once, `jnp.take` per batch).
+- step alone: one update on a fixed batch already on the device (the plan's first batch of epoch 0, with its shared
+  masks in exact mode). fused: the fused program itself over a one-step plan (ids (1, B) on the device), so it
+  includes the on-device gather and one program dispatch per step, which a whole-epoch scan pays once per epoch.
+- end to end: `JaxAdapter.run_epoch`: eager/compiled walk the fast loader; fused stacks the plan and scans.
+- equivalence_losses: the driver (common.driver.train) on a fresh adapter in this mode, exact mode.
+- device: "cpu" | "gpu" | "auto", made JAX's default device with `jax.config.update("jax_default_device", …)`; a
+  GPU is found with `jax.devices("gpu")` (which raises when JAX has no GPU backend). "gpu" without one raises.
+- sync: `jax.block_until_ready` (on CPU it still waits for JAX's asynchronous dispatch).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+from backends.jax_backend import data as pipeline
+from backends.jax_backend.adapter import EXECUTIONS, make_adapter
+from common.batching import BatchPlan
+from common.datasets import Dataset
+from common.driver import canonical_init, train
+
+MODES = EXECUTIONS
+LOADERS = tuple(pipeline.LOADERS)
+
+
+def gpus() -> list:
+    """JAX's GPU devices, [] when it has no GPU backend (jax.devices("gpu") raises RuntimeError then)."""
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
+
+
+def resolve_device(device: str, mode: str = "any mode"):
+    """The jax.Device for "cpu", "gpu" or "auto" (a GPU when there is one); "gpu" without one is an error."""
+    if device not in ("cpu", "gpu", "auto"):
+        raise ValueError(f"jax: unknown device '{device}' (cpu, gpu or auto)")
+    found = [] if device == "cpu" else gpus()
+    if device == "gpu" and not found:
+        raise RuntimeError(f"jax {mode} mode: device 'gpu' requested but JAX sees no GPU "
+                           f"(backend {jax.default_backend()}; install jax[cuda12] or unset JAX_PLATFORMS)")
+    return found[0] if found else jax.devices("cpu")[0]
+
+
+def use_device(device: str, mode: str = "any mode"):
+    """Resolve `device` and make it JAX's default device (process-global, like every JAX config)."""
+    dev = resolve_device(device, mode)
+    jax.config.update("jax_default_device", dev)
+    return dev
+
+
+class JaxTarget:
+    """One execution mode of the JAX adapter, prepared once in exact or native mode as the spec says."""
+
+    def __init__(self, spec: dict, data: Dataset, mode: str, device: str):
+        if mode not in MODES:
+            raise ValueError(f"jax has no execution mode '{mode}' (modes: {', '.join(MODES)})")
+        self.mode, self.data = mode, data
+        self.dev = use_device(device, mode)
+        self.spec = {**spec, "execution": mode}
+        n_rows = data.train_x.shape[0]
+        self.adapter = make_adapter(self.spec)
+        exact = self.spec["mode"] == "exact"
+        self.adapter.prepare(self.spec, data, BatchPlan.from_spec(self.spec, n_rows),
+                             canonical_init(self.spec, data) if exact else None)
+        plan = self.adapter.plan
+        self.loaders = {name: cls(data.train_x, data.train_y, plan, self.adapter.dtype)
+                        for name, cls in pipeline.LOADERS.items()}
+        first = plan.batches(0)[0]
+        if mode == "fused":
+            self.fixed = self.adapter.stacked(first.ids[None], first.weights[None], 1)
+        else:
+            fixed = pipeline.to_device(data.train_x, data.train_y, first, self.adapter.dtype)
+            masks = self.adapter.step_masks(1, first.rows)
+            self.fixed = (fixed.x, fixed.y, fixed.w, None if masks is None else jax.device_put(masks))
+        self.epochs_run = 0
+        self.loader_epochs = 0
+
+    def settings(self) -> dict[str, Any]:
+        d = self.dev
+        try:
+            platform_version = d.client.platform_version  # on GPU the CUDA driver/runtime versions
+        except Exception:  # noqa: BLE001 - a private attribute; the record just says unknown
+            platform_version = "unknown"
+        precision = jax.config.jax_default_matmul_precision
+        return {
+            "backend": "jax", "mode": self.mode, "versions": self.adapter.versions(),
+            "device": self.adapter.device(), "device_kind": d.device_kind, "platform": jax.default_backend(),
+            "platform_version": platform_version, "dtype": str(self.adapter.dtype),
+            "x64": bool(jax.config.jax_enable_x64),
+            "precision": {"jax_default_matmul_precision": precision or "DEFAULT (unset)",
+                          "model_dense_precision": "HIGHEST (model.py: no TF32/bf16 passes for float32)"},
+            "threads": {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+                        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                        "note": "XLA:CPU sizes its Eigen pool from the cores; JAX has no thread-count API"},
+        }
+
+    def loader_epoch(self, loader: str) -> Any:
+        if loader not in self.loaders:
+            raise ValueError(f"jax has no loader '{loader}' (loaders: {', '.join(LOADERS)})")
+        last = None
+        for batch in self.loaders[loader].epoch(self.loader_epochs):
+            last = batch
+        self.loader_epochs += 1
+        return (last.x, last.y, last.w)
+
+    def step(self) -> Any:
+        if self.mode == "fused":
+            return self.adapter.advance_on_device(*self.fixed)
+        x, y, w, masks = self.fixed
+        return self.adapter.advance(x, y, w, masks, 1)
+
+    def epoch(self) -> Any:
+        steps = self.adapter.plan.steps_per_epoch
+        losses = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
+        self.epochs_run += 1
+        return losses
+
+    def sync(self, result: Any) -> None:
+        jax.block_until_ready(result)
+
+    def equivalence_losses(self, epochs: int) -> list[float]:
+        spec = {**self.spec, "mode": "exact", "train": {**self.spec["train"], "epochs": epochs}}
+        body = train(make_adapter(spec), spec, self.data)
+        return [s["loss"] for s in body["steps"]]
+
+
+def make_target(spec: dict, data: Dataset, mode: str, device: str) -> JaxTarget:
+    return JaxTarget(spec, data, mode, device)
