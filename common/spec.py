@@ -52,10 +52,11 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, int, _range(0, 2**32 - 1)),
     "dtype": Field("float32", str, _choice("float32", "float64")),
     "mode": Field("exact", str, _choice("exact", "native")),
-    # how a backend executes its training step (benchmarks/DESIGN §7): eager = the framework's default loop
-    # (torch eager, tf.function graph, jax op-by-op), compiled = torch.compile / tf.function(jit_compile=True) /
-    # jax.jit, fused = CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax)
-    "execution": Field("eager", str, _choice("eager", "compiled", "fused")),
+    # how a backend executes its training step (DESIGN §7): eager = op by op (torch eager, tf.function graph
+    # without XLA, jax without jit), compiled = torch.compile / tf.function(jit_compile=True) / jax.jit, fused =
+    # CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax); default = each
+    # framework's idiomatic loop (DEFAULT_EXECUTION)
+    "execution": Field("default", str, _choice("default", "eager", "compiled", "fused")),
     "data": {
         "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz")),
         "test_fraction": Field(0.2, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),
@@ -107,9 +108,17 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-DEFAULT_SPEC_NAME = "iris-mlp"
-"""The built-in default experiment: the seeds' iris MLP with shared dropout masks and a little weight decay."""
+DEFAULT_EXECUTION = {"numpy": "eager", "torch": "eager", "tf": "eager", "jax": "compiled"}
+"""What `execution = "default"` means per backend: the loop a user of that framework writes (JAX's is jax.jit;
+op-by-op JAX is a debugging mode)."""
 
+
+def execution_of(spec: dict, backend: str) -> str:
+    """The execution mode `backend` runs for this spec."""
+    return DEFAULT_EXECUTION[backend] if spec["execution"] == "default" else spec["execution"]
+
+
+# The built-in default experiment: the seeds' iris MLP with shared dropout masks and a little weight decay.
 _DEFAULT_OVERRIDES = {
     "dtype": "float64",
     "regularization": {"dropout": 0.5, "weight_decay": 0.001},

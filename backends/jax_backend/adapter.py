@@ -53,6 +53,7 @@ import optax
 from backends.jax_backend import data as pipeline
 from backends.jax_backend import model as mlp
 from backends.jax_backend import optim
+from common.spec import execution_of
 from common.dropout import shared_masks
 from common.regularization import Regularization
 
@@ -66,7 +67,7 @@ class JaxAdapter:
     def __init__(self, spec: dict):
         self.spec = spec
         self.dtype = np.dtype(spec["dtype"])
-        self.execution = spec["execution"]
+        self.execution = execution_of(spec, "jax")
         if self.execution not in EXECUTIONS:
             raise ValueError(f"jax: unknown execution mode '{self.execution}' (modes: {', '.join(EXECUTIONS)})")
         self.compile_count = 0

@@ -27,6 +27,7 @@ from backends.tf_backend import data as pipeline
 from backends.tf_backend.execution import FusedEpoch, compile_step, step_body
 from backends.tf_backend.model import build_mlp, canonical_params, dense_variables, load_params
 from backends.tf_backend.optim import KerasOptimizer, layer_regularizer, native_regularizer
+from common.spec import execution_of
 from common.batching import Batch
 from common.dropout import shared_masks
 from common.initializers import layer_sizes
@@ -39,7 +40,7 @@ class TFAdapter:
     def __init__(self, spec: dict):
         self.spec = spec
         self.dtype = spec["dtype"]
-        self.execution = spec["execution"]
+        self.execution = execution_of(spec, "tf")
         if self.execution == "fused" and spec["mode"] != "exact":
             raise ValueError("tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
                              "BatchPlan on the device; native mode's order comes from tf.data.shuffle)")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.spec import execution_of
 from common.batching import Batch, BatchPlan
 from common.datasets import Dataset
 from common.dropout import shared_masks
@@ -36,7 +37,7 @@ class TorchAdapter:
     def __init__(self, spec: dict, device: str = "auto"):
         self.spec = spec
         self.dev = resolve_device(device)
-        self.execution = spec.get("execution", "eager")
+        self.execution = execution_of(spec, "torch")
         check_execution(self.execution, self.dev)
         if self.dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False

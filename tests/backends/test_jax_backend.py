@@ -140,8 +140,11 @@ def test_jit_compiles_once_per_batch_shape(execution, last_batch, batch_size, co
     assert adapter.compile_count == compiles
 
 
-def test_eager_mode_is_not_jitted():
-    adapter, _, body = trained_adapter(spec_for(train={"epochs": 1}, regularization={"dropout": 0.3}))
+def test_default_execution_is_jit_and_eager_is_not_jitted():
+    adapter, _, _ = trained_adapter(spec_for(train={"epochs": 1}))
+    assert adapter.execution == "compiled" and adapter.compile_count >= 1  # JAX's idiomatic loop is jax.jit
+    adapter, _, body = trained_adapter(spec_for(execution="eager", train={"epochs": 1},
+                                                regularization={"dropout": 0.3}))
     assert adapter.execution == "eager" and adapter.compile_count == 0
     assert not hasattr(adapter._step, "lower")  # a jax.jit-ed function has .lower; the plain step has not
     assert len(body["steps"]) == 18
