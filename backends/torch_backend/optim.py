@@ -37,6 +37,18 @@ from common.native import l2_as_written
 from common.regularization import Regularization
 
 
+
+def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
+    """Σ_t f_t·Σ|w_t| + l2_factor·Σ_t Σw_t² over the regularized (name, tensor) pairs; f_t from common."""
+    total = 0.0
+    for name, p in named:
+        f = reg.l1_coefficient(name, p.numel())
+        if f:
+            total = total + f * p.abs().sum()
+        if l2_factor:
+            total = total + l2_factor * p.square().sum()
+    return total
+
 class TorchOptimizer:
     """A torch.optim optimizer plus the penalty terms and the pre-step decoupled decay torch lacks natively."""
 
@@ -79,14 +91,7 @@ class TorchOptimizer:
 
     def penalty(self) -> torch.Tensor | float:
         """The loss terms for what torch.optim cannot express: L1, and (c/2)·Σw² under decoupled decay."""
-        total = 0.0
-        for name, p in self.regularized:
-            f = self.reg.l1_coefficient(name, p.numel())
-            if f:
-                total = total + f * p.abs().sum()
-            if self.loss_l2:
-                total = total + (self.loss_l2 / 2.0) * p.square().sum()
-        return total
+        return penalty_terms(self.regularized, self.reg, self.loss_l2 / 2.0)
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -124,14 +129,7 @@ class NativeTorchOptimizer:
 
     def penalty(self) -> torch.Tensor | float:
         """The hand-written loss terms: L1 as the spec says, and l2·Σw² next to AdamW."""
-        total = 0.0
-        for name, p in self.regularized:
-            f = self.reg.l1_coefficient(name, p.numel())
-            if f:
-                total = total + f * p.abs().sum()
-            if self.loss_l2:
-                total = total + self.loss_l2 * p.square().sum()
-        return total
+        return penalty_terms(self.regularized, self.reg, self.loss_l2)
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
