@@ -36,7 +36,7 @@ def test_ratios_from_rows_without_frameworks():
                     reason="needs torch, tensorflow and jax (tox -e parity)")
 def test_bench_smoke_all_backends(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--batch-sizes", "32", "--windows", "2",
-                           "--budget", "0.02", "--device", "cpu", "--set", 'data.name="iris"', "--out",
+                           "--budget", "0.02", "--device", "cpu", "--set", "data.params.n=512", "--out",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench = json.loads((tmp_path / "bench.json").read_text())
