@@ -100,7 +100,10 @@ def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
         groups.setdefault((_label(r, keys), r["backend"]), []).append(r)
     lines = [f"# Sweep {name}", "", "| point | backend | seeds | train acc | test acc | gap | test loss |",
              "|---|---|---|---|---|---|---|"]
-    for (label, backend), rs in groups.items():
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    labels = list(dict.fromkeys(_label(r, keys) for r in rows))
+    for (label, backend), rs in sorted(groups.items(), key=lambda kv: (backends.index(kv[0][1]),
+                                                                       labels.index(kv[0][0]))):
         mean = {m: np.mean([float(r[m]) for r in rs]) for m in ("train_acc", "test_acc", "gap", "test_loss")}
         lines.append(f"| {label} | {backend} | {len(rs)} | {mean['train_acc']:.4f} | {mean['test_acc']:.4f} | "
                      f"{mean['gap']:+.4f} | {mean['test_loss']:.4f} |")
