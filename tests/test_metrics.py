@@ -12,9 +12,13 @@ def _per_batch(values, size):
     return [float(values[b.ids].sum()) for b in batches], [b.rows for b in batches]
 
 
+ROW_VALUES = st.one_of(st.lists(st.booleans(), min_size=2, max_size=50),  # per-row correctness (accuracy)
+                       st.lists(st.floats(0.0, 20.0), min_size=2, max_size=50))  # per-row cross-entropy (loss)
+
+
 @settings(max_examples=80, deadline=None)
-@given(correct=st.lists(st.booleans(), min_size=2, max_size=50), size=st.integers(0, 60))
-def test_weighted_accuracy_independent_of_eval_batch_size(correct, size):
+@given(correct=ROW_VALUES, size=st.integers(0, 60))
+def test_weighted_metrics_independent_of_eval_batch_size(correct, size):
     values = np.array(correct, dtype=float)
     sums, counts = _per_batch(values, size)
     assert np.isclose(aggregate(sums, counts, "weighted"), values.mean(), rtol=1e-12)
@@ -25,7 +29,8 @@ def _unequal_batching(draw):
     """Outcomes and a batch size that leaves k >= 1 full batches and a shorter last one."""
     n = draw(st.integers(3, 50))
     size = draw(st.integers(2, n - 1).filter(lambda s: n % s != 0))
-    return draw(st.lists(st.booleans(), min_size=n, max_size=n)), size
+    row = draw(st.sampled_from([st.booleans(), st.floats(0.0, 20.0)]))  # correctness or per-row loss
+    return draw(st.lists(row, min_size=n, max_size=n)), size
 
 
 @settings(max_examples=80, deadline=None)
