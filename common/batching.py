@@ -12,6 +12,15 @@ Last-batch policy for N rows and batch size B, r = N mod B:
 
 Evaluation plan: no shuffle, consecutive slices of `eval_batch_size` rows (0 = the whole split as one batch),
 last batch kept ragged — which is what makes the per-batch-mean "banding" visible.
+
+Sequence data: every batch also carries its padded length T (`Batch.length`, common.padding.padded_length).
+With length buckets (`sequence.buckets`) the plan is a streaming bucketer, the semantics of tf.data's
+`bucket_by_sequence_length`: the epoch order is walked row by row, each row joins its bucket's open batch
+(common.padding.bucket_of), and a batch is emitted, padded to its bucket's bound, as soon as it holds B rows. At the
+end of the epoch the open batches are flushed in ascending bucket order: kept ragged (keep), dropped (drop) or
+completed with filler rows of weight 0, the first B − r rows of that bucket in epoch order, cycled (pad). A
+bucket's batches therefore hold only rows of that bucket, and the number of batches per epoch is fixed:
+Σ_k ⌈n_k/B⌉ (keep, pad) or Σ_k ⌊n_k/B⌋ (drop) for n_k rows in bucket k.
 """
 
 from __future__ import annotations
@@ -21,16 +30,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import InputError
+from common.padding import bucket_of, padded_length
 
 ORDER_STREAM = 2
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One batch as fed to a model: `ids` (row ids, filler rows included) and `weights` (1 real, 0 filler)."""
+    """One batch as fed to a model: `ids` (row ids, filler rows included), `weights` (1 real, 0 filler) and, for
+    sequence data, the padded length `length` (0 for feature data)."""
 
     ids: np.ndarray
     weights: np.ndarray
+    length: int = 0
 
     @property
     def real_ids(self) -> np.ndarray:
@@ -56,16 +68,24 @@ class BatchPlan:
     shuffle: bool
     last_batch: str
     seed: int
+    lengths: np.ndarray | None = None  # sequence data: raw token count of each training row
+    max_len: int = 0
+    buckets: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if self.last_batch == "drop" and self.n_rows < self.batch_size:
-            raise InputError(f"spec key 'batching.batch_size': {self.batch_size} exceeds the {self.n_rows} "
-                             "training rows, so last_batch = \"drop\" leaves no batch")
+        if self.last_batch == "drop" and self.steps_per_epoch == 0:
+            raise InputError(f"spec key 'batching.batch_size': {self.batch_size} exceeds the rows of every "
+                             f"{'bucket' if self.buckets else 'epoch'} ({self.n_rows} training rows), so "
+                             "last_batch = \"drop\" leaves no batch")
 
     @classmethod
-    def from_spec(cls, spec: dict, n_rows: int) -> "BatchPlan":
+    def from_spec(cls, spec: dict, n_rows: int, lengths: np.ndarray | None = None) -> "BatchPlan":
         b = spec["batching"]
-        return cls(n_rows, b["batch_size"], b["shuffle"], b["last_batch"], spec["seed"])
+        if lengths is None:
+            return cls(n_rows, b["batch_size"], b["shuffle"], b["last_batch"], spec["seed"])
+        seq = spec["sequence"]
+        return cls(n_rows, b["batch_size"], b["shuffle"], b["last_batch"], spec["seed"], np.asarray(lengths),
+                   seq["max_len"], tuple(seq["buckets"]))
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's row order: a numpy permutation keyed by (seed, epoch), or 0..N-1 without shuffle."""
@@ -74,11 +94,17 @@ class BatchPlan:
         return np.random.default_rng([self.seed, ORDER_STREAM, epoch]).permutation(self.n_rows)
 
     def slots(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Flat (ids, weights) whose consecutive chunks of batch_size are the epoch's batches.
+        """Flat (ids, weights) that a native batcher turns into the epoch's batches.
 
-        Under `keep` the final chunk is short; under `drop` it is cut off; under `pad` filler rows of weight 0
-        complete it. A pipeline that batches these slots natively (`tf.data ... .batch(B)`) reproduces the plan.
+        Unbucketed: consecutive chunks of batch_size are the batches. Under `keep` the final chunk is short; under
+        `drop` it is cut off; under `pad` filler rows of weight 0 complete it. `tf.data ... .batch(B)` (or
+        `.padded_batch(B)`) over these slots reproduces the plan.
+        Bucketed: the epoch order, then each open bucket's filler rows in ascending bucket order (pad only); a
+        streaming bucketer (`bucket_by_sequence_length`, batch B, `drop_remainder` under drop) over them
+        reproduces the plan.
         """
+        if self.buckets:
+            return self._bucket_stream(epoch)
         ids = self.order(epoch)
         weights = np.ones(self.n_rows)
         remainder = self.n_rows % self.batch_size
@@ -91,18 +117,74 @@ class BatchPlan:
         return ids, weights
 
     def batches(self, epoch: int) -> list[Batch]:
+        if self.buckets:
+            return self._bucketed_batches(epoch)
         ids, weights = self.slots(epoch)
-        return [Batch(ids[i: i + self.batch_size], weights[i: i + self.batch_size])
+        return [self._batch(ids[i: i + self.batch_size], weights[i: i + self.batch_size])
                 for i in range(0, ids.shape[0], self.batch_size)]
+
+    def _batch(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
+        if self.lengths is None:
+            return Batch(ids, weights)
+        return Batch(ids, weights, padded_length(self.lengths[ids], self.max_len, self.buckets))
+
+    def _bucket_members(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch order and the bucket of each row in it."""
+        order = self.order(epoch)
+        return order, bucket_of(self.lengths[order], self.buckets)
+
+    def _bucketed_batches(self, epoch: int) -> list[Batch]:
+        """The streaming bucketer of the module docstring."""
+        order, bucket = self._bucket_members(epoch)
+        open_rows: dict[int, list[int]] = {k: [] for k in range(len(self.buckets))}
+        out = []
+        for row, k in zip(order.tolist(), bucket.tolist()):
+            open_rows[k].append(row)
+            if len(open_rows[k]) == self.batch_size:
+                out.append(Batch(np.array(open_rows[k]), np.ones(self.batch_size), self.buckets[k]))
+                open_rows[k] = []
+        for k, rest in open_rows.items():
+            if not rest or self.last_batch == "drop":
+                continue
+            filler = self._filler(order[bucket == k], len(rest))
+            out.append(Batch(np.concatenate([np.array(rest), filler]).astype(np.int64),
+                             np.concatenate([np.ones(len(rest)), np.zeros(filler.shape[0])]), self.buckets[k]))
+        return out
+
+    def _filler(self, members: np.ndarray, open_rows: int) -> np.ndarray:
+        """Filler ids completing a bucket's open batch under pad (empty otherwise)."""
+        if self.last_batch != "pad":
+            return np.zeros(0, dtype=np.int64)
+        return np.resize(members, self.batch_size - open_rows)
+
+    def _bucket_stream(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        order, bucket = self._bucket_members(epoch)
+        ids, weights = [order], [np.ones(self.n_rows)]
+        for k in range(len(self.buckets)):
+            members = order[bucket == k]
+            remainder = members.shape[0] % self.batch_size
+            if remainder:
+                filler = self._filler(members, remainder)
+                ids.append(filler)
+                weights.append(np.zeros(filler.shape[0]))
+        return np.concatenate(ids).astype(np.int64), np.concatenate(weights)
 
     @property
     def steps_per_epoch(self) -> int:
-        full, remainder = divmod(self.n_rows, self.batch_size)
-        return full + (1 if remainder and self.last_batch != "drop" else 0)
+        counts = (np.bincount(bucket_of(self.lengths, self.buckets), minlength=len(self.buckets))
+                  if self.buckets else [self.n_rows])
+        return int(sum(n // self.batch_size + (1 if n % self.batch_size and self.last_batch != "drop" else 0)
+                       for n in counts))
 
 
-def eval_batches(n_rows: int, eval_batch_size: int) -> list[Batch]:
-    """Consecutive, unshuffled evaluation batches; 0 means the whole split as one batch."""
+def eval_batches(n_rows: int, eval_batch_size: int, lengths: np.ndarray | None = None, max_len: int = 0,
+                 buckets: tuple[int, ...] | list[int] = ()) -> list[Batch]:
+    """Consecutive, unshuffled evaluation batches; 0 means the whole split as one batch. For sequence data
+    (`lengths` given) each is padded to common.padding.padded_length (no bucketing: batches mix lengths)."""
     size = eval_batch_size or n_rows
-    return [Batch(np.arange(i, min(i + size, n_rows)), np.ones(min(size, n_rows - i)))
-            for i in range(0, n_rows, size)]
+    out = []
+    for i in range(0, n_rows, size):
+        ids = np.arange(i, min(i + size, n_rows))
+        length = 0 if lengths is None else padded_length(np.asarray(lengths)[ids], max_len, buckets)
+        out.append(Batch(ids, np.ones(ids.shape[0]), length))
+    return out

@@ -1,7 +1,7 @@
 """Compare backend records and give the verdict (DESIGN §4 comparison.json, §6).
 
 Every framework is compared with the reference (the numpy oracle) and with every other framework, on:
-- `batch_ids`: exact equality, step by step;
+- `batch_ids` (and `padded_length` for sequence data): exact equality, step by step;
 - `loss`: every step's loss;
 - each epoch metric (train_loss, train_acc, test_loss, test_acc);
 - each final parameter tensor.
@@ -61,10 +61,10 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
             "first_divergent_step": first, "divergent": bool(bad.any())}
 
 
-def compare_batch_ids(rec_a: dict, rec_b: dict) -> dict:
-    """Exact equality of the recorded batch ids, step by step."""
-    ids_a = [s["batch_ids"] for s in rec_a["steps"]]
-    ids_b = [s["batch_ids"] for s in rec_b["steps"]]
+def compare_batch_ids(rec_a: dict, rec_b: dict, key: str = "batch_ids") -> dict:
+    """Exact equality of the recorded batch ids (or another per-step record `key`), step by step."""
+    ids_a = [s.get(key) for s in rec_a["steps"]]
+    ids_b = [s.get(key) for s in rec_b["steps"]]
     first = next((rec_a["steps"][i]["step"] for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
     if first is None and len(ids_a) != len(ids_b):
         first = min(len(ids_a), len(ids_b)) + 1
@@ -76,6 +76,9 @@ def compare_pair(name_a: str, a: tuple[dict, dict], name_b: str, b: tuple[dict, 
     """All metric comparisons between two records."""
     (rec_a, npz_a), (rec_b, npz_b) = a, b
     pairs = [{"a": name_a, "b": name_b, "metric": "batch_ids", **compare_batch_ids(rec_a, rec_b)}]
+    if any("padded_length" in s for s in rec_a["steps"] + rec_b["steps"]):
+        pairs.append({"a": name_a, "b": name_b, "metric": "padded_length",
+                      **compare_batch_ids(rec_a, rec_b, "padded_length")})
     params = sorted(k for k in npz_a if k.startswith("final/"))
     for metric in ("loss", *EPOCH_METRICS, *params):
         if metric not in npz_b and metric.startswith("final/"):
@@ -106,6 +109,6 @@ def first_divergence(comparison: dict) -> dict | None:
     bad = [p for p in comparison["pairs"] if p["divergent"]]
     if not bad:
         return None
-    order = {"batch_ids": 0, "loss": 1}
+    order = {"batch_ids": 0, "padded_length": 0, "loss": 1}
     return min(bad, key=lambda p: (order.get(p["metric"], 2),
                                    p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18))

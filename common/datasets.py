@@ -5,6 +5,9 @@
 - `iris` (150×4, 3 classes) and `digits` (1797×64, 10 classes): scikit-learn's bundled copies, no download.
 - `csv`: numeric feature columns plus an integer label column (`data.label_column`), with a header row.
 - `npz`: arrays `x` (N×F) and `y` (N,).
+- `sequences` (synthetic) and `jsonl` (user data): token sequences, see common.sequences. They are kept as
+  `x` = (N, max length) int64 post-padded with token 0 plus `lengths`; pipelines rebuild each row as
+  x[i, :lengths[i]] and pad it their own way (common.padding). `standardize` does not apply to tokens.
 
 Split: one permutation from `default_rng([seed, 1])`; the first round(N·test_fraction) rows are the test split,
 the rest the training split, each kept in permutation order. Standardisation: x' = (x − μ)/σ with μ, σ from the
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import sequences
 from common.errors import InputError
 
 SPLIT_STREAM = 1
@@ -33,10 +37,25 @@ class Dataset:
     test_x: np.ndarray
     test_y: np.ndarray
     n_classes: int
+    train_lengths: np.ndarray | None = None  # sequence data: raw token counts n_i per row
+    test_lengths: np.ndarray | None = None
+    vocab: int = 0                           # sequence data: token ids 0..vocab−1, 0 the pad
 
     @property
     def n_features(self) -> int:
         return self.train_x.shape[1]
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.train_lengths is not None
+
+    def lengths(self, split: str) -> np.ndarray:
+        return getattr(self, f"{split}_lengths")
+
+    def sequences(self, split: str, ids: np.ndarray) -> list[np.ndarray]:
+        """The raw token arrays of rows `ids` of `split` (sequence data)."""
+        x, lengths = getattr(self, f"{split}_x"), self.lengths(split)
+        return [x[i, : lengths[i]] for i in np.asarray(ids)]
 
 
 def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,10 +181,24 @@ def standardize(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np
     return (train_x - mean) / std, (test_x - mean) / std
 
 
+def _load_sequences(spec: dict) -> Dataset:
+    data, seed = spec["data"], spec["seed"]
+    if data["name"] == "sequences":
+        found, source = sequences.from_params(data["params"], seed), "sequences"
+    else:
+        found, source = sequences.from_jsonl(Path(data["path"]), data["params"]), f"data file '{data['path']}'"
+    x = np.concatenate([found.storage(), found.lengths[:, None]], axis=1)
+    train_x, train_y, test_x, test_y = split(x, found.labels, data["test_fraction"], seed, source)
+    return Dataset(train_x[:, :-1], train_y, test_x[:, :-1], test_y, found.n_classes,
+                   train_x[:, -1].copy(), test_x[:, -1].copy(), found.vocab)
+
+
 def load_dataset(spec: dict) -> Dataset:
     """Build the split (and optionally standardised) dataset a resolved spec names."""
     data = spec["data"]
     name, seed = data["name"], spec["seed"]
+    if name in ("sequences", "jsonl"):
+        return _load_sequences(spec)
     if name == "doughnuts":
         x, y = _doughnuts(data["params"], seed)
         source = "doughnuts"

@@ -18,9 +18,11 @@ import numpy as np
 from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
 from common.dropout import shared_masks
-from common.initializers import initial_params, layer_sizes
+from common.initializers import initial_params, layer_sizes, sequence_params
 from common.metrics import aggregate
 from common.native import running_epoch_loss
+from common.padding import resolve_sides
+from common.spec import is_sequence
 
 
 class Adapter(Protocol):
@@ -48,6 +50,10 @@ class Adapter(Protocol):
         """Row ids of a native batch as the pipeline delivered them: every row fed (filler included) in exact
         mode, where the driver checks them against the plan; the real rows only in native mode."""
 
+    def batch_length(self, batch: Any) -> int:
+        """The padded length T of a native sequence batch as the pipeline delivered it (the token tensor's time
+        dimension); 0 for feature data. Exact mode checks it against the plan's `Batch.length`."""
+
     def train_step(self, batch: Any, step: int, masks: list[np.ndarray] | None) -> float:
         """One update; returns the batch's cross-entropy Σw·ℓ/Σw from the pre-update training forward pass.
 
@@ -63,6 +69,8 @@ class Adapter(Protocol):
 
 def canonical_init(spec: dict, data: Dataset) -> dict[str, np.ndarray]:
     """The shared initial parameters for a spec and dataset."""
+    if is_sequence(spec):
+        return sequence_params(spec, data.vocab, data.n_classes)
     sizes = layer_sizes(data.n_features, spec["model"]["hidden"], data.n_classes)
     return initial_params(spec["model"]["init"], sizes, spec["seed"], np.dtype(spec["dtype"]))
 
@@ -86,7 +94,23 @@ def _exact_ids(adapter: Adapter, native_batch, planned: Batch, epoch: int) -> Ba
     if not np.array_equal(got, planned.ids):
         raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
                            f"the plan says {planned.ids.tolist()}")
+    length = int(adapter.batch_length(native_batch))
+    if length != planned.length:
+        raise RuntimeError(f"{adapter.name} pipeline padded rows {got.tolist()} at epoch {epoch + 1} to length "
+                           f"{length}, the plan says {planned.length}")
     return planned
+
+
+def _plans(spec: dict, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]]:
+    """The training plan and the evaluation batches of both splits."""
+    seq = spec["sequence"]
+    size = spec["batching"]["eval_batch_size"]
+    if not data.is_sequence:
+        return (BatchPlan.from_spec(spec, data.train_x.shape[0]),
+                {split: eval_batches(getattr(data, f"{split}_x").shape[0], size) for split in ("train", "test")})
+    return (BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
+            {split: eval_batches(data.lengths(split).shape[0], size, data.lengths(split), seq["max_len"],
+                                 seq["buckets"]) for split in ("train", "test")})
 
 
 def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -> dict:
@@ -97,14 +121,12 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
     epoch's train_loss is the `fit`-style running mean of its step losses (common.native.running_epoch_loss).
     """
     exact = spec["mode"] == "exact"
-    plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
+    plan, eval_plan = _plans(spec, data)
     init = canonical_init(spec, data) if exact else None
     widths = spec["model"]["hidden"]
     rate = spec["regularization"]["dropout"] if exact else 0.0
     dtype = np.dtype(spec["dtype"])
     how = spec["metrics"]["aggregation"]
-    eval_plan = {split: eval_batches(n, spec["batching"]["eval_batch_size"])
-                 for split, n in (("train", data.train_x.shape[0]), ("test", data.test_x.shape[0]))}
 
     started = time.perf_counter()
     adapter.prepare(spec, data, plan, init)
@@ -131,6 +153,8 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
                 first_step_s = time.perf_counter() - t0
             steps.append({"epoch": epoch + 1, "step": step, "batch_ids": real_ids.tolist(),
                           "batch_size": int(real_ids.shape[0]), "loss": loss})
+            if data.is_sequence:
+                steps[-1]["padded_length"] = int(adapter.batch_length(native_batch))
             epoch_losses.append(loss)
             epoch_sizes.append(int(real_ids.shape[0]))
         epoch_seconds.append(time.perf_counter() - epoch_start)
@@ -140,7 +164,7 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
         epochs.append(metrics)
         if progress:
             _progress(adapter.name, epoch + 1, spec["train"]["epochs"], metrics["train_loss"])
-    return {
+    body = {
         "steps": steps,
         "epochs": epochs,
         "init": init,
@@ -148,3 +172,6 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
         "timing": {"prepare_s": prepare_s, "first_step_s": first_step_s, "epoch_s": epoch_seconds,
                    "train_s": float(sum(epoch_seconds))},
     }
+    if data.is_sequence:
+        body["padding"] = dict(zip(("pad", "truncate"), resolve_sides(spec, adapter.name)))
+    return body

@@ -1,18 +1,34 @@
-"""Variable-length sequences: padding, truncation, masks, lengths and length bucketing (DESIGN §5, "Padding").
+"""Variable-length sequences: padding, truncation, masks, lengths, buckets and the masked loss (DESIGN §5,
+"Padding and masks").
 
-Groundwork for the sequences issue; not yet wired into the spec or the adapters.
+Token 0 is reserved for padding (common.sequences validates that no real token is 0).
 
-Token 0 is reserved for padding. For a batch of sequences s_i with lengths n_i and a target length
-T = max_len if max_len > 0 else max_i n_i:
+Padded length T of a batch (`padded_length`, `BatchPlan`): `sequence.max_len` when > 0; with length buckets the
+bound of the batch's bucket; otherwise the longest sequence fed in the batch (pad filler rows included), capped by
+the last bucket bound when buckets are set (evaluation batches mix buckets).
+
+For a batch of sequences s_i with raw lengths n_i padded to T (`pad_batch`):
 - truncation keeps the first T tokens (`truncate = "post"`, cut at the end) or the last T (`"pre"`, Keras's default);
-- padding puts the kept tokens at positions [0, L) (`side = "post"`: torch `pad_sequence`, tf `padded_batch`) or
-  [T − L, T) (`"pre"`: Keras `pad_sequences`'s default), L = min(n_i, T);
-- the mask m[i, t] = 1 exactly on the kept tokens, and the length is L. A masked model reads only masked-in tokens,
-  so pre- and post-padding give the same result with a mask and (in general) different ones without.
+- padding puts the kept tokens at positions [0, L_i) (`pad = "post"`: torch `pad_sequence`, tf `padded_batch`) or
+  [T − L_i, T) (`"pre"`: Keras `pad_sequences`'s default), with the kept length L_i = min(n_i, T);
+- the mask m[i, t] = 1 exactly on the kept tokens. A masked model reads only masked-in tokens, so pre- and
+  post-padding give the same result with a mask and, in general, different ones without (the RNN reads the pads
+  before or after the real tokens; the mean pool averages the pad embedding in).
 
-Bucketing: with boundaries b_1 < … < b_K, a sequence of length n falls in the first bucket with n ≤ b_k (the last
-bucket takes the rest, truncated to b_K); each batch is drawn from one bucket and padded to its boundary, so at most
-K padded shapes exist and a jitted step compiles at most K times.
+`pad = "native"` / `truncate = "native"` give each backend its framework's idiom (`NATIVE_SIDES`): what a user who
+ports by hand gets, so that an unmasked run shows the trap.
+
+Bucketing (`bucket_of`): with inclusive bounds b_1 < … < b_K a sequence of raw length n falls in the first bucket
+with n ≤ b_k; the last bucket also takes anything longer, truncated to b_K. Batches are formed by the shared plan
+(common.batching) and padded to their bucket's bound, so at most K padded lengths exist and a jitted step compiles
+at most once per bucket (per batch shape). tf's `bucket_by_sequence_length` takes exclusive bounds b_k + 1.
+
+Masked loss (`loss_weights`, `masked_mean`): the batch loss is Σ_i m_i·ℓ_i / max(Σ_i m_i, 1) with per-row weights
+m_i = w_i (`loss_norm = "per_sequence"`) or m_i = w_i·L_i (`"per_token"`: every real token carries its sequence's
+loss, the token-weighted mean), w_i = 0 for pad filler rows. Every m_i is 0 or ≥ 1, so the max(·, 1) changes
+nothing when any row counts, and an all-padded batch gives 0 (Keras's convention) instead of torch's NaN.
+The masked mean pool is the same formula over time steps: Σ_t m_t·e_t / max(Σ_t m_t, 1), so an all-padded row
+pools to the zero vector.
 """
 
 from __future__ import annotations
@@ -20,12 +36,52 @@ from __future__ import annotations
 import numpy as np
 
 PAD = 0
-BUCKET_STREAM = 5
+
+NATIVE_SIDES = {
+    "numpy": ("post", "post"),  # the canonical form
+    "torch": ("post", "post"),  # pad_sequence pads at the end; a user truncates with seq[:max_len]
+    "tf": ("pre", "pre"),       # keras.utils.pad_sequences(padding="pre", truncating="pre") defaults
+    "jax": ("post", "post"),    # manual padding writes the tokens from position 0
+}
+"""(pad side, truncation side) each framework's idiom gives; what `"native"` resolves to per backend."""
+
+
+def resolve_sides(spec: dict, backend: str) -> tuple[str, str]:
+    """The (pad, truncate) sides `backend` uses for a resolved spec."""
+    native_pad, native_truncate = NATIVE_SIDES[backend]
+    seq = spec["sequence"]
+    return (native_pad if seq["pad"] == "native" else seq["pad"],
+            native_truncate if seq["truncate"] == "native" else seq["truncate"])
+
+
+def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
+    """The longest padded length allowed: max_len, else the last bucket bound, else 0 (no cap)."""
+    return max_len or (buckets[-1] if buckets else 0)
+
+
+def padded_length(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
+    """T for a batch whose rows have raw lengths `lengths`, outside bucketed training (module docstring)."""
+    if max_len:
+        return max_len
+    longest = int(np.max(lengths))
+    return min(longest, buckets[-1]) if buckets else longest
+
+
+def kept_lengths(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...]) -> np.ndarray:
+    """L_i = min(n_i, cap) (n_i without a cap): the tokens of each row that survive truncation.
+
+    This is a property of the row, not of its batch: a padded length is max_len, a bucket bound b_k ≥ n_i (only the
+    last bucket truncates, to b_K = cap) or the longest row of the batch, so no batch cuts a row below the cap.
+    """
+    cap = length_cap(max_len, buckets)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.minimum(lengths, cap) if cap else lengths
 
 
 def pad_batch(sequences: list[np.ndarray], side: str = "post", truncate: str = "post", max_len: int = 0,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(tokens (B, T) int64, mask (B, T) bool, lengths (B,)) for a list of 1-D token arrays."""
+    """(tokens (B, T) int64, mask (B, T) bool, kept lengths (B,)) for a list of 1-D token arrays; T = max_len,
+    or the longest sequence when max_len is 0."""
     if side not in ("post", "pre") or truncate not in ("post", "pre"):
         raise ValueError(f"side and truncate must be 'post' or 'pre', got {side!r}, {truncate!r}")
     target = max_len or max((len(s) for s in sequences), default=0)
@@ -42,28 +98,23 @@ def pad_batch(sequences: list[np.ndarray], side: str = "post", truncate: str = "
     return tokens, mask, lengths
 
 
-def bucket_of(lengths: np.ndarray, boundaries: list[int]) -> np.ndarray:
-    """Index of each length's bucket: the first boundary ≥ n, the last bucket for anything longer."""
+def bucket_of(lengths: np.ndarray, boundaries: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Index of each raw length's bucket: the first bound ≥ n, the last bucket for anything longer."""
     return np.minimum(np.searchsorted(np.asarray(boundaries), np.asarray(lengths), side="left"),
                       len(boundaries) - 1)
 
 
-def bucketed_batches(lengths: np.ndarray, batch_size: int, boundaries: list[int], seed: int, epoch: int,
-                     shuffle: bool = True) -> list[tuple[np.ndarray, int]]:
-    """One epoch of (row ids, padded length) batches, each from a single bucket.
+def loss_weights(weights: np.ndarray, kept: np.ndarray, loss_norm: str) -> np.ndarray:
+    """m_i = w_i (per_sequence) or w_i·L_i (per_token): the per-row weights of the masked batch loss."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if loss_norm == "per_sequence":
+        return weights
+    if loss_norm == "per_token":
+        return weights * np.asarray(kept, dtype=np.float64)
+    raise ValueError(f"unknown loss_norm {loss_norm!r}")
 
-    Within each bucket rows are permuted by `default_rng([seed, 5, epoch])` (or kept in order without shuffle) and
-    cut into batches of `batch_size` (the last one ragged); the batch order is then permuted with the same
-    generator, so every row appears exactly once per epoch.
-    """
-    rng = np.random.default_rng([seed, BUCKET_STREAM, epoch])
-    buckets = bucket_of(lengths, boundaries)
-    batches = []
-    for k, bound in enumerate(boundaries):
-        ids = np.flatnonzero(buckets == k)
-        if shuffle:
-            ids = rng.permutation(ids)
-        batches += [(ids[i: i + batch_size], int(bound)) for i in range(0, len(ids), batch_size)]
-    if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
-    return batches
+
+def masked_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """Σ m·v / max(Σ m, 1): the NaN-free masked mean (module docstring)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(np.sum(np.asarray(values) * weights) / max(float(np.sum(weights)), 1.0))

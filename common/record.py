@@ -1,7 +1,10 @@
 """The record format (DESIGN §4): `<backend>.json` for the run and `<backend>.npz` for the arrays.
 
 JSON: backend, versions, device, dtype, spec (resolved), steps [{epoch, step, batch_ids, batch_size, loss}],
-epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], timing.
+epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], timing. Sequence data adds
+`padded_length` to every step (the time dimension the native pipeline delivered) and `padding` {pad, truncate}:
+the sides this backend used (common.padding.resolve_sides). NPZ `train_x` is then the post-padded token storage
+and `train_lengths` the raw lengths (common.datasets).
 NPZ:  init/<name>, final/<name> (canonical layout), losses (float64 per step), train_x, train_y.
 """
 
@@ -27,6 +30,7 @@ def build(backend: str, versions: dict, device: str, spec: dict, body: dict) -> 
         "steps": body["steps"],
         "epochs": body["epochs"],
         "timing": body["timing"],
+        **({"padding": body["padding"]} if "padding" in body else {}),
     }
 
 
@@ -36,6 +40,8 @@ def arrays(body: dict, data: Dataset) -> dict[str, np.ndarray]:
     out.update({f"final/{k}": np.asarray(v) for k, v in body["final"].items()})
     out["losses"] = np.array([s["loss"] for s in body["steps"]], dtype=np.float64)
     out["train_x"], out["train_y"] = data.train_x, data.train_y
+    if data.is_sequence:
+        out["train_lengths"] = data.train_lengths
     return out
 
 

@@ -1,6 +1,9 @@
-"""Sequence-classification data: a synthetic generator and JSONL user data (groundwork for the sequences issue).
+"""Sequence-classification data: a synthetic generator and JSONL user data (`data.name = "sequences" | "jsonl"`).
 
-Token 0 is reserved for padding (common.padding); real tokens are 1..vocab−1.
+Token 0 is reserved for padding (common.padding); real tokens are 1..vocab−1, so `vocab` counts the pad.
+
+Spec params (`[data.params]`): sequences takes n (240), min_len (2), max_len (12), vocab (20), classes (3); jsonl
+takes vocab and classes, each inferred from the file (max token + 1, max label + 1) when not given.
 
 Synthetic data, deterministic by seed (`default_rng([seed, 6])`): n sequences with lengths uniform in
 [min_len, max_len] and tokens uniform in 1..vocab−1. Token t belongs to group g(t) = t mod C; the label is the
@@ -34,7 +37,14 @@ class Sequences:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([len(s) for s in self.tokens])
+        return np.array([len(s) for s in self.tokens], dtype=np.int64)
+
+    def storage(self) -> np.ndarray:
+        """All sequences post-padded with token 0 to the longest: (N, max n_i) int64, the form datasets keep."""
+        out = np.zeros((len(self.tokens), int(self.lengths.max())), dtype=np.int64)
+        for i, seq in enumerate(self.tokens):
+            out[i, : len(seq)] = seq
+        return out
 
 
 def majority_group(tokens: np.ndarray, n_classes: int) -> int:
@@ -45,9 +55,10 @@ def majority_group(tokens: np.ndarray, n_classes: int) -> int:
 def synthetic(n: int, min_len: int, max_len: int, vocab: int, n_classes: int, seed: int) -> Sequences:
     """The deterministic synthetic dataset described in the module docstring."""
     if not 1 <= min_len <= max_len:
-        raise InputError(f"sequence lengths: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
-    if vocab < 2 or n_classes < 2 or n < 2:
-        raise InputError(f"sequence data: need vocab >= 2, classes >= 2 and n >= 2, got {vocab}, {n_classes}, {n}")
+        raise InputError(f"spec key 'data.params.min_len': need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+    for key, value in (("vocab", vocab), ("classes", n_classes), ("n", n)):
+        if value < 2:
+            raise InputError(f"spec key 'data.params.{key}': must be at least 2, got {value}")
     rng = np.random.default_rng([seed, SEQUENCE_STREAM])
     lengths = rng.integers(min_len, max_len + 1, size=n)
     tokens = [rng.integers(1, vocab, size=int(length)) for length in lengths]
@@ -55,8 +66,35 @@ def synthetic(n: int, min_len: int, max_len: int, vocab: int, n_classes: int, se
     return Sequences(tokens, labels, vocab, n_classes)
 
 
-def read_jsonl(path: Path, vocab: int, n_classes: int) -> Sequences:
-    """User sequences from JSONL, validated line by line."""
+SYNTHETIC_DEFAULTS = {"n": 240, "min_len": 2, "max_len": 12, "vocab": 20, "classes": 3}
+
+
+def _int_params(params: dict, allowed: dict, name: str) -> dict:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise InputError(f"spec key 'data.params.{unknown[0]}': unknown key for {name} ({', '.join(allowed)})")
+    out = dict(allowed)
+    for key, value in params.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"spec key 'data.params.{key}': expected a positive integer, got {value!r}")
+        out[key] = value
+    return out
+
+
+def from_params(params: dict, seed: int) -> Sequences:
+    """`data.name = "sequences"`: the synthetic dataset with the spec's params (module docstring)."""
+    p = _int_params(params, SYNTHETIC_DEFAULTS, "sequences")
+    return synthetic(p["n"], p["min_len"], p["max_len"], p["vocab"], p["classes"], seed)
+
+
+def from_jsonl(path: Path, params: dict) -> Sequences:
+    """`data.name = "jsonl"`: the file's sequences, with vocab and classes from params or inferred."""
+    p = _int_params(params, {"vocab": None, "classes": None}, "jsonl")
+    return read_jsonl(path, p["vocab"], p["classes"])
+
+
+def read_jsonl(path: Path, vocab: int | None = None, n_classes: int | None = None) -> Sequences:
+    """User sequences from JSONL, validated line by line; vocab / n_classes None: inferred from the file."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -79,12 +117,19 @@ def read_jsonl(path: Path, vocab: int, n_classes: int) -> Sequences:
             raise InputError(f"{where}: 'tokens' must be a non-empty list")
         if not all(isinstance(t, int) and not isinstance(t, bool) for t in seq):
             raise InputError(f"{where}: tokens must be integers")
-        if min(seq) < 1 or max(seq) >= vocab:
-            raise InputError(f"{where}: tokens must be in 1..{vocab - 1} (0 is reserved for padding)")
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < n_classes:
-            raise InputError(f"{where}: label must be an integer in 0..{n_classes - 1}")
+        if min(seq) < 1 or (vocab is not None and max(seq) >= vocab):
+            allowed = f"1..{vocab - 1}" if vocab is not None else "≥ 1"
+            raise InputError(f"{where}: tokens must be in {allowed} (0 is reserved for padding)")
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0 or (
+                n_classes is not None and label >= n_classes):
+            allowed = f"0..{n_classes - 1}" if n_classes is not None else "≥ 0"
+            raise InputError(f"{where}: label must be an integer in {allowed}")
         tokens.append(np.array(seq, dtype=np.int64))
         labels.append(label)
     if not tokens:
         raise InputError(f"data file '{path}': no sequences")
-    return Sequences(tokens, np.array(labels), vocab, n_classes)
+    labels = np.array(labels)
+    n_classes = n_classes or int(labels.max()) + 1
+    if n_classes < 2:
+        raise InputError(f"data file '{path}': need at least 2 classes, labels are all {labels.max()}")
+    return Sequences(tokens, labels, vocab or max(int(t.max()) for t in tokens) + 1, n_classes)

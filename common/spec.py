@@ -47,6 +47,22 @@ def _positive_ints(v) -> str | None:
     return None
 
 
+def _increasing_ints(v) -> str | None:
+    if _positive_ints(v) or any(a >= b for a, b in zip(v, v[1:])):
+        return "must be a list of strictly increasing positive integers"
+    return None
+
+
+SEQUENCE_DATA = ("sequences", "jsonl")
+SEQUENCE_MODELS = ("seq_pool", "rnn")
+FILE_DATA = ("csv", "npz", "jsonl")
+
+
+def is_sequence(spec: dict) -> bool:
+    """Whether a resolved spec trains a sequence model on token data."""
+    return spec["model"]["kind"] in SEQUENCE_MODELS
+
+
 SCHEMA: dict[str, Any] = {
     "name": Field("iris-mlp", str),
     "seed": Field(0, int, _range(0, 2**32 - 1)),
@@ -58,7 +74,7 @@ SCHEMA: dict[str, Any] = {
     # framework's idiomatic loop (DEFAULT_EXECUTION)
     "execution": Field("default", str, _choice("default", "eager", "compiled", "fused")),
     "data": {
-        "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz")),
+        "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz", "sequences", "jsonl")),
         "test_fraction": Field(0.2, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),
         "standardize": Field(True, bool),
         "path": Field("", str),
@@ -66,7 +82,10 @@ SCHEMA: dict[str, Any] = {
         "params": Field({}, dict),
     },
     "model": {
-        "kind": Field("mlp", str, _choice("mlp")),
+        # mlp on feature data; seq_pool (embedding → masked mean → MLP) or rnn (embedding → Elman tanh RNN → Dense)
+        # on sequence data, where `hidden` is the MLP's widths (seq_pool) or the one RNN state size (rnn)
+        "kind": Field("mlp", str, _choice("mlp", "seq_pool", "rnn")),
+        "embed_dim": Field(8, int, _range(1, 2**20)),
         "hidden": Field([32], list, _positive_ints),
         "activation": Field("relu", str, _choice("relu", "tanh")),
         "init": Field("torch_default", str, _choice("torch_default", "glorot_uniform", "lecun_normal")),
@@ -76,6 +95,17 @@ SCHEMA: dict[str, Any] = {
         "shuffle": Field(True, bool),
         "last_batch": Field("keep", str, _choice("keep", "drop", "pad")),
         "eval_batch_size": Field(0, int, _range(0, 2**31)),
+    },
+    # variable-length sequences (common.padding): pad / truncate side ("native": each framework's idiom, see
+    # common.padding.NATIVE_SIDES), max_len (0: the longest in the batch), masks on or off, length buckets
+    # (inclusive upper bounds; empty: no bucketing) and the loss normalisation (common.padding.loss_weights)
+    "sequence": {
+        "pad": Field("post", str, _choice("post", "pre", "native")),
+        "truncate": Field("post", str, _choice("post", "pre", "native")),
+        "max_len": Field(0, int, _range(0, 2**20)),
+        "mask": Field(True, bool),
+        "buckets": Field([], list, _increasing_ints),
+        "loss_norm": Field("per_sequence", str, _choice("per_sequence", "per_token")),
     },
     "regularization": {
         "dropout": Field(0.0, float, _range(0.0, 1.0, hi_open=True)),
@@ -164,7 +194,9 @@ def validate(spec: dict) -> dict:
 
     Cross-key rules:
     - `optimizer.name = "adamw"` is Adam with decoupled decay, so `regularization.decay` must be "decoupled".
-    - `data.path` is required for csv and npz, and must be empty for the built-in datasets.
+    - `data.path` is required for csv, npz and jsonl, and must be empty for the built-in datasets.
+    - seq_pool / rnn read sequence data (sequences, jsonl), mlp reads feature data; rnn has one hidden width;
+      `sequence.buckets` and `sequence.max_len` exclude each other; sequences cannot run `execution = "fused"`.
     - Adam with decoupled decay is spelled `adamw`.
     - `optimizer.nesterov` needs a momentum > 0 (torch raises otherwise).
     """
@@ -196,12 +228,30 @@ def validate(spec: dict) -> dict:
         raise InputError("spec key 'optimizer.nesterov': nesterov needs optimizer.momentum > 0")
     if out["optimizer"]["name"] != "sgd" and (out["optimizer"]["momentum"] or out["optimizer"]["nesterov"]):
         raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
-    needs_path = out["data"]["name"] in ("csv", "npz")
+    _check_sequence_rules(out)
+    needs_path = out["data"]["name"] in FILE_DATA
     if needs_path and not out["data"]["path"]:
         raise InputError(f"spec key 'data.path': required for data.name = '{out['data']['name']}'")
     if not needs_path and out["data"]["path"]:
-        raise InputError(f"spec key 'data.path': only csv and npz read a path, not '{out['data']['name']}'")
+        raise InputError(f"spec key 'data.path': only csv, npz and jsonl read a path, not '{out['data']['name']}'")
     return out
+
+
+def _check_sequence_rules(spec: dict) -> None:
+    """Sequence models need sequence data and the other way round; rnn has one state size; buckets replace
+    max_len; fused execution needs the static shapes sequences do not have."""
+    seq_model, seq_data = is_sequence(spec), spec["data"]["name"] in SEQUENCE_DATA
+    if seq_model != seq_data:
+        raise InputError(f"spec key 'model.kind': '{spec['model']['kind']}' cannot read data.name = "
+                         f"'{spec['data']['name']}' (seq_pool and rnn read sequences or jsonl, mlp reads features)")
+    if spec["model"]["kind"] == "rnn" and len(spec["model"]["hidden"]) != 1:
+        raise InputError("spec key 'model.hidden': rnn takes exactly one width, the RNN state size")
+    if spec["sequence"]["buckets"] and spec["sequence"]["max_len"]:
+        raise InputError("spec key 'sequence.max_len': with buckets the last bucket bound is the maximum length; "
+                         "set max_len = 0")
+    if seq_model and spec["execution"] == "fused":
+        raise InputError("spec key 'execution': fused runs whole epochs as one program of static shapes, which "
+                         "variable-length sequences do not have; use default, eager or compiled")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -155,3 +155,23 @@ def matrix_spec(case: str, dtype: str = "float64") -> dict:
     for key, value in EXACT_MATRIX[case].items():
         sections.setdefault(key, {}).update(value)
     return make_spec(dtype=dtype, name=case, **sections)
+
+
+SEQ_BASE = {
+    # 90 synthetic sequences of 2..10 tokens over a 16-token vocabulary: 72 training rows, so batch 7 leaves a
+    # ragged last batch of 2 (11 steps per epoch)
+    "data": {"name": "sequences", "params": {"n": 90, "min_len": 2, "max_len": 10, "vocab": 16, "classes": 3}},
+    "model": {"kind": "seq_pool", "embed_dim": 4, "hidden": [6]},
+    "batching": {"batch_size": 7},
+    "optimizer": {"lr": 0.1},
+    "train": {"epochs": 2},
+}
+
+
+def seq_spec(dtype: str = "float64", **sections) -> dict:
+    """A validated sequence spec on SEQ_BASE (seq_pool, post-padding with masks) updated with `sections`,
+    e.g. seq_spec(model={"kind": "rnn"}, sequence={"pad": "pre", "buckets": [4, 10]})."""
+    merged = {k: dict(v) for k, v in SEQ_BASE.items()}
+    for key, value in sections.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return make_spec(dtype=dtype, **merged)

@@ -1,9 +1,13 @@
 """common.padding: sides, truncation, masks, lengths and bucketing (groundwork for the sequences issue)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
-from common.padding import bucket_of, bucketed_batches, pad_batch
+from common.batching import BatchPlan
+from common.errors import InputError
+from common.padding import (bucket_of, kept_lengths, loss_weights, masked_mean, pad_batch, padded_length,
+                            resolve_sides)
 
 seqs = st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), min_size=1, max_size=8)
 
@@ -32,17 +36,65 @@ def test_keras_and_torch_conventions():
     assert tokens.tolist() == [[1, 0, 0], [2, 3, 4]] and lengths.tolist() == [1, 3]  # pad_sequence(batch_first)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=60), batch_size=st.integers(1, 9),
-       seed=st.integers(0, 3), shuffle=st.booleans())
-def test_bucketing_covers_each_row_once_with_bounded_shapes(lengths, batch_size, seed, shuffle):
+       seed=st.integers(0, 3), shuffle=st.booleans(), last_batch=st.sampled_from(["keep", "drop", "pad"]))
+def test_bucketed_plan_covers_rows_with_bounded_shapes(lengths, batch_size, seed, shuffle, last_batch):
     lengths = np.array(lengths)
-    boundaries = [8, 16, 32]
-    batches = bucketed_batches(lengths, batch_size, boundaries, seed, epoch=0, shuffle=shuffle)
-    ids = np.concatenate([b for b, _ in batches])
-    assert sorted(ids.tolist()) == list(range(len(lengths)))
-    assert {bound for _, bound in batches} <= set(boundaries)
-    for rows, bound in batches:
-        assert len(set(bucket_of(lengths[rows], boundaries).tolist())) == 1
-        assert all(lengths[rows] <= bound) or bound == boundaries[-1]
-        assert 1 <= len(rows) <= batch_size
+    boundaries = (8, 16, 32)
+    counts = np.bincount(bucket_of(lengths, boundaries), minlength=3)
+    if last_batch == "drop" and (counts < batch_size).all():
+        return  # no batch at all: the plan refuses (tested below)
+    plan = BatchPlan(len(lengths), batch_size, shuffle, last_batch, seed, lengths, 0, boundaries)
+    batches = plan.batches(0)
+    assert len(batches) == plan.steps_per_epoch
+    real = np.concatenate([b.real_ids for b in batches])
+    assert len(set(real.tolist())) == real.shape[0]  # no row twice
+    if last_batch != "drop":
+        assert sorted(real.tolist()) == list(range(len(lengths)))
+    for b in batches:
+        assert b.length in boundaries
+        assert len(set(bucket_of(lengths[b.ids], boundaries).tolist())) == 1  # filler from the same bucket
+        assert all(lengths[b.ids] <= b.length) or b.length == boundaries[-1]
+        assert b.rows == batch_size or (last_batch == "keep" and 1 <= b.rows < batch_size)
+
+
+def test_bucketed_plan_is_a_streaming_bucketer():
+    # rows stream in epoch order; a bucket emits when it holds B rows; leftovers flush in bucket order
+    lengths = np.array([5, 1, 2, 6, 1, 3, 7, 2, 9, 1])
+    plan = BatchPlan(10, 2, False, "keep", 0, lengths, 0, (2, 5, 9))
+    got = [(b.ids.tolist(), b.length) for b in plan.batches(0)]
+    assert got == [([1, 2], 2), ([0, 5], 5), ([3, 6], 9), ([4, 7], 2), ([9], 2), ([8], 9)]
+    padded = BatchPlan(10, 2, False, "pad", 0, lengths, 0, (2, 5, 9)).batches(0)
+    assert [(b.ids.tolist(), b.weights.tolist()) for b in padded[-2:]] == [([9, 1], [1, 0]), ([8, 3], [1, 0])]
+    ids, weights = BatchPlan(10, 2, False, "pad", 0, lengths, 0, (2, 5, 9)).slots(0)
+    assert ids.tolist() == list(range(10)) + [1, 3] and weights.tolist() == [1] * 10 + [0, 0]
+
+
+def test_drop_with_every_bucket_short_is_an_input_error():
+    with pytest.raises(InputError, match="batching.batch_size"):
+        BatchPlan(4, 3, False, "drop", 0, np.array([1, 9, 2, 9]), 0, (4, 10))
+
+
+def test_padded_length_rules():
+    assert padded_length(np.array([3, 7]), 0, ()) == 7
+    assert padded_length(np.array([3, 7]), 5, ()) == 5
+    assert padded_length(np.array([3, 12]), 0, (4, 10)) == 10
+    assert kept_lengths(np.array([3, 12]), 0, (4, 10)).tolist() == [3, 10]
+    assert kept_lengths(np.array([3, 12]), 0, ()).tolist() == [3, 12]
+
+
+def test_masked_loss_weights_and_nan_free_mean():
+    w = np.array([1.0, 1.0, 0.0])
+    kept = np.array([2, 4, 3])
+    assert loss_weights(w, kept, "per_sequence").tolist() == [1, 1, 0]
+    assert loss_weights(w, kept, "per_token").tolist() == [2, 4, 0]
+    losses = np.array([0.5, 2.0, 100.0])
+    assert masked_mean(losses, loss_weights(w, kept, "per_token")) == (2 * 0.5 + 4 * 2.0) / 6
+    assert masked_mean(losses, np.zeros(3)) == 0.0  # all padded: 0, not NaN
+
+
+def test_native_sides_follow_each_framework():
+    spec = {"sequence": {"pad": "native", "truncate": "native"}}
+    assert resolve_sides(spec, "tf") == ("pre", "pre") and resolve_sides(spec, "torch") == ("post", "post")
+    assert resolve_sides({"sequence": {"pad": "pre", "truncate": "post"}}, "tf") == ("pre", "post")
