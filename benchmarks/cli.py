@@ -28,6 +28,7 @@ from common import InputError, record
 from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
+from common.explain import explain
 from common.spec import load_spec
 from common.stats import seed_equivalence
 from common.tolerance import tolerance_for
@@ -135,7 +136,7 @@ def command_run(args) -> int:
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
     data = load_dataset(spec)  # every input error surfaces before anything is written
-    BatchPlan.from_spec(spec, data.train_x.shape[0])
+    BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     out = args.out or Path("runs") / spec["name"]
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}': exists and is not a folder")
@@ -148,6 +149,7 @@ def command_run(args) -> int:
 
     comparison = compare(records, REFERENCE, tolerance_for(spec["dtype"], spec["mode"]))
     comparison["failed"] = failed
+    comparison["causes"] = explain(records)
     if len(seeds) > 1:
         finals = {b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]]
                       for m in ("test_acc", "test_loss")} for b in everyone if b not in failed}
@@ -163,6 +165,8 @@ def command_run(args) -> int:
     for warning in report.banding_warnings(spec, records):
         print(warning)
     print(report.verdict_table(comparison, sorted(failed)))
+    for line in report.cause_lines(comparison):
+        print(line)
     if "statistical" in comparison:
         print(report.statistical_table(comparison))
     print(f"records, comparison.json, report.md and loss.png in {out}")

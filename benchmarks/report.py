@@ -28,10 +28,11 @@ def pair_rows(comparison: dict) -> list[dict]:
         bad = [p for p in pairs if p["divergent"]]
         first = min(bad, key=lambda p: p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18,
                     default=None)
-        ids = next(p for p in pairs if p["metric"] == "batch_ids")
+        ids = [p for p in pairs if p["metric"] in ("batch_ids", "padded_length") and p["divergent"]]
+        first_ids = min((p["first_divergent_step"] for p in ids), default=None)
         rows.append({
             "a": a, "b": b,
-            "batch_ids": "identical" if not ids["divergent"] else f"differ at step {ids['first_divergent_step']}",
+            "batch_ids": "identical" if not ids else f"differ at step {first_ids}",
             "loss": worst(lambda m: m == "loss"),
             "metrics": worst(lambda m: m in EPOCH_METRICS),
             "params": worst(lambda m: m.startswith("final/")),
@@ -56,7 +57,7 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
         first = first_divergence(comparison)
         head = "DIVERGENT" if first is None else (
             f"DIVERGENT: {first['a']} vs {first['b']} first differ in {first['metric']} at "
-            f"{'step' if first['metric'] in ('loss', 'batch_ids') else 'epoch'} {first['first_divergent_step']} "
+            f"{'step' if first['metric'] in ('loss', 'batch_ids', 'padded_length') else 'epoch'} {first['first_divergent_step']} "
             f"(max rel diff {_fmt(first['max_rel_diff'])})")
     if failed:
         head += f"; FAILED or missing: {', '.join(failed)}"
@@ -78,6 +79,14 @@ def banding_warnings(spec: dict, records: dict) -> list[str]:
                        f"epoch accuracy moves in steps of {found['step']:.3g}. Use metrics.aggregation = "
                        f"\"weighted\" (per sample).")
     return out
+
+
+def cause_lines(comparison: dict) -> list[str]:
+    """One line per known cause (common.explain) behind a divergent pair; none when everything agrees."""
+    divergent = {(p["a"], p["b"]) for p in comparison["pairs"] if p["divergent"]}
+    divergent |= {(b, a) for a, b in divergent}
+    return [f"cause [{c['trap']}] {c['a']} vs {c['b']}: {c['why']}" for c in comparison.get("causes", [])
+            if (c["a"], c["b"]) in divergent]
 
 
 def statistical_table(comparison: dict) -> str:
@@ -115,6 +124,7 @@ def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str]
            f"dropout {spec['regularization']['dropout']}, epochs {spec['train']['epochs']}",
            f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}", ""]
     out += [f"> {w}" for w in banding_warnings(spec, records)]
+    out += [f"> {line}" for line in cause_lines(comparison)]
     out += ["", "## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
     for name, (rec, _) in records.items():
         versions = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())

@@ -394,22 +394,24 @@ CATALOGUE: tuple[Trap, ...] = (
         "keras_pad_sequences", "Keras pad_sequences pads and truncates at the front by default",
         "Padding and masks",
         {"tf": {"padded": [[0, 1], [3, 4]], "padding": "pre", "truncating": "pre"}},
-        "no common/ sequence rule yet (sequences issue): canonical is batch-major, padded and truncated at the "
-        "end; pass padding='post', truncating='post'",
+        "common.padding: pad and truncate sides come from sequence.pad / sequence.truncate and reach Keras as "
+        "pad_sequences(padding=…, truncating=…); sequence.pad = \"native\" keeps Keras's pre (common.explain "
+        "names the divergence when the mask is off)",
         compare=("padded",), canonical={"padded": [[1, 0], [2, 3]]},
         effect=lambda m: (None, f"maxlen 2 of {SEQUENCES}: {m['tf']['padded']} (post/post: [[1, 0], [2, 3]])")),
     Trap(
         "torch_pad_sequence", "torch pad_sequence is time-major unless batch_first=True; pads at the end",
         "Padding and masks",
         {"torch": {"default": [[1, 2], [0, 3], [0, 4]], "batch_first": [[1, 0, 0], [2, 3, 4]]}},
-        "no common/ sequence rule yet (sequences issue): canonical is batch-major, padded at the end; "
-        "pass batch_first=True",
+        "common.padding: batch-major (B, T); the torch collate_fn calls pad_sequence(batch_first=True, "
+        "padding_side=sequence.pad)",
         compare=("default",), canonical={"default": [[1, 0, 0], [2, 3, 4]]},
         effect=lambda m: (None, f"default output is T×B {m['torch']['default']}, not B×T")),
     Trap(
         "tf_padded_batch", "tf.data padded_batch pads at the end", "Padding and masks",
         {"tf": {"default": [[1, 0, 0], [2, 3, 4]]}},
-        "no common/ sequence rule yet (sequences issue): padded_batch already matches the canonical end padding",
+        "common.padding: padded_batch matches post-padding; pre-padding reverses each sequence, pads, and reverses "
+        "the time axis back",
         compare=("default",), canonical={"default": [[1, 0, 0], [2, 3, 4]]},
         effect=lambda m: (None, f"{m['tf']['default']}: batch-major, padded at the end")),
     Trap(
@@ -418,8 +420,8 @@ CATALOGUE: tuple[Trap, ...] = (
          "tf": {"reduction": "weighted_mean", "all_masked": 0.0, "ignore_class": "weighted_mean",
                 "ignore_class_all_masked": 0.0},
          "jax": {"reduction": "per_example", "all_masked": "per_example"}},
-        "common.metrics.weighted_mean: loss = Σw·ℓ/Σw over real rows (w = 0 for pad filler); a plan batch always "
-        "holds ≥ 1 real row, so the all-masked case never arises",
+        "common.padding.masked_mean: loss = Σm·ℓ/max(Σm, 1) with m = w (per sequence) or w·L (per token): equal "
+        "to Σm·ℓ/Σm whenever a row counts, 0 (Keras's value) for an all-padded batch, never NaN",
         compare=("reduction", "all_masked"), effect=_effect_masked),
     Trap(
         "sample_weight_reduction", "Keras sample_weight divides by N, not Σw", "Padding and masks",

@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks.cli import main
 
+SEQ = "[data]\nname = 'sequences'\n[model]\nkind = 'seq_pool'\n"
+
 BAD_SPECS = {
     "unknown_top": ("nmae = 'x'\n", "nmae"),
     "unknown_nested": ("[optimizer]\nlearning_rate = 0.1\n", "optimizer.learning_rate"),
@@ -36,6 +38,23 @@ BAD_SPECS = {
     "invalid_toml": ("name = \n", "spec file"),
     "zero_epochs": ("[train]\nepochs = 0\n", "train.epochs"),
     "bad_aggregation": ("[metrics]\naggregation = 'mean'\n", "metrics.aggregation"),
+    # sequences
+    "seq_model_on_features": ("[model]\nkind = 'rnn'\n", "model.kind"),
+    "mlp_on_sequences": ("[data]\nname = 'sequences'\n", "model.kind"),
+    "rnn_two_widths": ("[data]\nname = 'sequences'\n[model]\nkind = 'rnn'\nhidden = [4, 4]\n", "model.hidden"),
+    "bad_pad_side": (SEQ + "[sequence]\npad = 'left'\n", "sequence.pad"),
+    "bad_truncate_side": (SEQ + "[sequence]\ntruncate = 'middle'\n", "sequence.truncate"),
+    "negative_max_len": (SEQ + "[sequence]\nmax_len = -1\n", "sequence.max_len"),
+    "unsorted_buckets": (SEQ + "[sequence]\nbuckets = [8, 4]\n", "sequence.buckets"),
+    "buckets_and_max_len": (SEQ + "[sequence]\nbuckets = [4, 8]\nmax_len = 6\n", "sequence.max_len"),
+    "bad_loss_norm": (SEQ + "[sequence]\nloss_norm = 'per_batch'\n", "sequence.loss_norm"),
+    "seq_fused": ("execution = 'fused'\n" + SEQ, "execution"),
+    "seq_param_unknown": (SEQ + "[data.params]\nlength = 4\n", "data.params.length"),
+    "seq_lengths_inverted": (SEQ + "[data.params]\nmin_len = 9\nmax_len = 3\n", "data.params.min_len"),
+    "seq_vocab_one": (SEQ + "[data.params]\nvocab = 1\n", "data.params.vocab"),
+    "jsonl_without_path": ("[data]\nname = 'jsonl'\n[model]\nkind = 'seq_pool'\n", "data.path"),
+    "bucketed_drop_too_big": (SEQ + "[batching]\nbatch_size = 300\nlast_batch = 'drop'\n[sequence]\n"
+                              "buckets = [4, 12]\n", "batching.batch_size"),
 }
 
 
@@ -64,11 +83,29 @@ def _write_data(tmp_path, kind):
     if kind == "non_numeric_csv":
         (tmp_path / "d.csv").write_text("a,label\n1,0\nx,1\n2,1\n")
         return "[data]\nname = 'csv'\npath = 'd.csv'\n", "non-numeric"
+    if kind in JSONL_ROWS:
+        rows, fragment = JSONL_ROWS[kind]
+        (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
+        return ("[data]\nname = 'jsonl'\npath = 'd.jsonl'\n[data.params]\nvocab = 10\nclasses = 2\n"
+                "[model]\nkind = 'rnn'\n", fragment)
+    if kind == "missing_jsonl":
+        return "[data]\nname = 'jsonl'\npath = 'nope.jsonl'\n[model]\nkind = 'seq_pool'\n", "nope.jsonl"
     raise AssertionError(kind)
 
 
+GOOD_ROW = '{"tokens": [1, 2, 3], "label": 1}'
+JSONL_ROWS = {  # malformed sequence files: each error names the file and the line
+    "jsonl_empty_sequence": ([GOOD_ROW, '{"tokens": [], "label": 0}'], "line 2: 'tokens' must be a non-empty list"),
+    "jsonl_out_of_vocab": ([GOOD_ROW, '{"tokens": [1, 10], "label": 0}'], "line 2: tokens must be in 1..9"),
+    "jsonl_pad_token": (['{"tokens": [0, 4], "label": 0}'], "line 1: tokens must be in 1..9 (0 is reserved"),
+    "jsonl_float_token": ([GOOD_ROW, GOOD_ROW, '{"tokens": [1.5], "label": 0}'], "line 3: tokens must be integers"),
+    "jsonl_label_range": ([GOOD_ROW, '{"tokens": [2], "label": 2}'], "line 2: label must be an integer in 0..1"),
+    "jsonl_not_json": ([GOOD_ROW, "tokens: [1]"], "line 2: not valid JSON"),
+    "jsonl_missing_label": (['{"tokens": [1]}'], "line 1: expected an object with 'tokens' and 'label'"),
+}
+
 BAD_DATA = ["missing_csv", "nan_csv", "label_range", "mismatch", "empty_csv", "unreadable_npz",
-            "no_label_column", "non_numeric_csv"]
+            "no_label_column", "non_numeric_csv", "missing_jsonl", *JSONL_ROWS]
 
 
 def _check(capsys, tmp_path, argv, fragment):

@@ -28,7 +28,7 @@ def test_result_log_drops_partial_runs_and_lines(tmp_path):
 
 def test_presets_expand_and_validate():
     assert set(list_presets()) >= {"doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch",
-                                   "digits-adam"}
+                                   "digits-adam", "seq-rnn-batchsize"}
     for name in list_presets():
         for full in (False, True):
             raw, sweep, _ = load_preset(name, full)
@@ -85,7 +85,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow", "jax")),
                     reason="needs torch, tensorflow and jax (tox -e parity)")
 @pytest.mark.parametrize("preset", ["doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch",
-                                    "digits-adam"])
+                                    "digits-adam", "seq-rnn-batchsize"])
 def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "sweep", preset, "--out", str(tmp_path), "--quiet",
                            "--workers", "2"], cwd=ROOT, capture_output=True, text=True)

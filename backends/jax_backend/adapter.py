@@ -41,6 +41,17 @@ What x64 costs a float32 run: nothing in the tensor math. Parameters, data, mask
 so XLA emits float32 matmuls; only scalars become 64-bit (Adam's bias correction, the step counters; the plan ids
 are passed as int32). tests/backends/test_jax_backend.py checks on the fused scan's jaxpr that every non-scalar
 floating value is float32.
+
+Sequence models (model.kind seq_pool / rnn; sequence_model.py, sequence_data.py): the same structure with the step
+
+    seq_step(params, opt_state, tokens, mask, y, m, masks, step) → (params, opt_state, loss),
+    loss = Σ m·ℓ / max(Σ m, 1),  m = common.padding.loss_weights(plan weights, kept lengths, loss_norm),
+
+fed by the manual padding pipeline (sequence_data.SequencePipeline: common.padding.pad_batch to the plan's T with
+the sides resolved for "jax"). jit compiles once per (B, T) shape: with length buckets and last_batch "pad" at most
+one compile per bucket; `compile_count` counts these train-step compiles too (eager: 0). Executions eager and
+compiled only ("fused" is refused by common.spec validation for sequences: no static epoch shape). Native mode as
+for the MLP: JaxOrderPlan order (bucketed the same way), flax's default init, nn.Dropout, optax as written.
 """
 
 from __future__ import annotations
@@ -53,7 +64,10 @@ import optax
 from backends.jax_backend import data as pipeline
 from backends.jax_backend import model as mlp
 from backends.jax_backend import optim
-from common.spec import execution_of
+from backends.jax_backend import sequence_data
+from backends.jax_backend import sequence_model as seqm
+from common.padding import resolve_sides
+from common.spec import execution_of, is_sequence
 from common.dropout import shared_masks
 from common.regularization import Regularization
 
@@ -71,6 +85,9 @@ class JaxAdapter:
         if self.execution not in EXECUTIONS:
             raise ValueError(f"jax: unknown execution mode '{self.execution}' (modes: {', '.join(EXECUTIONS)})")
         self.compile_count = 0
+        self.sequence = is_sequence(spec)
+        if self.sequence and self.execution == "fused":
+            raise ValueError("jax: sequence models run execution 'eager' or 'compiled' (no static epoch shape)")
 
     def versions(self) -> dict[str, str]:
         import flax
@@ -87,6 +104,8 @@ class JaxAdapter:
         self.data = data
         self.native = spec["mode"] == "native"
         reg = Regularization.from_spec(spec)
+        if self.sequence:
+            return self._prepare_sequence(spec, data, plan, params, reg)
         if self.native:
             plan = pipeline.JaxOrderPlan.from_spec(spec, data.train_x.shape[0])
         self.plan = plan
@@ -112,6 +131,48 @@ class JaxAdapter:
             self._fused = jax.jit(self._counted(self._scan_steps))
             self.split = pipeline.on_device(data.train_x, data.train_y, self.dtype)
             self._epoch_losses = None
+
+    def _prepare_sequence(self, spec, data, plan, params, reg):
+        if self.native:
+            plan = pipeline.JaxOrderPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+        self.plan = plan
+        self.sides = resolve_sides(spec, "jax")
+        self.pipeline = sequence_data.SequencePipeline(data, plan, spec, self.sides, self.dtype)
+        self.mask_rate = 0.0 if self.native else spec["regularization"]["dropout"]
+        native_rate = spec["regularization"]["dropout"] if self.native else 0.0
+        self.model = seqm.build(spec, data.vocab, data.n_classes, native_rate, self.dtype)
+        if self.native:
+            self.params = seqm.native_init(self.model, spec["seed"])
+            names = seqm.to_canonical(self.params)
+            self.tx = optim.build_native(spec, reg, names, seqm.to_native)
+            self.penalty = optim.native_l1_penalty(spec, reg, names, seqm.to_native)
+        else:
+            self.params = seqm.load(self.model, params)
+            self.tx = optim.build(spec, reg, params, seqm.to_native)
+            self.penalty = None
+        self.opt_state = self.tx.init(self.params)
+        self.key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), DROPOUT_STREAM)
+        self._eval = jax.jit(self._seq_eval_batch)
+        self._step = (self._seq_train_step if self.execution == "eager"
+                      else jax.jit(self._counted(self._seq_train_step)))
+
+    def _seq_train_step(self, params, opt_state, tokens, mask, y, m, masks, step):
+        rngs = {"dropout": self.dropout_key(step)} if self.model.dropout > 0.0 else None
+
+        def loss_fn(p):
+            logits = self.model.apply(p, tokens, mask, masks, train=True, rngs=rngs)
+            ce = (jnp.sum(m * optax.softmax_cross_entropy_with_integer_labels(logits, y))
+                  / jnp.maximum(jnp.sum(m), 1.0))
+            return (ce if self.penalty is None else ce + self.penalty(p)), ce
+
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def _seq_eval_batch(self, params, tokens, mask, y, w):
+        logits = self.model.apply(params, tokens, mask)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(w * ce), jnp.sum(w * (jnp.argmax(logits, axis=-1) == y))
 
     def _counted(self, fn):
         def traced(*args):
@@ -159,7 +220,17 @@ class JaxAdapter:
     def batch_ids(self, batch):
         return batch.real_ids if self.native else batch.ids  # native: the real rows only (no pad filler)
 
+    def batch_length(self, batch) -> int:
+        """T of a sequence batch as padded by the pipeline; 0 for feature batches."""
+        return int(batch.length) if self.sequence else 0
+
     def train_step(self, batch, step, masks):
+        if self.sequence:
+            if masks is not None:
+                masks = [jnp.asarray(m, dtype=self.dtype) for m in masks]
+            self.params, self.opt_state, loss = self._step(self.params, self.opt_state, batch.tokens, batch.mask,
+                                                           batch.y, batch.w, masks, step)
+            return float(loss)
         if self.execution == "fused":
             return self._fused_train_step(batch, step, masks)
         if masks is not None:
@@ -225,6 +296,8 @@ class JaxAdapter:
         return jax.random.fold_in(self.key, step)
 
     def evaluate(self, split, batches):
+        if self.sequence:
+            return self._evaluate_sequences(split, batches)
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
         out = []
         for batch in batches:
@@ -233,8 +306,16 @@ class JaxAdapter:
             out.append((float(loss_sum), float(correct), batch.n_real))
         return out
 
+    def _evaluate_sequences(self, split, batches):
+        out = []
+        for batch in batches:
+            b = sequence_data.to_device(self.data, split, batch, self.sides, batch.weights, self.dtype)
+            loss_sum, correct = self._eval(self.params, b.tokens, b.mask, b.y, b.w)
+            out.append((float(loss_sum), float(correct), batch.n_real))
+        return out
+
     def parameters(self):
-        return mlp.to_canonical(self.params)
+        return (seqm.to_canonical if self.sequence else mlp.to_canonical)(self.params)
 
 
 def make_adapter(spec: dict) -> JaxAdapter:

@@ -49,9 +49,11 @@ def l1_sign(coefficients) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
+def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray],
+          to_native=to_native) -> optax.GradientTransformation:
     """Exact mode: the optax transformation for `spec`; `canonical` (the initial params) gives tensor names and
-    sizes."""
+    sizes; `to_native` maps canonical names to the model's params tree (model.to_native for the MLP,
+    sequence_model.to_native for the sequence models)."""
     mask = to_native({name: reg.applies(name) for name in canonical})
     coefficients = {name: reg.l1_coefficient(name, np.size(w)) for name, w in canonical.items()}
     parts = []
@@ -75,7 +77,8 @@ def _optimizer(o: dict, decoupled: float, mask) -> optax.GradientTransformation:
     return optax.adamw(o["lr"], o["beta1"], o["beta2"], o["eps"], weight_decay=decoupled, mask=mask)
 
 
-def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
+def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray],
+                 to_native=to_native) -> optax.GradientTransformation:
     """Native mode: the optax chain a user writes from the spec's numbers (see the module docstring); L1 is not
     here but in the loss (`native_l1_penalty`)."""
     r = spec["regularization"]
@@ -88,7 +91,7 @@ def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarra
     return optax.chain(*parts)
 
 
-def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]):
+def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray], to_native=to_native):
     """Native mode: p ↦ l1·Σ_t A_t over the regularized tensors, A_t = jnp.mean|w_t| ("mean") or jnp.sum|w_t|
     ("sum"), as a loss term (its gradient at w = 0 is +1·l1/n_t, JAX's |x|′(0)); None when l1 = 0."""
     r = spec["regularization"]

@@ -37,6 +37,14 @@ from common.native import l2_as_written
 from common.regularization import Regularization
 
 
+def trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(canonical name, parameter) of the parameters the optimizer updates: a model's own
+    `canonical_named_parameters()` when it has one (sequence models: canonical names for nn.RNN's tensors, frozen
+    parameters such as the exact-mode bias_hh left out), else `named_parameters()` (the MLP's names are canonical)."""
+    if hasattr(model, "canonical_named_parameters"):
+        return list(model.canonical_named_parameters())
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
 
 def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
     """Σ_t f_t·Σ|w_t| + l2_factor·Σ_t Σw_t² over the regularized (name, tensor) pairs; f_t from common."""
@@ -56,7 +64,7 @@ class TorchOptimizer:
         o = spec["optimizer"]
         self.reg = reg = Regularization.from_spec(spec)
         self.lr = o["lr"]
-        named = list(model.named_parameters())
+        named = trainable_named(model)
         self.regularized = [(n, p) for n, p in named if reg.applies(n)]
         plain = [p for n, p in named if not reg.applies(n)]
         decoupled = reg.decoupled > 0.0
@@ -111,7 +119,7 @@ class NativeTorchOptimizer:
     def __init__(self, spec: dict, model: nn.Module, capturable: bool = False):
         o, r = spec["optimizer"], spec["regularization"]
         self.reg = Regularization.from_spec(spec)
-        named = list(model.named_parameters())
+        named = trainable_named(model)
         self.regularized = [(n, p) for n, p in named if self.reg.applies(n)]
         params = [p for _, p in named]
         decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
