@@ -49,6 +49,9 @@ LOSS_MASK = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
 WEIGHT_LABELS = np.array([0, 1, 2, 2])          # sample-weight probe: class weights (1, 1, 0) ≡ row weights LOSS_MASK
 DROPOUT_RATES = (0.3, 0.45)       # 0.3 as asked; at 0.45 fl(1/(1−p)) ≠ fl(1/fl(1−p)) in float32
 SEQUENCES = [[1], [2, 3, 4]]                    # padding probes
+RNN_INPUT = [[[0.5], [-1.0], [0.0]]]            # RNN probes: one row, 3 steps, 2 real (post-padded), 1 feature
+RNN_INPUT_PRE = [[[0.0], [0.5], [-1.0]]]        # the same row pre-padded
+RNN_WIDTH = 2
 INIT_FAN_IN, INIT_FAN_OUT = 100, 2000
 DECAY = dict(w0=1.0, lr=0.5, wd=0.25, momentum=0.5, steps=2)   # binary fractions: every result exact
 MOMENTUM = dict(lr=0.5, lr_after=0.25, momentum=0.5, grad=1.0, steps=3, change_at=3)
@@ -65,6 +68,15 @@ def dropout_input(n: int = 20000) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- classifiers
 def _close(a: float, b: float, rtol: float = 1e-5) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b), 1e-30)
+
+
+def classify_padded_output(outputs) -> str:
+    """What an RNN returned at the padded step of RNN_INPUT (outputs (1, 3, H)): "zero", "last_state" (the state
+    of the last real step repeated) or "computed" (the cell kept running over the pad)."""
+    out = np.asarray(outputs, np.float64)[0]
+    if np.all(out[2] == 0):
+        return "zero"
+    return "last_state" if np.allclose(out[2], out[1]) else "computed"
 
 
 def classify_reduction(value, per_row: np.ndarray, weights: np.ndarray) -> str:
@@ -414,6 +426,36 @@ CATALOGUE: tuple[Trap, ...] = (
         "the time axis back",
         compare=("default",), canonical={"default": [[1, 0, 0], [2, 3, 4]]},
         effect=lambda m: (None, f"{m['tf']['default']}: batch-major, padded at the end")),
+    Trap(
+        "rnn_padded_outputs", "What an RNN outputs at padded steps: torch packed 0, Keras the last state, flax "
+        "keeps computing", "Padding and masks",
+        {"torch": {"padded_output": "zero"}, "tf": {"padded_output": "last_state"},
+         "jax": {"padded_output": "computed"}},
+        "common.padding: the models read only the state after each row's last real token (torch h_n of the packed "
+        "sequence, Keras SimpleRNN's masked final state, flax nn.RNN's carry at seq_lengths), never the padded "
+        "outputs",
+        compare=("padded_output",),
+        effect=lambda m: (None, ", ".join(f"{fw} {v['padded_output']}" for fw, v in m.items()))),
+    Trap(
+        "pack_padded_pre", "torch pack_padded_sequence assumes post-padding: a pre-padded row packs its pads",
+        "Padding and masks",
+        {"torch": {"pre_padded_equals_real": False}},
+        "the torch adapter packs pre-padded batches from their real tokens (torch_backend.sequence_model); "
+        "common.padding defines the masked result as independent of the pad side",
+        compare=("pre_padded_equals_real",), canonical={"pre_padded_equals_real": True},
+        effect=lambda m: (None, "h_n of a pre-padded row packed with its length is the state after the pads and the "
+                                "first real tokens, not after the real tokens")),
+    Trap(
+        "rnn_bias_vectors", "torch nn.RNN trains two bias vectors (b_ih + b_hh); Keras and flax one",
+        "Padding and masks",
+        {"torch": {"bias_vectors": 2, "effective_bias_step": 2.0}, "tf": {"bias_vectors": 1},
+         "jax": {"bias_vectors": 1}},
+        "common.initializers: one canonical rnn.bias; the torch adapter loads it into bias_ih_l0 and freezes "
+        "bias_hh_l0 at 0, so the effective bias gets one gradient step, not two",
+        compare=("bias_vectors",), canonical={"bias_vectors": 1, "effective_bias_step": 1.0}, rtol=1e-6,
+        effect=lambda m: (m["torch"].get("effective_bias_step"),
+                          f"one SGD step moves torch's b_ih + b_hh by {m['torch'].get('effective_bias_step'):g}× "
+                          "lr·∂L/∂b") if "torch" in m else (None, "")),
     Trap(
         "masked_mean_loss", "Masked mean loss: valid-entry mean, NaN or per-example", "Padding and masks",
         {"torch": {"reduction": "weighted_mean", "all_masked": "nan"},

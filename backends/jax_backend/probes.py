@@ -267,7 +267,27 @@ def tf32_defaults() -> dict:
     return out
 
 
+def _probe_rnn():
+    rnn = nn.RNN(nn.SimpleCell(T.RNN_WIDTH))
+    x = jnp.asarray(T.RNN_INPUT, jnp.float32)
+    return rnn, rnn.init(jax.random.PRNGKey(T.SEED), x), x
+
+
+def rnn_padded_outputs() -> dict:
+    """nn.RNN(SimpleCell) over RNN_INPUT with seq_lengths = [2]."""
+    rnn, params, x = _probe_rnn()
+    return {"padded_output": T.classify_padded_output(rnn.apply(params, x, seq_lengths=jnp.array([2])))}
+
+
+def rnn_bias_vectors() -> dict:
+    _, params, _ = _probe_rnn()
+    return {"bias_vectors": sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(params)
+                                if "bias" in jax.tree_util.keystr(path))}
+
+
 PROBES = {
+    "rnn_padded_outputs": rnn_padded_outputs,
+    "rnn_bias_vectors": rnn_bias_vectors,
     "shuffle_order": shuffle_order,
     "ragged_recompile": ragged_recompile,
     "masked_mean_loss": masked_mean_loss,

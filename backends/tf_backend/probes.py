@@ -420,7 +420,22 @@ def keras_float64_hyper() -> dict:
             "sgd_rel_error_numpy_momentum": abs(two_steps(np.float64(0.9)) - exact) / abs(exact)}
 
 
+def rnn_padded_outputs() -> dict:
+    """SimpleRNN(return_sequences=True) over RNN_INPUT with the padded step masked."""
+    layer = keras.layers.SimpleRNN(T.RNN_WIDTH, return_sequences=True, seed=T.SEED)
+    out = layer(np.asarray(T.RNN_INPUT, np.float32), mask=np.array([[True, True, False]]))
+    return {"padded_output": T.classify_padded_output(np.asarray(out))}
+
+
+def rnn_bias_vectors() -> dict:
+    layer = keras.layers.SimpleRNN(T.RNN_WIDTH, seed=T.SEED)
+    layer.build((1, 3, 1))
+    return {"bias_vectors": sum(1 for w in layer.weights if "bias" in w.name)}
+
+
 PROBES = {name: keras_defaults(probe) for name, probe in {
+    "rnn_padded_outputs": rnn_padded_outputs,
+    "rnn_bias_vectors": rnn_bias_vectors,
     "shuffle_order": shuffle_order,
     "tf_shuffle_buffer": tf_shuffle_buffer,
     "repeat_batch_epochs": repeat_batch_epochs,

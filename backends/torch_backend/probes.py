@@ -303,7 +303,49 @@ def last_batch_default() -> dict:
     return {"keeps_partial": [len(b) for b in loader] == [4, 4, 2]}
 
 
+def _probe_rnn():
+    torch.manual_seed(T.SEED)
+    return torch.nn.RNN(1, T.RNN_WIDTH, batch_first=True)
+
+
+def rnn_padded_outputs() -> dict:
+    """nn.RNN over RNN_INPUT packed with its real length, unpacked back to 3 steps."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(torch.tensor(T.RNN_INPUT), torch.tensor([2]), batch_first=True)
+    out, _ = pad_packed_sequence(_probe_rnn()(packed)[0], batch_first=True, total_length=3)
+    return {"padded_output": T.classify_padded_output(out.detach().numpy())}
+
+
+def pack_padded_pre() -> dict:
+    """h_n of the pre-padded row packed with length 2, against h_n of its two real steps."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    rnn = _probe_rnn()
+    _, pre = rnn(pack_padded_sequence(torch.tensor(T.RNN_INPUT_PRE), torch.tensor([2]), batch_first=True))
+    _, real = rnn(torch.tensor(T.RNN_INPUT)[:, :2])
+    return {"pre_padded_equals_real": bool(torch.allclose(pre, real))}
+
+
+def rnn_bias_vectors() -> dict:
+    """Bias tensors of nn.RNN, and how far one SGD step moves the effective bias b_ih + b_hh, in units of
+    lr·∂L/∂b (both biases receive the full gradient)."""
+    rnn = _probe_rnn().double()
+    biases = [p for n, p in rnn.named_parameters() if "bias" in n]
+    before = sum(b.detach().clone() for b in biases)
+    out, _ = rnn(torch.tensor(T.RNN_INPUT, dtype=torch.float64))
+    out.sum().backward()
+    lr = 0.5
+    torch.optim.SGD(rnn.parameters(), lr=lr).step()
+    after = sum(b.detach() for b in biases)
+    step = ((before - after) / (lr * biases[0].grad)).mean().item()
+    return {"bias_vectors": len(biases), "effective_bias_step": step}
+
+
 PROBES = {
+    "rnn_padded_outputs": rnn_padded_outputs,
+    "pack_padded_pre": pack_padded_pre,
+    "rnn_bias_vectors": rnn_bias_vectors,
     "shuffle_order": shuffle_order,
     "dataloader_global_rng": dataloader_global_rng,
     "repeat_batch_epochs": repeat_batch_epochs,
