@@ -6,7 +6,7 @@ import pytest
 
 from backends.numpy_backend import data as pipeline
 from backends.numpy_backend.sequence_model import forward, loss_and_grads
-from common.batching import Batch, BatchPlan
+from common.batching import BatchPlan
 from common.datasets import load_dataset
 from common.initializers import sequence_params
 from common.metrics import cross_entropy
@@ -100,7 +100,6 @@ def test_masked_pre_and_post_padding_agree_and_match_the_reference(kind, truncat
     dropout = _dropout(len(LENGTHS))
     seqs, post_tokens, post_mask, labels, weights = _batch("post", truncate, length=4)
     _, pre_tokens, pre_mask, _, _ = _batch("pre", truncate, length=4)
-    _, long_tokens, long_mask, _, _ = _batch("post", truncate, length=4)
     post = loss_and_grads(params, post_tokens, post_mask, labels, weights, kind, "tanh", dropout)
     pre = loss_and_grads(params, pre_tokens, pre_mask, labels, weights, kind, "tanh", dropout)
     assert not np.array_equal(post_tokens, pre_tokens)
