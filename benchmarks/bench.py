@@ -33,12 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def bench_spec(path: str | None, overrides: list[str]) -> dict:
-    """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD)."""
-    from common.spec import load_spec
+    """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD).
 
-    if path:
-        return load_spec(path, overrides)
-    return validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides))
+    The benchmark times fixed-shape MLP steps (its fused modes are whole-epoch programs of static shapes), so a
+    sequence spec is refused."""
+    from common.spec import is_sequence, load_spec
+
+    spec = load_spec(path, overrides) if path else validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides))
+    if is_sequence(spec):
+        raise InputError(f"spec key 'model.kind': parity bench times MLP steps; '{spec['model']['kind']}' is not "
+                         "benchmarked (use parity run for sequence models)")
+    return spec
 
 
 def parse_list(text: str, what: str, allowed=None, kind=str) -> list:

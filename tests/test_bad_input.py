@@ -139,6 +139,8 @@ def test_bad_data(case, tmp_path, capsys):
     (["run", "--backends", "torch,mxnet"], "mxnet"),
     (["run", "--bogus"], "arguments"),
     (["fly"], "arguments"),
+    (["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
+     "model.kind"),
 ])
 def test_bad_arguments(argv, fragment, tmp_path, capsys):
     _check(capsys, tmp_path, argv, fragment)
