@@ -16,6 +16,8 @@ this table, so the run shows the traps instead of converting them away:
 |                | decoupled form: weight_decay=λ     |                                     |                               |
 | l1 = λ         | loss λ·A_t (as the spec says)      | regularizers.L1(λ): sum form always | loss λ·A_t, |x|' = +1 at 0    |
 | Adam ε         | spec eps                           | Keras default 1e-7, ε-hat form      | spec eps                      |
+| pad = native   | pad_sequence: post; seq[:T]        | pad_sequences: pre, truncating pre  | manual: post                  |
+|                | (sequence.pad / truncate = "native" in either mode: common.padding.NATIVE_SIDES)             |
 | epoch loss     | running mean of step losses, weighted by batch size (the `fit` convention); not the loss of
 |                | the final weights                                                                            |
 
