@@ -63,8 +63,8 @@ class EagerStep:
 class CompiledStep(EagerStep):
     """compiled: torch.compile of the forward + loss (AOTAutograd compiles its backward) and of the optimizer step."""
 
-    def __init__(self, loss_fn: LossFn, optimizer):
-        super().__init__(torch.compile(loss_fn, dynamic=False), optimizer)
+    def __init__(self, loss_fn: LossFn, optimizer, dynamic: bool | None = False):
+        super().__init__(torch.compile(loss_fn, dynamic=dynamic), optimizer)
         self.opt_step = torch.compile(optimizer.step, dynamic=False)
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
@@ -135,9 +135,12 @@ class GraphStep(EagerStep):
         torch.cuda.set_rng_state(rng)
 
 
-def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor]) -> EagerStep:
+def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor],
+              dynamic: bool | None = False) -> EagerStep:
+    """`dynamic` (compiled only) is torch.compile's: False = one graph per batch shape, None = automatic dynamic
+    shapes (recompile once with a symbolic size when a shape changes), what sequence batches of varying T use."""
     if execution == "compiled":
-        return CompiledStep(loss_fn, optimizer)
+        return CompiledStep(loss_fn, optimizer, dynamic)
     if execution == "fused":
         return GraphStep(loss_fn, optimizer, params)
     return EagerStep(loss_fn, optimizer)

@@ -1,5 +1,9 @@
 """torch.optim built from common.regularization.Regularization (the conversions are decided there; DESIGN §5).
 
+The optimizer sees the trainable parameters only, under their canonical names (`trainable_named`): the MLP's own
+names, a sequence model's `canonical_named_parameters()` (nn.RNN's weight_ih_l0 is `rnn.input.weight`, …; the
+exact-mode frozen bias_hh_l0 is left out, so no decay or step ever touches it).
+
 Two parameter groups, regularized (`Regularization.applies`) and not, so that weight decay never touches the
 biases unless `regularize_bias`:
 - coupled c (= 2·l2 + coupled wd) → the group's native `weight_decay=c` of `SGD` / `Adam` (grad += c·w);
