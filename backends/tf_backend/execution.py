@@ -31,8 +31,16 @@ from common.dropout import shared_masks
 MODES = ("eager", "compiled", "fused")
 
 
-def step_body(model, optimizer, loss_fn):
-    """The train step as a Python function of (x, y, w, masks) → cross-entropy, for tf.function to trace."""
+def step_body(model, optimizer, loss_fn, dense_gradients: bool = False):
+    """The train step as a Python function of (x, y, w, masks) → cross-entropy, for tf.function to trace.
+
+    `dense_gradients` (exact-mode sequence models): turn the Embedding's sparse gradient (`tf.IndexedSlices`, one
+    slice per token occurrence, duplicates unsummed) into the dense (vocab, E) gradient before the optimizer sees
+    it. Keras 3 Adam/AdamW on TF compute v ← v + (1−β2)·(ops.square(g) − v), and `ops.square` of IndexedSlices
+    squares each occurrence's slice before the duplicates are summed: v gets Σ_k g_k² instead of (Σ_k g_k)² for a
+    token seen k times in the batch (SGD and momentum are linear in g and unaffected). Whenever a penalty touches
+    the embedding, TF's gradient aggregation densifies it anyway, which is why the trap hides behind l1/l2.
+    """
 
     def body(x, y, w, masks):
         with tf.GradientTape() as tape:
@@ -40,15 +48,25 @@ def step_body(model, optimizer, loss_fn):
             ce = loss_fn(y, logits, sample_weight=w)
             total = ce + sum(model.losses)
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        grads = tape.gradient(total, variables)
+        if dense_gradients:
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+        optimizer.apply_gradients(zip(grads, variables))
         return ce
 
     return body
 
 
-def compile_step(body, execution: str, n_features: int, dtype: str, mask_widths: list[int]):
-    """The single step as a tf.function: graph only for "eager", XLA (`jit_compile=True`) otherwise."""
-    signature = [tf.TensorSpec((None, n_features), dtype), tf.TensorSpec((None,), tf.int64),
+def compile_step(body, execution: str, n_features: int, dtype: str, mask_widths: list[int],
+                 x_spec: tf.TensorSpec | None = None):
+    """The single step as a tf.function: graph only for "eager", XLA (`jit_compile=True`) otherwise.
+
+    `x_spec` replaces the (None, n_features) feature signature; sequence models pass (None, None) int64 tokens, so
+    neither the ragged last batch nor a new padded length T retraces the graph (under XLA each new (B, T) shape is
+    one more cached XLA compilation of the same trace).
+    """
+    x_spec = tf.TensorSpec((None, n_features), dtype) if x_spec is None else x_spec
+    signature = [x_spec, tf.TensorSpec((None,), tf.int64),
                  tf.TensorSpec((None,), dtype)] + [tf.TensorSpec((None, w), dtype) for w in mask_widths]
 
     def step(x, y, w, *masks):

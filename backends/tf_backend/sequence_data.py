@@ -24,7 +24,8 @@ How T and the sides are produced, per case (pad / truncate sides from common.pad
   bucket order are what BatchPlan's bucketer reproduces; pre-padding uses the same reverse trick.
 
 Native mode (common.native): the same three pipelines over all training rows, shuffled by
-`shuffle(N, seed, reshuffle_each_iteration=True)` before padding, all weights 1 (no filler), no drop-in ids check.
+`shuffle(N, seed, reshuffle_each_iteration=True)` before padding; all weights 1 (no filler rows; "pad" keeps
+the ragged batch as in the MLP native pipeline).
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ class SequencePipeline:
         """One element per slot: (tokens, label, w, L, id); tokens ragged (1-D, raw) unless max_len > 0."""
         t = self.train
         tokens = self.padded[ids] if self.max_len else tf.gather(t.ragged, ids)
-        return tf.data.Dataset.from_tensor_slices(
+        ds = tf.data.Dataset.from_tensor_slices(
             (tokens, t.y[ids], np.asarray(weights, dtype=self.dtype), t.kept[ids], np.asarray(ids, np.int64)))
+        # a slice of a ragged matrix is a RaggedTensorSpec of rank 1; inside `map` it is a plain 1-D tensor, which
+        # is what padded_batch / bucket_by_sequence_length accept
+        return ds if self.max_len else ds.map(lambda tokens, *rest: (tf.identity(tokens), *rest))
 
     def _native_rows(self) -> tf.data.Dataset:
         """All training rows, weight 1, shuffled the tf.data way when the spec shuffles (native mode)."""
