@@ -52,6 +52,7 @@ SEQUENCES = [[1], [2, 3, 4]]                    # padding probes
 RNN_INPUT = [[[0.5], [-1.0], [0.0]]]            # RNN probes: one row, 3 steps, 2 real (post-padded), 1 feature
 RNN_INPUT_PRE = [[[0.0], [0.5], [-1.0]]]        # the same row pre-padded
 RNN_WIDTH = 2
+EMBED_TOKENS, EMBED_COEF = [0, 0], [1.0, 2.0]   # sparse-Adam probe: loss = Σ_k c_k·E[token_k], token 0 seen twice
 INIT_FAN_IN, INIT_FAN_OUT = 100, 2000
 DECAY = dict(w0=1.0, lr=0.5, wd=0.25, momentum=0.5, steps=2)   # binary fractions: every result exact
 MOMENTUM = dict(lr=0.5, lr_after=0.25, momentum=0.5, grad=1.0, steps=3, change_at=3)
@@ -77,6 +78,16 @@ def classify_padded_output(outputs) -> str:
     if np.all(out[2] == 0):
         return "zero"
     return "last_state" if np.allclose(out[2], out[1]) else "computed"
+
+
+def classify_second_moment(v: float, beta2: float = 0.999) -> str:
+    """Adam's v for embedding row 0 after one step of the EMBED_* loss (gradient slices 1 and 2 on one row):
+    "squared_sum" (1−β2)·(1 + 2)² — the row's gradient squared — or "sum_of_squares" (1−β2)·(1² + 2²), each
+    occurrence squared apart."""
+    for name, total in (("squared_sum", 9.0), ("sum_of_squares", 5.0)):
+        if _close(v, (1 - beta2) * total, 1e-6):
+            return name
+    return "other"
 
 
 def classify_reduction(value, per_row: np.ndarray, weights: np.ndarray) -> str:
@@ -456,6 +467,18 @@ CATALOGUE: tuple[Trap, ...] = (
         effect=lambda m: (m["torch"].get("effective_bias_step"),
                           f"one SGD step moves torch's b_ih + b_hh by {m['torch'].get('effective_bias_step'):g}× "
                           "lr·∂L/∂b") if "torch" in m else (None, "")),
+    Trap(
+        "sparse_embedding_adam", "Keras Adam squares an Embedding's sparse gradient per occurrence",
+        "Optimisers",
+        {"torch": {"second_moment": "squared_sum"}, "tf": {"second_moment": "sum_of_squares"},
+         "jax": {"second_moment": "squared_sum"}},
+        "exact mode densifies the Embedding's tf.IndexedSlices gradient before Keras Adam/AdamW "
+        "(tf_backend.execution.step_body(dense_gradients=True)); Adam's v is defined on the row's whole gradient "
+        "(common.optim)",
+        compare=("second_moment",), canonical={"second_moment": "squared_sum"},
+        effect=lambda m: (None, "a token seen k times in a batch: Keras v gets Σ g_k², not (Σ g_k)², so its Adam "
+                                "step differs from the second step on (with an l1/l2 penalty on the embedding the "
+                                "gradient is dense and the trap hides)")),
     Trap(
         "masked_mean_loss", "Masked mean loss: valid-entry mean, NaN or per-example", "Padding and masks",
         {"torch": {"reduction": "weighted_mean", "all_masked": "nan"},

@@ -285,7 +285,20 @@ def rnn_bias_vectors() -> dict:
                                 if "bias" in jax.tree_util.keystr(path))}
 
 
+def sparse_embedding_adam() -> dict:
+    """flax nn.Embed + optax.adam: ν of row 0 after one step of Σ c_k·E[token_k]."""
+    embed = nn.Embed(2, 1, param_dtype=jnp.float32)
+    tokens = jnp.asarray(T.EMBED_TOKENS)
+    params = embed.init(jax.random.PRNGKey(T.SEED), tokens)
+    grads = jax.grad(lambda p: jnp.sum(embed.apply(p, tokens)[:, 0] * jnp.asarray(T.EMBED_COEF)))(params)
+    optimizer = optax.adam(0.1)
+    _, state = optimizer.update(grads, optimizer.init(params), params)
+    nu = state[0].nu["params"]["embedding"]
+    return {"second_moment": T.classify_second_moment(float(nu[0, 0]))}
+
+
 PROBES = {
+    "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
     "rnn_bias_vectors": rnn_bias_vectors,
     "shuffle_order": shuffle_order,

@@ -433,7 +433,21 @@ def rnn_bias_vectors() -> dict:
     return {"bias_vectors": sum(1 for w in layer.weights if "bias" in w.name)}
 
 
+def sparse_embedding_adam() -> dict:
+    """keras Embedding + Adam through a GradientTape step: v of row 0 after one step of Σ c_k·E[token_k]."""
+    embed = keras.layers.Embedding(2, 1, dtype="float64")
+    embed.build((2,))
+    optimizer = keras.optimizers.Adam(0.1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(embed(tf.constant(T.EMBED_TOKENS))[:, 0] * tf.constant(T.EMBED_COEF, tf.float64))
+    grads = tape.gradient(loss, embed.trainable_variables)
+    optimizer.apply_gradients(zip(grads, embed.trainable_variables))
+    return {"second_moment": T.classify_second_moment(float(optimizer._velocities[0].numpy()[0, 0])),
+            "gradient_type": type(grads[0]).__name__}
+
+
 PROBES = {name: keras_defaults(probe) for name, probe in {
+    "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
     "rnn_bias_vectors": rnn_bias_vectors,
     "shuffle_order": shuffle_order,

@@ -342,7 +342,17 @@ def rnn_bias_vectors() -> dict:
     return {"bias_vectors": len(biases), "effective_bias_step": step}
 
 
+def sparse_embedding_adam() -> dict:
+    """nn.Embedding (default dense gradient) + Adam: v of row 0 after one step of Σ c_k·E[token_k]."""
+    embed = torch.nn.Embedding(2, 1, dtype=torch.float64)
+    optimizer = torch.optim.Adam(embed.parameters(), lr=0.1)
+    (embed(torch.tensor(T.EMBED_TOKENS))[:, 0] * torch.tensor(T.EMBED_COEF, dtype=torch.float64)).sum().backward()
+    optimizer.step()
+    return {"second_moment": T.classify_second_moment(optimizer.state[embed.weight]["exp_avg_sq"][0, 0].item())}
+
+
 PROBES = {
+    "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
     "pack_padded_pre": pack_padded_pre,
     "rnn_bias_vectors": rnn_bias_vectors,
