@@ -37,7 +37,7 @@ def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
     """The known causes that separate each pair of records (module docstring)."""
     out = []
     for a, b in combinations(sorted(records), 2):
-        (rec_a, npz_a), (rec_b, npz_b) = records[a], records[b]
+        (rec_a, npz_a), (rec_b, _) = records[a], records[b]
         sides_a, sides_b = _sides(rec_a), _sides(rec_b)
         if sides_a is None or sides_b is None:
             continue
