@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from common.compare import EPOCH_METRICS, first_divergence
+from common.compare import EPOCH_METRICS, earliest, first_divergence
 from common.metrics import banding
 
 
@@ -26,8 +26,7 @@ def pair_rows(comparison: dict) -> list[dict]:
             return max(vals) if vals else None
 
         bad = [p for p in pairs if p["divergent"]]
-        first = min(bad, key=lambda p: p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18,
-                    default=None)
+        first = earliest(pairs)
         ids = [p for p in pairs if p["metric"] in ("batch_ids", "padded_length") and p["divergent"]]
         first_ids = min((p["first_divergent_step"] for p in ids), default=None)
         rows.append({

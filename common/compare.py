@@ -106,7 +106,13 @@ def compare(records: dict[str, tuple[dict, dict]], reference: str, tol: Toleranc
 
 def first_divergence(comparison: dict) -> dict | None:
     """The divergent pair entry with the earliest step (per-step loss and batch ids first), or None."""
-    bad = [p for p in comparison["pairs"] if p["divergent"]]
+    return earliest(comparison["pairs"])
+
+
+def earliest(pairs: list[dict]) -> dict | None:
+    """Of these pair entries, the divergent one to report first: batch ids and padded lengths, then the per-step
+    loss, then epoch metrics and parameters; the earliest step within each."""
+    bad = [p for p in pairs if p["divergent"]]
     if not bad:
         return None
     order = {"batch_ids": 0, "padded_length": 0, "loss": 1}
