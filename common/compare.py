@@ -40,7 +40,8 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
     if a.shape != b.shape:
         return {"max_abs_diff": None, "max_rel_diff": None,
                 "first_divergent_step": index[min(len(a), len(b))] if index and min(len(a), len(b)) < len(index)
-                else (index[0] if index else None), "shape_mismatch": [list(a.shape), list(b.shape)]}
+                else (index[0] if index else None), "shape_mismatch": [list(a.shape), list(b.shape)],
+                "divergent": True}
     if a.size == 0:
         return {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "first_divergent_step": None}
     diff = np.abs(a - b)
