@@ -31,3 +31,37 @@ def test_truncation_side_matters_only_when_a_row_is_cut():
 def test_feature_records_have_no_padding_and_no_cause():
     plain = ({"spec": {}}, {})
     assert explain({"numpy": plain, "torch": plain}) == []
+
+
+def _loss_records(losses_a, losses_b, dtype="float64"):
+    spec = {"mode": "exact", "dtype": dtype}
+    return {"a": ({"spec": spec}, {"losses": np.asarray(losses_a)}),
+            "b": ({"spec": spec}, {"losses": np.asarray(losses_b)})}
+
+
+def test_steady_growth_from_rounding_is_named_with_its_rate():
+    steps = np.arange(300)
+    base = 1.0 + 0.1 * np.sin(steps)
+    grown = base * (1 + 2.2e-16 * 10 ** (steps / 30))  # ×10 every 30 steps from one ulp
+    causes = explain(_loss_records(base, grown))
+    assert [c["trap"] for c in causes] == ["rounding-growth"]
+    first = int(np.argmax(np.abs(grown - base) / grown > 1e-9)) + 1
+    assert f"at step {first}" in causes[0]["why"] and "every 30 steps" in causes[0]["why"]
+
+
+def test_a_semantic_jump_is_not_called_rounding():
+    base = np.linspace(1.0, 0.5, 200)
+    jumped = base.copy()
+    jumped[1:] *= 1 + 1e-3 * np.arange(1, 200)  # a wrong factor: 1e-3 at step 2
+    assert explain(_loss_records(base, jumped)) == []
+    small = base.copy()
+    small[50:] *= 1 + 1e-8  # a 1e-8 difference appearing at once (e.g. a float32-cast hyperparameter)
+    assert explain(_loss_records(base, small)) == []
+
+
+def test_growth_needs_agreement_at_step_one_and_a_late_divergence():
+    base = np.linspace(1.0, 0.5, 200)
+    steady = 10 ** (np.arange(200) / 30)
+    assert explain(_loss_records(base, base * (1 + 1e-12 * steady))) == []  # already 1e-12 apart at step 1
+    early = base * (1 + 2.2e-16 * 10 ** np.arange(200))                     # ×10 per step: crosses at step 8
+    assert explain(_loss_records(base, early)) == []
