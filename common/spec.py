@@ -287,7 +287,8 @@ def apply_overrides(spec: dict, overrides: list[str]) -> dict:
 def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
     """Read a TOML spec file (or the built-in default when path is None), apply overrides, validate.
 
-    Relative `data.path` values are resolved against the spec file's folder.
+    Relative `data.path` values are resolved against the spec file's folder. A preset file (a spec plus a
+    `[sweep]` table, benchmarks/presets) reads as its spec: the `[sweep]` table is set aside.
     """
     if path is None:
         raw = _merge(defaults(), _DEFAULT_OVERRIDES)
@@ -301,6 +302,7 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
             raise InputError(f"spec file '{path}': unreadable ({exc.__class__.__name__})") from None
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"spec file '{path}': invalid TOML ({exc})") from None
+        raw.pop("sweep", None)
         data_path = raw.get("data", {}).get("path") if isinstance(raw.get("data"), dict) else None
         if isinstance(data_path, str) and data_path and not Path(data_path).is_absolute():
             raw["data"]["path"] = str((path.parent / data_path).resolve())

@@ -99,3 +99,12 @@ def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
         final[(r["run_key"].split("|", 1)[1], r["epoch"], r["backend"])] = float(r["test_acc"])
     for (point, epoch, backend), acc in final.items():
         assert acc == pytest.approx(final[(point, epoch, "numpy")], abs=1e-9), (point, backend)
+
+
+def test_a_preset_file_reads_as_its_spec():
+    from benchmarks.presets import PRESET_DIR
+    from common.spec import load_spec
+
+    spec = load_spec(PRESET_DIR / "seq-rnn-batchsize.toml", ["batching.batch_size=5"])
+    assert spec["model"]["kind"] == "rnn" and spec["sequence"]["buckets"] == [6, 12, 24]
+    assert spec["batching"]["batch_size"] == 5 and "sweep" not in spec
