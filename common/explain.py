@@ -28,7 +28,7 @@ from itertools import combinations
 import numpy as np
 
 from common.padding import length_cap
-from common.tolerance import tolerance_for
+from common.tolerance import Tolerance, tolerance_for
 
 ROUNDING_START = 64  # ulps: how far apart step 1 may be and still count as "agree to rounding"
 MAX_JUMP = 1e4       # the largest step-to-step growth of the difference envelope that still counts as steady
@@ -46,14 +46,16 @@ def _truncates(rec: dict, npz: dict) -> bool:
     return bool(cap and lengths is not None and np.max(lengths) > cap)
 
 
-def rounding_growth(losses_a: np.ndarray, losses_b: np.ndarray, dtype: str, rtol: float) -> dict | None:
-    """{first_step, start, per_decade_steps} when two loss series part by steady growth from rounding, else None."""
+def rounding_growth(losses_a: np.ndarray, losses_b: np.ndarray, dtype: str, tol: Tolerance) -> dict | None:
+    """{first_step, start, per_decade_steps} when two loss series part by steady growth from rounding, else None.
+    "Part" is common.tolerance's rule, |a − b| > atol + rtol·max(|a|, |b|)."""
     a, b = np.asarray(losses_a, np.float64), np.asarray(losses_b, np.float64)
     if a.shape != b.shape or a.size < MIN_STEPS or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         return None
     eps = float(np.finfo(dtype).eps)
-    rel = np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), np.finfo(np.float64).tiny)
-    beyond = np.flatnonzero(rel > rtol)
+    scale = np.maximum(np.abs(a), np.abs(b))
+    rel = np.abs(a - b) / np.maximum(scale, np.finfo(np.float64).tiny)
+    beyond = np.flatnonzero(np.abs(a - b) > tol.atol + tol.rtol * scale)
     if beyond.size == 0 or beyond[0] + 1 < MIN_STEPS or rel[0] > ROUNDING_START * eps:
         return None
     first = int(beyond[0])
@@ -69,14 +71,14 @@ def _growth_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict |
     spec = rec["spec"]
     if spec.get("mode") != "exact" or "losses" not in npz_a or "losses" not in npz_b:
         return None
-    rtol = tolerance_for(spec["dtype"], "exact").rtol
-    found = rounding_growth(npz_a["losses"], npz_b["losses"], spec["dtype"], rtol)
+    tol = tolerance_for(spec["dtype"], "exact")
+    found = rounding_growth(npz_a["losses"], npz_b["losses"], spec["dtype"], tol)
     if found is None:
         return None
     rate = (f", ×10 every {found['per_decade_steps']:.0f} steps" if found["per_decade_steps"] else "")
     return {"a": a, "b": b, "trap": "rounding-growth",
             "why": f"{a} and {b} differ by {found['start']:.1g} (relative) at step 1 and the difference grows steadily{rate} "
-                   f"until it crosses rtol {rtol:g} at step {found['first_step']}: the training dynamics amplify "
+                   f"until it crosses rtol {tol.rtol:g} at step {found['first_step']}: the training dynamics amplify "
                    f"rounding, no semantic difference shows; compare over fewer steps or a smaller lr"}
 
 
