@@ -59,11 +59,16 @@ def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
     return max_len or (buckets[-1] if buckets else 0)
 
 
-def padded_length(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
-    """T for a batch whose rows have raw lengths `lengths`, outside bucketed training (module docstring)."""
+def padded_length(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...],
+                  bucketed: bool = False) -> int:
+    """T for a batch whose rows have raw lengths `lengths` (module docstring): max_len when set; for a training
+    batch of a bucketed plan (`bucketed`) the bound of its bucket, i.e. of its longest row's bucket, since such a
+    batch holds one bucket; otherwise its longest row, capped by the last bucket bound."""
     if max_len:
         return max_len
     longest = int(np.max(lengths))
+    if buckets and bucketed:
+        return int(buckets[int(bucket_of(np.array([longest]), buckets)[0])])
     return min(longest, buckets[-1]) if buckets else longest
 
 

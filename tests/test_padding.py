@@ -80,6 +80,9 @@ def test_padded_length_rules():
     assert padded_length(np.array([3, 7]), 0, ()) == 7
     assert padded_length(np.array([3, 7]), 5, ()) == 5
     assert padded_length(np.array([3, 12]), 0, (4, 10)) == 10
+    assert padded_length(np.array([2, 3]), 0, (4, 10)) == 3             # evaluation: the longest row
+    assert padded_length(np.array([2, 3]), 0, (4, 10), bucketed=True) == 4  # a bucketed batch: its bound
+    assert padded_length(np.array([5, 12]), 0, (4, 10), bucketed=True) == 10
     assert kept_lengths(np.array([3, 12]), 0, (4, 10)).tolist() == [3, 10]
     assert kept_lengths(np.array([3, 12]), 0, ()).tolist() == [3, 12]
 

@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from common.batching import Batch, BatchPlan
-from common.padding import PAD, bucket_of, length_cap, loss_weights
+from common.padding import PAD, length_cap, loss_weights, padded_length
 
 from backends.torch_backend.data import PlanBatchSampler
 
@@ -107,17 +107,11 @@ class PadCollate:
             return seq
         return seq[: self.cap] if self.truncate == "post" else seq[seq.shape[0] - self.cap:]
 
-    def target_length(self, raw_lengths: list[int], longest_kept: int) -> int:
-        if self.max_len:
-            return self.max_len
-        if self.bucketed:
-            return self.buckets[int(bucket_of(np.array([max(raw_lengths)]), self.buckets)[0])]
-        return longest_kept
-
     def __call__(self, rows: list[TokenRow]) -> SequenceBatch:
         kept = [self._truncated(r.tokens) for r in rows]
         padded = pad_sequence(kept, batch_first=True, padding_value=PAD, padding_side=TORCH_SIDE[self.pad])
-        target = self.target_length([r.tokens.shape[0] for r in rows], padded.shape[1])
+        target = padded_length(np.array([r.tokens.shape[0] for r in rows]), self.max_len, self.buckets,
+                               self.bucketed)
         if target > padded.shape[1]:
             extra = target - padded.shape[1]
             padded = F.pad(padded, (0, extra) if self.pad == "post" else (extra, 0), value=PAD)
