@@ -29,20 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.metrics import cross_entropy
-
-
-def _dense_names(params: dict) -> int:
-    """Number of dense layers `layer{i}` after the embedding/RNN."""
-    return sum(1 for k in params if k.startswith("layer") and k.endswith(".weight"))
-
-
-def _act(a: np.ndarray, activation: str) -> np.ndarray:
-    return np.maximum(a, 0.0) if activation == "relu" else np.tanh(a)
-
-
-def _act_grad(a: np.ndarray, activation: str) -> np.ndarray:
-    return (a > 0.0).astype(np.float64) if activation == "relu" else 1.0 - np.tanh(a) ** 2
+from backends.numpy_backend.model import dense_loss_and_grads, forward as dense_forward
 
 
 def _effective_mask(tokens: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -73,57 +60,37 @@ def _encode(params: dict, tokens: np.ndarray, mu: np.ndarray, kind: str):
     return h, (x, states, candidates)
 
 
+def _head_input(enc: np.ndarray, kind: str, dropout: list[np.ndarray] | None):
+    """What the Dense stack reads, and the masks it applies after its hidden layers: seq_pool's pooled vector with
+    the masks of its MLP; rnn's final state times its one dropout mask, with no hidden layer after it."""
+    if kind == "rnn":
+        return (enc if dropout is None else enc * dropout[0]), None
+    return enc, dropout
+
+
 def forward(params: dict, tokens: np.ndarray, mask: np.ndarray | None, kind: str, activation: str,
             dropout: list[np.ndarray] | None):
-    """Logits (B, C) and the cache for `backward`. `mask=None`: unmasked; `dropout`: pre-scaled masks or None."""
+    """Logits (B, C) and the Dense stack's cache. `mask=None`: unmasked; `dropout`: pre-scaled masks or None."""
     tokens = np.asarray(tokens, dtype=np.int64)
-    mu = _effective_mask(tokens, mask)
-    enc, enc_cache = _encode(params, tokens, mu, kind)
-    h = enc
-    if kind == "rnn" and dropout is not None:
-        h = h * dropout[0]
-    inputs, pre = [], []
-    last = _dense_names(params) - 1
-    for i in range(last + 1):
-        inputs.append(h)
-        a = h @ params[f"layer{i}.weight"] + params[f"layer{i}.bias"]
-        if i == last:
-            return a, (tokens, mu, enc_cache, inputs, pre)
-        pre.append(a)
-        h = _act(a, activation)
-        if dropout is not None:
-            h = h * dropout[i]
-    raise AssertionError("unreachable")
+    enc, _ = _encode(params, tokens, _effective_mask(tokens, mask), kind)
+    head, masks = _head_input(enc, kind, dropout)
+    return dense_forward(params, head, activation, masks)
 
 
 def loss_and_grads(params: dict, tokens: np.ndarray, mask: np.ndarray | None, labels: np.ndarray,
                    weights: np.ndarray, kind: str, activation: str, dropout: list[np.ndarray] | None):
-    """(Σ m·ℓ / max(Σ m, 1), gradients of it by canonical name) for one batch; `weights` are the row weights m."""
+    """(Σ m·ℓ / max(Σ m, 1), gradients of it by canonical name) for one batch; `weights` are the row weights m.
+    The Dense head is the MLP oracle's (model.dense_loss_and_grads); this adds the encoder's backward pass."""
     params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     if dropout is not None:
         dropout = [np.asarray(d, dtype=np.float64) for d in dropout]
-    weights = np.asarray(weights, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
-    logits, (tokens, mu, enc_cache, inputs, pre) = forward(params, tokens, mask, kind, activation, dropout)
-    total = max(float(weights.sum()), 1.0)
-    losses = cross_entropy(logits, labels)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    probs[np.arange(labels.shape[0]), labels] -= 1.0
-    delta = probs * (weights / total)[:, None]
-
-    grads: dict[str, np.ndarray] = {}
-    for i in range(_dense_names(params) - 1, -1, -1):
-        grads[f"layer{i}.weight"] = inputs[i].T @ delta
-        grads[f"layer{i}.bias"] = delta.sum(axis=0)
-        delta = delta @ params[f"layer{i}.weight"].T
-        if i == 0:
-            break
-        if dropout is not None:
-            delta = delta * dropout[i - 1]
-        delta = delta * _act_grad(pre[i - 1], activation)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    mu = _effective_mask(tokens, mask)
+    enc, enc_cache = _encode(params, tokens, mu, kind)
+    head, masks = _head_input(enc, kind, dropout)
+    loss, grads, delta = dense_loss_and_grads(params, head, np.asarray(labels, dtype=np.int64),
+                                              np.asarray(weights, dtype=np.float64), activation, masks)
     # delta: gradient of the dense head's input (p for seq_pool, r = h_T ⊙ d for rnn)
-
     emb = params["embed.weight"]
     if kind == "seq_pool":
         x, count = enc_cache
@@ -148,5 +115,4 @@ def loss_and_grads(params: dict, tokens: np.ndarray, mask: np.ndarray | None, la
     d_emb = np.zeros_like(emb)
     np.add.at(d_emb, tokens.reshape(-1), dx.reshape(-1, emb.shape[1]))
     grads["embed.weight"] = d_emb
-    loss = float(np.sum(losses * weights) / total)
     return loss, {k: grads[k] for k in params}
