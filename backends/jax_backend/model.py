@@ -36,14 +36,22 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, masks=None, train: bool = False):
+        return self.head(x, masks, train)
+
+    def head(self, x, masks, train: bool):
+        """The Dense stack (called from a compact method; the sequence models reuse it after their encoder)."""
         act = ACTIVATIONS[self.activation]
         for i, width in enumerate(self.hidden):
-            x = act(self._dense(i, width)(x))
-            if masks is not None:
-                x = x * masks[i]
-            elif self.dropout > 0.0:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = self.dropped(act(self._dense(i, width)(x)), masks, i, train)
         return self._dense(len(self.hidden), self.n_classes)(x)
+
+    def dropped(self, x, masks, i: int, train: bool):
+        """Dropout after hidden layer i: the shared mask (exact mode) or nn.Dropout (native mode)."""
+        if masks is not None:
+            return x * masks[i]
+        if self.dropout > 0.0:
+            return nn.Dropout(self.dropout, deterministic=not train)(x)
+        return x
 
     def _dense(self, i: int, features: int) -> nn.Dense:
         return nn.Dense(features, dtype=self.dtype, param_dtype=self.dtype,

@@ -35,16 +35,15 @@ zero bias, Dense lecun_normal / zero bias.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backends.jax_backend.model import ACTIVATIONS
+from backends.jax_backend.model import MLP
 
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def front_align(tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -56,15 +55,12 @@ def front_align(tokens: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.take_along_axis(tokens, idx, axis=1)
 
 
-class SeqPool(nn.Module):
-    vocab: int
-    embed_dim: int
-    hidden: Sequence[int]
-    n_classes: int
-    activation: str
-    masked: bool
-    dropout: float  # native-mode nn.Dropout rate; exact mode uses the passed masks instead
-    dtype: Any
+class SeqPool(MLP):
+    """Embedding → (masked) mean → the MLP's Dense stack (model.MLP.head), same `layer{i}` names."""
+
+    vocab: int = 0
+    embed_dim: int = 0
+    masked: bool = True
 
     @nn.compact
     def __call__(self, tokens, mask, masks=None, train: bool = False):
@@ -74,22 +70,16 @@ class SeqPool(nn.Module):
             x = jnp.sum(x * m[:, :, None], axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)[:, None]
         else:
             x = jnp.mean(x, axis=1)
-        act = ACTIVATIONS[self.activation]
-        for i, width in enumerate(self.hidden):
-            x = act(_dense(self, i, width)(x))
-            x = _drop(self, x, masks, i, train)
-        return _dense(self, len(self.hidden), self.n_classes)(x)
+        return self.head(x, masks, train)
 
 
-class ElmanRNN(nn.Module):
-    vocab: int
-    embed_dim: int
-    hidden: Sequence[int]  # exactly one width: the state size H
-    n_classes: int
-    activation: str  # unused: the cell is tanh always (the canonical model)
-    masked: bool
-    dropout: float
-    dtype: Any
+class ElmanRNN(MLP):
+    """Embedding → nn.RNN(SimpleCell(H)) → dropout on the state → Dense `layer0` (hidden = (H,); activation unused:
+    the cell is tanh always, the canonical model)."""
+
+    vocab: int = 0
+    embed_dim: int = 0
+    masked: bool = True
 
     @nn.compact
     def __call__(self, tokens, mask, masks=None, train: bool = False):
@@ -102,8 +92,7 @@ class ElmanRNN(nn.Module):
                 h = jnp.where((lengths > 0)[:, None], h, jnp.zeros_like(h))
             else:
                 h, _ = rnn(_embed(self)(tokens))
-        h = _drop(self, h, masks, 0, train)
-        return _dense(self, 0, self.n_classes)(h)
+        return self._dense(0, self.n_classes)(self.dropped(h, masks, 0, train))
 
 
 MODELS = {"seq_pool": SeqPool, "rnn": ElmanRNN}
@@ -112,24 +101,13 @@ MODELS = {"seq_pool": SeqPool, "rnn": ElmanRNN}
 def build(spec: dict, vocab: int, n_classes: int, dropout: float, dtype) -> nn.Module:
     """The flax module for a sequence spec (`dropout`: the native nn.Dropout rate, 0 in exact mode)."""
     m = spec["model"]
-    return MODELS[m["kind"]](vocab, m["embed_dim"], tuple(m["hidden"]), n_classes, m["activation"],
-                             spec["sequence"]["mask"], dropout, jnp.dtype(dtype))
+    return MODELS[m["kind"]](hidden=tuple(m["hidden"]), n_classes=n_classes, activation=m["activation"],
+                             dropout=dropout, dtype=jnp.dtype(dtype), vocab=vocab, embed_dim=m["embed_dim"],
+                             masked=spec["sequence"]["mask"])
 
 
 def _embed(module) -> nn.Embed:
     return nn.Embed(module.vocab, module.embed_dim, dtype=module.dtype, param_dtype=module.dtype, name="embed")
-
-
-def _dense(module, i: int, features: int) -> nn.Dense:
-    return nn.Dense(features, dtype=module.dtype, param_dtype=module.dtype, precision=HIGHEST, name=f"layer{i}")
-
-
-def _drop(module, x, masks, i: int, train: bool):
-    if masks is not None:
-        return x * masks[i]
-    if module.dropout > 0.0:
-        return nn.Dropout(module.dropout, deterministic=not train)(x)
-    return x
 
 
 # ---- canonical ⇄ flax ------------------------------------------------------------------------------------------
