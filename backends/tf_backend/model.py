@@ -28,14 +28,27 @@ DROPOUT_STREAM = 5
 INIT_STREAM = 6
 
 
-def _layer_seed(seed: int, stream: int, layer: int) -> int:
+def layer_seed(seed: int, stream: int, layer: int) -> int:
     """An independent Keras seed per (spec seed, purpose, layer)."""
     return int(np.random.SeedSequence([seed, stream, layer]).generate_state(1)[0])
 
 
 def _glorot(seed: int, layer: int) -> keras.initializers.GlorotUniform:
     """Dense's default kernel initializer, seeded (its default bias initializer is already zeros)."""
-    return keras.initializers.GlorotUniform(seed=_layer_seed(seed, INIT_STREAM, layer))
+    return keras.initializers.GlorotUniform(seed=layer_seed(seed, INIT_STREAM, layer))
+
+
+def dense_layers(sizes: list[tuple[int, int]], activation: str, dtype: str,
+                 regularizers: dict[str, keras.regularizers.Regularizer | None], seed: int,
+                 seeded_init: bool) -> list[keras.layers.Dense]:
+    """`layer{i}` Dense layers for (fan_in, fan_out) sizes: activation on all but the last (the logits), the
+    regularizers by canonical name, Keras's default init (seeded per layer in native mode)."""
+    last = len(sizes) - 1
+    return [keras.layers.Dense(fan_out, activation=activation if i < last else None, dtype=dtype, name=f"layer{i}",
+                               kernel_initializer=_glorot(seed, i) if seeded_init else "glorot_uniform",
+                               kernel_regularizer=regularizers.get(f"layer{i}.weight"),
+                               bias_regularizer=regularizers.get(f"layer{i}.bias"))
+            for i, (_, fan_out) in enumerate(sizes)]
 
 
 class MLP(keras.Model):
@@ -46,15 +59,10 @@ class MLP(keras.Model):
                  seeded_init: bool = False):
         super().__init__(name="mlp", dtype=dtype)
         last = len(sizes) - 1
-        self.dense = [
-            keras.layers.Dense(fan_out, activation=activation if i < last else None, dtype=dtype, name=f"layer{i}",
-                               kernel_initializer=_glorot(seed, i) if seeded_init else "glorot_uniform",
-                               kernel_regularizer=regularizers.get(f"layer{i}.weight"),
-                               bias_regularizer=regularizers.get(f"layer{i}.bias"))
-            for i, (_, fan_out) in enumerate(sizes)]
+        self.dense = dense_layers(sizes, activation, dtype, regularizers, seed, seeded_init)
         self.dropout = [
             keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
-                                 seed=_layer_seed(seed, DROPOUT_STREAM, i))
+                                 seed=layer_seed(seed, DROPOUT_STREAM, i))
             for i in range(last)] if native_dropout > 0 else []
 
     def call(self, x, masks=None, training=False):

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from backends.tf_backend.model import DROPOUT_STREAM, INIT_STREAM, _layer_seed
+from backends.tf_backend.model import DROPOUT_STREAM, INIT_STREAM, dense_layers, layer_seed
 
 EMBED_LAYER, RNN_LAYER = 1000, 1001  # init-seed slots for the native initializers (Dense layers use 0, 1, …)
 
@@ -51,16 +51,6 @@ class MaskedMeanPool(keras.layers.Layer):
         return None
 
 
-def _dense_layers(sizes, activation, dtype, regularizers, seed, native_init):
-    last = len(sizes) - 1
-    return [keras.layers.Dense(
-        fan_out, activation=activation if i < last else None, dtype=dtype, name=f"layer{i}",
-        kernel_initializer=keras.initializers.GlorotUniform(seed=_layer_seed(seed, INIT_STREAM, i))
-        if native_init else "glorot_uniform",
-        kernel_regularizer=regularizers.get(f"layer{i}.weight"), bias_regularizer=regularizers.get(f"layer{i}.bias"))
-        for i, (_, fan_out) in enumerate(sizes)]
-
-
 class SequenceModel(keras.Model):
     """Embedding(mask_zero) → masked mean pool → MLP (seq_pool), or Embedding(mask_zero) → SimpleRNN → Dense (rnn)."""
 
@@ -72,7 +62,7 @@ class SequenceModel(keras.Model):
         self.embed = keras.layers.Embedding(
             vocab, embed_dim, mask_zero=mask, dtype=dtype, name="embed",
             embeddings_initializer=keras.initializers.RandomUniform(
-                -0.05, 0.05, seed=_layer_seed(seed, INIT_STREAM, EMBED_LAYER)) if native_init else "uniform",
+                -0.05, 0.05, seed=layer_seed(seed, INIT_STREAM, EMBED_LAYER)) if native_init else "uniform",
             embeddings_regularizer=regularizers.get("embed.weight"))
         if kind == "seq_pool":
             self.pool = MaskedMeanPool(dtype=dtype, name="pool") if mask else \
@@ -80,7 +70,7 @@ class SequenceModel(keras.Model):
             sizes = list(zip([embed_dim, *hidden], [*hidden, n_classes]))
             n_dropout = len(hidden)
         else:
-            init = _layer_seed(seed, INIT_STREAM, RNN_LAYER)
+            init = layer_seed(seed, INIT_STREAM, RNN_LAYER)
             self.rnn = keras.layers.SimpleRNN(
                 hidden[0], activation="tanh", dtype=dtype, name="rnn",
                 kernel_initializer=keras.initializers.GlorotUniform(seed=init) if native_init else "glorot_uniform",
@@ -90,9 +80,9 @@ class SequenceModel(keras.Model):
                 bias_regularizer=regularizers.get("rnn.bias"))
             sizes = [(hidden[0], n_classes)]
             n_dropout = 1
-        self.dense = _dense_layers(sizes, activation, dtype, regularizers, seed, native_init)
+        self.dense = dense_layers(sizes, activation, dtype, regularizers, seed, native_init)
         self.dropout = [keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
-                                             seed=_layer_seed(seed, DROPOUT_STREAM, i))
+                                             seed=layer_seed(seed, DROPOUT_STREAM, i))
                         for i in range(n_dropout)] if native_dropout > 0 else []
 
     def _drop(self, h, i, masks, training):
