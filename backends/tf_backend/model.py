@@ -51,6 +51,19 @@ def dense_layers(sizes: list[tuple[int, int]], activation: str, dtype: str,
             for i, (_, fan_out) in enumerate(sizes)]
 
 
+def dropout_layers(rate: float, dtype: str, seed: int, count: int) -> list[keras.layers.Dropout]:
+    """Native mode's seeded `keras.layers.Dropout`, one per dropout site (none when rate is 0 or in exact mode)."""
+    return [keras.layers.Dropout(rate, dtype=dtype, name=f"dropout{i}", seed=layer_seed(seed, DROPOUT_STREAM, i))
+            for i in range(count)] if rate > 0 else []
+
+
+def dropped(h, i: int, masks, layers: list, training: bool):
+    """Dropout at site i: the shared pre-scaled mask (exact mode), else the native layer, else nothing."""
+    if masks is not None:
+        return h * masks[i]
+    return layers[i](h, training=training) if layers else h
+
+
 class MLP(keras.Model):
     """Dense → act → dropout for each hidden layer, then a Dense output layer giving logits."""
 
@@ -58,21 +71,13 @@ class MLP(keras.Model):
                  regularizers: dict[str, keras.regularizers.Regularizer | None], native_dropout: float, seed: int,
                  seeded_init: bool = False):
         super().__init__(name="mlp", dtype=dtype)
-        last = len(sizes) - 1
         self.dense = dense_layers(sizes, activation, dtype, regularizers, seed, seeded_init)
-        self.dropout = [
-            keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
-                                 seed=layer_seed(seed, DROPOUT_STREAM, i))
-            for i in range(last)] if native_dropout > 0 else []
+        self.dropout = dropout_layers(native_dropout, dtype, seed, len(sizes) - 1)
 
     def call(self, x, masks=None, training=False):
         h = x
         for i, dense in enumerate(self.dense[:-1]):
-            h = dense(h)
-            if masks is not None:
-                h = h * masks[i]
-            elif self.dropout:
-                h = self.dropout[i](h, training=training)
+            h = dropped(dense(h), i, masks, self.dropout, training)
         return self.dense[-1](h)
 
 

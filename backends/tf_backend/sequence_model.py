@@ -29,7 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from backends.tf_backend.model import DROPOUT_STREAM, INIT_STREAM, dense_layers, layer_seed
+from backends.tf_backend.model import INIT_STREAM, dense_layers, dropout_layers, dropped, layer_seed
 
 EMBED_LAYER, RNN_LAYER = 1000, 1001  # init-seed slots for the native initializers (Dense layers use 0, 1, …)
 
@@ -81,16 +81,7 @@ class SequenceModel(keras.Model):
             sizes = [(hidden[0], n_classes)]
             n_dropout = 1
         self.dense = dense_layers(sizes, activation, dtype, regularizers, seed, native_init)
-        self.dropout = [keras.layers.Dropout(native_dropout, dtype=dtype, name=f"dropout{i}",
-                                             seed=layer_seed(seed, DROPOUT_STREAM, i))
-                        for i in range(n_dropout)] if native_dropout > 0 else []
-
-    def _drop(self, h, i, masks, training):
-        if masks is not None:
-            return h * masks[i]
-        if self.dropout:
-            return self.dropout[i](h, training=training)
-        return h
+        self.dropout = dropout_layers(native_dropout, dtype, seed, n_dropout)
 
     def call(self, tokens, masks=None, training=False):
         x = self.embed(tokens)
@@ -98,9 +89,9 @@ class SequenceModel(keras.Model):
         if self.kind == "seq_pool":
             h = self.pool(x, mask=mask)
             for i, dense in enumerate(self.dense[:-1]):
-                h = self._drop(dense(h), i, masks, training)
+                h = dropped(dense(h), i, masks, self.dropout, training)
             return self.dense[-1](h)
-        h = self._drop(self.rnn(x, mask=mask), 0, masks, training)
+        h = dropped(self.rnn(x, mask=mask), 0, masks, self.dropout, training)
         return self.dense[0](h)
 
 
