@@ -26,13 +26,14 @@ bucket's batches therefore hold only rows of that bucket, and the number of batc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from common import rng
 from common.errors import InputError
 from common.padding import bucket_of, padded_length
 
-ORDER_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,25 @@ class Batch:
     def rows(self) -> int:
         """Rows fed to the model, filler included (the static shape under `pad`)."""
         return int(self.ids.shape[0])
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One batch as a backend's pipeline delivers it, in that framework's arrays; the one batch type every backend
+    consumes. `ids`: the row ids fed (filler included; numpy); `x`: features (B, F) or tokens (B, T); `y`: labels;
+    `weights`: the row weights of the loss Σ w·ℓ / max(Σ w, 1) (plan weights, or common.padding.loss_weights for
+    sequences); `lengths`: the kept token counts (sequences; None for features)."""
+
+    ids: np.ndarray
+    x: Any
+    y: Any
+    weights: Any
+    lengths: Any = None
+
+    @property
+    def length(self) -> int:
+        """The padded length T of a token batch; 0 for features."""
+        return 0 if self.lengths is None else int(self.x.shape[1])
 
 
 @dataclass(frozen=True)
@@ -91,7 +111,7 @@ class BatchPlan:
         """The epoch's row order: a numpy permutation keyed by (seed, epoch), or 0..N-1 without shuffle."""
         if not self.shuffle:
             return np.arange(self.n_rows)
-        return np.random.default_rng([self.seed, ORDER_STREAM, epoch]).permutation(self.n_rows)
+        return np.random.default_rng([self.seed, rng.ORDER, epoch]).permutation(self.n_rows)
 
     def slots(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """Flat (ids, weights) that a native batcher turns into the epoch's batches.

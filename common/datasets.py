@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from common import rng as streams
 from common import sequences
 from common.errors import InputError
 
-SPLIT_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if (not isinstance(radii, list) or len(radii) != 2
             or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in radii)):
         raise InputError(f"spec key 'data.params.radii': expected two positive numbers, got {radii!r}")
-    rng = np.random.default_rng([seed, 0])
+    rng = np.random.default_rng([seed, streams.DATA])
     y = np.arange(n) % 2
     angle = rng.uniform(0.0, 2 * np.pi, size=n)
     radius = np.asarray(radii, dtype=np.float64)[y] + noise * rng.standard_normal(n)
@@ -168,7 +168,7 @@ def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, source:
     if n_test < 1 or n - n_test < 1:
         raise InputError(f"spec key 'data.test_fraction': {test_fraction} leaves an empty split of {source} "
                          f"({n} rows)")
-    order = np.random.default_rng([seed, SPLIT_STREAM]).permutation(n)
+    order = np.random.default_rng([seed, streams.SPLIT]).permutation(n)
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
 

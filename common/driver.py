@@ -1,28 +1,40 @@
-"""The framework-free training loop every backend runs through (DESIGN §3).
+"""The framework-free training loop every backend runs through (docs/design.md, "Architecture").
 
-A backend supplies an :class:`Adapter` that translates; the driver decides. Per epoch e (0-based) it walks the
-adapter's *native* pipeline and the BatchPlan side by side, checks that the pipeline delivered exactly the plan's
-rows, hands the step its shared dropout masks (exact mode) and records, per step t (global, 1-based), the loss of
-that step's forward pass in training mode before the update. After each epoch it evaluates both splits in eval
-mode and aggregates the per-batch sums with `common.metrics.aggregate`.
+A backend supplies an :class:`Adapter` that translates; the driver decides. Per epoch e (0-based) the adapter runs
+the whole epoch through its native pipeline (`run_epoch`, the same contract `parity bench` times) and returns the
+rows it fed and the loss of every step (the pre-update training forward pass); the driver then checks in exact
+mode that the pipeline delivered exactly the plan's rows and padded lengths, and records per step t (global,
+1-based) its ids, size and loss. After each epoch it evaluates both splits in eval mode and aggregates the
+per-batch sums with `common.metrics.aggregate`.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Iterable, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
+from common import layers as layer_stack
 from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
-from common.dropout import shared_masks
-from common.initializers import initial_params, layer_sizes, sequence_params
+from common.layers import Layer
 from common.metrics import aggregate
 from common.native import running_epoch_loss
 from common.padding import resolve_sides
-from common.spec import is_sequence
+
+
+@dataclass(frozen=True)
+class EpochRun:
+    """What one training epoch fed and measured, per step: the row ids as the pipeline delivered them (every row
+    fed, filler included, in exact mode; the real rows only in native mode), the padded length T (0 for
+    features) and the step's loss Σ w·ℓ / max(Σ w, 1)."""
+
+    ids: list[np.ndarray]
+    lengths: list[int]
+    losses: np.ndarray
 
 
 class Adapter(Protocol):
@@ -36,43 +48,34 @@ class Adapter(Protocol):
     def device(self) -> str:
         """Where the computation runs, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
 
-    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, params: dict[str, np.ndarray] | None) -> None:
-        """Build the native pipeline, model and optimizer for a resolved spec.
+    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
+                params: dict[str, np.ndarray] | None) -> None:
+        """Build the native pipeline, the model of `layers`, and the optimizer for a resolved spec.
 
-        Exact mode: load `params` and follow `plan`. Native mode (`params` is None): the framework's own default
-        init, shuffle and the idioms of common.native.
+        Exact mode: load `params` and follow `plan`, with the shared dropout masks of common.dropout. Native mode
+        (`params` is None): the framework's own default init, shuffle, dropout and the idioms of common.native.
         """
 
-    def epoch_batches(self, epoch: int) -> Iterable[Any]:
-        """The epoch's batches through the framework's native pipeline, in plan order."""
-
-    def batch_ids(self, batch: Any) -> np.ndarray:
-        """Row ids of a native batch as the pipeline delivered them: every row fed (filler included) in exact
-        mode, where the driver checks them against the plan; the real rows only in native mode."""
-
-    def batch_length(self, batch: Any) -> int:
-        """The padded length T of a native sequence batch as the pipeline delivered it (the token tensor's time
-        dimension); 0 for feature data. Exact mode checks it against the plan's `Batch.length`."""
-
-    def train_step(self, batch: Any, step: int, masks: list[np.ndarray] | None) -> float:
-        """One update; returns the batch's cross-entropy Σw·ℓ/Σw from the pre-update training forward pass.
-
-        `masks` are the pre-scaled shared dropout masks (exact mode) or None (no dropout, or native dropout).
-        """
+    def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        """Train one epoch (0-based) whose first global step is `first_step` (1-based)."""
 
     def evaluate(self, split: str, batches: list[Batch]) -> list[tuple[float, float, int]]:
         """Eval mode (no dropout) over `split` ('train' or 'test'): per batch (Σ ℓ, number correct, n)."""
 
     def parameters(self) -> dict[str, np.ndarray]:
-        """Current parameters in the canonical layout (`layer{i}.weight` (in, out), `layer{i}.bias`)."""
+        """Current parameters by canonical name (common.layers), in the canonical layout."""
+
+
+def model_layers(spec: dict, data: Dataset) -> tuple[Layer, ...]:
+    """The spec's layer stack resolved for `data` (a token model reads the vocabulary, others the features)."""
+    n_in = data.vocab if layer_stack.reads_tokens(spec) else data.n_features
+    return layer_stack.stack(spec, n_in, data.n_classes)
 
 
 def canonical_init(spec: dict, data: Dataset) -> dict[str, np.ndarray]:
     """The shared initial parameters for a spec and dataset."""
-    if is_sequence(spec):
-        return sequence_params(spec, data.vocab, data.n_classes)
-    sizes = layer_sizes(data.n_features, spec["model"]["hidden"], data.n_classes)
-    return initial_params(spec["model"]["init"], sizes, spec["seed"], np.dtype(spec["dtype"]))
+    return layer_stack.init_params(model_layers(spec, data), spec["model"]["init"], spec["seed"],
+                                   np.dtype(spec["dtype"]))
 
 
 def _progress(name: str, epoch: int, epochs: int, loss: float) -> None:
@@ -89,16 +92,19 @@ def _epoch_metrics(adapter: Adapter, eval_plan: dict, how: str) -> dict:
     return metrics
 
 
-def _exact_ids(adapter: Adapter, native_batch, planned: Batch, epoch: int) -> Batch:
-    got = np.asarray(adapter.batch_ids(native_batch))
-    if not np.array_equal(got, planned.ids):
-        raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
-                           f"the plan says {planned.ids.tolist()}")
-    length = int(adapter.batch_length(native_batch))
-    if length != planned.length:
-        raise RuntimeError(f"{adapter.name} pipeline padded rows {got.tolist()} at epoch {epoch + 1} to length "
-                           f"{length}, the plan says {planned.length}")
-    return planned
+def _check_exact(adapter: Adapter, run: EpochRun, planned: list[Batch], epoch: int) -> None:
+    """Exact mode: the pipeline delivered the plan's rows and padded lengths, step by step."""
+    if len(run.ids) != len(planned) or len(run.losses) != len(planned):
+        raise RuntimeError(f"{adapter.name} ran {len(run.ids)} steps ({len(run.losses)} losses) at epoch "
+                           f"{epoch + 1}, the plan has {len(planned)}")
+    for got, length, batch in zip(run.ids, run.lengths, planned):
+        got = np.asarray(got)
+        if not np.array_equal(got, batch.ids):
+            raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
+                               f"the plan says {batch.ids.tolist()}")
+        if int(length) != batch.length:
+            raise RuntimeError(f"{adapter.name} pipeline padded rows {got.tolist()} at epoch {epoch + 1} to length "
+                               f"{length}, the plan says {batch.length}")
 
 
 def _plans(spec: dict, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]]:
@@ -122,45 +128,35 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
     """
     exact = spec["mode"] == "exact"
     plan, eval_plan = _plans(spec, data)
+    layers = model_layers(spec, data)
     init = canonical_init(spec, data) if exact else None
-    widths = spec["model"]["hidden"]
-    rate = spec["regularization"]["dropout"] if exact else 0.0
-    dtype = np.dtype(spec["dtype"])
     how = spec["metrics"]["aggregation"]
 
     started = time.perf_counter()
-    adapter.prepare(spec, data, plan, init)
+    adapter.prepare(spec, data, plan, layers, init)
     prepare_s = time.perf_counter() - started
     if init is None:
         init = {k: np.asarray(v) for k, v in adapter.parameters().items()}
-    steps, epochs, epoch_seconds, first_step_s = [], [], [], None
-    step = 0
+    steps, epochs, epoch_seconds = [], [], []
     for epoch in range(spec["train"]["epochs"]):
         epoch_start = time.perf_counter()
-        native_batches = adapter.epoch_batches(epoch)
-        pairs = zip(plan.batches(epoch), native_batches, strict=True) if exact else ((None, b) for b in native_batches)
-        epoch_losses, epoch_sizes = [], []
-        for planned, native_batch in pairs:
-            step += 1
-            if exact:
-                real_ids = _exact_ids(adapter, native_batch, planned, epoch).real_ids
-                masks = shared_masks(spec["seed"], step, rate, planned.rows, widths, dtype)
-            else:
-                real_ids, masks = np.asarray(adapter.batch_ids(native_batch)), None
-            t0 = time.perf_counter()
-            loss = float(adapter.train_step(native_batch, step, masks))
-            if first_step_s is None:
-                first_step_s = time.perf_counter() - t0
-            steps.append({"epoch": epoch + 1, "step": step, "batch_ids": real_ids.tolist(),
-                          "batch_size": int(real_ids.shape[0]), "loss": loss})
-            if data.is_sequence:
-                steps[-1]["padded_length"] = int(adapter.batch_length(native_batch))
-            epoch_losses.append(loss)
-            epoch_sizes.append(int(real_ids.shape[0]))
+        run = adapter.run_epoch(epoch, len(steps) + 1)
         epoch_seconds.append(time.perf_counter() - epoch_start)
+        if exact:
+            planned = plan.batches(epoch)
+            _check_exact(adapter, run, planned, epoch)
+            real = [batch.real_ids for batch in planned]
+        else:
+            real = [np.asarray(ids) for ids in run.ids]
+        for ids, length, loss in zip(real, run.lengths, np.asarray(run.losses, dtype=np.float64)):
+            steps.append({"epoch": epoch + 1, "step": len(steps) + 1, "batch_ids": ids.tolist(),
+                          "batch_size": int(ids.shape[0]), "loss": float(loss)})
+            if data.is_sequence:
+                steps[-1]["padded_length"] = int(length)
         metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}
         if not exact:
-            metrics["train_loss"] = running_epoch_loss(epoch_losses, epoch_sizes)
+            metrics["train_loss"] = running_epoch_loss([float(v) for v in run.losses],
+                                                       [int(ids.shape[0]) for ids in real])
         epochs.append(metrics)
         if progress:
             _progress(adapter.name, epoch + 1, spec["train"]["epochs"], metrics["train_loss"])
@@ -169,8 +165,7 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
         "epochs": epochs,
         "init": init,
         "final": {k: np.asarray(v) for k, v in adapter.parameters().items()},
-        "timing": {"prepare_s": prepare_s, "first_step_s": first_step_s, "epoch_s": epoch_seconds,
-                   "train_s": float(sum(epoch_seconds))},
+        "timing": {"prepare_s": prepare_s, "epoch_s": epoch_seconds, "train_s": float(sum(epoch_seconds))},
     }
     if data.is_sequence:
         body["padding"] = dict(zip(("pad", "truncate"), resolve_sides(spec, adapter.name)))

@@ -1,4 +1,4 @@
-"""Shared dropout masks for exact mode (DESIGN §5, "Dropout").
+"""Shared dropout masks for exact mode (docs/design.md, "Dropout").
 
 All three frameworks use inverted dropout: kept units are scaled by 1/(1−p) in training, and evaluation applies no
 dropout. Their RNGs differ, so exact mode draws the masks once in numpy and every backend applies
@@ -6,14 +6,15 @@ dropout. Their RNGs differ, so exact mode draws the masks once in numpy and ever
     h ← h · m,   m = keep · s,   keep ~ Bernoulli(1 − p),   s = 1/(1 − p)
 
 as an explicit multiply by the pre-scaled mask m (the order torch uses: `x * (mask * (1/(1-p)))`). Masks are keyed by
-(seed, global step, hidden layer), so they do not depend on which framework asks, or when.
+(seed, global step, dropout layer), so they do not depend on which framework asks, or when.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-MASK_STREAM = 3
+from common import rng as streams
+from common.layers import Layer, dropout_layers
 
 
 def keep_scale(rate: float) -> float:
@@ -21,13 +22,15 @@ def keep_scale(rate: float) -> float:
     return 1.0 / (1.0 - rate)
 
 
-def shared_masks(seed: int, step: int, rate: float, rows: int, widths: list[int], dtype) -> list[np.ndarray] | None:
-    """Pre-scaled masks m (rows × width, one per hidden layer) for global step `step`; None when p = 0.
+def shared_masks(seed: int, step: int, layers: tuple[Layer, ...], rows: int, dtype) -> list[np.ndarray] | None:
+    """Pre-scaled masks m (rows × width), one per dropout layer of the stack in order, for global step `step`;
+    None when no dropout layer has p > 0. A layer with p = 0 gets ones and draws nothing.
 
-    keep = U[0,1) ≥ p from `default_rng([seed, 3, step])`, drawn layer after layer.
+    keep = U[0,1) ≥ p from `default_rng([seed, rng.MASKS, step])`, drawn layer after layer in stack order.
     """
-    if rate == 0.0:
+    drops = dropout_layers(layers)
+    if not any(layer.rate > 0.0 for layer in drops):
         return None
-    rng = np.random.default_rng([seed, MASK_STREAM, step])
-    scale = keep_scale(rate)
-    return [((rng.random((rows, width)) >= rate) * scale).astype(dtype) for width in widths]
+    rng = np.random.default_rng([seed, streams.MASKS, step])
+    return [(((rng.random((rows, layer.width)) >= layer.rate) * keep_scale(layer.rate)) if layer.rate > 0.0
+             else np.ones((rows, layer.width))).astype(dtype) for layer in drops]

@@ -1,6 +1,6 @@
 """Canonical L1 / L2 / weight decay and their conversion to each framework's own mechanism (DESIGN §5).
 
-Canonical semantics, over the regularized tensors R (weights; biases too when `regularize_bias`):
+Canonical semantics, over the regularized tensors R (kernels; bias-like vectors too when `regularize_bias`, common.layers):
 
     penalty P(θ) = l1 · Σ_{t∈R} A_t  +  l2 · Σ_{t∈R} Σ w²,    A_t = mean|w_t| (l1_reduction "mean") or Σ|w_t| ("sum")
     gradient     g = ∇CE + l1 · sign(w)/n_t (mean; sign(w) for sum) + c · w,     c = 2·l2 + wd·[decay = coupled]
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.initializers import is_regularized
+from common.layers import regularized
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Regularization:
 
     def applies(self, name: str) -> bool:
         """Whether parameter `name` is regularized (weights always, biases only with regularize_bias)."""
-        return is_regularized(name, self.regularize_bias)
+        return regularized(name, self.regularize_bias)
 
     def l1_coefficient(self, name: str, size: int) -> float:
         """f_t: the L1 factor of tensor t, so that its penalty is f_t · Σ|w| (l1/n_t for the mean form)."""

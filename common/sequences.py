@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common import rng as streams
 from common.errors import InputError
 
-SEQUENCE_STREAM = 6
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def synthetic(n: int, min_len: int, max_len: int, vocab: int, n_classes: int, se
     for key, value in (("vocab", vocab), ("classes", n_classes), ("n", n)):
         if value < 2:
             raise InputError(f"spec key 'data.params.{key}': must be at least 2, got {value}")
-    rng = np.random.default_rng([seed, SEQUENCE_STREAM])
+    rng = np.random.default_rng([seed, streams.SEQUENCES])
     lengths = rng.integers(min_len, max_len + 1, size=n)
     tokens = [rng.integers(1, vocab, size=int(length)) for length in lengths]
     labels = np.array([majority_group(t, n_classes) for t in tokens])

@@ -1,4 +1,4 @@
-"""The experiment spec: TOML schema, defaults, `--set` overrides and strict validation (DESIGN §4).
+"""The experiment spec: TOML schema, defaults, `--set` overrides and strict validation (docs/design.md, "Spec").
 
 A spec is a plain nested dict once resolved. Every key has a default, a type and an allowed range; unknown keys,
 wrong types and out-of-range values raise :class:`InputError` with a one-line message naming the dotted key.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from common import layers
 from common.errors import InputError
 
 
@@ -54,13 +55,13 @@ def _increasing_ints(v) -> str | None:
 
 
 SEQUENCE_DATA = ("sequences", "jsonl")
-SEQUENCE_MODELS = ("seq_pool", "rnn")
 FILE_DATA = ("csv", "npz", "jsonl")
+MODEL_SHORTHAND = ("kind", "hidden", "activation", "embed_dim")
 
 
 def is_sequence(spec: dict) -> bool:
-    """Whether a resolved spec trains a sequence model on token data."""
-    return spec["model"]["kind"] in SEQUENCE_MODELS
+    """Whether a resolved spec's model reads token sequences (its first layer is an embedding)."""
+    return layers.reads_tokens(spec)
 
 
 SCHEMA: dict[str, Any] = {
@@ -82,13 +83,16 @@ SCHEMA: dict[str, Any] = {
         "params": Field({}, dict),
     },
     "model": {
-        # mlp on feature data; seq_pool (embedding → masked mean → MLP) or rnn (embedding → Elman tanh RNN → Dense)
-        # on sequence data, where `hidden` is the MLP's widths (seq_pool) or the one RNN state size (rnn)
-        "kind": Field("mlp", str, _choice("mlp", "seq_pool", "rnn")),
+        # the model: `layers`, a list of layer tables (common.layers), or the shorthand kind + hidden (+
+        # activation, embed_dim): mlp on feature data; seq_pool (embedding → masked mean → MLP) or rnn (embedding →
+        # Elman tanh RNN → Dense) on sequence data, `hidden` the MLP's widths (seq_pool) or the RNN state size (rnn)
+        "layers": Field([], list),
+        "kind": Field("mlp", str, _choice(*layers.SHORTHANDS)),
         "embed_dim": Field(8, int, _range(1, 2**20)),
         "hidden": Field([32], list, _positive_ints),
         "activation": Field("relu", str, _choice("relu", "tanh")),
         "init": Field("torch_default", str, _choice("torch_default", "glorot_uniform", "lecun_normal")),
+        "norm_eps": Field(1e-5, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),  # layer_norm's ε default
     },
     "batching": {
         "batch_size": Field(16, int, _range(1, 2**31)),
@@ -228,6 +232,7 @@ def validate(spec: dict) -> dict:
         raise InputError("spec key 'optimizer.nesterov': nesterov needs optimizer.momentum > 0")
     if out["optimizer"]["name"] != "sgd" and (out["optimizer"]["momentum"] or out["optimizer"]["nesterov"]):
         raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
+    _check_model(out)
     _check_sequence_rules(out)
     needs_path = out["data"]["name"] in FILE_DATA
     if needs_path and not out["data"]["path"]:
@@ -237,13 +242,27 @@ def validate(spec: dict) -> dict:
     return out
 
 
+def _check_model(spec: dict) -> None:
+    """`model.layers` is checked by common.layers.check_tables; with layers given, the shorthand keys must keep
+    their defaults (they would be silently unused)."""
+    model = spec["model"]
+    model["layers"] = layers.check_tables(model["layers"])
+    if model["layers"]:
+        base = SCHEMA["model"]
+        for key in MODEL_SHORTHAND:
+            if model[key] != base[key].default:
+                raise InputError(f"spec key 'model.{key}': the shorthand is not read when model.layers is given; "
+                                 "drop one of them")
+
+
 def _check_sequence_rules(spec: dict) -> None:
     """Sequence models need sequence data and the other way round; rnn has one state size; buckets replace
     max_len; fused execution needs the static shapes sequences do not have."""
     seq_model, seq_data = is_sequence(spec), spec["data"]["name"] in SEQUENCE_DATA
     if seq_model != seq_data:
-        raise InputError(f"spec key 'model.kind': '{spec['model']['kind']}' cannot read data.name = "
-                         f"'{spec['data']['name']}' (seq_pool and rnn read sequences or jsonl, mlp reads features)")
+        key = "model.layers" if spec["model"]["layers"] else "model.kind"
+        raise InputError(f"spec key '{key}': this model cannot read data.name = '{spec['data']['name']}' (a model "
+                         "starting with an embedding (seq_pool, rnn) reads sequences or jsonl, others read features)")
     if spec["model"]["kind"] == "rnn" and len(spec["model"]["hidden"]) != 1:
         raise InputError("spec key 'model.hidden': rnn takes exactly one width, the RNN state size")
     if spec["sequence"]["buckets"] and spec["sequence"]["max_len"]:

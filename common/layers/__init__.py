@@ -1,0 +1,153 @@
+"""Layer stacks: the canonical vocabulary every model is built from (docs/design.md, "Layer stacks").
+
+A model is `model.layers`, an ordered list of tables `{kind = "...", <that kind's keys>}`, or the shorthand
+`model.kind = "mlp" | "seq_pool" | "rnn"` with `hidden`, `activation`, `embed_dim`, which `tables` expands:
+
+    mlp:      [dense(h, act), dropout]* · dense
+    seq_pool: embedding · masked_mean · [dense(h, act), dropout]* · dense
+    rnn:      embedding · rnn(h) · dropout · dense           (dropout only when regularization.dropout > 0)
+
+`stack` resolves the tables for a dataset: every key filled, each layer's widths and canonical parameter prefix.
+Each kind is defined once, in its family's module (core, norm, sequence), with its formula; adding a kind is a
+class there plus one entry in each backend's layer module (docs/design.md, "Adding a layer kind").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.errors import InputError
+from common.layers import core, norm, sequence
+from common.layers.base import FEATURES, SEQUENCE, TOKENS, Layer, LayerKind
+
+KINDS: dict[str, LayerKind] = {k.kind: k for k in (*core.KINDS, *norm.KINDS, *sequence.KINDS)}
+SHORTHANDS = ("mlp", "seq_pool", "rnn")
+
+
+def _where(k: int) -> str:
+    return f"model.layers[{k}]"
+
+
+def check_tables(tables: list) -> list[dict]:
+    """Spec-time checks of `model.layers` (known kinds and keys, types, ranges, the flow tokens → sequence →
+    features, one embedding and one rnn at most, a dense layer last); returns the tables with floats normalised.
+    Keys left out stay out (`stack` fills them), so a resolved spec validates again unchanged."""
+    out = []
+    flow = TOKENS if tables and isinstance(tables[0], dict) and tables[0].get("kind") == "embedding" else FEATURES
+    seen: set[str] = set()
+    for k, table in enumerate(tables):
+        if not isinstance(table, dict):
+            raise InputError(f"spec key '{_where(k)}': expected a table {{kind = ...}}")
+        kind = KINDS.get(table.get("kind"))
+        if kind is None:
+            raise InputError(f"spec key '{_where(k)}.kind': {table.get('kind')!r} must be one of "
+                             f"{', '.join(KINDS)}")
+        row = {"kind": kind.kind}
+        for key, value in table.items():
+            if key == "kind":
+                continue
+            if key not in kind.keys:
+                raise InputError(f"spec key '{_where(k)}.{key}': unknown key for kind '{kind.kind}'")
+            row[key] = _typed(f"{_where(k)}.{key}", value, kind.keys[key])
+        if kind.reads != flow:
+            raise InputError(f"spec key '{_where(k)}.kind': '{kind.kind}' reads {kind.reads} but gets {flow}")
+        if not kind.numbered and kind.kind in seen:
+            raise InputError(f"spec key '{_where(k)}.kind': a model has at most one '{kind.kind}' layer")
+        seen.add(kind.kind)
+        flow = kind.gives
+        out.append(row)
+    if out and out[-1]["kind"] != "dense":
+        raise InputError(f"spec key '{_where(len(out) - 1)}.kind': the last layer must be dense (it gives the "
+                         "logits)")
+    return out
+
+
+def _typed(where: str, value, key) -> object:
+    if key.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, key.kind) or (key.kind in (int, float) and isinstance(value, bool)):
+        raise InputError(f"spec key '{where}': expected {key.kind.__name__}, got {type(value).__name__} {value!r}")
+    problem = key.check(value) if key.check else None
+    if problem:
+        raise InputError(f"spec key '{where}': {value!r} {problem}")
+    return value
+
+
+def tables(spec: dict) -> list[dict]:
+    """The model's layer tables: `model.layers` as written, or the shorthand expanded (module docstring)."""
+    model = spec["model"]
+    if model["layers"]:
+        return [dict(t) for t in model["layers"]]
+    drop = [{"kind": "dropout"}] if spec["regularization"]["dropout"] > 0.0 else []
+    dense = [row for h in model["hidden"]
+             for row in ({"kind": "dense", "units": h, "activation": model["activation"]}, *drop)]
+    if model["kind"] == "mlp":
+        return [*dense, {"kind": "dense"}]
+    embed = {"kind": "embedding", "dim": model["embed_dim"]}
+    if model["kind"] == "seq_pool":
+        return [embed, {"kind": "masked_mean"}, *dense, {"kind": "dense"}]
+    return [embed, {"kind": "rnn", "units": model["hidden"][0]}, *drop, {"kind": "dense"}]
+
+
+def reads_tokens(spec: dict) -> bool:
+    """Whether the model starts with an embedding (it reads token sequences, not features)."""
+    return tables(spec)[0]["kind"] == "embedding"
+
+
+def stack(spec: dict, n_in: int, n_classes: int) -> tuple[Layer, ...]:
+    """The resolved layers for inputs of width `n_in` (features, or the vocabulary for token models)."""
+    rows = tables(spec)
+    counts: dict[str, int] = {}
+    width, out = n_in, []
+    for k, table in enumerate(rows):
+        kind = KINDS[table["kind"]]
+        last = k == len(rows) - 1
+        filled = {key: table[key] if key in table else
+                  (spec_key.default if spec_key.default is not None else kind.default(key, spec, last, n_classes))
+                  for key, spec_key in kind.keys.items()}
+        if kind.kind == "dense" and filled["units"] == 0:
+            filled["units"] = n_classes
+        number = counts.get(kind.kind, 0)
+        counts[kind.kind] = number + 1
+        name = (f"{kind.prefix}{number}" if kind.numbered else kind.prefix) if kind.prefix else ""
+        new_width = kind.width(filled, width)
+        out.append(Layer(kind.kind, k, number, name, width, new_width,
+                         **{key: filled[key] for key in ("activation", "rate", "eps") if key in filled}))
+        width = new_width
+    if width != n_classes:
+        raise InputError(f"spec key '{_where(len(rows) - 1)}.units': the last dense layer gives the logits, "
+                         f"so it needs {n_classes} units (the number of classes), not {width}")
+    return tuple(out)
+
+
+def param_shapes(layers: tuple[Layer, ...]) -> dict[str, tuple[int, ...]]:
+    """Canonical parameter name → shape, in stack order."""
+    return {layer.param(s): p.shape(layer) for layer in layers for s, p in KINDS[layer.kind].params.items()}
+
+
+def init_params(layers: tuple[Layer, ...], scheme: str, seed: int, dtype) -> dict[str, np.ndarray]:
+    """The canonical initial parameters of the stack (each kind's `init`), cast to `dtype`."""
+    out = {}
+    for layer in layers:
+        for suffix, value in KINDS[layer.kind].init(layer, scheme, seed).items():
+            out[layer.param(suffix)] = np.asarray(value).astype(dtype)
+    return out
+
+
+def regularized(name: str, regularize_bias: bool) -> bool:
+    """Whether l1, l2 and weight decay touch parameter `name`: kernels always, bias-like vectors (bias, offset,
+    scale) only with regularize_bias. The kind is found from the name's prefix."""
+    prefix, suffix = name.split(".", 1)
+    for kind in KINDS.values():
+        if kind.prefix and prefix.rstrip("0123456789") == kind.prefix and suffix in kind.params:
+            return kind.params[suffix].kernel or regularize_bias
+    raise KeyError(f"no layer kind has a parameter named {name!r}")
+
+
+def dropout_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    """The dropout layers in stack order (the i-th draws shared mask i)."""
+    return tuple(layer for layer in layers if layer.kind == "dropout")
+
+
+__all__ = ["FEATURES", "KINDS", "SEQUENCE", "SHORTHANDS", "TOKENS", "Layer", "check_tables", "dropout_layers",
+           "init_params", "param_shapes", "reads_tokens", "regularized", "stack", "tables"]
