@@ -1,26 +1,22 @@
-"""Backend adapters, one package per framework, mirrored file for file:
+"""Backend adapters, one package per framework, mirrored module for module (docs/design.md, "Architecture"):
 
-    data.py   the native input pipeline fed by the shared BatchPlan
-    model.py  the MLP and the canonical ⇄ native parameter mapping
-    optim.py  the optimizer and regularization, converted from common.regularization / common.optim
+    data.py     the native input pipeline fed by the shared BatchPlan, yielding common.batching.Rows
+    core.py, norm.py, sequence.py   each layer family's kinds (common.layers) as native layers
+    model.py    build(layers, spec), load_canonical, to_canonical
+    optim.py    the optimizer and regularization, converted from common.regularization / common.optim
     adapter.py  the common.driver.Adapter that ties them together
 
 `numpy` is the float64 oracle (manual forward and backward, no framework). Each backend runs in its own process
-(see backends.worker), so that global framework state (x64, thread pools, GPU memory) never crosses backends.
+(backends.worker), so that global framework state (x64, thread pools, GPU memory) never crosses backends. Which
+backends exist is common.frameworks.REGISTRY.
 """
 
-# name → (adapter module, distribution extra that installs its framework)
-BACKENDS = {
-    "numpy": ("backends.numpy_backend.adapter", None),
-    "torch": ("backends.torch_backend.adapter", "torch"),
-    "tf": ("backends.tf_backend.adapter", "tf"),
-    "jax": ("backends.jax_backend.adapter", "jax"),
-}
-FRAMEWORKS = ("torch", "tf", "jax")
-REFERENCE = "numpy"
+from common.frameworks import FRAMEWORKS, REFERENCE, REGISTRY
 
 
 def install_hint(name: str) -> str:
     """The one-line hint printed when a backend's framework is missing."""
-    extra = BACKENDS[name][1]
-    return f"pip install -c constraints.txt -e '.[{extra}]'"
+    return REGISTRY[name].install_hint()
+
+
+__all__ = ["FRAMEWORKS", "REFERENCE", "REGISTRY", "install_hint"]

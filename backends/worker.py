@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from backends import BACKENDS, install_hint
+from backends import REGISTRY, install_hint
 from common import record
 from common.datasets import load_dataset
 from common.driver import train
@@ -23,7 +23,7 @@ from common.driver import train
 
 def load_adapter(name: str):
     """Import the backend's adapter module; ImportError of its framework becomes a clear message."""
-    module_name = BACKENDS[name][0]
+    module_name = REGISTRY[name].adapter
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -42,7 +42,7 @@ def run_job(module, name: str, spec: dict, out: Path, progress: bool) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backends.worker")
-    parser.add_argument("backend", choices=sorted(BACKENDS))
+    parser.add_argument("backend", choices=sorted(REGISTRY))
     parser.add_argument("jobs", type=Path)
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)

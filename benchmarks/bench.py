@@ -17,11 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backends import FRAMEWORKS
+from backends import FRAMEWORKS, REGISTRY
 from common import InputError
-from common.spec import apply_overrides, defaults, validate
+from common.spec import apply_overrides, defaults, is_sequence, load_spec, validate
 
-KERAS_BACKEND_OF = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 MODES = ("eager", "compiled", "fused")
 BENCH_SPEC = {
     "name": "bench-mlp", "dtype": "float32",
@@ -35,14 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def bench_spec(path: str | None, overrides: list[str]) -> dict:
     """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD).
 
-    The benchmark times fixed-shape MLP steps (its fused modes are whole-epoch programs of static shapes), so a
-    sequence spec is refused."""
-    from common.spec import is_sequence, load_spec
+    The benchmark times fixed-shape steps on feature data (its fused modes are whole-epoch programs of static
+    shapes), so a model reading token sequences is refused."""
 
     spec = load_spec(path, overrides) if path else validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides))
     if is_sequence(spec):
-        raise InputError(f"spec key 'model.kind': parity bench times MLP steps; '{spec['model']['kind']}' is not "
-                         "benchmarked (use parity run for sequence models)")
+        key = "model.layers" if spec["model"]["layers"] else "model.kind"
+        raise InputError(f"spec key '{key}': parity bench times models on feature data; a model reading token "
+                         "sequences is not benchmarked (use parity run for sequence models)")
     return spec
 
 
@@ -80,7 +79,7 @@ def run_bench(spec: dict, backends: list[str], batch_sizes: list[int], modes: li
     jobs = [(b, [sys.executable, "-m", "benchmarks.bench_worker", b], device_env(device)) for b in backends]
     if keras_peer:
         jobs += [(f"keras-{b}", [sys.executable, "-m", "benchmarks.keras_peer"],
-                  {**device_env(device), "KERAS_BACKEND": KERAS_BACKEND_OF[b]}) for b in backends]
+                  {**device_env(device), "KERAS_BACKEND": REGISTRY[b].keras_backend}) for b in backends]
     for name, cmd, env in jobs:
         print(f"parity bench: {name} ...", file=sys.stderr, flush=True)
         result_file = out / f"{name}.json"
@@ -117,7 +116,7 @@ def ratios(bench: dict) -> list[dict]:
             best_mode = max(e2e, key=lambda m: e2e[m]["items_per_s"])
             entry = {"backend": backend, "batch_size": bs, "best_mode": best_mode,
                      "best_samples_per_s": e2e[best_mode]["items_per_s"]}
-            peer = _find(rows, f"keras[{KERAS_BACKEND_OF[backend]}]", "keras_fit", "fit", bs)
+            peer = _find(rows, f"keras[{REGISTRY[backend].keras_backend}]", "keras_fit", "fit", bs)
             if peer:
                 entry["vs_keras_fit"] = e2e[best_mode]["items_per_s"] / peer["items_per_s"]
             ref = _find(rows, backend, "reference", "hand-fused", bs)

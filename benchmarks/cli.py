@@ -1,4 +1,4 @@
-"""The `parity` command line (DESIGN §4).
+"""The `parity` command line (docs/design.md, "Records" and "Exit codes").
 
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
     parity sweep PRESET [--full] [--workers N] [--out DIR]
@@ -28,6 +28,7 @@ from common import InputError, record
 from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
+from common.driver import model_layers
 from common.explain import explain
 from common.spec import load_spec
 from common.stats import seed_equivalence
@@ -137,6 +138,7 @@ def command_run(args) -> int:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
     data = load_dataset(spec)  # every input error surfaces before anything is written
     BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+    model_layers(spec, data)
     out = args.out or Path("runs") / spec["name"]
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}': exists and is not a folder")

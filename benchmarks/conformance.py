@@ -87,7 +87,7 @@ def build_matrix(reports: dict[str, dict | None], traps: list[Trap] | None = Non
                      "diverges": trap.diverges(measured) if measured else None,
                      "effect": effect, "effect_size": effect_size, "conversion": trap.conversion,
                      "canonical": trap.canonical, "tolerance": {"rtol": trap.rtol, "atol": trap.atol},
-                     "design_note": trap.design_note})
+                     "note": trap.note})
     statuses = [(r["id"], fw, c["status"]) for r in rows for fw, c in r["cells"].items()]
     summary = {
         "traps": len(rows),
@@ -138,7 +138,7 @@ def _cell_md(cell: dict) -> str:
 
 
 def markdown(matrix: dict) -> str:
-    """The matrix as a markdown report: versions, one table row per trap, then where DESIGN.md differs."""
+    """The matrix as a markdown report: versions, one table row per trap, then the measurement notes."""
     s = matrix["summary"]
     lines = ["# Parity conformance matrix", ""]
     for fw, info in matrix["frameworks"].items():
@@ -149,8 +149,8 @@ def markdown(matrix: dict) -> str:
               f"not installed: {', '.join(s['not_installed']) or 'none'}; {s['diverging']} traps diverge "
               "across frameworks.", "",
               "Cells show what each framework measured on these versions (n/a: it does not take part). "
-              "**CHANGED** marks a measurement that no longer matches common/traps.py. *Diverges*: the frameworks "
-              "(or a framework and the canonical semantics) disagree.", "",
+              "**CHANGED** marks a measurement that no longer matches common/traps/catalogue.py. *Diverges*: the "
+              "frameworks (or a framework and the canonical semantics) disagree.", "",
               "| # | trap | torch | tf | jax | diverges | effect | exact-mode conversion |",
               "|---|------|-------|----|-----|----------|--------|-----------------------|"]
     for n, row in enumerate(matrix["traps"], 1):
@@ -158,9 +158,9 @@ def markdown(matrix: dict) -> str:
         cells = " | ".join(_cell_md(row["cells"][fw]) for fw in FRAMEWORKS)
         lines.append(f"| {n} | **{_md(row['title'])}** (`{row['id']}`; {row['section']}) | {cells} | {diverges} | "
                      f"{_md(row['effect'])} | {_md(row['conversion'])} |")
-    notes = [(row["id"], row["design_note"]) for row in matrix["traps"] if row["design_note"]]
+    notes = [(row["id"], row["note"]) for row in matrix["traps"] if row["note"]]
     if notes:
-        lines += ["", "## Where the measurements differ from DESIGN.md §5", ""]
+        lines += ["", "## Measurement notes", ""]
         lines += [f"- `{i}`: {_md(note)}" for i, note in notes]
     return "\n".join(lines) + "\n"
 

@@ -20,14 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.frameworks import FRAMEWORKS, REGISTRY
 from common.traps import TRAPS, for_framework, normalise
 
-PROBE_MODULES = {
-    "torch": "backends.torch_backend.probes",
-    "tf": "backends.tf_backend.probes",
-    "jax": "backends.jax_backend.probes",
-}
-FRAMEWORK_PACKAGES = {"torch", "tensorflow", "keras", "jax", "jaxlib", "flax", "optax"}
+PROBE_MODULES = {name: REGISTRY[name].probes for name in FRAMEWORKS}
+FRAMEWORK_PACKAGES = {"jaxlib", *(m for name in FRAMEWORKS for m in REGISTRY[name].imports)}
 
 
 def run_probes(framework: str, trap_ids: list[str] | None = None) -> dict:

@@ -2,30 +2,44 @@
 
     KERAS_BACKEND=<tensorflow|torch|jax> python -m benchmarks.keras_peer CONFIG.json OUT.json
 
-Same MLP (canonical init), optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=False)`, so
-per-epoch Keras overhead (callbacks, logs, iterator set-up) is part of what is measured, as it is for a user.
+Same layer stack (feature stacks: dense, activations, dropout, layer_norm as plain Keras layers; canonical init),
+optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=False)`, so per-epoch Keras overhead
+(callbacks, logs, iterator set-up) is part of what is measured, as it is for a user.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 from pathlib import Path
 
 from common.datasets import load_dataset
-from common.driver import canonical_init
+from common.driver import canonical_init, model_layers
+from common.layers import param_shapes
 from common.timing import time_calls
+
+PEER_LAYERS = {
+    "dense": lambda keras, layer, dtype: keras.layers.Dense(
+        layer.width, activation=None if layer.activation == "none" else layer.activation, dtype=dtype),
+    "relu": lambda keras, layer, dtype: keras.layers.Activation("relu", dtype=dtype),
+    "tanh": lambda keras, layer, dtype: keras.layers.Activation("tanh", dtype=dtype),
+    "dropout": lambda keras, layer, dtype: keras.layers.Dropout(layer.rate, dtype=dtype),
+    "layer_norm": lambda keras, layer, dtype: keras.layers.LayerNormalization(epsilon=layer.eps, dtype=dtype),
+}
+"""The Keras layer a user writes for each feature-stack kind (common.layers)."""
 
 
 def build_model(keras, spec: dict, data, dtype: str):
-    hidden = spec["model"]["hidden"]
-    layers = [keras.Input((data.n_features,), dtype=dtype)]
-    layers += [keras.layers.Dense(h, activation=spec["model"]["activation"], dtype=dtype) for h in hidden]
-    layers.append(keras.layers.Dense(data.n_classes, dtype=dtype))
-    model = keras.Sequential(layers)
+    layers = model_layers(spec, data)
+    unsupported = sorted({layer.kind for layer in layers} - set(PEER_LAYERS))
+    if unsupported:
+        raise ValueError(f"the Keras fit peer builds {', '.join(PEER_LAYERS)} layers, not {', '.join(unsupported)}")
+    model = keras.Sequential([keras.Input((data.n_features,), dtype=dtype)] +
+                             [PEER_LAYERS[layer.kind](keras, layer, dtype) for layer in layers])
     init = canonical_init(spec, data)
-    model.set_weights([init[f"layer{i}.{part}"] for i in range(len(hidden) + 1) for part in ("weight", "bias")])
+    model.set_weights([init[name] for name in param_shapes(layers)])  # Keras's order: the stack's, kernel first
     o = spec["optimizer"]
     if o["name"] == "sgd":
         optimizer = keras.optimizers.SGD(o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
@@ -47,7 +61,7 @@ def main(argv=None) -> int:
     rows = []
     for batch_size in config["batch_sizes"]:
         model = build_model(keras, spec, data, spec["dtype"])
-        fit = lambda: model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)  # noqa: E731
+        fit = functools.partial(model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
         rows.append({"backend": f"keras[{keras.backend.backend()}]", "kind": "keras_fit", "mode": "fit",
                      "batch_size": batch_size, **timing.to_json()})

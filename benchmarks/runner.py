@@ -1,4 +1,4 @@
-"""Run each backend in its own subprocess (DESIGN §3) and collect the records.
+"""Run each backend in its own subprocess (docs/design.md, "Architecture") and collect the records.
 
 Separate processes keep global framework state apart (x64, thread pools, GPU pre-allocation), keep timings from
 interfering, and let one backend crash without losing the others. Backends run one after another; each one's

@@ -1,26 +1,16 @@
-"""The BatchPlan: which training rows form each step's batch, identical for every backend (DESIGN §3, §5).
+"""The BatchPlan: which training rows form each step's batch, identical for every backend
+(docs/design.md, "Batching and order").
 
-Order: epoch e (0-based) uses `default_rng([seed, 2, e]).permutation(N)` when shuffling, else 0..N-1. Shuffle
-orders of torch `randperm`, `tf.data.shuffle` and `jax.random` differ for the same seed, so this one numpy order
-is fed to each native pipeline (DataLoader batch_sampler, tf.data slices + `.batch()`, JAX indexing).
-
-Last-batch policy for N rows and batch size B, r = N mod B:
-- keep: the last batch holds r rows (ragged).
-- drop: the last r rows of the epoch order are not used.
-- pad:  the last batch is filled up to B rows with the first B − r ids of the epoch order, each with weight 0,
-        so every batch has the static shape B. The loss is Σ w·ℓ / Σ w, which equals the ragged batch's mean.
-
-Evaluation plan: no shuffle, consecutive slices of `eval_batch_size` rows (0 = the whole split as one batch),
-last batch kept ragged — which is what makes the per-batch-mean "banding" visible.
-
-Sequence data: every batch also carries its padded length T (`Batch.length`, common.padding.padded_length).
-With length buckets (`sequence.buckets`) the plan is a streaming bucketer, the semantics of tf.data's
-`bucket_by_sequence_length`: the epoch order is walked row by row, each row joins its bucket's open batch
-(common.padding.bucket_of), and a batch is emitted, padded to its bucket's bound, as soon as it holds B rows. At the
-end of the epoch the open batches are flushed in ascending bucket order: kept ragged (keep), dropped (drop) or
-completed with filler rows of weight 0, the first B − r rows of that bucket in epoch order, cycled (pad). A
-bucket's batches therefore hold only rows of that bucket, and the number of batches per epoch is fixed:
-Σ_k ⌈n_k/B⌉ (keep, pad) or Σ_k ⌊n_k/B⌋ (drop) for n_k rows in bucket k.
+Order: epoch e (0-based) walks `default_rng([seed, rng.ORDER, e]).permutation(N)` when shuffling, else 0..N-1,
+fed to each native pipeline (DataLoader batch_sampler, tf.data slices + `.batch()`, JAX indexing).
+Last batch, for N rows, batch size B, r = N mod B: keep (r rows, ragged), drop (the last r rows unused) or pad
+(completed to B rows with the first B − r ids of the epoch order, weight 0: static shape B, and the loss
+Σ w·ℓ / Σ w equals the ragged batch's mean).
+Evaluation: unshuffled consecutive slices of `eval_batch_size` rows (0 = the whole split), the last kept ragged.
+Sequence data: each batch carries its padded length T (common.padding.padded_length). With `sequence.buckets`
+the plan is a streaming bucketer (tf.data's `bucket_by_sequence_length`): a row joins its bucket's open batch, a
+batch is emitted at B rows, and the open batches are flushed in ascending bucket order at the end of the epoch
+(pad: completed with that bucket's rows in epoch order, cycled, weight 0).
 """
 
 from __future__ import annotations

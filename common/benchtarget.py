@@ -1,4 +1,4 @@
-"""What a backend offers the throughput benchmark (DESIGN §7), framework-free.
+"""What a backend offers the throughput benchmark (docs/design.md, "Performance methodology"), framework-free.
 
 Each framework's `backends/<fw>_backend/bench.py` exposes
 
@@ -6,16 +6,10 @@ Each framework's `backends/<fw>_backend/bench.py` exposes
     LOADERS: tuple[str, ...]                   its native input pipelines (e.g. "naive", "fast")
     def make_target(spec, data, mode, device) -> BenchTarget
 
-and `backends/<fw>_backend/reference_loop.py` the hand-fused reference (the fastest minimal loop the framework
-allows) as `make_reference(spec, data, device) -> EpochRunner`.
-
-Definitions, for one batch size B and N training rows:
-- loader alone:  one pass of the pipeline over the epoch, the batches moved to the device, no model (items: N);
-- step alone:    one optimizer step on a batch already on the device (items: B);
-- end to end:    one epoch, pipeline and steps together (items: N);
-- loader overhead = end-to-end time per epoch − steps per epoch × step time, as a fraction of the step time.
-Every mode must first reproduce the eager adapter's per-step losses in exact mode (the equivalence check), via
-`equivalence_losses`, before it is timed.
+and `reference_loop.py` the hand-fused reference as `make_reference(spec, data, device) -> EpochRunner`.
+Items per call, for batch size B and N training rows: loader alone N (the pipeline's epoch, batches on the
+device, no model), step alone B (one step on a batch already on the device), end to end N (one epoch). Every mode
+first reproduces the eager adapter's exact-mode losses (`equivalence_losses`) before it is timed.
 """
 
 from __future__ import annotations

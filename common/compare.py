@@ -1,4 +1,4 @@
-"""Compare backend records and give the verdict (DESIGN §4 comparison.json, §6).
+"""Compare backend records and give the verdict (docs/design.md, "Records" and "Tolerances").
 
 Every framework is compared with the reference (the numpy oracle) and with every other framework, on:
 - `batch_ids` (and `padded_length` for sequence data): exact equality, step by step;

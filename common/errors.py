@@ -1,4 +1,4 @@
-"""Errors that the CLI turns into exit codes (DESIGN §4)."""
+"""Errors that the CLI turns into exit codes (docs/design.md, "Exit codes")."""
 
 
 class InputError(Exception):

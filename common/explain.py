@@ -1,24 +1,15 @@
-"""Name the cause of a divergence where the records show a known trap (DESIGN §1: "explains divergence").
+"""Name the cause of a divergence where the records show a known trap (docs/design.md, "Tolerances").
 
-Each rule looks at what two records say they did, not at the numbers, and fires only when that difference is a
-catalogued trap (common.traps) that changes the result:
+`explain(records)` returns one entry per (pair, cause): {a, b, trap, why}. The first two rules read what two
+records say they did, not the numbers:
 
-- `pad-side-unmasked`: the two backends padded on different sides (common.padding.resolve_sides, e.g.
-  `sequence.pad = "native"`: Keras pad_sequences pre-pads, torch pad_sequence post-pads) while `sequence.mask` is
-  off. An unmasked RNN then reads the pads before the real tokens on one side and after them on the other. With a
-  mask the side does not matter (common.padding), so the rule stays silent.
-- `truncate-side`: the two backends cut over-long sequences from different ends (Keras truncates `pre` by default)
-  and at least one training row is longer than the cap, so they trained on different tokens — mask or no mask.
-
-- `rounding-growth`: the per-step losses agree to rounding at step 1 (relative difference ≤ ROUNDING_START ulps of
-  the dtype) and the difference then grows steadily, never jumping by more than MAX_JUMP from one step's envelope
-  to the next, until it crosses the tolerance at a later step. That is how training dynamics amplify rounding
-  (measured: an RNN trained with Adam at batch 5 amplifies a 1e-15 change of the oracle's own init exactly like the
-  frameworks' rounding, ×10 every ~30 steps), whereas a semantic difference (a wrong conversion, a missed factor)
-  shows as a jump of many orders of magnitude at its first step. The entry gives the growth rate (a log-linear fit
-  of the envelope) so the user can pick a horizon. Exact mode only.
-
-`explain(records)` returns one entry per (pair, cause): {a, b, trap, why}.
+- `pad-side-unmasked`: the pair padded on different sides (common.padding.resolve_sides) with `sequence.mask` off,
+  so an unmasked model read the pads before the real tokens on one side and after them on the other;
+- `truncate-side`: the pair cut over-long rows from different ends and some training row exceeds the cap;
+- `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
+  then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
+  step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of
+  magnitude at its first step. The entry gives the growth rate (a log-linear fit of the envelope).
 """
 
 from __future__ import annotations

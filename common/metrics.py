@@ -1,4 +1,4 @@
-"""Cross-entropy and metric aggregation (DESIGN §5, "Losses and metrics").
+"""Cross-entropy and metric aggregation (docs/design.md, "Losses and metrics").
 
 Per-row loss ℓ = logsumexp(z) − z_y on logits z. A batch's loss is the weighted mean Σ w·ℓ / Σ w over its rows
 (w = 0 for `pad` filler rows), which equals the plain mean of a ragged batch.

@@ -1,29 +1,13 @@
-"""Native mode: what a user porting the spec by hand to each framework would write (DESIGN §1.2, §5).
+"""Native mode: what a user porting the spec by hand to each framework would write (docs/design.md, "Native mode").
 
-In `mode = "native"` nothing is shared but the data split. Each adapter uses its framework's idioms, read from
-this table, so the run shows the traps instead of converting them away:
+In `mode = "native"` nothing is shared but the data split. Each adapter uses its framework's own order, default
+init, dropout RNG and regularization knobs, as the table in the design document lists per framework, so the run
+shows the traps instead of converting them away: Keras L2(λ) doubles the gradient, Keras Adam keeps ε = 1e-7 in
+the ε-hat form, Keras decays biases, JAX's |x| has subgradient +1 at 0, and every RNG differs. Native runs are
+therefore compared statistically over seeds (common.stats), never step by step.
 
-| concern        | torch                              | tf / Keras                          | jax (flax + optax)            |
-|----------------|------------------------------------|-------------------------------------|-------------------------------|
-| order          | DataLoader(shuffle=True, own gen)  | tf.data.shuffle(N, seed)            | jax.random.permutation        |
-| last batch     | keep/drop as asked; pad → ragged   | keep/drop as asked; pad → ragged    | pad with weight 0 as asked    |
-| init           | nn.Linear default (kaiming a=√5)   | Dense default (glorot, zero bias)   | Dense default (lecun, 0 bias) |
-| dropout        | nn.Dropout, global torch RNG       | keras.layers.Dropout(seed)          | nn.Dropout, PRNG key          |
-| l2 = λ         | SGD/Adam(weight_decay=λ), one group| regularizers.L2(λ)  (grad 2λw)      | add_decayed_weights(λ)        |
-|                | of model.parameters(): biases too  |                                     |                               |
-| weight_decay=λ | coupled: weight_decay=λ            | coupled: L2(λ) "as written"         | add_decayed_weights(λ)        |
-| decoupled λ    | AdamW(weight_decay=λ); SGD has no  | optimizer weight_decay=λ, biases too| adamw(weight_decay=λ), no mask|
-|                | decoupled form: weight_decay=λ     |                                     |                               |
-| l1 = λ         | loss λ·A_t (as the spec says)      | regularizers.L1(λ): sum form always | loss λ·A_t, |x|' = +1 at 0    |
-| Adam ε         | spec eps                           | Keras default 1e-7, ε-hat form      | spec eps                      |
-| pad = native   | pad_sequence: post; seq[:T]        | pad_sequences: pre, truncating pre  | manual: post                  |
-|                | (sequence.pad / truncate = "native" in either mode: common.padding.NATIVE_SIDES)             |
-| epoch loss     | running mean of step losses, weighted by batch size (the `fit` convention); not the loss of
-|                | the final weights                                                                            |
-
-The numbers a user would get therefore differ by construction: Keras L2 doubles the gradient, Keras ε is 1e-7
-in the ε-hat form, Keras decays biases, JAX's |x| has subgradient +1 at 0, and every RNG differs. Native runs are
-compared statistically over seeds (common.stats), never step by step.
+The two rules adapters take from here: the one "L2 strength" a user passes to each framework's knob
+(`l2_as_written`), and Keras `fit`'s epoch loss, the running mean of the step losses (`running_epoch_loss`).
 """
 
 from __future__ import annotations

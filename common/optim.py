@@ -1,4 +1,4 @@
-"""Canonical optimizer updates and the Keras ε-hat conversion (DESIGN §5, "Optimisers").
+"""Canonical optimizer updates and the Keras ε-hat conversion (docs/design.md, "Optimisers").
 
 With g the regularized gradient (common.regularization), step t = 1, 2, …, learning rate lr, and d the decoupled
 decay (0 unless decay = "decoupled"):

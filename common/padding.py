@@ -1,57 +1,32 @@
-"""Variable-length sequences: padding, truncation, masks, lengths, buckets and the masked loss (DESIGN §5,
-"Padding and masks").
+"""Variable-length sequences: padding, truncation, masks, lengths, buckets and the masked loss
+(docs/design.md, "Padding and masks"). Token 0 is the pad (common.sequences refuses it as a real token).
 
-Token 0 is reserved for padding (common.sequences validates that no real token is 0).
-
-Padded length T of a batch (`padded_length`, `BatchPlan`): `sequence.max_len` when > 0; with length buckets the
-bound of the batch's bucket; otherwise the longest sequence fed in the batch (pad filler rows included), capped by
-the last bucket bound when buckets are set (evaluation batches mix buckets).
-
-For a batch of sequences s_i with raw lengths n_i padded to T (`pad_batch`):
-- truncation keeps the first T tokens (`truncate = "post"`, cut at the end) or the last T (`"pre"`, Keras's default);
-- padding puts the kept tokens at positions [0, L_i) (`pad = "post"`: torch `pad_sequence`, tf `padded_batch`) or
-  [T − L_i, T) (`"pre"`: Keras `pad_sequences`'s default), with the kept length L_i = min(n_i, T);
-- the mask m[i, t] = 1 exactly on the kept tokens. A masked model reads only masked-in tokens, so pre- and
-  post-padding give the same result with a mask and, in general, different ones without (the RNN reads the pads
-  before or after the real tokens; the mean pool averages the pad embedding in).
-
-`pad = "native"` / `truncate = "native"` give each backend its framework's idiom (`NATIVE_SIDES`): what a user who
-ports by hand gets, so that an unmasked run shows the trap.
-
-Bucketing (`bucket_of`): with inclusive bounds b_1 < … < b_K a sequence of raw length n falls in the first bucket
-with n ≤ b_k; the last bucket also takes anything longer, truncated to b_K. Batches are formed by the shared plan
-(common.batching) and padded to their bucket's bound, so at most K padded lengths exist and a jitted step compiles
-at most once per bucket (per batch shape). tf's `bucket_by_sequence_length` takes exclusive bounds b_k + 1.
-
-Masked loss (`loss_weights`, `masked_mean`): the batch loss is Σ_i m_i·ℓ_i / max(Σ_i m_i, 1) with per-row weights
-m_i = w_i (`loss_norm = "per_sequence"`) or m_i = w_i·L_i (`"per_token"`: every real token carries its sequence's
-loss, the token-weighted mean), w_i = 0 for pad filler rows. Every m_i is 0 or ≥ 1, so the max(·, 1) changes
-nothing when any row counts, and an all-padded batch gives 0 (Keras's convention) instead of torch's NaN.
-The masked mean pool is the same formula over time steps: Σ_t m_t·e_t / max(Σ_t m_t, 1), so an all-padded row
-pools to the zero vector.
+- Padded length T (`padded_length`): `sequence.max_len` when > 0; in a bucketed plan the batch's bucket bound;
+  otherwise the longest row fed (filler included), capped by the last bucket bound.
+- `pad_batch`: truncation keeps the first T tokens ("post") or the last T ("pre"); padding puts the kept
+  L_i = min(n_i, T) tokens at [0, L_i) ("post") or [T − L_i, T) ("pre"); the mask is 1 exactly on them, so with a
+  mask the pad side does not change the result. "native" sides come from common.frameworks.
+- Buckets (`bucket_of`): inclusive bounds b_1 < … < b_K; a row of raw length n falls in the first bucket with
+  n ≤ b_k, the last also takes longer rows (truncated to b_K).
+- Masked loss (`loss_weights`, `masked_mean`): Σ_i m_i·ℓ_i / max(Σ_i m_i, 1), m_i = w_i ("per_sequence") or
+  w_i·L_i ("per_token"), w_i = 0 for filler rows. Every m_i is 0 or ≥ 1, so an all-padded batch gives 0, not NaN;
+  the masked mean pool is the same formula over time steps.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from common.frameworks import REGISTRY
+
 PAD = 0
-
-NATIVE_SIDES = {
-    "numpy": ("post", "post"),  # the canonical form
-    "torch": ("post", "post"),  # pad_sequence pads at the end; a user truncates with seq[:max_len]
-    "tf": ("pre", "pre"),       # keras.utils.pad_sequences(padding="pre", truncating="pre") defaults
-    "jax": ("post", "post"),    # manual padding writes the tokens from position 0
-}
-"""(pad side, truncation side) each framework's idiom gives; what `"native"` resolves to per backend."""
-
 
 def resolve_sides(spec: dict, backend: str) -> tuple[str, str]:
     """The (pad, truncate) sides `backend` uses for a resolved spec."""
-    native_pad, native_truncate = NATIVE_SIDES[backend]
+    framework = REGISTRY[backend]
     seq = spec["sequence"]
-    return (native_pad if seq["pad"] == "native" else seq["pad"],
-            native_truncate if seq["truncate"] == "native" else seq["truncate"])
+    return (framework.native_pad if seq["pad"] == "native" else seq["pad"],
+            framework.native_truncate if seq["truncate"] == "native" else seq["truncate"])
 
 
 def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:

@@ -1,4 +1,4 @@
-"""The record format (DESIGN §4): `<backend>.json` for the run and `<backend>.npz` for the arrays.
+"""The record format (docs/design.md, "Records"): `<backend>.json` for the run and `<backend>.npz` for the arrays.
 
 JSON: backend, versions, device, dtype, spec (resolved), steps [{epoch, step, batch_ids, batch_size, loss}],
 epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], timing. Sequence data adds

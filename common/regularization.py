@@ -1,26 +1,15 @@
-"""Canonical L1 / L2 / weight decay and their conversion to each framework's own mechanism (DESIGN §5).
+"""Canonical L1 / L2 / weight decay and their conversion to each framework's own mechanism
+(docs/design.md, "Regularisation", which has the per-framework conversion table).
 
-Canonical semantics, over the regularized tensors R (kernels; bias-like vectors too when `regularize_bias`, common.layers):
+Over the regularized tensors R (kernels; bias-like tensors too with `regularize_bias`, common.layers.regularized):
 
-    penalty P(θ) = l1 · Σ_{t∈R} A_t  +  l2 · Σ_{t∈R} Σ w²,    A_t = mean|w_t| (l1_reduction "mean") or Σ|w_t| ("sum")
-    gradient     g = ∇CE + l1 · sign(w)/n_t (mean; sign(w) for sum) + c · w,     c = 2·l2 + wd·[decay = coupled]
-    decoupled    w ← w − lr · d · w  alongside the optimizer step,   d = wd·[decay = decoupled]
+    penalty    P(θ) = l1·Σ_{t∈R} A_t + l2·Σ_{t∈R} Σ w²,   A_t = mean|w_t| (l1_reduction "mean") or Σ|w_t| ("sum")
+    gradient   g = ∇CE + f_t·sign(w) + c·w,   f_t = l1/n_t (mean) or l1 (sum),   c = 2·l2 + wd·[decay = coupled]
+    decoupled  w ← w − lr·d·w alongside the optimizer step,   d = wd·[decay = decoupled]
 
-sign(0) = 0: torch and TF differentiate |x| at 0 to 0, JAX to +1, so JAX's L1 must use sign(w) explicitly.
-The recorded per-step loss is the cross-entropy alone; P is not part of it.
-
-Conversions (each adapter reads these, nothing else):
-- torch: coupled c → `SGD/Adam(weight_decay=c)` on the regularized parameter group (torch λ = 2·l2: the "L2 is
-  weight_decay" trap). Decoupled d → `AdamW(weight_decay=d)`; torch has no decoupled SGD, so the adapter applies
-  AdamW's own decay line `p.mul_(1 − lr·d)` before `SGD.step()`. Whenever d > 0 the coupled part is a loss term
-  (c/2)·Σw² instead: AdamW has no coupled slot, and SGD's would read weights the decay line already shrank
-  (giving c·w·(1 − lr·d)). L1 is a loss term (torch has no L1).
-- Keras: coupled c → `regularizers.L2(c/2)` (Keras L2(f) adds f·Σw², gradient 2f·w). L1 → `regularizers.L1(f)`
-  with f = l1/n_t (mean form) or l1 (sum). Decoupled d → the optimizer's `weight_decay=d` (Keras decay is
-  decoupled and hits every variable unless excluded), biases excluded unless `regularize_bias`.
-- optax: coupled c → `add_decayed_weights(c, mask)` chained before the optimizer's scaling; decoupled d →
-  `adamw(weight_decay=d, mask)` or `add_decayed_weights(d, mask)` after the SGD trace; L1 → a gradient
-  transform adding (l1/n_t)·sign(w) (optax has no L1).
+sign(0) = 0 (JAX differentiates |x| at 0 to +1, so its L1 uses sign(w) explicitly). The recorded loss is the
+cross-entropy alone. `Regularization` splits a spec into the slots c, d and f_t; adapters read only these (torch
+weight_decay=c, Keras L2(c/2), optax add_decayed_weights(c); decoupled d: AdamW / optimizer weight_decay / adamw).
 """
 
 from __future__ import annotations
@@ -60,10 +49,6 @@ class Regularization:
         if not self.applies(name) or self.l1 == 0.0:
             return 0.0
         return self.l1 / size if self.l1_reduction == "mean" else self.l1
-
-    def keras_l2_factor(self, name: str) -> float:
-        """Keras `L2(f)` factor for tensor t: f = c/2, because Keras L2(f) has gradient 2f·w."""
-        return self.coupled / 2.0 if self.applies(name) else 0.0
 
     def penalty(self, params: dict[str, np.ndarray]) -> float:
         """P(θ) = Σ_t f_t·Σ|w_t| + (c/2)·Σ_t Σ w_t², the loss whose gradient is the coupled part of g.

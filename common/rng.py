@@ -17,6 +17,9 @@ SEQUENCES = 6  # synthetic token sequences
 INIT_EMBED = 1000
 INIT_RNN = 1001
 
+# `default_rng(seed)` itself, no stream id, is one framework-like global generator drawn in call order: the numpy
+# oracle's native-mode dropout (backends.numpy_backend) and the jax reference loop's epoch order; nothing else uses it
+
 # framework-native streams (native mode and the hand-fused reference loops)
 KERAS_DROPOUT = 5  # Keras Dropout(seed=...) of dropout layer i
 KERAS_INIT = 7  # Keras initializers of native mode

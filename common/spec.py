@@ -10,12 +10,15 @@ import copy
 import json
 import math
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from types import MappingProxyType
+from typing import Any
 
 from common import layers
 from common.errors import InputError
+from common.frameworks import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,10 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, int, _range(0, 2**32 - 1)),
     "dtype": Field("float32", str, _choice("float32", "float64")),
     "mode": Field("exact", str, _choice("exact", "native")),
-    # how a backend executes its training step (DESIGN §7): eager = op by op (torch eager, tf.function graph
+    # how a backend executes its training step (docs/design.md, "Execution modes"): eager = op by op (torch eager, tf.function graph
     # without XLA, jax without jit), compiled = torch.compile / tf.function(jit_compile=True) / jax.jit, fused =
     # CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax); default = each
-    # framework's idiomatic loop (DEFAULT_EXECUTION)
+    # framework's idiomatic loop (common.frameworks)
     "execution": Field("default", str, _choice("default", "eager", "compiled", "fused")),
     "data": {
         "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz", "sequences", "jsonl")),
@@ -101,7 +104,7 @@ SCHEMA: dict[str, Any] = {
         "eval_batch_size": Field(0, int, _range(0, 2**31)),
     },
     # variable-length sequences (common.padding): pad / truncate side ("native": each framework's idiom, see
-    # common.padding.NATIVE_SIDES), max_len (0: the longest in the batch), masks on or off, length buckets
+    # common.frameworks), max_len (0: the longest in the batch), masks on or off, length buckets
     # (inclusive upper bounds; empty: no bucketing) and the loss normalisation (common.padding.loss_weights)
     "sequence": {
         "pad": Field("post", str, _choice("post", "pre", "native")),
@@ -142,14 +145,9 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-DEFAULT_EXECUTION = {"numpy": "eager", "torch": "eager", "tf": "eager", "jax": "compiled"}
-"""What `execution = "default"` means per backend: the loop a user of that framework writes (JAX's is jax.jit;
-op-by-op JAX is a debugging mode)."""
-
-
 def execution_of(spec: dict, backend: str) -> str:
     """The execution mode `backend` runs for this spec."""
-    return DEFAULT_EXECUTION[backend] if spec["execution"] == "default" else spec["execution"]
+    return REGISTRY[backend].default_execution if spec["execution"] == "default" else spec["execution"]
 
 
 # The built-in default experiment: the seeds' iris MLP with shared dropout masks and a little weight decay.
@@ -331,3 +329,53 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
 def to_json(spec: dict) -> str:
     """Canonical JSON text of a resolved spec (sorted keys), as stored in records."""
     return json.dumps(spec, sort_keys=True)
+
+
+class _Table:
+    """Base of the typed spec tables: frozen dataclasses made from SCHEMA by `_table_class`."""
+
+    def to_dict(self) -> dict:
+        """The plain nested dict (the JSON form records store)."""
+        return _thaw(self)
+
+
+def _table_class(name: str, schema: dict) -> type:
+    """A frozen dataclass with one field per key of `schema` (a sub-table becomes a nested class of its own)."""
+    spec_fields = [(key, _table_class(f"{name}.{key}", sub) if isinstance(sub, dict) else sub.kind)
+                   for key, sub in schema.items()]
+    return make_dataclass(name.replace(".", "_").title().replace("_", ""), spec_fields, bases=(_Table,),
+                          frozen=True)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _thaw(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _build(cls: type, schema: dict, values: dict) -> _Table:
+    return cls(**{key: _build(cls.__dataclass_fields__[key].type, sub, values[key]) if isinstance(sub, dict)
+                  else _freeze(values[key]) for key, sub in schema.items()})
+
+
+Spec = _table_class("spec", SCHEMA)
+"""The typed, immutable view of a resolved spec: `spec.optimizer.lr`, `spec.model.layers` (lists are tuples,
+free-form tables read-only mappings). `typed(validated dict)` makes one, `spec.to_dict()` gives the JSON form back,
+`dataclasses.replace(spec, seed=1)` a variant."""
+
+
+def typed(spec: dict) -> Any:
+    """The typed view (`Spec`) of a validated spec dict."""
+    return _build(Spec, SCHEMA, spec)

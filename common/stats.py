@@ -1,4 +1,4 @@
-"""Statistical equivalence of final metrics across seeds (DESIGN §6, native mode): Welch's TOST.
+"""Statistical equivalence of final metrics across seeds (docs/design.md, "Tolerances"): Welch's TOST.
 
 For samples a (n_a seeds) and b (n_b seeds) of a final metric:
 

@@ -1,4 +1,5 @@
-"""Timing method (DESIGN §7), framework-free: windows of many calls, the device synchronised at window edges only.
+"""Timing method (docs/design.md, "Performance methodology"), framework-free: windows of many calls, the device
+synchronised at window edges only.
 
     warm-up:  the first call (compile/trace) is timed on its own, then `warmup` more calls are run untimed;
     windows:  W ≥ 10 windows of k calls each; t_w = (sync-to-sync wall time) / k;

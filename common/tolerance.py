@@ -1,4 +1,7 @@
-"""Tolerance policy, written once (DESIGN §6). Two values a, b agree when |a − b| ≤ atol + rtol·max(|a|, |b|)."""
+"""Tolerance policy, written once (docs/design.md, "Tolerances").
+
+Two values a, b agree when |a − b| ≤ atol + rtol·max(|a|, |b|).
+"""
 
 from __future__ import annotations
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
+import importlib.util
 
+import numpy as np
+import pytest
+
+from backends import FRAMEWORKS, REGISTRY
 from backends.worker import load_adapter
 from common import record
 from common.compare import compare
@@ -11,6 +15,15 @@ from common.datasets import load_dataset
 from common.driver import train
 from common.spec import apply_overrides, defaults, validate
 from common.tolerance import tolerance_for
+
+
+def installed(backend: str) -> bool:
+    """Whether every module `backend`'s framework needs can be imported here."""
+    return all(importlib.util.find_spec(m) is not None for m in REGISTRY[backend].imports)
+
+
+needs_all_frameworks = pytest.mark.skipif(not all(map(installed, FRAMEWORKS)),
+                                          reason="needs torch, tensorflow and jax (tox -e parity)")
 
 
 def make_spec(**sections) -> dict:
@@ -138,6 +151,19 @@ EXACT_MATRIX = {
         "model": {"init": "lecun_normal", "activation": "tanh"},
         "regularization": {"weight_decay": 0.02, "decay": "decoupled", "l2": 0.001, "l1": 0.0005,
                            "l1_reduction": "sum", "dropout": 0.3}},
+    # layer stacks: layer_norm between dense layers (its scale/offset are bias-like: regularized only with
+    # regularize_bias), the canonical ε passed explicitly
+    "keep-shuffle-adam-l2-layernorm-drop0.3": {
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "model": {"layers": [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"},
+                             {"kind": "dropout"}, {"kind": "dense", "units": 8, "activation": "tanh"},
+                             {"kind": "layer_norm"}, {"kind": "dense"}]},
+        "regularization": {"l2": 1e-3, "dropout": 0.3}},
+    "pad-sgd-momentum-wd-bias-layernorm-eps1e-3": {
+        "batching": {"last_batch": "pad"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "model": {"layers": [{"kind": "dense", "units": 12}, {"kind": "layer_norm", "eps": 1e-3}, {"kind": "relu"},
+                             {"kind": "dropout", "rate": 0.5}, {"kind": "dense"}]},
+        "regularization": {"weight_decay": 1e-3, "regularize_bias": True}},
 }
 
 

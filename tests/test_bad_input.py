@@ -53,6 +53,25 @@ BAD_SPECS = {
     "seq_lengths_inverted": (SEQ + "[data.params]\nmin_len = 9\nmax_len = 3\n", "data.params.min_len"),
     "seq_vocab_one": (SEQ + "[data.params]\nvocab = 1\n", "data.params.vocab"),
     "jsonl_without_path": ("[data]\nname = 'jsonl'\n[model]\nkind = 'seq_pool'\n", "data.path"),
+    # layer stacks
+    "layer_unknown_kind": ("[model]\nlayers = [{kind = 'conv'}, {kind = 'dense'}]\n", "model.layers[0].kind"),
+    "layer_unknown_key": ("[model]\nlayers = [{kind = 'dense', width = 3}]\n", "model.layers[0].width"),
+    "layer_bad_activation": ("[model]\nlayers = [{kind = 'dense', units = 4, activation = 'gelu'}, {kind = 'dense'}]\n",
+                             "model.layers[0].activation"),
+    "layer_not_table": ("[model]\nlayers = ['dense']\n", "model.layers[0]"),
+    "layer_last_not_dense": ("[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'relu'}]\n",
+                             "model.layers[1].kind"),
+    "layer_rnn_on_features": ("[model]\nlayers = [{kind = 'rnn'}, {kind = 'dense'}]\n", "model.layers[0].kind"),
+    "layer_norm_eps_zero": ("[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'layer_norm', eps = 0.0}, "
+                            "{kind = 'dense'}]\n", "model.layers[1].eps"),
+    "layer_dropout_rate_one": ("[model]\nlayers = [{kind = 'dropout', rate = 1.0}, {kind = 'dense'}]\n",
+                               "model.layers[0].rate"),
+    "layers_and_shorthand": ("[model]\nhidden = [8]\nlayers = [{kind = 'dense'}]\n", "model.hidden"),
+    "layer_last_units_not_classes": ("[model]\nlayers = [{kind = 'dense', units = 5}]\n", "model.layers[0].units"),
+    "two_embeddings": ("[data]\nname = 'sequences'\n[model]\nlayers = [{kind = 'embedding'}, {kind = 'embedding'}, "
+                       "{kind = 'masked_mean'}, {kind = 'dense'}]\n", "model.layers[1].kind"),
+    "embedding_on_features": ("[model]\nlayers = [{kind = 'embedding'}, {kind = 'masked_mean'}, {kind = 'dense'}]\n",
+                              "model.layers"),
     "bucketed_drop_too_big": (SEQ + "[batching]\nbatch_size = 300\nlast_batch = 'drop'\n[sequence]\n"
                               "buckets = [4, 12]\n", "batching.batch_size"),
 }

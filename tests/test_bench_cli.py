@@ -1,6 +1,5 @@
 """`parity bench` smoke test: tiny sizes, no thresholds (performance is measured, never asserted)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench import ratios
+from tests.support import needs_all_frameworks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +32,7 @@ def test_ratios_from_rows_without_frameworks():
 
 
 @pytest.mark.cross
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow", "jax")),
-                    reason="needs torch, tensorflow and jax (tox -e parity)")
+@needs_all_frameworks
 def test_bench_smoke_all_backends(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--batch-sizes", "32", "--windows", "2",
                            "--budget", "0.02", "--device", "cpu", "--set", "data.params.n=512", "--out",

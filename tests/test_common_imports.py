@@ -1,4 +1,4 @@
-"""`import common` must load no ML framework (DESIGN §2)."""
+"""`import common` must load no ML framework (docs/design.md, "Architecture")."""
 
 import subprocess
 import sys

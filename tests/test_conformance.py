@@ -1,38 +1,42 @@
-"""The trap catalogue (common.traps) against the installed frameworks, and the conformance matrix (DESIGN §5).
+"""The trap catalogue (common.traps; docs/design.md, "Traps") against the installed frameworks, and the matrix.
 
 `test_probe_matches_catalogue[<trap>-<fw>]` imports `fw`'s probe module in this process (skipped when `fw` is not
 installed) and asserts that what the probe measures is the catalogue's expected value, within the trap's own
-rtol/atol (0 = exact; each non-zero tolerance is justified in common/traps.py's docstring). When a framework
-upgrade changes one of these behaviours, the test named after the trap fails: update the catalogue (and check
-the conversion it names) rather than the probe.
+rtol/atol (0 = exact; each non-zero tolerance is justified in common/traps/catalogue.py's docstring). When a
+framework upgrade changes one of these behaviours, the test named after the trap fails: update the catalogue (and
+check the conversion it names) rather than the probe.
 
-The matrix builder, markdown and exit codes are tested on fake measurements (no framework needed); the full
+The judge (matching, divergence, classifiers) is tested alone against the numpy references, and the matrix
+builder, markdown and exit codes on fake measurements (no framework needed); the full
 `parity conformance` command runs only where all three frameworks are installed (marked `cross`).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import conformance
 from benchmarks.cli import main
 from benchmarks.conformance_worker import PROBE_MODULES, run_probes
+from common import traps as T
+from common.frameworks import REGISTRY
 from common.traps import CATALOGUE, FRAMEWORKS, TRAPS, Trap, for_framework, matches, normalise
+from tests.support import needs_all_frameworks
 
 ROOT = Path(__file__).resolve().parent.parent
-NEEDS = {"torch": ("torch",), "tf": ("tensorflow", "keras"), "jax": ("jax", "flax", "optax")}
 CASES = [(t.id, fw) for t in CATALOGUE for fw in FRAMEWORKS if fw in t.expected]
 
 
 def probes_of(framework: str):
-    for package in NEEDS[framework]:
+    for package in REGISTRY[framework].imports:
         pytest.importorskip(package)
     return importlib.import_module(PROBE_MODULES[framework])
 
@@ -86,6 +90,118 @@ def test_diverges_compares_keys_across_frameworks_and_the_canonical_value():
     assert canonical.diverges({"tf": {"k": 1}}) is True
 
 
+def test_diverges_alone_whole_measurements_and_tolerance():
+    assert T.diverges({"torch": {"a": 1}, "jax": {"a": 1}}) is False, "no compare keys: whole measurements"
+    assert T.diverges({"torch": {"a": 1}, "jax": {"a": 2}}) is True
+    assert T.diverges({"torch": {"k": 1.0}, "tf": {"k": 1.0 + 1e-9}}, ("k",), rtol=1e-6) is False
+    assert T.diverges({"torch": {"k": 1.0}, "tf": {"k": 1.0 + 1e-9}}, ("k",)) is True
+    assert T.diverges({"torch": {"other": 1}}, ("k",), canonical={"k": 0}) is None, "canonical alone: one value"
+
+
+def test_normalise_makes_measurements_json_able():
+    value = T.normalise({1: (np.float32(0.5), np.int64(3)), "b": np.bool_(True), "x": np.array([1.0, np.inf]),
+                         "n": float("nan"), "m": -float("inf")})
+    assert value == {"1": [0.5, 3], "b": True, "x": [1.0, "inf"], "n": "nan", "m": "-inf"}
+    assert type(value["b"]) is bool and type(value["1"][1]) is int
+    json.dumps(value)
+
+
+# ---------------------------------------------------------------------- the judge's classifiers, alone
+def test_classifiers_name_their_reference_values():
+    per_row, w = np.array([1.0, 2.0, 3.0, 4.0]), T.LOSS_MASK.astype(np.float64)
+    assert T.classify_reduction(per_row, per_row, w) == "per_example"
+    assert T.classify_reduction((per_row * w).sum() / w.sum(), per_row, w) == "weighted_mean"
+    assert T.classify_reduction((per_row * w).sum() / 4, per_row, w) == "sum_over_n"
+    assert T.classify_reduction(per_row.mean(), per_row, w) == "plain_mean"
+    assert T.classify_reduction(99.0, per_row, w) == "other"
+    assert T.classify_decay(T.sgd_decay_reference(coupled=True)) == "coupled"
+    assert T.classify_decay(T.sgd_decay_reference(coupled=False)) == "decoupled"
+    assert T.classify_decay(T.DECAY["w0"]) == "none"
+    assert T.classify_second_moment(0.001 * 9) == "squared_sum"
+    assert T.classify_second_moment(0.001 * 5) == "sum_of_squares"
+    assert T.classify_loss_input(-np.log(0.5)) == "probabilities"
+    assert T.classify_loss_input(np.log(np.exp([0.2, 0.3, 0.5]).sum()) - 0.5) == "logits"
+    state = [[0.1, 0.2], [0.3, 0.4]]
+    assert T.classify_padded_output([[*state, [0.0, 0.0]]]) == "zero"
+    assert T.classify_padded_output([[*state, [0.3, 0.4]]]) == "last_state"
+    assert T.classify_padded_output([[*state, [0.5, 0.6]]]) == "computed"
+
+
+@pytest.mark.parametrize("form", list(T.DROPOUT_FORMS))
+def test_classify_dropout_recognises_each_rounding_form(form):
+    x, rng = T.dropout_input(), np.random.default_rng(0)
+    outputs = {p: np.where(rng.random(x.size) < 1 - p, T.DROPOUT_FORMS[form](x, p), np.float32(0))
+               for p in T.DROPOUT_RATES}
+    measured = T.classify_dropout(x, outputs)
+    assert form in measured["form"].split(" = ")
+    assert measured["scale_0.45"] == float(T.DROPOUT_FORMS[form](np.float32(1.0), 0.45))
+    assert abs(measured["kept_0.3"] - 0.7) <= 0.02
+
+
+@pytest.mark.parametrize("eps", [1e-3, 1e-5, 1e-6, 1e-8])
+@pytest.mark.parametrize("ddof, variance", [(0, "biased"), (1, "unbiased")])
+def test_classify_layer_norm_recovers_eps_and_variance(eps, ddof, variance):
+    measured = T.classify_layer_norm(T.layer_norm_reference(T.LAYER_NORM_INPUT, eps, ddof))
+    assert measured["variance"] == variance
+    assert abs(measured["measured_eps"] - eps) <= 1e-6 * eps, "the trap's rtol holds on the reference"
+
+
+def test_effect_helpers():
+    m = {"torch": {"k": 1.0, "s": "a"}, "tf": {"k": 4.0}, "jax": {"s": "b"}}
+    assert T.values_of(m, "k") == {"torch": 1.0, "tf": 4.0}
+    assert T.listing(m, "s") == "torch a, jax b"
+    assert T.spread(m, "k")[0] == 3.0 and "max |Δ| = 3" in T.spread(m, "k")[1]
+    assert T.effect_ratio("k", "ratio")(m) == (4.0, "ratio: torch 1, tf 4 (×4)")
+
+
+def test_package_exports_every_name_the_probes_use():
+    for framework in FRAMEWORKS:
+        source = (ROOT / (PROBE_MODULES[framework].replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        used = set(re.findall(r"\bT\.(\w+)", source))
+        assert used and not {n for n in used if not hasattr(T, n)}, framework
+    assert set(T.__all__) <= set(dir(T))
+
+
+def test_sections_and_citations_name_design_sections():
+    sections = {"Architecture", "Spec", "Layer stacks", "Records", "Exit codes", "Batching and order",
+                "Initialisation", "Dropout", "Regularisation", "Optimisers", "Losses and metrics", "Padding and masks",
+                "Precision", "Native mode", "Randomness", "Tolerances", "Execution modes", "Performance methodology",
+                "Traps"}
+    for trap in CATALOGUE:
+        assert trap.section in sections, trap.id
+        assert "DESIGN" not in trap.conversion + trap.note + trap.title, trap.id
+        assert "keras_l2_factor" not in trap.conversion, trap.id
+
+
+# ------------------------------------------------------------------------------- layer_norm_eps, per framework
+LAYER_NORM_DEFAULTS = {"torch": 1e-5, "tf": 1e-3, "jax": 1e-6}
+
+
+def test_layer_norm_eps_trap_records_the_defaults_and_parity_s_canonical_eps():
+    from common.spec import defaults
+
+    trap = TRAPS["layer_norm_eps"]
+    assert trap.canonical == {"eps": defaults()["model"]["norm_eps"], "variance": "biased"} and T.NORM_EPS == 1e-5
+    assert {fw: e["eps"] for fw, e in trap.expected.items()} == LAYER_NORM_DEFAULTS
+    assert all(e["variance"] == "biased" and e["explicit_eps"] == T.NORM_EPS for e in trap.expected.values())
+    assert trap.conversion.startswith("pass eps explicitly (torch nn.LayerNorm(eps=ε), Keras "
+                                      "LayerNormalization(epsilon=ε), flax nn.LayerNorm(epsilon=ε))")
+    assert trap.diverges(trap.expected) is True
+    assert trap.diverges({"torch": trap.expected["torch"]}) is False, "torch's default is Parity's ε"
+    size, text = trap.effect_of(trap.expected)
+    assert size > 0.4 and "×1e+03" in text
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_layer_norm_eps_measured(framework):
+    """The layer's own default, the ε its output implies, the biased variance, and ε passed explicitly."""
+    measured = normalise(probes_of(framework).PROBES["layer_norm_eps"]())
+    assert measured["eps"] == LAYER_NORM_DEFAULTS[framework]
+    assert abs(measured["measured_eps"] - measured["eps"]) <= 1e-6 * measured["eps"]
+    assert measured["variance"] == "biased"
+    assert abs(measured["explicit_eps"] - T.NORM_EPS) <= 1e-6 * T.NORM_EPS
+
+
 # ------------------------------------------------------------------------------------- the matrix builder
 def _fake_report(framework: str, changed: str | None = None, crashed: str | None = None) -> dict:
     results = {}
@@ -127,7 +243,7 @@ def test_matrix_on_fake_measurements():
     assert len(table) == len(CATALOGUE)
     assert all(l.count(" | ") == 7 for l in table), "every row has 8 cells (escaped pipes inside)"
     assert "**CHANGED**" in md and "**crashed**" in md and "not installed" in md
-    assert "Where the measurements differ from DESIGN.md" in md
+    assert "## Measurement notes" in md
 
     reports["tf"] = _fake_report("tf")
     reports["jax"] = _fake_report("jax")
@@ -156,11 +272,8 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- the command
-ALL_INSTALLED = all(importlib.util.find_spec(p) for ps in NEEDS.values() for p in ps)
-
-
 @pytest.mark.cross
-@pytest.mark.skipif(not ALL_INSTALLED, reason="needs torch, tensorflow and jax together (tox -e parity)")
+@needs_all_frameworks
 def test_parity_conformance_command(tmp_path):
     out = tmp_path / "conformance"
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "conformance", "--out", str(out), "--quiet"],

@@ -3,7 +3,6 @@
 Needs torch, tensorflow and jax together (tox -e parity).
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,13 +16,11 @@ from benchmarks.runner import run_all
 from common import record
 from common.compare import compare
 from common.tolerance import tolerance_for
-from tests.support import EXACT_MATRIX, divergences, matrix_spec, worst_rel, worst_tolerance_used
+from tests.support import needs_all_frameworks, EXACT_MATRIX, divergences, matrix_spec, worst_rel, worst_tolerance_used
 
-MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 pytestmark = [
     pytest.mark.cross,
-    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in MODULES.values()),
-                       reason="needs torch, tensorflow and jax (tox -e parity)"),
+    needs_all_frameworks,
 ]
 DTYPES = ("float64", "float32")
 

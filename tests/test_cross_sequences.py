@@ -6,7 +6,6 @@ batch ids and padded lengths are identical; masked pre- and post-padding give th
 harness reports that pre- and post-padding diverge and names the trap. Needs torch, tensorflow and jax together.
 """
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,13 +20,11 @@ from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
 from common.tolerance import tolerance_for
-from tests.support import divergences, seq_spec, worst_rel, worst_tolerance_used
+from tests.support import needs_all_frameworks, divergences, seq_spec, worst_rel, worst_tolerance_used
 
-MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 pytestmark = [
     pytest.mark.cross,
-    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in MODULES.values()),
-                       reason="needs torch, tensorflow and jax (tox -e parity)"),
+    needs_all_frameworks,
 ]
 ROOT = Path(__file__).resolve().parent.parent
 EVERYONE = (REFERENCE, *FRAMEWORKS)

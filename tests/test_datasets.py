@@ -1,7 +1,8 @@
 import numpy as np
 
 from common.datasets import load_dataset
-from common.initializers import initial_params, layer_sizes
+from common.layers import init_params, stack
+from tests.support import make_spec
 from tests.support import make_spec
 
 
@@ -37,12 +38,16 @@ def test_csv_and_npz_round_trip(tmp_path):
     assert np.array_equal(a.train_x, b.train_x) and np.array_equal(a.train_y, b.train_y)
 
 
+def _mlp(n_in: int, hidden: list[int], n_classes: int):
+    return stack(make_spec(model={"hidden": hidden}), n_in, n_classes)
+
+
 def test_initializer_bounds_and_layout():
-    sizes = layer_sizes(4, [32], 3)
-    p = initial_params("torch_default", sizes, 0, np.float64)
+    layers = _mlp(4, [32], 3)
+    p = init_params(layers, "torch_default", 0, np.float64)
     assert p["layer0.weight"].shape == (4, 32) and p["layer1.bias"].shape == (3,)
     assert np.abs(p["layer0.weight"]).max() <= 0.5 and np.abs(p["layer1.weight"]).max() <= 1 / np.sqrt(32)
-    g = initial_params("glorot_uniform", sizes, 0, np.float32)
+    g = init_params(layers, "glorot_uniform", 0, np.float32)
     assert g["layer0.weight"].dtype == np.float32 and not g["layer0.bias"].any()
-    big = initial_params("lecun_normal", layer_sizes(400, [300], 3), 0, np.float64)["layer0.weight"]
+    big = init_params(_mlp(400, [300], 3), "lecun_normal", 0, np.float64)["layer0.weight"]
     assert np.isclose(big.std(), np.sqrt(1 / 400), rtol=0.02) and np.abs(big).max() <= 2 * np.sqrt(1 / 400) / 0.8796

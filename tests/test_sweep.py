@@ -1,7 +1,6 @@
 """Sweeps: resumable append-only results, no run lost or duplicated after a kill; presets at CI size."""
 
 import csv
-import importlib.util
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from benchmarks.presets import expand, list_presets, load_preset
 from benchmarks.resultlog import ResultLog
+from tests.support import needs_all_frameworks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,8 +82,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
 
 
 @pytest.mark.cross
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("torch", "tensorflow", "jax")),
-                    reason="needs torch, tensorflow and jax (tox -e parity)")
+@needs_all_frameworks
 @pytest.mark.parametrize("preset", ["doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch",
                                     "digits-adam", "seq-rnn-batchsize"])
 def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):

@@ -1,2 +1,3 @@
-"""JAX backend: manual numpy batching (data.py), a flax.linen MLP (model.py), optax chains (optim.py) and one
-jax.jit-ed train step (adapter.py). Importing this package does not import JAX; the adapter module does."""
+"""JAX backend: manual numpy batching (data.py), the layer families as flax.linen (core.py, norm.py, sequence.py)
+composed into one stack (model.py), optax chains (optim.py), one pure step run eager, jitted or scanned
+(execution.py) behind the adapter's run_epoch (adapter.py). Importing this package does not import JAX."""

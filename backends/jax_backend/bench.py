@@ -1,17 +1,14 @@
-"""The JAX throughput target (common.benchtarget): the adapter's execution modes, driven without the driver.
+"""The JAX throughput target (common.benchtarget): the adapter's execution modes (docs/design.md, "Performance
+methodology").
 
-- MODES: the adapter's executions (adapter.py): eager (op-by-op dispatch, no jit), compiled (`jax.jit` per step),
-  fused (`jax.jit` of a `lax.scan` over the epoch, rows gathered on the device). JAX runs all three on CPU and GPU.
-- LOADERS: data.LOADERS: naive (per-row Python stacking), fast (numpy batch indexing + `jax.device_put`, the
-  adapter's pipeline), prefetched (split put on the device once, `jnp.take` per batch).
-- step alone: one update on a fixed batch already on the device (the plan's first batch of epoch 0, with its shared
-  masks in exact mode). fused: the fused program itself over a one-step plan (ids (1, B) on the device), so it
-  includes the on-device gather and one program dispatch per step, which a whole-epoch scan pays once per epoch.
-- end to end: `JaxAdapter.run_epoch`: eager/compiled walk the fast loader; fused stacks the plan and scans.
-- equivalence_losses: the driver (common.driver.train) on a fresh adapter in this mode, exact mode.
-- device: "cpu" | "gpu" | "auto", made JAX's default device with `jax.config.update("jax_default_device", …)`; a
-  GPU is found with `jax.devices("gpu")` (which raises when JAX has no GPU backend). "gpu" without one raises.
-- sync: `jax.block_until_ready` (on CPU it still waits for JAX's asynchronous dispatch).
+- MODES: execution.EXECUTIONS (eager op by op, compiled `jax.jit` per step, fused `lax.scan` over the epoch).
+- LOADERS: data.LOADERS (naive per-row stacking, fast numpy indexing + `jax.device_put`, prefetched `jnp.take`).
+- step alone: one update on the plan's first batch of epoch 0, already on the device (with its shared masks in
+  exact mode); fused: the scanned program over that one batch (on-device gather included).
+- end to end and equivalence_losses: the adapter's `run_epoch` (the latter through common.driver.train on a fresh
+  exact-mode adapter in this mode).
+- device: "cpu" | "gpu" | "auto", made JAX's default device (`jax.config.update("jax_default_device", …)`); "gpu"
+  without one raises. sync: `jax.block_until_ready`.
 """
 
 from __future__ import annotations
@@ -22,10 +19,11 @@ from typing import Any
 import jax
 
 from backends.jax_backend import data as pipeline
-from backends.jax_backend.adapter import EXECUTIONS, make_adapter
+from backends.jax_backend.adapter import make_adapter
+from backends.jax_backend.execution import EXECUTIONS
 from common.batching import BatchPlan
 from common.datasets import Dataset
-from common.driver import canonical_init, train
+from common.driver import canonical_init, model_layers, train
 
 MODES = EXECUTIONS
 LOADERS = tuple(pipeline.LOADERS)
@@ -66,21 +64,18 @@ class JaxTarget:
         self.mode, self.data = mode, data
         self.dev = use_device(device, mode)
         self.spec = {**spec, "execution": mode}
-        n_rows = data.train_x.shape[0]
         self.adapter = make_adapter(self.spec)
         exact = self.spec["mode"] == "exact"
-        self.adapter.prepare(self.spec, data, BatchPlan.from_spec(self.spec, n_rows),
-                             canonical_init(self.spec, data) if exact else None)
+        self.adapter.prepare(self.spec, data, BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
+                             model_layers(self.spec, data), canonical_init(self.spec, data) if exact else None)
         plan = self.adapter.plan
-        self.loaders = {name: cls(data.train_x, data.train_y, plan, self.adapter.dtype)
-                        for name, cls in pipeline.LOADERS.items()}
+        self.loaders = {name: cls(data, plan, self.spec) for name, cls in pipeline.LOADERS.items()}
         first = plan.batches(0)[0]
         if mode == "fused":
-            self.fixed = self.adapter.stacked(first.ids[None], first.weights[None], 1)
+            self.fixed = self.adapter._stacked(first.ids[None], first.weights[None], 1)
         else:
-            fixed = pipeline.to_device(data.train_x, data.train_y, first, self.adapter.dtype)
-            masks = self.adapter.step_masks(1, first.rows)
-            self.fixed = (fixed.x, fixed.y, fixed.w, None if masks is None else jax.device_put(masks))
+            rows = self.adapter.pipeline.rows(first)
+            self.fixed = (rows.x, rows.y, rows.weights, self.adapter._masks(1, first.rows), 1)
         self.epochs_run = 0
         self.loader_epochs = 0
 
@@ -88,7 +83,7 @@ class JaxTarget:
         d = self.dev
         try:
             platform_version = d.client.platform_version  # on GPU the CUDA driver/runtime versions
-        except Exception:  # noqa: BLE001 - a private attribute; the record just says unknown
+        except Exception:  # a private attribute; the record just says unknown
             platform_version = "unknown"
         precision = jax.config.jax_default_matmul_precision
         return {
@@ -110,19 +105,16 @@ class JaxTarget:
         for batch in self.loaders[loader].epoch(self.loader_epochs):
             last = batch
         self.loader_epochs += 1
-        return (last.x, last.y, last.w)
+        return (last.x, last.y, last.weights)
 
     def step(self) -> Any:
-        if self.mode == "fused":
-            return self.adapter.advance_on_device(*self.fixed)
-        x, y, w, masks = self.fixed
-        return self.adapter.advance(x, y, w, masks, 1)
+        return (self.adapter._scan if self.mode == "fused" else self.adapter._advance)(*self.fixed)
 
     def epoch(self) -> Any:
         steps = self.adapter.plan.steps_per_epoch
-        losses = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
+        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
         self.epochs_run += 1
-        return losses
+        return run.losses
 
     def sync(self, result: Any) -> None:
         jax.block_until_ready(result)

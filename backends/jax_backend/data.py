@@ -1,94 +1,78 @@
-"""The JAX input pipeline: manual batching, the idiom of the flax examples (JAX has no loader of its own).
+"""The JAX input pipeline: manual numpy batching, the idiom of the flax examples (JAX has no loader of its own),
+yielding common.batching.Rows on the device (docs/design.md, "Batching and order", "Padding and masks").
 
-Each Batch's ids index the split's numpy arrays; the rows go to the device with `jax.device_put`, cast to the
-spec dtype explicitly (without `jax_enable_x64`, float64 would silently become float32; with it, a float32 run
-must still say float32). Under `last_batch = "pad"` every batch has the static shape B, so the jitted step compiles
-once; the weight column (0 for filler rows) keeps the loss Σw·ℓ/Σw equal to the ragged batch's mean.
-
-Exact mode follows the shared BatchPlan. Native mode (common.native) draws its own order, what a JAX user writes:
-`jax.random.permutation(jax.random.fold_in(PRNGKey(seed), epoch), N)`, brought to numpy to index the arrays
-(`JaxOrderPlan`); the last-batch rules are the plan's, pad included (weight-0 filler, the static-shape idiom).
-
-Loaders (LOADERS, timed alone by the throughput benchmark; all yield the same DeviceBatch for the same plan):
-- "naive":      per-row Python indexing stacked into a batch, then three separate `jnp.asarray` transfers (the
-                map-style "dataset[i]" idiom without a loader);
-- "fast":       `Pipeline`, numpy fancy indexing of the whole batch + one `jax.device_put` per batch (the adapter's);
-- "prefetched": the split `device_put` once (`on_device`); per batch only the ids and weights travel, and the rows
-                are gathered on the device by one jitted `jnp.take` (`gather`), as the fused mode does inside its scan.
+Features: the plan batch's rows by numpy fancy indexing, cast to the spec dtype explicitly (x64 is on), one
+`jax.device_put`. Tokens: `common.padding.pad_batch` to the plan's length T with the sides resolved for "jax"
+(native: post/post), so the jitted step sees only the plan's (B, T) shapes (one compile per bucket with buckets and
+last_batch "pad"); weights m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
+Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
+PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
+Bench loaders (features, LOADERS): "naive" (per-row Python stacking, one `jnp.asarray` per array), "fast" (the
+adapter's), "prefetched" (the split on the device once, `jnp.take` of each batch's ids, as the fused scan does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common.batching import Batch, BatchPlan
-
-
-@dataclass(frozen=True)
-class DeviceBatch:
-    """One batch on the device: `ids` (numpy, filler rows included), `real_ids` (numpy, weight > 0 only),
-    x (rows, F), y (rows,), w (rows,)."""
-
-    ids: np.ndarray
-    real_ids: np.ndarray
-    x: jax.Array
-    y: jax.Array
-    w: jax.Array
-
-
-def to_device(x: np.ndarray, y: np.ndarray, batch: Batch, dtype) -> DeviceBatch:
-    """Gather the batch's rows of (x, y) in numpy and put them, with the weights, on the default device."""
-    xb, yb, wb = jax.device_put((x[batch.ids].astype(dtype), y[batch.ids].astype(np.int32),
-                                 batch.weights.astype(dtype)))
-    return DeviceBatch(batch.ids, batch.real_ids, xb, yb, wb)
+from common.batching import Batch, BatchPlan, Rows
+from common.datasets import Dataset
+from common.padding import loss_weights, pad_batch, resolve_sides
 
 
 def native_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
     """The native-mode shuffle of epoch `epoch` (0-based): jax.random's permutation, as numpy row ids."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), epoch)
-    return np.asarray(jax.random.permutation(key, n_rows))
+    return np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(seed), epoch), n_rows))
 
 
 @dataclass(frozen=True)
 class JaxOrderPlan(BatchPlan):
-    """A BatchPlan whose shuffled order is `native_order` instead of the shared numpy one (native mode); keep,
-    drop and pad cut the batches exactly as the shared plan does."""
+    """A BatchPlan whose shuffled order is `native_order` (native mode); batches are cut as the shared plan's."""
 
     def order(self, epoch: int) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n_rows)
-        return native_order(self.seed, epoch, self.n_rows)
+        return native_order(self.seed, epoch, self.n_rows) if self.shuffle else np.arange(self.n_rows)
 
 
 class Pipeline:
-    """The training split batched by a BatchPlan (the shared one, or JaxOrderPlan), one epoch at a time."""
+    """A split's plan batches as Rows on the device; `epoch` walks the training plan."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, plan: BatchPlan, dtype):
-        self.x, self.y, self.plan, self.dtype = x, y, plan, np.dtype(dtype)
+    def __init__(self, data: Dataset, plan: BatchPlan, spec: dict):
+        self.data, self.plan, self.dtype = data, plan, np.dtype(spec["dtype"])
 
-    def epoch(self, epoch: int) -> Iterator[DeviceBatch]:
+    def epoch(self, epoch: int) -> Iterator[Rows]:
         for batch in self.plan.batches(epoch):
-            yield to_device(self.x, self.y, batch, self.dtype)
+            yield self.rows(batch)
+
+    def rows(self, batch: Batch, split: str = "train") -> Rows:
+        raise NotImplementedError
 
 
-class NaivePipeline(Pipeline):
+class Features(Pipeline):
+    """Loader "fast": numpy indexing of the whole batch, one `jax.device_put`."""
+
+    def rows(self, batch, split="train"):
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        return Rows(batch.ids, *jax.device_put((x[batch.ids].astype(self.dtype), y[batch.ids].astype(np.int32),
+                                                batch.weights.astype(self.dtype))))
+
+
+class NaiveFeatures(Features):
     """Loader "naive": each row indexed on its own in Python, stacked, then moved array by array."""
 
-    def epoch(self, epoch: int) -> Iterator[DeviceBatch]:
-        for batch in self.plan.batches(epoch):
-            xb = np.stack([self.x[i].astype(self.dtype) for i in batch.ids])
-            yb = np.array([self.y[i] for i in batch.ids], dtype=np.int32)
-            yield DeviceBatch(batch.ids, batch.real_ids, jnp.asarray(xb), jnp.asarray(yb),
-                              jnp.asarray(batch.weights.astype(self.dtype)))
+    def rows(self, batch, split="train"):
+        x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
+        xb = np.stack([x[i].astype(self.dtype) for i in batch.ids])
+        yb = np.array([y[i] for i in batch.ids], dtype=np.int32)
+        return Rows(batch.ids, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(batch.weights.astype(self.dtype)))
 
 
 def on_device(x: np.ndarray, y: np.ndarray, dtype) -> tuple[jax.Array, jax.Array]:
-    """The whole split on the default device once: x in the spec dtype, y as int32."""
+    """A whole split on the default device once: x in the spec dtype, y as int32."""
     return jax.device_put((x.astype(dtype), y.astype(np.int32)))
 
 
@@ -100,18 +84,40 @@ def take_rows(x: jax.Array, y: jax.Array, ids: jax.Array) -> tuple[jax.Array, ja
 gather = jax.jit(take_rows)
 
 
-class PrefetchedPipeline(Pipeline):
-    """Loader "prefetched": the split lives on the device; each batch is an on-device gather of the plan's ids."""
+class PrefetchedFeatures(Features):
+    """Loader "prefetched": the training split lives on the device; each batch is an on-device gather."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, plan: BatchPlan, dtype):
-        super().__init__(x, y, plan, dtype)
-        self.x_dev, self.y_dev = on_device(x, y, self.dtype)
+    def __init__(self, data, plan, spec):
+        super().__init__(data, plan, spec)
+        self.split = on_device(data.train_x, data.train_y, self.dtype)
 
-    def epoch(self, epoch: int) -> Iterator[DeviceBatch]:
-        for batch in self.plan.batches(epoch):
-            ids, w = jax.device_put((batch.ids.astype(np.int32), batch.weights.astype(self.dtype)))
-            xb, yb = gather(self.x_dev, self.y_dev, ids)
-            yield DeviceBatch(batch.ids, batch.real_ids, xb, yb, w)
+    def rows(self, batch, split="train"):
+        ids, w = jax.device_put((batch.ids.astype(np.int32), batch.weights.astype(self.dtype)))
+        return Rows(batch.ids, *gather(*self.split, ids), w)
 
 
-LOADERS = {"naive": NaivePipeline, "fast": Pipeline, "prefetched": PrefetchedPipeline}
+class Tokens(Pipeline):
+    """Token batches padded in numpy to the plan's T (`pad_batch`), with the masked-loss weights."""
+
+    def __init__(self, data, plan, spec):
+        super().__init__(data, plan, spec)
+        self.sides = resolve_sides(spec, "jax")
+        self.loss_norm = spec["sequence"]["loss_norm"]
+
+    def rows(self, batch, split="train"):
+        tokens, _, kept = pad_batch(self.data.sequences(split, batch.ids), *self.sides, batch.length)
+        y = getattr(self.data, f"{split}_y")[batch.ids]
+        m = loss_weights(batch.weights, kept, self.loss_norm)
+        return Rows(batch.ids, *jax.device_put((tokens.astype(np.int32), y.astype(np.int32), m.astype(self.dtype))),
+                    lengths=kept)
+
+
+LOADERS = {"naive": NaiveFeatures, "fast": Features, "prefetched": PrefetchedFeatures}
+
+
+def pipeline(spec: dict, data: Dataset, plan: BatchPlan) -> Pipeline:
+    """The training pipeline: tokens or features as the data are, over the shared plan (exact mode) or the
+    JaxOrderPlan cut the same way (native mode)."""
+    if spec["mode"] == "native":
+        plan = JaxOrderPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+    return (Tokens if data.is_sequence else Features)(data, plan, spec)

@@ -1,92 +1,99 @@
-"""The MLP in flax.linen and the canonical ⇄ flax parameter mapping.
+"""The model of a layer stack in flax.linen, and the canonical ⇄ flax parameter mapping (docs/design.md, "Layer
+stacks", "Initialisation").
 
-Why linen (not nnx): `MLP.apply(params, x)` is a pure function of an explicit params pytree, so it drops straight
-into one `jax.jit`-ed step and into optax's pytree API without nnx.split/merge, and `nn.Dense`'s kernel is already
-stored (in, out) like the canonical layout, so the mapping is a renaming, never a transpose.
-
-Forward: every hidden Dense (named `layer{i}`) → activation → dropout, then the output Dense → logits.
-Dropout: exact mode multiplies by the shared pre-scaled mask passed in (no framework layer accepts an external
-mask); native mode uses `nn.Dropout` (inverted dropout, rng stream 'dropout'), deterministic unless `train`.
-Evaluation passes neither masks nor train=True, so dropout is off.
-Initialisation: exact mode loads the canonical parameters (`load`); native mode keeps nn.Dense's own defaults,
-lecun_normal kernel (truncated normal, variance 1/fan_in) and zero bias, drawn by `model.init(PRNGKey(seed), x)`
-(`native_init`).
-Dense uses `precision=HIGHEST`: on GPUs JAX's DEFAULT precision may use TF32/bf16 passes for float32 matmuls
-(DESIGN §5 "Precision"); on CPU it changes nothing.
+`build(layers, spec)` gives one `Stack` module: its compact `__call__(x, masks=None, train=False)` runs every layer
+through its family's LAYERS entry (core, norm, sequence), x being features (B, F) or tokens (B, T) int32. linen
+because `apply(params, x)` is a pure function of a params pytree: it drops into one `jax.jit`-ed step and optax's
+pytree API as is. Params: {'params': {prefix: {...}}}, one child per canonical prefix; flax derives init keys from
+these paths, so native mode's `model.init(PRNGKey(seed), x)` (`native_init`: nn.Dense lecun_normal kernel and zero
+bias, nn.Embed variance_scaling(1, fan_in, normal), SimpleCell lecun_normal / orthogonal / zero, LayerNorm 1 and 0)
+depends only on the names. Exact mode loads the canonical parameters (`load_canonical`), a renaming only: flax
+kernels are (in, out) like the canonical layout.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
+from backends.jax_backend import core, norm, sequence
+from backends.jax_backend.core import Call, Options
+from common.layers import KINDS, TOKENS, Layer
+
+LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
+NAMES = {**core.NAMES, **norm.NAMES, **sequence.NAMES}
+PREFIXES = {kind.prefix: kind.kind for kind in KINDS.values() if kind.prefix}
 
 
-class MLP(nn.Module):
-    hidden: Sequence[int]
-    n_classes: int
-    activation: str
-    dropout: float  # native-mode nn.Dropout rate; exact mode uses the passed masks instead
-    dtype: Any
+class Stack(nn.Module):
+    layers: tuple[Layer, ...]
+    options: Options
 
     @nn.compact
     def __call__(self, x, masks=None, train: bool = False):
-        return self.head(x, masks, train)
-
-    def head(self, x, masks, train: bool):
-        """The Dense stack (called from a compact method; the sequence models reuse it after their encoder)."""
-        act = ACTIVATIONS[self.activation]
-        for i, width in enumerate(self.hidden):
-            x = self.dropped(act(self._dense(i, width)(x)), masks, i, train)
-        return self._dense(len(self.hidden), self.n_classes)(x)
-
-    def dropped(self, x, masks, i: int, train: bool):
-        """Dropout after hidden layer i: the shared mask (exact mode) or nn.Dropout (native mode)."""
-        if masks is not None:
-            return x * masks[i]
-        if self.dropout > 0.0:
-            return nn.Dropout(self.dropout, deterministic=not train)(x)
+        call = Call(train, masks)
+        for layer in self.layers:
+            x = LAYERS[layer.kind](layer, self.options)(x, call)
         return x
 
-    def _dense(self, i: int, features: int) -> nn.Dense:
-        return nn.Dense(features, dtype=self.dtype, param_dtype=self.dtype,
-                        precision=jax.lax.Precision.HIGHEST, name=f"layer{i}")
+
+def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+    """The flax module of `layers` for a resolved spec (its dtype, mode and `sequence.mask`)."""
+    return Stack(tuple(layers), Options(jnp.dtype(spec["dtype"]), spec["mode"] == "native", spec["sequence"]["mask"]))
+
+
+def example(model: Stack) -> jax.Array:
+    """A one-row input of the model's kind: one token, or one feature row."""
+    first = model.layers[0]
+    if KINDS[first.kind].reads == TOKENS:
+        return jnp.zeros((1, 1), jnp.int32)
+    return jnp.zeros((1, first.in_width), model.options.dtype)
+
+
+def _kind(prefix: str) -> str:
+    return PREFIXES[prefix.rstrip("0123456789")]
 
 
 def to_native(canonical: dict[str, Any]) -> dict:
-    """{'layer{i}.weight': a, 'layer{i}.bias': b} → {'params': {'layer{i}': {'kernel': a, 'bias': b}}}.
-
-    Leaves are passed through unchanged, so the same mapping builds optax masks and per-tensor coefficients.
-    """
+    """Canonical names → {'params': {prefix: {...}}}. Leaves pass through unchanged, so the same mapping builds
+    optax masks and per-tensor coefficients."""
     tree: dict = {}
     for name, leaf in canonical.items():
-        layer, kind = name.split(".")
-        tree.setdefault(layer, {})["kernel" if kind == "weight" else "bias"] = leaf
+        prefix, suffix = name.split(".", 1)
+        *parents, last = (prefix, *NAMES[_kind(prefix)][suffix])
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = leaf
     return {"params": tree}
 
 
 def to_canonical(params: dict) -> dict[str, np.ndarray]:
     """The inverse of `to_native`, as numpy arrays."""
-    return {f"{layer}.{'weight' if kind == 'kernel' else 'bias'}": np.asarray(leaf)
-            for layer, leaves in params["params"].items() for kind, leaf in leaves.items()}
+    out = {}
+    for prefix, child in params["params"].items():
+        for suffix, path in NAMES[_kind(prefix)].items():
+            leaf = child
+            for key in path:
+                leaf = leaf[key]
+            out[f"{prefix}.{suffix}"] = np.asarray(leaf)
+    return out
 
 
-def load(model: MLP, canonical: dict[str, np.ndarray], n_features: int) -> dict:
-    """Flax params holding `canonical`, checked against the structure and shapes `model.init` would create."""
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=model.dtype), to_native(canonical))
-    expected = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, n_features), model.dtype))
+def load_canonical(model: Stack, canonical: dict[str, np.ndarray]) -> dict:
+    """Flax params holding `canonical`, checked against the structure, shapes and dtypes `model.init` creates."""
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=model.options.dtype), to_native(canonical))
+    expected = jax.eval_shape(model.init, jax.random.key(0), example(model))
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), params)
     if jax.tree.map(lambda a: (a.shape, a.dtype), expected) != shapes:
-        raise ValueError(f"canonical parameters do not fit the flax MLP: {shapes} vs {expected}")
+        raise ValueError(f"canonical parameters do not fit the flax stack: {shapes} vs {expected}")
     return params
 
 
-def native_init(model: MLP, seed: int, x) -> dict:
-    """Native mode: the params flax's own `model.init` draws from the spec seed (Dense defaults: lecun_normal
-    kernel, zero bias), in the model's dtype."""
-    return model.init(jax.random.PRNGKey(seed), jnp.asarray(x, dtype=model.dtype))
+def native_init(model: Stack, seed: int) -> dict:
+    """Native mode: the params flax's own `model.init(PRNGKey(seed), x)` draws (the defaults above)."""
+    return model.init(jax.random.PRNGKey(seed), example(model))

@@ -1,27 +1,15 @@
-"""The optax chain for a spec, translated from common.regularization (conversions) and common.optim (formulas).
+"""The optax chain for a spec, from common.regularization (conversions) and common.optim (formulas); docs/design.md,
+"Regularisation", "Optimisers".
 
-    chain( l1_sign(f)                         g += f_t·sign(w)        optax has no L1; jnp.abs' gradient is +1 at 0
-           add_decayed_weights(c, mask)       g += c·w  (coupled: 2·l2 + coupled wd), before the optimizer
-           optimizer )
-
-optimizer, checked against optax 0.2.8's source:
-- sgd:   `optax.sgd(lr, momentum or None, nesterov)` = chain(trace, scale(−lr)); trace keeps b ← g + μ·b
-         (b₁ = g, from zeros) and returns g + μ·b under nesterov: torch's update.
-- sgd with decoupled d: chain(trace(μ, nesterov), add_decayed_weights(d, mask), scale_by_learning_rate(lr)),
-         i.e. w ← w − lr·(u + d·w) (optax.adamw's own layout, with the SGD trace in place of scale_by_adam).
-- adam:  `optax.adam(lr, b1, b2, eps)`: m̂/(√v̂ + ε) with eps_root = 0, torch's ε placement.
-- adamw: `optax.adamw(lr, b1, b2, eps, weight_decay=d, mask=mask)` = w ← w − lr·(m̂/(√v̂+ε) + d·w).
-Masks are pytrees of Python bools from Regularization.applies (weights always, biases only with regularize_bias);
-`add_decayed_weights(mask=None)` would decay biases too.
-
-Native mode (common.native's jax column, `build_native` and `native_l1_penalty`): nothing converted.
-- coupled: `add_decayed_weights(λ, mask)` with λ = common.native.l2_as_written(spec) = l2 + coupled wd
-  (gradient λ·w, where the canonical c is 2·l2 + wd), mask = weights (+ biases with regularize_bias).
-- decoupled d: `optax.adamw(…, weight_decay=d)` with NO mask (optax's default decays biases too); sgd: the exact
-  chain trace → add_decayed_weights(d) → scale_by_learning_rate, also unmasked.
-- L1: a loss term l1·A_t (A_t = mean|w_t| or Σ|w_t|) written with jnp.abs, whose derivative JAX takes as +1 at
-  0 (not sign(0) = 0): the native trap on zero-initialised biases.
-- Adam ε: the spec's eps.
+Exact mode: chain(l1_sign(f) [g += f_t·sign(w), sign(0) = 0; optax has no L1], add_decayed_weights(c, mask)
+[coupled c = 2·l2 + wd], optimizer): sgd = `optax.sgd(lr, momentum or None, nesterov)` (torch's trace); sgd with
+decoupled d = chain(trace, add_decayed_weights(d, mask), scale_by_learning_rate) (optax.adamw's own layout);
+adam = `optax.adam(lr, b1, b2, eps)` (eps_root 0, torch's ε placement); adamw = `optax.adamw(..., weight_decay=d,
+mask)`. Masks are pytrees of bools from Regularization.applies (kernels always, bias-like leaves with
+regularize_bias); optax's default mask None would decay every leaf.
+Native mode (common.native, jax column; `build_native`, `native_l1_penalty`): add_decayed_weights(λ = l2 + coupled
+wd, mask); decoupled decay unmasked (biases too); L1 as a jnp.abs loss term (|x|′(0) = +1: the trap on zero
+biases); the spec's Adam ε.
 """
 
 from __future__ import annotations
@@ -49,11 +37,9 @@ def l1_sign(coefficients) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray],
-          to_native=to_native) -> optax.GradientTransformation:
+def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Exact mode: the optax transformation for `spec`; `canonical` (the initial params) gives tensor names and
-    sizes; `to_native` maps canonical names to the model's params tree (model.to_native for the MLP,
-    sequence_model.to_native for the sequence models)."""
+    sizes, model.to_native their places in the params tree."""
     mask = to_native({name: reg.applies(name) for name in canonical})
     coefficients = {name: reg.l1_coefficient(name, np.size(w)) for name, w in canonical.items()}
     parts = []
@@ -77,8 +63,7 @@ def _optimizer(o: dict, decoupled: float, mask) -> optax.GradientTransformation:
     return optax.adamw(o["lr"], o["beta1"], o["beta2"], o["eps"], weight_decay=decoupled, mask=mask)
 
 
-def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray],
-                 to_native=to_native) -> optax.GradientTransformation:
+def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Native mode: the optax chain a user writes from the spec's numbers (see the module docstring); L1 is not
     here but in the loss (`native_l1_penalty`)."""
     r = spec["regularization"]
@@ -91,7 +76,7 @@ def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarra
     return optax.chain(*parts)
 
 
-def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray], to_native=to_native):
+def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]):
     """Native mode: p ↦ l1·Σ_t A_t over the regularized tensors, A_t = jnp.mean|w_t| ("mean") or jnp.sum|w_t|
     ("sum"), as a loss term (its gradient at w = 0 is +1·l1/n_t, JAX's |x|′(0)); None when l1 = 0."""
     r = spec["regularization"]

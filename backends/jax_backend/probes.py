@@ -297,6 +297,21 @@ def sparse_embedding_adam() -> dict:
     return {"second_moment": T.classify_second_moment(float(nu[0, 0]))}
 
 
+def layer_norm_eps() -> dict:
+    """flax.linen.LayerNorm's default epsilon, read from the module, and ε and the variance recovered from its
+    float64 output on LAYER_NORM_INPUT (T.classify_layer_norm; scale 1, bias 0 at init; x64 on for the probe);
+    "explicit_eps": ε recovered from nn.LayerNorm(epsilon=NORM_EPS), the conversion."""
+    def run(**kwargs):
+        layer = nn.LayerNorm(dtype=jnp.float64, param_dtype=jnp.float64, **kwargs)
+        with jax.enable_x64(True):
+            x = jnp.asarray(T.LAYER_NORM_INPUT, jnp.float64)
+            return layer, T.classify_layer_norm(np.asarray(layer.apply(layer.init(_key(), x), x), np.float64))
+
+    layer, measured = run()
+    return {"eps": float(layer.epsilon), **measured, "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"],
+            "fast_variance": bool(layer.use_fast_variance)}
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -322,4 +337,5 @@ PROBES = {
     "loss_input_defaults": loss_input_defaults,
     "float64_conversion": float64_conversion,
     "tf32_defaults": tf32_defaults,
+    "layer_norm_eps": layer_norm_eps,
 }

@@ -1,5 +1,6 @@
 """The hand-fused JAX reference (common.benchtarget.EpochRunner): the fastest minimal loop JAX allows for the spec's
-MLP, optimizer, lr and batch size, the baseline the bench's modes are compared with (not held to equivalence).
+feature stack (dense, dropout, relu, tanh), optimizer, lr and batch size, the baseline the bench's modes are
+compared with (not held to equivalence; docs/design.md, "Performance methodology").
 
 One `jax.jit`-ed program per epoch, with the params / optimizer state / PRNG key carried between epochs and
 donated to it:
@@ -7,8 +8,9 @@ donated to it:
   previous epoch (`jax.random.permutation` sorts: 6 ms for 13k rows on CPU, longer than the epoch itself);
 - batches: `lax.scan` steps that gather their rows from the split put on the device once; a short last batch is
   padded to B with weight-0 rows (one static shape, the same mean loss as "keep"); "drop" skips the remainder;
-- forward: plain `jnp.dot` (precision HIGHEST, as model.py's Dense) on the canonical-init params in flax's tree
-  layout (no flax Module); dropout is `jax.random.bernoulli` inside the scan (its own RNG, not the shared masks);
+- forward: the stack's layers in order, dense as plain `jnp.dot` (precision HIGHEST, as core.py's Dense) on the
+  canonical-init params in flax's tree layout (no flax Module); dropout `jax.random.bernoulli` inside the scan (its
+  own RNG, not the shared masks);
 - update: the spec's own optax chain (optim.build: the same optimizer, lr, decay and L1).
 Only the epoch's order goes in and its losses come out; nothing waits on the device until `sync`.
 """
@@ -24,26 +26,31 @@ import optax
 
 from backends.jax_backend import data as pipeline
 from backends.jax_backend.bench import use_device
-from backends.jax_backend.model import ACTIVATIONS, to_native
+from backends.jax_backend.core import ACTIVATIONS
+from backends.jax_backend.model import to_native
 from backends.jax_backend.optim import build
 from common.datasets import Dataset
-from common.driver import canonical_init
+from common.driver import canonical_init, model_layers
 from common.regularization import Regularization
+
+KINDS = ("dense", "dropout", "relu", "tanh")
 
 
 class ReferenceLoop:
     def __init__(self, spec: dict, data: Dataset, device: str):
         jax.config.update("jax_enable_x64", True)  # as the adapter does, so dtypes are the spec's everywhere
         use_device(device)
+        self.layers = model_layers(spec, data)
+        others = sorted({layer.kind for layer in self.layers} - set(KINDS))
+        if others:
+            raise ValueError(f"jax reference loop: layer kinds {', '.join(others)} are not in its hand-fused "
+                             f"forward (it covers {', '.join(KINDS)})")
         dtype = np.dtype(spec["dtype"])
         canonical = canonical_init(spec, data)
         self.n, b = data.train_x.shape[0], spec["batching"]["batch_size"]
         self.steps = self.n // b if spec["batching"]["last_batch"] == "drop" else -(-self.n // b)
         self.batch, self.shuffle = b, spec["batching"]["shuffle"]
         self.rng = np.random.default_rng(spec["seed"])
-        self.rate = spec["regularization"]["dropout"]
-        self.act = ACTIVATIONS[spec["model"]["activation"]]
-        self.layers = len(spec["model"]["hidden"]) + 1
         self.tx = build(spec, Regularization.from_spec(spec), canonical)
         params = jax.device_put(to_native({k: v.astype(dtype) for k, v in canonical.items()}))
         self.split = pipeline.on_device(data.train_x, data.train_y, dtype)
@@ -52,13 +59,16 @@ class ReferenceLoop:
 
     def _forward(self, params, x, key):
         p = params["params"]
-        for i in range(self.layers - 1):
-            x = self.act(jnp.dot(x, p[f"layer{i}"]["kernel"], precision="highest") + p[f"layer{i}"]["bias"])
-            if self.rate:
+        for layer in self.layers:
+            if layer.kind == "dense":
+                dense = p[layer.name]
+                x = ACTIVATIONS[layer.activation](jnp.dot(x, dense["kernel"], precision="highest") + dense["bias"])
+            elif layer.kind == "dropout" and layer.rate:
                 key, sub = jax.random.split(key)
-                x = jnp.where(jax.random.bernoulli(sub, 1.0 - self.rate, x.shape), x / (1.0 - self.rate), 0.0)
-        last = p[f"layer{self.layers - 1}"]
-        return jnp.dot(x, last["kernel"], precision="highest") + last["bias"]
+                x = jnp.where(jax.random.bernoulli(sub, 1.0 - layer.rate, x.shape), x / (1.0 - layer.rate), 0.0)
+            elif layer.kind in ACTIVATIONS:
+                x = ACTIVATIONS[layer.kind](x)
+        return x
 
     def _run_epoch(self, state, x_all, y_all, order):
         params, opt_state, key = state

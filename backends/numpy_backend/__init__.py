@@ -1,1 +1,2 @@
-"""The numpy float64 oracle: a manual forward and backward pass of the canonical semantics, no framework."""
+"""The numpy float64 oracle: an explicit forward and backward per layer kind of the canonical semantics, no
+framework."""

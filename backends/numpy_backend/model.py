@@ -1,65 +1,85 @@
-"""The oracle MLP: explicit forward and backward in float64.
+"""The oracle model: a stack of explicit float64 layers and its loss (docs/design.md, "Layer stacks").
 
-Forward, hidden layer i:  a_i = h_{i−1}·W_i + b_i,  h_i = act(a_i) ⊙ m_i  (m_i the pre-scaled dropout mask, or 1)
-Output: z = h_{L−1}·W_L + b_L (logits).  Loss: L = Σ_r w_r·ℓ_r / Σ w,  ℓ_r = logsumexp(z_r) − z_{r,y_r}.
-Backward: ∂L/∂z = w_r·(softmax(z_r) − onehot(y_r))/max(Σw, 1) (Σw ≥ 1 for every plan batch; the max only keeps an
-all-padded sequence batch at 0, common.padding);  ∂W_i = h_{i−1}ᵀ·δ_i;  ∂b_i = Σ_r δ_i;
-δ_{i−1} = (δ_i·W_iᵀ) ⊙ m_{i−1} ⊙ act′(a_{i−1}),  relu′(a) = [a > 0] (0 at 0, as in torch, TF and JAX),
-tanh′(a) = 1 − tanh²(a).
+`build(layers, spec)` composes the per-kind classes of core, norm and sequence into a `Stack`. A pass feeds x
+(features (B, F) or tokens (B, T)) through every layer's forward with a `Flow`, then the loss and its gradient at
+the logits z (docs/design.md, "Losses and metrics"):
+
+    L = Σ_r m_r·ℓ_r / max(Σ m, 1),   ℓ_r = logsumexp(z_r) − z_{r,y_r}   (common.metrics.cross_entropy),
+    ∂L/∂z_r = m_r·(softmax(z_r) − onehot(y_r)) / max(Σ m, 1)   (an all-padded batch gives 0, not NaN),
+
+and every layer's backward in reverse, collecting the gradients by canonical parameter name.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from backends.numpy_backend import core, norm, sequence
+from common.layers import Layer
 from common.metrics import cross_entropy
 
-
-def n_layers(params: dict[str, np.ndarray]) -> int:
-    """The Dense layers `layer{i}` (a sequence model's embedding and RNN come before them)."""
-    return sum(1 for k in params if k.startswith("layer") and k.endswith(".weight"))
+LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
 
 
-def forward(params: dict, x: np.ndarray, activation: str, masks: list[np.ndarray] | None):
-    """Logits and the cache (layer inputs, pre-activations) the backward pass needs."""
-    h, inputs, pre = x, [], []
-    last = n_layers(params) - 1
-    for i in range(last + 1):
-        inputs.append(h)
-        a = h @ params[f"layer{i}.weight"] + params[f"layer{i}.bias"]
-        if i == last:
-            return a, (inputs, pre)
-        pre.append(a)
-        h = np.maximum(a, 0.0) if activation == "relu" else np.tanh(a)
-        if masks is not None:
-            h = h * masks[i]
-    raise AssertionError("unreachable")
+@dataclass
+class Flow:
+    """What travels with the activations through one pass: the dropout masks of a training pass (one per dropout
+    layer, exact mode) or the RNG its dropout layers draw from (native mode), neither in evaluation, and the token
+    mask μ (B, T) float64 that the embedding sets."""
+
+    masks: list[np.ndarray] | None = None
+    rng: np.random.Generator | None = None
+    mu: np.ndarray | None = None
 
 
-def loss_and_grads(params: dict, x, y, weights, activation: str, masks):
-    """(Σw·ℓ/Σw, gradients of it) for one batch."""
-    loss, grads, _ = dense_loss_and_grads(params, x, y, weights, activation, masks)
-    return loss, grads
+class Stack:
+    """The layers of a model, each with its explicit forward and backward."""
+
+    def __init__(self, layers: tuple[Layer, ...], spec: dict):
+        self.parts = [LAYERS[layer.kind](layer, spec) for layer in layers]
+
+    def forward(self, params: dict, x: np.ndarray, masks: list[np.ndarray] | None = None,
+                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list]:
+        """Logits and the caches of every layer; no masks and no rng: evaluation (no dropout)."""
+        flow, caches = Flow(masks, rng), []
+        for part in self.parts:
+            x, cache = part.forward(params, x, flow)
+            caches.append(cache)
+        return x, caches
+
+    def backward(self, params: dict, caches: list, d_logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients by canonical name from the gradient at the logits."""
+        grads, dy = {}, d_logits
+        for part, cache in zip(reversed(self.parts), reversed(caches), strict=True):
+            dy, part_grads = part.backward(params, cache, dy)
+            grads.update(part_grads)
+        return grads
+
+    def loss_and_grads(self, params: dict, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
+                       masks: list[np.ndarray] | None = None, rng: np.random.Generator | None = None,
+                       ) -> tuple[float, dict[str, np.ndarray]]:
+        """(Σ m·ℓ / max(Σ m, 1), its gradients by canonical name) of one training pass (module docstring)."""
+        logits, caches = self.forward(params, x, masks, rng)
+        total = max(float(weights.sum()), 1.0)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        probs[np.arange(y.shape[0]), y] -= 1.0
+        grads = self.backward(params, caches, probs * (weights / total)[:, None])
+        return float(np.sum(cross_entropy(logits, y) * weights) / total), grads
 
 
-def dense_loss_and_grads(params: dict, x, y, weights, activation: str, masks):
-    """(Σw·ℓ/max(Σw, 1), gradients of the Dense layers, ∂L/∂x) for one batch fed to the Dense stack at x."""
-    logits, (inputs, pre) = forward(params, x, activation, masks)
-    losses = cross_entropy(logits, y)
-    total = max(float(weights.sum()), 1.0)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    probs[np.arange(y.shape[0]), y] -= 1.0
-    delta = probs * (weights / total)[:, None]
-    grads = {}
-    for i in range(n_layers(params) - 1, -1, -1):
-        grads[f"layer{i}.weight"] = inputs[i].T @ delta
-        grads[f"layer{i}.bias"] = delta.sum(axis=0)
-        delta = delta @ params[f"layer{i}.weight"].T
-        if i == 0:
-            break
-        if masks is not None:
-            delta = delta * masks[i - 1]
-        a = pre[i - 1]
-        delta = delta * ((a > 0.0) if activation == "relu" else 1.0 - np.tanh(a) ** 2)
-    return float(np.sum(losses * weights) / total), grads, delta
+def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+    """The oracle model of a resolved layer stack (the spec gives `sequence.mask`)."""
+    return Stack(layers, spec)
+
+
+def load_canonical(params: dict) -> dict[str, np.ndarray]:
+    """Canonical parameters as the oracle's own float64 copies."""
+    return {name: np.array(value, dtype=np.float64) for name, value in params.items()}
+
+
+def to_canonical(params: dict) -> dict[str, np.ndarray]:
+    """The oracle's parameters by canonical name (copies; the layout is already canonical)."""
+    return {name: value.copy() for name, value in params.items()}

@@ -1,4 +1,5 @@
-"""TensorFlow / Keras 3 backend: tf.data pipeline, Keras Dense layers, tf.function + GradientTape, Keras optimizers.
+"""TensorFlow / Keras 3 backend: tf.data pipelines, the layer stack as Keras layers, tf.function + GradientTape, Keras
+optimizers.
 
 Keras 3 picks its backend when it is first imported, from KERAS_BACKEND; this package needs "tensorflow", so the
 default is set here, before any submodule imports keras (model.py checks that it took effect).

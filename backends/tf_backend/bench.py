@@ -1,17 +1,14 @@
-"""The TF / Keras 3 throughput target (common.benchtarget, DESIGN §7), built on the adapter, not beside it.
+"""The TF / Keras 3 throughput target (common.benchtarget, docs/design.md, "Performance methodology"), built on the
+adapter, not beside it.
 
-- modes: the adapter's `spec["execution"]` (backends.tf_backend.execution): eager = `tf.function` graph without
-  XLA, compiled = `tf.function(jit_compile=True)` step, fused = one XLA program per epoch (`tf.while_loop`).
-- step alone: the adapter's step function on one fixed plan batch (x, y, w and dropout masks already tensors on the
-  device). In fused mode there is no single-step program to time apart from the loop body, so the step is the
-  same XLA-compiled step as "compiled": fused's loader overhead is then what the fused epoch saves (or costs)
-  against that many separately dispatched XLA steps. ε̂ (Keras Adam) keeps its last value here; the epoch assigns it.
-- loaders (each placed on the device with `tf.identity` under `tf.device`):
-    fast  = the adapter's own pipeline: `from_tensor_slices` of the plan's rows + `.batch(B)` + `.prefetch`;
-    naive = `Dataset.from_generator` yielding one row at a time, then `.batch(B)` (backends.tf_backend.data).
-- end to end: `adapter.run_epoch`: the fast pipeline and one step per batch (eager, compiled), or the plan placed
-  on the device and the fused program (fused); no host sync inside the epoch.
-- equivalence: common.driver.train on a fresh adapter in exact mode with this execution mode.
+- modes: the adapter's `spec["execution"]` (backends.tf_backend.execution): eager, compiled, fused.
+- step alone: the runner's single-step tf.function on the plan's first batch (x, y, w and masks already tensors on
+  the device); fused has no single step apart from its loop body, so its step is the compiled one, and fused's
+  loader overhead is what its program saves (or costs) against that many dispatched XLA steps.
+- loaders (each batch placed on the device with `tf.identity` under `tf.device`): fast = the adapter's own
+  pipeline; naive = `Dataset.from_generator` one row at a time (backends.tf_backend.data).
+- end to end and equivalence: `adapter.run_epoch`, the training loop `parity run` uses (one host sync per epoch);
+  the equivalence check is common.driver.train on a fresh exact-mode adapter with this execution mode.
 TF is timed on CPU unless TensorFlow itself sees a GPU (the tensorflow-cpu wheel never does).
 """
 
@@ -24,16 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from backends.tf_backend import data as pipeline
 from backends.tf_backend.adapter import make_adapter
 from backends.tf_backend.execution import MODES
 from common.batching import BatchPlan
-from common.dropout import shared_masks
-from common.driver import canonical_init, train
+from common.driver import canonical_init, model_layers, train
 from common.spec import validate
 
 LOADERS = ("fast", "naive")
-_PIPELINES = {"fast": pipeline.epoch_dataset, "naive": pipeline.naive_epoch_dataset}
 
 
 def tf_device(device: str, mode: str) -> str:
@@ -75,18 +69,16 @@ class TFTarget:
         self.mode, self.data = mode, data
         self.spec = validate({**spec, "mode": "exact", "execution": mode})
         self.device = tf_device(device, mode)
-        self.plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0])
-        dtype = self.spec["dtype"]
-        self.x, self.y = data.train_x.astype(dtype), data.train_y.astype(np.int64)
+        self.plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
         self._epoch = 0
         with tf.device(self.device):
             self.adapter = make_adapter(self.spec)
-            self.adapter.prepare(self.spec, data, self.plan, canonical_init(self.spec, data))
-            first = self.plan.batches(0)[0]
-            masks = shared_masks(self.spec["seed"], 1, self.spec["regularization"]["dropout"], first.rows,
-                                 self.adapter.mask_widths, dtype) or []
-            self._batch = [tf.constant(self.x[first.ids]), tf.constant(self.y[first.ids]),
-                           tf.constant(first.weights.astype(dtype))] + [tf.constant(m) for m in masks]
+            self.adapter.prepare(self.spec, data, self.plan, model_layers(self.spec, data),
+                                 canonical_init(self.spec, data))
+            self.pipeline, runner = self.adapter.pipeline, self.adapter.runner
+            first = next(self.pipeline.epoch(0))
+            self._batch = [tf.identity(t) for t in (first.x, first.y, first.weights)] + [
+                tf.constant(m) for m in runner.masks(1, first.ids.shape[0])]
 
     def _next_epoch(self) -> int:
         self._epoch += 1
@@ -97,26 +89,29 @@ class TFTarget:
         return settings(device, self.mode, self.spec["dtype"])
 
     def loader_epoch(self, loader: str):
-        if loader not in _PIPELINES:
+        if loader not in LOADERS:
             raise ValueError(f"tf has no loader '{loader}' (loaders: {', '.join(LOADERS)})")
+        epoch = self._next_epoch()
+        batches = self.pipeline.dataset(epoch) if loader == "fast" else self.pipeline.naive(epoch)
         last = None
         with tf.device(self.device):
-            for batch in _PIPELINES[loader](self.x, self.y, self.plan, self._next_epoch()):
-                last = [tf.identity(t) for t in batch[:3]]
+            for batch in batches:
+                last = [tf.identity(batch[k]) for k in ("x", "y", "weights")]
         return last
 
     def step(self):
         with tf.device(self.device):
-            return self.adapter._step(*self._batch)
+            return self.adapter.runner.step(*self._batch)
 
     def epoch(self):
+        first = int(self.adapter.optimizer.optimizer.iterations.numpy()) + 1  # step() calls advance it too
         with tf.device(self.device):
-            return self.adapter.run_epoch(self._next_epoch())
+            return self.adapter.run_epoch(self._next_epoch(), first).losses
 
     def sync(self, result) -> None:
-        for tensor in tf.nest.flatten(result):
-            if tensor is not None:
-                tensor.numpy()  # blocks until the value exists on the host
+        for value in tf.nest.flatten(result):
+            if tf.is_tensor(value):
+                value.numpy()  # blocks until the value exists on the host
 
     def equivalence_losses(self, epochs: int) -> list[float]:
         spec = validate({**self.spec, "train": {**self.spec["train"], "epochs": epochs}})

@@ -1,23 +1,16 @@
-"""How the TF train step executes: `spec["execution"]` (common/spec.py, DESIGN §7).
+"""How a TF training epoch executes: `spec["execution"]` (docs/design.md, "Execution modes").
 
-The step itself is written once (`step_body`): a `tf.GradientTape` over the Keras model's training forward pass,
-the cross-entropy Σw·ℓ/Σw plus Σ model.losses, and the Keras optimizer's `apply_gradients`. The modes only change
-how TensorFlow runs it:
-
-- eager:    `tf.function` without XLA, TF's default for a custom loop: one TF graph per step, run kernel by kernel
-            by the TF executor. Its `input_signature` has a None batch dimension, so the ragged last batch under
-            "keep" reuses the graph.
-- compiled: the same step under `tf.function(jit_compile=True)`: forward, backward and the Keras optimizer update
-            are one XLA executable. One trace; XLA specialises on shapes, so a ragged last batch costs one extra
-            (cached) compilation, not a retrace.
-- fused:    `FusedEpoch`, one `tf.function(jit_compile=True)` per epoch: the training split and the epoch's plan
-            (row ids, row weights, shared dropout masks, Keras ε̂_t) are on the device, a `tf.while_loop` runs the
-            full batches, each gathered on the device with `tf.gather`, and the ragged last batch ("keep") runs as
-            one extra step after the loop inside the same program (its shape is static per epoch). Exact mode only:
-            it needs the shared BatchPlan up front.
-
-Keras Adam's per-step ε̂_t (backends.tf_backend.optim) is a Keras variable: eager and compiled read it at run time
-after the adapter assigns it; the fused loop assigns it from a per-step table inside the program.
+The step is written once (`step_body`): `tf.GradientTape` over the model's training forward pass, the loss
+Σw·ℓ/Σw (Keras "mean_with_sample_weight") plus Σ model.losses (the regularizer penalties), and the Keras
+optimizer's `apply_gradients`; it returns the cross-entropy alone. The modes change only how TensorFlow runs it,
+always behind `run(epoch, first_step) -> common.driver.EpochRun`, with one host sync per epoch:
+- eager:    `Stepwise`, `tf.function` without XLA (TF's default for a custom loop), one call per pipeline batch;
+            the input signature has None for B (and T), so ragged batches and new lengths reuse one graph.
+- compiled: the same step under `tf.function(jit_compile=True)` (XLA compiles once per distinct shape).
+- fused:    `Fused`, one `tf.function(jit_compile=True)` per epoch: the split and the epoch's plan (ids, weights,
+            shared masks, ε̂_t) on the device, a `tf.while_loop` over the full batches gathered with `tf.gather`,
+            the ragged "keep" batch as one more step in the same program; it returns the real per-step losses.
+            Exact mode and feature data only (it needs the plan up front and static shapes).
 """
 
 from __future__ import annotations
@@ -25,21 +18,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from common.batching import BatchPlan
+from backends.tf_backend.data import Features
+from common.driver import EpochRun
 from common.dropout import shared_masks
 
 MODES = ("eager", "compiled", "fused")
 
 
-def step_body(model, optimizer, loss_fn, dense_gradients: bool = False):
+def step_body(model, optimizer, loss_fn, dense_gradients: bool):
     """The train step as a Python function of (x, y, w, masks) → cross-entropy, for tf.function to trace.
 
-    `dense_gradients` (exact-mode sequence models): turn the Embedding's sparse gradient (`tf.IndexedSlices`, one
-    slice per token occurrence, duplicates unsummed) into the dense (vocab, E) gradient before the optimizer sees
-    it. Keras 3 Adam/AdamW on TF compute v ← v + (1−β2)·(ops.square(g) − v), and `ops.square` of IndexedSlices
-    squares each occurrence's slice before the duplicates are summed: v gets Σ_k g_k² instead of (Σ_k g_k)² for a
-    token seen k times in the batch (SGD and momentum are linear in g and unaffected). Whenever a penalty touches
-    the embedding, TF's gradient aggregation densifies it anyway, which is why the trap hides behind l1/l2.
+    `dense_gradients` (exact mode): turn an Embedding's sparse gradient (`tf.IndexedSlices`, one slice per token
+    occurrence, duplicates unsummed) into the dense gradient first: Keras 3 Adam/AdamW compute v with `ops.square`
+    of the slices, i.e. Σ_k g_k² instead of (Σ_k g_k)² for a token seen k times (common.traps). Dense layers'
+    gradients are dense already; native mode keeps what a Keras user gets.
     """
 
     def body(x, y, w, masks):
@@ -51,61 +43,62 @@ def step_body(model, optimizer, loss_fn, dense_gradients: bool = False):
         grads = tape.gradient(total, variables)
         if dense_gradients:
             grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return ce
 
     return body
 
 
-def compile_step(body, execution: str, n_features: int, dtype: str, mask_widths: list[int],
-                 x_spec: tf.TensorSpec | None = None):
-    """The single step as a tf.function: graph only for "eager", XLA (`jit_compile=True`) otherwise.
+class Stepwise:
+    """eager / compiled: one tf.function step per pipeline batch (Rows)."""
 
-    `x_spec` replaces the (None, n_features) feature signature; sequence models pass (None, None) int64 tokens, so
-    neither the ragged last batch nor a new padded length T retraces the graph (under XLA each new (B, T) shape is
-    one more cached XLA compilation of the same trace).
-    """
-    x_spec = tf.TensorSpec((None, n_features), dtype) if x_spec is None else x_spec
-    signature = [x_spec, tf.TensorSpec((None,), tf.int64),
-                 tf.TensorSpec((None,), dtype)] + [tf.TensorSpec((None, w), dtype) for w in mask_widths]
+    def __init__(self, body, execution: str, pipeline, optimizer, masks):
+        self.pipeline, self.optimizer, self.masks = pipeline, optimizer, masks
+        signature = [pipeline.x_spec, tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), pipeline.dtype)]
+        signature += [tf.TensorSpec((None, width), pipeline.dtype) for width in masks.widths]
+        self.step = tf.function(lambda x, y, w, *keep: body(x, y, w, keep), input_signature=signature,
+                                jit_compile=execution != "eager")
 
-    def step(x, y, w, *masks):
-        return body(x, y, w, masks)
+    def run(self, epoch: int, first_step: int) -> EpochRun:
+        ids, lengths, losses = [], [], []
+        for k, rows in enumerate(self.pipeline.epoch(epoch)):
+            self.optimizer.before_step(first_step + k)
+            losses.append(self.step(rows.x, rows.y, rows.weights, *self.masks(first_step + k, rows.ids.shape[0])))
+            ids.append(rows.ids)
+            lengths.append(rows.length)
+        return EpochRun(ids, lengths, tf.stack(losses).numpy())
 
-    return tf.function(step, input_signature=signature, jit_compile=execution != "eager")
 
+class Fused(Stepwise):
+    """fused: one XLA program per epoch (module docstring); `step` is the compiled single step (bench)."""
 
-class FusedEpoch:
-    """One XLA program per epoch (see the module docstring); `run(epoch, first_step)` → the epoch's losses."""
-
-    def __init__(self, body, x: np.ndarray, y: np.ndarray, plan: BatchPlan, spec: dict, mask_widths: list[int],
-                 optimizer):
-        self.body, self.plan, self.optimizer = body, plan, optimizer
-        self.dtype, self.seed = spec["dtype"], spec["seed"]
-        self.rate, self.widths = spec["regularization"]["dropout"], mask_widths
-        self.x, self.y = tf.constant(x), tf.constant(y)  # the training split, placed once on the current device
+    def __init__(self, body, execution: str, pipeline, optimizer, masks):
+        if not isinstance(pipeline, Features):
+            raise ValueError("tf: execution = 'fused' runs feature data only (static shapes)")
+        super().__init__(body, "compiled", pipeline, optimizer, masks)
+        self.body, self.plan = body, pipeline.plan
+        self.x, self.y = tf.constant(pipeline.x["train"]), tf.constant(pipeline.y["train"])  # on the device once
         self.program = tf.function(self._epoch, jit_compile=True)
 
     def plan_inputs(self, epoch: int, first_step: int) -> tuple:
         """The epoch's plan as device tensors: (full, tail), each (ids, weights, masks, ε̂) or None.
 
         full stacks the S complete batches ([S, B] ids and weights, [S, B, width] masks, [S] ε̂); tail is the
-        ragged last batch under "keep" ([r] ids, ...). Masks come from common.dropout for global steps
-        first_step, first_step + 1, …; ε̂ from the optimizer's table (None when it has no ε̂).
+        ragged last batch under "keep" ([r] ids, ...). Masks are common.dropout's for global steps first_step,
+        first_step + 1, …; ε̂ the optimizer's table (None when it has no ε̂).
         """
         ids, weights = self.plan.slots(epoch)
         b = self.plan.batch_size
         full_rows = (ids.shape[0] // b) * b
         eps = self.optimizer.epsilon_table(first_step, -(-ids.shape[0] // b))
-        masks = [shared_masks(self.seed, first_step + k, self.rate, min(b, ids.shape[0] - i), self.widths, self.dtype)
-                 for k, i in enumerate(range(0, ids.shape[0], b))]
+        masks = [self.masks(first_step + k, min(b, ids.shape[0] - i)) for k, i in enumerate(range(0, ids.shape[0], b))]
 
         def part(lo: int, hi: int, steps: slice, shape: tuple):
             if hi <= lo:
                 return None
-            layer_masks = tuple(tf.constant(np.stack([m[j] for m in masks[steps]]).reshape(shape + (w,)))
-                                for j, w in enumerate(self.widths)) if self.widths else ()
-            rows = weights[lo:hi].astype(self.dtype).reshape(shape)
+            layer_masks = tuple(tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, w)))
+                                for j, w in enumerate(self.masks.widths))
+            rows = weights[lo:hi].astype(self.pipeline.dtype).reshape(shape)
             return (tf.constant(ids[lo:hi].reshape(shape)), tf.constant(rows), layer_masks,
                     None if eps is None else tf.constant(eps[steps]))
 
@@ -127,15 +120,35 @@ class FusedEpoch:
                 ce = self._one(ids[i], w[i], [m[i] for m in masks], None if eps is None else eps[i])
                 return i + 1, out.write(i, ce)
 
-            _, out = tf.while_loop(lambda i, _: i < n, loop, (tf.constant(0), tf.TensorArray(self.dtype, size=n)))
+            _, out = tf.while_loop(lambda i, _: i < n, loop,
+                                   (tf.constant(0), tf.TensorArray(self.pipeline.dtype, size=n)))
             losses.append(out.stack())
         if tail is not None:
             ids, w, masks, eps = tail
             losses.append(self._one(ids, w, list(masks), None if eps is None else eps[0])[None])
         return tf.concat(losses, 0)
 
-    def run(self, epoch: int, first_step: int) -> tf.Tensor:
-        """Run epoch `epoch` (0-based) whose first step is global step `first_step`; the per-step losses, unsynced."""
-        self.optimizer.check_next_step(first_step)
+    def run(self, epoch: int, first_step: int) -> EpochRun:
         full, tail = self.plan_inputs(epoch, first_step)
-        return self.program(full, tail)
+        losses = self.program(full, tail).numpy()
+        slots, b = self.plan.slots(epoch)[0], self.plan.batch_size
+        ids = [slots[i: i + b] for i in range(0, slots.shape[0], b)]
+        return EpochRun(ids, [0] * len(ids), losses)
+
+
+class Masks:
+    """Exact mode's shared dropout masks of each global step (common.dropout), as the step's extra inputs;
+    `widths` is empty when the stack draws none (native mode, or no dropout layer with p > 0)."""
+
+    def __init__(self, spec: dict, layers, exact: bool):
+        self.seed, self.layers, self.dtype = spec["seed"], layers, spec["dtype"]
+        drawn = shared_masks(self.seed, 1, layers, 0, self.dtype) if exact else None
+        self.widths = [m.shape[1] for m in drawn] if drawn else []
+
+    def __call__(self, step: int, rows: int) -> list[np.ndarray]:
+        return shared_masks(self.seed, step, self.layers, rows, self.dtype) if self.widths else []
+
+
+def runner(execution: str, body, pipeline, optimizer, masks: Masks) -> Stepwise:
+    """The epoch runner of an execution mode."""
+    return (Fused if execution == "fused" else Stepwise)(body, execution, pipeline, optimizer, masks)

@@ -1,24 +1,16 @@
-"""Keras optimizers and regularizers, translated from common.regularization and common.optim (DESIGN §5).
+"""Keras optimizers and regularizers from common.regularization and common.optim (docs/design.md,
+"Regularisation", "Optimisers").
 
-Native mechanisms, one per slot of `Regularization` (the conversions are decided there, not here):
-- coupled c and L1 → `keras.regularizers.L1L2(l1=f_t, l2=c/2)` on each regularized tensor. Keras L2(f) adds f·Σw²
-  (gradient 2f·w), hence `Regularization.keras_l2_factor` = c/2; L1(f) adds f·Σ|w| with TF's |x|′(0) = 0 = sign(0).
-- decoupled d → the optimizer's own `weight_decay=d` (Keras applies w ← w − lr·d·w to the pre-step weights, i.e.
-  decoupled, and to every variable), with the unregularized tensors (biases unless `regularize_bias`) removed by
-  `exclude_from_weight_decay(var_list=…)`.
-- sgd → `keras.optimizers.SGD(momentum, nesterov)`: Keras keeps m = μ·m − lr·g, equal to torch's b at constant lr.
-- adam / adamw → `keras.optimizers.Adam` / `AdamW`. Keras places ε in the "ε-hat" form m/(√v + ε̂); it matches
-  torch/optax only with the step-dependent ε̂_t = `common.optim.keras_epsilon_hat(ε, β2, t)`. The optimizer's
-  `epsilon` is therefore a non-trainable Keras variable that `before_step(t)` assigns before each update; the
-  update math is Keras's own, unchanged (Adam.update_step reads `self.epsilon` at every step).
-Native mode converts nothing: `native_regularizer` and `KerasOptimizer.native` follow common.native's table.
-
-Precision trap: Keras keeps hyperparameters (momentum, β1, β2, weight_decay, the L1L2 factors) as Python floats and
-casts them with `ops.cast(value, variable.dtype)`; on the TF backend that is `tf.cast`, which first makes a float32
-tensor of a Python float, so in a float64 run 0.9 becomes 0.8999999761581421 (2.6e-8 relative, beyond rtol 1e-9
-within a few Adam steps). `hyper` hands them over as numpy float64 scalars in float64 runs (which `tf.cast` keeps
-exact, and which still pass Keras's `isinstance(x, float)` checks). In float32 runs they stay Python floats: a
-numpy float64 would promote Keras's float32 arithmetic to float64.
+- coupled c and L1 → `keras.regularizers.L1L2(l1=f_t, l2=c/2)` on each regularized tensor: Keras L2(f) adds f·Σw²,
+  gradient 2f·w, so f = c/2 (`keras_l2_factor`); L1(f) adds f·Σ|w| with TF's |x|′(0) = 0 = sign(0).
+- decoupled d → the optimizer's `weight_decay=d` (w ← w − lr·d·w on the pre-step weights, every variable), the
+  unregularized tensors removed with `exclude_from_weight_decay(var_list=…)`.
+- sgd → `SGD(momentum, nesterov)` (m = μ·m − lr·g, torch's b at constant lr); adam / adamw → `Adam` / `AdamW`,
+  whose ε sits in the ε-hat form m/(√v + ε̂): ε̂_t = common.optim.keras_epsilon_hat(ε, β2, t), held in a Keras
+  variable that `before_step(t)` (or the fused program) assigns before each update.
+- float64 runs hand momentum, β1, β2, d and the L1L2 factors to Keras as numpy float64 scalars (`hyper`): Keras
+  casts Python floats through a float32 tensor on TF (common.traps).
+Native mode converts nothing: `native_regularizer` and `KerasOptimizer.native` follow common.native.
 """
 
 from __future__ import annotations
@@ -26,6 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from common.layers import Layer, param_shapes
 from common.native import KERAS_DEFAULT_ADAM_EPSILON, l2_as_written
 from common.optim import keras_epsilon_hat
 from common.regularization import Regularization
@@ -36,9 +29,15 @@ def hyper(value: float, dtype: str) -> float:
     return np.float64(value) if dtype == "float64" else float(value)
 
 
+def keras_l2_factor(reg: Regularization, name: str) -> float:
+    """The Keras `L2(f)` factor of tensor `name`: f = c/2, since Keras L2(f) has gradient 2f·w (c = 2·l2 + coupled
+    weight decay, common.regularization)."""
+    return reg.coupled / 2.0 if reg.applies(name) else 0.0
+
+
 def layer_regularizer(reg: Regularization, name: str, size: int, dtype: str) -> keras.regularizers.L1L2 | None:
     """The Keras regularizer of canonical tensor `name` (`size` entries), or None when it is not penalized."""
-    l1, l2 = reg.l1_coefficient(name, size), reg.keras_l2_factor(name)
+    l1, l2 = reg.l1_coefficient(name, size), keras_l2_factor(reg, name)
     if not (l1 or l2):
         return None
     regularizer = keras.regularizers.L1L2(l1=l1, l2=l2)
@@ -52,6 +51,15 @@ def native_regularizer(spec: dict, reg: Regularization, name: str) -> keras.regu
     L2(λ), λ = l2 + coupled weight_decay (gradient 2λ·w), on weights and, with regularize_bias, biases."""
     l1, l2 = spec["regularization"]["l1"], l2_as_written(spec)
     return keras.regularizers.L1L2(l1=l1, l2=l2) if reg.applies(name) and (l1 or l2) else None
+
+
+def regularizers(spec: dict, layers: tuple[Layer, ...]) -> dict[str, keras.regularizers.L1L2 | None]:
+    """Canonical parameter name → its Keras regularizer (converted in exact mode, as written in native mode)."""
+    reg = Regularization.from_spec(spec)
+    if spec["mode"] == "native":
+        return {name: native_regularizer(spec, reg, name) for name in param_shapes(layers)}
+    return {name: layer_regularizer(reg, name, int(np.prod(shape)), spec["dtype"])
+            for name, shape in param_shapes(layers).items()}
 
 
 def _keras_optimizer(o: dict, epsilon, decay):
@@ -78,9 +86,9 @@ class KerasOptimizer:
         optimizer.build(list(variables.values()))
 
     @classmethod
-    def exact(cls, spec: dict, reg: Regularization, variables: dict[str, keras.Variable], dtype: str):
+    def exact(cls, spec: dict, variables: dict[str, keras.Variable]):
         """Converted: ε̂_t per step, decoupled d with unregularized tensors excluded, precision-keeping scalars."""
-        raw = spec["optimizer"]
+        reg, dtype, raw = Regularization.from_spec(spec), spec["dtype"], spec["optimizer"]
         o = {k: hyper(v, dtype) if k in ("momentum", "beta1", "beta2") else v for k, v in raw.items()}
         epsilon_hat = None
         if o["name"] != "sgd":
@@ -100,7 +108,8 @@ class KerasOptimizer:
         return cls(_keras_optimizer(spec["optimizer"], KERAS_DEFAULT_ADAM_EPSILON, decay), variables)
 
     def check_next_step(self, step: int) -> None:
-        """Raise unless global step `step` (1-based) is the optimizer's own next iteration (ε̂ must match it)."""
+        """Raise unless global step `step` (1-based) is the optimizer's own next iteration (ε̂ must match it); one
+        host read of the iteration counter, so callers check once per epoch."""
         if self.epsilon_hat is not None and int(self.optimizer.iterations.numpy()) + 1 != step:
             raise RuntimeError(f"Keras optimizer is at iteration {int(self.optimizer.iterations.numpy())}, "
                                f"the driver at step {step}: ε̂ would be set for the wrong step")
@@ -113,8 +122,6 @@ class KerasOptimizer:
                         dtype=self.epsilon_hat.dtype)
 
     def before_step(self, step: int) -> None:
-        """Set ε̂_t for global step t (1-based), which must be the optimizer's own next iteration."""
-        if self.epsilon_hat is None:
-            return
-        self.check_next_step(step)
-        self.epsilon_hat.assign(keras_epsilon_hat(self.eps, self.beta2, step))
+        """Set ε̂_t for global step t (1-based); no host sync (the epoch checked the iteration counter)."""
+        if self.epsilon_hat is not None:
+            self.epsilon_hat.assign(keras_epsilon_hat(self.eps, self.beta2, step))

@@ -420,6 +420,18 @@ def keras_float64_hyper() -> dict:
             "sgd_rel_error_numpy_momentum": abs(two_steps(np.float64(0.9)) - exact) / abs(exact)}
 
 
+def layer_norm_eps() -> dict:
+    """keras.layers.LayerNormalization's default epsilon, read from the layer, and ε and the variance recovered
+    from its float64 output on LAYER_NORM_INPUT (T.classify_layer_norm; γ = 1, β = 0 at construction);
+    "explicit_eps": ε recovered from LayerNormalization(epsilon=NORM_EPS), the conversion."""
+    def run(**kwargs):
+        layer = keras.layers.LayerNormalization(dtype="float64", **kwargs)
+        return layer, T.classify_layer_norm(np.asarray(layer(T.LAYER_NORM_INPUT)))
+
+    layer, measured = run()
+    return {"eps": float(layer.epsilon), **measured, "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"]}
+
+
 def rnn_padded_outputs() -> dict:
     """SimpleRNN(return_sequences=True) over RNN_INPUT with the padded step masked."""
     layer = keras.layers.SimpleRNN(T.RNN_WIDTH, return_sequences=True, seed=T.SEED)
@@ -479,4 +491,5 @@ PROBES = {name: keras_defaults(probe) for name, probe in {
     "last_batch_default": last_batch_default,
     "keras_validation_split": keras_validation_split,
     "keras_float64_hyper": keras_float64_hyper,
+    "layer_norm_eps": layer_norm_eps,
 }.items()}

@@ -7,10 +7,11 @@ tensor on the device, and one `tf.function(jit_compile=True)` (one XLA program) 
            optimizer update written as TF ops;
   last   = "keep": the ragged last batch as one step after the loop; "pad": a full batch with weight-0 filler;
            "drop": nothing.
-It trains the same model as the adapter: the canonical init and layer sizes, activation, batch size, lr, optimizer
-(SGD with momentum / Nesterov, or Adam / AdamW in the torch/optax ε placement, common.optim), L1 / L2 / coupled and
-decoupled decay per tensor (common.regularization) and dropout at the spec's rate, with TF's own stateless RNG for
-order and masks: not bit-equivalent to the adapter, and not meant to be.
+It trains the spec's layer stack of core kinds (dense, dropout, relu, tanh; common.layers) from the canonical init
+with the spec's batch size, lr, optimizer (SGD with momentum / Nesterov, or Adam / AdamW in the torch/optax ε
+placement, common.optim) and L1 / L2 / coupled and decoupled decay per tensor (common.regularization), with TF's own
+stateless RNG for order and dropout masks (streams common.rng.TF_REFERENCE_*): not bit-equivalent to the adapter,
+and not meant to be.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 from backends.tf_backend.bench import tf_device
-from common.driver import canonical_init
+from common import rng
+from common.driver import canonical_init, model_layers
 from common.dropout import keep_scale
 from common.regularization import Regularization
 
-ORDER_STREAM, DROPOUT_STREAM = 1, 2
+KINDS = ("dense", "dropout", "relu", "tanh")
+ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "none": tf.identity}
 
 
 class Reference:
@@ -33,6 +36,10 @@ class Reference:
         self.reg = Regularization.from_spec(spec)
         o = spec["optimizer"]
         self.adam = o["name"] != "sgd"
+        self.layers = model_layers(spec, data)
+        unsupported = sorted({layer.kind for layer in self.layers} - set(KINDS))
+        if unsupported:
+            raise ValueError(f"the tf reference loop runs {', '.join(KINDS)} layers, not {', '.join(unsupported)}")
         init = canonical_init(spec, data)
         self.names = list(init)
         with tf.device(self.device):
@@ -46,22 +53,23 @@ class Reference:
         self._epoch_index = 0
 
     def _forward(self, x, t):
-        rate = self.spec["regularization"]["dropout"]
-        act = tf.nn.relu if self.spec["model"]["activation"] == "relu" else tf.tanh
-        h, layers = x, len(self.params) // 2
-        for i in range(layers):
-            h = h @ self.params[2 * i] + self.params[2 * i + 1]
-            if i < layers - 1:
-                h = act(h)
-                if rate:
-                    seed = tf.stack([tf.constant(self.spec["seed"] * 8 + DROPOUT_STREAM * 4 + i, tf.int64), t])
-                    keep = tf.random.stateless_uniform(tf.shape(h), seed, dtype=self.dtype) >= rate
-                    h = h * tf.cast(keep, self.dtype) * keep_scale(rate)
+        params = dict(zip(self.names, self.params, strict=True))
+        h = x
+        for layer in self.layers:
+            if layer.kind == "dense":
+                h = ACTIVATIONS[layer.activation](h @ params[layer.param("weight")] + params[layer.param("bias")])
+            elif layer.kind in ACTIVATIONS:
+                h = ACTIVATIONS[layer.kind](h)
+            elif layer.rate:  # dropout
+                seed = tf.stack([tf.constant(self.spec["seed"] * 8 + rng.TF_REFERENCE_DROPOUT * 4 + layer.number,
+                                             tf.int64), t])
+                keep = tf.random.stateless_uniform(tf.shape(h), seed, dtype=self.dtype) >= layer.rate
+                h = h * tf.cast(keep, self.dtype) * keep_scale(layer.rate)
         return h
 
     def _penalty(self):
         total = tf.constant(0.0, self.dtype)
-        for name, p in zip(self.names, self.params):
+        for name, p in zip(self.names, self.params, strict=True):
             f1 = self.reg.l1_coefficient(name, int(np.prod(p.shape)))
             c = self.reg.coupled if self.reg.applies(name) else 0.0
             if f1:
@@ -74,7 +82,7 @@ class Reference:
         o = self.spec["optimizer"]
         lr = o["lr"]
         step = tf.cast(t, self.dtype)
-        for k, (name, p, g) in enumerate(zip(self.names, self.params, grads)):
+        for k, (name, p, g) in enumerate(zip(self.names, self.params, grads, strict=True)):
             d = self.reg.decoupled if self.reg.applies(name) else 0.0
             if self.adam:
                 m, v = self.slots[0][k], self.slots[1][k]
@@ -104,7 +112,7 @@ class Reference:
     def _epoch(self, epoch):
         n, b = int(self.x.shape[0]), self.spec["batching"]["batch_size"]
         if self.spec["batching"]["shuffle"]:
-            seed = tf.stack([tf.constant(self.spec["seed"] * 8 + ORDER_STREAM, tf.int64), epoch])
+            seed = tf.stack([tf.constant(self.spec["seed"] * 8 + rng.TF_REFERENCE_ORDER, tf.int64), epoch])
             order = tf.argsort(tf.random.stateless_uniform([n], seed))
         else:
             order = tf.range(n)

@@ -1,16 +1,13 @@
-"""The PyTorch throughput target (common.benchtarget): the adapter's execution modes, driven without the driver.
+"""The PyTorch throughput target (common.benchtarget): the adapter's execution modes, driven without the driver
+(docs/design.md, "Performance methodology").
 
-- MODES: the adapter's executions (execution.py): eager (autograd + torch.optim op by op), compiled
-  (`torch.compile` of forward + loss and of the optimizer step), fused (a CUDA graph of the whole step; on a
-  device other than CUDA `make_target` raises, and the bench notes the mode as unavailable).
-- LOADERS: naive (`TensorDataset` per-row fetch + default collate, then `.to(device)`), fast (the adapter's
-  DataLoader: plan batch_sampler + batched `__getitems__` gathering from the split already on the device); data.py.
-- step alone: `TorchAdapter.advance` on a fixed batch already on the device (the plan's first batch of epoch 0 with
-  the shared masks of step 1 in exact mode). fused: this includes copying the batch into the graph's static inputs.
-- end to end: `TorchAdapter.run_epoch`, the fast loader and the mode's step, no host sync inside the epoch.
-- equivalence_losses: the driver (common.driver.train) on a fresh adapter in this mode and on this device, exact mode.
-- device: "cpu" | "gpu" | "auto" (adapter.resolve_device); sync: `torch.cuda.synchronize` on CUDA, and on CPU
-  `.item()` of the returned tensor (torch runs CPU ops synchronously, so this only reads the value).
+- MODES: the adapter's executions (execution.py); fused (a CUDA graph) raises in `make_target` off CUDA, and the
+  bench notes the mode as unavailable. LOADERS: naive (TensorDataset per-row fetch + default collate, then
+  `.to(device)`), fast (the adapter's own pipeline, data.py).
+- step alone: one update on a fixed batch (the first of epoch 0, with the shared masks of step 1 in exact mode).
+- end to end: `TorchAdapter.run_epoch`, the same training loop `parity run` drives (losses fetched once per epoch).
+- equivalence_losses: the driver (common.driver.train, hence run_epoch) on a fresh adapter in this mode, exact mode.
+- sync: `torch.cuda.synchronize` on CUDA; on CPU `.item()` of a returned tensor (CPU ops run synchronously).
 - threads: recorded (`torch.get_num_threads`, `get_num_interop_threads`), never set.
 """
 
@@ -22,19 +19,20 @@ from typing import Any
 
 import torch
 
-from backends.torch_backend.adapter import DTYPES, TorchAdapter
+from backends.torch_backend.adapter import TorchAdapter
 from backends.torch_backend.data import make_per_row_loader
 from backends.torch_backend.execution import EXECUTIONS
+from backends.torch_backend.model import DTYPES
 from common.batching import BatchPlan
 from common.datasets import Dataset
-from common.driver import canonical_init, train
+from common.driver import canonical_init, model_layers, train
 
 MODES = EXECUTIONS
 LOADERS = ("naive", "fast")
 
 
 def sync_device(dev: torch.device, result: Any) -> None:
-    """Wait until `result` (a tensor, or None) is computed on `dev`."""
+    """Wait until `result` (a tensor, an EpochRun whose losses were already fetched, or None) is computed on `dev`."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     elif torch.is_tensor(result):
@@ -81,11 +79,12 @@ class TorchTarget:
         self.spec = {**spec, "execution": mode}
         self.adapter = TorchAdapter(self.spec, device)  # raises for a mode this device cannot run
         self.dev = self.adapter.dev
-        plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0])
+        self.plan = plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
         exact = self.spec["mode"] == "exact"
-        self.adapter.prepare(self.spec, data, plan, canonical_init(self.spec, data) if exact else None)
-        first = next(iter(self.adapter.epoch_batches(0)))
-        self.fixed = (first.x, first.y, first.weights, self.adapter.step_masks(1, first.x.shape[0]))
+        self.adapter.prepare(self.spec, data, plan, model_layers(self.spec, data),
+                             canonical_init(self.spec, data) if exact else None)
+        first = next(self.adapter.pipeline.epoch(0))
+        self.fixed = (first, self.adapter._masks(1, first))
         dtype = DTYPES[self.spec["dtype"]]
         self.naive = make_per_row_loader(torch.as_tensor(data.train_x, dtype=dtype),
                                          torch.as_tensor(data.train_y, dtype=torch.long), plan)
@@ -100,8 +99,8 @@ class TorchTarget:
             raise ValueError(f"torch has no loader '{loader}' (loaders: {', '.join(LOADERS)})")
         last = None
         if loader == "fast":
-            for batch in self.adapter.epoch_batches(self.loader_epochs):
-                last = batch.x
+            for rows in self.adapter.pipeline.epoch(self.loader_epochs):
+                last = rows.x
         else:
             self.naive.sampler.set_epoch(self.loader_epochs)
             for x, y in self.naive:
@@ -110,13 +109,12 @@ class TorchTarget:
         return last
 
     def step(self) -> Any:
-        return self.adapter.advance(*self.fixed)
+        return self.adapter._advance(*self.fixed)
 
     def epoch(self) -> Any:
-        steps = self.adapter.plan.steps_per_epoch
-        loss = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
+        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * self.plan.steps_per_epoch + 1)
         self.epochs_run += 1
-        return loss
+        return run
 
     def sync(self, result: Any) -> None:
         sync_device(self.dev, result)

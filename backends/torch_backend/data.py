@@ -1,51 +1,50 @@
-"""The native PyTorch input pipeline: a Dataset with a batched `__getitems__`, fed by a batch_sampler (DESIGN §5).
+"""The native PyTorch input pipeline: a DataLoader yielding common.batching.Rows (docs/design.md, "Batching and
+order", "Padding and masks").
 
-- `RowsDataset.__getitems__(batch)` receives a whole batch from the sampler, either a `common.batching.Batch`
-  (exact mode) or the plain list of row indices DataLoader's own BatchSampler yields (native mode), and indexes
-  the x / y tensors with it in one vectorised gather (no per-row `__getitem__` + collate). The ids travel with the
-  batch.
-- Exact mode: `PlanBatchSampler` yields the shared plan's batches for the current epoch (`set_epoch`), so the
-  DataLoader walks exactly the rows, order and `pad` filler (weight 0) every other backend walks; torch's own
-  `randperm` shuffle cannot be made equal to the others.
-- The DataLoader draws a base seed from its `generator` at every `iter()`, even with no shuffling and no workers.
-  Given the global generator it would shift every later native `nn.Dropout` mask, so it gets its own
-  `torch.Generator` seeded from the spec seed.
-- Native mode (common.native, torch column): `make_native_loader` is what a user writes,
-  `DataLoader(ds, batch_size=B, shuffle=…, drop_last=last_batch == "drop", generator=…)`. Its RandomSampler
-  draws a fresh `randperm` from that generator at every `iter()`, so each epoch is reshuffled; "pad" has no torch
-  idiom, so the ragged last batch is kept. Every row it delivers is real (weight 1).
-
-Loaders timed alone by the throughput benchmark (bench.py), both walking the plan's rows:
-- "fast":  the adapter's `make_loader` pipeline above; the split was put on the adapter's device once, so a batch is
-           one on-device gather, only its ids and weights built on the host;
-- "naive": `make_per_row_loader`, the textbook idiom: a `TensorDataset` over host tensors (per-row `__getitem__`),
-           `DataLoader(batch_size=B, sampler=…)` with the default collate (`torch.stack` of B rows), each batch then
-           moved with `.to(device)`. `PlanOrderSampler` yields the plan's flattened row order (filler included), so
-           its batches hold the plan's rows.
+- Datasets take whole batches in `__getitems__`, a plan `Batch` (exact mode) or the index list of torch's own
+  BatchSampler (native mode, every row weight 1). Features: `RowsDataset`, the split put on the device once, one
+  gather per batch, already a Rows. Tokens: `TokenRowsDataset` gives the raw rows and the `collate_fn` `PadCollate`
+  truncates by slicing (`seq[:cap]` post, `seq[-cap:]` pre), pads with `pad_sequence(batch_first=True,
+  padding_side=…)` and out to the plan's T with `F.pad` (common.padding.padded_length), loss weights
+  common.padding.loss_weights(w, L, loss_norm); tokens and labels go to the device, lengths stay on the host
+  (`pack_padded_sequence` wants them there).
+- Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler.
+  Native mode: `DataLoader(batch_size, shuffle, drop_last=last_batch == "drop")` ("pad" has no torch idiom: kept
+  ragged); its RandomSampler reshuffles at every iter(). Either way the DataLoader gets its own `torch.Generator`:
+  it draws a base seed at every iter(), which on the global generator would shift every later nn.Dropout mask.
+- The bench's "naive" loader (`make_per_row_loader`): TensorDataset + per-row fetch + default collate, walking the
+  plan's flattened order (`PlanOrderSampler`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
-from common.batching import Batch, BatchPlan
+from common.batching import Batch, BatchPlan, Rows
+from common.datasets import Dataset as Data
+from common.padding import PAD, length_cap, loss_weights, padded_length, resolve_sides
+
+TORCH_SIDE = {"post": "right", "pre": "left"}
 
 
-class TorchBatch(NamedTuple):
-    """One batch as the pipeline delivers it: the row ids it holds (filler included) and its tensors."""
-
-    ids: np.ndarray
-    x: torch.Tensor
-    y: torch.Tensor
-    weights: torch.Tensor
+def _ids_and_weights(batch: Batch | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A plan `Batch` (ids and weights as planned) or a list of row indices (all real, weight 1)."""
+    if isinstance(batch, Batch):
+        return np.asarray(batch.ids), np.asarray(batch.weights, dtype=np.float64)
+    ids = np.asarray(batch, dtype=np.int64)
+    return ids, np.ones(ids.shape[0])
 
 
 class RowsDataset(Dataset):
-    """Map-style dataset over (x, y) tensors; batches are fetched whole by `__getitems__`."""
+    """Map-style dataset over (x, y) feature tensors; batches are fetched whole by `__getitems__`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -56,16 +55,73 @@ class RowsDataset(Dataset):
     def __getitem__(self, index: int):
         return self.x[index], self.y[index]
 
-    def __getitems__(self, batch: Batch | list[int]) -> TorchBatch:
-        """A plan `Batch` (ids and weights as planned) or a list of row indices (all real, weight 1)."""
-        if isinstance(batch, Batch):
-            ids, weights = np.asarray(batch.ids), batch.weights
-        else:
-            ids = np.asarray(batch, dtype=np.int64)
-            weights = np.ones(ids.shape[0])
+    def __getitems__(self, batch: Batch | list[int]) -> Rows:
+        ids, weights = _ids_and_weights(batch)
         index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
-        weights = torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
-        return TorchBatch(ids, self.x[index], self.y[index], weights)
+        return Rows(ids, self.x[index], self.y[index], torch.as_tensor(weights, dtype=self.x.dtype,
+                                                                       device=self.x.device))
+
+
+class TokenRow(NamedTuple):
+    """One token dataset element: a raw sequence as stored (no padding, no truncation)."""
+
+    id: int
+    tokens: torch.Tensor  # (n_i,) int64
+    label: int
+    weight: float
+
+
+class TokenRowsDataset(Dataset):
+    """Map-style dataset over raw token rows (storage x (N, Lmax) post-padded with 0, raw lengths n_i)."""
+
+    def __init__(self, x: np.ndarray, lengths: np.ndarray, y: np.ndarray):
+        storage = torch.as_tensor(np.asarray(x, dtype=np.int64))
+        self.rows = [storage[i, : int(n)] for i, n in enumerate(np.asarray(lengths))]  # views, no copies
+        self.y = np.asarray(y, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> TokenRow:
+        return TokenRow(int(index), self.rows[index], int(self.y[index]), 1.0)
+
+    def __getitems__(self, batch: Batch | list[int]) -> list[TokenRow]:
+        ids, weights = _ids_and_weights(batch)
+        return [TokenRow(int(i), self.rows[i], int(self.y[i]), float(w)) for i, w in zip(ids, weights, strict=True)]
+
+
+class PadCollate:
+    """The collate_fn of token rows (module docstring). `bucketed`: pad to the bound of the batch's bucket
+    (training batches of a bucketed plan); evaluation batches mix buckets and are padded to their longest kept row."""
+
+    def __init__(self, pad: str, truncate: str, max_len: int, buckets, loss_norm: str, dtype, device,
+                 bucketed: bool):
+        if pad not in TORCH_SIDE or truncate not in ("post", "pre"):
+            raise ValueError(f"torch sequences: pad and truncate must be post or pre, got {pad!r}, {truncate!r}")
+        self.pad, self.truncate, self.max_len = pad, truncate, max_len
+        self.buckets = tuple(buckets)
+        self.cap = length_cap(max_len, self.buckets)
+        self.loss_norm, self.dtype, self.device = loss_norm, dtype, device
+        self.bucketed = bucketed and bool(self.buckets)
+
+    def _truncated(self, seq: torch.Tensor) -> torch.Tensor:
+        if not self.cap or seq.shape[0] <= self.cap:
+            return seq
+        return seq[: self.cap] if self.truncate == "post" else seq[seq.shape[0] - self.cap:]
+
+    def __call__(self, rows: list[TokenRow]) -> Rows:
+        kept = [self._truncated(r.tokens) for r in rows]
+        padded = pad_sequence(kept, batch_first=True, padding_value=PAD, padding_side=TORCH_SIDE[self.pad])
+        target = padded_length(np.array([r.tokens.shape[0] for r in rows]), self.max_len, self.buckets,
+                               self.bucketed)
+        if target > padded.shape[1]:
+            extra = target - padded.shape[1]
+            padded = F.pad(padded, (0, extra) if self.pad == "post" else (extra, 0), value=PAD)
+        lengths = torch.tensor([k.shape[0] for k in kept], dtype=torch.long)
+        m = loss_weights(np.array([r.weight for r in rows], dtype=np.float64), lengths.numpy(), self.loss_norm)
+        return Rows(ids=np.array([r.id for r in rows], dtype=np.int64), x=padded.to(self.device),
+                    y=torch.tensor([r.label for r in rows], dtype=torch.long, device=self.device),
+                    weights=torch.as_tensor(m, dtype=self.dtype, device=self.device), lengths=lengths)
 
 
 class PlanBatchSampler(Sampler):
@@ -84,23 +140,70 @@ class PlanBatchSampler(Sampler):
         return self.plan.steps_per_epoch
 
 
-def _already_collated(batch: TorchBatch) -> TorchBatch:
-    """`__getitems__` returns the finished batch, so collation is the identity."""
+def already_collated(batch: Rows) -> Rows:
+    """Feature datasets' `__getitems__` returns the finished batch, so collation is the identity."""
     return batch
 
 
-def make_loader(dataset: RowsDataset, plan: BatchPlan, seed: int) -> DataLoader:
-    """DataLoader over `dataset` walking `plan`, with its own Generator (the global torch RNG stays untouched)."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=_already_collated,
-                      generator=generator)
+def make_loader(dataset: Dataset, plan: BatchPlan, seed: int, collate: Callable = already_collated) -> DataLoader:
+    """Exact mode: DataLoader walking `plan`, with its own Generator (the global torch RNG stays untouched)."""
+    return DataLoader(dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
 
 
-def make_native_loader(dataset: RowsDataset, spec: dict) -> DataLoader:
+def make_native_loader(dataset: Dataset, spec: dict, collate: Callable = already_collated) -> DataLoader:
     """Native mode: torch's own sampler and batching, shuffled by a Generator seeded from the spec seed."""
     b = spec["batching"]
     return DataLoader(dataset, batch_size=b["batch_size"], shuffle=b["shuffle"], drop_last=b["last_batch"] == "drop",
-                      collate_fn=_already_collated, generator=torch.Generator().manual_seed(spec["seed"]))
+                      collate_fn=collate, generator=torch.Generator().manual_seed(spec["seed"]))
+
+
+@dataclass
+class Pipeline:
+    """An adapter's pipeline: the training loader, the datasets of both splits and their evaluation collate.
+
+    `weighted`: the loss weighs rows, Σ w·ℓ / max(Σ w, 1); False in native mode where every row weighs 1 (the
+    plain mean `F.cross_entropy(logits, y)` a user writes). `static_shapes`: every batch has the plan's shape
+    (features); token batches vary in T.
+    """
+
+    loader: DataLoader
+    datasets: dict[str, Dataset]
+    eval_collate: Callable
+    weighted: bool
+    static_shapes: bool
+
+    def epoch(self, epoch: int):
+        """The epoch's batches as Rows (the plan's, or native mode's reshuffle)."""
+        if isinstance(self.loader.batch_sampler, PlanBatchSampler):
+            self.loader.batch_sampler.set_epoch(epoch)
+        return iter(self.loader)
+
+    def eval_rows(self, split: str, batch: Batch) -> Rows:
+        """An evaluation batch of `split` (weighted per row by the plan's weights, for the metrics' sums)."""
+        return self.eval_collate(self.datasets[split].__getitems__(batch))
+
+
+def pipeline(spec: dict, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device) -> Pipeline:
+    """The pipeline of `data`: token rows with the padding collate_fn, or feature rows on the device."""
+    native = spec["mode"] == "native"
+    if data.is_sequence:
+        seq = spec["sequence"]
+        pad, truncate = resolve_sides(spec, "torch")
+        datasets = {split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split),
+                                            getattr(data, f"{split}_y")) for split in ("train", "test")}
+        collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], seq["loss_norm"], dtype, device, True)
+        eval_collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], "per_sequence", dtype, device, False)
+        weighted = not native or seq["loss_norm"] == "per_token"
+    else:
+        datasets = {split: RowsDataset(torch.as_tensor(getattr(data, f"{split}_x"), dtype=dtype, device=device),
+                                       torch.as_tensor(getattr(data, f"{split}_y"), dtype=torch.long, device=device))
+                    for split in ("train", "test")}
+        collate = eval_collate = already_collated
+        weighted = not native
+    loader = (make_native_loader(datasets["train"], spec, collate) if native
+              else make_loader(datasets["train"], plan, spec["seed"], collate))
+    return Pipeline(loader, datasets, eval_collate, weighted, static_shapes=not data.is_sequence)
 
 
 class PlanOrderSampler(Sampler):

@@ -1,32 +1,21 @@
-"""How the adapter executes one training step, as `spec["execution"]` says (common.spec, DESIGN §7).
+"""How the adapter runs one training step, as `spec["execution"]` says (docs/design.md, "Execution modes").
 
-One step is always: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, masks)` → (recorded
-loss, loss + penalties)), `backward()`, the optimizer step. The modes differ only in which native mechanism runs it:
-
-- eager:    torch's eager autograd and `torch.optim`, op by op (today's adapter).
-- compiled: `torch.compile` (TorchDynamo → AOTAutograd → Inductor) of the forward + loss, so the backward graph
-            is compiled too, and `torch.compile` of the optimizer step (Dynamo traces torch.optim's own update,
-            including the decoupled-decay line optim.TorchOptimizer adds). `dynamic=False`: one graph per batch
-            shape (the plan's B, plus one for a ragged "keep" tail). On CPU Inductor emits C++ (needs a compiler).
-            On CUDA Adam/AdamW are built `capturable=True` (their step count on the device), what Dynamo itself
-            does for optimizer state it creates (optim.TorchOptimizer creates it up front, with a float64 count).
-            Dynamo caches per code object and guards on the module, so every adapter adds cache entries to the same
-            code; the process-global `recompile_limit` is raised and hitting it made an error
-            (`fail_on_recompile_limit_hit`), so a benchmark can never silently time eager code as "compiled".
-- fused:    a CUDA graph (`torch.cuda.CUDAGraph` / `torch.cuda.graph`) of the whole step, forward, backward and
-            optimizer step, replayed with one launch per step. CUDA only: any other device raises at construction.
-            The graph reads static input tensors, so each call copies the batch in first; one graph per input
-            signature (rows, with or without dropout masks). Before a capture the step is warmed up on a side
-            stream (as torch's docs require) and the parameters, optimizer state and CUDA RNG are then restored,
-            optimizer state created by the warm-up zeroed (SGD momentum 0·μ + g = g and Adam's zero moments and
-            step 0 are exactly the first-step state), so the replayed run is the eager run. Adam/AdamW need
-            `capturable=True` (their step count on the device); the adapter builds them so. The returned loss is
-            the graph's static output: valid until the next replay.
+A step: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, lengths, masks)` → (recorded loss,
+loss + penalties)), `backward()`, the optimizer step. Modes differ only in the native mechanism running it:
+- eager:    torch's eager autograd and `torch.optim`, op by op.
+- compiled: `torch.compile` of forward + loss (AOTAutograd compiles its backward) and of the optimizer step;
+            `dynamic=False` (one graph per batch shape) for static shapes, `None` (automatic dynamic shapes) for
+            token batches whose T varies. The recompile limit is raised and hitting it is an error, so eager code
+            can never pass for "compiled".
+- fused:    a CUDA graph of the whole step, one per input signature, replayed per step (CUDA only; static shapes
+            only). Before a capture the step is warmed up on a side stream, then parameters, optimizer state and
+            the CUDA RNG are restored (state the warm-up created zeroed: the first-step state), so the replayed run
+            is the eager run. Each replay's loss is copied out of the graph's static output.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -52,9 +41,9 @@ class EagerStep:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.opt_step = optimizer.step
 
-    def __call__(self, x, y, w, masks) -> torch.Tensor:
+    def __call__(self, x, y, w, lengths, masks) -> torch.Tensor:
         self.optimizer.zero_grad()
-        loss, total = self.loss_fn(x, y, w, masks)
+        loss, total = self.loss_fn(x, y, w, lengths, masks)
         total.backward()
         self.opt_step()
         return loss.detach()
@@ -87,17 +76,17 @@ class GraphStep(EagerStep):
 
     @staticmethod
     def _unflat(flat: list[torch.Tensor], with_masks: bool):
-        return (*flat[:3], flat[3:] if with_masks else None)
+        return (*flat[:3], None, flat[3:] if with_masks else None)
 
-    def __call__(self, x, y, w, masks) -> torch.Tensor:
+    def __call__(self, x, y, w, lengths, masks) -> torch.Tensor:
         key = (tuple(x.shape), masks is not None)
         if key not in self.graphs:
             self.graphs[key] = self._capture(self._flat(x, y, w, masks), masks is not None)
         static, graph, loss = self.graphs[key]
-        for dst, src in zip(static, self._flat(x, y, w, masks)):
+        for dst, src in zip(static, self._flat(x, y, w, masks), strict=True):
             dst.copy_(src)
         graph.replay()
-        return loss
+        return loss.clone()
 
     def _capture(self, inputs: list[torch.Tensor], with_masks: bool):
         static = [t.clone() for t in inputs]
@@ -124,7 +113,7 @@ class GraphStep(EagerStep):
     @torch.no_grad()
     def _restore(self, saved: tuple) -> None:
         params, state, rng = saved
-        for p, value in zip(self.params, params):
+        for p, value in zip(self.params, params, strict=True):
             p.copy_(value)
         for p, s in self.optimizer.opt.state.items():
             before = state.get(id(p), {})
@@ -136,11 +125,14 @@ class GraphStep(EagerStep):
 
 
 def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor],
-              dynamic: bool | None = False) -> EagerStep:
-    """`dynamic` (compiled only) is torch.compile's: False = one graph per batch shape, None = automatic dynamic
-    shapes (recompile once with a symbolic size when a shape changes), what sequence batches of varying T use."""
+              static_shapes: bool) -> EagerStep:
+    """The step of `execution` for batches of static shapes (the plan's, features) or not (token batches: compiled
+    with automatic dynamic shapes, which recompile once with a symbolic size when a shape changes)."""
     if execution == "compiled":
-        return CompiledStep(loss_fn, optimizer, dynamic)
+        return CompiledStep(loss_fn, optimizer, False if static_shapes else None)
     if execution == "fused":
+        if not static_shapes:
+            raise RuntimeError("torch fused mode (CUDA graph) needs batches of static shapes; token batches vary "
+                               "in length (use execution = \"compiled\" or \"eager\")")
         return GraphStep(loss_fn, optimizer, params)
     return EagerStep(loss_fn, optimizer)

@@ -1,18 +1,11 @@
-"""The MLP as an nn.Module and the canonical ⇄ torch parameter mapping (DESIGN §5, "Initialisation", "Dropout").
+"""The model: one nn.Module running a layer stack, and the canonical ⇄ torch parameter mapping (docs/design.md,
+"Layer stacks", "Initialisation").
 
-Dense layers are `nn.Linear` modules registered as `layer{i}`, so `named_parameters()` already uses the canonical
-names; only the layout differs: nn.Linear stores its weight (out, in), canonical is (in, out), so weights are
-transposed on load and on export.
-
-Initialisation: exact mode loads the canonical parameters (`load_canonical`). Native mode keeps nn.Linear's own
-default, kaiming_uniform(a=√5) = U(±1/√fan_in) for weights and U(±1/√fan_in) for biases, drawn from the global torch
-RNG: the adapter calls `torch.manual_seed(spec seed)` and builds the MLP on the CPU, then moves it to the device, as
-a user writes `MLP().to(device)`, so the native init does not depend on the device.
-
-Dropout after every hidden activation:
-- exact mode: `h * mask` with the driver's pre-scaled shared mask (no torch layer accepts an external mask);
-- native mode: `nn.Dropout(p)`, torch's own inverted dropout drawing from the global torch RNG;
-- off in evaluation: `nn.Dropout` is a no-op under `.eval()`, and the adapter passes no masks there.
+`build(layers, spec, dtype)` composes core, norm and sequence's LAYERS into a `Stack`, each layer registered under
+its canonical prefix (`layer0`, `ln0`, `embed`, `rnn`; kinds without parameters as `<kind><index>`), built on the
+CPU in stack order. Native mode keeps torch's default inits (nn.Linear and nn.RNN U(±1/√fan_in), nn.Embedding
+N(0, 1), drawn from the global torch RNG in that order after `torch.manual_seed(seed)`, then moved to the device as
+a user writes `Model().to(device)`); exact mode overwrites them with `load_canonical`.
 """
 
 from __future__ import annotations
@@ -21,36 +14,55 @@ import numpy as np
 import torch
 from torch import nn
 
-ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh}
+from backends.torch_backend import core, norm, sequence
+from backends.torch_backend.core import Canonical, Flow
+from common.layers import Layer
+
+LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-class MLP(nn.Module):
-    """Linear → activation → dropout for each hidden width, then a Linear giving logits."""
+class Stack(nn.Module):
+    """The layers in order; `forward(x, lengths, masks)` gives the logits (x: features (B, F) or tokens (B, T))."""
 
-    def __init__(self, sizes: list[tuple[int, int]], activation: str, native_dropout: float, dtype, device):
+    def __init__(self, layers: tuple[Layer, ...], spec: dict, dtype: torch.dtype):
         super().__init__()
-        self.n_layers = len(sizes)
-        for i, (fan_in, fan_out) in enumerate(sizes):
-            self.add_module(f"layer{i}", nn.Linear(fan_in, fan_out, dtype=dtype, device=device))
-        self.activation = ACTIVATIONS[activation]
-        self.dropout = nn.Dropout(native_dropout) if native_dropout else nn.Identity()
+        self.layers = layers
+        for layer in layers:
+            self.add_module(layer.name or f"{layer.kind}{layer.index}", LAYERS[layer.kind](layer, spec, dtype))
 
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-        h = x
-        for i in range(self.n_layers - 1):
-            h = self.activation(getattr(self, f"layer{i}")(h))
-            h = h * masks[i] if masks is not None else self.dropout(h)
-        return getattr(self, f"layer{self.n_layers - 1}")(h)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
+                masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        flow, h = Flow(lengths, masks), x
+        for module in self.children():
+            h = module(h, flow)
+        return h
 
-    @torch.no_grad()
-    def load_canonical(self, params: dict[str, np.ndarray]) -> None:
-        """Copy canonical parameters in, transposing weights (in, out) → (out, in)."""
-        for name, p in self.named_parameters():
-            value = torch.as_tensor(np.asarray(params[name]))
-            p.copy_(value.T if name.endswith(".weight") else value)
+    def mapped(self) -> list[tuple[Layer, Canonical]]:
+        """(layer, module) of the layers with parameters."""
+        return [(layer, module) for layer, module in zip(self.layers, self.children(), strict=True) if layer.name]
 
-    @torch.no_grad()
-    def canonical(self) -> dict[str, np.ndarray]:
-        """Current parameters as numpy in the canonical layout (weights transposed back to (in, out))."""
-        return {name: (p.T if name.endswith(".weight") else p).detach().cpu().numpy().copy()
-                for name, p in self.named_parameters()}
+
+def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+    """The torch model of a resolved stack, on the CPU in the spec's dtype (move it with `.to(device)`)."""
+    return Stack(layers, spec, DTYPES[spec["dtype"]])
+
+
+@torch.no_grad()
+def load_canonical(model: Stack, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical parameters in (weights (in, out) into nn.Linear's (out, in), ...)."""
+    for layer, module in model.mapped():
+        for suffix, view in module.canonical_views().items():
+            view.copy_(torch.as_tensor(np.asarray(params[layer.param(suffix)])))
+
+
+@torch.no_grad()
+def to_canonical(model: Stack) -> dict[str, np.ndarray]:
+    """Current parameters as numpy copies in the canonical layout, by canonical name."""
+    return {layer.param(suffix): value.detach().cpu().numpy().copy()
+            for layer, module in model.mapped() for suffix, value in module.exported().items()}
+
+
+def trainable(model: Stack) -> list[tuple[str, nn.Parameter]]:
+    """(canonical name, parameter) of what the optimizer updates and the penalties read, in stack order."""
+    return [(layer.param(suffix), p) for layer, module in model.mapped() for suffix, p in module.trainable()]

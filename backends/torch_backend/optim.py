@@ -1,53 +1,26 @@
-"""torch.optim built from common.regularization.Regularization (the conversions are decided there; DESIGN §5).
+"""torch.optim built from common.regularization.Regularization (docs/design.md, "Optimisers", "Regularisation").
 
-The optimizer sees the trainable parameters only, under their canonical names (`trainable_named`): the MLP's own
-names, a sequence model's `canonical_named_parameters()` (nn.RNN's weight_ih_l0 is `rnn.input.weight`, …; the
-exact-mode frozen bias_hh_l0 is left out, so no decay or step ever touches it).
-
-Two parameter groups, regularized (`Regularization.applies`) and not, so that weight decay never touches the
-biases unless `regularize_bias`:
-- coupled c (= 2·l2 + coupled wd) → the group's native `weight_decay=c` of `SGD` / `Adam` (grad += c·w);
-- decoupled d under adamw → `AdamW(weight_decay=d)`. torch has no decoupled SGD, so for SGD AdamW's own line
-  `p.mul_(1 − lr·d)` is applied to the regularized group just before `SGD.step()`;
-- when decoupled decay is on, the coupled part (from l2) cannot ride in `weight_decay`: AdamW has no coupled slot,
-  and SGD's would read the weights after the decoupled line shrank them. It becomes the loss term (c/2)·Σw²,
-  whose gradient c·w is taken at the pre-update weights, as the canonical rule says;
-- L1 has no torch mechanism: the loss term Σ_t f_t·Σ|w_t| (f_t = `Regularization.l1_coefficient`); autograd
-  differentiates |w| at 0 to 0, the canonical sign(0) = 0.
-Penalty terms enter the backward pass only; the recorded loss stays the cross-entropy.
-
-Implementation knobs, the same update up to rounding: `capturable=True` (the adapter's fused mode) keeps
-Adam/AdamW's step count on the device so that the step can be captured in a CUDA graph (SGD needs none);
-`fused=True` (the hand-fused reference loop) selects torch.optim's single-kernel implementation.
-
-Native mode (`NativeTorchOptimizer`, common.native's torch column) converts nothing; it is what a user porting the
-spec by hand writes, with every parameter passed to the optimizer in one group:
-- coupled: `SGD/Adam(model.parameters(), weight_decay=λ)`, λ = `common.native.l2_as_written` (gradient λ·w, half the
-  spec's 2·l2·w: the "L2 is weight_decay" trap), and, like any torch weight_decay, biases included;
-- decoupled under adamw: `AdamW(model.parameters(), weight_decay=wd)`, biases included. AdamW has no coupled slot,
-  so an l2 next to it is written into the loss as the spec says, l2·Σw² over the regularized tensors;
-- decoupled under sgd: torch has no decoupled SGD, so the one knob a user has takes it, coupled:
-  `SGD(weight_decay=λ + wd)` (the same update without momentum, a different one with it);
-- L1: the loss term Σ_t f_t·Σ|w_t| as the spec says (mean or sum, biases per regularize_bias), autograd's |x|'(0) = 0;
-- Adam / AdamW ε: the spec's eps.
+The optimizer sees the model's trainable parameters under their canonical names (model.trainable; the exact-mode
+frozen nn.RNN bias_hh is left out). Exact mode (`TorchOptimizer`), two parameter groups, regularized or not:
+- coupled c (= 2·l2 + coupled wd) → the group's `weight_decay=c` of `SGD` / `Adam` (grad += c·w);
+- decoupled d → `AdamW(weight_decay=d)`; torch has no decoupled SGD, so AdamW's line `p.mul_(1 − lr·d)` is applied
+  to the regularized group just before `SGD.step()`. The coupled part then rides as the loss term (c/2)·Σw², whose
+  gradient is taken at the pre-update weights as the canonical rule says;
+- L1: the loss term Σ_t f_t·Σ|w_t| (autograd's |x|′(0) = 0, the canonical sign(0) = 0).
+Penalty terms enter the backward pass only. `capturable=True` keeps Adam's step count on the device (CUDA graphs,
+compiled on CUDA); `fused=True` (the hand-fused reference) selects torch.optim's single-kernel implementation.
+Native mode (`NativeTorchOptimizer`, common.native's torch column): one group, the spec's numbers as written —
+`weight_decay=λ` (λ = common.native.l2_as_written, biases included), `AdamW(weight_decay=wd)` with an l2 beside it
+written into the loss as l2·Σw², decoupled wd under SGD folded into SGD's one coupled knob, L1 as a loss term.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from backends.torch_backend.model import Stack, trainable
 from common.native import l2_as_written
 from common.regularization import Regularization
-
-
-def trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(canonical name, parameter) of the parameters the optimizer updates: a model's own
-    `canonical_named_parameters()` when it has one (sequence models: canonical names for nn.RNN's tensors, frozen
-    parameters such as the exact-mode bias_hh left out), else `named_parameters()` (the MLP's names are canonical)."""
-    if hasattr(model, "canonical_named_parameters"):
-        return list(model.canonical_named_parameters())
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
@@ -61,14 +34,15 @@ def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
             total = total + l2_factor * p.square().sum()
     return total
 
+
 class TorchOptimizer:
     """A torch.optim optimizer plus the penalty terms and the pre-step decoupled decay torch lacks natively."""
 
-    def __init__(self, spec: dict, model: nn.Module, capturable: bool = False, fused: bool | None = None):
+    def __init__(self, spec: dict, model: Stack, capturable: bool = False, fused: bool | None = None):
         o = spec["optimizer"]
         self.reg = reg = Regularization.from_spec(spec)
         self.lr = o["lr"]
-        named = trainable_named(model)
+        named = trainable(model)
         self.regularized = [(n, p) for n, p in named if reg.applies(n)]
         plain = [p for n, p in named if not reg.applies(n)]
         decoupled = reg.decoupled > 0.0
@@ -120,10 +94,10 @@ class TorchOptimizer:
 class NativeTorchOptimizer:
     """Native mode: torch.optim as a user writes it (see the module docstring); same interface as TorchOptimizer."""
 
-    def __init__(self, spec: dict, model: nn.Module, capturable: bool = False):
+    def __init__(self, spec: dict, model: Stack, capturable: bool = False):
         o, r = spec["optimizer"], spec["regularization"]
         self.reg = Regularization.from_spec(spec)
-        named = trainable_named(model)
+        named = trainable(model)
         self.regularized = [(n, p) for n, p in named if self.reg.applies(n)]
         params = [p for _, p in named]
         decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0

@@ -351,6 +351,19 @@ def sparse_embedding_adam() -> dict:
     return {"second_moment": T.classify_second_moment(optimizer.state[embed.weight]["exp_avg_sq"][0, 0].item())}
 
 
+def layer_norm_eps() -> dict:
+    """nn.LayerNorm's default eps, read from the layer, and ε and the variance recovered from its float64 output
+    on LAYER_NORM_INPUT (T.classify_layer_norm; γ = 1, β = 0 at construction, no RNG drawn); "explicit_eps": ε
+    recovered from nn.LayerNorm(eps=NORM_EPS), the conversion."""
+    def run(**kwargs):
+        layer = nn.LayerNorm(T.LAYER_NORM_INPUT.shape[1], dtype=torch.float64, **kwargs)
+        with torch.no_grad():
+            return layer, T.classify_layer_norm(layer(torch.from_numpy(T.LAYER_NORM_INPUT)).numpy())
+
+    layer, measured = run()
+    return {"eps": float(layer.eps), **measured, "explicit_eps": run(eps=T.NORM_EPS)[1]["measured_eps"]}
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -380,4 +393,5 @@ PROBES = {
     "float64_conversion": float64_conversion,
     "tf32_defaults": tf32_defaults,
     "last_batch_default": last_batch_default,
+    "layer_norm_eps": layer_norm_eps,
 }

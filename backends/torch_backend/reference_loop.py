@@ -1,22 +1,16 @@
-"""The hand-fused PyTorch reference (common.benchtarget.EpochRunner): the fastest minimal loop torch allows for the
-spec's MLP, optimizer, lr and batch size, the baseline the bench's modes are compared with (not held to
-equivalence, but the same model: model.MLP from the canonical init, optim.TorchOptimizer with the spec's optimizer,
-lr and regularization, nn.Dropout at the spec's rate).
+"""The hand-fused PyTorch reference (common.benchtarget.EpochRunner): the fastest minimal loop torch allows for a
+feature-data stack, the baseline the bench's modes are compared with (docs/design.md, "Performance methodology").
+Not held to equivalence, but the same model: the stack built as a hand port builds it (nn.Dropout, torch's
+defaults) with the canonical init loaded, optim.TorchOptimizer with the spec's optimizer and regularization.
 
-- Data: the training split is put on the device once. Each epoch draws one permutation on the device
-  (`torch.randperm` with a device Generator; `arange` without shuffle) and cuts it into an index tensor of shape
-  (steps, B): no DataLoader, no host round trip. A short last batch is padded to B with weight-0 rows (wrapping
-  around the permutation: one static shape, the same mean loss as "keep"); under "drop" the remainder is skipped.
-  The loss is Σw·ℓ/Σw.
-- Optimizer: torch.optim's fused single-kernel implementation (`fused=True`) where the device has one
-  (`torch.utils._foreach_utils._get_fused_kernels_supported_devices`), else torch's default (foreach on CUDA).
-- CUDA: the epoch runs as CUDA graphs (`torch.cuda.graph`) of CHUNK consecutive steps each (forward, backward,
-  optimizer step, the on-device row gather included), captured after a short warm-up on a side stream (three
-  extra steps per captured chunk length, once). An epoch is one permutation plus, per chunk, two small device
-  copies (ids, weights) and one replay; chunks keep capture time and graph size bounded for tiny batches.
-- Elsewhere (CPU): the same step run eagerly, or with `compile=True` the forward + loss through `torch.compile`.
-  Eager is the default: for MLPs this small, on CPU, the compiled graph's per-call overhead outweighs what Inductor
-  saves (measured on iris at B = 32 and doughnuts at B = 256: eager ≈ 1.3× the compiled throughput).
+- Data: the training split on the device once; per epoch one permutation on the device (`torch.randperm`, a device
+  Generator; `arange` without shuffle) cut into (steps, B) ids, a short last batch padded to B with weight-0 rows
+  (one static shape, the same mean loss as "keep"; skipped under "drop"); loss Σw·ℓ/Σw. No DataLoader.
+- Optimizer: torch.optim's single-kernel implementation (`fused=True`) where the device has one.
+- CUDA: the epoch runs as CUDA graphs of CHUNK consecutive steps (the on-device gather included), captured after a
+  warm-up on a side stream; per chunk two small device copies (ids, weights) and one replay.
+- CPU: the same steps eagerly, or with `compile=True` the forward + loss through `torch.compile` (eager is the
+  default: for models this small the compiled graph's per-call overhead outweighs what Inductor saves).
 """
 
 from __future__ import annotations
@@ -27,19 +21,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from backends.torch_backend.adapter import DTYPES, resolve_device
+from backends.torch_backend.adapter import resolve_device
 from backends.torch_backend.bench import sync_device
-from backends.torch_backend.model import MLP
+from backends.torch_backend.model import DTYPES, build, load_canonical
 from backends.torch_backend.optim import TorchOptimizer
 from common.datasets import Dataset
-from common.driver import canonical_init
-from common.initializers import layer_sizes
+from common.driver import canonical_init, model_layers
 
 CHUNK = 64
 
 
 class ReferenceLoop:
     def __init__(self, spec: dict, data: Dataset, device: str, compile: bool = False):
+        if data.is_sequence:
+            raise ValueError("torch reference loop: feature data only (sequence models are not benchmarked)")
         self.dev = resolve_device(device)
         if self.dev.type == "cuda":  # the adapter's precision, so the comparison is like for like
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -54,9 +49,8 @@ class ReferenceLoop:
         self.slots = slots % self.n
         self.w = (slots < self.n).to(dtype).reshape(self.steps, self.batch)
         self.generator = torch.Generator(device=self.dev).manual_seed(spec["seed"])
-        sizes = layer_sizes(data.n_features, spec["model"]["hidden"], data.n_classes)
-        self.model = MLP(sizes, spec["model"]["activation"], spec["regularization"]["dropout"], dtype, self.dev)
-        self.model.load_canonical(canonical_init(spec, data))
+        self.model = build(model_layers(spec, data), {**spec, "mode": "native"}).to(self.dev)
+        load_canonical(self.model, canonical_init(spec, data))
         self.model.train()
         fused = self.dev.type in _get_fused_kernels_supported_devices() or None
         self.opt = TorchOptimizer(spec, self.model, capturable=self.dev.type == "cuda", fused=fused)

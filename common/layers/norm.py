@@ -4,7 +4,7 @@ layer_norm:  μ = mean_j x_j,  σ² = mean_j (x_j − μ)²  (biased),  x̂ = (x
              γ as `ln{i}.scale` (init 1), β as `ln{i}.offset` (init 0), i counting the layer_norm layers from 0.
              ε is canonical and passed explicitly to every framework: `eps`, default model.norm_eps (1e-5). Native
              defaults differ (torch nn.LayerNorm 1e-5, Keras LayerNormalization 1e-3, flax nn.LayerNorm 1e-6;
-             common.traps "layer-norm-eps"). γ and β are bias-like: regularized only with regularize_bias.
+             common.traps "layer_norm_eps"). γ and β are bias-like: regularized only with regularize_bias.
 """
 
 from __future__ import annotations

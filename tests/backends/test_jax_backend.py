@@ -1,7 +1,8 @@
 """JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, the execution modes (eager op by
 op, compiled jax.jit, fused lax.scan: each matches the oracle; one compile per batch shape; float32 stays float32
-inside the scan), pad-with-weights equals the ragged batch, and native mode (common.native's jax column:
-jax.random order, flax default init, nn.Dropout, optax "as written", L1 as a jnp.abs loss term)."""
+inside the scan), pad-with-weights equals the ragged batch, layer_norm stacks against the oracle and its epsilon
+per mode, and native mode (common.native's jax column: jax.random order, flax default init, nn.Dropout, optax "as
+written", L1 as a jnp.abs loss term)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,16 @@ pytest.importorskip("optax")
 import flax.linen as nn  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from backends.jax_backend.model import to_canonical  # noqa: E402
-from backends.numpy_backend.model import forward  # noqa: E402
+from backends.jax_backend.model import build, to_canonical  # noqa: E402
+from backends.numpy_backend import model as oracle  # noqa: E402
 from backends.worker import load_adapter  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init, train  # noqa: E402
+from common.driver import canonical_init, model_layers, train  # noqa: E402
+from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
-from tests.support import (compare_with_oracle, divergences, make_spec, matrix_spec,  # noqa: E402
-                           run_in_process)
+from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
 
 # iris: 120 training rows; batch 7 leaves a ragged last batch of 1 (17 full batches), so 7 epochs give 119-126 steps.
 BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
@@ -71,6 +72,15 @@ def spec_for(**sections) -> dict:
     return make_spec(**merged)
 
 
+def prepared_adapter(spec: dict):
+    """(adapter, dataset) prepared for `spec` as the driver prepares it, nothing trained."""
+    data = load_dataset(spec)
+    adapter = load_adapter("jax").make_adapter(spec)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
+                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
+    return adapter, data
+
+
 def trained_adapter(spec: dict):
     """(adapter, dataset, driver body) of a run in this process, keeping the adapter for inspection."""
     data = load_dataset(spec)
@@ -108,7 +118,7 @@ def test_evaluate_has_no_dropout(mode):
     assert first == second
     params = adapter.parameters()
     for batch, (loss_sum, correct, n) in zip(batches, first, strict=True):
-        logits, _ = forward(params, data.test_x[batch.ids], spec["model"]["activation"], None)
+        logits, _ = oracle.build(adapter.layers, spec).forward(params, data.test_x[batch.ids])
         y = data.test_y[batch.ids]
         assert n == batch.ids.shape[0]
         assert loss_sum == pytest.approx(cross_entropy(logits, y).sum(), rel=1e-12)
@@ -146,7 +156,7 @@ def test_default_execution_is_jit_and_eager_is_not_jitted():
     adapter, _, body = trained_adapter(spec_for(execution="eager", train={"epochs": 1},
                                                 regularization={"dropout": 0.3}))
     assert adapter.execution == "eager" and adapter.compile_count == 0
-    assert not hasattr(adapter._step, "lower")  # a jax.jit-ed function has .lower; the plain step has not
+    assert not hasattr(adapter.run.step, "lower")  # a jax.jit-ed function has .lower; the plain step has not
     assert len(body["steps"]) == 18
 
 
@@ -163,15 +173,25 @@ def test_fused_native_mode_equals_compiled():
         np.testing.assert_allclose(fused_npz[key], compiled_npz[key], **tol)
 
 
-def test_fused_checks_the_driver_masks():
-    spec = spec_for(execution="fused", regularization={"dropout": 0.5})
-    data = load_dataset(spec)
-    adapter = load_adapter("jax").make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, 120), canonical_init(spec, data))
-    batch = adapter.epoch_batches(0)[0]
-    masks = adapter.step_masks(1, batch.rows)
-    with pytest.raises(RuntimeError, match="masks of step 1"):
-        adapter.train_step(batch, 1, [1.0 - m for m in masks])
+def test_fused_scans_the_shared_masks_and_returns_its_own_losses():
+    """The fused epoch feeds every scanned step the shared masks of its global step (common.dropout), and its
+    losses are the scan's per-step outputs: equal to the compiled step run step by step from the same state."""
+    spec = spec_for(execution="fused", model={"hidden": [16, 8]}, regularization={"dropout": 0.5},
+                    batching={"last_batch": "keep"})
+    adapter, _ = prepared_adapter(spec)
+    ids, w = adapter.plan.slots(0)
+    _, _, masks, steps = adapter._stacked(ids[:14].reshape(2, 7), w[:14].reshape(2, 7), 5)
+    np.testing.assert_array_equal(np.asarray(steps), [5, 6])
+    for k, t in enumerate((5, 6)):
+        for got, want in zip(masks, shared_masks(spec["seed"], t, adapter.layers, 7, np.float64), strict=True):
+            np.testing.assert_array_equal(np.asarray(got[k]), want)
+    compiled, _ = prepared_adapter({**spec, "execution": "compiled"})
+    fused_run, compiled_run = adapter.run_epoch(0, 1), compiled.run_epoch(0, 1)
+    assert len(fused_run.losses) == len(compiled_run.losses) == 18  # 17 full batches and the ragged tail
+    assert all(np.array_equal(a, b) for a, b in zip(fused_run.ids, compiled_run.ids, strict=True))
+    tol = dict(rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
+    np.testing.assert_allclose(fused_run.losses, compiled_run.losses, **tol)
+    assert adapter.compile_count == 2  # the full batches' scan and the tail's one-step scan, nothing replayed
 
 
 def float_avals(jaxpr) -> set[tuple[str, bool]]:
@@ -195,13 +215,11 @@ def test_fused_float32_stays_float32():
     config = MODE_CASES[1]
     spec = {**matrix_spec(config, "float32"), "execution": "fused"}
     assert divergences(compare_with_oracle("jax", spec)) == []
-    data = load_dataset(spec)
-    adapter = load_adapter("jax").make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, 120), canonical_init(spec, data))
+    adapter, _ = prepared_adapter(spec)
     ids, w = adapter.plan.slots(0)
-    args = (adapter.params, adapter.opt_state, *adapter.split, *adapter.stacked(ids[:21].reshape(3, 7),
-                                                                                w[:21].reshape(3, 7), 1))
-    closed = jax.make_jaxpr(adapter._scan_steps)(*args)
+    args = (adapter.params, adapter.opt_state, *adapter.split, *adapter._stacked(ids[:21].reshape(3, 7),
+                                                                                 w[:21].reshape(3, 7), 1))
+    closed = jax.make_jaxpr(adapter.run.scan)(*args)
     found = float_avals(closed.jaxpr)
     assert ("float32", False) in found and ("float64", False) not in found
     assert {str(a.dtype) for a in closed.out_avals if jnp.issubdtype(a.dtype, jnp.floating)} == {"float32"}
@@ -231,17 +249,70 @@ def test_l1_uses_sign_with_zero_at_zero():
     np.testing.assert_array_equal(np.asarray(updates["w"]), [1.0, 1.5, 0.5])
 
 
+# ---- layer_norm ----------------------------------------------------------------------------------------------------
+
+LN_STACK = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"},
+            {"kind": "dropout", "rate": 0.3}, {"kind": "dense", "units": 8, "activation": "tanh"},
+            {"kind": "layer_norm"}, {"kind": "dense"}]
+LN_CASES = {
+    "adam-l2": dict(optimizer={"name": "adam", "lr": 0.01}, regularization={"l2": 1e-3}),
+    # lr 0.01: at lr 0.05 this stack is chaotic (a 1e-7 relative change of the float64 init alone grows to 9e-4 in
+    # the loss by step ~80), so float32's rounding would exceed rtol 1e-4 in any correct implementation
+    "sgd-momentum-wd-bias": dict(optimizer={"lr": 0.01, "momentum": 0.9},
+                                 regularization={"weight_decay": 1e-3, "regularize_bias": True}),
+}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
+@pytest.mark.parametrize("case", list(LN_CASES))
+def test_layer_norm_stack_matches_oracle(case, dtype, rtol):
+    """Exact mode: nn.LayerNorm with the canonical eps (model.norm_eps) and two-pass variance agrees with the numpy
+    oracle at every step (scale and offset regularized only with regularize_bias)."""
+    spec = spec_for(dtype=dtype, model={"layers": LN_STACK}, batching={"last_batch": "pad"}, **LN_CASES[case])
+    comparison = compare_with_oracle("jax", spec)
+    assert comparison["tolerance"]["rtol"] == rtol
+    assert divergences(comparison) == []
+    assert {"ln0.scale", "ln0.offset", "ln1.scale", "ln1.offset"} <= set(canonical_init(spec, load_dataset(spec)))
+
+
+def test_layer_norm_eps_is_the_spec_s_in_exact_mode_and_flax_s_in_native_mode():
+    """Exact mode passes `layer.eps` (and the two-pass variance); native mode keeps nn.LayerNorm's defaults
+    (epsilon 1e-6, fast variance). Checked on the module attributes and on the output against the formula."""
+    layers = [{"kind": "layer_norm", "eps": 0.5}, {"kind": "dense"}]
+    assert nn.LayerNorm.epsilon == 1e-6
+    x = jnp.asarray(load_dataset(spec_for()).train_x[:9])
+    for mode, eps, fast in (("exact", 0.5, False), ("native", 1e-6, True)):
+        spec = spec_for(mode=mode, model={"layers": layers})
+        data = load_dataset(spec)
+        stack = model_layers(spec, data)
+        assert stack[0].eps == 0.5
+        model = build(stack, spec)
+        params = model.init(jax.random.PRNGKey(0), x)
+        seen = []
+
+        def record(next_fun, args, kwargs, context, seen=seen):
+            if isinstance(context.module, nn.LayerNorm):
+                seen.append((context.module.epsilon, context.module.use_fast_variance))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            logits = np.asarray(model.apply(params, x))
+        assert seen == [(eps, fast)]
+        p = to_canonical(params)
+        xn = np.asarray(x)
+        z = (xn - xn.mean(1, keepdims=True)) / np.sqrt(xn.var(1, keepdims=True) + eps)
+        want = (z * p["ln0.scale"] + p["ln0.offset"]) @ p["layer0.weight"] + p["layer0.bias"]
+        np.testing.assert_allclose(logits, want, rtol=1e-10, atol=1e-12)
+
+
 # ---- native mode -------------------------------------------------------------------------------------------------
 
 def first_step(spec: dict) -> tuple[dict, dict]:
     """(parameters before, parameters after) the first training step of `spec` (dropout must be 0: no masks)."""
-    data = load_dataset(spec)
-    adapter = load_adapter("jax").make_adapter(spec)
-    exact = spec["mode"] == "exact"
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]),
-                    canonical_init(spec, data) if exact else None)
+    adapter, _ = prepared_adapter(spec)
     before = adapter.parameters()
-    adapter.train_step(next(iter(adapter.epoch_batches(0))), 1, None)
+    rows = adapter.pipeline.rows(adapter.plan.batches(0)[0])
+    adapter._advance(rows.x, rows.y, rows.weights, None, 1)
     return before, adapter.parameters()
 
 
@@ -269,9 +340,7 @@ def test_native_init_is_flax_dense_default():
     """nn.Dense's defaults: lecun_normal (a normal truncated at ±2σ₀, rescaled to variance 1/fan_in) and zero
     bias; neither torch's kaiming bound (biases nonzero) nor glorot nor common's canonical draws."""
     spec = spec_for(mode="native", model={"hidden": [64, 32]}, train={"epochs": 1})
-    data = load_dataset(spec)
-    adapter = load_adapter("jax").make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), None)
+    adapter, data = prepared_adapter(spec)
     init = adapter.parameters()
     for i, fan_in in enumerate((data.n_features, 64, 32)):
         w, b = init[f"layer{i}.weight"], init[f"layer{i}.bias"]
@@ -320,7 +389,7 @@ def test_native_last_batch_policies():
     sections = dict(mode="native", train={"epochs": 2}, optimizer={"momentum": 0.9, "lr": 0.05})
     keep, keep_npz = run_in_process("jax", spec_for(batching={"last_batch": "keep"}, **sections))
     pad_spec = spec_for(execution="compiled", batching={"last_batch": "pad"}, **sections)
-    adapter, data, pad = trained_adapter(pad_spec)
+    adapter, _, pad = trained_adapter(pad_spec)
     drop, _ = run_in_process("jax", spec_for(batching={"last_batch": "drop"}, **sections))
     assert adapter.compile_count == 1
     assert [s["batch_ids"] for s in pad["steps"]] == [s["batch_ids"] for s in keep["steps"]]
@@ -337,7 +406,8 @@ def test_native_last_batch_policies():
 def test_native_mode_uses_flax_dropout():
     overrides = dict(mode="native", train={"epochs": 2}, regularization={"dropout": 0.5})
     adapter, _, body = trained_adapter(spec_for(**overrides))
-    assert adapter.model.dropout == 0.5
+    assert adapter.model.options.native and [(layer.kind, layer.rate) for layer in adapter.layers] == [
+        ("dense", 0.0), ("dropout", 0.5), ("dense", 0.0)]
     rec, npz = run_in_process("jax", spec_for(**overrides))
     plain, plain_npz = run_in_process("jax", spec_for(mode="native", train={"epochs": 2}))
     # the same seed gives the same init and order, so step 1 differs only by nn.Dropout
@@ -353,11 +423,8 @@ def test_native_dropout_keys():
     fold_in(PRNGKey(seed), epoch) (plain fold_in(PRNGKey(seed), step) would reuse epoch `step`'s key)."""
     spec = spec_for(mode="native", regularization={"dropout": 0.5})
     data = load_dataset(spec)
-    adapters = []
-    for seed in (0, 1):
-        s = spec_for(mode="native", seed=seed, regularization={"dropout": 0.5})
-        adapters.append(load_adapter("jax").make_adapter(s))
-        adapters[-1].prepare(s, data, BatchPlan.from_spec(s, data.train_x.shape[0]), None)
+    adapters = [prepared_adapter(spec_for(mode="native", seed=seed, regularization={"dropout": 0.5}))[0]
+                for seed in (0, 1)]
     keys = {(seed, t): tuple(np.asarray(a.dropout_key(t)).tolist()) for seed, a in enumerate(adapters)
             for t in range(1, 30)}
     shuffle = {tuple(np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), e)).tolist())

@@ -55,7 +55,7 @@ def test_mode_smoke(mode, data, eager_losses):
     check(time_calls(target.step, target.sync, 32, windows=2, calls_per_window=1), 32)
     check(time_calls(target.epoch, target.sync, 120, windows=2, calls_per_window=1), 120)
     settings = target.settings()
-    assert SETTINGS_KEYS <= set(settings) and settings["mode"] == mode
+    assert set(settings) >= SETTINGS_KEYS and settings["mode"] == mode
     assert settings["x64"] is True and settings["platform"] == jax.default_backend()
     assert settings["precision"]["jax_default_matmul_precision"]
     losses = np.asarray(target.equivalence_losses(1))
@@ -79,7 +79,7 @@ def test_loaders_deliver_the_same_batches(data):
         assert len(batches) == 4
         for got, want in zip(batches, epochs["fast"], strict=True):
             np.testing.assert_array_equal(got.ids, want.ids)
-            for field in ("x", "y", "w"):
+            for field in ("x", "y", "weights"):
                 np.testing.assert_array_equal(np.asarray(getattr(got, field)), np.asarray(getattr(want, field)))
 
 
@@ -88,6 +88,13 @@ def test_reference_smoke(data):
     check(time_calls(runner.epoch, runner.sync, 120, windows=2, calls_per_window=1), 120)
     losses = np.asarray(runner.epoch())
     assert losses.shape == (4,) and np.all(np.isfinite(losses)) and losses.dtype == np.float64
+
+
+def test_reference_refuses_kinds_it_does_not_hand_write(data):
+    spec = make_spec(dtype="float64", model={"layers": [{"kind": "dense", "units": 8}, {"kind": "layer_norm"},
+                                                        {"kind": "dense"}]})
+    with pytest.raises(ValueError, match="layer kinds layer_norm are not in its hand-fused forward"):
+        reference_loop.make_reference(spec, data, "cpu")
 
 
 def test_unknown_mode_and_missing_gpu_are_clear(data):

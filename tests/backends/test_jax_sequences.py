@@ -19,12 +19,13 @@ pytest.importorskip("optax")
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from backends.jax_backend import sequence_data, sequence_model as seqm  # noqa: E402
+from backends.jax_backend import data as pipelines  # noqa: E402
+from backends.jax_backend import model as flax_model  # noqa: E402
 from backends.jax_backend.adapter import make_adapter  # noqa: E402
 from common import record  # noqa: E402
 from common.compare import compare  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import _plans, canonical_init, train  # noqa: E402
+from common.driver import _plans, canonical_init, model_layers, train  # noqa: E402
 from common.padding import pad_batch, resolve_sides  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
 from tests.support import divergences, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
@@ -93,7 +94,7 @@ def test_float64_matches_oracle(case):
 ], ids=["pool-adam-dropout", "rnn-pre-buckets-pertoken"])
 def test_float32_matches_oracle(sections):
     spec = seq_spec("float32", **sections)
-    adapter, rec, _ = _against_oracle(spec)
+    adapter, _, _ = _against_oracle(spec)
     assert all(np.asarray(leaf).dtype == np.float32 for leaf in jax.tree.leaves(adapter.params))
 
 
@@ -129,13 +130,13 @@ def test_pipeline_pads_like_pad_batch_to_the_plan_length():
     spec = seq_spec(sequence={"pad": "pre", "truncate": "pre", "buckets": [4, 10]}, batching=PAD)
     data = load_dataset(spec)
     plan, _ = _plans(spec, data)
-    sides = resolve_sides(spec, "jax")
-    pipe = sequence_data.SequencePipeline(data, plan, spec, sides, np.float64)
+    pipe = pipelines.pipeline(spec, data, plan)
     for planned, got in zip(plan.batches(0), pipe.epoch(0), strict=True):
-        tokens, mask, _ = pad_batch(data.sequences("train", planned.ids), "pre", "pre", planned.length)
+        tokens, mask, kept = pad_batch(data.sequences("train", planned.ids), "pre", "pre", planned.length)
         assert np.array_equal(got.ids, planned.ids) and got.length == planned.length
-        assert np.array_equal(np.asarray(got.tokens), tokens) and np.array_equal(np.asarray(got.mask), mask)
-        assert np.array_equal(np.asarray(got.w), planned.weights)  # per_sequence: m = w (filler 0)
+        assert np.array_equal(np.asarray(got.x), tokens) and np.array_equal(got.lengths, kept)
+        assert np.array_equal(np.asarray(got.x) != 0, mask)  # the model's token mask: token 0 is the pad
+        assert np.array_equal(np.asarray(got.weights), planned.weights)  # per_sequence: m = w (filler 0)
 
 
 def test_native_sides_are_post_post():
@@ -148,37 +149,37 @@ def _model(kind: str, masked: bool = True):
     spec = seq_spec(model=RNN if kind == "rnn" else {"kind": kind}, sequence={"mask": masked})
     data = load_dataset(spec)
     params = canonical_init(spec, data)
-    model = seqm.build(spec, data.vocab, data.n_classes, 0.0, np.float64)
-    return model, seqm.load(model, params), params
+    model = flax_model.build(model_layers(spec, data), spec)
+    return model, flax_model.load_canonical(model, params), params
 
 
 def _padded(side: str, lengths=(3, 6, 0, 2), t: int = 7, seed: int = 0):
     rng = np.random.default_rng(seed)
     seqs = [rng.integers(1, 16, n) for n in lengths]
     tokens, mask, _ = pad_batch(seqs, side, "post", t)
-    return jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32)
+    return jnp.asarray(tokens, jnp.int32), mask
 
 
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
 def test_masked_pre_padding_equals_post_padding(kind):
     model, params, _ = _model(kind)
-    post, pre = model.apply(params, *_padded("post")), model.apply(params, *_padded("pre"))
+    post, pre = model.apply(params, _padded("post")[0]), model.apply(params, _padded("pre")[0])
     np.testing.assert_allclose(np.asarray(pre), np.asarray(post), rtol=1e-13, atol=1e-15)
 
 
 def test_unmasked_rnn_reads_the_pads():
     model, params, _ = _model("rnn", masked=False)
-    post, pre = model.apply(params, *_padded("post")), model.apply(params, *_padded("pre"))
+    post, pre = model.apply(params, _padded("post")[0]), model.apply(params, _padded("pre")[0])
     assert not np.allclose(np.asarray(pre), np.asarray(post))
 
 
 def test_masked_rnn_is_the_state_after_the_last_real_token():
     model, params, p = _model("rnn")
     tokens, mask = _padded("pre")
-    logits = np.asarray(model.apply(params, tokens, mask))
+    logits = np.asarray(model.apply(params, tokens))
     for i in range(tokens.shape[0]):
         h = np.zeros(5)
-        for tok, on in zip(np.asarray(tokens[i]), np.asarray(mask[i])):
+        for tok, on in zip(np.asarray(tokens[i]), np.asarray(mask[i]), strict=True):
             if on:
                 h = np.tanh(p["embed.weight"][tok] @ p["rnn.input.weight"] + h @ p["rnn.recurrent.weight"]
                             + p["rnn.bias"])
@@ -191,21 +192,21 @@ def test_all_padded_rows_and_batches_give_finite_loss_and_gradients(kind, masked
     model, params, _ = _model(kind, masked)
     y = jnp.asarray([0, 1, 2, 1], jnp.int32)
 
-    def loss(p, tokens, mask, m):
-        ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(p, tokens, mask), y)
+    def loss(p, tokens, m):
+        ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(p, tokens), y)
         return jnp.sum(m * ce) / jnp.maximum(jnp.sum(m), 1.0)
 
     grad = jax.value_and_grad(loss)
     # one all-padded row (length 0, weight 0) inside a batch
-    value, g = grad(params, *_padded("pre"), jnp.asarray([1.0, 1.0, 0.0, 1.0]))
+    value, g = grad(params, _padded("pre")[0], jnp.asarray([1.0, 1.0, 0.0, 1.0]))
     assert np.isfinite(float(value)) and all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(g))
     # an all-padded batch: Σm = 0 → loss 0, zero (finite) gradients
-    tokens, mask = jnp.zeros((4, 5), jnp.int32), jnp.zeros((4, 5), jnp.int32)
-    value, g = grad(params, tokens, mask, jnp.zeros(4))
+    tokens = jnp.zeros((4, 5), jnp.int32)
+    value, g = grad(params, tokens, jnp.zeros(4))
     assert float(value) == 0.0
     assert all(np.all(np.asarray(a) == 0.0) for a in jax.tree.leaves(g))
     if masked:  # an all-padded row pools / recurs to the zero vector: logits = the head's bias
-        logits = np.asarray(model.apply(params, tokens, mask))
+        logits = np.asarray(model.apply(params, tokens))
         assert np.all(np.isfinite(logits))
         if kind == "rnn":
             np.testing.assert_array_equal(logits, np.broadcast_to(np.asarray(params["params"]["layer0"]["bias"]),
@@ -214,8 +215,8 @@ def test_all_padded_rows_and_batches_give_finite_loss_and_gradients(kind, masked
 
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
 def test_canonical_mapping_round_trips(kind):
-    model, params, canonical = _model(kind)
-    back = seqm.to_canonical(params)
+    _, params, canonical = _model(kind)
+    back = flax_model.to_canonical(params)
     assert set(back) == set(canonical)
     assert all(np.array_equal(back[k], canonical[k]) for k in canonical)
     if kind == "rnn":
@@ -232,3 +233,13 @@ def test_native_mode_trains_with_flax_defaults():
     assert {k.split("/")[1] for k in arrays if k.startswith("init/")} == set(
         canonical_init(spec, load_dataset(spec)))
     assert adapter.compile_count <= 2
+
+
+def test_fused_execution_on_token_data_is_a_clear_error():
+    """Spec validation refuses `execution = "fused"` for token models; the adapter refuses token data itself too."""
+    spec = {**seq_spec(), "execution": "fused"}
+    data = load_dataset(spec)
+    adapter = make_adapter(spec)
+    plan, _ = _plans(spec, data)
+    with pytest.raises(ValueError, match="execution 'fused' scans whole epochs of one static shape"):
+        adapter.prepare(spec, data, plan, model_layers(spec, data), canonical_init(spec, data))

@@ -1,23 +1,31 @@
-"""The oracle itself: its gradients against finite differences, its updates against the written formulas."""
+"""The oracle itself: its whole-stack gradients against finite differences, its updates against the written
+formulas, and the layer_norm stack through the driver."""
 
 import numpy as np
 import pytest
 
-from backends.numpy_backend.model import loss_and_grads
+from backends.numpy_backend.model import build
 from backends.numpy_backend.optim import CanonicalOptimizer
-from common.initializers import initial_params, layer_sizes
+from common.layers import init_params, stack
 from common.regularization import Regularization
-from tests.support import make_spec
+from tests.support import make_spec, run_in_process
+
+
+def _mlp(hidden, activation, init, dropout=0.0):
+    spec = make_spec(model={"hidden": hidden, "activation": activation, "init": init},
+                     regularization={"dropout": dropout})
+    layers = stack(spec, 4, 3)
+    return build(layers, spec), init_params(layers, init, 0, np.float64)
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_gradients_match_finite_differences(activation):
     rng = np.random.default_rng(0)
-    params = initial_params("torch_default", layer_sizes(4, [5, 3], 3), 0, np.float64)
+    model, params = _mlp([5, 3], activation, "torch_default", dropout=0.3)
     x, y = rng.normal(size=(6, 4)), rng.integers(0, 3, 6)
     weights = np.array([1, 1, 1, 1, 0, 0], dtype=float)
     masks = [(rng.random((6, 5)) > 0.3) / 0.7, (rng.random((6, 3)) > 0.3) / 0.7]
-    _, grads = loss_and_grads(params, x, y, weights, activation, masks)
+    _, grads = model.loss_and_grads(params, x, y, weights, masks)
     h = 1e-6
     for name, w in params.items():
         numeric = np.zeros_like(w)
@@ -25,16 +33,16 @@ def test_gradients_match_finite_differences(activation):
             for sign in (1, -1):
                 shifted = {k: v.copy() for k, v in params.items()}
                 shifted[name][idx] += sign * h
-                numeric[idx] += sign * loss_and_grads(shifted, x, y, weights, activation, masks)[0] / (2 * h)
+                numeric[idx] += sign * model.loss_and_grads(shifted, x, y, weights, masks)[0] / (2 * h)
         assert np.allclose(grads[name], numeric, rtol=1e-6, atol=1e-8), name
 
 
 def test_padded_rows_do_not_change_loss_or_gradients():
     rng = np.random.default_rng(1)
-    params = initial_params("glorot_uniform", layer_sizes(4, [5], 3), 0, np.float64)
+    model, params = _mlp([5], "relu", "glorot_uniform")
     x, y = rng.normal(size=(4, 4)), rng.integers(0, 3, 4)
-    loss, grads = loss_and_grads(params, x[:3], y[:3], np.ones(3), "relu", None)
-    loss_p, grads_p = loss_and_grads(params, x, y, np.array([1.0, 1.0, 1.0, 0.0]), "relu", None)
+    loss, grads = model.loss_and_grads(params, x[:3], y[:3], np.ones(3))
+    loss_p, grads_p = model.loss_and_grads(params, x, y, np.array([1.0, 1.0, 1.0, 0.0]))
     assert np.isclose(loss, loss_p, rtol=1e-14)
     assert all(np.allclose(grads[k], grads_p[k], rtol=1e-13, atol=1e-16) for k in grads)
 
@@ -71,3 +79,33 @@ def test_adamw_first_step_and_l1_sign():
     g = 0.2 + 0.3 / 2 * -1.0
     m_hat, v_hat = g, g * g
     assert np.isclose(w1[1], -1.0 - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8) - 0.1 * 0.5 * -1.0)
+
+
+def test_layer_norm_scale_and_offset_follow_regularize_bias():
+    # γ and β are bias-like: only regularize_bias puts them under l2 (common.layers.regularized)
+    for regularize_bias in (False, True):
+        spec = make_spec(optimizer={"lr": 0.1}, regularization={"l2": 0.5, "regularize_bias": regularize_bias})
+        opt = CanonicalOptimizer(spec, Regularization.from_spec(spec))
+        params = {"ln0.scale": np.array([2.0]), "ln0.offset": np.array([1.0]), "layer0.weight": np.array([1.0])}
+        opt.step(params, {k: np.zeros(1) for k in params})
+        shrink = 1.0 - 0.1 * 2 * 0.5
+        assert params["layer0.weight"][0] == pytest.approx(shrink)
+        assert params["ln0.scale"][0] == pytest.approx(2.0 * shrink if regularize_bias else 2.0)
+        assert params["ln0.offset"][0] == pytest.approx(shrink if regularize_bias else 1.0)
+
+
+LN_LAYERS = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
+             {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+
+
+@pytest.mark.parametrize("mode", ["exact", "native"])
+def test_layer_norm_stack_trains_through_the_driver(mode):
+    spec = make_spec(dtype="float64", mode=mode, model={"layers": LN_LAYERS}, optimizer={"name": "adam", "lr": 0.01},
+                     regularization={"dropout": 0.3, "l2": 1e-3}, batching={"batch_size": 16}, train={"epochs": 8})
+    rec, arrays = run_in_process("numpy", spec)
+    assert {f"final/ln{i}.{s}" for i in (0, 1) for s in ("scale", "offset")} <= set(arrays)
+    assert not np.allclose(arrays["final/ln1.scale"], 1.0)  # γ is trained
+    losses = [e["train_loss"] for e in rec["epochs"]]
+    assert np.all(np.isfinite([s["loss"] for s in rec["steps"]]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert rec["epochs"][-1]["test_acc"] > 0.8

@@ -1,14 +1,16 @@
 """The oracle sequence models: gradients against finite differences, the padding/mask semantics against a naive
 per-row reference, finiteness on all-padded input, and short end-to-end runs through the driver."""
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
 from backends.numpy_backend import data as pipeline
-from backends.numpy_backend.sequence_model import forward, loss_and_grads
+from backends.numpy_backend.model import build
 from common.batching import BatchPlan
 from common.datasets import load_dataset
-from common.initializers import sequence_params
+from common.layers import init_params, stack
 from common.metrics import cross_entropy
 from common.padding import kept_lengths, loss_weights, pad_batch
 from tests.support import run_in_process, seq_spec
@@ -18,10 +20,20 @@ LENGTHS = [3, 6, 0, 2, 5]  # row 2 is all padding (weight 0, as a filler row wou
 PLAN_WEIGHTS = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
 
 
+def _spec(kind: str, activation: str = "tanh", masked: bool = True, init: str = "glorot_uniform") -> dict:
+    # dropout 0.3: the stacks hold one dropout layer of width WIDTH (after seq_pool's hidden layer, after the rnn)
+    return seq_spec(model={"kind": kind, "embed_dim": 3, "hidden": [WIDTH], "activation": activation,
+                           "init": init}, sequence={"mask": masked}, regularization={"dropout": 0.3})
+
+
+def _model(kind: str, activation: str = "tanh", masked: bool = True):
+    spec = _spec(kind, activation, masked)
+    return build(stack(spec, VOCAB, CLASSES), spec)
+
+
 def _params(kind: str, activation: str = "tanh", init: str = "glorot_uniform") -> dict:
-    spec = seq_spec(model={"kind": kind, "embed_dim": 3, "hidden": [WIDTH], "activation": activation,
-                           "init": init})
-    params = sequence_params(spec, VOCAB, CLASSES)
+    spec = _spec(kind, activation, init=init)
+    params = init_params(stack(spec, VOCAB, CLASSES), init, spec["seed"], np.float64)
     # non-zero biases so that the bias gradients are exercised away from 0
     rng = np.random.default_rng(42)
     return {k: v + (0.1 * rng.standard_normal(v.shape) if k.endswith(".bias") else 0.0) for k, v in params.items()}
@@ -41,7 +53,7 @@ def _dropout(rows: int, seed: int = 1) -> list[np.ndarray]:
     return [(rng.random((rows, WIDTH)) >= 0.3) * (1.0 / 0.7)]
 
 
-def _finite_differences(params, args, h=1e-6):
+def _finite_differences(model, params, args, h=1e-6):
     numeric = {}
     for name, w in params.items():
         out = np.zeros_like(w)
@@ -49,7 +61,7 @@ def _finite_differences(params, args, h=1e-6):
             for sign in (1, -1):
                 shifted = {k: v.copy() for k, v in params.items()}
                 shifted[name][idx] += sign * h
-                out[idx] += sign * loss_and_grads(shifted, *args)[0] / (2 * h)
+                out[idx] += sign * model.loss_and_grads(shifted, *args)[0] / (2 * h)
         numeric[name] = out
     return numeric
 
@@ -59,12 +71,13 @@ def _finite_differences(params, args, h=1e-6):
 @pytest.mark.parametrize("masked", [True, False])
 def test_gradients_match_finite_differences(kind, activation, side, masked):
     params = _params(kind, activation)
-    _, tokens, mask, labels, weights = _batch(side)
-    args = (tokens, mask if masked else None, labels, weights, kind, activation, _dropout(len(LENGTHS)))
-    loss, grads = loss_and_grads(params, *args)
+    model = _model(kind, activation, masked)
+    _, tokens, _, labels, weights = _batch(side)
+    args = (tokens, labels, weights, _dropout(len(LENGTHS)))
+    loss, grads = model.loss_and_grads(params, *args)
     assert np.isfinite(loss) and loss > 0
     assert set(grads) == set(params)
-    numeric = _finite_differences(params, args)
+    numeric = _finite_differences(model, params, args)
     for name in params:
         assert grads[name].shape == params[name].shape
         assert np.allclose(grads[name], numeric[name], rtol=1e-6, atol=1e-9), name
@@ -96,12 +109,12 @@ def _reference_loss(params, seqs, labels, weights, kind, dropout):
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
 @pytest.mark.parametrize("truncate", ["post", "pre"])
 def test_masked_pre_and_post_padding_agree_and_match_the_reference(kind, truncate):
-    params = _params(kind)
+    params, model = _params(kind), _model(kind)
     dropout = _dropout(len(LENGTHS))
-    seqs, post_tokens, post_mask, labels, weights = _batch("post", truncate, length=4)
-    _, pre_tokens, pre_mask, _, _ = _batch("pre", truncate, length=4)
-    post = loss_and_grads(params, post_tokens, post_mask, labels, weights, kind, "tanh", dropout)
-    pre = loss_and_grads(params, pre_tokens, pre_mask, labels, weights, kind, "tanh", dropout)
+    seqs, post_tokens, _, labels, weights = _batch("post", truncate, length=4)
+    _, pre_tokens, _, _, _ = _batch("pre", truncate, length=4)
+    post = model.loss_and_grads(params, post_tokens, labels, weights, dropout)
+    pre = model.loss_and_grads(params, pre_tokens, labels, weights, dropout)
     assert not np.array_equal(post_tokens, pre_tokens)
     assert np.isclose(post[0], pre[0], rtol=1e-13, atol=0)
     for name in params:
@@ -112,22 +125,22 @@ def test_masked_pre_and_post_padding_agree_and_match_the_reference(kind, truncat
 
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
 def test_masked_result_does_not_depend_on_the_amount_of_padding(kind):
-    params = _params(kind)
+    params, model = _params(kind), _model(kind)
     dropout = _dropout(len(LENGTHS))
-    _, short, short_mask, labels, weights = _batch("pre", length=6)
-    _, long, long_mask, _, _ = _batch("pre", length=11)
-    a = loss_and_grads(params, short, short_mask, labels, weights, kind, "tanh", dropout)
-    b = loss_and_grads(params, long, long_mask, labels, weights, kind, "tanh", dropout)
+    _, short, _, labels, weights = _batch("pre", length=6)
+    _, long, _, _, _ = _batch("pre", length=11)
+    a = model.loss_and_grads(params, short, labels, weights, dropout)
+    b = model.loss_and_grads(params, long, labels, weights, dropout)
     assert np.isclose(a[0], b[0], rtol=1e-13, atol=0)
     assert all(np.allclose(a[1][k], b[1][k], rtol=1e-12, atol=1e-15) for k in params)
 
 
 def test_unmasked_rnn_depends_on_the_padding_side():
-    params = _params("rnn")
+    params, model = _params("rnn"), _model("rnn", masked=False)
     _, post_tokens, _, labels, weights = _batch("post")
     _, pre_tokens, _, _, _ = _batch("pre")
-    post = loss_and_grads(params, post_tokens, None, labels, weights, "rnn", "tanh", None)
-    pre = loss_and_grads(params, pre_tokens, None, labels, weights, "rnn", "tanh", None)
+    post = model.loss_and_grads(params, post_tokens, labels, weights)
+    pre = model.loss_and_grads(params, pre_tokens, labels, weights)
     assert abs(post[0] - pre[0]) > 1e-3
     # unmasked, the pads are ordinary E[0] inputs: the whole padded row runs through the RNN
     seqs = [np.asarray(t) for t in post_tokens]
@@ -136,13 +149,13 @@ def test_unmasked_rnn_depends_on_the_padding_side():
 
 
 def test_unmasked_seq_pool_depends_on_the_amount_of_padding_not_its_side():
-    params = _params("seq_pool")
+    params, model = _params("seq_pool"), _model("seq_pool", masked=False)
     _, post_tokens, _, labels, weights = _batch("post")
     _, pre_tokens, _, _, _ = _batch("pre")
     _, longer, _, _, _ = _batch("post", length=9)
-    post = loss_and_grads(params, post_tokens, None, labels, weights, "seq_pool", "tanh", None)
-    pre = loss_and_grads(params, pre_tokens, None, labels, weights, "seq_pool", "tanh", None)
-    more = loss_and_grads(params, longer, None, labels, weights, "seq_pool", "tanh", None)
+    post = model.loss_and_grads(params, post_tokens, labels, weights)
+    pre = model.loss_and_grads(params, pre_tokens, labels, weights)
+    more = model.loss_and_grads(params, longer, labels, weights)
     assert np.isclose(post[0], pre[0], rtol=1e-13)
     assert abs(post[0] - more[0]) > 1e-4
 
@@ -150,37 +163,35 @@ def test_unmasked_seq_pool_depends_on_the_amount_of_padding_not_its_side():
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
 @pytest.mark.parametrize("masked", [True, False])
 def test_all_padded_row_and_batch_are_finite(kind, masked):
-    params = _params(kind)
-    _, tokens, mask, labels, weights = _batch("post")
-    loss, grads = loss_and_grads(params, tokens, mask if masked else None, labels, weights, kind, "tanh",
-                                 _dropout(len(LENGTHS)))
+    params, model = _params(kind), _model(kind, masked=masked)
+    _, tokens, _, labels, weights = _batch("post")
+    loss, grads = model.loss_and_grads(params, tokens, labels, weights, _dropout(len(LENGTHS)))
     assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values())
     if masked:  # the all-padded row reads nothing: its encoding is the zero vector
-        logits, _ = forward(params, tokens[2:3], mask[2:3], kind, "tanh", None)
-        ref, _ = forward({**params, "embed.weight": np.zeros_like(params["embed.weight"])}, tokens[2:3], None,
-                         kind, "tanh", None)
+        logits, _ = model.forward(params, tokens[2:3])
+        ref, _ = _model(kind, masked=False).forward(
+            {**params, "embed.weight": np.zeros_like(params["embed.weight"])}, tokens[2:3])
         assert np.all(np.isfinite(logits)) and (kind == "rnn" or np.allclose(logits, ref))
     # a batch of filler rows only: Σ m = 0 → loss 0 and zero gradients, no NaN
     empty = [np.zeros(0, dtype=np.int64)] * 3
     for length in (4, 0):
-        tokens, mask, kept = pad_batch(empty, "post", "post", length)
+        tokens, _, kept = pad_batch(empty, "post", "post", length)
         assert tokens.shape == (3, length)
         weights = loss_weights(np.zeros(3), kept, "per_token")
-        loss, grads = loss_and_grads(params, tokens, mask if masked else None, np.array([0, 1, 2]), weights,
-                                     kind, "tanh", _dropout(3))
+        loss, grads = model.loss_and_grads(params, tokens, np.array([0, 1, 2]), weights, _dropout(3))
         assert loss == 0.0
         assert all(np.all(g == 0.0) for g in grads.values())
 
 
 def test_per_token_weights_weight_rows_by_kept_length():
-    params = _params("seq_pool")
-    _, tokens, mask, labels, per_token = _batch("post", length=4, loss_norm="per_token")
+    params, model = _params("seq_pool"), _model("seq_pool")
+    _, tokens, _, labels, per_token = _batch("post", length=4, loss_norm="per_token")
     _, _, _, _, per_seq = _batch("post", length=4, loss_norm="per_sequence")
     assert per_token.tolist() == [3.0, 4.0, 0.0, 2.0, 4.0]
     assert per_seq.tolist() == PLAN_WEIGHTS.tolist()
-    logits, _ = forward(params, tokens, mask, "seq_pool", "tanh", None)
+    logits, _ = model.forward(params, tokens)
     ell = cross_entropy(logits, labels)
-    loss, _ = loss_and_grads(params, tokens, mask, labels, per_token, "seq_pool", "tanh", None)
+    loss, _ = model.loss_and_grads(params, tokens, labels, per_token)
     assert np.isclose(loss, np.sum(ell * per_token) / 13.0, rtol=1e-14)
 
 
@@ -189,16 +200,18 @@ def test_pipeline_pads_with_the_resolved_sides_and_loss_weights():
                     batching={"last_batch": "pad"})
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    batches = list(pipeline.sequence_epoch_batches(spec, plan, 0, data))
+    batches = list(pipeline.epoch_rows(spec, data, plan, 0))
     planned = plan.batches(0)
     assert len(batches) == len(planned)
-    for b, p in zip(batches, planned):
+    for b, p in zip(batches, planned, strict=True):
         tokens, mask, _ = pad_batch(data.sequences("train", p.ids), "pre", "pre", 5)
         assert np.array_equal(b.ids, p.ids) and b.length == p.length == 5
-        assert np.array_equal(b.tokens, tokens) and np.array_equal(b.mask, mask)
+        # the model's token mask is read off the tokens (token 0 is the pad)
+        assert np.array_equal(b.x, tokens) and np.array_equal(b.x != 0, mask)
         kept = kept_lengths(data.train_lengths[p.ids], 5, [])
-        assert np.array_equal(b.row_weights, p.weights * kept)
-    assert batches[-1].row_weights[-1] == 0.0  # a filler row
+        assert np.array_equal(b.lengths, kept)
+        assert np.array_equal(b.weights, p.weights * kept)
+    assert batches[-1].weights[-1] == 0.0  # a filler row
 
 
 def _plan(spec):
@@ -215,7 +228,7 @@ def test_end_to_end_training_follows_the_plan_and_learns(kind, last_batch):
     plan = _plan(spec)
     expected = [b for e in range(6) for b in plan.batches(e)]
     assert len(rec["steps"]) == len(expected)
-    for step, batch in zip(rec["steps"], expected):
+    for step, batch in zip(rec["steps"], expected, strict=True):
         assert step["padded_length"] == batch.length
         assert step["batch_ids"] == batch.real_ids.tolist()
     assert {s["padded_length"] for s in rec["steps"]} == {4, 10}
@@ -223,7 +236,7 @@ def test_end_to_end_training_follows_the_plan_and_learns(kind, last_batch):
     losses = [e["train_loss"] for e in rec["epochs"]]
     assert all(np.isfinite(losses))
     # the evaluated training loss falls epoch over epoch and well below the first epoch's
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert all(b < a for a, b in pairwise(losses)), losses
     assert losses[-1] < 0.8 * losses[0], losses
 
 

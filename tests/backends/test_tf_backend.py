@@ -1,6 +1,8 @@
 """TensorFlow / Keras 3 backend: exact-mode agreement with the numpy oracle, dropout handling, and the Keras traps
 this backend converts (L2 factor, sample-weight reduction, ε-hat, float32 hyperparameter casts, retracing)."""
 
+import dataclasses
+import inspect
 import os
 
 import numpy as np
@@ -12,15 +14,12 @@ keras = pytest.importorskip("keras")
 
 from backends.tf_backend import optim as tf_optim  # noqa: E402
 from backends.tf_backend.adapter import make_adapter  # noqa: E402
+from backends.tf_backend.execution import MODES  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init, train  # noqa: E402
+from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.metrics import cross_entropy, weighted_mean  # noqa: E402
-from common.regularization import Regularization  # noqa: E402
-from backends.tf_backend.execution import MODES  # noqa: E402
-from tests.support import (EXACT_MATRIX, base_spec, compare_with_oracle, divergences,  # noqa: E402
-                           matrix_spec, run_in_process)
-
+from tests.support import EXACT_MATRIX, base_spec, compare_with_oracle, divergences, matrix_spec, run_in_process  # noqa: E402
 
 # Together these cover every last_batch policy, shuffle on/off, plain sgd, sgd+momentum, sgd+nesterov, adam, adamw,
 # l1 mean and sum (on zero-initialised biases too: sign(0) = 0), l2, coupled and decoupled decay, regularize_bias
@@ -50,7 +49,7 @@ def test_float32_exact_mode_agrees_within_float32_tolerance():
     cmp = compare_with_oracle("tf", spec)
     assert cmp["tolerance"]["rtol"] == 1e-4
     assert divergences(cmp) == []
-    rec, npz = run_in_process("tf", spec)
+    _, npz = run_in_process("tf", spec)
     assert all(v.dtype == np.float32 for k, v in npz.items() if k.startswith("final/"))
 
 
@@ -98,7 +97,7 @@ def test_evaluate_has_no_dropout(mode):
     first, second = adapter.evaluate("train", batches), adapter.evaluate("train", batches)
     assert first == second
     params = adapter.parameters()
-    for batch, (loss_sum, correct, n) in zip(batches, first):
+    for batch, (loss_sum, correct, n) in zip(batches, first, strict=True):
         want_loss, want_correct = _numpy_eval(params, data.train_x[batch.ids], data.train_y[batch.ids], "relu")
         assert n == batch.n_real
         assert correct == want_correct
@@ -109,7 +108,7 @@ def test_native_mode_uses_keras_dropout():
     spec = _spec(mode="native", train={"epochs": 1}, regularization={"dropout": 0.5})
     adapter = make_adapter(spec)
     train(adapter, spec, load_dataset(spec))
-    dropouts = [layer for layer in adapter.model.dropout if isinstance(layer, keras.layers.Dropout)]
+    dropouts = [layer for layer in adapter.model.stack if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == len(spec["model"]["hidden"]) and all(d.rate == 0.5 for d in dropouts)
     native = run_in_process("tf", spec)
     no_dropout = run_in_process("tf", _spec(mode="native", train={"epochs": 1}))
@@ -141,11 +140,12 @@ def test_native_mode_uses_keras_idioms():
     init = body["init"]
     bound = np.sqrt(6.0 / sum(init["layer0.weight"].shape))
     assert np.all(init["layer0.bias"] == 0) and np.abs(init["layer0.weight"]).max() <= bound
-    kernel_reg = adapter.model.dense[0].kernel_regularizer
-    assert (kernel_reg.l1, kernel_reg.l2) == (0.002, 0.01) and adapter.model.dense[0].bias_regularizer is None
+    dense = _keras_layer(adapter, "layer0")
+    kernel_reg = dense.kernel_regularizer
+    assert (kernel_reg.l1, kernel_reg.l2) == (0.002, 0.01) and dense.bias_regularizer is None
     opt = adapter.optimizer.optimizer
     assert opt.epsilon == 1e-7 and opt.weight_decay == 0.05
-    assert opt._use_weight_decay(adapter.model.dense[0].bias)
+    assert opt._use_weight_decay(dense.bias)
 
 
 def test_wrong_keras_l2_factor_is_caught_at_step_2(monkeypatch):
@@ -153,8 +153,7 @@ def test_wrong_keras_l2_factor_is_caught_at_step_2(monkeypatch):
     update differs, so the comparison fails first at step 2."""
     spec = _spec(train={"epochs": 1}, regularization={"l2": 0.01})
     assert divergences(compare_with_oracle("tf", spec)) == []
-    monkeypatch.setattr(Regularization, "keras_l2_factor",
-                        lambda self, name: self.coupled if self.applies(name) else 0.0)
+    monkeypatch.setattr(tf_optim, "keras_l2_factor", lambda reg, name: reg.coupled if reg.applies(name) else 0.0)
     cmp = compare_with_oracle("tf", spec)
     assert not cmp["equivalent"]
     assert _loss_pair(cmp)["first_divergent_step"] == 2
@@ -202,22 +201,21 @@ def test_ragged_last_batch_does_not_retrace():
     spec = _spec(train={"epochs": 2}, regularization={"dropout": 0.3})
     assert 120 % spec["batching"]["batch_size"] != 0
     adapter, _ = _trained_adapter(spec)
-    assert adapter._step.experimental_get_tracing_count() == 1
+    assert adapter.runner.step.experimental_get_tracing_count() == 1
     assert adapter._forward.experimental_get_tracing_count() == 1
 
 
 def test_pipeline_is_tf_data_and_records_versions():
     spec = _spec(train={"epochs": 1})
-    adapter = make_adapter(spec)
-    data = load_dataset(spec)
-    plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
-    adapter.prepare(spec, data, plan, canonical_init(spec, data))
-    ds = adapter.epoch_batches(0)
+    adapter = _prepared(spec)
+    plan = BatchPlan.from_spec(spec, 120)
+    ds = adapter.pipeline.dataset(0)
     assert isinstance(ds, tf.data.Dataset)
-    sizes = [int(b[0].shape[0]) for b in ds]
+    sizes = [int(b["x"].shape[0]) for b in ds]
     assert sizes == [b.rows for b in plan.batches(0)] and sizes[-1] < 7  # ragged last batch from .batch()
     assert adapter.versions() == {"tensorflow": tf.__version__, "keras": keras.__version__}
-    np.testing.assert_array_equal(adapter.parameters()["layer0.weight"], canonical_init(spec, data)["layer0.weight"])
+    np.testing.assert_array_equal(adapter.parameters()["layer0.weight"],
+                                  canonical_init(spec, load_dataset(spec))["layer0.weight"])
 
 
 # Execution modes (spec["execution"]): both cases keep a ragged last batch of 1 row (the fused program's extra step
@@ -235,16 +233,21 @@ def test_every_execution_mode_agrees_with_oracle(mode, case):
 def _prepared(spec):
     adapter = make_adapter(spec)
     data = load_dataset(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), canonical_init(spec, data))
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
+                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
     return adapter
+
+
+def _keras_layer(adapter, name):
+    return next(layer for layer in adapter.model.stack if layer.name == name)
 
 
 def test_compiled_and_fused_use_xla():
     spec = _spec(train={"epochs": 1})
-    assert not _prepared({**spec, "execution": "eager"})._step._jit_compile
-    assert _prepared({**spec, "execution": "compiled"})._step._jit_compile
+    assert not _prepared({**spec, "execution": "eager"}).runner.step._jit_compile
+    assert _prepared({**spec, "execution": "compiled"}).runner.step._jit_compile
     fused = _prepared({**spec, "execution": "fused"})
-    assert fused._fused.program._jit_compile
+    assert fused.runner.program._jit_compile
 
 
 def test_fused_runs_one_program_per_epoch():
@@ -252,10 +255,10 @@ def test_fused_runs_one_program_per_epoch():
             "execution": "fused"}
     adapter, _ = _trained_adapter(spec)
     plan = BatchPlan.from_spec(spec, 120)
-    assert adapter._fused.program.experimental_get_tracing_count() == 1  # same shapes every epoch: one trace
+    assert adapter.runner.program.experimental_get_tracing_count() == 1  # same shapes every epoch: one trace
     assert int(adapter.optimizer.optimizer.iterations.numpy()) == 3 * plan.steps_per_epoch
-    assert adapter._step.experimental_get_tracing_count() == 0  # the driver's steps all came from the program
-    full, tail = adapter._fused.plan_inputs(0, 1)
+    assert adapter.runner.step.experimental_get_tracing_count() == 0  # the driver's steps all came from the program
+    full, tail = adapter.runner.plan_inputs(0, 1)
     assert full[0].shape == (120 // 7, 7) and tail[0].shape == (120 % 7,)
 
 
@@ -272,5 +275,55 @@ def test_fused_sets_epsilon_hat_inside_the_loop(monkeypatch):
 
 
 def test_fused_needs_exact_mode():
-    with pytest.raises(ValueError, match="fused.*exact"):
+    with pytest.raises(ValueError, match=r"fused.*exact"):
         make_adapter({**_spec(mode="native"), "execution": "fused"})
+
+
+# Layer stacks with layer_norm (Keras LayerNormalization, gamma/beta = ln{i}.scale/offset) against the oracle.
+LN_LAYERS = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
+             {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+LN_CASES = {
+    "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
+    "sgd-momentum-wd-bias": {"optimizer": {"lr": 0.05, "momentum": 0.9},
+                             "regularization": {"weight_decay": 1e-3, "regularize_bias": True, "dropout": 0.3}},
+}
+
+
+# float32 horizon: the SGD-momentum run amplifies float32 rounding about ×10 every 10 steps after step 60 (torch
+# alike, both ~1e-3 from the float64 oracle at step 108), so its float32 check covers the first 3 epochs (54 steps,
+# within 1e-5 there)
+FLOAT32_EPOCHS = {"adam-l2": 6, "sgd-momentum-wd-bias": 3}
+
+
+@pytest.mark.parametrize("case", sorted(LN_CASES))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layer_norm_stack_agrees_with_oracle(case, dtype):
+    epochs = 6 if dtype == "float64" else FLOAT32_EPOCHS[case]
+    spec = _spec(dtype=dtype, model={"layers": LN_LAYERS}, train={"epochs": epochs}, **LN_CASES[case])
+    cmp = compare_with_oracle("tf", spec)
+    assert cmp["tolerance"]["rtol"] == (1e-9 if dtype == "float64" else 1e-4)
+    assert divergences(cmp) == []
+    _, npz = run_in_process("tf", spec)
+    assert {"final/ln0.scale", "final/ln0.offset", "final/ln1.scale", "final/ln1.offset"} <= set(npz)
+    assert not np.array_equal(npz["final/ln0.scale"], npz["init/ln0.scale"])  # gamma trained
+
+
+def test_layer_norm_eps_exact_is_the_specs_native_is_keras_default():
+    keras_default = inspect.signature(keras.layers.LayerNormalization).parameters["epsilon"].default
+    assert keras_default == 1e-3  # the trap: torch 1e-5, flax 1e-6
+    layers = [{"kind": "dense", "units": 8, "activation": "relu"}, {"kind": "layer_norm"},
+              {"kind": "layer_norm", "eps": 2e-5}, {"kind": "dense"}]
+    for mode, want in (("exact", [1e-4, 2e-5]), ("native", [keras_default, keras_default])):
+        adapter = _prepared(_spec(mode=mode, model={"layers": layers, "norm_eps": 1e-4}))
+        norms = [layer for layer in adapter.model.stack if isinstance(layer, keras.layers.LayerNormalization)]
+        assert [norm.epsilon for norm in norms] == want and [norm.name for norm in norms] == ["ln0", "ln1"]
+
+
+def test_layer_norm_with_keras_default_eps_diverges_in_exact_mode(monkeypatch):
+    """The exact eps matters: Keras's default ε = 1e-3 instead of the spec's 1e-5 is caught at step 1."""
+    from backends.tf_backend import model as tf_model
+    from backends.tf_backend import norm as tf_norm
+    spec = _spec(train={"epochs": 1}, model={"layers": LN_LAYERS}, regularization={"dropout": 0.3})
+    monkeypatch.setitem(tf_model.LAYERS, "layer_norm",
+                        lambda layer, build: tf_norm.layer_norm(layer, dataclasses.replace(build, native=True)))
+    assert _loss_pair(compare_with_oracle("tf", spec))["first_divergent_step"] == 1

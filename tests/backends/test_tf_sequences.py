@@ -11,15 +11,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from backends.tf_backend import sequence_model  # noqa: E402
+from backends.tf_backend import model as tf_model  # noqa: E402
 from backends.tf_backend.adapter import make_adapter  # noqa: E402
-from backends.tf_backend.sequence_data import SequencePipeline, SequenceSplit, eval_tokens  # noqa: E402
+from backends.tf_backend.data import Tokens  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init, train  # noqa: E402
+from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.padding import loss_weights, pad_batch  # noqa: E402
-from tests.support import (compare_with_oracle, divergences, run_in_process, seq_spec,  # noqa: E402
-                           worst_tolerance_used)
+from tests.support import compare_with_oracle, divergences, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
 
 RNN = {"kind": "rnn", "hidden": [5]}
 
@@ -46,34 +45,35 @@ def test_pipeline_batches_are_pad_batch_of_the_plan(seq, last):
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     sides = (spec["sequence"]["pad"], spec["sequence"]["truncate"])
-    train_split = SequenceSplit(data.train_x, data.train_lengths, data.train_y, spec["sequence"])
-    pipeline = SequencePipeline(train_split, spec, sides, "float64")
+    pipeline = Tokens(spec, data, plan)
     cap = seq.get("max_len") or seq.get("buckets", [0])[-1]
     if cap and cap < 10:  # a truncating case must actually cut rows
         assert data.train_lengths.max() > cap
     for epoch in range(2):
         planned = plan.batches(epoch)
-        delivered = list(pipeline.epoch(plan, epoch))
+        delivered = list(pipeline.epoch(epoch))
         assert len(delivered) == len(planned)
-        for got, batch in zip(delivered, planned):
-            assert np.array_equal(got["ids"].numpy(), batch.ids)
+        for got, batch in zip(delivered, planned, strict=True):
+            assert np.array_equal(got.ids, batch.ids)
             tokens, _, kept = pad_batch(data.sequences("train", batch.ids), *sides, batch.length)
-            assert got["tokens"].shape == (batch.rows, batch.length)
-            assert np.array_equal(got["tokens"].numpy(), tokens)
-            assert np.array_equal(got["kept"].numpy(), kept)
-            assert np.array_equal(got["weights"].numpy(), loss_weights(batch.weights, kept, seq.get(
+            assert got.x.shape == (batch.rows, batch.length) and got.length == batch.length
+            assert np.array_equal(got.x.numpy(), tokens)
+            assert np.array_equal(got.lengths.numpy(), kept)
+            assert np.array_equal(got.weights.numpy(), loss_weights(batch.weights, kept, seq.get(
                 "loss_norm", "per_sequence")))
-            assert np.array_equal(got["labels"].numpy(), data.train_y[batch.ids])
+            assert np.array_equal(got.y.numpy(), data.train_y[batch.ids])
 
 
 @pytest.mark.parametrize("sides", [("pre", "pre"), ("post", "post"), ("pre", "post")])
 def test_eval_batches_are_pad_batch(sides):
-    spec = seq_spec(sequence={"buckets": [3, 6]}, batching={"eval_batch_size": 5})
+    spec = seq_spec(sequence={"buckets": [3, 6], "pad": sides[0], "truncate": sides[1]},
+                    batching={"eval_batch_size": 5})
     data = load_dataset(spec)
-    split = SequenceSplit(data.test_x, data.test_lengths, data.test_y, spec["sequence"])
+    pipeline = Tokens(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths))
     for batch in eval_batches(data.test_x.shape[0], 5, data.test_lengths, 0, [3, 6]):
-        want, _, _ = pad_batch(data.sequences("test", batch.ids), *sides, batch.length)
-        assert np.array_equal(eval_tokens(split, batch.ids, batch.length, sides), want)
+        want, _, kept = pad_batch(data.sequences("test", batch.ids), *sides, batch.length)
+        rows = pipeline.eval_rows("test", batch)
+        assert np.array_equal(rows.x.numpy(), want) and np.array_equal(rows.lengths, kept)
 
 
 # --- exact mode against the numpy oracle -------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_graph_step_traces_once_for_every_batch_shape():
     body = train(adapter, spec, data)
     assert len({s["padded_length"] for s in body["steps"]}) == 3
     assert len({s["batch_size"] for s in body["steps"]}) > 1
-    assert adapter._step.experimental_get_tracing_count() == 1
+    assert adapter.runner.step.experimental_get_tracing_count() == 1
     assert adapter._forward.experimental_get_tracing_count() == 1
 
 
@@ -171,8 +171,8 @@ def test_graph_step_traces_once_for_every_batch_shape():
 def _model_and_batch(kind: str, side: str):
     spec = seq_spec(model=RNN if kind == "rnn" else {}, sequence={"pad": side})
     data = load_dataset(spec)
-    model = sequence_model.build_sequence_model(spec, data.vocab, data.n_classes, {}, 0.0)
-    sequence_model.load_sequence_params(model, canonical_init(spec, data))
+    model = tf_model.build(model_layers(spec, data), spec)
+    tf_model.load_canonical(model, canonical_init(spec, data))
     seqs = [np.array([3, 5, 2]), np.array([], dtype=np.int64), np.array([7])]
     tokens, _, _ = pad_batch(seqs, side, "post", 4)
     return model, tokens, np.array([0, 1, 2])
@@ -191,10 +191,10 @@ def _loss_and_grads(model, tokens, labels, weights):
 def test_all_padded_row_and_batch_are_finite(kind, side):
     model, tokens, labels = _model_and_batch(kind, side)
     assert not tokens[1].any()
-    # the all-padded row's summary is the zero vector (pooled mean with max(Σm, 1); the untouched RNN state)
-    x = model.embed(tokens)
-    mask = model.embed.compute_mask(tokens)
-    summary = model.pool(x, mask=mask) if kind == "seq_pool" else model.rnn(x, mask=mask)
+    # the all-padded row's summary is the zero vector (pooled mean with max(Σm, 1); the untouched RNN state); the
+    # Embedding's mask reaches the next layer through Keras itself
+    embed, summarize = model.stack[:2]
+    summary = summarize(embed(tokens))
     assert np.all(np.isfinite(summary.numpy())) and not summary.numpy()[1].any()
     loss, grads = _loss_and_grads(model, tokens, labels, np.array([1.0, 0.0, 1.0]))
     assert np.isfinite(loss.numpy()) and loss.numpy() > 0
@@ -215,4 +215,4 @@ def test_native_mode_runs_with_keras_defaults():
     rec, _ = run_in_process("tf", spec)
     assert rec["padding"] == {"pad": "pre", "truncate": "pre"}
     assert all(np.isfinite(s["loss"]) and s["padded_length"] == 6 for s in rec["steps"])
-    assert sorted(sum((s["batch_ids"] for s in rec["steps"][:11]), [])) == list(range(72))
+    assert sorted(i for s in rec["steps"][:11] for i in s["batch_ids"]) == list(range(72))

@@ -1,6 +1,7 @@
-"""PyTorch backend: exact-mode agreement with the numpy oracle, dropout handling, the DataLoader's RNG, a replay of
-a torch record by a plain hand-written PyTorch loop, native mode (common.native's torch column), and the execution
-modes (eager, torch.compile, CUDA graph) each reproducing the oracle."""
+"""PyTorch backend: exact-mode agreement with the numpy oracle (layer_norm stacks included, and the ε each mode
+passes to nn.LayerNorm), dropout handling, the DataLoader's RNG, a replay of a torch record by a plain hand-written
+PyTorch loop, native mode (common.native's torch column), and the execution modes (eager, torch.compile, CUDA
+graph) each reproducing the oracle."""
 
 import json
 
@@ -9,21 +10,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch import nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from backends.torch_backend.adapter import make_adapter  # noqa: E402
 from backends.torch_backend.data import RowsDataset, make_loader  # noqa: E402
+from backends.torch_backend.execution import CompiledStep, GraphStep  # noqa: E402
 from common import record  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init, train  # noqa: E402
-from common.dropout import shared_masks  # noqa: E402
+from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
-from backends.torch_backend.execution import CompiledStep, GraphStep  # noqa: E402
-from tests.support import (EXACT_MATRIX, base_spec, compare_with_oracle, divergences,  # noqa: E402
-                           matrix_spec, run_in_process)
-
+from tests.support import EXACT_MATRIX, base_spec, compare_with_oracle, divergences, matrix_spec, run_in_process  # noqa: E402
 
 # Together these cover every last_batch policy, shuffle on/off, sgd+momentum, sgd+nesterov, plain sgd, adam,
 # adamw, l1 mean and sum, l2, coupled and decoupled decay, regularize_bias on/off, dropout 0.3 / 0.5, relu/tanh,
@@ -50,8 +48,49 @@ def test_float32_exact_mode_agrees_within_float32_tolerance():
     cmp = compare_with_oracle("torch", spec)
     assert cmp["tolerance"]["rtol"] == 1e-4
     assert divergences(cmp) == []
-    rec, npz = run_in_process("torch", spec)
+    _, npz = run_in_process("torch", spec)
     assert npz["final/layer0.weight"].dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------------------ layer_norm
+
+LAYER_NORM_STACK = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
+                    {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+LAYER_NORM_RUNS = {
+    "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
+    # lr 0.01: at 0.05 this net amplifies float32 rounding ×10 every ~20 steps (1e-7 → 1e-2 by step 108, float64
+    # still within 1e-9), a steady growth, not a semantic jump; the matrix case runs lr 0.05 in float64
+    "sgd-momentum-wd": {"optimizer": {"lr": 0.01, "momentum": 0.9},
+                        "regularization": {"weight_decay": 1e-3, "dropout": 0.3}},
+}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
+@pytest.mark.parametrize("case", sorted(LAYER_NORM_RUNS))
+def test_layer_norm_stack_agrees_with_oracle_at_every_step(case, dtype, rtol):
+    spec = _spec(dtype=dtype, model={"layers": LAYER_NORM_STACK}, **LAYER_NORM_RUNS[case])
+    cmp = compare_with_oracle("torch", spec)
+    assert cmp["tolerance"]["rtol"] == rtol
+    assert divergences(cmp) == []
+    pairs = {p["metric"]: p for p in cmp["pairs"]}
+    assert pairs["loss"]["first_divergent_step"] is None and not pairs["batch_ids"]["divergent"]
+    assert {"final/ln0.scale", "final/ln0.offset", "final/ln1.scale", "final/ln1.offset"} <= set(pairs)
+    rec, npz = run_in_process("torch", spec)
+    assert len(rec["steps"]) == 18 * 6  # every step of the 6 epochs compared
+    assert not np.array_equal(npz["init/ln0.scale"], npz["final/ln0.scale"])  # γ and β train
+
+
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_layer_norm_eps_is_the_spec_in_exact_mode_and_torch_default_in_native_mode(eps):
+    """Exact mode passes the canonical ε (the table's eps, else model.norm_eps); native mode writes
+    nn.LayerNorm(width) as a hand port does, so torch's default 1e-5 whatever the spec says."""
+    table = {"kind": "layer_norm"} if eps is None else {"kind": "layer_norm", "eps": eps}
+    model = {"layers": [{"kind": "dense", "units": 8}, table, {"kind": "dense"}], "norm_eps": 2e-4}
+    for mode, want in (("exact", eps or 2e-4), ("native", 1e-5)):
+        adapter, _, _ = _prepared(_spec(mode=mode, model=model))
+        norms = [m for m in adapter.model.modules() if isinstance(m, nn.LayerNorm)]
+        assert norms == [adapter.model.ln0] and norms[0].eps == want, mode
+    assert nn.LayerNorm(8).eps == 1e-5  # torch's default
 
 
 def _prepared(spec):
@@ -59,17 +98,16 @@ def _prepared(spec):
     data = load_dataset(spec)
     adapter = make_adapter(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
-    adapter.prepare(spec, data, plan, canonical_init(spec, data) if spec["mode"] == "exact" else None)
+    adapter.prepare(spec, data, plan, model_layers(spec, data),
+                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
     return adapter, data, plan
 
 
 @pytest.mark.parametrize("mode", ["exact", "native"])
 def test_dropout_is_off_in_evaluate(mode):
     spec = _spec(mode=mode, regularization={"dropout": 0.5})
-    adapter, data, plan = _prepared(spec)
-    batch = next(iter(adapter.epoch_batches(0)))
-    masks = shared_masks(spec["seed"], 1, 0.5, batch.x.shape[0], spec["model"]["hidden"], np.float64)
-    adapter.train_step(batch, 1, masks if mode == "exact" else None)  # leaves the model in training mode
+    adapter, data, _ = _prepared(spec)
+    adapter.run_epoch(0, 1)  # shared masks (exact) or nn.Dropout (native); leaves the model in training mode
     batches = eval_batches(data.test_x.shape[0], 5)
     first, second = adapter.evaluate("test", batches), adapter.evaluate("test", batches)
     assert first == second
@@ -77,7 +115,7 @@ def test_dropout_is_off_in_evaluate(mode):
     hidden = np.maximum(data.test_x @ p["layer0.weight"] + p["layer0.bias"], 0.0)
     logits = hidden @ p["layer1.weight"] + p["layer1.bias"]
     losses, correct = cross_entropy(logits, data.test_y), np.argmax(logits, axis=1) == data.test_y
-    for got, b in zip(first, batches):
+    for got, b in zip(first, batches, strict=True):
         assert got[0] == pytest.approx(losses[b.ids].sum(), rel=1e-12)
         assert got[1] == correct[b.ids].sum()
         assert got[2] == b.n_real
@@ -94,7 +132,7 @@ def test_loader_yields_plan_batches_and_keeps_global_rng():
         loader.batch_sampler.set_epoch(epoch)
         got = list(loader)
         assert len(got) == len(plan.batches(epoch))
-        for native, planned in zip(got, plan.batches(epoch)):
+        for native, planned in zip(got, plan.batches(epoch), strict=True):
             assert np.array_equal(native.ids, planned.ids)
             assert np.array_equal(native.weights.numpy(), planned.weights)
             assert np.array_equal(native.x.numpy(), data.train_x[planned.ids])
@@ -179,7 +217,7 @@ def test_native_init_is_nn_linear_default(hidden):
     canonical = canonical_init(spec, data)
     torch.manual_seed(3)
     by_hand = [nn.Linear(fan_in, fan_out, dtype=torch.float64)
-               for fan_in, fan_out in zip([4] + hidden, hidden + [3])]
+               for fan_in, fan_out in zip([4, *hidden], [*hidden, 3], strict=True)]
     for i, layer in enumerate(by_hand):
         w, b = init[f"layer{i}.weight"], init[f"layer{i}.bias"]
         bound = 1.0 / np.sqrt(w.shape[0])
@@ -216,24 +254,26 @@ def test_native_order_without_shuffle_and_loader_leaves_global_rng():
     spec = _native(train={"epochs": 1}, batching={"shuffle": False})
     adapter, _, _ = _prepared(spec)
     before = torch.get_rng_state()
-    batches = [b.ids.tolist() for b in adapter.epoch_batches(0)]
+    batches = [b.ids.tolist() for b in adapter.pipeline.epoch(0)]
     assert np.concatenate(batches).tolist() == list(range(120))
     assert torch.equal(torch.get_rng_state(), before)  # the loader's own Generator: nn.Dropout's RNG untouched
     shuffled, _, _ = _prepared(_native())
     before = torch.get_rng_state()
-    list(shuffled.epoch_batches(0))
+    list(shuffled.pipeline.epoch(0))
     assert torch.equal(torch.get_rng_state(), before)
 
 
 def _one_step(spec):
+    """One update: an epoch of a single batch (every training row, in the native loader's shuffled order)."""
     adapter, _, _ = _prepared(spec)
     before = adapter.parameters()
-    batch = next(iter(adapter.epoch_batches(0)))
-    adapter.train_step(batch, 1, None)
-    return before, adapter.parameters(), batch.ids
+    run = adapter.run_epoch(0, 1)
+    assert len(run.ids) == 1
+    return before, adapter.parameters(), run.ids[0]
 
 
 LAMBDA, LR = 0.03, 0.1
+ONE_BATCH = {"batch_size": 120}
 
 
 @pytest.mark.parametrize("regularization", [
@@ -244,9 +284,10 @@ LAMBDA, LR = 0.03, 0.1
 ])
 def test_native_l2_is_torch_weight_decay_as_written(regularization):
     """SGD(weight_decay=λ): one step moves w by lr·(g + λ·w), not the spec's lr·(g + 2·l2·w); biases too."""
-    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, **regularization})
+    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, **regularization}, batching=ONE_BATCH)
     w0, with_l2, ids = _one_step(spec)
-    w0_plain, plain, ids_plain = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0}))
+    w0_plain, plain, ids_plain = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0},
+                                                   batching=ONE_BATCH))
     assert np.array_equal(ids, ids_plain)
     for name in w0:
         np.testing.assert_array_equal(w0[name], w0_plain[name])  # the same native init
@@ -254,9 +295,9 @@ def test_native_l2_is_torch_weight_decay_as_written(regularization):
 
 
 def test_native_l1_is_a_loss_term_as_the_spec_says():
-    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, "l1": LAMBDA})
+    spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, "l1": LAMBDA}, batching=ONE_BATCH)
     w0, with_l1, _ = _one_step(spec)
-    _, plain, _ = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0}))
+    _, plain, _ = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0}, batching=ONE_BATCH))
     for name in w0:
         expected = LR * LAMBDA / w0[name].size * np.sign(w0[name]) if name.endswith(".weight") else 0.0
         np.testing.assert_allclose(plain[name] - with_l1[name], expected, rtol=0, atol=1e-12)
@@ -283,8 +324,10 @@ def test_native_optimizers_take_the_spec_numbers_as_written():
 # ------------------------------------------------------------------------------------------------ execution modes
 
 # keep (a ragged last batch: a second shape to compile / capture) + AdamW + bias decay + masks, and pad + SGD
-# momentum + decoupled decay (optim.py's pre-step line inside the compiled / captured optimizer step) + L1 sum + masks
-EXECUTION_CASES = ["keep-ordered-adamw-bias-drop0.3-lecun", "pad-shuffle-sgd-decoupled-l1sum-drop0.5"]
+# momentum + decoupled decay (optim.py's pre-step line inside the compiled / captured optimizer step) + L1 sum + masks,
+# and a layer_norm stack (nn.LayerNorm with the canonical ε inside the compiled / captured step)
+EXECUTION_CASES = ["keep-ordered-adamw-bias-drop0.3-lecun", "pad-shuffle-sgd-decoupled-l1sum-drop0.5",
+                   "keep-shuffle-adam-l2-layernorm-drop0.3"]
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fused = CUDA graph: needs a CUDA device")
 
 
@@ -309,7 +352,7 @@ def test_compiled_mode_runs_dynamo_graphs_not_eager():
 
 def test_fused_mode_without_cuda_is_a_clear_error():
     spec = {**_spec(), "execution": "fused"}
-    with pytest.raises(RuntimeError, match="fused mode .*needs a CUDA device; this run is on cpu"):
+    with pytest.raises(RuntimeError, match=r"fused mode .*needs a CUDA device; this run is on cpu"):
         make_adapter(spec, "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="fused mode"):

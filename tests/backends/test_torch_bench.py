@@ -11,6 +11,7 @@ from backends.torch_backend import bench, reference_loop  # noqa: E402
 from common.batching import BatchPlan  # noqa: E402
 from common.compare import compare_values  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
+from common.driver import EpochRun  # noqa: E402
 from common.timing import time_calls  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
 from tests.support import make_spec, run_in_process  # noqa: E402
@@ -52,7 +53,7 @@ def test_modes_and_loaders_are_declared():
 @pytest.mark.parametrize("mode", bench.MODES)
 def test_mode_smoke_and_equivalence(mode, data, eager_losses):
     if mode == "fused" and not ON_CUDA:
-        with pytest.raises(RuntimeError, match="fused mode .*needs a CUDA device; this run is on cpu"):
+        with pytest.raises(RuntimeError, match=r"fused mode .*needs a CUDA device; this run is on cpu"):
             bench.make_target(SPEC, data, mode, DEVICE)
         pytest.skip("fused = CUDA graph: no CUDA device here (the bench notes it as unavailable)")
     target = bench.make_target(SPEC, data, mode, DEVICE)
@@ -65,6 +66,20 @@ def test_mode_smoke_and_equivalence(mode, data, eager_losses):
     assert check["first_divergent_step"] is None, check
 
 
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_end_to_end_epoch_is_the_adapters_run_epoch(mode, data, eager_losses):
+    """The timed epoch is the training loop `parity run` drives: a fresh target's first epoch gives the plan's rows
+    and the driver's per-step losses, fetched once at its end."""
+    if mode == "fused" and not ON_CUDA:
+        pytest.skip("fused = CUDA graph: no CUDA device here")
+    run = bench.make_target(SPEC, data, mode, DEVICE).epoch()
+    assert isinstance(run, EpochRun) and isinstance(run.losses, np.ndarray)
+    assert [ids.tolist() for ids in run.ids] == [b.ids.tolist() for b in BatchPlan.from_spec(SPEC, 120).batches(0)]
+    check = compare_values(np.asarray(run.losses, dtype=np.float64), eager_losses, [1, 2, 3, 4],
+                           tolerance_for("float64", "exact"))
+    assert check["first_divergent_step"] is None, check
+
+
 @pytest.mark.parametrize("loader", bench.LOADERS)
 def test_loader_smoke_and_batches(loader, data):
     target = bench.make_target(SPEC, data, "eager", DEVICE)
@@ -74,7 +89,7 @@ def test_loader_smoke_and_batches(loader, data):
     target.naive.sampler.set_epoch(1)
     naive = list(target.naive)
     assert [x.shape[0] for x, _ in naive] == [32, 32, 32, 24]
-    for (x, y), planned in zip(naive, plan.batches(1)):
+    for (x, y), planned in zip(naive, plan.batches(1), strict=True):
         np.testing.assert_array_equal(x.numpy(), data.train_x[planned.ids])
         np.testing.assert_array_equal(y.numpy(), data.train_y[planned.ids])
     with pytest.raises(ValueError, match="no loader 'tfdata'"):

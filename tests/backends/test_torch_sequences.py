@@ -9,16 +9,17 @@ torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
 
-from backends.torch_backend import sequence_model  # noqa: E402
+from backends.torch_backend import sequence  # noqa: E402
 from backends.torch_backend.adapter import make_adapter  # noqa: E402
-from backends.torch_backend.sequence_data import PadCollate, TokenRowsDataset, make_sequence_loader  # noqa: E402
-from backends.torch_backend.sequence_model import RNN, SeqPool  # noqa: E402
+from backends.torch_backend.core import Flow  # noqa: E402
+from backends.torch_backend.data import PadCollate, TokenRowsDataset, make_loader  # noqa: E402
+from backends.torch_backend.model import build  # noqa: E402
 from common.batching import BatchPlan  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init  # noqa: E402
+from common.driver import canonical_init, model_layers  # noqa: E402
+from common.layers import stack  # noqa: E402
 from common.padding import kept_lengths, loss_weights, pad_batch, resolve_sides  # noqa: E402
-from tests.support import (compare_with_oracle, divergences, run_in_process, seq_spec,  # noqa: E402
-                           worst_tolerance_used)
+from tests.support import compare_with_oracle, divergences, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
 
 RNN_MODEL = {"kind": "rnn", "hidden": [5]}
 
@@ -107,30 +108,33 @@ def test_collate_pads_like_pad_batch_and_follows_the_plan(sections):
     pad, truncate = resolve_sides(spec, "torch")
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], seq["loss_norm"], torch.float64, "cpu", True)
-    loader = make_sequence_loader(TokenRowsDataset(data.train_x, data.train_lengths, data.train_y), plan, 0, collate)
+    loader = make_loader(TokenRowsDataset(data.train_x, data.train_lengths, data.train_y), plan, 0, collate)
     before = torch.get_rng_state()
     for epoch in range(2):
         loader.batch_sampler.set_epoch(epoch)
         batches = list(loader)
         assert len(batches) == len(plan.batches(epoch))
-        for got, planned in zip(batches, plan.batches(epoch)):
+        for got, planned in zip(batches, plan.batches(epoch), strict=True):
             tokens, _, lengths = pad_batch(data.sequences("train", planned.ids), pad, truncate, planned.length)
-            assert np.array_equal(got.ids, planned.ids)
-            assert got.tokens.dtype == torch.int64 and np.array_equal(got.tokens.numpy(), tokens)
+            assert np.array_equal(got.ids, planned.ids) and got.length == planned.length
+            assert got.x.dtype == torch.int64 and np.array_equal(got.x.numpy(), tokens)
             assert np.array_equal(got.lengths.numpy(), lengths)
             kept = kept_lengths(data.train_lengths[planned.ids], seq["max_len"], seq["buckets"])
             assert np.array_equal(lengths, kept)
-            assert np.array_equal(got.loss_weights.numpy(), loss_weights(planned.weights, kept, "per_token"))
-            assert np.array_equal(got.weights.numpy(), planned.weights)
+            assert np.array_equal(got.weights.numpy(), loss_weights(planned.weights, kept, "per_token"))
+            assert np.array_equal(got.weights.numpy() / kept, planned.weights)  # m = w·L: the plan's weights
             assert np.array_equal(got.y.numpy(), data.train_y[planned.ids])
     assert torch.equal(torch.get_rng_state(), before)  # the loader's own Generator
 
 
-def _models(mask, pad, dtype=torch.float64):
+def _models(mask, pad, dtype="float64"):
+    """A seq_pool and an rnn stack over a 7-token vocabulary (embedding 3, width 4, 2 classes), native init."""
     torch.manual_seed(0)
-    pool = SeqPool(7, 3, [(3, 4), (4, 2)], "relu", 0.0, mask, pad, dtype, "cpu")
-    rnn = RNN(7, 3, 4, 2, 0.0, mask, pad, dtype, "cpu")
-    return pool, rnn
+    out = []
+    for kind in ("seq_pool", "rnn"):
+        spec = seq_spec(dtype, model={"kind": kind, "embed_dim": 3, "hidden": [4]}, sequence={"mask": mask, "pad": pad})
+        out.append(build(stack(spec, 7, 2), spec))
+    return out
 
 
 def _masked_loss(logits, y, m):
@@ -148,16 +152,17 @@ def test_all_padded_rows_and_batches_are_finite(pad, mask):
     for model in _models(mask, pad):
         # a batch with one all-padded row (length 0, weight 0)
         m = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
-        loss = _masked_loss(model((tokens, lengths)), y, m)
+        loss = _masked_loss(model(tokens, lengths), y, m)
         loss.backward()
         assert torch.isfinite(loss)
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
-        if mask and isinstance(model, RNN):  # an all-padded row's final state is exactly 0
-            assert torch.equal(model.encode(tokens, lengths)[1], torch.zeros(4, dtype=torch.float64))
+        if mask and hasattr(model, "rnn"):  # an all-padded row's final state is exactly 0
+            flow = Flow(lengths)
+            assert torch.equal(model.rnn(model.embed(tokens), flow)[1], torch.zeros(4, dtype=torch.float64))
         model.zero_grad()
         # an all-padded batch: Σm = 0 → loss 0, zero (not NaN, not missing) gradients
         empty = (torch.zeros((2, 4), dtype=torch.long), torch.zeros(2, dtype=torch.long))
-        loss = _masked_loss(model(empty), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.float64))
+        loss = _masked_loss(model(*empty), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.float64))
         loss.backward()
         assert loss.item() == 0.0
         for p in model.parameters():
@@ -171,7 +176,7 @@ def test_masked_seq_pool_of_an_all_padded_row_is_zero():
     assert torch.isfinite(e).all()
     captured = {}
     pool.layer0.register_forward_pre_hook(lambda mod, inp: captured.update(x=inp[0]))
-    pool((torch.zeros((1, 3), dtype=torch.long), torch.tensor([0])))
+    pool(torch.zeros((1, 3), dtype=torch.long), torch.tensor([0]))
     assert torch.equal(captured["x"], torch.zeros_like(captured["x"]))
 
 
@@ -180,7 +185,8 @@ def test_rnn_mapping_freezes_bias_hh_and_round_trips():
     data = load_dataset(spec)
     init = canonical_init(spec, data)
     adapter = make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths), init)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
+                    model_layers(spec, data), init)
     rnn = adapter.model.rnn
     assert adapter.model.embed.padding_idx is None
     assert torch.equal(rnn.weight_ih_l0.detach(), torch.as_tensor(init["rnn.input.weight"]).T)
@@ -192,8 +198,7 @@ def test_rnn_mapping_freezes_bias_hh_and_round_trips():
     assert {n for n, _ in adapter.optimizer.regularized} == set(init)  # canonical names, biases included
     exported = adapter.parameters()
     assert set(exported) == set(init) and all(np.array_equal(exported[k], init[k]) for k in init)
-    for _, batch in zip(range(3), adapter.epoch_batches(0)):
-        adapter.train_step(batch, 1, None)
+    adapter.run_epoch(0, 1)
     assert not rnn.bias_hh_l0.any()  # weight decay and the step never touch it
     assert not np.array_equal(adapter.parameters()["rnn.bias"], init["rnn.bias"])
 
@@ -202,22 +207,22 @@ def test_rnn_mapping_freezes_bias_hh_and_round_trips():
 def test_masked_rnn_packs_only_the_real_tokens(pad, monkeypatch):
     """Packed sequences are the mechanism: pack_padded_sequence is called with the kept lengths, and the packed
     data holds exactly the real tokens' embeddings, in order (pre-padded rows rotated to the front)."""
-    _, rnn = _models(True, pad)
+    _, model = _models(True, pad)
     real = [torch.tensor([3, 4]), torch.tensor([5, 6, 1, 2]), torch.tensor([2])]
     tokens = torch.nn.utils.rnn.pad_sequence(real, batch_first=True, padding_side="right" if pad == "post" else "left")
     seen = {}
-    original = sequence_model.pack_padded_sequence
+    original = sequence.pack_padded_sequence
 
     def spy(x, lengths, **kwargs):
         seen["x"], seen["lengths"], seen["kwargs"] = x, lengths, kwargs
         return original(x, lengths, **kwargs)
 
-    monkeypatch.setattr(sequence_model, "pack_padded_sequence", spy)
-    h = rnn.encode(tokens, torch.tensor([2, 4, 1]))
+    monkeypatch.setattr(sequence, "pack_padded_sequence", spy)
+    h = model.rnn(model.embed(tokens), Flow(torch.tensor([2, 4, 1])))
     assert seen["lengths"].tolist() == [2, 4, 1] and seen["kwargs"]["enforce_sorted"] is False
     for i, seq in enumerate(real):
-        assert torch.equal(seen["x"][i, : len(seq)], rnn.embed(seq))
-        _, alone = rnn.rnn(rnn.embed(seq)[None])  # the row run alone over its real tokens
+        assert torch.equal(seen["x"][i, : len(seq)], model.embed(seq))
+        _, alone = torch.nn.RNN.forward(model.rnn, model.embed(seq)[None])  # the row run alone over its real tokens
         torch.testing.assert_close(h[i], alone[0, 0], rtol=1e-12, atol=1e-12)
 
 
@@ -242,13 +247,14 @@ def test_compiled_execution_agrees_with_oracle():
 def test_native_mode_is_reproducible_and_trains_both_rnn_biases():
     spec = seq_spec("float64", mode="native", model=RNN_MODEL, regularization={"dropout": 0.3},
                     sequence={"loss_norm": "per_token"})
-    a, npz_a = run_in_process("torch", spec)
-    b, npz_b = run_in_process("torch", spec)
+    a, _ = run_in_process("torch", spec)
+    b, _ = run_in_process("torch", spec)
     assert [s["loss"] for s in a["steps"]] == [s["loss"] for s in b["steps"]]
     assert all(np.isfinite(s["loss"]) for s in a["steps"])
     data = load_dataset(spec)
     adapter = make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths), None)
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
+                    model_layers(spec, data), None)
     rnn = adapter.model.rnn
     assert rnn.bias_hh_l0.requires_grad and rnn.bias_hh_l0.any()  # the user's nn.RNN: two trainable biases
     optimized = {id(p) for g in adapter.optimizer.opt.param_groups for p in g["params"]}

@@ -1,0 +1,97 @@
+"""The ONE pure training step and the execution modes that run it (docs/design.md, "Execution modes").
+
+    step(params, opt_state, x, y, w, masks, t) → (params, opt_state, loss),
+    loss = Σ w·ℓ / max(Σ w, 1),  ℓ = optax.softmax_cross_entropy_with_integer_labels (per row),
+
+for every stack (x: features or tokens); masks: exact mode's shared dropout masks or None; t: the global step, whose
+`fold_in` gives native nn.Dropout's key (an argument, so it neither retraces nor dispatches once jitted).
+- eager:    the step un-jitted: JAX dispatches it op by op.
+- compiled: `jax.jit(step)`, one XLA program per step.
+- fused:    `jax.jit` of a `lax.scan` of the step over stacked steps (ids (S, B) int32, w (S, B), masks (S, B, width)
+            per dropout layer, t (S,)), each gathering its rows from the training split on the device
+            (feature data only: token batches have no static epoch shape).
+jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from backends.jax_backend.data import take_rows
+from common.datasets import Dataset
+
+EXECUTIONS = ("eager", "compiled", "fused")
+
+
+def check(execution: str, data: Dataset | None = None) -> None:
+    """A clear error for a mode that does not exist or cannot run `data`."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"jax: unknown execution mode '{execution}' (modes: {', '.join(EXECUTIONS)})")
+    if execution == "fused" and data is not None and data.is_sequence:
+        raise ValueError("jax: execution 'fused' scans whole epochs of one static shape, which token batches "
+                         "(padded per batch or bucket) do not have; use 'eager' or 'compiled'")
+
+
+def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
+    """The pure step for `model` and the optax chain `tx`; `penalty` (native L1) is added to the differentiated
+    loss only; `dropout_key` (native nn.Dropout) is folded with t, None without native dropout."""
+
+    def step(params, opt_state, x, y, w, masks, t):
+        rngs = None if dropout_key is None else {"dropout": jax.random.fold_in(dropout_key, t)}
+
+        def loss_fn(p):
+            logits = model.apply(p, x, masks, train=True, rngs=rngs)
+            ce = (jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, y))
+                  / jnp.maximum(jnp.sum(w), 1.0))
+            return (ce if penalty is None else ce + penalty(p)), ce
+
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step
+
+
+def scan_steps(step):
+    """The fused epoch: `lax.scan` of `step` over stacked steps, rows gathered on the device."""
+
+    def scanned(params, opt_state, x_all, y_all, ids, w, masks, steps):
+        def body(state, xs):
+            ids_t, w_t, masks_t, t = xs
+            x, y = take_rows(x_all, y_all, ids_t)
+            params, opt_state, loss = step(*state, x, y, w_t, masks_t, t)
+            return (params, opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (ids, w, masks, steps))
+        return params, opt_state, losses
+
+    return scanned
+
+
+def eval_sums(model):
+    """Evaluation (no dropout): (Σ ℓ, number correct) over a batch's rows."""
+
+    def sums(params, x, y):
+        logits = model.apply(params, x)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.sum(ce), jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+    return jax.jit(sums)
+
+
+class Execution:
+    """`step` (one update) and, fused, `scan` (stacked updates) as the mode runs them, counting compiles."""
+
+    def __init__(self, execution: str, step):
+        self.compile_count = 0
+        self.step = step if execution == "eager" else jax.jit(self._counted(step))
+        self.scan = jax.jit(self._counted(scan_steps(step))) if execution == "fused" else None
+
+    def _counted(self, fn):
+        def traced(*args):
+            self.compile_count += 1  # a Python side effect: runs when JAX traces a new signature only
+            return fn(*args)
+
+        return traced

@@ -1,0 +1,82 @@
+"""Numpy references for the probes: what a formula gives on the probe inputs (numpy + stdlib only).
+
+They give the catalogue its canonical values and the classifiers (judge.py) their yardsticks: the SGD decay and
+momentum end points, Adam's trajectory and first step (common.optim's formula), Keras's first ε̂, the float32
+rounding forms of inverted dropout, and layer normalisation (the common.layers layer_norm definition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.optim import keras_epsilon_hat
+from common.traps.inputs import ADAM, DECAY, EPS_HAT, MOMENTUM
+
+
+def sgd_decay_reference(coupled: bool) -> float:
+    """w after DECAY's steps of SGD with momentum on a zero loss gradient.
+
+    coupled (torch SGD weight_decay): g = wd·w, b ← μb + g, w ← w − lr·b.
+    decoupled (Keras optimizer weight_decay): w ← w − lr·wd·w, then the momentum step on g = 0 (a no-op).
+    """
+    w, b, d = DECAY["w0"], 0.0, DECAY
+    for _ in range(d["steps"]):
+        if coupled:
+            b = d["momentum"] * b + d["wd"] * w
+            w = w - d["lr"] * b
+        else:
+            w = w - d["lr"] * d["wd"] * w
+    return w
+
+
+def sgd_momentum_reference(change_lr: bool) -> float:
+    """torch's rule b ← μb + g, w ← w − lr_t·b from w = 0 under a constant gradient (common.optim)."""
+    m, w, b = MOMENTUM, 0.0, 0.0
+    for t in range(1, m["steps"] + 1):
+        lr = m["lr_after"] if change_lr and t >= m["change_at"] else m["lr"]
+        b = m["momentum"] * b + m["grad"]
+        w -= lr * b
+    return w
+
+
+def adam_reference(decay: str) -> list[float]:
+    """ADAM's trajectory end point by common.optim's formula, float64; decay "coupled" (g += wd·w) or "decoupled"."""
+    p = ADAM
+    w, a, b = (np.array(p[k], np.float64) for k in ("w0", "a", "b"))
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t in range(1, p["steps"] + 1):
+        g = a * w + b + (p["wd"] * w if decay == "coupled" else 0.0)
+        m = p["b1"] * m + (1 - p["b1"]) * g
+        v = p["b2"] * v + (1 - p["b2"]) * g * g
+        update = (m / (1 - p["b1"] ** t)) / (np.sqrt(v / (1 - p["b2"] ** t)) + p["eps"])
+        w = w - p["lr"] * update - (p["lr"] * p["wd"] * w if decay == "decoupled" else 0.0)
+    return w.tolist()
+
+
+def adam_first_update_reference() -> np.ndarray:
+    """Δw of the first Adam step with torch/optax's ε placement: −lr·g/(|g| + ε) at t = 1."""
+    g = np.array(EPS_HAT["grad"], np.float64)
+    return -EPS_HAT["lr"] * g / (np.abs(g) + EPS_HAT["eps"])
+
+
+def keras_first_epsilon_hat() -> float:
+    """The ε̂ that makes Keras's first Adam step equal torch's (common.optim.keras_epsilon_hat at t = 1)."""
+    return keras_epsilon_hat(EPS_HAT["eps"], EPS_HAT["b2"], 1)
+
+
+DROPOUT_FORMS = {
+    # name: kept value of x (float32) at rate p
+    "x*fl(1/(1-p))": lambda x, p: x * np.float32(1.0 / (1.0 - p)),              # reciprocal in float64, rounded
+    "x*fl(1/fl(1-p))": lambda x, p: x * (np.float32(1.0) / np.float32(1.0 - p)),  # reciprocal of rounded 1−p
+    "x/fl(1-p)": lambda x, p: x / np.float32(1.0 - p),                          # true division
+}
+
+
+def layer_norm_reference(x, eps: float, ddof: int = 0) -> np.ndarray:
+    """x̂ = (x − μ)/√(σ² + ε) over the last axis, float64, γ = 1, β = 0: σ² = Σ(x − μ)²/(n − ddof), biased at
+    ddof = 0 (common.layers layer_norm and all three frameworks), unbiased at ddof = 1."""
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).sum(axis=-1, keepdims=True) / (x.shape[-1] - ddof)
+    return (x - mu) / np.sqrt(var + eps)
