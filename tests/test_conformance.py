@@ -185,7 +185,8 @@ def test_layer_norm_eps_trap_records_the_defaults_and_parity_s_canonical_eps():
     assert {fw: e["eps"] for fw, e in trap.expected.items()} == LAYER_NORM_DEFAULTS
     assert all(e["variance"] == "biased" and e["explicit_eps"] == T.NORM_EPS for e in trap.expected.values())
     assert trap.conversion.startswith("pass eps explicitly (torch nn.LayerNorm(eps=ε), Keras "
-                                      "LayerNormalization(epsilon=ε), flax nn.LayerNorm(epsilon=ε))")
+                                      "LayerNormalization(epsilon=ε), flax nn.LayerNorm(epsilon=ε, "
+                                      "use_fast_variance=False))")
     assert trap.diverges(trap.expected) is True
     assert trap.diverges({"torch": trap.expected["torch"]}) is False, "torch's default is Parity's ε"
     size, text = trap.effect_of(trap.expected)

@@ -3,7 +3,7 @@
 layer_norm → `keras.layers.LayerNormalization(axis=-1)`: y = γ ⊙ (x − μ)/√(σ² + ε) + β, σ² biased, with γ = gamma
 = canonical `ln{i}.scale` and β = beta = `ln{i}.offset` (no transposes), penalties on `gamma_regularizer` /
 `beta_regularizer`. Exact mode passes ε = layer.eps (model.norm_eps unless the table sets it); native mode keeps
-Keras's own default ε (1e-3, common.traps "layer-norm-eps"), as a hand port would.
+Keras's own default ε (1e-3, common.traps "layer_norm_eps"), as a hand port would.
 """
 
 from __future__ import annotations

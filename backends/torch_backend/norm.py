@@ -2,7 +2,7 @@
 
 layer_norm:  `nn.LayerNorm(width)`: y = (x − μ)/√(σ² + ε) ⊙ weight + bias (biased σ²), weight = canonical
              `ln{i}.scale`, bias = `ln{i}.offset`, same layout. Exact mode passes ε = layer.eps explicitly; native
-             mode keeps torch's own default (1e-5, what a hand port writes; common.traps "layer-norm-eps").
+             mode keeps torch's own default (1e-5, what a hand port writes; common.traps "layer_norm_eps").
 """
 
 from __future__ import annotations
