@@ -1,6 +1,7 @@
 """Run one backend over a list of jobs in this process: `python -m backends.worker BACKEND JOBS.json`.
 
-JOBS.json is a list of {"spec": <resolved spec>, "out": <records folder>}. Many jobs share one process so that
+JOBS.json is a list of {"spec": <resolved spec, JSON form>, "out": <records folder>}; each spec is validated again
+and read as a `common.spec.Spec` here, at the process boundary. Many jobs share one process so that
 a framework is imported (and its thread pools built) once. After each job's record is written it prints
 `done <job index>` on stdout (sweeps append results as they come). Exit codes: 0 done, 3 framework missing or a
 job failed.
@@ -19,6 +20,7 @@ from backends import REGISTRY, install_hint
 from common import record
 from common.datasets import load_dataset
 from common.driver import train
+from common.spec import Spec, typed, validate
 
 
 def load_adapter(name: str):
@@ -32,7 +34,7 @@ def load_adapter(name: str):
     return module
 
 
-def run_job(module, name: str, spec: dict, out: Path, progress: bool) -> None:
+def run_job(module, name: str, spec: Spec, out: Path, progress: bool) -> None:
     data = load_dataset(spec)
     adapter = module.make_adapter(spec)
     body = train(adapter, spec, data, progress=progress)
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
     failed = 0
     for index, job in enumerate(json.loads(args.jobs.read_text(encoding="utf-8"))):
         try:
-            run_job(module, args.backend, job["spec"], Path(job["out"]), args.progress)
+            run_job(module, args.backend, typed(validate(job["spec"])), Path(job["out"]), args.progress)
             print(f"done {index}", flush=True)
         except Exception:  # one failed job must not lose the others; the traceback goes to the log
             failed += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from backends import FRAMEWORKS, REGISTRY
 from common import InputError
-from common.spec import apply_overrides, defaults, is_sequence, load_spec, validate
+from common.spec import Spec, apply_overrides, defaults, is_sequence, load_spec, typed, validate
 
 MODES = ("eager", "compiled", "fused")
 BENCH_SPEC = {
@@ -31,15 +31,18 @@ BENCH_SPEC = {
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_spec(path: str | None, overrides: list[str]) -> dict:
+def bench_spec(path: str | None, overrides: list[str]) -> Spec:
     """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD).
 
     The benchmark times fixed-shape steps on feature data (its fused modes are whole-epoch programs of static
     shapes), so a model reading token sequences is refused."""
 
-    spec = load_spec(path, overrides) if path else validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides))
+    if path:
+        spec = load_spec(path, overrides)
+    else:
+        spec = typed(validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides)))
     if is_sequence(spec):
-        key = "model.layers" if spec["model"]["layers"] else "model.kind"
+        key = "model.layers" if spec.model.layers else "model.kind"
         raise InputError(f"spec key '{key}': parity bench times models on feature data; a model reading token "
                          "sequences is not benchmarked (use parity run for sequence models)")
     return spec
@@ -69,10 +72,10 @@ def _subprocess(cmd: list[str], env: dict, log: Path) -> int:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT).returncode
 
 
-def run_bench(spec: dict, backends: list[str], batch_sizes: list[int], modes: list[str], device: str, out: Path,
+def run_bench(spec: Spec, backends: list[str], batch_sizes: list[int], modes: list[str], device: str, out: Path,
               windows: int, budget_s: float, keras_peer: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    config = {"spec": spec, "batch_sizes": batch_sizes, "modes": modes, "device": device, "windows": windows,
+    config = {"spec": spec.to_dict(), "batch_sizes": batch_sizes, "modes": modes, "device": device, "windows": windows,
               "budget_s": budget_s}
     (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     results, notes = [], []
@@ -90,7 +93,7 @@ def run_bench(spec: dict, backends: list[str], batch_sizes: list[int], modes: li
         if code:
             tail = (out / f"{name}.log").read_text(encoding="utf-8").strip().splitlines()[-1:] or ["no output"]
             notes.append(f"{name}: exit {code}: {tail[0]}")
-    return {"spec": spec, "device": device, "batch_sizes": batch_sizes, "results": results, "notes": notes}
+    return {"spec": spec.to_dict(), "device": device, "batch_sizes": batch_sizes, "results": results, "notes": notes}
 
 
 def rows_of(bench: dict) -> list[dict]:

@@ -16,6 +16,7 @@ import json
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import numpy as np
 from backends.worker import load_adapter
 from common.compare import compare_values
 from common.datasets import load_dataset
+from common.spec import Spec, typed, validate
 from common.timing import calls_for_budget, time_calls
 from common.tolerance import tolerance_for
 
@@ -36,10 +38,10 @@ def _timed(kind: str, mode: str, batch_size: int, timing, extra: dict | None = N
     return {"kind": kind, "mode": mode, "batch_size": batch_size, **timing.to_json(), **(extra or {})}
 
 
-def bench_batch_size(backend: str, spec: dict, data, modes: list[str], device: str, windows: int,
+def bench_batch_size(backend: str, spec: Spec, data, modes: list[str], device: str, windows: int,
                      budget_s: float) -> tuple[list[dict], dict]:
     bench = _module(backend, "bench")
-    batch_size = spec["batching"]["batch_size"]
+    batch_size = spec.batching.batch_size
     n_rows = data.train_x.shape[0]
     rows, settings = [], {}
     try:
@@ -50,7 +52,7 @@ def bench_batch_size(backend: str, spec: dict, data, modes: list[str], device: s
     except Exception as exc:  # e.g. --device gpu where this framework sees no GPU: noted, nothing timed
         note = f"eager unavailable on {device}: {exc}".splitlines()[0]
         return [{"kind": "note", "mode": m, "batch_size": batch_size, "note": note} for m in modes], settings
-    tol = tolerance_for(spec["dtype"], "exact")
+    tol = tolerance_for(spec.dtype, "exact")
     for mode in modes:
         if mode not in bench.MODES:
             rows.append({"kind": "note", "mode": mode, "batch_size": batch_size,
@@ -102,11 +104,11 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 3
-    spec = config["spec"]
+    spec = typed(validate(config["spec"]))
     data = load_dataset(spec)
     rows, settings, failed = [], {}, 0  # settings: mode → the target's versions, device, threads, precision
     for batch_size in config["batch_sizes"]:
-        sized = {**spec, "batching": {**spec["batching"], "batch_size": batch_size}}
+        sized = replace(spec, batching=replace(spec.batching, batch_size=batch_size))
         print(f"[{args.backend}] batch {batch_size}", file=sys.stderr, flush=True)
         try:
             more, found = bench_batch_size(args.backend, sized, data, config["modes"], config["device"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
@@ -30,7 +31,7 @@ from common.compare import compare
 from common.datasets import load_dataset
 from common.driver import model_layers
 from common.explain import explain
-from common.spec import load_spec
+from common.spec import Spec, load_spec
 from common.stats import seed_equivalence
 from common.tolerance import tolerance_for
 
@@ -115,13 +116,13 @@ def _prepare_out(out: Path, backends: list[str]) -> Path:
     return records_dir
 
 
-def _run_backends(spec: dict, seeds: list[int], out: Path, backends: list[str], quiet: bool):
+def _run_backends(spec: Spec, seeds: list[int], out: Path, backends: list[str], quiet: bool):
     """Run every backend over the seeds; returns ({seed: {backend: record}}, {failed backend: message})."""
     folders = {seed: out / "records" if len(seeds) == 1 else out / "seeds" / f"seed-{seed}" / "records"
                for seed in seeds}
     for folder in folders.values():
         _prepare_out(folder.parent, backends)
-    jobs = [({**spec, "seed": seed}, folder) for seed, folder in folders.items()]
+    jobs = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
     results = run_all(backends, jobs, out, progress=not quiet)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
@@ -139,17 +140,17 @@ def command_run(args) -> int:
     data = load_dataset(spec)  # every input error surfaces before anything is written
     BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     model_layers(spec, data)
-    out = args.out or Path("runs") / spec["name"]
+    out = args.out or Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}': exists and is not a folder")
     everyone = [REFERENCE] + backends
-    seeds = list(range(spec["seed"], spec["seed"] + args.seeds))
+    seeds = list(range(spec.seed, spec.seed + args.seeds))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True), encoding="utf-8")
+    (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
     runs, failed = _run_backends(spec, seeds, out, everyone, args.quiet)
     records = runs[seeds[0]]
 
-    comparison = compare(records, REFERENCE, tolerance_for(spec["dtype"], spec["mode"]))
+    comparison = compare(records, REFERENCE, tolerance_for(spec.dtype, spec.mode))
     comparison["failed"] = failed
     comparison["causes"] = explain(records)
     if len(seeds) > 1:

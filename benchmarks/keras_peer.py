@@ -18,6 +18,7 @@ from pathlib import Path
 from common.datasets import load_dataset
 from common.driver import canonical_init, model_layers
 from common.layers import param_shapes
+from common.spec import Spec, typed, validate
 from common.timing import time_calls
 
 PEER_LAYERS = {
@@ -31,7 +32,7 @@ PEER_LAYERS = {
 """The Keras layer a user writes for each feature-stack kind (common.layers)."""
 
 
-def build_model(keras, spec: dict, data, dtype: str):
+def build_model(keras, spec: Spec, data, dtype: str):
     layers = model_layers(spec, data)
     unsupported = sorted({layer.kind for layer in layers} - set(PEER_LAYERS))
     if unsupported:
@@ -40,11 +41,11 @@ def build_model(keras, spec: dict, data, dtype: str):
                              [PEER_LAYERS[layer.kind](keras, layer, dtype) for layer in layers])
     init = canonical_init(spec, data)
     model.set_weights([init[name] for name in param_shapes(layers)])  # Keras's order: the stack's, kernel first
-    o = spec["optimizer"]
-    if o["name"] == "sgd":
-        optimizer = keras.optimizers.SGD(o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+    o = spec.optimizer
+    if o.name == "sgd":
+        optimizer = keras.optimizers.SGD(o.lr, momentum=o.momentum, nesterov=o.nesterov)
     else:
-        optimizer = keras.optimizers.Adam(o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=o["eps"])
+        optimizer = keras.optimizers.Adam(o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
 
@@ -54,13 +55,13 @@ def main(argv=None) -> int:
     config = json.loads(config_path.read_text(encoding="utf-8"))
     import keras
 
-    spec = config["spec"]
+    spec = typed(validate(config["spec"]))
     data = load_dataset(spec)
-    keras.config.set_floatx(spec["dtype"])
-    x, y = data.train_x.astype(spec["dtype"]), data.train_y
+    keras.config.set_floatx(spec.dtype)
+    x, y = data.train_x.astype(spec.dtype), data.train_y
     rows = []
     for batch_size in config["batch_sizes"]:
-        model = build_model(keras, spec, data, spec["dtype"])
+        model = build_model(keras, spec, data, spec.dtype)
         fit = functools.partial(model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
         rows.append({"backend": f"keras[{keras.backend.backend()}]", "kind": "keras_fit", "mode": "fit",

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from backends import FRAMEWORKS
 from common import InputError
-from common.spec import apply_overrides, validate
+from common.spec import Spec, apply_overrides, typed, validate
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 SWEEP_KEYS = {"grid", "seeds", "backends", "plot", "metric", "ci"}
@@ -43,7 +43,7 @@ class Run:
     label: str
     point: dict
     seed: int
-    spec: dict
+    spec: Spec
 
 
 def list_presets() -> list[str]:
@@ -112,7 +112,7 @@ def expand(raw: dict, sweep: Sweep) -> list[Run]:
         label = ",".join(f"{k}={v}" for k, v in point.items())
         for seed in sweep.seeds:
             sets = [f"{k}={_toml_value(v)}" for k, v in point.items()] + [f"seed={seed}"]
-            spec = validate(apply_overrides(base, sets))
-            spec["name"] = f"{spec['name']}[{label},seed={seed}]"
+            spec = typed(validate(apply_overrides(base, sets)))
+            spec = replace(spec, name=f"{spec.name}[{label},seed={seed}]")
             runs.append(Run(label, point, seed, spec))
     return runs

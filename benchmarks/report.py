@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from common.compare import EPOCH_METRICS, earliest, first_divergence
 from common.metrics import banding
+from common.spec import Spec
 
 
 def _fmt(value) -> str:
@@ -63,14 +64,14 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
     return head
 
 
-def banding_warnings(spec: dict, records: dict) -> list[str]:
+def banding_warnings(spec: Spec, records: dict) -> list[str]:
     """One line per split whose epoch accuracy is quantised by per-batch-mean aggregation (common.metrics)."""
     if not records:
         return []
     rec = next(iter(records.values()))[0]
     out = []
     for split, sizes in rec["epochs"][0]["eval_batch_sizes"].items():
-        found = banding(sizes, spec["metrics"]["aggregation"])
+        found = banding(sizes, spec.metrics.aggregation)
         if found:
             levels = ", ".join(f"{v:g}" for v in found["levels"][:6]) + (", …" if len(found["levels"]) > 6 else "")
             out.append(f"WARNING banding: {split} accuracy is the mean of per-batch accuracies over unequal batches "
@@ -112,15 +113,15 @@ def verdict_table(comparison: dict, failed: list[str]) -> str:
     return "\n".join(lines)
 
 
-def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str], plot: str | None) -> str:
+def markdown(spec: Spec, records: dict, comparison: dict, failed: dict[str, str], plot: str | None) -> str:
     """report.md: spec summary, versions, the verdict table, final metrics and the loss plot."""
     tol = comparison["tolerance"]
-    out = [f"# Parity report: {spec['name']}", "",
+    out = [f"# Parity report: {spec.name}", "",
            f"**Verdict:** {verdict_line(comparison, sorted(failed))}", "",
-           f"- dtype `{spec['dtype']}`, mode `{spec['mode']}`, seed {spec['seed']}, data `{spec['data']['name']}`, "
-           f"batch {spec['batching']['batch_size']} (last batch `{spec['batching']['last_batch']}`), "
-           f"optimizer `{spec['optimizer']['name']}` lr {spec['optimizer']['lr']}, "
-           f"dropout {spec['regularization']['dropout']}, epochs {spec['train']['epochs']}",
+           f"- dtype `{spec.dtype}`, mode `{spec.mode}`, seed {spec.seed}, data `{spec.data.name}`, "
+           f"batch {spec.batching.batch_size} (last batch `{spec.batching.last_batch}`), "
+           f"optimizer `{spec.optimizer.name}` lr {spec.optimizer.lr}, "
+           f"dropout {spec.regularization.dropout}, epochs {spec.train.epochs}",
            f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}", ""]
     out += [f"> {w}" for w in banding_warnings(spec, records)]
     out += [f"> {line}" for line in cause_lines(comparison)]
@@ -145,8 +146,8 @@ def markdown(spec: dict, records: dict, comparison: dict, failed: dict[str, str]
                    f"{e['test_acc']:.6g} |")
     if "statistical" in comparison:
         out += ["", "## Multi-seed equivalence", "", f"Seeds {comparison['seeds']}; margins from the spec's "
-                f"[equivalence] table: accuracy ±{spec['equivalence']['acc_margin']}, loss "
-                f"±{spec['equivalence']['loss_margin']}, α = {spec['equivalence']['alpha']}.", "",
+                f"[equivalence] table: accuracy ±{spec.equivalence.acc_margin}, loss "
+                f"±{spec.equivalence.loss_margin}, α = {spec.equivalence.alpha}.", "",
                 "| a | b | metric | mean diff | (1−2α) CI | (1−α) CI | p (TOST) | verdict |",
                 "|---|---|---|---|---|---|---|---|"]
         for p in comparison["statistical"]:

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.spec import Spec
+
 
 @dataclass
 class BackendResult:
@@ -46,12 +48,14 @@ def run_backend(backend: str, jobs_file: Path, log_file: Path, progress: bool = 
     return BackendResult(backend, proc.returncode, message)
 
 
-def run_all(backends: list[str], specs_and_outs: list[tuple[dict, Path]], work: Path,
+def run_all(backends: list[str], specs_and_outs: list[tuple[Spec, Path]], work: Path,
             progress: bool = True) -> list[BackendResult]:
-    """Run every backend over the same jobs, one backend process at a time."""
+    """Run every backend over the same jobs, one backend process at a time (the jobs file holds each spec's JSON
+    form, backends.worker)."""
     work.mkdir(parents=True, exist_ok=True)
     jobs_file = work / "jobs.json"
-    jobs_file.write_text(json.dumps([{"spec": s, "out": str(o)} for s, o in specs_and_outs]), encoding="utf-8")
+    jobs = [{"spec": spec.to_dict(), "out": str(folder)} for spec, folder in specs_and_outs]
+    jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
     results = []
     for backend in backends:
         if progress:

@@ -67,7 +67,7 @@ def _rows(backend: str, run: Run, rec: dict, keys: list[str]) -> list[dict]:
 
 def _run_task(backend: str, runs: list[Run], work: Path, log: ResultLog, keys: list[str], progress: Progress,
               write_lock: threading.Lock) -> int:
-    jobs = [{"spec": r.spec, "out": str(work / "records" / _slug(f"{r.label},seed={r.seed}"))} for r in runs]
+    jobs = [{"spec": r.spec.to_dict(), "out": str(work / "records" / _slug(f"{r.label},seed={r.seed}"))} for r in runs]
     jobs_file = work / "jobs" / f"{backend}-{_slug(runs[0].label)}-{runs[0].seed}.json"
     jobs_file.parent.mkdir(parents=True, exist_ok=True)
     jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
@@ -89,13 +89,13 @@ def run_sweep(preset: str, full: bool, out: Path | None, workers: int, show_prog
     """Run (or resume) a preset's sweep; returns 0, or 3 when a backend failed on some run."""
     raw, sweep, name = load_preset(preset, full)
     runs = expand(raw, sweep)
-    for data_spec in {json.dumps(r.spec["data"], sort_keys=True): r.spec for r in runs}.values():
+    for data_spec in {json.dumps(r.spec.data.to_dict(), sort_keys=True): r.spec for r in runs}.values():
         load_dataset(data_spec)  # input errors surface before anything is written
     out = out or Path("runs") / "sweeps" / f"{name}{'' if full else '-ci'}"
     backends = [REFERENCE, *sweep.backends]
     keys = list(sweep.grid)
     columns = ["run_key", "backend", *keys, "seed", "epoch", *METRICS, "gap"]
-    expected = {run_key(b, r): r.spec["train"]["epochs"] for r in runs for b in backends}
+    expected = {run_key(b, r): r.spec.train.epochs for r in runs for b in backends}
     out.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out / "results.csv", columns, expected)
     done = log.done_keys()

@@ -16,13 +16,16 @@ batch is emitted at B rows, and the open batches are flushed in ascending bucket
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common import rng
 from common.errors import InputError
 from common.padding import bucket_of, padded_length
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 
 
@@ -89,13 +92,14 @@ class BatchPlan:
                              "last_batch = \"drop\" leaves no batch")
 
     @classmethod
-    def from_spec(cls, spec: dict, n_rows: int, lengths: np.ndarray | None = None) -> "BatchPlan":
-        b = spec["batching"]
+    def from_spec(cls, spec: Spec, n_rows: int, lengths: np.ndarray | None = None) -> "BatchPlan":
+        """The training plan of a spec's `batching` (and, for sequence data, `sequence`) tables."""
+        b = spec.batching
         if lengths is None:
-            return cls(n_rows, b["batch_size"], b["shuffle"], b["last_batch"], spec["seed"])
-        seq = spec["sequence"]
-        return cls(n_rows, b["batch_size"], b["shuffle"], b["last_batch"], spec["seed"], np.asarray(lengths),
-                   seq["max_len"], tuple(seq["buckets"]))
+            return cls(n_rows, b.batch_size, b.shuffle, b.last_batch, spec.seed)
+        seq = spec.sequence
+        return cls(n_rows, b.batch_size, b.shuffle, b.last_batch, spec.seed, np.asarray(lengths),
+                   seq.max_len, tuple(seq.buckets))
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's row order: a numpy permutation keyed by (seed, epoch), or 0..N-1 without shuffle."""

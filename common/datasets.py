@@ -17,14 +17,19 @@ training split only (σ = 1 where a column is constant). Row ids in records inde
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common import rng as streams
 from common import sequences
 from common.errors import InputError
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 
 
@@ -58,7 +63,7 @@ class Dataset:
         return [x[i, : lengths[i]] for i in np.asarray(ids)]
 
 
-def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _doughnuts(params: Mapping, seed: int) -> tuple[np.ndarray, np.ndarray]:
     allowed = {"n", "noise", "radii"}
     unknown = sorted(set(params) - allowed)
     if unknown:
@@ -66,6 +71,8 @@ def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     n = params.get("n", 400)
     noise = params.get("noise", 0.1)
     radii = params.get("radii", [1.0, 2.0])
+    if isinstance(radii, tuple):  # the typed spec (common.spec.Spec) keeps lists as tuples
+        radii = list(radii)
     if not isinstance(n, int) or isinstance(n, bool) or n < 4:
         raise InputError(f"spec key 'data.params.n': expected an integer >= 4, got {n!r}")
     if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not np.isfinite(noise) or noise < 0:
@@ -81,7 +88,7 @@ def _doughnuts(params: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _sklearn(name: str, params: dict) -> tuple[np.ndarray, np.ndarray]:
+def _sklearn(name: str, params: Mapping) -> tuple[np.ndarray, np.ndarray]:
     if params:
         raise InputError(f"spec key 'data.params.{sorted(params)[0]}': {name} takes no params")
     from sklearn import datasets as skd
@@ -181,38 +188,38 @@ def standardize(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np
     return (train_x - mean) / std, (test_x - mean) / std
 
 
-def _load_sequences(spec: dict) -> Dataset:
-    data, seed = spec["data"], spec["seed"]
-    if data["name"] == "sequences":
-        found, source = sequences.from_params(data["params"], seed), "sequences"
+def _load_sequences(spec: Spec) -> Dataset:
+    data, seed = spec.data, spec.seed
+    if data.name == "sequences":
+        found, source = sequences.from_params(data.params, seed), "sequences"
     else:
-        found, source = sequences.from_jsonl(Path(data["path"]), data["params"]), f"data file '{data['path']}'"
+        found, source = sequences.from_jsonl(Path(data.path), data.params), f"data file '{data.path}'"
     x = np.concatenate([found.storage(), found.lengths[:, None]], axis=1)
-    train_x, train_y, test_x, test_y = split(x, found.labels, data["test_fraction"], seed, source)
+    train_x, train_y, test_x, test_y = split(x, found.labels, data.test_fraction, seed, source)
     return Dataset(train_x[:, :-1], train_y, test_x[:, :-1], test_y, found.n_classes,
                    train_x[:, -1].copy(), test_x[:, -1].copy(), found.vocab)
 
 
-def load_dataset(spec: dict) -> Dataset:
+def load_dataset(spec: Spec) -> Dataset:
     """Build the split (and optionally standardised) dataset a resolved spec names."""
-    data = spec["data"]
-    name, seed = data["name"], spec["seed"]
+    data = spec.data
+    name, seed = data.name, spec.seed
     if name in ("sequences", "jsonl"):
         return _load_sequences(spec)
     if name == "doughnuts":
-        x, y = _doughnuts(data["params"], seed)
+        x, y = _doughnuts(data.params, seed)
         source = "doughnuts"
     elif name in ("iris", "digits"):
-        x, y = _sklearn(name, data["params"])
+        x, y = _sklearn(name, data.params)
         source = name
     else:
-        if data["params"]:
-            raise InputError(f"spec key 'data.params.{sorted(data['params'])[0]}': {name} takes no params")
-        path = Path(data["path"])
-        x, y = _read_csv(path, data["label_column"]) if name == "csv" else _read_npz(path)
+        if data.params:
+            raise InputError(f"spec key 'data.params.{sorted(data.params)[0]}': {name} takes no params")
+        path = Path(data.path)
+        x, y = _read_csv(path, data.label_column) if name == "csv" else _read_npz(path)
         source = f"data file '{path}'"
     x, y, n_classes = check_arrays(x, y, source)
-    train_x, train_y, test_x, test_y = split(x, y, data["test_fraction"], seed, source)
-    if data["standardize"]:
+    train_x, train_y, test_x, test_y = split(x, y, data.test_fraction, seed, source)
+    if data.standardize:
         train_x, test_x = standardize(train_x, test_x)
     return Dataset(train_x, train_y, test_x, test_y, n_classes)

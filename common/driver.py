@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from common.layers import Layer
 from common.metrics import aggregate
 from common.native import running_epoch_loss
 from common.padding import resolve_sides
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Adapter(Protocol):
     def device(self) -> str:
         """Where the computation runs, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
 
-    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
+    def prepare(self, spec: Spec, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
                 params: dict[str, np.ndarray] | None) -> None:
         """Build the native pipeline, the model of `layers`, and the optimizer for a resolved spec.
 
@@ -66,16 +69,16 @@ class Adapter(Protocol):
         """Current parameters by canonical name (common.layers), in the canonical layout."""
 
 
-def model_layers(spec: dict, data: Dataset) -> tuple[Layer, ...]:
+def model_layers(spec: Spec, data: Dataset) -> tuple[Layer, ...]:
     """The spec's layer stack resolved for `data` (a token model reads the vocabulary, others the features)."""
     n_in = data.vocab if layer_stack.reads_tokens(spec) else data.n_features
     return layer_stack.stack(spec, n_in, data.n_classes)
 
 
-def canonical_init(spec: dict, data: Dataset) -> dict[str, np.ndarray]:
+def canonical_init(spec: Spec, data: Dataset) -> dict[str, np.ndarray]:
     """The shared initial parameters for a spec and dataset."""
-    return layer_stack.init_params(model_layers(spec, data), spec["model"]["init"], spec["seed"],
-                                   np.dtype(spec["dtype"]))
+    return layer_stack.init_params(model_layers(spec, data), spec.model.init, spec.seed,
+                                   np.dtype(spec.dtype))
 
 
 def _progress(name: str, epoch: int, epochs: int, loss: float) -> None:
@@ -107,30 +110,30 @@ def _check_exact(adapter: Adapter, run: EpochRun, planned: list[Batch], epoch: i
                                f"{length}, the plan says {batch.length}")
 
 
-def _plans(spec: dict, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]]:
+def _plans(spec: Spec, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]]:
     """The training plan and the evaluation batches of both splits."""
-    seq = spec["sequence"]
-    size = spec["batching"]["eval_batch_size"]
+    seq = spec.sequence
+    size = spec.batching.eval_batch_size
     if not data.is_sequence:
         return (BatchPlan.from_spec(spec, data.train_x.shape[0]),
                 {split: eval_batches(getattr(data, f"{split}_x").shape[0], size) for split in ("train", "test")})
     return (BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
-            {split: eval_batches(data.lengths(split).shape[0], size, data.lengths(split), seq["max_len"],
-                                 seq["buckets"]) for split in ("train", "test")})
+            {split: eval_batches(data.lengths(split).shape[0], size, data.lengths(split), seq.max_len,
+                                 seq.buckets) for split in ("train", "test")})
 
 
-def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -> dict:
+def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -> dict:
     """Run the spec's training through `adapter`; return the record body (steps, epochs, params, timing).
 
     Exact mode: the plan's batches (checked), the canonical init and shared masks; the epoch's train_loss is
     evaluated after the epoch like every other metric. Native mode: the adapter's own order, init and dropout; the
     epoch's train_loss is the `fit`-style running mean of its step losses (common.native.running_epoch_loss).
     """
-    exact = spec["mode"] == "exact"
+    exact = spec.mode == "exact"
     plan, eval_plan = _plans(spec, data)
     layers = model_layers(spec, data)
     init = canonical_init(spec, data) if exact else None
-    how = spec["metrics"]["aggregation"]
+    how = spec.metrics.aggregation
 
     started = time.perf_counter()
     adapter.prepare(spec, data, plan, layers, init)
@@ -138,7 +141,7 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
     if init is None:
         init = {k: np.asarray(v) for k, v in adapter.parameters().items()}
     steps, epochs, epoch_seconds = [], [], []
-    for epoch in range(spec["train"]["epochs"]):
+    for epoch in range(spec.train.epochs):
         epoch_start = time.perf_counter()
         run = adapter.run_epoch(epoch, len(steps) + 1)
         epoch_seconds.append(time.perf_counter() - epoch_start)
@@ -159,7 +162,7 @@ def train(adapter: Adapter, spec: dict, data: Dataset, progress: bool = False) -
                                                        [int(ids.shape[0]) for ids in real])
         epochs.append(metrics)
         if progress:
-            _progress(adapter.name, epoch + 1, spec["train"]["epochs"], metrics["train_loss"])
+            _progress(adapter.name, epoch + 1, spec.train.epochs, metrics["train_loss"])
     body = {
         "steps": steps,
         "epochs": epochs,

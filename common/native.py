@@ -12,18 +12,23 @@ The two rules adapters take from here: the one "L2 strength" a user passes to ea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 KERAS_DEFAULT_ADAM_EPSILON = 1e-7
 
 
-def l2_as_written(spec: dict) -> float:
+def l2_as_written(spec: Spec) -> float:
     """λ = l2 + coupled weight decay: the one "L2 strength" a user passes to each framework's own knob
 
     (torch `weight_decay=λ`, optax `add_decayed_weights(λ)`: gradient λ·w; Keras `L2(λ)`: gradient 2λ·w).
     """
-    r = spec["regularization"]
-    return r["l2"] + (r["weight_decay"] if r["decay"] == "coupled" else 0.0)
+    r = spec.regularization
+    return r.l2 + (r.weight_decay if r.decay == "coupled" else 0.0)
 
 
 def running_epoch_loss(losses: list[float], sizes: list[int]) -> float:

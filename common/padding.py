@@ -15,18 +15,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from common.frameworks import REGISTRY
 
+if TYPE_CHECKING:
+    from common.spec import Spec
+
 PAD = 0
 
-def resolve_sides(spec: dict, backend: str) -> tuple[str, str]:
+def resolve_sides(spec: Spec, backend: str) -> tuple[str, str]:
     """The (pad, truncate) sides `backend` uses for a resolved spec."""
     framework = REGISTRY[backend]
-    seq = spec["sequence"]
-    return (framework.native_pad if seq["pad"] == "native" else seq["pad"],
-            framework.native_truncate if seq["truncate"] == "native" else seq["truncate"])
+    seq = spec.sequence
+    return (framework.native_pad if seq.pad == "native" else seq.pad,
+            framework.native_truncate if seq.truncate == "native" else seq.truncate)
 
 
 def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:

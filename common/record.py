@@ -13,20 +13,24 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.datasets import Dataset
 
+if TYPE_CHECKING:
+    from common.spec import Spec
 
-def build(backend: str, versions: dict, device: str, spec: dict, body: dict) -> dict:
-    """The JSON part of a record from the driver's output."""
+
+def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> dict:
+    """The JSON part of a record from the driver's output (the spec in its JSON form, `Spec.to_dict`)."""
     return {
         "backend": backend,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, **versions},
         "device": device,
-        "dtype": spec["dtype"],
-        "spec": spec,
+        "dtype": spec.dtype,
+        "spec": spec.to_dict(),
         "steps": body["steps"],
         "epochs": body["epochs"],
         "timing": body["timing"],

@@ -15,10 +15,14 @@ weight_decay=c, Keras L2(c/2), optax add_decayed_weights(c); decoupled d: AdamW 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.layers import regularized
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,12 @@ class Regularization:
     regularize_bias: bool
 
     @classmethod
-    def from_spec(cls, spec: dict) -> "Regularization":
-        r = spec["regularization"]
-        wd_coupled = r["weight_decay"] if r["decay"] == "coupled" else 0.0
-        wd_decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
-        return cls(r["l1"], r["l1_reduction"], r["l2"], 2.0 * r["l2"] + wd_coupled, wd_decoupled,
-                   r["regularize_bias"])
+    def from_spec(cls, spec: Spec) -> "Regularization":
+        """The slots of a spec's `regularization` table."""
+        r = spec.regularization
+        wd_coupled = r.weight_decay if r.decay == "coupled" else 0.0
+        wd_decoupled = r.weight_decay if r.decay == "decoupled" else 0.0
+        return cls(r.l1, r.l1_reduction, r.l2, 2.0 * r.l2 + wd_coupled, wd_decoupled, r.regularize_bias)
 
     def applies(self, name: str) -> bool:
         """Whether parameter `name` is regularized (weights always, biases only with regularize_bias)."""

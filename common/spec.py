@@ -1,7 +1,14 @@
 """The experiment spec: TOML schema, defaults, `--set` overrides and strict validation (docs/design.md, "Spec").
 
-A spec is a plain nested dict once resolved. Every key has a default, a type and an allowed range; unknown keys,
-wrong types and out-of-range values raise :class:`InputError` with a one-line message naming the dotted key.
+Every key has a default, a type and an allowed range; unknown keys, wrong types and out-of-range values raise
+:class:`InputError` with a one-line message naming the dotted key. Two forms:
+
+- the JSON form, a plain nested dict: raw specs (TOML, overrides) before `validate`, and the validated dict
+  `validate` returns, which records, jobs files and spec.json store;
+- the typed form, `Spec`: frozen dataclasses generated from SCHEMA (`spec.optimizer.lr`), what the code passes
+  around. `load_spec` returns one; `typed(validate(d))` makes one at a JSON boundary, `spec.to_dict()` gives the
+  JSON form back and `dataclasses.replace(spec, seed=1)` a variant (`typed(validate(apply_overrides(
+  spec.to_dict(), overrides)))` where a `--set` path is applied).
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ FILE_DATA = ("csv", "npz", "jsonl")
 MODEL_SHORTHAND = ("kind", "hidden", "activation", "embed_dim")
 
 
-def is_sequence(spec: dict) -> bool:
+def is_sequence(spec: Spec) -> bool:
     """Whether a resolved spec's model reads token sequences (its first layer is an embedding)."""
     return layers.reads_tokens(spec)
 
@@ -145,9 +152,9 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-def execution_of(spec: dict, backend: str) -> str:
+def execution_of(spec: Spec, backend: str) -> str:
     """The execution mode `backend` runs for this spec."""
-    return REGISTRY[backend].default_execution if spec["execution"] == "default" else spec["execution"]
+    return REGISTRY[backend].default_execution if spec.execution == "default" else spec.execution
 
 
 # The built-in default experiment: the seeds' iris MLP with shared dropout masks and a little weight decay.
@@ -192,7 +199,8 @@ def _check_type(key: str, value: Any, field: Field) -> Any:
 
 
 def validate(spec: dict) -> dict:
-    """Check every key of a full spec against SCHEMA and the cross-key rules; return the normalised copy.
+    """Check every key of a full spec against SCHEMA and the cross-key rules; return the normalised copy (the JSON
+    form; `typed` gives its `Spec` view).
 
     Cross-key rules:
     - `optimizer.name = "adamw"` is Adam with decoupled decay, so `regularization.decay` must be "decoupled".
@@ -231,7 +239,7 @@ def validate(spec: dict) -> dict:
     if out["optimizer"]["name"] != "sgd" and (out["optimizer"]["momentum"] or out["optimizer"]["nesterov"]):
         raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
     _check_model(out)
-    _check_sequence_rules(out)
+    _check_sequence_rules(typed(out))
     needs_path = out["data"]["name"] in FILE_DATA
     if needs_path and not out["data"]["path"]:
         raise InputError(f"spec key 'data.path': required for data.name = '{out['data']['name']}'")
@@ -253,20 +261,21 @@ def _check_model(spec: dict) -> None:
                                  "drop one of them")
 
 
-def _check_sequence_rules(spec: dict) -> None:
+def _check_sequence_rules(spec: Spec) -> None:
     """Sequence models need sequence data and the other way round; rnn has one state size; buckets replace
-    max_len; fused execution needs the static shapes sequences do not have."""
-    seq_model, seq_data = is_sequence(spec), spec["data"]["name"] in SEQUENCE_DATA
+    max_len; fused execution needs the static shapes sequences do not have. Read on the typed view of the checked
+    dict: whether the model reads tokens is a property of its resolved layer tables (common.layers.tables)."""
+    seq_model, seq_data = is_sequence(spec), spec.data.name in SEQUENCE_DATA
     if seq_model != seq_data:
-        key = "model.layers" if spec["model"]["layers"] else "model.kind"
-        raise InputError(f"spec key '{key}': this model cannot read data.name = '{spec['data']['name']}' (a model "
+        key = "model.layers" if spec.model.layers else "model.kind"
+        raise InputError(f"spec key '{key}': this model cannot read data.name = '{spec.data.name}' (a model "
                          "starting with an embedding (seq_pool, rnn) reads sequences or jsonl, others read features)")
-    if spec["model"]["kind"] == "rnn" and len(spec["model"]["hidden"]) != 1:
+    if spec.model.kind == "rnn" and len(spec.model.hidden) != 1:
         raise InputError("spec key 'model.hidden': rnn takes exactly one width, the RNN state size")
-    if spec["sequence"]["buckets"] and spec["sequence"]["max_len"]:
+    if spec.sequence.buckets and spec.sequence.max_len:
         raise InputError("spec key 'sequence.max_len': with buckets the last bucket bound is the maximum length; "
                          "set max_len = 0")
-    if seq_model and spec["execution"] == "fused":
+    if seq_model and spec.execution == "fused":
         raise InputError("spec key 'execution': fused runs whole epochs as one program of static shapes, which "
                          "variable-length sequences do not have; use default, eager or compiled")
 
@@ -301,8 +310,9 @@ def apply_overrides(spec: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
-    """Read a TOML spec file (or the built-in default when path is None), apply overrides, validate.
+def load_spec(path: str | Path | None, overrides: list[str] = ()) -> Spec:
+    """Read a TOML spec file (or the built-in default when path is None), apply overrides, validate; the typed
+    view of the result.
 
     Relative `data.path` values are resolved against the spec file's folder. A preset file (a spec plus a
     `[sweep]` table, benchmarks/presets) reads as its spec: the `[sweep]` table is set aside.
@@ -323,12 +333,12 @@ def load_spec(path: str | Path | None, overrides: list[str] = ()) -> dict:
         data_path = raw.get("data", {}).get("path") if isinstance(raw.get("data"), dict) else None
         if isinstance(data_path, str) and data_path and not Path(data_path).is_absolute():
             raw["data"]["path"] = str((path.parent / data_path).resolve())
-    return validate(apply_overrides(raw, list(overrides)))
+    return typed(validate(apply_overrides(raw, list(overrides))))
 
 
-def to_json(spec: dict) -> str:
+def to_json(spec: Spec) -> str:
     """Canonical JSON text of a resolved spec (sorted keys), as stored in records."""
-    return json.dumps(spec, sort_keys=True)
+    return json.dumps(spec.to_dict(), sort_keys=True)
 
 
 class _Table:
@@ -376,6 +386,6 @@ free-form tables read-only mappings). `typed(validated dict)` makes one, `spec.t
 `dataclasses.replace(spec, seed=1)` a variant."""
 
 
-def typed(spec: dict) -> Any:
-    """The typed view (`Spec`) of a validated spec dict."""
+def typed(spec: dict) -> Spec:
+    """The typed view (`Spec`) of a validated spec dict (every key present; see `validate`)."""
     return _build(Spec, SCHEMA, spec)

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -109,18 +113,18 @@ def tost(a, b, margin: float, alpha: float = 0.05) -> Equivalence:
     return Equivalence(verdict, d, margin, ci_eq, ci_diff, float(p_tost), a.size, b.size)
 
 
-def seed_equivalence(finals: dict[str, dict[str, list[float]]], spec: dict) -> list[dict]:
+def seed_equivalence(finals: dict[str, dict[str, list[float]]], spec: Spec) -> list[dict]:
     """TOST for every backend pair on the final test accuracy and loss across seeds.
 
     `finals[backend][metric]` holds one value per seed; margins and α come from the spec's [equivalence] table.
     """
-    eq = spec["equivalence"]
-    margins = {"test_acc": eq["acc_margin"], "test_loss": eq["loss_margin"]}
+    eq = spec.equivalence
+    margins = {"test_acc": eq.acc_margin, "test_loss": eq.loss_margin}
     names = sorted(finals)
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             for metric, margin in margins.items():
-                result = tost(finals[a][metric], finals[b][metric], margin, eq["alpha"])
+                result = tost(finals[a][metric], finals[b][metric], margin, eq.alpha)
                 out.append({"a": a, "b": b, "metric": metric, **result.to_json()})
     return out

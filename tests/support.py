@@ -13,7 +13,7 @@ from common import record
 from common.compare import compare
 from common.datasets import load_dataset
 from common.driver import train
-from common.spec import apply_overrides, defaults, validate
+from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
 
 
@@ -26,16 +26,16 @@ needs_all_frameworks = pytest.mark.skipif(not all(map(installed, FRAMEWORKS)),
                                           reason="needs torch, tensorflow and jax (tox -e parity)")
 
 
-def make_spec(**sections) -> dict:
-    """A validated spec: the schema defaults updated with `sections`, e.g. make_spec(dtype="float64",
-    batching={"batch_size": 7}). Top-level scalars and section dicts are both accepted."""
+def make_spec(**sections) -> Spec:
+    """A validated spec (the typed view): the schema defaults updated with `sections`, e.g.
+    make_spec(dtype="float64", batching={"batch_size": 7}). Top-level scalars and section dicts are both accepted."""
     overrides = []
     for key, value in sections.items():
         if isinstance(value, dict):
             overrides += [f"{key}.{k}={_toml(v)}" for k, v in value.items()]
         else:
             overrides.append(f"{key}={_toml(value)}")
-    return validate(apply_overrides(defaults(), overrides))
+    return typed(validate(apply_overrides(defaults(), overrides)))
 
 
 def _toml(value) -> str:
@@ -50,7 +50,7 @@ def _toml(value) -> str:
     return repr(value)
 
 
-def run_in_process(backend: str, spec: dict) -> tuple[dict, dict]:
+def run_in_process(backend: str, spec: Spec) -> tuple[dict, dict]:
     """(record JSON, record NPZ) of one backend trained here, without files."""
     module = load_adapter(backend)
     data = load_dataset(spec)
@@ -60,10 +60,10 @@ def run_in_process(backend: str, spec: dict) -> tuple[dict, dict]:
     return rec, record.arrays(body, data)
 
 
-def compare_with_oracle(backend: str, spec: dict) -> dict:
+def compare_with_oracle(backend: str, spec: Spec) -> dict:
     """comparison.json body of `backend` against the numpy oracle, both trained here."""
     records = {"numpy": run_in_process("numpy", spec), backend: run_in_process(backend, spec)}
-    return compare(records, "numpy", tolerance_for(spec["dtype"], spec["mode"]))
+    return compare(records, "numpy", tolerance_for(spec.dtype, spec.mode))
 
 
 def divergences(comparison: dict) -> list[str]:
@@ -167,7 +167,7 @@ EXACT_MATRIX = {
 }
 
 
-def base_spec(**sections) -> dict:
+def base_spec(**sections) -> Spec:
     """A validated float64 spec on the matrix base (iris, batch 7, 6 epochs) updated with `sections`."""
     merged = {"dtype": "float64", **{k: dict(v) for k, v in _BASE.items()}}
     for key, value in sections.items():
@@ -175,7 +175,7 @@ def base_spec(**sections) -> dict:
     return make_spec(**merged)
 
 
-def matrix_spec(case: str, dtype: str = "float64") -> dict:
+def matrix_spec(case: str, dtype: str = "float64") -> Spec:
     """One covering-matrix experiment as a validated spec."""
     sections = {k: dict(v) for k, v in _BASE.items()}
     for key, value in EXACT_MATRIX[case].items():
@@ -194,7 +194,7 @@ SEQ_BASE = {
 }
 
 
-def seq_spec(dtype: str = "float64", **sections) -> dict:
+def seq_spec(dtype: str = "float64", **sections) -> Spec:
     """A validated sequence spec on SEQ_BASE (seq_pool, post-padding with masks) updated with `sections`,
     e.g. seq_spec(model={"kind": "rnn"}, sequence={"pad": "pre", "buckets": [4, 10]})."""
     merged = {k: dict(v) for k, v in SEQ_BASE.items()}

@@ -19,6 +19,7 @@ from common import record
 from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
+from common.spec import Spec, typed
 from common.tolerance import tolerance_for
 from tests.support import needs_all_frameworks, divergences, seq_spec, worst_rel, worst_tolerance_used
 
@@ -56,7 +57,7 @@ FLOAT32_CASES = ("rnn-post-buckets-pad-pertoken-l2", "rnn-pre-truncpost-maxlen6-
 SIDE_CASE = dict(model={"kind": "rnn"}, sequence={"buckets": [4, 10]}, optimizer={"lr": 0.2})
 
 
-def _jobs(work: Path) -> list[tuple[dict, Path]]:
+def _jobs(work: Path) -> list[tuple[Spec, Path]]:
     jobs = [(seq_spec("float64", name=case, **sections), work / "float64" / case)
             for case, sections in SEQ_MATRIX.items()]
     jobs += [(seq_spec("float32", name=case, **SEQ_MATRIX[case]), work / "float32" / case) for case in FLOAT32_CASES]
@@ -94,16 +95,16 @@ def test_every_backend_agrees_with_the_oracle_at_every_step(seq_records, dtype, 
 @pytest.mark.parametrize("case", SEQ_MATRIX)
 def test_batch_ids_and_padded_lengths_are_the_plans(seq_records, case):
     records = _records(seq_records / "float64" / case)
-    spec = records[REFERENCE][0]["spec"]
+    spec = typed(records[REFERENCE][0]["spec"])
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    planned = [(b.real_ids.tolist(), b.length) for e in range(spec["train"]["epochs"]) for b in plan.batches(e)]
+    planned = [(b.real_ids.tolist(), b.length) for e in range(spec.train.epochs) for b in plan.batches(e)]
     for name, (rec, _) in records.items():
         assert [(s["batch_ids"], s["padded_length"]) for s in rec["steps"]] == planned, name
-    cap = spec["sequence"]["max_len"] or (spec["sequence"]["buckets"] or [0])[-1]
+    cap = spec.sequence.max_len or (spec.sequence.buckets or [0])[-1]
     lengths = {s["padded_length"] for s in records[REFERENCE][0]["steps"]}
-    if spec["sequence"]["buckets"]:
-        assert lengths <= set(spec["sequence"]["buckets"])
+    if spec.sequence.buckets:
+        assert lengths <= set(spec.sequence.buckets)
     elif cap:
         assert lengths == {cap}
     else:

@@ -6,7 +6,7 @@ import pytest
 from common import InputError
 from common.dropout import shared_masks
 from common.layers import init_params, param_shapes, regularized, stack, tables
-from common.spec import is_sequence, validate
+from common.spec import is_sequence, typed, validate
 from tests.support import make_spec
 
 NORM_STACK = [{"kind": "dense", "units": 6, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
@@ -58,8 +58,8 @@ def test_explicit_layers_number_each_kind_and_fill_defaults():
 
 def test_a_resolved_spec_validates_to_itself():
     spec = make_spec(model={"layers": NORM_STACK})
-    assert validate(spec) == spec
-    assert spec["model"]["layers"][1] == {"kind": "layer_norm"}  # defaults are filled by stack, not stored
+    assert validate(spec.to_dict()) == spec.to_dict() and typed(validate(spec.to_dict())) == spec
+    assert spec.model.layers[1] == {"kind": "layer_norm"}  # defaults are filled by stack, not stored
 
 
 def test_last_dense_units_must_be_the_classes():

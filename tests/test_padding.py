@@ -8,6 +8,7 @@ from common.batching import BatchPlan
 from common.errors import InputError
 from common.padding import (bucket_of, kept_lengths, loss_weights, masked_mean, pad_batch, padded_length,
                             resolve_sides)
+from tests.support import seq_spec
 
 seqs = st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), min_size=1, max_size=8)
 
@@ -98,6 +99,6 @@ def test_masked_loss_weights_and_nan_free_mean():
 
 
 def test_native_sides_follow_each_framework():
-    spec = {"sequence": {"pad": "native", "truncate": "native"}}
+    spec = seq_spec(sequence={"pad": "native", "truncate": "native"})
     assert resolve_sides(spec, "tf") == ("pre", "pre") and resolve_sides(spec, "torch") == ("post", "post")
-    assert resolve_sides({"sequence": {"pad": "pre", "truncate": "post"}}, "tf") == ("pre", "post")
+    assert resolve_sides(seq_spec(sequence={"pad": "pre", "truncate": "post"}), "tf") == ("pre", "post")

@@ -33,7 +33,7 @@ def test_presets_expand_and_validate():
         for full in (False, True):
             raw, sweep, _ = load_preset(name, full)
             runs = expand(raw, sweep)
-            assert runs and len({r.spec["name"] for r in runs}) == len(runs)
+            assert runs and len({r.spec.name for r in runs}) == len(runs)
     raw, sweep, _ = load_preset("iris-dropout", True)
     assert [r.point["regularization.dropout"] for r in expand(raw, sweep)] == [i / 10 for i in range(10)]
 
@@ -105,5 +105,5 @@ def test_a_preset_file_reads_as_its_spec():
     from common.spec import load_spec
 
     spec = load_spec(PRESET_DIR / "seq-rnn-batchsize.toml", ["batching.batch_size=5"])
-    assert spec["model"]["kind"] == "rnn" and spec["sequence"]["buckets"] == [6, 12, 24]
-    assert spec["batching"]["batch_size"] == 5 and "sweep" not in spec
+    assert spec.model.kind == "rnn" and spec.sequence.buckets == (6, 12, 24)
+    assert spec.batching.batch_size == 5 and "sweep" not in spec.to_dict()

@@ -26,15 +26,15 @@ from common.driver import EpochRun
 from common.dropout import shared_masks
 from common.layers import dropout_layers
 from common.regularization import Regularization
-from common.spec import execution_of
+from common.spec import Spec, execution_of
 
 
 class JaxAdapter:
     name = "jax"
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: Spec):
         self.spec = spec
-        self.dtype = np.dtype(spec["dtype"])
+        self.dtype = np.dtype(spec.dtype)
         self.execution = execution_of(spec, "jax")
         execution.check(self.execution)
 
@@ -60,11 +60,11 @@ class JaxAdapter:
             self.params, penalty = load_canonical(self.model, params), None
             tx = optim.build(spec, reg, params)
         else:
-            self.params = native_init(self.model, spec["seed"])
+            self.params = native_init(self.model, spec.seed)
             names = to_canonical(self.params)
             tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
         self.opt_state = tx.init(self.params)
-        self.key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), rng.JAX_DROPOUT)
+        self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
         self.run = execution.Execution(self.execution, execution.train_step(
             self.model, tx, penalty, self.key if native_dropout else None))
@@ -93,7 +93,7 @@ class JaxAdapter:
 
     def _masks(self, step: int, rows: int):
         """Exact mode: the shared masks of global step `step` on the device (None without dropout / native)."""
-        masks = shared_masks(self.spec["seed"], step, self.layers, rows, self.dtype) if self.exact else None
+        masks = shared_masks(self.spec.seed, step, self.layers, rows, self.dtype) if self.exact else None
         return None if masks is None else jax.device_put(masks)
 
     def _advance(self, x, y, w, masks, t) -> jax.Array:
@@ -104,7 +104,7 @@ class JaxAdapter:
         """S consecutive batches of one shape as the scan's device inputs: ids int32 and w (S, B), the masks
         stacked per dropout layer, the global steps (S,) int32."""
         steps = np.arange(first_step, first_step + ids.shape[0], dtype=np.int32)
-        per_step = [shared_masks(self.spec["seed"], int(t), self.layers, ids.shape[1], self.dtype) if self.exact
+        per_step = [shared_masks(self.spec.seed, int(t), self.layers, ids.shape[1], self.dtype) if self.exact
                     else None for t in steps]
         masks = None if per_step[0] is None else [np.stack(layer) for layer in zip(*per_step, strict=True)]
         return jax.device_put((ids.astype(np.int32), w.astype(self.dtype), masks, steps))
@@ -138,7 +138,7 @@ class JaxAdapter:
         return to_canonical(self.params)
 
 
-def make_adapter(spec: dict) -> JaxAdapter:
+def make_adapter(spec: Spec) -> JaxAdapter:
     """The adapter for a resolved spec; switches on `jax_enable_x64` before any array is made."""
     jax.config.update("jax_enable_x64", True)
     return JaxAdapter(spec)

@@ -14,6 +14,7 @@ methodology").
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 import jax
@@ -24,6 +25,7 @@ from backends.jax_backend.execution import EXECUTIONS
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.spec import Spec
 
 MODES = EXECUTIONS
 LOADERS = tuple(pipeline.LOADERS)
@@ -58,14 +60,14 @@ def use_device(device: str, mode: str = "any mode"):
 class JaxTarget:
     """One execution mode of the JAX adapter, prepared once in exact or native mode as the spec says."""
 
-    def __init__(self, spec: dict, data: Dataset, mode: str, device: str):
+    def __init__(self, spec: Spec, data: Dataset, mode: str, device: str):
         if mode not in MODES:
             raise ValueError(f"jax has no execution mode '{mode}' (modes: {', '.join(MODES)})")
         self.mode, self.data = mode, data
         self.dev = use_device(device, mode)
-        self.spec = {**spec, "execution": mode}
+        self.spec = replace(spec, execution=mode)
         self.adapter = make_adapter(self.spec)
-        exact = self.spec["mode"] == "exact"
+        exact = self.spec.mode == "exact"
         self.adapter.prepare(self.spec, data, BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
                              model_layers(self.spec, data), canonical_init(self.spec, data) if exact else None)
         plan = self.adapter.plan
@@ -120,10 +122,10 @@ class JaxTarget:
         jax.block_until_ready(result)
 
     def equivalence_losses(self, epochs: int) -> list[float]:
-        spec = {**self.spec, "mode": "exact", "train": {**self.spec["train"], "epochs": epochs}}
+        spec = replace(self.spec, mode="exact", train=replace(self.spec.train, epochs=epochs))
         body = train(make_adapter(spec), spec, self.data)
         return [s["loss"] for s in body["steps"]]
 
 
-def make_target(spec: dict, data: Dataset, mode: str, device: str) -> JaxTarget:
+def make_target(spec: Spec, data: Dataset, mode: str, device: str) -> JaxTarget:
     return JaxTarget(spec, data, mode, device)

@@ -23,6 +23,7 @@ import numpy as np
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
 from common.padding import loss_weights, pad_batch, resolve_sides
+from common.spec import Spec
 
 
 def native_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
@@ -41,8 +42,8 @@ class JaxOrderPlan(BatchPlan):
 class Pipeline:
     """A split's plan batches as Rows on the device; `epoch` walks the training plan."""
 
-    def __init__(self, data: Dataset, plan: BatchPlan, spec: dict):
-        self.data, self.plan, self.dtype = data, plan, np.dtype(spec["dtype"])
+    def __init__(self, data: Dataset, plan: BatchPlan, spec: Spec):
+        self.data, self.plan, self.dtype = data, plan, np.dtype(spec.dtype)
 
     def epoch(self, epoch: int) -> Iterator[Rows]:
         for batch in self.plan.batches(epoch):
@@ -102,7 +103,7 @@ class Tokens(Pipeline):
     def __init__(self, data, plan, spec):
         super().__init__(data, plan, spec)
         self.sides = resolve_sides(spec, "jax")
-        self.loss_norm = spec["sequence"]["loss_norm"]
+        self.loss_norm = spec.sequence.loss_norm
 
     def rows(self, batch, split="train"):
         tokens, _, kept = pad_batch(self.data.sequences(split, batch.ids), *self.sides, batch.length)
@@ -115,9 +116,9 @@ class Tokens(Pipeline):
 LOADERS = {"naive": NaiveFeatures, "fast": Features, "prefetched": PrefetchedFeatures}
 
 
-def pipeline(spec: dict, data: Dataset, plan: BatchPlan) -> Pipeline:
+def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Pipeline:
     """The training pipeline: tokens or features as the data are, over the shared plan (exact mode) or the
     JaxOrderPlan cut the same way (native mode)."""
-    if spec["mode"] == "native":
+    if spec.mode == "native":
         plan = JaxOrderPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     return (Tokens if data.is_sequence else Features)(data, plan, spec)

@@ -23,6 +23,7 @@ import numpy as np
 from backends.jax_backend import core, norm, sequence
 from backends.jax_backend.core import Call, Options
 from common.layers import KINDS, TOKENS, Layer
+from common.spec import Spec
 
 LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
 NAMES = {**core.NAMES, **norm.NAMES, **sequence.NAMES}
@@ -41,9 +42,9 @@ class Stack(nn.Module):
         return x
 
 
-def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+def build(layers: tuple[Layer, ...], spec: Spec) -> Stack:
     """The flax module of `layers` for a resolved spec (its dtype, mode and `sequence.mask`)."""
-    return Stack(tuple(layers), Options(jnp.dtype(spec["dtype"]), spec["mode"] == "native", spec["sequence"]["mask"]))
+    return Stack(tuple(layers), Options(jnp.dtype(spec.dtype), spec.mode == "native", spec.sequence.mask))
 
 
 def example(model: Stack) -> jax.Array:

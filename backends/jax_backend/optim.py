@@ -22,6 +22,7 @@ import optax
 from backends.jax_backend.model import to_native
 from common.native import l2_as_written
 from common.regularization import Regularization
+from common.spec import Spec
 
 
 def l1_sign(coefficients) -> optax.GradientTransformation:
@@ -37,7 +38,7 @@ def l1_sign(coefficients) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
+def build(spec: Spec, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Exact mode: the optax transformation for `spec`; `canonical` (the initial params) gives tensor names and
     sizes, model.to_native their places in the params tree."""
     mask = to_native({name: reg.applies(name) for name in canonical})
@@ -47,46 +48,47 @@ def build(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> 
         parts.append(l1_sign(to_native(coefficients)))
     if reg.coupled:
         parts.append(optax.add_decayed_weights(reg.coupled, mask))
-    parts.append(_optimizer(spec["optimizer"], reg.decoupled, mask))
+    parts.append(_optimizer(spec.optimizer, reg.decoupled, mask))
     return optax.chain(*parts)
 
 
-def _optimizer(o: dict, decoupled: float, mask) -> optax.GradientTransformation:
-    """The optimizer part of the chain for spec section `o` with decoupled decay d (mask None: every leaf)."""
-    if o["name"] == "sgd" and decoupled:
-        return optax.chain(optax.trace(o["momentum"], o["nesterov"]), optax.add_decayed_weights(decoupled, mask),
-                           optax.scale_by_learning_rate(o["lr"]))
-    if o["name"] == "sgd":
-        return optax.sgd(o["lr"], o["momentum"] or None, o["nesterov"])
-    if o["name"] == "adam":
-        return optax.adam(o["lr"], o["beta1"], o["beta2"], o["eps"])
-    return optax.adamw(o["lr"], o["beta1"], o["beta2"], o["eps"], weight_decay=decoupled, mask=mask)
+def _optimizer(o, decoupled: float, mask) -> optax.GradientTransformation:
+    """The optimizer part of the chain for the spec's `optimizer` table `o` with decoupled decay d (mask None:
+    every leaf)."""
+    if o.name == "sgd" and decoupled:
+        return optax.chain(optax.trace(o.momentum, o.nesterov), optax.add_decayed_weights(decoupled, mask),
+                           optax.scale_by_learning_rate(o.lr))
+    if o.name == "sgd":
+        return optax.sgd(o.lr, o.momentum or None, o.nesterov)
+    if o.name == "adam":
+        return optax.adam(o.lr, o.beta1, o.beta2, o.eps)
+    return optax.adamw(o.lr, o.beta1, o.beta2, o.eps, weight_decay=decoupled, mask=mask)
 
 
-def build_native(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
+def build_native(spec: Spec, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Native mode: the optax chain a user writes from the spec's numbers (see the module docstring); L1 is not
     here but in the loss (`native_l1_penalty`)."""
-    r = spec["regularization"]
+    r = spec.regularization
     coupled = l2_as_written(spec)
-    decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
+    decoupled = r.weight_decay if r.decay == "decoupled" else 0.0
     parts = []
     if coupled:
         parts.append(optax.add_decayed_weights(coupled, to_native({name: reg.applies(name) for name in canonical})))
-    parts.append(_optimizer(spec["optimizer"], decoupled, None))
+    parts.append(_optimizer(spec.optimizer, decoupled, None))
     return optax.chain(*parts)
 
 
-def native_l1_penalty(spec: dict, reg: Regularization, canonical: dict[str, np.ndarray]):
+def native_l1_penalty(spec: Spec, reg: Regularization, canonical: dict[str, np.ndarray]):
     """Native mode: p ↦ l1·Σ_t A_t over the regularized tensors, A_t = jnp.mean|w_t| ("mean") or jnp.sum|w_t|
     ("sum"), as a loss term (its gradient at w = 0 is +1·l1/n_t, JAX's |x|′(0)); None when l1 = 0."""
-    r = spec["regularization"]
-    if not r["l1"]:
+    r = spec.regularization
+    if not r.l1:
         return None
-    reduce = jnp.mean if r["l1_reduction"] == "mean" else jnp.sum
+    reduce = jnp.mean if r.l1_reduction == "mean" else jnp.sum
     chosen = to_native({name: reg.applies(name) for name in canonical})
 
     def penalty(params):
         terms = jax.tree.map(lambda w, on: reduce(jnp.abs(w)) if on else None, params, chosen)
-        return r["l1"] * sum(jax.tree.leaves(terms))
+        return r.l1 * sum(jax.tree.leaves(terms))
 
     return penalty

@@ -32,12 +32,13 @@ from backends.jax_backend.optim import build
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers
 from common.regularization import Regularization
+from common.spec import Spec
 
 KINDS = ("dense", "dropout", "relu", "tanh")
 
 
 class ReferenceLoop:
-    def __init__(self, spec: dict, data: Dataset, device: str):
+    def __init__(self, spec: Spec, data: Dataset, device: str):
         jax.config.update("jax_enable_x64", True)  # as the adapter does, so dtypes are the spec's everywhere
         use_device(device)
         self.layers = model_layers(spec, data)
@@ -45,16 +46,16 @@ class ReferenceLoop:
         if others:
             raise ValueError(f"jax reference loop: layer kinds {', '.join(others)} are not in its hand-fused "
                              f"forward (it covers {', '.join(KINDS)})")
-        dtype = np.dtype(spec["dtype"])
+        dtype = np.dtype(spec.dtype)
         canonical = canonical_init(spec, data)
-        self.n, b = data.train_x.shape[0], spec["batching"]["batch_size"]
-        self.steps = self.n // b if spec["batching"]["last_batch"] == "drop" else -(-self.n // b)
-        self.batch, self.shuffle = b, spec["batching"]["shuffle"]
-        self.rng = np.random.default_rng(spec["seed"])
+        self.n, b = data.train_x.shape[0], spec.batching.batch_size
+        self.steps = self.n // b if spec.batching.last_batch == "drop" else -(-self.n // b)
+        self.batch, self.shuffle = b, spec.batching.shuffle
+        self.rng = np.random.default_rng(spec.seed)
         self.tx = build(spec, Regularization.from_spec(spec), canonical)
         params = jax.device_put(to_native({k: v.astype(dtype) for k, v in canonical.items()}))
         self.split = pipeline.on_device(data.train_x, data.train_y, dtype)
-        self.state = (params, self.tx.init(params), jax.random.PRNGKey(spec["seed"]))
+        self.state = (params, self.tx.init(params), jax.random.PRNGKey(spec.seed))
         self._epoch = jax.jit(self._run_epoch, donate_argnums=0)
 
     def _forward(self, params, x, key):
@@ -102,5 +103,5 @@ class ReferenceLoop:
         jax.block_until_ready(result)
 
 
-def make_reference(spec: dict, data: Dataset, device: str) -> ReferenceLoop:
+def make_reference(spec: Spec, data: Dataset, device: str) -> ReferenceLoop:
     return ReferenceLoop(spec, data, device)

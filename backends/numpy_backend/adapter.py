@@ -18,12 +18,13 @@ from common.driver import EpochRun, canonical_init
 from common.dropout import shared_masks
 from common.metrics import cross_entropy
 from common.regularization import Regularization
+from common.spec import Spec
 
 
 class NumpyOracle:
     name = "numpy"
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: Spec):
         self.spec = spec
 
     def versions(self) -> dict[str, str]:
@@ -37,13 +38,13 @@ class NumpyOracle:
         self.exact = params is not None
         self.model = build(layers, spec)
         self.params = load_canonical(params if self.exact else canonical_init(spec, data))
-        self.native_rng = None if self.exact else np.random.default_rng(spec["seed"])
+        self.native_rng = None if self.exact else np.random.default_rng(spec.seed)
         self.optimizer = CanonicalOptimizer(spec, Regularization.from_spec(spec))
 
     def _shared_masks(self, step: int, rows: int) -> list[np.ndarray] | None:
         if not self.exact:
             return None
-        masks = shared_masks(self.spec["seed"], step, self.layers, rows, np.dtype(self.spec["dtype"]))
+        masks = shared_masks(self.spec.seed, step, self.layers, rows, np.dtype(self.spec.dtype))
         return None if masks is None else [m.astype(np.float64) for m in masks]
 
     def run_epoch(self, epoch, first_step):
@@ -71,5 +72,5 @@ class NumpyOracle:
         return to_canonical(self.params)
 
 
-def make_adapter(spec: dict) -> NumpyOracle:
+def make_adapter(spec: Spec) -> NumpyOracle:
     return NumpyOracle(spec)

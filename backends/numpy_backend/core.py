@@ -18,6 +18,7 @@ import numpy as np
 
 from common.dropout import keep_scale
 from common.layers import Layer
+from common.spec import Spec
 
 
 def activate(name: str, a: np.ndarray) -> np.ndarray:
@@ -36,7 +37,7 @@ def activation_backward(name: str, a: np.ndarray, y: np.ndarray, dy: np.ndarray)
 class Part:
     """One layer of the oracle's stack."""
 
-    def __init__(self, layer: Layer, spec: dict):
+    def __init__(self, layer: Layer, spec: Spec):
         self.layer = layer
 
 

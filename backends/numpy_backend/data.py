@@ -14,9 +14,10 @@ import numpy as np
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
 from common.padding import loss_weights, pad_batch, resolve_sides
+from common.spec import Spec
 
 
-def rows(spec: dict, data: Dataset, split: str, batch: Batch) -> Rows:
+def rows(spec: Spec, data: Dataset, split: str, batch: Batch) -> Rows:
     """The batch's rows of `split`."""
     y = getattr(data, f"{split}_y")[batch.ids]
     weights = batch.weights.astype(np.float64)
@@ -24,10 +25,10 @@ def rows(spec: dict, data: Dataset, split: str, batch: Batch) -> Rows:
         return Rows(batch.ids, getattr(data, f"{split}_x")[batch.ids].astype(np.float64), y, weights)
     pad, truncate = resolve_sides(spec, "numpy")
     tokens, _, kept = pad_batch(data.sequences(split, batch.ids), pad, truncate, batch.length)
-    return Rows(batch.ids, tokens, y, loss_weights(weights, kept, spec["sequence"]["loss_norm"]), kept)
+    return Rows(batch.ids, tokens, y, loss_weights(weights, kept, spec.sequence.loss_norm), kept)
 
 
-def epoch_rows(spec: dict, data: Dataset, plan: BatchPlan, epoch: int):
+def epoch_rows(spec: Spec, data: Dataset, plan: BatchPlan, epoch: int):
     """The epoch's training batches, in plan order."""
     for batch in plan.batches(epoch):
         yield rows(spec, data, "train", batch)

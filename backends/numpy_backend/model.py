@@ -19,6 +19,7 @@ import numpy as np
 from backends.numpy_backend import core, norm, sequence
 from common.layers import Layer
 from common.metrics import cross_entropy
+from common.spec import Spec
 
 LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
 
@@ -37,7 +38,7 @@ class Flow:
 class Stack:
     """The layers of a model, each with its explicit forward and backward."""
 
-    def __init__(self, layers: tuple[Layer, ...], spec: dict):
+    def __init__(self, layers: tuple[Layer, ...], spec: Spec):
         self.parts = [LAYERS[layer.kind](layer, spec) for layer in layers]
 
     def forward(self, params: dict, x: np.ndarray, masks: list[np.ndarray] | None = None,
@@ -70,7 +71,7 @@ class Stack:
         return float(np.sum(cross_entropy(logits, y) * weights) / total), grads
 
 
-def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+def build(layers: tuple[Layer, ...], spec: Spec) -> Stack:
     """The oracle model of a resolved layer stack (the spec gives `sequence.mask`)."""
     return Stack(layers, spec)
 

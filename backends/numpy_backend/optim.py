@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from common.regularization import Regularization
+from common.spec import Spec
 
 
 class CanonicalOptimizer:
     """SGD (momentum, nesterov), Adam and AdamW exactly as the common.optim docstring writes them."""
 
-    def __init__(self, spec: dict, reg: Regularization):
-        self.opt = spec["optimizer"]
+    def __init__(self, spec: Spec, reg: Regularization):
+        self.opt = spec.optimizer
         self.reg = reg
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.t = 0
@@ -23,17 +24,17 @@ class CanonicalOptimizer:
         for name, w in params.items():
             g = grads[name] + self.reg.gradient(name, w)
             s = self.state.setdefault(name, {})
-            if o["name"] == "sgd":
-                if o["momentum"]:
-                    s["b"] = g.copy() if "b" not in s else o["momentum"] * s["b"] + g
-                    update = g + o["momentum"] * s["b"] if o["nesterov"] else s["b"]
+            if o.name == "sgd":
+                if o.momentum:
+                    s["b"] = g.copy() if "b" not in s else o.momentum * s["b"] + g
+                    update = g + o.momentum * s["b"] if o.nesterov else s["b"]
                 else:
                     update = g
             else:
-                s["m"] = o["beta1"] * s.get("m", 0.0) + (1.0 - o["beta1"]) * g
-                s["v"] = o["beta2"] * s.get("v", 0.0) + (1.0 - o["beta2"]) * g * g
-                m_hat = s["m"] / (1.0 - o["beta1"] ** self.t)
-                v_hat = s["v"] / (1.0 - o["beta2"] ** self.t)
-                update = m_hat / (np.sqrt(v_hat) + o["eps"])
+                s["m"] = o.beta1 * s.get("m", 0.0) + (1.0 - o.beta1) * g
+                s["v"] = o.beta2 * s.get("v", 0.0) + (1.0 - o.beta2) * g * g
+                m_hat = s["m"] / (1.0 - o.beta1 ** self.t)
+                v_hat = s["v"] / (1.0 - o.beta2 ** self.t)
+                update = m_hat / (np.sqrt(v_hat) + o.eps)
             decay = self.reg.decoupled * w if self.reg.applies(name) else 0.0
-            params[name] = w - o["lr"] * update - o["lr"] * decay
+            params[name] = w - o.lr * update - o.lr * decay

@@ -22,7 +22,7 @@ from common.padding import PAD
 class Embedding(Part):
     def __init__(self, layer, spec):
         super().__init__(layer, spec)
-        self.masked = spec["sequence"]["mask"]
+        self.masked = spec.sequence.mask
 
     def forward(self, params, tokens, flow):
         tokens = np.asarray(tokens, dtype=np.int64)

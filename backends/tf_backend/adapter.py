@@ -2,7 +2,7 @@
 
 prepare: the tf.data pipeline of the data (backends.tf_backend.data), the Keras model of the layer stack
 (backends.tf_backend.model), the Keras optimizer and regularizers (backends.tf_backend.optim), and the epoch
-runner of `spec["execution"]` (backends.tf_backend.execution). The loss is
+runner of `spec.execution` (backends.tf_backend.execution). The loss is
 
     ce = SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")(y, z, sample_weight=m)
 
@@ -21,15 +21,15 @@ from backends.tf_backend import data as pipelines
 from backends.tf_backend import execution, optim
 from backends.tf_backend import model as stack
 from common.driver import EpochRun
-from common.spec import execution_of
+from common.spec import Spec, execution_of
 
 
 class TFAdapter:
     name = "tf"
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: Spec):
         self.execution = execution_of(spec, "tf")
-        if self.execution == "fused" and spec["mode"] != "exact":
+        if self.execution == "fused" and spec.mode != "exact":
             raise ValueError("tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
                              "BatchPlan on the device; native mode's order comes from tf.data.shuffle)")
 
@@ -44,7 +44,7 @@ class TFAdapter:
         return f"GPU:0 ({details.get('device_name', 'unknown')})"
 
     def prepare(self, spec, data, plan, layers, params):
-        keras.config.set_floatx(spec["dtype"])  # before the optimizer: its lr variable takes floatx
+        keras.config.set_floatx(spec.dtype)  # before the optimizer: its lr variable takes floatx
         exact = params is not None
         self.pipeline = pipelines.pipeline(spec, data, plan)
         self.model = stack.build(layers, spec, optim.regularizers(spec, layers))
@@ -53,7 +53,7 @@ class TFAdapter:
             stack.load_canonical(self.model, params)
         self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight",
-                                                             dtype=spec["dtype"])
+                                                             dtype=spec.dtype)
         body = execution.step_body(self.model, self.optimizer.optimizer, loss_fn, dense_gradients=exact)
         self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer,
                                        execution.Masks(spec, layers, exact))
@@ -82,5 +82,5 @@ class TFAdapter:
         return stack.to_canonical(self.model)
 
 
-def make_adapter(spec: dict) -> TFAdapter:
+def make_adapter(spec: Spec) -> TFAdapter:
     return TFAdapter(spec)

@@ -1,7 +1,7 @@
 """The TF / Keras 3 throughput target (common.benchtarget, docs/design.md, "Performance methodology"), built on the
 adapter, not beside it.
 
-- modes: the adapter's `spec["execution"]` (backends.tf_backend.execution): eager, compiled, fused.
+- modes: the adapter's `spec.execution` (backends.tf_backend.execution): eager, compiled, fused.
 - step alone: the runner's single-step tf.function on the plan's first batch (x, y, w and masks already tensors on
   the device); fused has no single step apart from its loop body, so its step is the compiled one, and fused's
   loader overhead is what its program saves (or costs) against that many dispatched XLA steps.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -25,7 +26,7 @@ from backends.tf_backend.adapter import make_adapter
 from backends.tf_backend.execution import MODES
 from common.batching import BatchPlan
 from common.driver import canonical_init, model_layers, train
-from common.spec import validate
+from common.spec import Spec
 
 LOADERS = ("fast", "naive")
 
@@ -63,11 +64,11 @@ def settings(device: str, mode: str, dtype: str) -> dict:
 class TFTarget:
     """common.benchtarget.BenchTarget for one execution mode on one device (see the module docstring)."""
 
-    def __init__(self, spec: dict, data, mode: str, device: str):
+    def __init__(self, spec: Spec, data, mode: str, device: str):
         if mode not in MODES:
             raise ValueError(f"tf has no execution mode '{mode}' (modes: {', '.join(MODES)})")
         self.mode, self.data = mode, data
-        self.spec = validate({**spec, "mode": "exact", "execution": mode})
+        self.spec = replace(spec, mode="exact", execution=mode)
         self.device = tf_device(device, mode)
         self.plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
         self._epoch = 0
@@ -86,7 +87,7 @@ class TFTarget:
 
     def settings(self) -> dict:
         device = "cpu" if "CPU" in self.device else self.adapter.device()
-        return settings(device, self.mode, self.spec["dtype"])
+        return settings(device, self.mode, self.spec.dtype)
 
     def loader_epoch(self, loader: str):
         if loader not in LOADERS:
@@ -114,11 +115,11 @@ class TFTarget:
                 value.numpy()  # blocks until the value exists on the host
 
     def equivalence_losses(self, epochs: int) -> list[float]:
-        spec = validate({**self.spec, "train": {**self.spec["train"], "epochs": epochs}})
+        spec = replace(self.spec, train=replace(self.spec.train, epochs=epochs))
         with tf.device(self.device):
             body = train(make_adapter(spec), spec, self.data)
         return [s["loss"] for s in body["steps"]]
 
 
-def make_target(spec: dict, data, mode: str, device: str) -> TFTarget:
+def make_target(spec: Spec, data, mode: str, device: str) -> TFTarget:
     return TFTarget(spec, data, mode, device)

@@ -24,6 +24,7 @@ import tensorflow as tf
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
 from common.padding import kept_lengths, length_cap, resolve_sides
+from common.spec import Spec
 
 
 class Pipeline:
@@ -31,15 +32,15 @@ class Pipeline:
     gives `x_spec`, `_rows(ids, weights)` (one dict per slot: x, y, weights, ids, and lengths for tokens), the same
     row from Python (`_row`, `_row_signature`), `_batched(rows)` and `eval_rows(split, batch)`."""
 
-    def __init__(self, spec: dict, plan: BatchPlan, n_train: int):
-        b = spec["batching"]
-        self.plan, self.dtype, self.batch_size = plan, spec["dtype"], b["batch_size"]
-        self.drop = b["last_batch"] == "drop"
+    def __init__(self, spec: Spec, plan: BatchPlan, n_train: int):
+        b = spec.batching
+        self.plan, self.dtype, self.batch_size = plan, spec.dtype, b.batch_size
+        self.drop = b.last_batch == "drop"
         self._native = None
-        if spec["mode"] == "native":  # iterated once per epoch; each iteration reshuffles
+        if spec.mode == "native":  # iterated once per epoch; each iteration reshuffles
             ds = self._rows(np.arange(n_train), np.ones(n_train))
-            if b["shuffle"]:
-                ds = ds.shuffle(n_train, seed=spec["seed"], reshuffle_each_iteration=True)
+            if b.shuffle:
+                ds = ds.shuffle(n_train, seed=spec.seed, reshuffle_each_iteration=True)
             self._native = self._batched(ds).prefetch(tf.data.AUTOTUNE)
 
     def dataset(self, epoch: int) -> tf.data.Dataset:
@@ -66,8 +67,8 @@ class Pipeline:
 class Features(Pipeline):
     """Feature rows (B, F) in the spec dtype."""
 
-    def __init__(self, spec: dict, data: Dataset, plan: BatchPlan):
-        dtype = spec["dtype"]
+    def __init__(self, spec: Spec, data: Dataset, plan: BatchPlan):
+        dtype = spec.dtype
         self.x = {s: getattr(data, f"{s}_x").astype(dtype) for s in ("train", "test")}
         self.y = {s: getattr(data, f"{s}_y").astype(np.int64) for s in ("train", "test")}
         self.x_spec = tf.TensorSpec((None, data.n_features), dtype)
@@ -97,10 +98,10 @@ class Tokens(Pipeline):
 
     x_spec = tf.TensorSpec((None, None), tf.int64)
 
-    def __init__(self, spec: dict, data: Dataset, plan: BatchPlan):
-        seq = spec["sequence"]
+    def __init__(self, spec: Spec, data: Dataset, plan: BatchPlan):
+        seq = spec.sequence
         self.pad, self.truncate = resolve_sides(spec, "tf")
-        self.max_len, self.buckets, self.loss_norm = seq["max_len"], list(seq["buckets"]), seq["loss_norm"]
+        self.max_len, self.buckets, self.loss_norm = seq.max_len, list(seq.buckets), seq.loss_norm
         self.cap = length_cap(self.max_len, self.buckets)
         self.sequences = {s: data.sequences(s, np.arange(data.lengths(s).shape[0])) for s in ("train", "test")}
         self.lengths = {s: np.asarray(data.lengths(s), np.int64) for s in ("train", "test")}
@@ -174,6 +175,6 @@ class Tokens(Pipeline):
                     np.minimum(self.lengths[split][batch.ids], batch.length))
 
 
-def pipeline(spec: dict, data: Dataset, plan: BatchPlan) -> Features | Tokens:
+def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Features | Tokens:
     """The pipeline for `data`: tokens for sequence data, features otherwise."""
     return (Tokens if data.is_sequence else Features)(spec, data, plan)

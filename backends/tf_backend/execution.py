@@ -1,4 +1,4 @@
-"""How a TF training epoch executes: `spec["execution"]` (docs/design.md, "Execution modes").
+"""How a TF training epoch executes: `spec.execution` (docs/design.md, "Execution modes").
 
 The step is written once (`step_body`): `tf.GradientTape` over the model's training forward pass, the loss
 Σw·ℓ/Σw (Keras "mean_with_sample_weight") plus Σ model.losses (the regularizer penalties), and the Keras
@@ -21,6 +21,7 @@ import tensorflow as tf
 from backends.tf_backend.data import Features
 from common.driver import EpochRun
 from common.dropout import shared_masks
+from common.spec import Spec
 
 MODES = ("eager", "compiled", "fused")
 
@@ -140,8 +141,8 @@ class Masks:
     """Exact mode's shared dropout masks of each global step (common.dropout), as the step's extra inputs;
     `widths` is empty when the stack draws none (native mode, or no dropout layer with p > 0)."""
 
-    def __init__(self, spec: dict, layers, exact: bool):
-        self.seed, self.layers, self.dtype = spec["seed"], layers, spec["dtype"]
+    def __init__(self, spec: Spec, layers, exact: bool):
+        self.seed, self.layers, self.dtype = spec.seed, layers, spec.dtype
         drawn = shared_masks(self.seed, 1, layers, 0, self.dtype) if exact else None
         self.widths = [m.shape[1] for m in drawn] if drawn else []
 

@@ -16,6 +16,7 @@ import numpy as np
 from backends.tf_backend import core, norm, sequence
 from common import layers as layer_stack
 from common.layers import Layer
+from common.spec import Spec
 
 if keras.backend.backend() != "tensorflow":
     raise RuntimeError(f"backends.tf_backend needs KERAS_BACKEND=tensorflow, but Keras was loaded with "
@@ -40,14 +41,14 @@ class Stack(keras.Model):
         return x
 
 
-def build(layers: tuple[Layer, ...], spec: dict, regularizers: dict | None = None) -> Stack:
+def build(layers: tuple[Layer, ...], spec: Spec, regularizers: dict | None = None) -> Stack:
     """The spec's stack as a Keras model with its variables created (one eval-mode call on a one-row input);
     `regularizers`: canonical name → Keras regularizer (backends.tf_backend.optim.regularizers)."""
-    model = Stack(layers, core.Build(spec["dtype"], spec["mode"] == "native", spec["seed"],
-                                     spec["sequence"]["mask"], regularizers or {}))
+    model = Stack(layers, core.Build(spec.dtype, spec.mode == "native", spec.seed,
+                                     spec.sequence.mask, regularizers or {}))
     first = layers[0]
     tokens = layer_stack.KINDS[first.kind].reads == layer_stack.TOKENS
-    model(np.ones((1, 1), np.int64) if tokens else np.zeros((1, first.in_width), spec["dtype"]))
+    model(np.ones((1, 1), np.int64) if tokens else np.zeros((1, first.in_width), spec.dtype))
     return model
 
 

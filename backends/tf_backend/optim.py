@@ -15,6 +15,8 @@ Native mode converts nothing: `native_regularizer` and `KerasOptimizer.native` f
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import keras
 import numpy as np
 
@@ -22,6 +24,7 @@ from common.layers import Layer, param_shapes
 from common.native import KERAS_DEFAULT_ADAM_EPSILON, l2_as_written
 from common.optim import keras_epsilon_hat
 from common.regularization import Regularization
+from common.spec import Spec
 
 
 def hyper(value: float, dtype: str) -> float:
@@ -46,31 +49,31 @@ def layer_regularizer(reg: Regularization, name: str, size: int, dtype: str) -> 
     return regularizer
 
 
-def native_regularizer(spec: dict, reg: Regularization, name: str) -> keras.regularizers.L1L2 | None:
+def native_regularizer(spec: Spec, reg: Regularization, name: str) -> keras.regularizers.L1L2 | None:
     """Native mode (common.native): the spec's numbers passed to Keras "as written": L1(l1) in its sum form and
     L2(λ), λ = l2 + coupled weight_decay (gradient 2λ·w), on weights and, with regularize_bias, biases."""
-    l1, l2 = spec["regularization"]["l1"], l2_as_written(spec)
+    l1, l2 = spec.regularization.l1, l2_as_written(spec)
     return keras.regularizers.L1L2(l1=l1, l2=l2) if reg.applies(name) and (l1 or l2) else None
 
 
-def regularizers(spec: dict, layers: tuple[Layer, ...]) -> dict[str, keras.regularizers.L1L2 | None]:
+def regularizers(spec: Spec, layers: tuple[Layer, ...]) -> dict[str, keras.regularizers.L1L2 | None]:
     """Canonical parameter name → its Keras regularizer (converted in exact mode, as written in native mode)."""
     reg = Regularization.from_spec(spec)
-    if spec["mode"] == "native":
+    if spec.mode == "native":
         return {name: native_regularizer(spec, reg, name) for name in param_shapes(layers)}
-    return {name: layer_regularizer(reg, name, int(np.prod(shape)), spec["dtype"])
+    return {name: layer_regularizer(reg, name, int(np.prod(shape)), spec.dtype)
             for name, shape in param_shapes(layers).items()}
 
 
-def _keras_optimizer(o: dict, epsilon, decay):
-    """The Keras optimizer named by spec section `o`, with `weight_decay=decay` (None: off)."""
-    if o["name"] == "sgd":
-        return keras.optimizers.SGD(learning_rate=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
+def _keras_optimizer(o, epsilon, decay):
+    """The Keras optimizer named by the spec's `optimizer` table `o`, with `weight_decay=decay` (None: off)."""
+    if o.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                     weight_decay=decay)
-    if o["name"] == "adam":
-        return keras.optimizers.Adam(learning_rate=o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=epsilon,
+    if o.name == "adam":
+        return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=epsilon,
                                      weight_decay=decay)
-    return keras.optimizers.AdamW(learning_rate=o["lr"], beta_1=o["beta1"], beta_2=o["beta2"], epsilon=epsilon,
+    return keras.optimizers.AdamW(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=epsilon,
                                   weight_decay=0.0 if decay is None else decay)  # AdamW rejects None
 
 
@@ -86,26 +89,26 @@ class KerasOptimizer:
         optimizer.build(list(variables.values()))
 
     @classmethod
-    def exact(cls, spec: dict, variables: dict[str, keras.Variable]):
+    def exact(cls, spec: Spec, variables: dict[str, keras.Variable]):
         """Converted: ε̂_t per step, decoupled d with unregularized tensors excluded, precision-keeping scalars."""
-        reg, dtype, raw = Regularization.from_spec(spec), spec["dtype"], spec["optimizer"]
-        o = {k: hyper(v, dtype) if k in ("momentum", "beta1", "beta2") else v for k, v in raw.items()}
+        reg, dtype, raw = Regularization.from_spec(spec), spec.dtype, spec.optimizer
+        o = replace(raw, **{k: hyper(getattr(raw, k), dtype) for k in ("momentum", "beta1", "beta2")})
         epsilon_hat = None
-        if o["name"] != "sgd":
-            epsilon_hat = keras.Variable(keras_epsilon_hat(raw["eps"], raw["beta2"], 1), dtype=dtype,
+        if o.name != "sgd":
+            epsilon_hat = keras.Variable(keras_epsilon_hat(raw.eps, raw.beta2, 1), dtype=dtype,
                                          trainable=False, name="epsilon_hat")
         optimizer = _keras_optimizer(o, epsilon_hat, hyper(reg.decoupled, dtype) if reg.decoupled else None)
         if optimizer.weight_decay is not None:
             optimizer.exclude_from_weight_decay(var_list=[v for name, v in variables.items() if not reg.applies(name)])
-        return cls(optimizer, variables, epsilon_hat, raw["eps"], raw["beta2"])
+        return cls(optimizer, variables, epsilon_hat, raw.eps, raw.beta2)
 
     @classmethod
-    def native(cls, spec: dict, variables: dict[str, keras.Variable]):
+    def native(cls, spec: Spec, variables: dict[str, keras.Variable]):
         """Native mode (common.native): Keras's default ε (1e-7, ε-hat form, constant) and a decoupled
         `weight_decay` that decays every variable, biases included."""
-        r = spec["regularization"]
-        decay = r["weight_decay"] if r["decay"] == "decoupled" and r["weight_decay"] else None
-        return cls(_keras_optimizer(spec["optimizer"], KERAS_DEFAULT_ADAM_EPSILON, decay), variables)
+        r = spec.regularization
+        decay = r.weight_decay if r.decay == "decoupled" and r.weight_decay else None
+        return cls(_keras_optimizer(spec.optimizer, KERAS_DEFAULT_ADAM_EPSILON, decay), variables)
 
     def check_next_step(self, step: int) -> None:
         """Raise unless global step `step` (1-based) is the optimizer's own next iteration (ε̂ must match it); one

@@ -24,18 +24,19 @@ from common import rng
 from common.driver import canonical_init, model_layers
 from common.dropout import keep_scale
 from common.regularization import Regularization
+from common.spec import Spec
 
 KINDS = ("dense", "dropout", "relu", "tanh")
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "none": tf.identity}
 
 
 class Reference:
-    def __init__(self, spec: dict, data, device: str):
+    def __init__(self, spec: Spec, data, device: str):
         self.spec, self.device = spec, tf_device(device, "reference")
-        self.dtype = tf.as_dtype(spec["dtype"])
+        self.dtype = tf.as_dtype(spec.dtype)
         self.reg = Regularization.from_spec(spec)
-        o = spec["optimizer"]
-        self.adam = o["name"] != "sgd"
+        o = spec.optimizer
+        self.adam = o.name != "sgd"
         self.layers = model_layers(spec, data)
         unsupported = sorted({layer.kind for layer in self.layers} - set(KINDS))
         if unsupported:
@@ -43,10 +44,10 @@ class Reference:
         init = canonical_init(spec, data)
         self.names = list(init)
         with tf.device(self.device):
-            self.x = tf.constant(data.train_x.astype(spec["dtype"]))
+            self.x = tf.constant(data.train_x.astype(spec.dtype))
             self.y = tf.constant(data.train_y.astype(np.int64))
             self.params = [tf.Variable(init[n]) for n in self.names]
-            slots = 2 if self.adam else (1 if o["momentum"] else 0)
+            slots = 2 if self.adam else (1 if o.momentum else 0)
             self.slots = [[tf.Variable(np.zeros_like(init[n])) for n in self.names] for _ in range(slots)]
             self.t = tf.Variable(0, dtype=tf.int64)
         self.program = tf.function(self._epoch, jit_compile=True)
@@ -61,7 +62,7 @@ class Reference:
             elif layer.kind in ACTIVATIONS:
                 h = ACTIVATIONS[layer.kind](h)
             elif layer.rate:  # dropout
-                seed = tf.stack([tf.constant(self.spec["seed"] * 8 + rng.TF_REFERENCE_DROPOUT * 4 + layer.number,
+                seed = tf.stack([tf.constant(self.spec.seed * 8 + rng.TF_REFERENCE_DROPOUT * 4 + layer.number,
                                              tf.int64), t])
                 keep = tf.random.stateless_uniform(tf.shape(h), seed, dtype=self.dtype) >= layer.rate
                 h = h * tf.cast(keep, self.dtype) * keep_scale(layer.rate)
@@ -79,22 +80,22 @@ class Reference:
         return total
 
     def _update(self, grads, t):
-        o = self.spec["optimizer"]
-        lr = o["lr"]
+        o = self.spec.optimizer
+        lr = o.lr
         step = tf.cast(t, self.dtype)
         for k, (name, p, g) in enumerate(zip(self.names, self.params, grads, strict=True)):
             d = self.reg.decoupled if self.reg.applies(name) else 0.0
             if self.adam:
                 m, v = self.slots[0][k], self.slots[1][k]
-                m.assign(o["beta1"] * m + (1 - o["beta1"]) * g)
-                v.assign(o["beta2"] * v + (1 - o["beta2"]) * g * g)
-                m_hat = m / (1 - o["beta1"] ** step)
-                v_hat = v / (1 - o["beta2"] ** step)
-                u = m_hat / (tf.sqrt(v_hat) + o["eps"])
+                m.assign(o.beta1 * m + (1 - o.beta1) * g)
+                v.assign(o.beta2 * v + (1 - o.beta2) * g * g)
+                m_hat = m / (1 - o.beta1 ** step)
+                v_hat = v / (1 - o.beta2 ** step)
+                u = m_hat / (tf.sqrt(v_hat) + o.eps)
             elif self.slots:
                 b = self.slots[0][k]
-                b.assign(o["momentum"] * b + g)
-                u = g + o["momentum"] * b if o["nesterov"] else b
+                b.assign(o.momentum * b + g)
+                u = g + o.momentum * b if o.nesterov else b
             else:
                 u = g
             p.assign(p - lr * u - lr * d * p if d else p - lr * u)
@@ -110,9 +111,9 @@ class Reference:
         return ce
 
     def _epoch(self, epoch):
-        n, b = int(self.x.shape[0]), self.spec["batching"]["batch_size"]
-        if self.spec["batching"]["shuffle"]:
-            seed = tf.stack([tf.constant(self.spec["seed"] * 8 + rng.TF_REFERENCE_ORDER, tf.int64), epoch])
+        n, b = int(self.x.shape[0]), self.spec.batching.batch_size
+        if self.spec.batching.shuffle:
+            seed = tf.stack([tf.constant(self.spec.seed * 8 + rng.TF_REFERENCE_ORDER, tf.int64), epoch])
             order = tf.argsort(tf.random.stateless_uniform([n], seed))
         else:
             order = tf.range(n)
@@ -123,7 +124,7 @@ class Reference:
         if s:
             _, loss = tf.while_loop(lambda i, _: i < s, lambda i, _: (i + 1, self._step(ids[i], ones)),
                                     (tf.constant(0), loss))
-        last = self.spec["batching"]["last_batch"]
+        last = self.spec.batching.last_batch
         if r and last == "keep":
             loss = self._step(order[s * b:], tf.ones((r,), self.dtype))
         elif r and last == "pad":
@@ -140,5 +141,5 @@ class Reference:
         result.numpy()
 
 
-def make_reference(spec: dict, data, device: str) -> Reference:
+def make_reference(spec: Spec, data, device: str) -> Reference:
     return Reference(spec, data, device)

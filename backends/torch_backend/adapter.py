@@ -25,13 +25,13 @@ from common.datasets import Dataset
 from common.driver import EpochRun
 from common.dropout import shared_masks
 from common.layers import Layer
-from common.spec import execution_of
+from common.spec import Spec, execution_of
 
 
 class TorchAdapter:
     name = "torch"
 
-    def __init__(self, spec: dict, device: str = "auto"):
+    def __init__(self, spec: Spec, device: str = "auto"):
         self.dev = resolve_device(device)
         self.execution = execution_of(spec, "torch")
         check_execution(self.execution, self.dev)
@@ -47,11 +47,11 @@ class TorchAdapter:
             return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}, tf32 off)"
         return "cpu"
 
-    def prepare(self, spec: dict, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
+    def prepare(self, spec: Spec, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
                 params: dict[str, np.ndarray] | None) -> None:
         self.spec, self.layers, self.native = spec, layers, params is None
-        self.pipeline: Pipeline = pipeline(spec, data, plan, DTYPES[spec["dtype"]], self.dev)
-        torch.manual_seed(spec["seed"])  # native mode: the default inits, then nn.Dropout, draw from it
+        self.pipeline: Pipeline = pipeline(spec, data, plan, DTYPES[spec.dtype], self.dev)
+        torch.manual_seed(spec.seed)  # native mode: the default inits, then nn.Dropout, draw from it
         self.model = build(layers, spec).to(self.dev)
         if params is not None:
             load_canonical(self.model, params)
@@ -74,8 +74,8 @@ class TorchAdapter:
     def _masks(self, step: int, rows: Rows) -> list[torch.Tensor] | None:
         """Exact mode: the shared masks of global step `step` on the device (None without dropout); native mode
         None (nn.Dropout draws its own)."""
-        masks = None if self.native else shared_masks(self.spec["seed"], step, self.layers, rows.ids.shape[0],
-                                                      self.spec["dtype"])
+        masks = None if self.native else shared_masks(self.spec.seed, step, self.layers, rows.ids.shape[0],
+                                                      self.spec.dtype)
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
     def _advance(self, rows: Rows, masks: list[torch.Tensor] | None) -> torch.Tensor:
@@ -121,5 +121,5 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
 
 
-def make_adapter(spec: dict, device: str = "auto") -> TorchAdapter:
+def make_adapter(spec: Spec, device: str = "auto") -> TorchAdapter:
     return TorchAdapter(spec, device)

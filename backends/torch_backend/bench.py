@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from backends.torch_backend.model import DTYPES
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.spec import Spec
 
 MODES = EXECUTIONS
 LOADERS = ("naive", "fast")
@@ -74,25 +76,25 @@ def _cuda_driver() -> str:
 class TorchTarget:
     """One execution mode of the torch adapter, prepared once in exact or native mode as the spec says."""
 
-    def __init__(self, spec: dict, data: Dataset, mode: str, device: str):
+    def __init__(self, spec: Spec, data: Dataset, mode: str, device: str):
         self.mode, self.data, self.device = mode, data, device
-        self.spec = {**spec, "execution": mode}
+        self.spec = replace(spec, execution=mode)
         self.adapter = TorchAdapter(self.spec, device)  # raises for a mode this device cannot run
         self.dev = self.adapter.dev
         self.plan = plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
-        exact = self.spec["mode"] == "exact"
+        exact = self.spec.mode == "exact"
         self.adapter.prepare(self.spec, data, plan, model_layers(self.spec, data),
                              canonical_init(self.spec, data) if exact else None)
         first = next(self.adapter.pipeline.epoch(0))
         self.fixed = (first, self.adapter._masks(1, first))
-        dtype = DTYPES[self.spec["dtype"]]
+        dtype = DTYPES[self.spec.dtype]
         self.naive = make_per_row_loader(torch.as_tensor(data.train_x, dtype=dtype),
                                          torch.as_tensor(data.train_y, dtype=torch.long), plan)
         self.epochs_run = self.loader_epochs = 0
 
     def settings(self) -> dict[str, Any]:
         return {"backend": "torch", "mode": self.mode, "versions": self.adapter.versions(),
-                "device": self.adapter.device(), "dtype": self.spec["dtype"], **device_settings(self.dev)}
+                "device": self.adapter.device(), "dtype": self.spec.dtype, **device_settings(self.dev)}
 
     def loader_epoch(self, loader: str) -> Any:
         if loader not in LOADERS:
@@ -120,12 +122,12 @@ class TorchTarget:
         sync_device(self.dev, result)
 
     def equivalence_losses(self, epochs: int) -> list[float]:
-        spec = {**self.spec, "mode": "exact", "train": {**self.spec["train"], "epochs": epochs}}
+        spec = replace(self.spec, mode="exact", train=replace(self.spec.train, epochs=epochs))
         body = train(TorchAdapter(spec, self.device), spec, self.data)
         return [s["loss"] for s in body["steps"]]
 
 
-def make_target(spec: dict, data: Dataset, mode: str, device: str) -> TorchTarget:
+def make_target(spec: Spec, data: Dataset, mode: str, device: str) -> TorchTarget:
     if mode not in MODES:
         raise ValueError(f"torch has no execution mode '{mode}' (modes: {', '.join(MODES)})")
     return TorchTarget(spec, data, mode, device)

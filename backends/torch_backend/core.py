@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from common.layers import Layer
+from common.spec import Spec
 
 ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "none": lambda h: h}
 
@@ -59,7 +60,7 @@ class Canonical:
 class Dense(Canonical, nn.Linear):
     CANONICAL: ClassVar = {"weight": ("weight", True), "bias": ("bias", False)}
 
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, dtype=dtype)
         self.activation = ACTIVATIONS[layer.activation]
 
@@ -68,7 +69,7 @@ class Dense(Canonical, nn.Linear):
 
 
 class NativeDropout(nn.Dropout):
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.rate)
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
@@ -76,7 +77,7 @@ class NativeDropout(nn.Dropout):
 
 
 class SharedMaskDropout(nn.Module):
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__()
         self.number = layer.number
 
@@ -84,12 +85,12 @@ class SharedMaskDropout(nn.Module):
         return h if flow.masks is None else h * flow.masks[self.number]
 
 
-def dropout(layer: Layer, spec: dict, dtype: torch.dtype) -> nn.Module:
-    return (NativeDropout if spec["mode"] == "native" else SharedMaskDropout)(layer, spec, dtype)
+def dropout(layer: Layer, spec: Spec, dtype: torch.dtype) -> nn.Module:
+    return (NativeDropout if spec.mode == "native" else SharedMaskDropout)(layer, spec, dtype)
 
 
 class ReLU(nn.ReLU):
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__()
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
@@ -97,7 +98,7 @@ class ReLU(nn.ReLU):
 
 
 class Tanh(nn.Tanh):
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__()
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:

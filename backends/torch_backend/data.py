@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset as Data
 from common.padding import PAD, length_cap, loss_weights, padded_length, resolve_sides
+from common.spec import Spec
 
 TORCH_SIDE = {"post": "right", "pre": "left"}
 
@@ -104,6 +105,15 @@ class PadCollate:
         self.loss_norm, self.dtype, self.device = loss_norm, dtype, device
         self.bucketed = bucketed and bool(self.buckets)
 
+    @classmethod
+    def from_spec(cls, spec: Spec, dtype, device, train: bool) -> PadCollate:
+        """The collate of a spec's `sequence` table on torch's resolved sides: `train` for training batches (the
+        spec's loss_norm, padded to the bucket bound), else evaluation batches (per-row weights, no bucketing)."""
+        seq = spec.sequence
+        pad, truncate = resolve_sides(spec, "torch")
+        return cls(pad, truncate, seq.max_len, seq.buckets, seq.loss_norm if train else "per_sequence", dtype,
+                   device, bucketed=train)
+
     def _truncated(self, seq: torch.Tensor) -> torch.Tensor:
         if not self.cap or seq.shape[0] <= self.cap:
             return seq
@@ -151,11 +161,11 @@ def make_loader(dataset: Dataset, plan: BatchPlan, seed: int, collate: Callable 
                       generator=torch.Generator().manual_seed(seed))
 
 
-def make_native_loader(dataset: Dataset, spec: dict, collate: Callable = already_collated) -> DataLoader:
+def make_native_loader(dataset: Dataset, spec: Spec, collate: Callable = already_collated) -> DataLoader:
     """Native mode: torch's own sampler and batching, shuffled by a Generator seeded from the spec seed."""
-    b = spec["batching"]
-    return DataLoader(dataset, batch_size=b["batch_size"], shuffle=b["shuffle"], drop_last=b["last_batch"] == "drop",
-                      collate_fn=collate, generator=torch.Generator().manual_seed(spec["seed"]))
+    b = spec.batching
+    return DataLoader(dataset, batch_size=b.batch_size, shuffle=b.shuffle, drop_last=b.last_batch == "drop",
+                      collate_fn=collate, generator=torch.Generator().manual_seed(spec.seed))
 
 
 @dataclass
@@ -184,17 +194,15 @@ class Pipeline:
         return self.eval_collate(self.datasets[split].__getitems__(batch))
 
 
-def pipeline(spec: dict, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device) -> Pipeline:
+def pipeline(spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device) -> Pipeline:
     """The pipeline of `data`: token rows with the padding collate_fn, or feature rows on the device."""
-    native = spec["mode"] == "native"
+    native = spec.mode == "native"
     if data.is_sequence:
-        seq = spec["sequence"]
-        pad, truncate = resolve_sides(spec, "torch")
         datasets = {split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split),
                                             getattr(data, f"{split}_y")) for split in ("train", "test")}
-        collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], seq["loss_norm"], dtype, device, True)
-        eval_collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], "per_sequence", dtype, device, False)
-        weighted = not native or seq["loss_norm"] == "per_token"
+        collate = PadCollate.from_spec(spec, dtype, device, train=True)
+        eval_collate = PadCollate.from_spec(spec, dtype, device, train=False)
+        weighted = not native or spec.sequence.loss_norm == "per_token"
     else:
         datasets = {split: RowsDataset(torch.as_tensor(getattr(data, f"{split}_x"), dtype=dtype, device=device),
                                        torch.as_tensor(getattr(data, f"{split}_y"), dtype=torch.long, device=device))
@@ -202,7 +210,7 @@ def pipeline(spec: dict, data: Data, plan: BatchPlan, dtype: torch.dtype, device
         collate = eval_collate = already_collated
         weighted = not native
     loader = (make_native_loader(datasets["train"], spec, collate) if native
-              else make_loader(datasets["train"], plan, spec["seed"], collate))
+              else make_loader(datasets["train"], plan, spec.seed, collate))
     return Pipeline(loader, datasets, eval_collate, weighted, static_shapes=not data.is_sequence)
 
 

@@ -1,4 +1,4 @@
-"""How the adapter runs one training step, as `spec["execution"]` says (docs/design.md, "Execution modes").
+"""How the adapter runs one training step, as `spec.execution` says (docs/design.md, "Execution modes").
 
 A step: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, lengths, masks)` → (recorded loss,
 loss + penalties)), `backward()`, the optimizer step. Modes differ only in the native mechanism running it:

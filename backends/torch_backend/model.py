@@ -17,6 +17,7 @@ from torch import nn
 from backends.torch_backend import core, norm, sequence
 from backends.torch_backend.core import Canonical, Flow
 from common.layers import Layer
+from common.spec import Spec
 
 LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -25,7 +26,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class Stack(nn.Module):
     """The layers in order; `forward(x, lengths, masks)` gives the logits (x: features (B, F) or tokens (B, T))."""
 
-    def __init__(self, layers: tuple[Layer, ...], spec: dict, dtype: torch.dtype):
+    def __init__(self, layers: tuple[Layer, ...], spec: Spec, dtype: torch.dtype):
         super().__init__()
         self.layers = layers
         for layer in layers:
@@ -43,9 +44,9 @@ class Stack(nn.Module):
         return [(layer, module) for layer, module in zip(self.layers, self.children(), strict=True) if layer.name]
 
 
-def build(layers: tuple[Layer, ...], spec: dict) -> Stack:
+def build(layers: tuple[Layer, ...], spec: Spec) -> Stack:
     """The torch model of a resolved stack, on the CPU in the spec's dtype (move it with `.to(device)`)."""
-    return Stack(layers, spec, DTYPES[spec["dtype"]])
+    return Stack(layers, spec, DTYPES[spec.dtype])
 
 
 @torch.no_grad()

@@ -14,13 +14,14 @@ from torch import nn
 
 from backends.torch_backend.core import NO_FLOW, Canonical, Flow
 from common.layers import Layer
+from common.spec import Spec
 
 
 class LayerNorm(Canonical, nn.LayerNorm):
     CANONICAL: ClassVar = {"weight": ("scale", False), "bias": ("offset", False)}
 
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
-        if spec["mode"] == "native":
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
+        if spec.mode == "native":
             super().__init__(layer.width, dtype=dtype)
         else:
             super().__init__(layer.width, eps=layer.eps, dtype=dtype)

@@ -21,6 +21,7 @@ import torch
 from backends.torch_backend.model import Stack, trainable
 from common.native import l2_as_written
 from common.regularization import Regularization
+from common.spec import Spec
 
 
 def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
@@ -38,24 +39,24 @@ def penalty_terms(named: list, reg, l2_factor: float) -> torch.Tensor | float:
 class TorchOptimizer:
     """A torch.optim optimizer plus the penalty terms and the pre-step decoupled decay torch lacks natively."""
 
-    def __init__(self, spec: dict, model: Stack, capturable: bool = False, fused: bool | None = None):
-        o = spec["optimizer"]
+    def __init__(self, spec: Spec, model: Stack, capturable: bool = False, fused: bool | None = None):
+        o = spec.optimizer
         self.reg = reg = Regularization.from_spec(spec)
-        self.lr = o["lr"]
+        self.lr = o.lr
         named = trainable(model)
         self.regularized = [(n, p) for n, p in named if reg.applies(n)]
         plain = [p for n, p in named if not reg.applies(n)]
         decoupled = reg.decoupled > 0.0
-        native_wd = reg.decoupled if o["name"] == "adamw" else (0.0 if decoupled else reg.coupled)
+        native_wd = reg.decoupled if o.name == "adamw" else (0.0 if decoupled else reg.coupled)
         self.loss_l2 = reg.coupled if decoupled else 0.0  # c carried as a loss term (see module docstring)
-        self.sgd_decay = reg.decoupled if o["name"] == "sgd" else 0.0
+        self.sgd_decay = reg.decoupled if o.name == "sgd" else 0.0
         groups = [g for g in ({"params": [p for _, p in self.regularized], "weight_decay": native_wd},
                               {"params": plain, "weight_decay": 0.0}) if g["params"]]
-        if o["name"] == "sgd":
-            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o["momentum"], nesterov=o["nesterov"], fused=fused)
+        if o.name == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
         else:
-            cls = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
-            self.opt = cls(groups, lr=self.lr, betas=(o["beta1"], o["beta2"]), eps=o["eps"], capturable=capturable,
+            cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+            self.opt = cls(groups, lr=self.lr, betas=(o.beta1, o.beta2), eps=o.eps, capturable=capturable,
                            fused=fused)
             if not fused:
                 self._float64_step_count(capturable)
@@ -94,23 +95,23 @@ class TorchOptimizer:
 class NativeTorchOptimizer:
     """Native mode: torch.optim as a user writes it (see the module docstring); same interface as TorchOptimizer."""
 
-    def __init__(self, spec: dict, model: Stack, capturable: bool = False):
-        o, r = spec["optimizer"], spec["regularization"]
+    def __init__(self, spec: Spec, model: Stack, capturable: bool = False):
+        o, r = spec.optimizer, spec.regularization
         self.reg = Regularization.from_spec(spec)
         named = trainable(model)
         self.regularized = [(n, p) for n, p in named if self.reg.applies(n)]
         params = [p for _, p in named]
-        decoupled = r["weight_decay"] if r["decay"] == "decoupled" else 0.0
+        decoupled = r.weight_decay if r.decay == "decoupled" else 0.0
         self.loss_l2 = 0.0
-        if o["name"] == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+        if o.name == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                          weight_decay=decoupled, capturable=capturable)
-            self.loss_l2 = r["l2"]
-        elif o["name"] == "adam":
-            self.opt = torch.optim.Adam(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+            self.loss_l2 = r.l2
+        elif o.name == "adam":
+            self.opt = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                         weight_decay=l2_as_written(spec), capturable=capturable)
         else:
-            self.opt = torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
+            self.opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                        weight_decay=l2_as_written(spec) + decoupled)
 
     def penalty(self) -> torch.Tensor | float:

@@ -15,6 +15,7 @@ defaults) with the canonical init loaded, optim.TorchOptimizer with the spec's o
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,29 +28,30 @@ from backends.torch_backend.model import DTYPES, build, load_canonical
 from backends.torch_backend.optim import TorchOptimizer
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers
+from common.spec import Spec
 
 CHUNK = 64
 
 
 class ReferenceLoop:
-    def __init__(self, spec: dict, data: Dataset, device: str, compile: bool = False):
+    def __init__(self, spec: Spec, data: Dataset, device: str, compile: bool = False):
         if data.is_sequence:
             raise ValueError("torch reference loop: feature data only (sequence models are not benchmarked)")
         self.dev = resolve_device(device)
         if self.dev.type == "cuda":  # the adapter's precision, so the comparison is like for like
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
-        dtype = DTYPES[spec["dtype"]]
+        dtype = DTYPES[spec.dtype]
         self.x = torch.as_tensor(data.train_x, dtype=dtype, device=self.dev)
         self.y = torch.as_tensor(data.train_y, dtype=torch.long, device=self.dev)
-        b = spec["batching"]
-        self.n, self.batch, self.shuffle = self.x.shape[0], b["batch_size"], b["shuffle"]
-        self.steps = self.n // self.batch if b["last_batch"] == "drop" else -(-self.n // self.batch)
+        b = spec.batching
+        self.n, self.batch, self.shuffle = self.x.shape[0], b.batch_size, b.shuffle
+        self.steps = self.n // self.batch if b.last_batch == "drop" else -(-self.n // self.batch)
         slots = torch.arange(self.steps * self.batch, device=self.dev)
         self.slots = slots % self.n
         self.w = (slots < self.n).to(dtype).reshape(self.steps, self.batch)
-        self.generator = torch.Generator(device=self.dev).manual_seed(spec["seed"])
-        self.model = build(model_layers(spec, data), {**spec, "mode": "native"}).to(self.dev)
+        self.generator = torch.Generator(device=self.dev).manual_seed(spec.seed)
+        self.model = build(model_layers(spec, data), replace(spec, mode="native")).to(self.dev)
         load_canonical(self.model, canonical_init(spec, data))
         self.model.train()
         fused = self.dev.type in _get_fused_kernels_supported_devices() or None
@@ -110,5 +112,5 @@ class ReferenceLoop:
         sync_device(self.dev, result)
 
 
-def make_reference(spec: dict, data: Dataset, device: str, compile: bool = False) -> ReferenceLoop:
+def make_reference(spec: Spec, data: Dataset, device: str, compile: bool = False) -> ReferenceLoop:
     return ReferenceLoop(spec, data, device, compile)

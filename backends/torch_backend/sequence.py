@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from backends.torch_backend.core import NO_FLOW, Canonical, Flow
 from common.layers import Layer
 from common.padding import resolve_sides
+from common.spec import Spec
 
 
 def token_mask(lengths: torch.Tensor, steps: int, pad: str, device) -> torch.Tensor:
@@ -38,7 +39,7 @@ def token_mask(lengths: torch.Tensor, steps: int, pad: str, device) -> torch.Ten
 class Embedding(Canonical, nn.Embedding):
     CANONICAL: ClassVar = {"weight": ("weight", False)}
 
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, dtype=dtype)
 
     def forward(self, tokens: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
@@ -46,9 +47,9 @@ class Embedding(Canonical, nn.Embedding):
 
 
 class MaskedMean(nn.Module):
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__()
-        self.mask, self.pad = spec["sequence"]["mask"], resolve_sides(spec, "torch")[0]
+        self.mask, self.pad = spec.sequence.mask, resolve_sides(spec, "torch")[0]
 
     def forward(self, e: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
         if not self.mask:
@@ -61,10 +62,10 @@ class RNN(Canonical, nn.RNN):
     CANONICAL: ClassVar = {"weight_ih_l0": ("input.weight", True), "weight_hh_l0": ("recurrent.weight", True),
                            "bias_ih_l0": ("bias", False)}
 
-    def __init__(self, layer: Layer, spec: dict, dtype: torch.dtype):
+    def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, nonlinearity="tanh", batch_first=True, dtype=dtype)
-        self.masked, self.pad = spec["sequence"]["mask"], resolve_sides(spec, "torch")[0]
-        if spec["mode"] == "exact":
+        self.masked, self.pad = spec.sequence.mask, resolve_sides(spec, "torch")[0]
+        if spec.mode == "exact":
             with torch.no_grad():
                 self.bias_hh_l0.zero_()
             self.bias_hh_l0.requires_grad_(False)

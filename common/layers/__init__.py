@@ -14,11 +14,16 @@ class there plus one entry in each backend's layer module (docs/design.md, "Addi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from common.errors import InputError
 from common.layers import core, norm, sequence
 from common.layers.base import FEATURES, SEQUENCE, TOKENS, Layer, LayerKind
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 KINDS: dict[str, LayerKind] = {k.kind: k for k in (*core.KINDS, *norm.KINDS, *sequence.KINDS)}
 SHORTHANDS = ("mlp", "seq_pool", "rnn")
@@ -73,28 +78,28 @@ def _typed(where: str, value, key) -> object:
     return value
 
 
-def tables(spec: dict) -> list[dict]:
+def tables(spec: Spec) -> list[dict]:
     """The model's layer tables: `model.layers` as written, or the shorthand expanded (module docstring)."""
-    model = spec["model"]
-    if model["layers"]:
-        return [dict(t) for t in model["layers"]]
-    drop = [{"kind": "dropout"}] if spec["regularization"]["dropout"] > 0.0 else []
-    dense = [row for h in model["hidden"]
-             for row in ({"kind": "dense", "units": h, "activation": model["activation"]}, *drop)]
-    if model["kind"] == "mlp":
+    model = spec.model
+    if model.layers:
+        return [dict(t) for t in model.layers]
+    drop = [{"kind": "dropout"}] if spec.regularization.dropout > 0.0 else []
+    dense = [row for h in model.hidden
+             for row in ({"kind": "dense", "units": h, "activation": model.activation}, *drop)]
+    if model.kind == "mlp":
         return [*dense, {"kind": "dense"}]
-    embed = {"kind": "embedding", "dim": model["embed_dim"]}
-    if model["kind"] == "seq_pool":
+    embed = {"kind": "embedding", "dim": model.embed_dim}
+    if model.kind == "seq_pool":
         return [embed, {"kind": "masked_mean"}, *dense, {"kind": "dense"}]
-    return [embed, {"kind": "rnn", "units": model["hidden"][0]}, *drop, {"kind": "dense"}]
+    return [embed, {"kind": "rnn", "units": model.hidden[0]}, *drop, {"kind": "dense"}]
 
 
-def reads_tokens(spec: dict) -> bool:
+def reads_tokens(spec: Spec) -> bool:
     """Whether the model starts with an embedding (it reads token sequences, not features)."""
     return tables(spec)[0]["kind"] == "embedding"
 
 
-def stack(spec: dict, n_in: int, n_classes: int) -> tuple[Layer, ...]:
+def stack(spec: Spec, n_in: int, n_classes: int) -> tuple[Layer, ...]:
     """The resolved layers for inputs of width `n_in` (features, or the vocabulary for token models)."""
     rows = tables(spec)
     counts: dict[str, int] = {}

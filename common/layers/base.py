@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from common.spec import Spec
 
 # what flows between layers: token ids (B, T), a sequence of vectors (B, T, E), or features (B, F)
 TOKENS, SEQUENCE, FEATURES = "tokens", "sequence", "features"
@@ -65,7 +68,7 @@ class LayerKind:
     keys: dict[str, Key] = {}
     params: dict[str, Param] = {}
 
-    def default(self, key: str, spec: dict, last: bool, n_classes: int) -> Any:
+    def default(self, key: str, spec: Spec, last: bool, n_classes: int) -> Any:
         """The value of a key the table leaves out (only for keys whose `Key.default` is None)."""
         raise KeyError(key)
 

@@ -47,7 +47,7 @@ class Dropout(LayerKind):
     keys = {"rate": Key(float, None, _rate)}
 
     def default(self, key, spec, last, n_classes):
-        return spec["regularization"]["dropout"]
+        return spec.regularization.dropout
 
 
 class Relu(LayerKind):

@@ -21,7 +21,7 @@ class LayerNorm(LayerKind):
               "offset": Param(lambda layer: (layer.width,), kernel=False)}
 
     def default(self, key, spec, last, n_classes):
-        return spec["model"]["norm_eps"]
+        return spec.model.norm_eps
 
     def init(self, layer, scheme, seed):
         return {"scale": np.ones(layer.width), "offset": np.zeros(layer.width)}

@@ -32,7 +32,7 @@ class Embedding(LayerKind):
     params = {"weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True)}
 
     def default(self, key, spec, last, n_classes):
-        return spec["model"]["embed_dim"]
+        return spec.model.embed_dim
 
     def width(self, table, in_width):
         return table["dim"]

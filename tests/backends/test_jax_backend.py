@@ -6,6 +6,8 @@ written", L1 as a jnp.abs loss term)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,7 @@ from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
+from common.spec import Spec  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
 from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
 
@@ -72,16 +75,16 @@ def spec_for(**sections) -> dict:
     return make_spec(**merged)
 
 
-def prepared_adapter(spec: dict):
+def prepared_adapter(spec: Spec):
     """(adapter, dataset) prepared for `spec` as the driver prepares it, nothing trained."""
     data = load_dataset(spec)
     adapter = load_adapter("jax").make_adapter(spec)
     adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
-                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
+                    canonical_init(spec, data) if spec.mode == "exact" else None)
     return adapter, data
 
 
-def trained_adapter(spec: dict):
+def trained_adapter(spec: Spec):
     """(adapter, dataset, driver body) of a run in this process, keeping the adapter for inspection."""
     data = load_dataset(spec)
     adapter = load_adapter("jax").make_adapter(spec)
@@ -135,7 +138,7 @@ MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5",  # ragged last batch 
 @pytest.mark.parametrize("case", MODE_CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_execution_modes_match_oracle(mode, case):
-    comparison = compare_with_oracle("jax", {**matrix_spec(case), "execution": mode})
+    comparison = compare_with_oracle("jax", replace(matrix_spec(case), execution=mode))
     assert divergences(comparison) == []
 
 
@@ -183,9 +186,9 @@ def test_fused_scans_the_shared_masks_and_returns_its_own_losses():
     _, _, masks, steps = adapter._stacked(ids[:14].reshape(2, 7), w[:14].reshape(2, 7), 5)
     np.testing.assert_array_equal(np.asarray(steps), [5, 6])
     for k, t in enumerate((5, 6)):
-        for got, want in zip(masks, shared_masks(spec["seed"], t, adapter.layers, 7, np.float64), strict=True):
+        for got, want in zip(masks, shared_masks(spec.seed, t, adapter.layers, 7, np.float64), strict=True):
             np.testing.assert_array_equal(np.asarray(got[k]), want)
-    compiled, _ = prepared_adapter({**spec, "execution": "compiled"})
+    compiled, _ = prepared_adapter(replace(spec, execution="compiled"))
     fused_run, compiled_run = adapter.run_epoch(0, 1), compiled.run_epoch(0, 1)
     assert len(fused_run.losses) == len(compiled_run.losses) == 18  # 17 full batches and the ragged tail
     assert all(np.array_equal(a, b) for a, b in zip(fused_run.ids, compiled_run.ids, strict=True))
@@ -213,7 +216,7 @@ def test_fused_float32_stays_float32():
     """x64 is on for every spec: inside the fused scan every tensor stays float32; only scalars (Adam's bias
     correction 1 − β^t from Python floats) are float64, cast to float32 before they touch a tensor."""
     config = MODE_CASES[1]
-    spec = {**matrix_spec(config, "float32"), "execution": "fused"}
+    spec = replace(matrix_spec(config, "float32"), execution="fused")
     assert divergences(compare_with_oracle("jax", spec)) == []
     adapter, _ = prepared_adapter(spec)
     ids, w = adapter.plan.slots(0)
@@ -307,7 +310,7 @@ def test_layer_norm_eps_is_the_spec_s_in_exact_mode_and_flax_s_in_native_mode():
 
 # ---- native mode -------------------------------------------------------------------------------------------------
 
-def first_step(spec: dict) -> tuple[dict, dict]:
+def first_step(spec: Spec) -> tuple[dict, dict]:
     """(parameters before, parameters after) the first training step of `spec` (dropout must be 0: no masks)."""
     adapter, _ = prepared_adapter(spec)
     before = adapter.parameters()
@@ -358,7 +361,7 @@ def test_native_init_is_flax_dense_default():
                 x = nn.relu(nn.Dense(width, param_dtype=jnp.float64, name=f"layer{i}")(x))
             return nn.Dense(data.n_classes, param_dtype=jnp.float64, name="layer2")(x)
 
-    want = Plain().init(jax.random.PRNGKey(spec["seed"]), jnp.zeros((1, data.n_features)))
+    want = Plain().init(jax.random.PRNGKey(spec.seed), jnp.zeros((1, data.n_features)))
     for name, value in to_canonical(want).items():
         np.testing.assert_array_equal(init[name], value)
     for scheme in ("torch_default", "glorot_uniform", "lecun_normal"):
@@ -374,7 +377,7 @@ def test_native_order_is_jax_permutation():
     for e, order in enumerate(orders):
         assert sorted(order.tolist()) == list(range(120))  # every row exactly once under keep
         assert not np.array_equal(order, plan.order(e))  # not the shared numpy order
-        key = jax.random.fold_in(jax.random.PRNGKey(spec["seed"]), e)
+        key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), e)
         np.testing.assert_array_equal(order, np.asarray(jax.random.permutation(key, 120)))
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
     assert [s["batch_size"] for s in rec["steps"] if s["epoch"] == 1] == [7] * 17 + [1]

@@ -9,6 +9,8 @@ last_batch "pad" (one batch shape)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -27,6 +29,7 @@ from common.compare import compare  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.driver import _plans, canonical_init, model_layers, train  # noqa: E402
 from common.padding import pad_batch, resolve_sides  # noqa: E402
+from common.spec import Spec  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
 from tests.support import divergences, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
 
@@ -34,7 +37,7 @@ RNN = {"kind": "rnn", "hidden": [5]}
 PAD = {"last_batch": "pad"}
 
 
-def _run_jax(spec: dict):
+def _run_jax(spec: Spec):
     """(adapter, (record, arrays)) of a jax run in this process (the adapter, for its compile counter)."""
     data = load_dataset(spec)
     adapter = make_adapter(spec)
@@ -43,10 +46,10 @@ def _run_jax(spec: dict):
     return adapter, (rec, record.arrays(body, data))
 
 
-def _against_oracle(spec: dict):
+def _against_oracle(spec: Spec):
     adapter, jax_run = _run_jax(spec)
     cmp = compare({"numpy": run_in_process("numpy", spec), "jax": jax_run}, "numpy",
-                  tolerance_for(spec["dtype"], spec["mode"]))
+                  tolerance_for(spec.dtype, spec.mode))
     assert not divergences(cmp), divergences(cmp)
     assert worst_tolerance_used(cmp) <= 1.0
     metrics = {p["metric"] for p in cmp["pairs"]}
@@ -114,7 +117,7 @@ def test_without_buckets_compiles_once_per_distinct_batch_length():
     spec = seq_spec(batching=PAD)
     adapter, rec, _ = _against_oracle(spec)
     plan, _ = _plans(spec, load_dataset(spec))
-    planned = {b.length for e in range(spec["train"]["epochs"]) for b in plan.batches(e)}
+    planned = {b.length for e in range(spec.train.epochs) for b in plan.batches(e)}
     assert {s["padded_length"] for s in rec["steps"]} == planned
     assert adapter.compile_count == len(planned)
     assert adapter.compile_count > 2  # more than the two buckets [4, 10] would need (here: several lengths)
@@ -237,7 +240,7 @@ def test_native_mode_trains_with_flax_defaults():
 
 def test_fused_execution_on_token_data_is_a_clear_error():
     """Spec validation refuses `execution = "fused"` for token models; the adapter refuses token data itself too."""
-    spec = {**seq_spec(), "execution": "fused"}
+    spec = replace(seq_spec(), execution="fused")
     data = load_dataset(spec)
     adapter = make_adapter(spec)
     plan, _ = _plans(spec, data)

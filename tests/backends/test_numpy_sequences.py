@@ -33,7 +33,7 @@ def _model(kind: str, activation: str = "tanh", masked: bool = True):
 
 def _params(kind: str, activation: str = "tanh", init: str = "glorot_uniform") -> dict:
     spec = _spec(kind, activation, init=init)
-    params = init_params(stack(spec, VOCAB, CLASSES), init, spec["seed"], np.float64)
+    params = init_params(stack(spec, VOCAB, CLASSES), init, spec.seed, np.float64)
     # non-zero biases so that the bias gradients are exercised away from 0
     rng = np.random.default_rng(42)
     return {k: v + (0.1 * rng.standard_normal(v.shape) if k.endswith(".bias") else 0.0) for k, v in params.items()}

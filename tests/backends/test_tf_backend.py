@@ -38,7 +38,7 @@ def test_float64_exact_mode_agrees_with_oracle(name):
     spec = matrix_spec(name)
     cmp = compare_with_oracle("tf", spec)
     assert divergences(cmp) == []
-    assert BatchPlan.from_spec(spec, 120).steps_per_epoch * spec["train"]["epochs"] >= 100
+    assert BatchPlan.from_spec(spec, 120).steps_per_epoch * spec.train.epochs >= 100
 
 
 def test_float32_exact_mode_agrees_within_float32_tolerance():
@@ -109,7 +109,7 @@ def test_native_mode_uses_keras_dropout():
     adapter = make_adapter(spec)
     train(adapter, spec, load_dataset(spec))
     dropouts = [layer for layer in adapter.model.stack if isinstance(layer, keras.layers.Dropout)]
-    assert len(dropouts) == len(spec["model"]["hidden"]) and all(d.rate == 0.5 for d in dropouts)
+    assert len(dropouts) == len(spec.model.hidden) and all(d.rate == 0.5 for d in dropouts)
     native = run_in_process("tf", spec)
     no_dropout = run_in_process("tf", _spec(mode="native", train={"epochs": 1}))
     # Same seed, so the same native init and order: step 1 differs only by Keras's own dropout.
@@ -199,7 +199,7 @@ def test_python_float_hyperparameters_lose_float64_precision(monkeypatch):
 
 def test_ragged_last_batch_does_not_retrace():
     spec = _spec(train={"epochs": 2}, regularization={"dropout": 0.3})
-    assert 120 % spec["batching"]["batch_size"] != 0
+    assert 120 % spec.batching.batch_size != 0
     adapter, _ = _trained_adapter(spec)
     assert adapter.runner.step.experimental_get_tracing_count() == 1
     assert adapter._forward.experimental_get_tracing_count() == 1
@@ -218,7 +218,7 @@ def test_pipeline_is_tf_data_and_records_versions():
                                   canonical_init(spec, load_dataset(spec))["layer0.weight"])
 
 
-# Execution modes (spec["execution"]): both cases keep a ragged last batch of 1 row (the fused program's extra step
+# Execution modes (spec.execution): both cases keep a ragged last batch of 1 row (the fused program's extra step
 # after its loop) and shared dropout masks; the second runs Keras AdamW, so ε̂_t must follow every step.
 MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5", "keep-ordered-adamw-bias-drop0.3-lecun")
 
@@ -226,7 +226,7 @@ MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5", "keep-ordered-adamw-b
 @pytest.mark.parametrize("case", MODE_CASES)
 @pytest.mark.parametrize("mode", MODES)
 def test_every_execution_mode_agrees_with_oracle(mode, case):
-    spec = {**matrix_spec(case), "execution": mode}
+    spec = dataclasses.replace(matrix_spec(case), execution=mode)
     assert divergences(compare_with_oracle("tf", spec)) == []
 
 
@@ -234,7 +234,7 @@ def _prepared(spec):
     adapter = make_adapter(spec)
     data = load_dataset(spec)
     adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
-                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
+                    canonical_init(spec, data) if spec.mode == "exact" else None)
     return adapter
 
 
@@ -244,15 +244,15 @@ def _keras_layer(adapter, name):
 
 def test_compiled_and_fused_use_xla():
     spec = _spec(train={"epochs": 1})
-    assert not _prepared({**spec, "execution": "eager"}).runner.step._jit_compile
-    assert _prepared({**spec, "execution": "compiled"}).runner.step._jit_compile
-    fused = _prepared({**spec, "execution": "fused"})
+    assert not _prepared(dataclasses.replace(spec, execution="eager")).runner.step._jit_compile
+    assert _prepared(dataclasses.replace(spec, execution="compiled")).runner.step._jit_compile
+    fused = _prepared(dataclasses.replace(spec, execution="fused"))
     assert fused.runner.program._jit_compile
 
 
 def test_fused_runs_one_program_per_epoch():
-    spec = {**_spec(train={"epochs": 3}, optimizer={"name": "adam"}, regularization={"dropout": 0.3}),
-            "execution": "fused"}
+    spec = dataclasses.replace(_spec(train={"epochs": 3}, optimizer={"name": "adam"}, regularization={"dropout": 0.3}),
+                               execution="fused")
     adapter, _ = _trained_adapter(spec)
     plan = BatchPlan.from_spec(spec, 120)
     assert adapter.runner.program.experimental_get_tracing_count() == 1  # same shapes every epoch: one trace
@@ -265,7 +265,8 @@ def test_fused_runs_one_program_per_epoch():
 def test_fused_sets_epsilon_hat_inside_the_loop(monkeypatch):
     """The fused program assigns ε̂_t per step from its table, entry k to step first + k: a table shifted by one
     step diverges at step 2 (step 1's update is wrong), one frozen at ε̂ of the first step at step 3."""
-    spec = {**_spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4}), "execution": "fused"}
+    spec = dataclasses.replace(_spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4}),
+                               execution="fused")
     assert divergences(compare_with_oracle("tf", spec)) == []
     table = tf_optim.KerasOptimizer.epsilon_table
     for wrong, first_bad in ((lambda self, first, count: table(self, first + 1, count), 2),
@@ -276,7 +277,7 @@ def test_fused_sets_epsilon_hat_inside_the_loop(monkeypatch):
 
 def test_fused_needs_exact_mode():
     with pytest.raises(ValueError, match=r"fused.*exact"):
-        make_adapter({**_spec(mode="native"), "execution": "fused"})
+        make_adapter(dataclasses.replace(_spec(mode="native"), execution="fused"))
 
 
 # Layer stacks with layer_norm (Keras LayerNormalization, gamma/beta = ln{i}.scale/offset) against the oracle.

@@ -1,6 +1,7 @@
 """TensorFlow bench target and hand-fused reference: smoke timings (no thresholds), settings, equivalence per mode."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def eager_losses():
-    return run_in_process("tf", {**SPEC, "execution": "eager"})[1]["losses"]
+    return run_in_process("tf", replace(SPEC, execution="eager"))[1]["losses"]
 
 
 def _smoke(call, sync, items):
@@ -132,4 +133,4 @@ def test_sequence_target_loaders_and_equivalence(sequence):
                                rtol=tolerance_for("float64", "exact").rtol, atol=0)
     losses = target.epoch()
     assert losses.shape == (target.plan.steps_per_epoch,) and np.all(np.isfinite(losses))
-    _smoke(target.step, target.sync, spec["batching"]["batch_size"])
+    _smoke(target.step, target.sync, spec.batching.batch_size)

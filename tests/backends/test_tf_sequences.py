@@ -44,7 +44,7 @@ def test_pipeline_batches_are_pad_batch_of_the_plan(seq, last):
     spec = seq_spec(sequence=seq, batching={"last_batch": last})
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    sides = (spec["sequence"]["pad"], spec["sequence"]["truncate"])
+    sides = (spec.sequence.pad, spec.sequence.truncate)
     pipeline = Tokens(spec, data, plan)
     cap = seq.get("max_len") or seq.get("buckets", [0])[-1]
     if cap and cap < 10:  # a truncating case must actually cut rows

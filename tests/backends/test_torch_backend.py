@@ -4,6 +4,7 @@ PyTorch loop, native mode (common.native's torch column), and the execution mode
 graph) each reproducing the oracle."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_float64_exact_mode_agrees_with_oracle(name):
     assert divergences(cmp) == []
     loss = next(p for p in cmp["pairs"] if p["metric"] == "loss")
     assert loss["first_divergent_step"] is None
-    steps = BatchPlan.from_spec(spec, 120).steps_per_epoch * spec["train"]["epochs"]
+    steps = BatchPlan.from_spec(spec, 120).steps_per_epoch * spec.train.epochs
     assert steps >= 100
 
 
@@ -99,7 +100,7 @@ def _prepared(spec):
     adapter = make_adapter(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
     adapter.prepare(spec, data, plan, model_layers(spec, data),
-                    canonical_init(spec, data) if spec["mode"] == "exact" else None)
+                    canonical_init(spec, data) if spec.mode == "exact" else None)
     return adapter, data, plan
 
 
@@ -126,7 +127,7 @@ def test_loader_yields_plan_batches_and_keeps_global_rng():
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
     dataset = RowsDataset(torch.as_tensor(data.train_x), torch.as_tensor(data.train_y))
-    loader = make_loader(dataset, plan, spec["seed"])
+    loader = make_loader(dataset, plan, spec.seed)
     before = torch.get_rng_state()
     for epoch in range(2):
         loader.batch_sampler.set_epoch(epoch)
@@ -189,7 +190,7 @@ def test_native_mode_is_reproducible_and_seeded():
     assert rec["steps"] == again["steps"]  # order, sizes and losses (dropout included)
     for key in npz:
         np.testing.assert_array_equal(npz[key], npz_again[key])
-    other, npz_other = run_in_process("torch", {**spec, "seed": 1})
+    other, npz_other = run_in_process("torch", replace(spec, seed=1))
     assert _epochs(other, 2) != _epochs(rec, 2)
     assert not np.array_equal(npz_other["init/layer0.weight"], npz["init/layer0.weight"])
     assert not np.array_equal(npz_other["losses"], npz["losses"])
@@ -238,7 +239,7 @@ def test_native_order_is_the_dataloader_shuffle(last_batch):
     epochs = _epochs(body, 3)
     plan = BatchPlan.from_spec(spec, 120)
     by_hand = torch.utils.data.DataLoader(range(120), batch_size=7, shuffle=True, drop_last=last_batch == "drop",
-                                          generator=torch.Generator().manual_seed(spec["seed"]))
+                                          generator=torch.Generator().manual_seed(spec.seed))
     for e, batches in enumerate(epochs):
         assert batches == [b.tolist() for b in by_hand]  # torch's own RandomSampler, reshuffled each epoch
         order = np.concatenate(batches)
@@ -334,14 +335,14 @@ NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fused = C
 @pytest.mark.parametrize("case", EXECUTION_CASES)
 @pytest.mark.parametrize("execution", ["eager", "compiled", pytest.param("fused", marks=NEEDS_CUDA)])
 def test_execution_modes_agree_with_oracle(execution, case):
-    spec = {**matrix_spec(case), "execution": execution}
+    spec = replace(matrix_spec(case), execution=execution)
     assert divergences(compare_with_oracle("torch", spec)) == []
 
 
 def test_compiled_mode_runs_dynamo_graphs_not_eager():
     from torch._dynamo.utils import counters
 
-    spec = {**_spec(batching={"last_batch": "keep"}, train={"epochs": 1}), "execution": "compiled"}
+    spec = replace(_spec(batching={"last_batch": "keep"}, train={"epochs": 1}), execution="compiled")
     adapter, data, _ = _prepared(spec)
     assert isinstance(adapter.run_step, CompiledStep)
     before = counters["stats"]["unique_graphs"]
@@ -351,7 +352,7 @@ def test_compiled_mode_runs_dynamo_graphs_not_eager():
 
 
 def test_fused_mode_without_cuda_is_a_clear_error():
-    spec = {**_spec(), "execution": "fused"}
+    spec = replace(_spec(), execution="fused")
     with pytest.raises(RuntimeError, match=r"fused mode .*needs a CUDA device; this run is on cpu"):
         make_adapter(spec, "cpu")
     if not torch.cuda.is_available():
@@ -363,8 +364,8 @@ def test_fused_mode_without_cuda_is_a_clear_error():
 
 @NEEDS_CUDA
 def test_fused_mode_captures_one_graph_per_batch_shape():
-    spec = {**_spec(batching={"last_batch": "keep"}, train={"epochs": 2}, optimizer={"name": "adam"}),
-            "execution": "fused"}
+    spec = replace(_spec(batching={"last_batch": "keep"}, train={"epochs": 2}, optimizer={"name": "adam"}),
+                   execution="fused")
     adapter, data, _ = _prepared(spec)
     train(adapter, spec, data)
     assert isinstance(adapter.run_step, GraphStep)

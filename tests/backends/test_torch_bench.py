@@ -2,6 +2,8 @@
 mode and loader through common.timing (no timing thresholds), the settings record, the loaders' batches, and each
 mode's equivalence losses against the eager adapter run by the driver."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -108,8 +110,8 @@ def test_settings_record_versions_device_threads_precision(data):
 
 @pytest.mark.parametrize("last_batch, optimizer", [("keep", "sgd"), ("drop", "adam"), ("pad", "adamw")])
 def test_reference_loop_smoke(last_batch, optimizer, data):
-    spec = {**SPEC, "batching": {**SPEC["batching"], "last_batch": last_batch},
-            "optimizer": {**SPEC["optimizer"], "name": optimizer}}
+    spec = replace(SPEC, batching=replace(SPEC.batching, last_batch=last_batch),
+                   optimizer=replace(SPEC.optimizer, name=optimizer))
     ref = reference_loop.make_reference(spec, data, DEVICE)
     assert ref.steps == (3 if last_batch == "drop" else 4)
     before = {k: v.detach().clone() for k, v in ref.model.named_parameters()}

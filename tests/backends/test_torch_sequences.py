@@ -64,7 +64,7 @@ def _assert_plan_followed(spec, rec):
     """Batch ids and padded lengths of every recorded step equal the plan's."""
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    planned = [b for e in range(spec["train"]["epochs"]) for b in plan.batches(e)]
+    planned = [b for e in range(spec.train.epochs) for b in plan.batches(e)]
     assert [s["batch_ids"] for s in rec["steps"]] == [b.real_ids.tolist() for b in planned]
     assert [s["padded_length"] for s in rec["steps"]] == [b.length for b in planned]
 
@@ -104,10 +104,10 @@ def test_float32_exact_mode_agrees_within_float32_tolerance(sections):
 def test_collate_pads_like_pad_batch_and_follows_the_plan(sections):
     spec = seq_spec("float64", **{**sections, "sequence": {**sections["sequence"], "loss_norm": "per_token"}})
     data = load_dataset(spec)
-    seq = spec["sequence"]
+    seq = spec.sequence
     pad, truncate = resolve_sides(spec, "torch")
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    collate = PadCollate(pad, truncate, seq["max_len"], seq["buckets"], seq["loss_norm"], torch.float64, "cpu", True)
+    collate = PadCollate.from_spec(spec, torch.float64, "cpu", train=True)
     loader = make_loader(TokenRowsDataset(data.train_x, data.train_lengths, data.train_y), plan, 0, collate)
     before = torch.get_rng_state()
     for epoch in range(2):
@@ -119,7 +119,7 @@ def test_collate_pads_like_pad_batch_and_follows_the_plan(sections):
             assert np.array_equal(got.ids, planned.ids) and got.length == planned.length
             assert got.x.dtype == torch.int64 and np.array_equal(got.x.numpy(), tokens)
             assert np.array_equal(got.lengths.numpy(), lengths)
-            kept = kept_lengths(data.train_lengths[planned.ids], seq["max_len"], seq["buckets"])
+            kept = kept_lengths(data.train_lengths[planned.ids], seq.max_len, seq.buckets)
             assert np.array_equal(lengths, kept)
             assert np.array_equal(got.weights.numpy(), loss_weights(planned.weights, kept, "per_token"))
             assert np.array_equal(got.weights.numpy() / kept, planned.weights)  # m = w·L: the plan's weights
