@@ -29,8 +29,10 @@ def load_adapter(name: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise SystemExit(f"parity: backend '{name}' is not available ({exc.name or exc} not installed); "
-                         f"install it with: {install_hint(name)}") from None
+        raise SystemExit(
+            f"parity: backend '{name}' is not available ({exc.name or exc} not installed); "
+            f"install it with: {install_hint(name)}"
+        ) from None
     return module
 
 

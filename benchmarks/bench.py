@@ -23,7 +23,8 @@ from common.spec import Spec, apply_overrides, defaults, is_sequence, load_spec,
 
 MODES = ("eager", "compiled", "fused")
 BENCH_SPEC = {
-    "name": "bench-mlp", "dtype": "float32",
+    "name": "bench-mlp",
+    "dtype": "float32",
     "data": {"name": "doughnuts", "params": {"n": 16384, "noise": 0.2, "radii": [1.0, 2.0]}},
     "model": {"hidden": [32]},
     "optimizer": {"lr": 0.05, "momentum": 0.9},
@@ -43,8 +44,10 @@ def bench_spec(path: str | None, overrides: list[str]) -> Spec:
         spec = typed(validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides)))
     if is_sequence(spec):
         key = "model.layers" if spec.model.layers else "model.kind"
-        raise InputError(f"spec key '{key}': parity bench times models on feature data; a model reading token "
-                         "sequences is not benchmarked (use parity run for sequence models)")
+        raise InputError(
+            f"spec key '{key}': parity bench times models on feature data; a model reading token "
+            "sequences is not benchmarked (use parity run for sequence models)"
+        )
     return spec
 
 
@@ -72,17 +75,38 @@ def _subprocess(cmd: list[str], env: dict, log: Path) -> int:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=err, stderr=subprocess.STDOUT).returncode
 
 
-def run_bench(spec: Spec, backends: list[str], batch_sizes: list[int], modes: list[str], device: str, out: Path,
-              windows: int, budget_s: float, keras_peer: bool = True) -> dict:
+def run_bench(
+    spec: Spec,
+    backends: list[str],
+    batch_sizes: list[int],
+    modes: list[str],
+    device: str,
+    out: Path,
+    windows: int,
+    budget_s: float,
+    keras_peer: bool = True,
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    config = {"spec": spec.to_dict(), "batch_sizes": batch_sizes, "modes": modes, "device": device, "windows": windows,
-              "budget_s": budget_s}
+    config = {
+        "spec": spec.to_dict(),
+        "batch_sizes": batch_sizes,
+        "modes": modes,
+        "device": device,
+        "windows": windows,
+        "budget_s": budget_s,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     results, notes = [], []
     jobs = [(b, [sys.executable, "-m", "benchmarks.bench_worker", b], device_env(device)) for b in backends]
     if keras_peer:
-        jobs += [(f"keras-{b}", [sys.executable, "-m", "benchmarks.keras_peer"],
-                  {**device_env(device), "KERAS_BACKEND": REGISTRY[b].keras_backend}) for b in backends]
+        jobs += [
+            (
+                f"keras-{b}",
+                [sys.executable, "-m", "benchmarks.keras_peer"],
+                {**device_env(device), "KERAS_BACKEND": REGISTRY[b].keras_backend},
+            )
+            for b in backends
+        ]
     for name, cmd, env in jobs:
         print(f"parity bench: {name} ...", file=sys.stderr, flush=True)
         result_file = out / f"{name}.json"
@@ -101,8 +125,14 @@ def rows_of(bench: dict) -> list[dict]:
 
 
 def _find(rows, backend, kind, mode, batch_size):
-    return next((r for r in rows if r["backend"] == backend and r["kind"] == kind and r["mode"] == mode
-                 and r["batch_size"] == batch_size), None)
+    return next(
+        (
+            r
+            for r in rows
+            if r["backend"] == backend and r["kind"] == kind and r["mode"] == mode and r["batch_size"] == batch_size
+        ),
+        None,
+    )
 
 
 def ratios(bench: dict) -> list[dict]:
@@ -112,13 +142,20 @@ def ratios(bench: dict) -> list[dict]:
     out = []
     for backend in [b for b in FRAMEWORKS if any(r["backend"] == b for r in rows)]:
         for bs in bench["batch_sizes"]:
-            e2e = {r["mode"]: r for r in rows if r["backend"] == backend and r["kind"] == "end_to_end"
-                   and r["batch_size"] == bs}
+            e2e = {
+                r["mode"]: r
+                for r in rows
+                if r["backend"] == backend and r["kind"] == "end_to_end" and r["batch_size"] == bs
+            }
             if not e2e:
                 continue
             best_mode = max(e2e, key=lambda m: e2e[m]["items_per_s"])
-            entry = {"backend": backend, "batch_size": bs, "best_mode": best_mode,
-                     "best_samples_per_s": e2e[best_mode]["items_per_s"]}
+            entry = {
+                "backend": backend,
+                "batch_size": bs,
+                "best_mode": best_mode,
+                "best_samples_per_s": e2e[best_mode]["items_per_s"],
+            }
             peer = _find(rows, f"keras[{REGISTRY[backend].keras_backend}]", "keras_fit", "fit", bs)
             if peer:
                 entry["vs_keras_fit"] = e2e[best_mode]["items_per_s"] / peer["items_per_s"]
@@ -144,8 +181,20 @@ def write_outputs(bench: dict, out: Path) -> None:
     rows = rows_of(bench)
     bench["ratios"] = ratios(bench)
     (out / "bench.json").write_text(json.dumps(bench, indent=1), encoding="utf-8")
-    columns = ["backend", "kind", "mode", "batch_size", "items_per_s", "median_s", "iqr_s", "first_call_s",
-               "first_epoch_s", "equivalent", "max_rel_diff", "note"]
+    columns = [
+        "backend",
+        "kind",
+        "mode",
+        "batch_size",
+        "items_per_s",
+        "median_s",
+        "iqr_s",
+        "first_call_s",
+        "first_epoch_s",
+        "equivalent",
+        "max_rel_diff",
+        "note",
+    ]
     with (out / "bench.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
@@ -159,37 +208,62 @@ def _num(value, fmt=".3g") -> str:
 
 
 def markdown(bench: dict, rows: list[dict]) -> str:
-    lines = [f"# Parity bench: {bench['spec']['name']} on {bench['device']}", "",
-             "Median per call over windows, IQR beside it; compile/first-call time apart. Samples/s = items per "
-             "call / median.", ""]
+    lines = [
+        f"# Parity bench: {bench['spec']['name']} on {bench['device']}",
+        "",
+        "Median per call over windows, IQR beside it; compile/first-call time apart. Samples/s = items per "
+        "call / median.",
+        "",
+    ]
     settings = {res["backend"]: res.get("settings", {}) for res in bench["results"]}
     lines += ["## Settings", ""] + [f"- **{b}**: {json.dumps(s, sort_keys=True)}" for b, s in settings.items()]
-    lines += ["", "## Timings", "", "| backend | kind | mode | batch | samples/s | median s | IQR s | first call s |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Timings",
+        "",
+        "| backend | kind | mode | batch | samples/s | median s | IQR s | first call s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "median_s" in r:
-            lines.append(f"| {r['backend']} | {r['kind']} | {r['mode']} | {r['batch_size']} | "
-                         f"{r['items_per_s']:.4g} | {r['median_s']:.3g} | {r['iqr_s']:.2g} | "
-                         f"{r['first_call_s']:.3g} |")
-    lines += ["", "## Equivalence of each mode with eager (one exact-mode epoch); compile and warm-up apart", "",
-              "The first epoch (the equivalence check: tracing, compilation, first touches, the driver's records) "
-              "beside the same mode's steady-state epoch.", "",
-              "| backend | mode | batch | equivalent | max rel diff | first epoch s | steady epoch s | note |",
-              "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['backend']} | {r['kind']} | {r['mode']} | {r['batch_size']} | "
+                f"{r['items_per_s']:.4g} | {r['median_s']:.3g} | {r['iqr_s']:.2g} | "
+                f"{r['first_call_s']:.3g} |"
+            )
+    lines += [
+        "",
+        "## Equivalence of each mode with eager (one exact-mode epoch); compile and warm-up apart",
+        "",
+        "The first epoch (the equivalence check: tracing, compilation, first touches, the driver's records) "
+        "beside the same mode's steady-state epoch.",
+        "",
+        "| backend | mode | batch | equivalent | max rel diff | first epoch s | steady epoch s | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["kind"] in ("equivalence", "note"):
             steady = _find(rows, r["backend"], "end_to_end", r["mode"], r["batch_size"])
-            lines.append(f"| {r['backend']} | {r['mode']} | {r['batch_size']} | {r.get('equivalent', '-')} | "
-                         f"{_num(r.get('max_rel_diff'))} | {_num(r.get('first_epoch_s'))} | "
-                         f"{_num(steady['median_s'] if steady else None)} | {r.get('note', '')} |")
-    lines += ["", "## Ratios (same run)", "",
-              "| backend | batch | best mode | best samples/s | best / Keras fit | eager / ref | compiled / ref | "
-              "fused / ref | loader overhead (eager) | naive loader slowdown |", "|---|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['backend']} | {r['mode']} | {r['batch_size']} | {r.get('equivalent', '-')} | "
+                f"{_num(r.get('max_rel_diff'))} | {_num(r.get('first_epoch_s'))} | "
+                f"{_num(steady['median_s'] if steady else None)} | {r.get('note', '')} |"
+            )
+    lines += [
+        "",
+        "## Ratios (same run)",
+        "",
+        "| backend | batch | best mode | best samples/s | best / Keras fit | eager / ref | compiled / ref | "
+        "fused / ref | loader overhead (eager) | naive loader slowdown |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in bench["ratios"]:
-        lines.append(f"| {e['backend']} | {e['batch_size']} | {e['best_mode']} | {e['best_samples_per_s']:.4g} | "
-                     f"{_num(e.get('vs_keras_fit'))} | {_num(e.get('eager_vs_reference'))} | "
-                     f"{_num(e.get('compiled_vs_reference'))} | {_num(e.get('fused_vs_reference'))} | "
-                     f"{_num(e.get('eager_loader_overhead'), '.1%')} | {_num(e.get('naive_loader_slowdown'))} |")
+        lines.append(
+            f"| {e['backend']} | {e['batch_size']} | {e['best_mode']} | {e['best_samples_per_s']:.4g} | "
+            f"{_num(e.get('vs_keras_fit'))} | {_num(e.get('eager_vs_reference'))} | "
+            f"{_num(e.get('compiled_vs_reference'))} | {_num(e.get('fused_vs_reference'))} | "
+            f"{_num(e.get('eager_loader_overhead'), '.1%')} | {_num(e.get('naive_loader_slowdown'))} |"
+        )
     if bench["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in bench["notes"]]
     return "\n".join(lines) + "\n"

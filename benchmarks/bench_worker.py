@@ -38,8 +38,9 @@ def _timed(kind: str, mode: str, batch_size: int, timing, extra: dict | None = N
     return {"kind": kind, "mode": mode, "batch_size": batch_size, **timing.to_json(), **(extra or {})}
 
 
-def bench_batch_size(backend: str, spec: Spec, data, modes: list[str], device: str, windows: int,
-                     budget_s: float) -> tuple[list[dict], dict]:
+def bench_batch_size(
+    backend: str, spec: Spec, data, modes: list[str], device: str, windows: int, budget_s: float
+) -> tuple[list[dict], dict]:
     bench = _module(backend, "bench")
     batch_size = spec.batching.batch_size
     n_rows = data.train_x.shape[0]
@@ -55,40 +56,83 @@ def bench_batch_size(backend: str, spec: Spec, data, modes: list[str], device: s
     tol = tolerance_for(spec.dtype, "exact")
     for mode in modes:
         if mode not in bench.MODES:
-            rows.append({"kind": "note", "mode": mode, "batch_size": batch_size,
-                         "note": f"{backend} has no {mode} mode"})
+            rows.append(
+                {"kind": "note", "mode": mode, "batch_size": batch_size, "note": f"{backend} has no {mode} mode"}
+            )
             continue
         try:
             target = eager if mode == "eager" else bench.make_target(spec, data, mode, device)
             started = time.perf_counter()
-            losses = reference_losses if mode == "eager" else np.asarray(target.equivalence_losses(1),
-                                                                          dtype=np.float64)
+            losses = reference_losses if mode == "eager" else np.asarray(target.equivalence_losses(1), dtype=np.float64)
             first_epoch_s = eager_first_epoch_s if mode == "eager" else time.perf_counter() - started
         except Exception as exc:  # a mode this device cannot run: noted, the others go on
-            rows.append({"kind": "note", "mode": mode, "batch_size": batch_size,
-                         "note": f"{mode} unavailable: {exc}".splitlines()[0]})
+            rows.append(
+                {
+                    "kind": "note",
+                    "mode": mode,
+                    "batch_size": batch_size,
+                    "note": f"{mode} unavailable: {exc}".splitlines()[0],
+                }
+            )
             continue
         check = compare_values(losses, reference_losses, list(range(1, len(losses) + 1)), tol)
         equivalent = not check.get("divergent", True)
-        rows.append({"kind": "equivalence", "mode": mode, "batch_size": batch_size, "equivalent": equivalent,
-                     "max_rel_diff": check["max_rel_diff"], "steps": int(len(losses)),
-                     "first_epoch_s": first_epoch_s})
+        rows.append(
+            {
+                "kind": "equivalence",
+                "mode": mode,
+                "batch_size": batch_size,
+                "equivalent": equivalent,
+                "max_rel_diff": check["max_rel_diff"],
+                "steps": len(losses),
+                "first_epoch_s": first_epoch_s,
+            }
+        )
         if not equivalent:
             continue
         settings[mode] = target.settings()
         probe = time_calls(target.step, target.sync, batch_size, windows=2, calls_per_window=3, warmup=1)
-        step = time_calls(target.step, target.sync, batch_size, windows=windows,
-                          calls_per_window=calls_for_budget(probe.median_s, budget_s, windows))
+        step = time_calls(
+            target.step,
+            target.sync,
+            batch_size,
+            windows=windows,
+            calls_per_window=calls_for_budget(probe.median_s, budget_s, windows),
+        )
         rows.append(_timed("step", mode, batch_size, step))
-        rows.append(_timed("end_to_end", mode, batch_size,
-                           time_calls(target.epoch, target.sync, n_rows, windows=windows, calls_per_window=1)))
+        rows.append(
+            _timed(
+                "end_to_end",
+                mode,
+                batch_size,
+                time_calls(target.epoch, target.sync, n_rows, windows=windows, calls_per_window=1),
+            )
+        )
         if mode == "eager":
             for loader in bench.LOADERS:
-                rows.append(_timed(f"loader:{loader}", "-", batch_size, time_calls(
-                    lambda: target.loader_epoch(loader), target.sync, n_rows, windows=windows, calls_per_window=1)))
+                rows.append(
+                    _timed(
+                        f"loader:{loader}",
+                        "-",
+                        batch_size,
+                        time_calls(
+                            lambda target=target, loader=loader: target.loader_epoch(loader),
+                            target.sync,
+                            n_rows,
+                            windows=windows,
+                            calls_per_window=1,
+                        ),
+                    )
+                )
     reference = _module(backend, "reference_loop").make_reference(spec, data, device)
-    rows.append(_timed("reference", "hand-fused", batch_size,
-                       time_calls(reference.epoch, reference.sync, n_rows, windows=windows, calls_per_window=1)))
+    rows.append(
+        _timed(
+            "reference",
+            "hand-fused",
+            batch_size,
+            time_calls(reference.epoch, reference.sync, n_rows, windows=windows, calls_per_window=1),
+        )
+    )
     return rows, settings
 
 
@@ -111,15 +155,17 @@ def main(argv=None) -> int:
         sized = replace(spec, batching=replace(spec.batching, batch_size=batch_size))
         print(f"[{args.backend}] batch {batch_size}", file=sys.stderr, flush=True)
         try:
-            more, found = bench_batch_size(args.backend, sized, data, config["modes"], config["device"],
-                                           config["windows"], config["budget_s"])
+            more, found = bench_batch_size(
+                args.backend, sized, data, config["modes"], config["device"], config["windows"], config["budget_s"]
+            )
             rows += [{"backend": args.backend, **r} for r in more]
             settings.update(found)
         except Exception:
             failed += 1
             traceback.print_exc()
-    args.out.write_text(json.dumps({"backend": args.backend, "settings": settings, "rows": rows}, indent=1),
-                        encoding="utf-8")
+    args.out.write_text(
+        json.dumps({"backend": args.backend, "settings": settings, "rows": rows}, indent=1), encoding="utf-8"
+    )
     return 3 if failed else 0
 
 

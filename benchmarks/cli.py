@@ -21,7 +21,8 @@ from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
 from benchmarks import conformance, plots, report
-from benchmarks.bench import MODES as BENCH_MODES, bench_spec, parse_list, run_bench, write_outputs
+from benchmarks.bench import MODES as BENCH_MODES
+from benchmarks.bench import bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import list_presets
 from benchmarks.runner import run_all
 from benchmarks.sweep import run_sweep
@@ -51,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated: torch,tf,jax")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     run.add_argument("--out", type=Path, help="output folder (default: runs/<spec name>)")
-    run.add_argument("--seeds", type=int, default=1,
-                     help="K > 1: run seeds seed..seed+K-1 and test final metrics for equivalence (TOST)")
+    run.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="K > 1: run seeds seed..seed+K-1 and test final metrics for equivalence (TOST)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
     sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
@@ -71,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of step timing per mode and batch size")
     bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
     bench.add_argument("--out", type=Path, help="output folder (default: runs/bench)")
-    conformance.add_arguments(sub.add_parser(
-        "conformance", help="measure the trap catalogue on each installed framework (matrix in JSON + markdown)"))
+    conformance.add_arguments(
+        sub.add_parser(
+            "conformance", help="measure the trap catalogue on each installed framework (matrix in JSON + markdown)"
+        )
+    )
     return parser
 
 
@@ -97,8 +105,9 @@ def parse_backends(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FRAMEWORKS]
     if not names or unknown:
-        raise InputError(f"--backends: unknown backend '{unknown[0] if unknown else text}' "
-                         f"(choose from {', '.join(FRAMEWORKS)})")
+        raise InputError(
+            f"--backends: unknown backend '{unknown[0] if unknown else text}' (choose from {', '.join(FRAMEWORKS)})"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -118,8 +127,9 @@ def _prepare_out(out: Path, backends: list[str]) -> Path:
 
 def _run_backends(spec: Spec, seeds: list[int], out: Path, backends: list[str], quiet: bool):
     """Run every backend over the seeds; returns ({seed: {backend: record}}, {failed backend: message})."""
-    folders = {seed: out / "records" if len(seeds) == 1 else out / "seeds" / f"seed-{seed}" / "records"
-               for seed in seeds}
+    folders = {
+        seed: out / "records" if len(seeds) == 1 else out / "seeds" / f"seed-{seed}" / "records" for seed in seeds
+    }
     for folder in folders.values():
         _prepare_out(folder.parent, backends)
     jobs = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
@@ -127,8 +137,10 @@ def _run_backends(spec: Spec, seeds: list[int], out: Path, backends: list[str], 
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
-    runs = {seed: {b: record.read(folder, b) for b in backends if (folder / f"{b}.json").exists()}
-            for seed, folder in folders.items()}
+    runs = {
+        seed: {b: record.read(folder, b) for b in backends if (folder / f"{b}.json").exists()}
+        for seed, folder in folders.items()
+    }
     return runs, failed
 
 
@@ -143,7 +155,7 @@ def command_run(args) -> int:
     out = args.out or Path("runs") / spec.name
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}': exists and is not a folder")
-    everyone = [REFERENCE] + backends
+    everyone = [REFERENCE, *backends]
     seeds = list(range(spec.seed, spec.seed + args.seeds))
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
@@ -154,11 +166,16 @@ def command_run(args) -> int:
     comparison["failed"] = failed
     comparison["causes"] = explain(records)
     if len(seeds) > 1:
-        finals = {b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]]
-                      for m in ("test_acc", "test_loss")} for b in everyone if b not in failed}
+        finals = {
+            b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]] for m in ("test_acc", "test_loss")}
+            for b in everyone
+            if b not in failed
+        }
         comparison["seeds"] = seeds
         comparison["statistical"] = seed_equivalence(finals, spec)
-        comparison["equivalent"] = bool(comparison["statistical"]) and all(p["verdict"].startswith("equivalent") for p in comparison["statistical"])
+        comparison["equivalent"] = bool(comparison["statistical"]) and all(
+            p["verdict"].startswith("equivalent") for p in comparison["statistical"]
+        )
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
     plot = None
     if records:
@@ -186,8 +203,7 @@ def command_sweep(args) -> int:
     return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
 
 
-COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench,
-            "conformance": conformance.command}
+COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench, "conformance": conformance.command}
 
 
 def main(argv: list[str] | None = None) -> int:

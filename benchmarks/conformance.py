@@ -36,19 +36,36 @@ def run_worker(framework: str, trap_ids: list[str], timeout: float = WORKER_TIME
     """The worker's report for `framework`, or a "crashed" report when the subprocess died without one."""
     with tempfile.TemporaryDirectory(prefix="parity-conformance-") as tmp:
         out = Path(tmp) / f"{framework}.json"
-        cmd = [sys.executable, "-m", "benchmarks.conformance_worker", framework, str(out),
-               "--traps", ",".join(trap_ids)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.conformance_worker",
+            framework,
+            str(out),
+            "--traps",
+            ",".join(trap_ids),
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return {"framework": framework, "status": "crashed", "message": f"timed out after {timeout:g} s",
-                    "versions": {}, "results": {}}
+            return {
+                "framework": framework,
+                "status": "crashed",
+                "message": f"timed out after {timeout:g} s",
+                "versions": {},
+                "results": {},
+            }
         if out.exists():
             return json.loads(out.read_text(encoding="utf-8"))
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        return {"framework": framework, "status": "crashed", "versions": {}, "results": {},
-                "message": lines[-1] if lines else f"exit {proc.returncode}"}
+        return {
+            "framework": framework,
+            "status": "crashed",
+            "versions": {},
+            "results": {},
+            "message": lines[-1] if lines else f"exit {proc.returncode}",
+        }
 
 
 # ---------------------------------------------------------------------------------------------- the matrix
@@ -65,8 +82,12 @@ def _cell(trap: Trap, framework: str, report: dict | None) -> dict:
     if not result["ok"]:
         return {"status": "crashed", "expected": expected, "error": result["error"]}
     ok = matches(expected, result["value"], trap.rtol, trap.atol)
-    return {"status": "as expected" if ok else "changed", "measured": result["value"], "expected": expected,
-            "seconds": result.get("seconds")}
+    return {
+        "status": "as expected" if ok else "changed",
+        "measured": result["value"],
+        "expected": expected,
+        "seconds": result.get("seconds"),
+    }
 
 
 def build_matrix(reports: dict[str, dict | None], traps: list[Trap] | None = None) -> dict:
@@ -75,19 +96,36 @@ def build_matrix(reports: dict[str, dict | None], traps: list[Trap] | None = Non
     A framework absent from `reports` was not run (its cells are "not installed" unless `traps` leaves it out).
     """
     traps = list(CATALOGUE) if traps is None else traps
-    frameworks = {fw: {"status": reports[fw].get("status", "crashed"), "message": reports[fw].get("message", ""),
-                       "versions": reports[fw].get("versions", {})} if fw in reports
-                  else {"status": "not run", "message": "", "versions": {}} for fw in FRAMEWORKS}
+    frameworks = {
+        fw: {
+            "status": reports[fw].get("status", "crashed"),
+            "message": reports[fw].get("message", ""),
+            "versions": reports[fw].get("versions", {}),
+        }
+        if fw in reports
+        else {"status": "not run", "message": "", "versions": {}}
+        for fw in FRAMEWORKS
+    }
     rows = []
     for trap in traps:
         cells = {fw: _cell(trap, fw, reports.get(fw)) for fw in FRAMEWORKS}
         measured = {fw: c["measured"] for fw, c in cells.items() if "measured" in c}
         effect_size, effect = trap.effect_of(measured)
-        rows.append({"id": trap.id, "title": trap.title, "section": trap.section, "cells": cells,
-                     "diverges": trap.diverges(measured) if measured else None,
-                     "effect": effect, "effect_size": effect_size, "conversion": trap.conversion,
-                     "canonical": trap.canonical, "tolerance": {"rtol": trap.rtol, "atol": trap.atol},
-                     "note": trap.note})
+        rows.append(
+            {
+                "id": trap.id,
+                "title": trap.title,
+                "section": trap.section,
+                "cells": cells,
+                "diverges": trap.diverges(measured) if measured else None,
+                "effect": effect,
+                "effect_size": effect_size,
+                "conversion": trap.conversion,
+                "canonical": trap.canonical,
+                "tolerance": {"rtol": trap.rtol, "atol": trap.atol},
+                "note": trap.note,
+            }
+        )
     statuses = [(r["id"], fw, c["status"]) for r in rows for fw, c in r["cells"].items()]
     summary = {
         "traps": len(rows),
@@ -144,20 +182,27 @@ def markdown(matrix: dict) -> str:
     for fw, info in matrix["frameworks"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items()) or info["message"] or info["status"]
         lines.append(f"- **{fw}**: {_md(versions)}")
-    lines += ["", f"{s['traps']} traps, {s['probes']} probes: {s['as_expected']} as expected, "
-              f"{len(s['changed'])} changed, {len(s['crashed'])} crashed; "
-              f"not installed: {', '.join(s['not_installed']) or 'none'}; {s['diverging']} traps diverge "
-              "across frameworks.", "",
-              "Cells show what each framework measured on these versions (n/a: it does not take part). "
-              "**CHANGED** marks a measurement that no longer matches common/traps/catalogue.py. *Diverges*: the "
-              "frameworks (or a framework and the canonical semantics) disagree.", "",
-              "| # | trap | torch | tf | jax | diverges | effect | exact-mode conversion |",
-              "|---|------|-------|----|-----|----------|--------|-----------------------|"]
+    lines += [
+        "",
+        f"{s['traps']} traps, {s['probes']} probes: {s['as_expected']} as expected, "
+        f"{len(s['changed'])} changed, {len(s['crashed'])} crashed; "
+        f"not installed: {', '.join(s['not_installed']) or 'none'}; {s['diverging']} traps diverge "
+        "across frameworks.",
+        "",
+        "Cells show what each framework measured on these versions (n/a: it does not take part). "
+        "**CHANGED** marks a measurement that no longer matches common/traps/catalogue.py. *Diverges*: the "
+        "frameworks (or a framework and the canonical semantics) disagree.",
+        "",
+        "| # | trap | torch | tf | jax | diverges | effect | exact-mode conversion |",
+        "|---|------|-------|----|-----|----------|--------|-----------------------|",
+    ]
     for n, row in enumerate(matrix["traps"], 1):
         diverges = {True: "yes", False: "no", None: "–"}[row["diverges"]]
         cells = " | ".join(_cell_md(row["cells"][fw]) for fw in FRAMEWORKS)
-        lines.append(f"| {n} | **{_md(row['title'])}** (`{row['id']}`; {row['section']}) | {cells} | {diverges} | "
-                     f"{_md(row['effect'])} | {_md(row['conversion'])} |")
+        lines.append(
+            f"| {n} | **{_md(row['title'])}** (`{row['id']}`; {row['section']}) | {cells} | {diverges} | "
+            f"{_md(row['effect'])} | {_md(row['conversion'])} |"
+        )
     notes = [(row["id"], row["note"]) for row in matrix["traps"] if row["note"]]
     if notes:
         lines += ["", "## Measurement notes", ""]
@@ -170,8 +215,11 @@ def summary_table(matrix: dict) -> str:
     width = max(len(r["id"]) for r in matrix["traps"])
     out = [f"{'trap':{width}}  " + "  ".join(f"{fw:13}" for fw in FRAMEWORKS) + "  diverges"]
     for r in matrix["traps"]:
-        out.append(f"{r['id']:{width}}  " + "  ".join(f"{r['cells'][fw]['status']:13}" for fw in FRAMEWORKS)
-                   + f"  {({True: 'yes', False: 'no', None: '-'})[r['diverges']]}")
+        out.append(
+            f"{r['id']:{width}}  "
+            + "  ".join(f"{r['cells'][fw]['status']:13}" for fw in FRAMEWORKS)
+            + f"  {({True: 'yes', False: 'no', None: '-'})[r['diverges']]}"
+        )
     return "\n".join(out)
 
 
@@ -218,6 +266,8 @@ def command(args) -> int:
     (args.out / "conformance.md").write_text(markdown(matrix), encoding="utf-8")
     print(summary_table(matrix))
     s = matrix["summary"]
-    print(f"{s['as_expected']}/{s['probes']} probes as expected, {len(s['changed'])} changed, "
-          f"{len(s['crashed'])} crashed; conformance.json and conformance.md in {args.out}")
+    print(
+        f"{s['as_expected']}/{s['probes']} probes as expected, {len(s['changed'])} changed, "
+        f"{len(s['crashed'])} crashed; conformance.json and conformance.md in {args.out}"
+    )
     return matrix["exit_code"]

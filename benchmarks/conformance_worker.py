@@ -54,9 +54,12 @@ def run_probes(framework: str, trap_ids: list[str] | None = None) -> dict:
             value = normalise(probe())
             out["results"][trap.id] = {"ok": True, "value": value, "seconds": round(time.perf_counter() - start, 3)}
         except Exception as exc:  # recorded, so that one probe cannot lose the others
-            out["results"][trap.id] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                                       "traceback": traceback.format_exc(limit=4),
-                                       "seconds": round(time.perf_counter() - start, 3)}
+            out["results"][trap.id] = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=4),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
     return out
 
 

@@ -23,7 +23,8 @@ from common.timing import time_calls
 
 PEER_LAYERS = {
     "dense": lambda keras, layer, dtype: keras.layers.Dense(
-        layer.width, activation=None if layer.activation == "none" else layer.activation, dtype=dtype),
+        layer.width, activation=None if layer.activation == "none" else layer.activation, dtype=dtype
+    ),
     "relu": lambda keras, layer, dtype: keras.layers.Activation("relu", dtype=dtype),
     "tanh": lambda keras, layer, dtype: keras.layers.Activation("tanh", dtype=dtype),
     "dropout": lambda keras, layer, dtype: keras.layers.Dropout(layer.rate, dtype=dtype),
@@ -37,8 +38,10 @@ def build_model(keras, spec: Spec, data, dtype: str):
     unsupported = sorted({layer.kind for layer in layers} - set(PEER_LAYERS))
     if unsupported:
         raise ValueError(f"the Keras fit peer builds {', '.join(PEER_LAYERS)} layers, not {', '.join(unsupported)}")
-    model = keras.Sequential([keras.Input((data.n_features,), dtype=dtype)] +
-                             [PEER_LAYERS[layer.kind](keras, layer, dtype) for layer in layers])
+    model = keras.Sequential(
+        [keras.Input((data.n_features,), dtype=dtype)]
+        + [PEER_LAYERS[layer.kind](keras, layer, dtype) for layer in layers]
+    )
     init = canonical_init(spec, data)
     model.set_weights([init[name] for name in param_shapes(layers)])  # Keras's order: the stack's, kernel first
     o = spec.optimizer
@@ -64,12 +67,26 @@ def main(argv=None) -> int:
         model = build_model(keras, spec, data, spec.dtype)
         fit = functools.partial(model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
         timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
-        rows.append({"backend": f"keras[{keras.backend.backend()}]", "kind": "keras_fit", "mode": "fit",
-                     "batch_size": batch_size, **timing.to_json()})
-    out_path.write_text(json.dumps({"backend": f"keras[{keras.backend.backend()}]",
-                                    "settings": {"keras": keras.__version__,
-                                                 "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")},
-                                    "rows": rows}, indent=1), encoding="utf-8")
+        rows.append(
+            {
+                "backend": f"keras[{keras.backend.backend()}]",
+                "kind": "keras_fit",
+                "mode": "fit",
+                "batch_size": batch_size,
+                **timing.to_json(),
+            }
+        )
+    out_path.write_text(
+        json.dumps(
+            {
+                "backend": f"keras[{keras.backend.backend()}]",
+                "settings": {"keras": keras.__version__, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")},
+                "rows": rows,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     return 0
 
 

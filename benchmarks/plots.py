@@ -75,10 +75,12 @@ def sweep_plots(rows: list[dict], keys: list[str], sweep, out: Path, name: str) 
             bottom.set_xlabel(keys[0])
         else:
             for label in dict.fromkeys(_label(r, keys) for r in mine):
-                series = sorted((r for r in mine if _label(r, keys) == label and int(r["seed"]) == int(mine[0]["seed"])),
-                                key=lambda r: int(r["epoch"]))
+                series = sorted(
+                    (r for r in mine if _label(r, keys) == label and int(r["seed"]) == int(mine[0]["seed"])),
+                    key=lambda r: int(r["epoch"]),
+                )
                 epochs = [int(r["epoch"]) for r in series]
-                line, = top.plot(epochs, [float(r[f"test_{sweep.metric}"]) for r in series], label=label)
+                (line,) = top.plot(epochs, [float(r[f"test_{sweep.metric}"]) for r in series], label=label)
                 top.plot(epochs, [float(r[f"train_{sweep.metric}"]) for r in series], "--", color=line.get_color())
                 bottom.plot(epochs, [float(r["gap"]) for r in series], color=line.get_color())
             bottom.set_xlabel("epoch")
@@ -98,15 +100,22 @@ def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in finals:
         groups.setdefault((_label(r, keys), r["backend"]), []).append(r)
-    lines = [f"# Sweep {name}", "", "| point | backend | seeds | train acc | test acc | gap | test loss |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep {name}",
+        "",
+        "| point | backend | seeds | train acc | test acc | gap | test loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     labels = list(dict.fromkeys(_label(r, keys) for r in rows))
-    for (label, backend), rs in sorted(groups.items(), key=lambda kv: (backends.index(kv[0][1]),
-                                                                       labels.index(kv[0][0]))):
+    for (label, backend), rs in sorted(
+        groups.items(), key=lambda kv: (backends.index(kv[0][1]), labels.index(kv[0][0]))
+    ):
         mean = {m: np.mean([float(r[m]) for r in rs]) for m in ("train_acc", "test_acc", "gap", "test_loss")}
-        lines.append(f"| {label} | {backend} | {len(rs)} | {mean['train_acc']:.4f} | {mean['test_acc']:.4f} | "
-                     f"{mean['gap']:+.4f} | {mean['test_loss']:.4f} |")
+        lines.append(
+            f"| {label} | {backend} | {len(rs)} | {mean['train_acc']:.4f} | {mean['test_acc']:.4f} | "
+            f"{mean['gap']:+.4f} | {mean['test_loss']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -128,8 +137,13 @@ def bench_plot(rows: list[dict], path: Path) -> None:
     for (is_step, backend, mode), points in sorted(series.items()):
         points.sort()
         axis = right if is_step else left
-        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{backend} {mode}",
-                  linestyle="--" if backend.startswith("keras") or mode == "hand-fused" else "-")
+        axis.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="o",
+            label=f"{backend} {mode}",
+            linestyle="--" if backend.startswith("keras") or mode == "hand-fused" else "-",
+        )
     for axis, title in ((left, "end to end (epoch): adapters, Keras fit, hand-fused"), (right, "step alone")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")

@@ -1,14 +1,14 @@
 """Presets: the seeds' experiments as spec files with a `[sweep]` table (benchmarks/presets/*.toml).
 
-    [sweep]
-    grid = { "regularization.dropout" = [0.0, 0.1, 0.2] }   # dotted spec keys → values (cartesian product)
-    seeds = [0]
-    backends = ["torch", "tf", "jax"]                       # the numpy oracle always runs too
-    plot = "final"        # final: final metrics against the swept value | curves: metric against epoch
-    metric = "acc"        # acc | loss (what the curves show)
-    [sweep.ci]            # the reduced size CI runs; `--full` ignores it
-    grid = { "regularization.dropout" = [0.0, 0.5] }
-    set = { "train.epochs" = 2 }
+[sweep]
+grid = { "regularization.dropout" = [0.0, 0.1, 0.2] }   # dotted spec keys → values (cartesian product)
+seeds = [0]
+backends = ["torch", "tf", "jax"]                       # the numpy oracle always runs too
+plot = "final"        # final: final metrics against the swept value | curves: metric against epoch
+metric = "acc"        # acc | loss (what the curves show)
+[sweep.ci]            # the reduced size CI runs; `--full` ignores it
+grid = { "regularization.dropout" = [0.0, 0.5] }
+set = { "train.epochs" = 2 }
 """
 
 from __future__ import annotations
@@ -69,8 +69,13 @@ def _parse_sweep(table: dict, full: bool, source: str) -> Sweep:
     grid = table.get("grid")
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise InputError(f"{source}: 'sweep.grid' must map spec keys to non-empty lists")
-    sweep = Sweep(grid=dict(grid), seeds=table.get("seeds", [0]), backends=table.get("backends", list(FRAMEWORKS)),
-                  plot=table.get("plot", "final"), metric=table.get("metric", "acc"))
+    sweep = Sweep(
+        grid=dict(grid),
+        seeds=table.get("seeds", [0]),
+        backends=table.get("backends", list(FRAMEWORKS)),
+        plot=table.get("plot", "final"),
+        metric=table.get("metric", "acc"),
+    )
     if sweep.plot not in ("final", "curves") or sweep.metric not in ("acc", "loss"):
         raise InputError(f"{source}: 'sweep.plot' must be final|curves and 'sweep.metric' acc|loss")
     if not sweep.seeds or not all(isinstance(s, int) and s >= 0 for s in sweep.seeds):
@@ -108,7 +113,7 @@ def expand(raw: dict, sweep: Sweep) -> list[Run]:
     base = apply_overrides(raw, [f"{k}={_toml_value(v)}" for k, v in sweep.overrides.items()])
     runs = []
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
-        point = dict(zip(keys, values))
+        point = dict(zip(keys, values, strict=True))
         label = ",".join(f"{k}={v}" for k, v in point.items())
         for seed in sweep.seeds:
             sets = [f"{k}={_toml_value(v)}" for k, v in point.items()] + [f"seed={seed}"]

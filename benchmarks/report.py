@@ -8,6 +8,8 @@ from common.compare import EPOCH_METRICS, earliest, first_divergence
 from common.metrics import banding
 from common.spec import Spec
 
+STEP_METRICS = ("loss", "batch_ids", "padded_length")  # compared per step; the others per epoch
+
 
 def _fmt(value) -> str:
     if value is None:
@@ -22,7 +24,8 @@ def pair_rows(comparison: dict) -> list[dict]:
         groups[(p["a"], p["b"])].append(p)
     rows = []
     for (a, b), pairs in groups.items():
-        def worst(select):
+
+        def worst(select, pairs=pairs):
             vals = [p["max_rel_diff"] for p in pairs if select(p["metric"]) and p["max_rel_diff"] is not None]
             return max(vals) if vals else None
 
@@ -30,16 +33,19 @@ def pair_rows(comparison: dict) -> list[dict]:
         first = earliest(pairs)
         ids = [p for p in pairs if p["metric"] in ("batch_ids", "padded_length") and p["divergent"]]
         first_ids = min((p["first_divergent_step"] for p in ids), default=None)
-        rows.append({
-            "a": a, "b": b,
-            "batch_ids": "identical" if not ids else f"differ at step {first_ids}",
-            "loss": worst(lambda m: m == "loss"),
-            "metrics": worst(lambda m: m in EPOCH_METRICS),
-            "params": worst(lambda m: m.startswith("final/")),
-            "used": max((p.get("tolerance_used") or 0.0 for p in pairs), default=0.0),
-            "first": None if first is None else f"{first['metric']} @ {first['first_divergent_step']}",
-            "agree": not bad,
-        })
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "batch_ids": "identical" if not ids else f"differ at step {first_ids}",
+                "loss": worst(lambda m: m == "loss"),
+                "metrics": worst(lambda m: m in EPOCH_METRICS),
+                "params": worst(lambda m: m.startswith("final/")),
+                "used": max((p.get("tolerance_used") or 0.0 for p in pairs), default=0.0),
+                "first": None if first is None else f"{first['metric']} @ {first['first_divergent_step']}",
+                "agree": not bad,
+            }
+        )
     return rows
 
 
@@ -47,18 +53,24 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
     tol = comparison["tolerance"]
     if "statistical" in comparison:
         verdicts = sorted({p["verdict"] for p in comparison["statistical"]})
-        head = ("EQUIVALENT over seeds (TOST)" if comparison["equivalent"] else "NOT SHOWN EQUIVALENT over seeds") + \
-            f": {'; '.join(verdicts)}"
+        head = (
+            "EQUIVALENT over seeds (TOST)" if comparison["equivalent"] else "NOT SHOWN EQUIVALENT over seeds"
+        ) + f": {'; '.join(verdicts)}"
     elif comparison["claim"].startswith("none"):
         head = "NO PER-STEP CLAIM (native mode: each framework's own RNG)"
     elif comparison["equivalent"]:
         head = f"EQUIVALENT within rtol {tol['rtol']:g} at every step"
     else:
         first = first_divergence(comparison)
-        head = "DIVERGENT" if first is None else (
-            f"DIVERGENT: {first['a']} vs {first['b']} first differ in {first['metric']} at "
-            f"{'step' if first['metric'] in ('loss', 'batch_ids', 'padded_length') else 'epoch'} {first['first_divergent_step']} "
-            f"(max rel diff {_fmt(first['max_rel_diff'])})")
+        head = (
+            "DIVERGENT"
+            if first is None
+            else (
+                f"DIVERGENT: {first['a']} vs {first['b']} first differ in {first['metric']} at "
+                f"{'step' if first['metric'] in STEP_METRICS else 'epoch'} {first['first_divergent_step']} "
+                f"(max rel diff {_fmt(first['max_rel_diff'])})"
+            )
+        )
     if failed:
         head += f"; FAILED or missing: {', '.join(failed)}"
     return head
@@ -74,10 +86,12 @@ def banding_warnings(spec: Spec, records: dict) -> list[str]:
         found = banding(sizes, spec.metrics.aggregation)
         if found:
             levels = ", ".join(f"{v:g}" for v in found["levels"][:6]) + (", …" if len(found["levels"]) > 6 else "")
-            out.append(f"WARNING banding: {split} accuracy is the mean of per-batch accuracies over unequal batches "
-                       f"{found['batch_sizes']}; the batch of {found['smallest']} can only score {levels}, so the "
-                       f"epoch accuracy moves in steps of {found['step']:.3g}. Use metrics.aggregation = "
-                       f"\"weighted\" (per sample).")
+            out.append(
+                f"WARNING banding: {split} accuracy is the mean of per-batch accuracies over unequal batches "
+                f"{found['batch_sizes']}; the batch of {found['smallest']} can only score {levels}, so the "
+                f"epoch accuracy moves in steps of {found['step']:.3g}. Use metrics.aggregation = "
+                f'"weighted" (per sample).'
+            )
     return out
 
 
@@ -85,29 +99,40 @@ def cause_lines(comparison: dict) -> list[str]:
     """One line per known cause (common.explain) behind a divergent pair; none when everything agrees."""
     divergent = {(p["a"], p["b"]) for p in comparison["pairs"] if p["divergent"]}
     divergent |= {(b, a) for a, b in divergent}
-    return [f"cause [{c['trap']}] {c['a']} vs {c['b']}: {c['why']}" for c in comparison.get("causes", [])
-            if (c["a"], c["b"]) in divergent]
+    return [
+        f"cause [{c['trap']}] {c['a']} vs {c['b']}: {c['why']}"
+        for c in comparison.get("causes", [])
+        if (c["a"], c["b"]) in divergent
+    ]
 
 
 def statistical_table(comparison: dict) -> str:
     """The multi-seed TOST results (comparison["statistical"]) as fixed-width text."""
-    lines = [f"multi-seed equivalence over seeds {comparison['seeds']} (Welch TOST, final test metrics)",
-             f"{'a':<6} {'b':<6} {'metric':<10} {'diff':>9} {'90% CI':>22} {'p':>7}  verdict"]
+    lines = [
+        f"multi-seed equivalence over seeds {comparison['seeds']} (Welch TOST, final test metrics)",
+        f"{'a':<6} {'b':<6} {'metric':<10} {'diff':>9} {'90% CI':>22} {'p':>7}  verdict",
+    ]
     for p in comparison["statistical"]:
         ci = f"[{p['ci_equivalence'][0]:+.4f}, {p['ci_equivalence'][1]:+.4f}]"
-        lines.append(f"{p['a']:<6} {p['b']:<6} {p['metric']:<10} {p['difference']:>+9.4f} {ci:>22} "
-                     f"{p['p_tost']:>7.3f}  {p['verdict']}")
+        lines.append(
+            f"{p['a']:<6} {p['b']:<6} {p['metric']:<10} {p['difference']:>+9.4f} {ci:>22} "
+            f"{p['p_tost']:>7.3f}  {p['verdict']}"
+        )
     return "\n".join(lines)
 
 
 def verdict_table(comparison: dict, failed: list[str]) -> str:
     """A fixed-width table for the terminal."""
-    header = (f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10} "
-              f"{'tol used':>8}  first divergence")
+    header = (
+        f"{'a':<6} {'b':<6} {'batch ids':<20} {'loss rel':>9} {'metrics rel':>11} {'params rel':>10} "
+        f"{'tol used':>8}  first divergence"
+    )
     lines = [header, "-" * len(header)]
     for r in pair_rows(comparison):
-        lines.append(f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
-                     f"{_fmt(r['params']):>10} {r['used']:>8.2g}  {r['first'] or '-'}")
+        lines.append(
+            f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
+            f"{_fmt(r['params']):>10} {r['used']:>8.2g}  {r['first'] or '-'}"
+        )
     lines.append("")
     lines.append("verdict: " + verdict_line(comparison, failed))
     return "\n".join(lines)
@@ -116,45 +141,69 @@ def verdict_table(comparison: dict, failed: list[str]) -> str:
 def markdown(spec: Spec, records: dict, comparison: dict, failed: dict[str, str], plot: str | None) -> str:
     """report.md: spec summary, versions, the verdict table, final metrics and the loss plot."""
     tol = comparison["tolerance"]
-    out = [f"# Parity report: {spec.name}", "",
-           f"**Verdict:** {verdict_line(comparison, sorted(failed))}", "",
-           f"- dtype `{spec.dtype}`, mode `{spec.mode}`, seed {spec.seed}, data `{spec.data.name}`, "
-           f"batch {spec.batching.batch_size} (last batch `{spec.batching.last_batch}`), "
-           f"optimizer `{spec.optimizer.name}` lr {spec.optimizer.lr}, "
-           f"dropout {spec.regularization.dropout}, epochs {spec.train.epochs}",
-           f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}", ""]
+    out = [
+        f"# Parity report: {spec.name}",
+        "",
+        f"**Verdict:** {verdict_line(comparison, sorted(failed))}",
+        "",
+        f"- dtype `{spec.dtype}`, mode `{spec.mode}`, seed {spec.seed}, data `{spec.data.name}`, "
+        f"batch {spec.batching.batch_size} (last batch `{spec.batching.last_batch}`), "
+        f"optimizer `{spec.optimizer.name}` lr {spec.optimizer.lr}, "
+        f"dropout {spec.regularization.dropout}, epochs {spec.train.epochs}",
+        f"- tolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}: {tol['why']}",
+        "",
+    ]
     out += [f"> {w}" for w in banding_warnings(spec, records)]
     out += [f"> {line}" for line in cause_lines(comparison)]
     out += ["", "## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
     for name, (rec, _) in records.items():
         versions = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
-        out.append(f"| {name} | {rec['device']} | {versions} | {len(rec['steps'])} | "
-                   f"{rec['timing']['train_s']:.2f} |")
+        out.append(f"| {name} | {rec['device']} | {versions} | {len(rec['steps'])} | {rec['timing']['train_s']:.2f} |")
     for name, message in sorted(failed.items()):
         out.append(f"| {name} | - | {message} | - | - |")
-    out += ["", "## Agreement (max relative difference per pair)", "",
-            "| a | b | batch ids | per-step loss | epoch metrics | final params | tolerance used | first divergence |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "## Agreement (max relative difference per pair)",
+        "",
+        "| a | b | batch ids | per-step loss | epoch metrics | final params | tolerance used | first divergence |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in pair_rows(comparison):
-        out.append(f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
-                   f"{_fmt(r['params'])} | {r['used']:.2g} | {r['first'] or '-'} |")
-    out += ["", "## Final epoch metrics", "", "| backend | train loss | train acc | test loss | test acc |",
-            "|---|---|---|---|---|"]
+        out.append(
+            f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
+            f"{_fmt(r['params'])} | {r['used']:.2g} | {r['first'] or '-'} |"
+        )
+    out += [
+        "",
+        "## Final epoch metrics",
+        "",
+        "| backend | train loss | train acc | test loss | test acc |",
+        "|---|---|---|---|---|",
+    ]
     for name, (rec, _) in records.items():
         e = rec["epochs"][-1]
-        out.append(f"| {name} | {e['train_loss']:.10g} | {e['train_acc']:.6g} | {e['test_loss']:.10g} | "
-                   f"{e['test_acc']:.6g} |")
+        out.append(
+            f"| {name} | {e['train_loss']:.10g} | {e['train_acc']:.6g} | {e['test_loss']:.10g} | {e['test_acc']:.6g} |"
+        )
     if "statistical" in comparison:
-        out += ["", "## Multi-seed equivalence", "", f"Seeds {comparison['seeds']}; margins from the spec's "
-                f"[equivalence] table: accuracy ±{spec.equivalence.acc_margin}, loss "
-                f"±{spec.equivalence.loss_margin}, α = {spec.equivalence.alpha}.", "",
-                "| a | b | metric | mean diff | (1−2α) CI | (1−α) CI | p (TOST) | verdict |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "## Multi-seed equivalence",
+            "",
+            f"Seeds {comparison['seeds']}; margins from the spec's "
+            f"[equivalence] table: accuracy ±{spec.equivalence.acc_margin}, loss "
+            f"±{spec.equivalence.loss_margin}, α = {spec.equivalence.alpha}.",
+            "",
+            "| a | b | metric | mean diff | (1−2α) CI | (1−α) CI | p (TOST) | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for p in comparison["statistical"]:
-            out.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['difference']:+.4f} | "
-                       f"[{p['ci_equivalence'][0]:+.4f}, {p['ci_equivalence'][1]:+.4f}] | "
-                       f"[{p['ci_difference'][0]:+.4f}, {p['ci_difference'][1]:+.4f}] | {p['p_tost']:.3g} | "
-                       f"{p['verdict']} |")
+            out.append(
+                f"| {p['a']} | {p['b']} | {p['metric']} | {p['difference']:+.4f} | "
+                f"[{p['ci_equivalence'][0]:+.4f}, {p['ci_equivalence'][1]:+.4f}] | "
+                f"[{p['ci_difference'][0]:+.4f}, {p['ci_difference'][1]:+.4f}] | {p['p_tost']:.3g} | "
+                f"{p['verdict']} |"
+            )
     if plot:
         out += ["", f"![per-step loss]({plot})"]
     return "\n".join(out) + "\n"

@@ -31,8 +31,9 @@ def run_backend(backend: str, jobs_file: Path, log_file: Path, progress: bool = 
     """`python -m backends.worker BACKEND JOBS` in a subprocess, relaying progress to stderr."""
     cmd = [sys.executable, "-m", "backends.worker", backend, str(jobs_file), "--progress"]
     lines = []
-    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          cwd=Path(__file__).resolve().parent.parent) as proc:
+    with subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent
+    ) as proc:
         for line in proc.stderr:
             lines.append(line)
             if progress and line.startswith(f"[{backend}]"):
@@ -48,8 +49,9 @@ def run_backend(backend: str, jobs_file: Path, log_file: Path, progress: bool = 
     return BackendResult(backend, proc.returncode, message)
 
 
-def run_all(backends: list[str], specs_and_outs: list[tuple[Spec, Path]], work: Path,
-            progress: bool = True) -> list[BackendResult]:
+def run_all(
+    backends: list[str], specs_and_outs: list[tuple[Spec, Path]], work: Path, progress: bool = True
+) -> list[BackendResult]:
     """Run every backend over the same jobs, one backend process at a time (the jobs file holds each spec's JSON
     form, backends.worker)."""
     work.mkdir(parents=True, exist_ok=True)

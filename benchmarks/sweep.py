@@ -46,8 +46,9 @@ class Progress:
         if not self.enabled:
             return
         filled = int(30 * self.done / max(self.total, 1))
-        print(f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} runs {last}", file=sys.stderr,
-              flush=True)
+        print(
+            f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} runs {last}", file=sys.stderr, flush=True
+        )
 
     def advance(self, last: str) -> None:
         with self.lock:
@@ -58,23 +59,43 @@ class Progress:
 def _rows(backend: str, run: Run, rec: dict, keys: list[str]) -> list[dict]:
     rows = []
     for epoch in rec["epochs"]:
-        row = {"run_key": run_key(backend, run), "backend": backend, **{k: run.point[k] for k in keys},
-               "seed": run.seed, "epoch": epoch["epoch"], **{m: epoch[m] for m in METRICS}}
+        row = {
+            "run_key": run_key(backend, run),
+            "backend": backend,
+            **{k: run.point[k] for k in keys},
+            "seed": run.seed,
+            "epoch": epoch["epoch"],
+            **{m: epoch[m] for m in METRICS},
+        }
         row["gap"] = epoch["train_acc"] - epoch["test_acc"]
         rows.append(row)
     return rows
 
 
-def _run_task(backend: str, runs: list[Run], work: Path, log: ResultLog, keys: list[str], progress: Progress,
-              write_lock: threading.Lock) -> int:
+def _run_task(
+    backend: str,
+    runs: list[Run],
+    work: Path,
+    log: ResultLog,
+    keys: list[str],
+    progress: Progress,
+    write_lock: threading.Lock,
+) -> int:
     jobs = [{"spec": r.spec.to_dict(), "out": str(work / "records" / _slug(f"{r.label},seed={r.seed}"))} for r in runs]
     jobs_file = work / "jobs" / f"{backend}-{_slug(runs[0].label)}-{runs[0].seed}.json"
     jobs_file.parent.mkdir(parents=True, exist_ok=True)
     jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
     log_file = jobs_file.with_suffix(".log")
-    with log_file.open("w", encoding="utf-8") as err, subprocess.Popen(
-            [sys.executable, "-m", "backends.worker", backend, str(jobs_file)], stdout=subprocess.PIPE,
-            stderr=err, text=True, cwd=Path(__file__).resolve().parent.parent) as proc:
+    with (
+        log_file.open("w", encoding="utf-8") as err,
+        subprocess.Popen(
+            [sys.executable, "-m", "backends.worker", backend, str(jobs_file)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        ) as proc,
+    ):
         for line in proc.stdout:
             if line.startswith("done "):
                 index = int(line.split()[1])
@@ -105,7 +126,7 @@ def run_sweep(preset: str, full: bool, out: Path | None, workers: int, show_prog
     tasks = []
     for backend, todo in pending.items():
         size = max(1, math.ceil(len(todo) / chunks_per_backend))
-        tasks += [(backend, todo[i: i + size]) for i in range(0, len(todo), size)]
+        tasks += [(backend, todo[i : i + size]) for i in range(0, len(todo), size)]
     write_lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         codes = list(pool.map(lambda t: _run_task(t[0], t[1], out, log, keys, progress, write_lock), tasks))
@@ -113,6 +134,8 @@ def run_sweep(preset: str, full: bool, out: Path | None, workers: int, show_prog
     plots.sweep_plots(rows, keys, sweep, out, name)
     (out / "summary.md").write_text(plots.sweep_summary(rows, keys, name), encoding="utf-8")
     missing = len(expected) - len({r["run_key"] for r in rows})
-    print(f"sweep {name}: {len(expected) - missing}/{len(expected)} runs in {out / 'results.csv'}; plots and "
-          f"summary.md in {out}")
+    print(
+        f"sweep {name}: {len(expected) - missing}/{len(expected)} runs in {out / 'results.csv'}; plots and "
+        f"summary.md in {out}"
+    )
     return 3 if missing or any(codes) else 0

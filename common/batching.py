@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from common.spec import Spec
 
 
-
 @dataclass(frozen=True)
 class Batch:
     """One batch as fed to a model: `ids` (row ids, filler rows included), `weights` (1 real, 0 filler) and, for
@@ -87,19 +86,29 @@ class BatchPlan:
 
     def __post_init__(self):
         if self.last_batch == "drop" and self.steps_per_epoch == 0:
-            raise InputError(f"spec key 'batching.batch_size': {self.batch_size} exceeds the rows of every "
-                             f"{'bucket' if self.buckets else 'epoch'} ({self.n_rows} training rows), so "
-                             "last_batch = \"drop\" leaves no batch")
+            raise InputError(
+                f"spec key 'batching.batch_size': {self.batch_size} exceeds the rows of every "
+                f"{'bucket' if self.buckets else 'epoch'} ({self.n_rows} training rows), so "
+                'last_batch = "drop" leaves no batch'
+            )
 
     @classmethod
-    def from_spec(cls, spec: Spec, n_rows: int, lengths: np.ndarray | None = None) -> "BatchPlan":
+    def from_spec(cls, spec: Spec, n_rows: int, lengths: np.ndarray | None = None) -> BatchPlan:
         """The training plan of a spec's `batching` (and, for sequence data, `sequence`) tables."""
         b = spec.batching
         if lengths is None:
             return cls(n_rows, b.batch_size, b.shuffle, b.last_batch, spec.seed)
         seq = spec.sequence
-        return cls(n_rows, b.batch_size, b.shuffle, b.last_batch, spec.seed, np.asarray(lengths),
-                   seq.max_len, tuple(seq.buckets))
+        return cls(
+            n_rows,
+            b.batch_size,
+            b.shuffle,
+            b.last_batch,
+            spec.seed,
+            np.asarray(lengths),
+            seq.max_len,
+            tuple(seq.buckets),
+        )
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's row order: a numpy permutation keyed by (seed, epoch), or 0..N-1 without shuffle."""
@@ -134,8 +143,10 @@ class BatchPlan:
         if self.buckets:
             return self._bucketed_batches(epoch)
         ids, weights = self.slots(epoch)
-        return [self._batch(ids[i: i + self.batch_size], weights[i: i + self.batch_size])
-                for i in range(0, ids.shape[0], self.batch_size)]
+        return [
+            self._batch(ids[i : i + self.batch_size], weights[i : i + self.batch_size])
+            for i in range(0, ids.shape[0], self.batch_size)
+        ]
 
     def _batch(self, ids: np.ndarray, weights: np.ndarray) -> Batch:
         if self.lengths is None:
@@ -152,7 +163,7 @@ class BatchPlan:
         order, bucket = self._bucket_members(epoch)
         open_rows: dict[int, list[int]] = {k: [] for k in range(len(self.buckets))}
         out = []
-        for row, k in zip(order.tolist(), bucket.tolist()):
+        for row, k in zip(order.tolist(), bucket.tolist(), strict=True):
             open_rows[k].append(row)
             if len(open_rows[k]) == self.batch_size:
                 out.append(Batch(np.array(open_rows[k]), np.ones(self.batch_size), self.buckets[k]))
@@ -161,8 +172,13 @@ class BatchPlan:
             if not rest or self.last_batch == "drop":
                 continue
             filler = self._filler(order[bucket == k], len(rest))
-            out.append(Batch(np.concatenate([np.array(rest), filler]).astype(np.int64),
-                             np.concatenate([np.ones(len(rest)), np.zeros(filler.shape[0])]), self.buckets[k]))
+            out.append(
+                Batch(
+                    np.concatenate([np.array(rest), filler]).astype(np.int64),
+                    np.concatenate([np.ones(len(rest)), np.zeros(filler.shape[0])]),
+                    self.buckets[k],
+                )
+            )
         return out
 
     def _filler(self, members: np.ndarray, open_rows: int) -> np.ndarray:
@@ -185,14 +201,23 @@ class BatchPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        counts = (np.bincount(bucket_of(self.lengths, self.buckets), minlength=len(self.buckets))
-                  if self.buckets else [self.n_rows])
-        return int(sum(n // self.batch_size + (1 if n % self.batch_size and self.last_batch != "drop" else 0)
-                       for n in counts))
+        counts = (
+            np.bincount(bucket_of(self.lengths, self.buckets), minlength=len(self.buckets))
+            if self.buckets
+            else [self.n_rows]
+        )
+        return int(
+            sum(n // self.batch_size + (1 if n % self.batch_size and self.last_batch != "drop" else 0) for n in counts)
+        )
 
 
-def eval_batches(n_rows: int, eval_batch_size: int, lengths: np.ndarray | None = None, max_len: int = 0,
-                 buckets: tuple[int, ...] | list[int] = ()) -> list[Batch]:
+def eval_batches(
+    n_rows: int,
+    eval_batch_size: int,
+    lengths: np.ndarray | None = None,
+    max_len: int = 0,
+    buckets: tuple[int, ...] | list[int] = (),
+) -> list[Batch]:
     """Consecutive, unshuffled evaluation batches; 0 means the whole split as one batch. For sequence data
     (`lengths` given) each is padded to common.padding.padded_length (no bucketing: batches mix lengths)."""
     size = eval_batch_size or n_rows

@@ -38,10 +38,15 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
     `tensor`: scale every element by the whole tensor's magnitude (parameters), else element-wise.
     """
     if a.shape != b.shape:
-        return {"max_abs_diff": None, "max_rel_diff": None,
-                "first_divergent_step": index[min(len(a), len(b))] if index and min(len(a), len(b)) < len(index)
-                else (index[0] if index else None), "shape_mismatch": [list(a.shape), list(b.shape)],
-                "divergent": True}
+        return {
+            "max_abs_diff": None,
+            "max_rel_diff": None,
+            "first_divergent_step": index[min(len(a), len(b))]
+            if index and min(len(a), len(b)) < len(index)
+            else (index[0] if index else None),
+            "shape_mismatch": [list(a.shape), list(b.shape)],
+            "divergent": True,
+        }
     if a.size == 0:
         return {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "first_divergent_step": None}
     diff = np.abs(a - b)
@@ -56,21 +61,25 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
     if bad.any():
         pos = int(np.argmax(bad))
         first = index[pos] if index else pos
-    return {"max_abs_diff": float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan"),
-            "max_rel_diff": float(np.nanmax(rel)) if not np.isnan(rel).all() else float("nan"),
-            "tolerance_used": float(np.nanmax(diff / allowed)) if allowed.min() > 0 else None,
-            "first_divergent_step": first, "divergent": bool(bad.any())}
+    return {
+        "max_abs_diff": float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan"),
+        "max_rel_diff": float(np.nanmax(rel)) if not np.isnan(rel).all() else float("nan"),
+        "tolerance_used": float(np.nanmax(diff / allowed)) if allowed.min() > 0 else None,
+        "first_divergent_step": first,
+        "divergent": bool(bad.any()),
+    }
 
 
 def compare_batch_ids(rec_a: dict, rec_b: dict, key: str = "batch_ids") -> dict:
     """Exact equality of the recorded batch ids (or another per-step record `key`), step by step."""
     ids_a = [s.get(key) for s in rec_a["steps"]]
     ids_b = [s.get(key) for s in rec_b["steps"]]
-    first = next((rec_a["steps"][i]["step"] for i, (x, y) in enumerate(zip(ids_a, ids_b)) if x != y), None)
+    first = next(
+        (rec_a["steps"][i]["step"] for i, (x, y) in enumerate(zip(ids_a, ids_b, strict=False)) if x != y), None
+    )
     if first is None and len(ids_a) != len(ids_b):
         first = min(len(ids_a), len(ids_b)) + 1
-    return {"max_abs_diff": None, "max_rel_diff": None, "first_divergent_step": first,
-            "divergent": first is not None}
+    return {"max_abs_diff": None, "max_rel_diff": None, "first_divergent_step": first, "divergent": first is not None}
 
 
 def compare_pair(name_a: str, a: tuple[dict, dict], name_b: str, b: tuple[dict, dict], tol: Tolerance) -> list[dict]:
@@ -78,31 +87,53 @@ def compare_pair(name_a: str, a: tuple[dict, dict], name_b: str, b: tuple[dict, 
     (rec_a, npz_a), (rec_b, npz_b) = a, b
     pairs = [{"a": name_a, "b": name_b, "metric": "batch_ids", **compare_batch_ids(rec_a, rec_b)}]
     if any("padded_length" in s for s in rec_a["steps"] + rec_b["steps"]):
-        pairs.append({"a": name_a, "b": name_b, "metric": "padded_length",
-                      **compare_batch_ids(rec_a, rec_b, "padded_length")})
+        pairs.append(
+            {"a": name_a, "b": name_b, "metric": "padded_length", **compare_batch_ids(rec_a, rec_b, "padded_length")}
+        )
     params = sorted(k for k in npz_a if k.startswith("final/"))
     for metric in ("loss", *EPOCH_METRICS, *params):
         if metric not in npz_b and metric.startswith("final/"):
-            pairs.append({"a": name_a, "b": name_b, "metric": metric, "max_abs_diff": None, "max_rel_diff": None,
-                          "first_divergent_step": None, "divergent": True, "missing": name_b})
+            pairs.append(
+                {
+                    "a": name_a,
+                    "b": name_b,
+                    "metric": metric,
+                    "max_abs_diff": None,
+                    "max_rel_diff": None,
+                    "first_divergent_step": None,
+                    "divergent": True,
+                    "missing": name_b,
+                }
+            )
             continue
         va, index = _series(rec_a, npz_a, metric)
         vb, _ = _series(rec_b, npz_b, metric)
-        pairs.append({"a": name_a, "b": name_b, "metric": metric,
-                      **compare_values(va, vb, index, tol, tensor=metric.startswith("final/"))})
+        pairs.append(
+            {
+                "a": name_a,
+                "b": name_b,
+                "metric": metric,
+                **compare_values(va, vb, index, tol, tensor=metric.startswith("final/")),
+            }
+        )
     return pairs
 
 
 def compare(records: dict[str, tuple[dict, dict]], reference: str, tol: Tolerance) -> dict:
     """The comparison.json body for the records present; `reference` first in every pair it is part of."""
-    names = [reference] + sorted(n for n in records if n != reference) if reference in records else sorted(records)
+    names = [reference, *sorted(n for n in records if n != reference)] if reference in records else sorted(records)
     pairs = []
     for name_a, name_b in combinations(names, 2):
         pairs.extend(compare_pair(name_a, records[name_a], name_b, records[name_b], tol))
     claim = tol.rtol > 0
     equivalent = bool(claim and len(records) >= 2 and not any(p["divergent"] for p in pairs))
-    return {"equivalent": equivalent, "claim": "per-step" if claim else "none (native mode)",
-            "tolerance": tol.to_json(), "backends": names, "pairs": pairs}
+    return {
+        "equivalent": equivalent,
+        "claim": "per-step" if claim else "none (native mode)",
+        "tolerance": tol.to_json(),
+        "backends": names,
+        "pairs": pairs,
+    }
 
 
 def first_divergence(comparison: dict) -> dict | None:
@@ -117,5 +148,10 @@ def earliest(pairs: list[dict]) -> dict | None:
     if not bad:
         return None
     order = {"batch_ids": 0, "padded_length": 0, "loss": 1}
-    return min(bad, key=lambda p: (order.get(p["metric"], 2),
-                                   p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18))
+    return min(
+        bad,
+        key=lambda p: (
+            order.get(p["metric"], 2),
+            p["first_divergent_step"] if p["first_divergent_step"] is not None else 1e18,
+        ),
+    )

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from common.spec import Spec
 
 
-
 @dataclass(frozen=True)
 class Dataset:
     """The split, standardised data in float64; cast to the spec dtype by the consumer."""
@@ -44,7 +43,7 @@ class Dataset:
     n_classes: int
     train_lengths: np.ndarray | None = None  # sequence data: raw token counts n_i per row
     test_lengths: np.ndarray | None = None
-    vocab: int = 0                           # sequence data: token ids 0..vocab−1, 0 the pad
+    vocab: int = 0  # sequence data: token ids 0..vocab−1, 0 the pad
 
     @property
     def n_features(self) -> int:
@@ -77,8 +76,11 @@ def _doughnuts(params: Mapping, seed: int) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"spec key 'data.params.n': expected an integer >= 4, got {n!r}")
     if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not np.isfinite(noise) or noise < 0:
         raise InputError(f"spec key 'data.params.noise': expected a number >= 0, got {noise!r}")
-    if (not isinstance(radii, list) or len(radii) != 2
-            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in radii)):
+    if (
+        not isinstance(radii, list)
+        or len(radii) != 2
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in radii)
+    ):
         raise InputError(f"spec key 'data.params.radii': expected two positive numbers, got {radii!r}")
     rng = np.random.default_rng([seed, streams.DATA])
     y = np.arange(n) % 2
@@ -171,10 +173,9 @@ def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray,
 def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, source: str):
     """Deterministic split: permutation from default_rng([seed, 1]); test = the first round(N·f) rows."""
     n = x.shape[0]
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     if n_test < 1 or n - n_test < 1:
-        raise InputError(f"spec key 'data.test_fraction': {test_fraction} leaves an empty split of {source} "
-                         f"({n} rows)")
+        raise InputError(f"spec key 'data.test_fraction': {test_fraction} leaves an empty split of {source} ({n} rows)")
     order = np.random.default_rng([seed, streams.SPLIT]).permutation(n)
     test, train = order[:n_test], order[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -196,8 +197,16 @@ def _load_sequences(spec: Spec) -> Dataset:
         found, source = sequences.from_jsonl(Path(data.path), data.params), f"data file '{data.path}'"
     x = np.concatenate([found.storage(), found.lengths[:, None]], axis=1)
     train_x, train_y, test_x, test_y = split(x, found.labels, data.test_fraction, seed, source)
-    return Dataset(train_x[:, :-1], train_y, test_x[:, :-1], test_y, found.n_classes,
-                   train_x[:, -1].copy(), test_x[:, -1].copy(), found.vocab)
+    return Dataset(
+        train_x[:, :-1],
+        train_y,
+        test_x[:, :-1],
+        test_y,
+        found.n_classes,
+        train_x[:, -1].copy(),
+        test_x[:, -1].copy(),
+        found.vocab,
+    )
 
 
 def load_dataset(spec: Spec) -> Dataset:

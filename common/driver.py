@@ -51,8 +51,14 @@ class Adapter(Protocol):
     def device(self) -> str:
         """Where the computation runs, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
 
-    def prepare(self, spec: Spec, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
-                params: dict[str, np.ndarray] | None) -> None:
+    def prepare(
+        self,
+        spec: Spec,
+        data: Dataset,
+        plan: BatchPlan,
+        layers: tuple[Layer, ...],
+        params: dict[str, np.ndarray] | None,
+    ) -> None:
         """Build the native pipeline, the model of `layers`, and the optimizer for a resolved spec.
 
         Exact mode: load `params` and follow `plan`, with the shared dropout masks of common.dropout. Native mode
@@ -77,8 +83,7 @@ def model_layers(spec: Spec, data: Dataset) -> tuple[Layer, ...]:
 
 def canonical_init(spec: Spec, data: Dataset) -> dict[str, np.ndarray]:
     """The shared initial parameters for a spec and dataset."""
-    return layer_stack.init_params(model_layers(spec, data), spec.model.init, spec.seed,
-                                   np.dtype(spec.dtype))
+    return layer_stack.init_params(model_layers(spec, data), spec.model.init, spec.seed, np.dtype(spec.dtype))
 
 
 def _progress(name: str, epoch: int, epochs: int, loss: float) -> None:
@@ -98,16 +103,22 @@ def _epoch_metrics(adapter: Adapter, eval_plan: dict, how: str) -> dict:
 def _check_exact(adapter: Adapter, run: EpochRun, planned: list[Batch], epoch: int) -> None:
     """Exact mode: the pipeline delivered the plan's rows and padded lengths, step by step."""
     if len(run.ids) != len(planned) or len(run.losses) != len(planned):
-        raise RuntimeError(f"{adapter.name} ran {len(run.ids)} steps ({len(run.losses)} losses) at epoch "
-                           f"{epoch + 1}, the plan has {len(planned)}")
-    for got, length, batch in zip(run.ids, run.lengths, planned):
+        raise RuntimeError(
+            f"{adapter.name} ran {len(run.ids)} steps ({len(run.losses)} losses) at epoch "
+            f"{epoch + 1}, the plan has {len(planned)}"
+        )
+    for got, length, batch in zip(run.ids, run.lengths, planned, strict=True):
         got = np.asarray(got)
         if not np.array_equal(got, batch.ids):
-            raise RuntimeError(f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
-                               f"the plan says {batch.ids.tolist()}")
+            raise RuntimeError(
+                f"{adapter.name} pipeline delivered rows {got.tolist()} at epoch {epoch + 1}, "
+                f"the plan says {batch.ids.tolist()}"
+            )
         if int(length) != batch.length:
-            raise RuntimeError(f"{adapter.name} pipeline padded rows {got.tolist()} at epoch {epoch + 1} to length "
-                               f"{length}, the plan says {batch.length}")
+            raise RuntimeError(
+                f"{adapter.name} pipeline padded rows {got.tolist()} at epoch {epoch + 1} to length "
+                f"{length}, the plan says {batch.length}"
+            )
 
 
 def _plans(spec: Spec, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]]:
@@ -115,11 +126,17 @@ def _plans(spec: Spec, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]
     seq = spec.sequence
     size = spec.batching.eval_batch_size
     if not data.is_sequence:
-        return (BatchPlan.from_spec(spec, data.train_x.shape[0]),
-                {split: eval_batches(getattr(data, f"{split}_x").shape[0], size) for split in ("train", "test")})
-    return (BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
-            {split: eval_batches(data.lengths(split).shape[0], size, data.lengths(split), seq.max_len,
-                                 seq.buckets) for split in ("train", "test")})
+        return (
+            BatchPlan.from_spec(spec, data.train_x.shape[0]),
+            {split: eval_batches(getattr(data, f"{split}_x").shape[0], size) for split in ("train", "test")},
+        )
+    return (
+        BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
+        {
+            split: eval_batches(data.lengths(split).shape[0], size, data.lengths(split), seq.max_len, seq.buckets)
+            for split in ("train", "test")
+        },
+    )
 
 
 def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -> dict:
@@ -151,15 +168,23 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
             real = [batch.real_ids for batch in planned]
         else:
             real = [np.asarray(ids) for ids in run.ids]
-        for ids, length, loss in zip(real, run.lengths, np.asarray(run.losses, dtype=np.float64)):
-            steps.append({"epoch": epoch + 1, "step": len(steps) + 1, "batch_ids": ids.tolist(),
-                          "batch_size": int(ids.shape[0]), "loss": float(loss)})
+        for ids, length, loss in zip(real, run.lengths, np.asarray(run.losses, dtype=np.float64), strict=True):
+            steps.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": len(steps) + 1,
+                    "batch_ids": ids.tolist(),
+                    "batch_size": int(ids.shape[0]),
+                    "loss": float(loss),
+                }
+            )
             if data.is_sequence:
                 steps[-1]["padded_length"] = int(length)
         metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}
         if not exact:
-            metrics["train_loss"] = running_epoch_loss([float(v) for v in run.losses],
-                                                       [int(ids.shape[0]) for ids in real])
+            metrics["train_loss"] = running_epoch_loss(
+                [float(v) for v in run.losses], [int(ids.shape[0]) for ids in real]
+            )
         epochs.append(metrics)
         if progress:
             _progress(adapter.name, epoch + 1, spec.train.epochs, metrics["train_loss"])
@@ -171,5 +196,5 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
         "timing": {"prepare_s": prepare_s, "epoch_s": epoch_seconds, "train_s": float(sum(epoch_seconds))},
     }
     if data.is_sequence:
-        body["padding"] = dict(zip(("pad", "truncate"), resolve_sides(spec, adapter.name)))
+        body["padding"] = dict(zip(("pad", "truncate"), resolve_sides(spec, adapter.name), strict=True))
     return body

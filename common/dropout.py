@@ -32,5 +32,11 @@ def shared_masks(seed: int, step: int, layers: tuple[Layer, ...], rows: int, dty
     if not any(layer.rate > 0.0 for layer in drops):
         return None
     rng = np.random.default_rng([seed, streams.MASKS, step])
-    return [(((rng.random((rows, layer.width)) >= layer.rate) * keep_scale(layer.rate)) if layer.rate > 0.0
-             else np.ones((rows, layer.width))).astype(dtype) for layer in drops]
+    return [
+        (
+            ((rng.random((rows, layer.width)) >= layer.rate) * keep_scale(layer.rate))
+            if layer.rate > 0.0
+            else np.ones((rows, layer.width))
+        ).astype(dtype)
+        for layer in drops
+    ]

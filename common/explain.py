@@ -22,8 +22,8 @@ from common.padding import length_cap
 from common.tolerance import Tolerance, tolerance_for
 
 ROUNDING_START = 64  # ulps: how far apart step 1 may be and still count as "agree to rounding"
-MAX_JUMP = 1e4       # the largest step-to-step growth of the difference envelope that still counts as steady
-MIN_STEPS = 10       # a divergence must come at least this late to be called growth
+MAX_JUMP = 1e4  # the largest step-to-step growth of the difference envelope that still counts as steady
+MIN_STEPS = 10  # a divergence must come at least this late to be called growth
 
 
 def _sides(rec: dict) -> dict | None:
@@ -54,8 +54,11 @@ def rounding_growth(losses_a: np.ndarray, losses_b: np.ndarray, dtype: str, tol:
     if np.max(envelope[1:] / envelope[:-1]) > MAX_JUMP:
         return None
     slope = np.polyfit(np.arange(first + 1), np.log10(envelope), 1)[0]
-    return {"first_step": first + 1, "start": float(rel[0]),
-            "per_decade_steps": float(1.0 / slope) if slope > 0 else None}
+    return {
+        "first_step": first + 1,
+        "start": float(rel[0]),
+        "per_decade_steps": float(1.0 / slope) if slope > 0 else None,
+    }
 
 
 def _growth_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | None:
@@ -66,11 +69,16 @@ def _growth_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict |
     found = rounding_growth(npz_a["losses"], npz_b["losses"], spec["dtype"], tol)
     if found is None:
         return None
-    rate = (f", ×10 every {found['per_decade_steps']:.0f} steps" if found["per_decade_steps"] else "")
-    return {"a": a, "b": b, "trap": "rounding-growth",
-            "why": f"{a} and {b} differ by {found['start']:.1g} (relative) at step 1 and the difference grows steadily{rate} "
-                   f"until it crosses rtol {tol.rtol:g} at step {found['first_step']}: the training dynamics amplify "
-                   f"rounding, no semantic difference shows; compare over fewer steps or a smaller lr"}
+    rate = f", ×10 every {found['per_decade_steps']:.0f} steps" if found["per_decade_steps"] else ""
+    return {
+        "a": a,
+        "b": b,
+        "trap": "rounding-growth",
+        "why": f"{a} and {b} differ by {found['start']:.1g} (relative) at step 1 and the difference grows "
+        f"steadily{rate} "
+        f"until it crosses rtol {tol.rtol:g} at step {found['first_step']}: the training dynamics amplify "
+        f"rounding, no semantic difference shows; compare over fewer steps or a smaller lr",
+    }
 
 
 def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
@@ -86,13 +94,25 @@ def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
             continue
         mask = rec_a["spec"]["sequence"]["mask"]
         if sides_a["pad"] != sides_b["pad"] and not mask:
-            out.append({"a": a, "b": b, "trap": "pad-side-unmasked",
-                        "why": f"{a} pads {sides_a['pad']} and {b} pads {sides_b['pad']} with sequence.mask = false: "
-                               f"the model reads the pad tokens, before the real tokens when pre-padded and after "
-                               f"them when post-padded (Keras pad_sequences pads pre by default, torch pad_sequence "
-                               f"and tf padded_batch post); turn the mask on or pad on one side"})
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "trap": "pad-side-unmasked",
+                    "why": f"{a} pads {sides_a['pad']} and {b} pads {sides_b['pad']} with sequence.mask = false: "
+                    f"the model reads the pad tokens, before the real tokens when pre-padded and after "
+                    f"them when post-padded (Keras pad_sequences pads pre by default, torch pad_sequence "
+                    f"and tf padded_batch post); turn the mask on or pad on one side",
+                }
+            )
         if sides_a["truncate"] != sides_b["truncate"] and _truncates(rec_a, npz_a):
-            out.append({"a": a, "b": b, "trap": "truncate-side",
-                        "why": f"{a} truncates {sides_a['truncate']} and {b} {sides_b['truncate']}: rows longer than "
-                               f"the cap keep different tokens (Keras pad_sequences truncates pre by default)"})
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "trap": "truncate-side",
+                    "why": f"{a} truncates {sides_a['truncate']} and {b} {sides_b['truncate']}: rows longer than "
+                    f"the cap keep different tokens (Keras pad_sequences truncates pre by default)",
+                }
+            )
     return out

@@ -35,15 +35,18 @@ class Framework:
         return f"pip install -c constraints.txt -e '.[{self.extra}]'"
 
 
-REGISTRY: dict[str, Framework] = {f.name: f for f in (
-    # the float64 oracle: numpy's "native" sides are the canonical post/post
-    Framework("numpy", "numpy_backend", None, ("numpy",), None, "eager", "post", "post"),
-    # pad_sequence pads at the end; a user truncates with seq[:max_len]
-    Framework("torch", "torch_backend", "torch", ("torch",), "torch", "eager", "post", "post"),
-    # keras.utils.pad_sequences(padding="pre", truncating="pre") defaults
-    Framework("tf", "tf_backend", "tf", ("tensorflow", "keras"), "tensorflow", "eager", "pre", "pre"),
-    # JAX's idiomatic loop is jax.jit (op-by-op JAX is a debugging mode); manual padding writes from position 0
-    Framework("jax", "jax_backend", "jax", ("jax", "flax", "optax"), "jax", "compiled", "post", "post"),
-)}
+REGISTRY: dict[str, Framework] = {
+    f.name: f
+    for f in (
+        # the float64 oracle: numpy's "native" sides are the canonical post/post
+        Framework("numpy", "numpy_backend", None, ("numpy",), None, "eager", "post", "post"),
+        # pad_sequence pads at the end; a user truncates with seq[:max_len]
+        Framework("torch", "torch_backend", "torch", ("torch",), "torch", "eager", "post", "post"),
+        # keras.utils.pad_sequences(padding="pre", truncating="pre") defaults
+        Framework("tf", "tf_backend", "tf", ("tensorflow", "keras"), "tensorflow", "eager", "pre", "pre"),
+        # JAX's idiomatic loop is jax.jit (op-by-op JAX is a debugging mode); manual padding writes from position 0
+        Framework("jax", "jax_backend", "jax", ("jax", "flax", "optax"), "jax", "compiled", "post", "post"),
+    )
+}
 REFERENCE = "numpy"
 FRAMEWORKS = tuple(name for name in REGISTRY if name != REFERENCE)

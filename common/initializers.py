@@ -64,7 +64,10 @@ def recurrent(rng: np.random.Generator, scheme: str, dim: int, units: int) -> tu
     """(W (dim, units), U (units, units), b (units,)) of an Elman RNN under `scheme`."""
     if scheme == "torch_default":
         bound = 1.0 / np.sqrt(units)
-        return (rng.uniform(-bound, bound, (dim, units)), rng.uniform(-bound, bound, (units, units)),
-                rng.uniform(-bound, bound, units))
+        return (
+            rng.uniform(-bound, bound, (dim, units)),
+            rng.uniform(-bound, bound, (units, units)),
+            rng.uniform(-bound, bound, units),
+        )
     kernel, bias = dense(rng, scheme, dim, units)
     return kernel, _orthogonal(rng, units), bias

@@ -47,5 +47,9 @@ def banding(batch_sizes: list[int], how: str) -> dict | None:
     if how != "per_batch_mean" or len(set(batch_sizes)) <= 1:
         return None
     k = min(batch_sizes)
-    return {"batch_sizes": list(batch_sizes), "smallest": k, "levels": [j / k for j in range(k + 1)],
-            "step": 1.0 / (k * len(batch_sizes))}
+    return {
+        "batch_sizes": list(batch_sizes),
+        "smallest": k,
+        "levels": [j / k for j in range(k + 1)],
+        "step": 1.0 / (k * len(batch_sizes)),
+    }

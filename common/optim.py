@@ -18,4 +18,4 @@ import math
 
 def keras_epsilon_hat(eps: float, beta2: float, step: int) -> float:
     """ε̂_t = ε·√(1 − β2ᵗ): the Keras Adam epsilon at step t that reproduces torch/optax's ε placement."""
-    return eps * math.sqrt(1.0 - beta2 ** step)
+    return eps * math.sqrt(1.0 - beta2**step)

@@ -26,12 +26,15 @@ if TYPE_CHECKING:
 
 PAD = 0
 
+
 def resolve_sides(spec: Spec, backend: str) -> tuple[str, str]:
     """The (pad, truncate) sides `backend` uses for a resolved spec."""
     framework = REGISTRY[backend]
     seq = spec.sequence
-    return (framework.native_pad if seq.pad == "native" else seq.pad,
-            framework.native_truncate if seq.truncate == "native" else seq.truncate)
+    return (
+        framework.native_pad if seq.pad == "native" else seq.pad,
+        framework.native_truncate if seq.truncate == "native" else seq.truncate,
+    )
 
 
 def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
@@ -39,8 +42,9 @@ def length_cap(max_len: int, buckets: list[int] | tuple[int, ...]) -> int:
     return max_len or (buckets[-1] if buckets else 0)
 
 
-def padded_length(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...],
-                  bucketed: bool = False) -> int:
+def padded_length(
+    lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[int, ...], bucketed: bool = False
+) -> int:
     """T for a batch whose rows have raw lengths `lengths` (module docstring): max_len when set; for a training
     batch of a bucketed plan (`bucketed`) the bound of its bucket, i.e. of its longest row's bucket, since such a
     batch holds one bucket; otherwise its longest row, capped by the last bucket bound."""
@@ -63,8 +67,12 @@ def kept_lengths(lengths: np.ndarray, max_len: int, buckets: list[int] | tuple[i
     return np.minimum(lengths, cap) if cap else lengths
 
 
-def pad_batch(sequences: list[np.ndarray], side: str = "post", truncate: str = "post", max_len: int = 0,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_batch(
+    sequences: list[np.ndarray],
+    side: str = "post",
+    truncate: str = "post",
+    max_len: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tokens (B, T) int64, mask (B, T) bool, kept lengths (B,)) for a list of 1-D token arrays; T = max_len,
     or the longest sequence when max_len is 0."""
     if side not in ("post", "pre") or truncate not in ("post", "pre"):
@@ -75,18 +83,17 @@ def pad_batch(sequences: list[np.ndarray], side: str = "post", truncate: str = "
     lengths = np.zeros(len(sequences), dtype=np.int64)
     for i, seq in enumerate(sequences):
         seq = np.asarray(seq, dtype=np.int64)
-        kept = seq[:target] if truncate == "post" else seq[max(len(seq) - target, 0):]
+        kept = seq[:target] if truncate == "post" else seq[max(len(seq) - target, 0) :]
         start = 0 if side == "post" else target - len(kept)
-        tokens[i, start: start + len(kept)] = kept
-        mask[i, start: start + len(kept)] = True
+        tokens[i, start : start + len(kept)] = kept
+        mask[i, start : start + len(kept)] = True
         lengths[i] = len(kept)
     return tokens, mask, lengths
 
 
 def bucket_of(lengths: np.ndarray, boundaries: list[int] | tuple[int, ...]) -> np.ndarray:
     """Index of each raw length's bucket: the first bound ≥ n, the last bucket for anything longer."""
-    return np.minimum(np.searchsorted(np.asarray(boundaries), np.asarray(lengths), side="left"),
-                      len(boundaries) - 1)
+    return np.minimum(np.searchsorted(np.asarray(boundaries), np.asarray(lengths), side="left"), len(boundaries) - 1)
 
 
 def loss_weights(weights: np.ndarray, kept: np.ndarray, loss_norm: str) -> np.ndarray:

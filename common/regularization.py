@@ -37,7 +37,7 @@ class Regularization:
     regularize_bias: bool
 
     @classmethod
-    def from_spec(cls, spec: Spec) -> "Regularization":
+    def from_spec(cls, spec: Spec) -> Regularization:
         """The slots of a spec's `regularization` table."""
         r = spec.regularization
         wd_coupled = r.weight_decay if r.decay == "coupled" else 0.0

@@ -27,7 +27,6 @@ from common import rng as streams
 from common.errors import InputError
 
 
-
 @dataclass(frozen=True)
 class Sequences:
     tokens: list[np.ndarray]
@@ -120,8 +119,12 @@ def read_jsonl(path: Path, vocab: int | None = None, n_classes: int | None = Non
         if min(seq) < 1 or (vocab is not None and max(seq) >= vocab):
             allowed = f"1..{vocab - 1}" if vocab is not None else "≥ 1"
             raise InputError(f"{where}: tokens must be in {allowed} (0 is reserved for padding)")
-        if not isinstance(label, int) or isinstance(label, bool) or label < 0 or (
-                n_classes is not None and label >= n_classes):
+        if (
+            not isinstance(label, int)
+            or isinstance(label, bool)
+            or label < 0
+            or (n_classes is not None and label >= n_classes)
+        ):
             allowed = f"0..{n_classes - 1}" if n_classes is not None else "≥ 0"
             raise InputError(f"{where}: label must be an integer in {allowed}")
         tokens.append(np.array(seq, dtype=np.int64))

@@ -14,6 +14,7 @@ Every key has a default, a type and an allowed range; unknown keys, wrong types 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import tomllib
@@ -59,7 +60,7 @@ def _positive_ints(v) -> str | None:
 
 
 def _increasing_ints(v) -> str | None:
-    if _positive_ints(v) or any(a >= b for a, b in zip(v, v[1:])):
+    if _positive_ints(v) or any(a >= b for a, b in itertools.pairwise(v)):
         return "must be a list of strictly increasing positive integers"
     return None
 
@@ -79,10 +80,10 @@ SCHEMA: dict[str, Any] = {
     "seed": Field(0, int, _range(0, 2**32 - 1)),
     "dtype": Field("float32", str, _choice("float32", "float64")),
     "mode": Field("exact", str, _choice("exact", "native")),
-    # how a backend executes its training step (docs/design.md, "Execution modes"): eager = op by op (torch eager, tf.function graph
-    # without XLA, jax without jit), compiled = torch.compile / tf.function(jit_compile=True) / jax.jit, fused =
-    # CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax); default = each
-    # framework's idiomatic loop (common.frameworks)
+    # how a backend executes its training step (docs/design.md, "Execution modes"): eager = op by op (torch eager,
+    # tf.function graph without XLA, jax without jit), compiled = torch.compile / tf.function(jit_compile=True) /
+    # jax.jit, fused = CUDA-graph step (torch, GPU) / one XLA program per epoch (tf) / lax.scan over an epoch (jax);
+    # default = each framework's idiomatic loop (common.frameworks)
     "execution": Field("default", str, _choice("default", "eager", "compiled", "fused")),
     "data": {
         "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz", "sequences", "jsonl")),
@@ -151,6 +152,7 @@ SCHEMA: dict[str, Any] = {
         "alpha": Field(0.05, float, _range(0.0, 0.5, lo_open=True, hi_open=True)),
     },
 }
+
 
 def execution_of(spec: Spec, backend: str) -> str:
     """The execution mode `backend` runs for this spec."""
@@ -230,8 +232,10 @@ def validate(spec: dict) -> dict:
     if not out["name"].strip():
         raise InputError("spec key 'name': must not be empty")
     if out["optimizer"]["name"] == "adamw" and out["regularization"]["decay"] != "decoupled":
-        raise InputError("spec key 'regularization.decay': optimizer 'adamw' is decoupled by definition; "
-                         "set decay = \"decoupled\" or use optimizer 'adam'")
+        raise InputError(
+            "spec key 'regularization.decay': optimizer 'adamw' is decoupled by definition; "
+            "set decay = \"decoupled\" or use optimizer 'adam'"
+        )
     if out["optimizer"]["name"] == "adam" and out["regularization"]["decay"] == "decoupled":
         raise InputError("spec key 'optimizer.name': Adam with decoupled decay is AdamW; set name = \"adamw\"")
     if out["optimizer"]["nesterov"] and out["optimizer"]["momentum"] == 0.0:
@@ -257,8 +261,9 @@ def _check_model(spec: dict) -> None:
         base = SCHEMA["model"]
         for key in MODEL_SHORTHAND:
             if model[key] != base[key].default:
-                raise InputError(f"spec key 'model.{key}': the shorthand is not read when model.layers is given; "
-                                 "drop one of them")
+                raise InputError(
+                    f"spec key 'model.{key}': the shorthand is not read when model.layers is given; drop one of them"
+                )
 
 
 def _check_sequence_rules(spec: Spec) -> None:
@@ -268,16 +273,21 @@ def _check_sequence_rules(spec: Spec) -> None:
     seq_model, seq_data = is_sequence(spec), spec.data.name in SEQUENCE_DATA
     if seq_model != seq_data:
         key = "model.layers" if spec.model.layers else "model.kind"
-        raise InputError(f"spec key '{key}': this model cannot read data.name = '{spec.data.name}' (a model "
-                         "starting with an embedding (seq_pool, rnn) reads sequences or jsonl, others read features)")
+        raise InputError(
+            f"spec key '{key}': this model cannot read data.name = '{spec.data.name}' (a model "
+            "starting with an embedding (seq_pool, rnn) reads sequences or jsonl, others read features)"
+        )
     if spec.model.kind == "rnn" and len(spec.model.hidden) != 1:
         raise InputError("spec key 'model.hidden': rnn takes exactly one width, the RNN state size")
     if spec.sequence.buckets and spec.sequence.max_len:
-        raise InputError("spec key 'sequence.max_len': with buckets the last bucket bound is the maximum length; "
-                         "set max_len = 0")
+        raise InputError(
+            "spec key 'sequence.max_len': with buckets the last bucket bound is the maximum length; set max_len = 0"
+        )
     if seq_model and spec.execution == "fused":
-        raise InputError("spec key 'execution': fused runs whole epochs as one program of static shapes, which "
-                         "variable-length sequences do not have; use default, eager or compiled")
+        raise InputError(
+            "spec key 'execution': fused runs whole epochs as one program of static shapes, which "
+            "variable-length sequences do not have; use default, eager or compiled"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -351,10 +361,10 @@ class _Table:
 
 def _table_class(name: str, schema: dict) -> type:
     """A frozen dataclass with one field per key of `schema` (a sub-table becomes a nested class of its own)."""
-    spec_fields = [(key, _table_class(f"{name}.{key}", sub) if isinstance(sub, dict) else sub.kind)
-                   for key, sub in schema.items()]
-    return make_dataclass(name.replace(".", "_").title().replace("_", ""), spec_fields, bases=(_Table,),
-                          frozen=True)
+    spec_fields = [
+        (key, _table_class(f"{name}.{key}", sub) if isinstance(sub, dict) else sub.kind) for key, sub in schema.items()
+    ]
+    return make_dataclass(name.replace(".", "_").title().replace("_", ""), spec_fields, bases=(_Table,), frozen=True)
 
 
 def _freeze(value: Any) -> Any:
@@ -376,8 +386,14 @@ def _thaw(value: Any) -> Any:
 
 
 def _build(cls: type, schema: dict, values: dict) -> _Table:
-    return cls(**{key: _build(cls.__dataclass_fields__[key].type, sub, values[key]) if isinstance(sub, dict)
-                  else _freeze(values[key]) for key, sub in schema.items()})
+    return cls(
+        **{
+            key: _build(cls.__dataclass_fields__[key].type, sub, values[key])
+            if isinstance(sub, dict)
+            else _freeze(values[key])
+            for key, sub in schema.items()
+        }
+    )
 
 
 Spec = _table_class("spec", SCHEMA)

@@ -97,9 +97,17 @@ def tost(a, b, margin: float, alpha: float = 0.05) -> Equivalence:
     if se == 0.0:
         inside = abs(d) < margin
         ci = (d, d)
-        return Equivalence("equivalent within ±%g" % margin if inside else "different", d, margin, ci, ci,
-                           0.0 if inside else 1.0, a.size, b.size)
-    df = (va + vb) ** 2 / ((va ** 2 / (a.size - 1) if va else 0.0) + (vb ** 2 / (b.size - 1) if vb else 0.0))
+        return Equivalence(
+            f"equivalent within ±{margin:g}" if inside else "different",
+            d,
+            margin,
+            ci,
+            ci,
+            0.0 if inside else 1.0,
+            a.size,
+            b.size,
+        )
+    df = (va + vb) ** 2 / ((va**2 / (a.size - 1) if va else 0.0) + (vb**2 / (b.size - 1) if vb else 0.0))
     p_tost = max(1.0 - t_cdf((d + margin) / se, df), t_cdf((d - margin) / se, df))
     half_eq = t_quantile(1.0 - alpha, df) * se
     half_diff = t_quantile(1.0 - alpha / 2.0, df) * se
@@ -123,7 +131,7 @@ def seed_equivalence(finals: dict[str, dict[str, list[float]]], spec: Spec) -> l
     names = sorted(finals)
     out = []
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             for metric, margin in margins.items():
                 result = tost(finals[a][metric], finals[b][metric], margin, eq.alpha)
                 out.append({"a": a, "b": b, "metric": metric, **result.to_json()})

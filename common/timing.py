@@ -12,16 +12,16 @@ still forces pending asynchronous work (JAX dispatch) to finish.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class Timing:
-    first_call_s: float      # compile / trace / first-touch time, kept apart from the steady state
-    median_s: float          # per call, over windows
+    first_call_s: float  # compile / trace / first-touch time, kept apart from the steady state
+    median_s: float  # per call, over windows
     iqr_s: float
     q25_s: float
     q75_s: float
@@ -37,8 +37,14 @@ class Timing:
         return {**asdict(self), "items_per_s": self.items_per_s}
 
 
-def time_calls(call: Callable[[], object], sync: Callable[[object], None], items_per_call: int,
-               windows: int = 10, calls_per_window: int = 20, warmup: int = 3) -> Timing:
+def time_calls(
+    call: Callable[[], object],
+    sync: Callable[[object], None],
+    items_per_call: int,
+    windows: int = 10,
+    calls_per_window: int = 20,
+    warmup: int = 3,
+) -> Timing:
     """Time `call` (whose result `sync` waits on) as the module docstring describes."""
     t0 = time.perf_counter()
     sync(call())
@@ -55,8 +61,9 @@ def time_calls(call: Callable[[], object], sync: Callable[[object], None], items
         sync(out)
         per_call.append((time.perf_counter() - start) / calls_per_window)
     q25, median, q75 = np.percentile(per_call, [25, 50, 75])
-    return Timing(first, float(median), float(q75 - q25), float(q25), float(q75), windows, calls_per_window,
-                  items_per_call)
+    return Timing(
+        first, float(median), float(q75 - q25), float(q25), float(q75), windows, calls_per_window, items_per_call
+    )
 
 
 def calls_for_budget(seconds_per_call: float, budget_s: float, windows: int) -> int:

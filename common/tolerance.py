@@ -19,20 +19,26 @@ class Tolerance:
 
 
 FLOAT64_EXACT = Tolerance(
-    1e-9, 1e-12,
+    1e-9,
+    1e-12,
     "exact mode, float64: shared order, init and masks leave only summation-order and libm rounding "
     "(~1e-16 per op); 1e-9 leaves room for growth over hundreds of steps while any semantic difference "
     "(a missed factor, a wrong ε, a dropped row) shows at 1e-3 or more at its first step. atol covers "
-    "parameters and losses that pass through zero.")
+    "parameters and losses that pass through zero.",
+)
 FLOAT32_EXACT = Tolerance(
-    1e-4, 1e-6,
+    1e-4,
+    1e-6,
     "exact mode, float32: the same computation in single precision (eps 6e-8) with different kernel "
     "orders; errors grow over steps but stay far below 1e-4 for the suite's experiments, while the traps move "
-    "results by 1e-3 or more.")
+    "results by 1e-3 or more.",
+)
 NATIVE = Tolerance(
-    0.0, 0.0,
+    0.0,
+    0.0,
     "native mode: each framework's own RNG draws different masks and orders, so no per-step claim is made; "
-    "agreement is a statistical question over seeds.")
+    "agreement is a statistical question over seeds.",
+)
 
 
 def tolerance_for(dtype: str, mode: str) -> Tolerance:

@@ -22,8 +22,9 @@ def installed(backend: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in REGISTRY[backend].imports)
 
 
-needs_all_frameworks = pytest.mark.skipif(not all(map(installed, FRAMEWORKS)),
-                                          reason="needs torch, tensorflow and jax (tox -e parity)")
+needs_all_frameworks = pytest.mark.skipif(
+    not all(map(installed, FRAMEWORKS)), reason="needs torch, tensorflow and jax (tox -e parity)"
+)
 
 
 def make_spec(**sections) -> Spec:
@@ -68,8 +69,11 @@ def compare_with_oracle(backend: str, spec: Spec) -> dict:
 
 def divergences(comparison: dict) -> list[str]:
     """Human-readable lines for every divergent metric, empty when equivalent."""
-    return [f"{p['a']} vs {p['b']} {p['metric']}: step {p['first_divergent_step']}, "
-            f"max rel {p['max_rel_diff']}" for p in comparison["pairs"] if p["divergent"]]
+    return [
+        f"{p['a']} vs {p['b']} {p['metric']}: step {p['first_divergent_step']}, max rel {p['max_rel_diff']}"
+        for p in comparison["pairs"]
+        if p["divergent"]
+    ]
 
 
 def worst_rel(comparison: dict) -> float:
@@ -87,83 +91,135 @@ _BASE = {"batching": {"batch_size": 7}, "train": {"epochs": 6}}
 EXACT_MATRIX = {
     # id: sections; iris has 120 training rows, so batch 7 leaves a last batch of 1 (>= 102 steps in 6 epochs)
     "keep-shuffle-sgd-momentum-coupled-drop0.5": {
-        "batching": {"last_batch": "keep"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "regularization": {"weight_decay": 1e-3, "dropout": 0.5}},
+        "batching": {"last_batch": "keep"},
+        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "regularization": {"weight_decay": 1e-3, "dropout": 0.5},
+    },
     "drop-ordered-nesterov-l2-bias-drop0.3": {
-        "batching": {"last_batch": "drop", "shuffle": False}, "optimizer": {"lr": 0.05, "momentum": 0.9,
-                                                                             "nesterov": True},
-        "regularization": {"l2": 1e-3, "regularize_bias": True, "dropout": 0.3}},
+        "batching": {"last_batch": "drop", "shuffle": False},
+        "optimizer": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+        "regularization": {"l2": 1e-3, "regularize_bias": True, "dropout": 0.3},
+    },
     "pad-shuffle-adam-l1mean-tanh-glorot": {
-        "batching": {"last_batch": "pad"}, "optimizer": {"name": "adam", "lr": 0.01},
-        "model": {"activation": "tanh", "init": "glorot_uniform"}, "regularization": {"l1": 1e-3}},
+        "batching": {"last_batch": "pad"},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "model": {"activation": "tanh", "init": "glorot_uniform"},
+        "regularization": {"l1": 1e-3},
+    },
     "keep-ordered-adamw-bias-drop0.3-lecun": {
-        "batching": {"last_batch": "keep", "shuffle": False}, "optimizer": {"name": "adamw", "lr": 0.01},
+        "batching": {"last_batch": "keep", "shuffle": False},
+        "optimizer": {"name": "adamw", "lr": 0.01},
         "model": {"init": "lecun_normal"},
-        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3}},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3},
+    },
     "pad-shuffle-sgd-decoupled-l1sum-drop0.5": {
-        "batching": {"last_batch": "pad"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4, "l1_reduction": "sum",
-                           "dropout": 0.5}},
+        "batching": {"last_batch": "pad"},
+        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "regularization": {
+            "weight_decay": 1e-2,
+            "decay": "decoupled",
+            "l1": 1e-4,
+            "l1_reduction": "sum",
+            "dropout": 0.5,
+        },
+    },
     "drop-shuffle-adam-coupled-l2-l1-bias-deep": {
-        "batching": {"last_batch": "drop"}, "optimizer": {"name": "adam", "lr": 0.01},
+        "batching": {"last_batch": "drop"},
+        "optimizer": {"name": "adam", "lr": 0.01},
         "model": {"hidden": [16, 8]},
-        "regularization": {"weight_decay": 1e-3, "l2": 1e-3, "l1": 1e-3, "regularize_bias": True,
-                           "dropout": 0.5}},
+        "regularization": {"weight_decay": 1e-3, "l2": 1e-3, "l1": 1e-3, "regularize_bias": True, "dropout": 0.5},
+    },
     "keep-shuffle-sgd-l1-on-zero-biases": {
-        "batching": {"last_batch": "keep"}, "optimizer": {"lr": 0.05}, "model": {"init": "glorot_uniform"},
-        "regularization": {"l1": 1e-2, "regularize_bias": True}},
+        "batching": {"last_batch": "keep"},
+        "optimizer": {"lr": 0.05},
+        "model": {"init": "glorot_uniform"},
+        "regularization": {"l1": 1e-2, "regularize_bias": True},
+    },
     "pad-ordered-adamw-l2-banded-eval": {
         "batching": {"last_batch": "pad", "shuffle": False, "eval_batch_size": 8},
-        "optimizer": {"name": "adamw", "lr": 0.01}, "metrics": {"aggregation": "per_batch_mean"},
-        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3, "dropout": 0.3}},
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "metrics": {"aggregation": "per_batch_mean"},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3, "dropout": 0.3},
+    },
     # from the per-backend suites; "drop-sgd-momentum-decoupled-plus-l2" caught torch reading decayed weights
     "keep-shuffle-momentum-l2-drop0.3": {
         "batching": {"last_batch": "keep", "shuffle": True},
         "optimizer": {"momentum": 0.9},
-        "regularization": {"l2": 0.01, "dropout": 0.3}},
+        "regularization": {"l2": 0.01, "dropout": 0.3},
+    },
     "drop-noshuffle-nesterov-wd-l1mean-bias-glorot": {
         "batching": {"last_batch": "drop", "shuffle": False},
         "optimizer": {"momentum": 0.9, "nesterov": True},
         "regularization": {"weight_decay": 0.01, "l1": 0.01, "regularize_bias": True, "dropout": 0.5},
-        "model": {"activation": "tanh", "init": "glorot_uniform"}},
+        "model": {"activation": "tanh", "init": "glorot_uniform"},
+    },
     "pad-shuffle-adam-l1mean": {
         "batching": {"last_batch": "pad"},
         "optimizer": {"name": "adam", "lr": 0.005},
-        "regularization": {"l1": 0.01, "dropout": 0.3}},
+        "regularization": {"l1": 0.01, "dropout": 0.3},
+    },
     "keep-adamw-decoupled-bias": {
         "optimizer": {"name": "adamw", "lr": 0.005},
-        "regularization": {"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5}},
+        "regularization": {"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5},
+    },
     "pad-noshuffle-sgd-l1sum-bias": {
         "batching": {"last_batch": "pad", "shuffle": False},
         "optimizer": {"lr": 0.05},
-        "regularization": {"l1": 0.001, "l1_reduction": "sum", "regularize_bias": True}},
+        "regularization": {"l1": 0.001, "l1_reduction": "sum", "regularize_bias": True},
+    },
     "drop-sgd-momentum-decoupled-plus-l2": {
         "batching": {"last_batch": "drop"},
         "optimizer": {"momentum": 0.9},
-        "regularization": {"weight_decay": 0.01, "decay": "decoupled", "l2": 0.005, "dropout": 0.3}},
+        "regularization": {"weight_decay": 0.01, "decay": "decoupled", "l2": 0.005, "dropout": 0.3},
+    },
     "keep-adam-coupled-wd-l2-two-hidden": {
         "optimizer": {"name": "adam", "lr": 0.005},
         "model": {"hidden": [16, 8], "init": "glorot_uniform"},
-        "regularization": {"weight_decay": 0.01, "l2": 0.002, "dropout": 0.5}},
+        "regularization": {"weight_decay": 0.01, "l2": 0.002, "dropout": 0.5},
+    },
     "pad-adamw-l2-l1sum-lecun": {
         "batching": {"last_batch": "pad"},
         "optimizer": {"name": "adamw", "lr": 0.005},
         "model": {"init": "lecun_normal", "activation": "tanh"},
-        "regularization": {"weight_decay": 0.02, "decay": "decoupled", "l2": 0.001, "l1": 0.0005,
-                           "l1_reduction": "sum", "dropout": 0.3}},
+        "regularization": {
+            "weight_decay": 0.02,
+            "decay": "decoupled",
+            "l2": 0.001,
+            "l1": 0.0005,
+            "l1_reduction": "sum",
+            "dropout": 0.3,
+        },
+    },
     # layer stacks: layer_norm between dense layers (its scale/offset are bias-like: regularized only with
     # regularize_bias), the canonical ε passed explicitly
     "keep-shuffle-adam-l2-layernorm-drop0.3": {
         "optimizer": {"name": "adam", "lr": 0.01},
-        "model": {"layers": [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"},
-                             {"kind": "dropout"}, {"kind": "dense", "units": 8, "activation": "tanh"},
-                             {"kind": "layer_norm"}, {"kind": "dense"}]},
-        "regularization": {"l2": 1e-3, "dropout": 0.3}},
+        "model": {
+            "layers": [
+                {"kind": "dense", "units": 16, "activation": "relu"},
+                {"kind": "layer_norm"},
+                {"kind": "dropout"},
+                {"kind": "dense", "units": 8, "activation": "tanh"},
+                {"kind": "layer_norm"},
+                {"kind": "dense"},
+            ]
+        },
+        "regularization": {"l2": 1e-3, "dropout": 0.3},
+    },
     "pad-sgd-momentum-wd-bias-layernorm-eps1e-3": {
-        "batching": {"last_batch": "pad"}, "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "model": {"layers": [{"kind": "dense", "units": 12}, {"kind": "layer_norm", "eps": 1e-3}, {"kind": "relu"},
-                             {"kind": "dropout", "rate": 0.5}, {"kind": "dense"}]},
-        "regularization": {"weight_decay": 1e-3, "regularize_bias": True}},
+        "batching": {"last_batch": "pad"},
+        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "model": {
+            "layers": [
+                {"kind": "dense", "units": 12},
+                {"kind": "layer_norm", "eps": 1e-3},
+                {"kind": "relu"},
+                {"kind": "dropout", "rate": 0.5},
+                {"kind": "dense"},
+            ]
+        },
+        "regularization": {"weight_decay": 1e-3, "regularize_bias": True},
+    },
 }
 
 

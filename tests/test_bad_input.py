@@ -56,24 +56,39 @@ BAD_SPECS = {
     # layer stacks
     "layer_unknown_kind": ("[model]\nlayers = [{kind = 'conv'}, {kind = 'dense'}]\n", "model.layers[0].kind"),
     "layer_unknown_key": ("[model]\nlayers = [{kind = 'dense', width = 3}]\n", "model.layers[0].width"),
-    "layer_bad_activation": ("[model]\nlayers = [{kind = 'dense', units = 4, activation = 'gelu'}, {kind = 'dense'}]\n",
-                             "model.layers[0].activation"),
+    "layer_bad_activation": (
+        "[model]\nlayers = [{kind = 'dense', units = 4, activation = 'gelu'}, {kind = 'dense'}]\n",
+        "model.layers[0].activation",
+    ),
     "layer_not_table": ("[model]\nlayers = ['dense']\n", "model.layers[0]"),
-    "layer_last_not_dense": ("[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'relu'}]\n",
-                             "model.layers[1].kind"),
+    "layer_last_not_dense": (
+        "[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'relu'}]\n",
+        "model.layers[1].kind",
+    ),
     "layer_rnn_on_features": ("[model]\nlayers = [{kind = 'rnn'}, {kind = 'dense'}]\n", "model.layers[0].kind"),
-    "layer_norm_eps_zero": ("[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'layer_norm', eps = 0.0}, "
-                            "{kind = 'dense'}]\n", "model.layers[1].eps"),
-    "layer_dropout_rate_one": ("[model]\nlayers = [{kind = 'dropout', rate = 1.0}, {kind = 'dense'}]\n",
-                               "model.layers[0].rate"),
+    "layer_norm_eps_zero": (
+        "[model]\nlayers = [{kind = 'dense', units = 4}, {kind = 'layer_norm', eps = 0.0}, {kind = 'dense'}]\n",
+        "model.layers[1].eps",
+    ),
+    "layer_dropout_rate_one": (
+        "[model]\nlayers = [{kind = 'dropout', rate = 1.0}, {kind = 'dense'}]\n",
+        "model.layers[0].rate",
+    ),
     "layers_and_shorthand": ("[model]\nhidden = [8]\nlayers = [{kind = 'dense'}]\n", "model.hidden"),
     "layer_last_units_not_classes": ("[model]\nlayers = [{kind = 'dense', units = 5}]\n", "model.layers[0].units"),
-    "two_embeddings": ("[data]\nname = 'sequences'\n[model]\nlayers = [{kind = 'embedding'}, {kind = 'embedding'}, "
-                       "{kind = 'masked_mean'}, {kind = 'dense'}]\n", "model.layers[1].kind"),
-    "embedding_on_features": ("[model]\nlayers = [{kind = 'embedding'}, {kind = 'masked_mean'}, {kind = 'dense'}]\n",
-                              "model.layers"),
-    "bucketed_drop_too_big": (SEQ + "[batching]\nbatch_size = 300\nlast_batch = 'drop'\n[sequence]\n"
-                              "buckets = [4, 12]\n", "batching.batch_size"),
+    "two_embeddings": (
+        "[data]\nname = 'sequences'\n[model]\nlayers = [{kind = 'embedding'}, {kind = 'embedding'}, "
+        "{kind = 'masked_mean'}, {kind = 'dense'}]\n",
+        "model.layers[1].kind",
+    ),
+    "embedding_on_features": (
+        "[model]\nlayers = [{kind = 'embedding'}, {kind = 'masked_mean'}, {kind = 'dense'}]\n",
+        "model.layers",
+    ),
+    "bucketed_drop_too_big": (
+        SEQ + "[batching]\nbatch_size = 300\nlast_batch = 'drop'\n[sequence]\nbuckets = [4, 12]\n",
+        "batching.batch_size",
+    ),
 }
 
 
@@ -105,8 +120,10 @@ def _write_data(tmp_path, kind):
     if kind in JSONL_ROWS:
         rows, fragment = JSONL_ROWS[kind]
         (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
-        return ("[data]\nname = 'jsonl'\npath = 'd.jsonl'\n[data.params]\nvocab = 10\nclasses = 2\n"
-                "[model]\nkind = 'rnn'\n", fragment)
+        return (
+            "[data]\nname = 'jsonl'\npath = 'd.jsonl'\n[data.params]\nvocab = 10\nclasses = 2\n[model]\nkind = 'rnn'\n",
+            fragment,
+        )
     if kind == "missing_jsonl":
         return "[data]\nname = 'jsonl'\npath = 'nope.jsonl'\n[model]\nkind = 'seq_pool'\n", "nope.jsonl"
     raise AssertionError(kind)
@@ -123,8 +140,18 @@ JSONL_ROWS = {  # malformed sequence files: each error names the file and the li
     "jsonl_missing_label": (['{"tokens": [1]}'], "line 1: expected an object with 'tokens' and 'label'"),
 }
 
-BAD_DATA = ["missing_csv", "nan_csv", "label_range", "mismatch", "empty_csv", "unreadable_npz",
-            "no_label_column", "non_numeric_csv", "missing_jsonl", *JSONL_ROWS]
+BAD_DATA = [
+    "missing_csv",
+    "nan_csv",
+    "label_range",
+    "mismatch",
+    "empty_csv",
+    "unreadable_npz",
+    "no_label_column",
+    "non_numeric_csv",
+    "missing_jsonl",
+    *JSONL_ROWS,
+]
 
 
 def _check(capsys, tmp_path, argv, fragment):
@@ -151,24 +178,32 @@ def test_bad_data(case, tmp_path, capsys):
     _check(capsys, tmp_path, ["run", str(tmp_path / "s.toml")], fragment)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["run", "missing.toml"], "missing.toml"),
-    (["run", "--set", "optimizer.lr"], "optimizer.lr"),
-    (["run", "--set", "optimizer.lrr=0.1"], "optimizer.lrr"),
-    (["run", "--backends", "torch,mxnet"], "mxnet"),
-    (["run", "--bogus"], "arguments"),
-    (["fly"], "arguments"),
-    (["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
-     "model.kind"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "missing.toml"], "missing.toml"),
+        (["run", "--set", "optimizer.lr"], "optimizer.lr"),
+        (["run", "--set", "optimizer.lrr=0.1"], "optimizer.lrr"),
+        (["run", "--backends", "torch,mxnet"], "mxnet"),
+        (["run", "--bogus"], "arguments"),
+        (["fly"], "arguments"),
+        (
+            ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
+            "model.kind",
+        ),
+    ],
+)
 def test_bad_arguments(argv, fragment, tmp_path, capsys):
     _check(capsys, tmp_path, argv, fragment)
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     (tmp_path / "s.toml").write_text("[optimizer]\nlr = -1\n")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "run", str(tmp_path / "s.toml"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "optimizer.lr" in proc.stderr and not (tmp_path / "out").exists()

@@ -1,14 +1,16 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import InputError
 from common.batching import BatchPlan, eval_batches
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 60), b=st.integers(1, 70), shuffle=st.booleans(), seed=st.integers(0, 5),
-       epoch=st.integers(0, 3))
+@given(
+    n=st.integers(1, 60), b=st.integers(1, 70), shuffle=st.booleans(), seed=st.integers(0, 5), epoch=st.integers(0, 3)
+)
 def test_plan_policies(n, b, shuffle, seed, epoch):
     keep = BatchPlan(n, b, shuffle, "keep", seed).batches(epoch)
     real = np.concatenate([x.real_ids for x in keep])
@@ -37,11 +39,11 @@ def test_slots_chunk_into_batches():
     plan = BatchPlan(10, 4, True, "pad", 1)
     ids, weights = plan.slots(0)
     assert ids.shape == (12,) and weights.tolist()[-2:] == [0.0, 0.0]
-    assert [b.ids.tolist() for b in plan.batches(0)] == [ids[i:i + 4].tolist() for i in (0, 4, 8)]
+    assert [b.ids.tolist() for b in plan.batches(0)] == [ids[i : i + 4].tolist() for i in (0, 4, 8)]
 
 
 def test_drop_larger_than_data_is_an_input_error():
-    with pytest.raises(InputError, match="batching.batch_size"):
+    with pytest.raises(InputError, match=r"batching\.batch_size"):
         BatchPlan(5, 8, True, "drop", 0)
 
 

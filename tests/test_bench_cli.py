@@ -15,14 +15,33 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ratios_from_rows_without_frameworks():
     def row(backend, kind, mode, median, items):
-        return {"backend": backend, "kind": kind, "mode": mode, "batch_size": 32, "median_s": median,
-                "items_per_call": items, "items_per_s": items / median}
+        return {
+            "backend": backend,
+            "kind": kind,
+            "mode": mode,
+            "batch_size": 32,
+            "median_s": median,
+            "items_per_call": items,
+            "items_per_s": items / median,
+        }
 
-    bench = {"batch_sizes": [32], "results": [{"backend": "torch", "rows": [
-        row("torch", "end_to_end", "eager", 0.010, 128), row("torch", "end_to_end", "compiled", 0.005, 128),
-        row("torch", "step", "eager", 0.002, 32), row("torch", "reference", "hand-fused", 0.004, 128),
-        row("torch", "loader:naive", "-", 0.004, 128), row("torch", "loader:fast", "-", 0.001, 128)]},
-        {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]}]}
+    bench = {
+        "batch_sizes": [32],
+        "results": [
+            {
+                "backend": "torch",
+                "rows": [
+                    row("torch", "end_to_end", "eager", 0.010, 128),
+                    row("torch", "end_to_end", "compiled", 0.005, 128),
+                    row("torch", "step", "eager", 0.002, 32),
+                    row("torch", "reference", "hand-fused", 0.004, 128),
+                    row("torch", "loader:naive", "-", 0.004, 128),
+                    row("torch", "loader:fast", "-", 0.001, 128),
+                ],
+            },
+            {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]},
+        ],
+    }
     (entry,) = ratios(bench)
     assert entry["best_mode"] == "compiled"
     assert entry["vs_keras_fit"] == pytest.approx(4.0)
@@ -34,9 +53,29 @@ def test_ratios_from_rows_without_frameworks():
 @pytest.mark.cross
 @needs_all_frameworks
 def test_bench_smoke_all_backends(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--batch-sizes", "32", "--windows", "2",
-                           "--budget", "0.02", "--device", "cpu", "--set", "data.params.n=512", "--out",
-                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "bench",
+            "--batch-sizes",
+            "32",
+            "--windows",
+            "2",
+            "--budget",
+            "0.02",
+            "--device",
+            "cpu",
+            "--set",
+            "data.params.n=512",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     bench = json.loads((tmp_path / "bench.json").read_text())
     rows = [r for res in bench["results"] for r in res["rows"]]

@@ -68,7 +68,8 @@ def test_probe_matches_catalogue(trap_id, framework):
     json.dumps(measured)
     assert matches(trap.expected[framework], measured, trap.rtol, trap.atol), (
         f"{framework} no longer behaves as common.traps records for '{trap_id}': measured {measured}, "
-        f"expected {trap.expected[framework]} (rtol {trap.rtol}, atol {trap.atol})")
+        f"expected {trap.expected[framework]} (rtol {trap.rtol}, atol {trap.atol})"
+    )
 
 
 # --------------------------------------------------------------------------------- matching and divergence
@@ -99,8 +100,15 @@ def test_diverges_alone_whole_measurements_and_tolerance():
 
 
 def test_normalise_makes_measurements_json_able():
-    value = T.normalise({1: (np.float32(0.5), np.int64(3)), "b": np.bool_(True), "x": np.array([1.0, np.inf]),
-                         "n": float("nan"), "m": -float("inf")})
+    value = T.normalise(
+        {
+            1: (np.float32(0.5), np.int64(3)),
+            "b": np.bool_(True),
+            "x": np.array([1.0, np.inf]),
+            "n": float("nan"),
+            "m": -float("inf"),
+        }
+    )
     assert value == {"1": [0.5, 3], "b": True, "x": [1.0, "inf"], "n": "nan", "m": "-inf"}
     assert type(value["b"]) is bool and type(value["1"][1]) is int
     json.dumps(value)
@@ -130,8 +138,9 @@ def test_classifiers_name_their_reference_values():
 @pytest.mark.parametrize("form", list(T.DROPOUT_FORMS))
 def test_classify_dropout_recognises_each_rounding_form(form):
     x, rng = T.dropout_input(), np.random.default_rng(0)
-    outputs = {p: np.where(rng.random(x.size) < 1 - p, T.DROPOUT_FORMS[form](x, p), np.float32(0))
-               for p in T.DROPOUT_RATES}
+    outputs = {
+        p: np.where(rng.random(x.size) < 1 - p, T.DROPOUT_FORMS[form](x, p), np.float32(0)) for p in T.DROPOUT_RATES
+    }
     measured = T.classify_dropout(x, outputs)
     assert form in measured["form"].split(" = ")
     assert measured["scale_0.45"] == float(T.DROPOUT_FORMS[form](np.float32(1.0), 0.45))
@@ -163,10 +172,27 @@ def test_package_exports_every_name_the_probes_use():
 
 
 def test_sections_and_citations_name_design_sections():
-    sections = {"Architecture", "Spec", "Layer stacks", "Records", "Exit codes", "Batching and order",
-                "Initialisation", "Dropout", "Regularisation", "Optimisers", "Losses and metrics", "Padding and masks",
-                "Precision", "Native mode", "Randomness", "Tolerances", "Execution modes", "Performance methodology",
-                "Traps"}
+    sections = {
+        "Architecture",
+        "Spec",
+        "Layer stacks",
+        "Records",
+        "Exit codes",
+        "Batching and order",
+        "Initialisation",
+        "Dropout",
+        "Regularisation",
+        "Optimisers",
+        "Losses and metrics",
+        "Padding and masks",
+        "Precision",
+        "Native mode",
+        "Randomness",
+        "Tolerances",
+        "Execution modes",
+        "Performance methodology",
+        "Traps",
+    }
     for trap in CATALOGUE:
         assert trap.section in sections, trap.id
         assert "DESIGN" not in trap.conversion + trap.note + trap.title, trap.id
@@ -184,9 +210,11 @@ def test_layer_norm_eps_trap_records_the_defaults_and_parity_s_canonical_eps():
     assert trap.canonical == {"eps": defaults()["model"]["norm_eps"], "variance": "biased"} and T.NORM_EPS == 1e-5
     assert {fw: e["eps"] for fw, e in trap.expected.items()} == LAYER_NORM_DEFAULTS
     assert all(e["variance"] == "biased" and e["explicit_eps"] == T.NORM_EPS for e in trap.expected.values())
-    assert trap.conversion.startswith("pass eps explicitly (torch nn.LayerNorm(eps=ε), Keras "
-                                      "LayerNormalization(epsilon=ε), flax nn.LayerNorm(epsilon=ε, "
-                                      "use_fast_variance=False))")
+    assert trap.conversion.startswith(
+        "pass eps explicitly (torch nn.LayerNorm(eps=ε), Keras "
+        "LayerNormalization(epsilon=ε), flax nn.LayerNorm(epsilon=ε, "
+        "use_fast_variance=False))"
+    )
     assert trap.diverges(trap.expected) is True
     assert trap.diverges({"torch": trap.expected["torch"]}) is False, "torch's default is Parity's ε"
     size, text = trap.effect_of(trap.expected)
@@ -210,17 +238,26 @@ def _fake_report(framework: str, changed: str | None = None, crashed: str | None
         value = dict(trap.expected[framework])
         if trap.id == changed:
             value = {k: "something else" for k in value}
-        results[trap.id] = ({"ok": False, "error": "RuntimeError: boom"} if trap.id == crashed
-                            else {"ok": True, "value": value, "seconds": 0.0})
-    return {"framework": framework, "status": "ok", "message": "", "versions": {framework: "0.0"},
-            "results": results}
+        results[trap.id] = (
+            {"ok": False, "error": "RuntimeError: boom"}
+            if trap.id == crashed
+            else {"ok": True, "value": value, "seconds": 0.0}
+        )
+    return {"framework": framework, "status": "ok", "message": "", "versions": {framework: "0.0"}, "results": results}
 
 
 def test_matrix_on_fake_measurements():
-    reports = {"torch": _fake_report("torch", changed="adam_eps_default"),
-               "tf": {"framework": "tf", "status": "not installed", "message": "tensorflow not installed",
-                      "versions": {}, "results": {}},
-               "jax": _fake_report("jax", crashed="abs_subgradient")}
+    reports = {
+        "torch": _fake_report("torch", changed="adam_eps_default"),
+        "tf": {
+            "framework": "tf",
+            "status": "not installed",
+            "message": "tensorflow not installed",
+            "versions": {},
+            "results": {},
+        },
+        "jax": _fake_report("jax", crashed="abs_subgradient"),
+    }
     matrix = conformance.build_matrix(reports)
     json.dumps(matrix)
     rows = {r["id"]: r for r in matrix["traps"]}
@@ -229,11 +266,11 @@ def test_matrix_on_fake_measurements():
     assert rows["adam_eps_default"]["cells"]["tf"]["status"] == "not installed"
     assert rows["abs_subgradient"]["cells"]["jax"]["status"] == "crashed"
     assert rows["optax_decay_mask"]["cells"]["torch"]["status"] == "n/a"
-    assert rows["shuffle_order"]["diverges"] is True      # torch and jax orders differ (and from numpy's)
-    assert rows["dropout_scale"]["diverges"] is True      # torch and flax round 1/(1−p) unlike common.dropout
+    assert rows["shuffle_order"]["diverges"] is True  # torch and jax orders differ (and from numpy's)
+    assert rows["dropout_scale"]["diverges"] is True  # torch and flax round 1/(1−p) unlike common.dropout
     assert rows["l2_vs_weight_decay"]["diverges"] is False  # without Keras, torch and optax agree
     assert rows["adam_weight_decay_equivalence"]["diverges"] is False
-    assert rows["keras_auto_jit"]["diverges"] is None       # tf alone, no canonical value: nothing to compare
+    assert rows["keras_auto_jit"]["diverges"] is None  # tf alone, no canonical value: nothing to compare
     assert matrix["summary"]["changed"] == ["adam_eps_default/torch"]
     assert matrix["summary"]["crashed"] == ["abs_subgradient/jax"]
     assert matrix["summary"]["not_installed"] == ["tf"]
@@ -264,10 +301,9 @@ def test_worker_reports_a_missing_framework(tmp_path, monkeypatch):
     assert conformance.build_matrix({"jax": report})["exit_code"] == 3
 
 
-@pytest.mark.parametrize("argv", [["conformance", "--traps", "no_such_trap"],
-                                  ["conformance", "--frameworks", "mxnet"]])
+@pytest.mark.parametrize("argv", [["conformance", "--traps", "no_such_trap"], ["conformance", "--frameworks", "mxnet"]])
 def test_bad_arguments_exit_2(argv, tmp_path, capsys):
-    assert main(argv + ["--out", str(tmp_path / "out")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "parity: error:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -277,8 +313,13 @@ def test_bad_arguments_exit_2(argv, tmp_path, capsys):
 @needs_all_frameworks
 def test_parity_conformance_command(tmp_path):
     out = tmp_path / "conformance"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "conformance", "--out", str(out), "--quiet"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "conformance", "--out", str(out), "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     matrix = json.loads((out / "conformance.json").read_text())
     assert matrix["summary"]["traps"] == len(CATALOGUE) >= 25

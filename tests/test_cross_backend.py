@@ -16,7 +16,7 @@ from benchmarks.runner import run_all
 from common import record
 from common.compare import compare
 from common.tolerance import tolerance_for
-from tests.support import needs_all_frameworks, EXACT_MATRIX, divergences, matrix_spec, worst_rel, worst_tolerance_used
+from tests.support import EXACT_MATRIX, divergences, matrix_spec, needs_all_frameworks, worst_rel, worst_tolerance_used
 
 pytestmark = [
     pytest.mark.cross,
@@ -42,16 +42,23 @@ def test_all_backends_agree_with_the_oracle_at_every_step(matrix_records, case, 
     records = {name: record.read(folder, name) for name in (REFERENCE, *FRAMEWORKS)}
     assert len(records[REFERENCE][0]["steps"]) >= 100
     comparison = compare(records, REFERENCE, tolerance_for(dtype, "exact"))
-    print(f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}, "
-          f"tolerance used {worst_tolerance_used(comparison):.3g}")
+    print(
+        f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}, "
+        f"tolerance used {worst_tolerance_used(comparison):.3g}"
+    )
     assert divergences(comparison) == []
     ids = [[s["batch_ids"] for s in rec["steps"]] for rec, _ in records.values()]
     assert all(i == ids[0] for i in ids)
 
 
 def _parity(tmp_path, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "benchmarks", "run", "--quiet", *args], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent.parent, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+    )
 
 
 def test_default_run_writes_everything_and_is_equivalent(tmp_path):
@@ -105,8 +112,9 @@ def test_divergence_exit_code_and_first_step(tmp_path):
 
 def test_tost_verdict_on_iris_in_native_mode(tmp_path):
     """Native mode over seeds: every backend pair gets a TOST verdict with intervals; the report shows them."""
-    proc = _parity(tmp_path, "--out", str(tmp_path / "t"), "--seeds", "3", "--set", 'mode="native"',
-                   "--set", "train.epochs=3")
+    proc = _parity(
+        tmp_path, "--out", str(tmp_path / "t"), "--seeds", "3", "--set", 'mode="native"', "--set", "train.epochs=3"
+    )
     assert proc.returncode in (0, 1), proc.stderr
     comparison = json.loads((tmp_path / "t" / "comparison.json").read_text())
     assert comparison["seeds"] == [0, 1, 2]

@@ -21,7 +21,7 @@ from common.compare import compare
 from common.datasets import load_dataset
 from common.spec import Spec, typed
 from common.tolerance import tolerance_for
-from tests.support import needs_all_frameworks, divergences, seq_spec, worst_rel, worst_tolerance_used
+from tests.support import divergences, needs_all_frameworks, seq_spec, worst_rel, worst_tolerance_used
 
 pytestmark = [
     pytest.mark.cross,
@@ -33,33 +33,50 @@ EVERYONE = (REFERENCE, *FRAMEWORKS)
 # 72 training rows of 2..10 tokens, batch 7: the unbucketed plan leaves a ragged last batch of 2
 SEQ_MATRIX = {
     "pool-post-keep-momentum-wd-drop": dict(
-        sequence={"pad": "post"}, optimizer={"momentum": 0.9},
-        regularization={"weight_decay": 1e-3, "dropout": 0.3}),
+        sequence={"pad": "post"}, optimizer={"momentum": 0.9}, regularization={"weight_decay": 1e-3, "dropout": 0.3}
+    ),
     "pool-pre-truncpre-maxlen6-adam-l1-pertoken": dict(
         sequence={"pad": "pre", "truncate": "pre", "max_len": 6, "loss_norm": "per_token"},
-        optimizer={"name": "adam", "lr": 0.01}, regularization={"l1": 1e-3}, model={"activation": "tanh"}),
+        optimizer={"name": "adam", "lr": 0.01},
+        regularization={"l1": 1e-3},
+        model={"activation": "tanh"},
+    ),
     "rnn-post-buckets-pad-pertoken-l2": dict(
-        model={"kind": "rnn"}, sequence={"buckets": [4, 7, 10], "loss_norm": "per_token"},
-        batching={"last_batch": "pad"}, regularization={"l2": 1e-3}),
+        model={"kind": "rnn"},
+        sequence={"buckets": [4, 7, 10], "loss_norm": "per_token"},
+        batching={"last_batch": "pad"},
+        regularization={"l2": 1e-3},
+    ),
     "rnn-pre-truncpost-maxlen6-adamw-drop-bias": dict(
-        model={"kind": "rnn", "init": "glorot_uniform"}, sequence={"pad": "pre", "truncate": "post", "max_len": 6},
+        model={"kind": "rnn", "init": "glorot_uniform"},
+        sequence={"pad": "pre", "truncate": "post", "max_len": 6},
         optimizer={"name": "adamw", "lr": 0.01},
-        regularization={"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3}),
+        regularization={"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3},
+    ),
     "rnn-pre-buckets-keep-truncpre-sgd": dict(
-        model={"kind": "rnn", "init": "lecun_normal"}, sequence={"pad": "pre", "truncate": "pre", "buckets": [3, 6]},
-        optimizer={"lr": 0.2}),
+        model={"kind": "rnn", "init": "lecun_normal"},
+        sequence={"pad": "pre", "truncate": "pre", "buckets": [3, 6]},
+        optimizer={"lr": 0.2},
+    ),
     "rnn-post-longest-keep-nesterov-drop-noshuffle": dict(
-        model={"kind": "rnn"}, batching={"shuffle": False},
-        optimizer={"momentum": 0.9, "nesterov": True}, regularization={"dropout": 0.5, "l2": 1e-3}),
+        model={"kind": "rnn"},
+        batching={"shuffle": False},
+        optimizer={"momentum": 0.9, "nesterov": True},
+        regularization={"dropout": 0.5, "l2": 1e-3},
+    ),
 }
-FLOAT32_CASES = ("rnn-post-buckets-pad-pertoken-l2", "rnn-pre-truncpost-maxlen6-adamw-drop-bias",
-                 "pool-pre-truncpre-maxlen6-adam-l1-pertoken")
+FLOAT32_CASES = (
+    "rnn-post-buckets-pad-pertoken-l2",
+    "rnn-pre-truncpost-maxlen6-adamw-drop-bias",
+    "pool-pre-truncpre-maxlen6-adam-l1-pertoken",
+)
 SIDE_CASE = dict(model={"kind": "rnn"}, sequence={"buckets": [4, 10]}, optimizer={"lr": 0.2})
 
 
 def _jobs(work: Path) -> list[tuple[Spec, Path]]:
-    jobs = [(seq_spec("float64", name=case, **sections), work / "float64" / case)
-            for case, sections in SEQ_MATRIX.items()]
+    jobs = [
+        (seq_spec("float64", name=case, **sections), work / "float64" / case) for case, sections in SEQ_MATRIX.items()
+    ]
     jobs += [(seq_spec("float32", name=case, **SEQ_MATRIX[case]), work / "float32" / case) for case in FLOAT32_CASES]
     for pad in ("post", "pre"):
         for mask in (True, False):
@@ -85,8 +102,10 @@ def _records(folder: Path) -> dict:
 def test_every_backend_agrees_with_the_oracle_at_every_step(seq_records, dtype, case):
     records = _records(seq_records / dtype / case)
     comparison = compare(records, REFERENCE, tolerance_for(dtype, "exact"))
-    print(f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}, "
-          f"tolerance used {worst_tolerance_used(comparison):.3g}")
+    print(
+        f"{dtype} {case}: worst relative difference {worst_rel(comparison):.3g}, "
+        f"tolerance used {worst_tolerance_used(comparison):.3g}"
+    )
     assert divergences(comparison) == []
     steps = records[REFERENCE][0]["steps"]
     assert len(steps) >= 20
@@ -123,20 +142,46 @@ def test_unmasked_pre_and_post_padding_diverge_in_every_backend(seq_records):
     post, pre = _records(seq_records / "side" / "post-False"), _records(seq_records / "side" / "pre-False")
     for name in EVERYONE:
         comparison = compare({"post": post[name], "pre": pre[name]}, "post", tolerance_for("float64", "exact"))
-        assert any(p["metric"] == "loss" and p["first_divergent_step"] == 1 for p in comparison["pairs"]
-                   if p["divergent"]), name
+        assert any(
+            p["metric"] == "loss" and p["first_divergent_step"] == 1 for p in comparison["pairs"] if p["divergent"]
+        ), name
         # each side on its own is still equivalent across the frameworks
     for side in (post, pre):
         assert divergences(compare(side, REFERENCE, tolerance_for("float64", "exact"))) == []
 
 
 def _parity(tmp_path, *overrides):
-    return subprocess.run([sys.executable, "-m", "benchmarks", "run", "--quiet", "--out", str(tmp_path / "out"),
-                           "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[6]",
-                           "--set", "model.embed_dim=4", "--set", "train.epochs=1", "--set", "batching.batch_size=16",
-                           "--set", "sequence.buckets=[5, 12]", "--set", 'sequence.pad="native"',
-                           *[a for o in overrides for a in ("--set", o)]],
-                          capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "run",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+            "--set",
+            'data.name="sequences"',
+            "--set",
+            'model.kind="rnn"',
+            "--set",
+            "model.hidden=[6]",
+            "--set",
+            "model.embed_dim=4",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "batching.batch_size=16",
+            "--set",
+            "sequence.buckets=[5, 12]",
+            "--set",
+            'sequence.pad="native"',
+            *[a for o in overrides for a in ("--set", o)],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def test_harness_names_the_unmasked_padding_side_trap(tmp_path):
@@ -147,8 +192,10 @@ def test_harness_names_the_unmasked_padding_side_trap(tmp_path):
     causes = json.loads((tmp_path / "out" / "comparison.json").read_text())["causes"]
     named = {(c["a"], c["b"]) for c in causes if c["trap"] == "pad-side-unmasked"}
     assert named == {("jax", "tf"), ("numpy", "tf"), ("tf", "torch")}
-    assert "cause [pad-side-unmasked]" in proc.stdout and "cause [pad-side-unmasked]" in (
-        tmp_path / "out" / "report.md").read_text()
+    assert (
+        "cause [pad-side-unmasked]" in proc.stdout
+        and "cause [pad-side-unmasked]" in (tmp_path / "out" / "report.md").read_text()
+    )
     records = {n: record.read(tmp_path / "out" / "records", n) for n in EVERYONE}
     assert records["tf"][0]["padding"]["pad"] == "pre" and records["torch"][0]["padding"]["pad"] == "post"
 

@@ -3,7 +3,6 @@ import numpy as np
 from common.datasets import load_dataset
 from common.layers import init_params, stack
 from tests.support import make_spec
-from tests.support import make_spec
 
 
 def test_iris_split_is_deterministic_and_standardised_on_train_only():
@@ -18,8 +17,11 @@ def test_iris_split_is_deterministic_and_standardised_on_train_only():
 
 
 def test_doughnuts_rings_and_digits():
-    d = load_dataset(make_spec(data={"name": "doughnuts", "standardize": False,
-                                     "params": {"n": 400, "noise": 0.0, "radii": [1.0, 3.0]}}))
+    d = load_dataset(
+        make_spec(
+            data={"name": "doughnuts", "standardize": False, "params": {"n": 400, "noise": 0.0, "radii": [1.0, 3.0]}}
+        )
+    )
     radius = np.hypot(*np.concatenate([d.train_x, d.test_x]).T)
     labels = np.concatenate([d.train_y, d.test_y])
     assert np.allclose(radius[labels == 0], 1.0) and np.allclose(radius[labels == 1], 3.0)
@@ -31,7 +33,9 @@ def test_csv_and_npz_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(20, 3)), rng.integers(0, 2, 20)
     np.savez(tmp_path / "d.npz", x=x, y=y)
-    lines = ["f0,label,f1,f2"] + [f"{float(r[0])!r},{k},{float(r[1])!r},{float(r[2])!r}" for r, k in zip(x, y)]
+    lines = ["f0,label,f1,f2"] + [
+        f"{float(r[0])!r},{k},{float(r[1])!r},{float(r[2])!r}" for r, k in zip(x, y, strict=True)
+    ]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     a = load_dataset(make_spec(data={"name": "npz", "path": str(tmp_path / "d.npz")}))
     b = load_dataset(make_spec(data={"name": "csv", "path": str(tmp_path / "d.csv")}))

@@ -35,8 +35,10 @@ def test_feature_records_have_no_padding_and_no_cause():
 
 def _loss_records(losses_a, losses_b, dtype="float64"):
     spec = {"mode": "exact", "dtype": dtype}
-    return {"a": ({"spec": spec}, {"losses": np.asarray(losses_a)}),
-            "b": ({"spec": spec}, {"losses": np.asarray(losses_b)})}
+    return {
+        "a": ({"spec": spec}, {"losses": np.asarray(losses_a)}),
+        "b": ({"spec": spec}, {"losses": np.asarray(losses_b)}),
+    }
 
 
 def test_steady_growth_from_rounding_is_named_with_its_rate():
@@ -63,5 +65,5 @@ def test_growth_needs_agreement_at_step_one_and_a_late_divergence():
     base = np.linspace(1.0, 0.5, 200)
     steady = 10 ** (np.arange(200) / 30)
     assert explain(_loss_records(base, base * (1 + 1e-12 * steady))) == []  # already 1e-12 apart at step 1
-    early = base * (1 + 2.2e-16 * 10 ** np.arange(200))                     # ×10 per step: crosses at step 8
+    early = base * (1 + 2.2e-16 * 10 ** np.arange(200))  # ×10 per step: crosses at step 8
     assert explain(_loss_records(base, early)) == []

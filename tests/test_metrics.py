@@ -1,7 +1,8 @@
 """Aggregation: the weighted metric ignores the evaluation batching; the per-batch mean does not (banding)."""
 
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.batching import eval_batches
 from common.metrics import aggregate, cross_entropy, weighted_mean
@@ -12,8 +13,10 @@ def _per_batch(values, size):
     return [float(values[b.ids].sum()) for b in batches], [b.rows for b in batches]
 
 
-ROW_VALUES = st.one_of(st.lists(st.booleans(), min_size=2, max_size=50),  # per-row correctness (accuracy)
-                       st.lists(st.floats(0.0, 20.0), min_size=2, max_size=50))  # per-row cross-entropy (loss)
+ROW_VALUES = st.one_of(
+    st.lists(st.booleans(), min_size=2, max_size=50),  # per-row correctness (accuracy)
+    st.lists(st.floats(0.0, 20.0), min_size=2, max_size=50),
+)  # per-row cross-entropy (loss)
 
 
 @settings(max_examples=80, deadline=None)
@@ -41,7 +44,7 @@ def test_per_batch_mean_depends_on_batching_when_batches_are_unequal(case):
     n = len(values)
     sums, counts = _per_batch(values, size)
     k, r = n // size, n % size
-    full, last = values[: k * size].mean(), values[k * size:].mean()
+    full, last = values[: k * size].mean(), values[k * size :].mean()
     assert np.isclose(aggregate(sums, counts, "per_batch_mean"), (k * full + last) / (k + 1))
     assert np.isclose(aggregate(sums, counts, "weighted"), (k * size * full + r * last) / n)
     if not np.isclose(last, full):
@@ -59,7 +62,7 @@ def test_banding_quantisation_of_a_batch_of_two():
 def test_cross_entropy_matches_definition():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(5, 3)) * 10, rng.integers(0, 3, 5)
-    expected = [np.log(np.exp(z).sum()) - z[y] for z, y in zip(logits, labels)]
+    expected = [np.log(np.exp(z).sum()) - z[y] for z, y in zip(logits, labels, strict=True)]
     assert np.allclose(cross_entropy(logits, labels), expected, rtol=1e-12)
     assert weighted_mean(np.array([1.0, 3.0, 100.0]), np.array([1.0, 1.0, 0.0])) == 2.0
 
@@ -83,9 +86,10 @@ def test_doughnuts_banding_is_reproduced_by_the_oracle():
     banded = run_in_process("numpy", runs[("per_batch_mean", 78)].spec)[0]["epochs"]
     weighted = run_in_process("numpy", runs[("weighted", 78)].spec)[0]["epochs"]
     whole = run_in_process("numpy", runs[("weighted", 0)].spec)[0]["epochs"]
-    for b, w, h in zip(banded, weighted, whole):
+    for b, w, h in zip(banded, weighted, whole, strict=True):
         assert w["test_acc"] == h["test_acc"]  # weighted: independent of the evaluation batch size
-        fits = [abs(round((2 * b["test_acc"] - a2) * 78) - (2 * b["test_acc"] - a2) * 78) < 1e-9
-                for a2 in (0.0, 0.5, 1.0)]
+        fits = [
+            abs(round((2 * b["test_acc"] - a2) * 78) - (2 * b["test_acc"] - a2) * 78) < 1e-9 for a2 in (0.0, 0.5, 1.0)
+        ]
         assert any(fits)
-    assert any(b["test_acc"] != w["test_acc"] for b, w in zip(banded, weighted))
+    assert any(b["test_acc"] != w["test_acc"] for b, w in zip(banded, weighted, strict=True))

@@ -2,25 +2,29 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.batching import BatchPlan
 from common.errors import InputError
-from common.padding import (bucket_of, kept_lengths, loss_weights, masked_mean, pad_batch, padded_length,
-                            resolve_sides)
+from common.padding import bucket_of, kept_lengths, loss_weights, masked_mean, pad_batch, padded_length, resolve_sides
 from tests.support import seq_spec
 
 seqs = st.lists(st.lists(st.integers(1, 9), min_size=1, max_size=12), min_size=1, max_size=8)
 
 
 @settings(max_examples=80, deadline=None)
-@given(batch=seqs, max_len=st.integers(0, 14), side=st.sampled_from(["post", "pre"]),
-       truncate=st.sampled_from(["post", "pre"]))
+@given(
+    batch=seqs,
+    max_len=st.integers(0, 14),
+    side=st.sampled_from(["post", "pre"]),
+    truncate=st.sampled_from(["post", "pre"]),
+)
 def test_masked_tokens_are_the_kept_tokens_in_order(batch, max_len, side, truncate):
     tokens, mask, lengths = pad_batch([np.array(s) for s in batch], side, truncate, max_len)
     target = max_len or max(map(len, batch))
     assert tokens.shape == mask.shape == (len(batch), target)
-    for row, m, n, s in zip(tokens, mask, lengths, batch):
+    for row, m, n, s in zip(tokens, mask, lengths, batch, strict=True):
         kept = s[:target] if truncate == "post" else s[-target:] if target else []
         assert row[m].tolist() == list(kept) and n == len(kept)
         assert not row[~m].any()  # pads are token 0
@@ -31,15 +35,20 @@ def test_masked_tokens_are_the_kept_tokens_in_order(batch, max_len, side, trunca
 
 
 def test_keras_and_torch_conventions():
-    tokens, mask, _ = pad_batch([np.array([1, 2, 3]), np.array([4])], side="pre", truncate="pre", max_len=2)
+    tokens, _, _ = pad_batch([np.array([1, 2, 3]), np.array([4])], side="pre", truncate="pre", max_len=2)
     assert tokens.tolist() == [[2, 3], [0, 4]]  # keras pad_sequences(maxlen=2) defaults
     tokens, _, lengths = pad_batch([np.array([1]), np.array([2, 3, 4])])
     assert tokens.tolist() == [[1, 0, 0], [2, 3, 4]] and lengths.tolist() == [1, 3]  # pad_sequence(batch_first)
 
 
 @settings(max_examples=60, deadline=None)
-@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=60), batch_size=st.integers(1, 9),
-       seed=st.integers(0, 3), shuffle=st.booleans(), last_batch=st.sampled_from(["keep", "drop", "pad"]))
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=60),
+    batch_size=st.integers(1, 9),
+    seed=st.integers(0, 3),
+    shuffle=st.booleans(),
+    last_batch=st.sampled_from(["keep", "drop", "pad"]),
+)
 def test_bucketed_plan_covers_rows_with_bounded_shapes(lengths, batch_size, seed, shuffle, last_batch):
     lengths = np.array(lengths)
     boundaries = (8, 16, 32)
@@ -69,11 +78,11 @@ def test_bucketed_plan_is_a_streaming_bucketer():
     padded = BatchPlan(10, 2, False, "pad", 0, lengths, 0, (2, 5, 9)).batches(0)
     assert [(b.ids.tolist(), b.weights.tolist()) for b in padded[-2:]] == [([9, 1], [1, 0]), ([8, 3], [1, 0])]
     ids, weights = BatchPlan(10, 2, False, "pad", 0, lengths, 0, (2, 5, 9)).slots(0)
-    assert ids.tolist() == list(range(10)) + [1, 3] and weights.tolist() == [1] * 10 + [0, 0]
+    assert ids.tolist() == [*range(10), 1, 3] and weights.tolist() == [1] * 10 + [0, 0]
 
 
 def test_drop_with_every_bucket_short_is_an_input_error():
-    with pytest.raises(InputError, match="batching.batch_size"):
+    with pytest.raises(InputError, match=r"batching\.batch_size"):
         BatchPlan(4, 3, False, "drop", 0, np.array([1, 9, 2, 9]), 0, (4, 10))
 
 
@@ -81,7 +90,7 @@ def test_padded_length_rules():
     assert padded_length(np.array([3, 7]), 0, ()) == 7
     assert padded_length(np.array([3, 7]), 5, ()) == 5
     assert padded_length(np.array([3, 12]), 0, (4, 10)) == 10
-    assert padded_length(np.array([2, 3]), 0, (4, 10)) == 3             # evaluation: the longest row
+    assert padded_length(np.array([2, 3]), 0, (4, 10)) == 3  # evaluation: the longest row
     assert padded_length(np.array([2, 3]), 0, (4, 10), bucketed=True) == 4  # a bucketed batch: its bound
     assert padded_length(np.array([5, 12]), 0, (4, 10), bucketed=True) == 10
     assert kept_lengths(np.array([3, 12]), 0, (4, 10)).tolist() == [3, 10]

@@ -12,14 +12,14 @@ from common.sequences import majority_group, read_jsonl, synthetic
 
 def test_synthetic_is_deterministic_and_labels_depend_on_the_whole_sequence():
     a, b = synthetic(300, 2, 20, 12, 3, seed=0), synthetic(300, 2, 20, 12, 3, seed=0)
-    assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens))
+    assert all(np.array_equal(x, y) for x, y in zip(a.tokens, b.tokens, strict=True))
     assert a.lengths.min() >= 2 and a.lengths.max() <= 20 and min(t.min() for t in a.tokens) >= 1
     assert set(a.labels.tolist()) == {0, 1, 2}
-    for t, label in zip(a.tokens, a.labels):
+    for t, label in zip(a.tokens, a.labels, strict=True):
         counts = [(t % 3 == g).sum() for g in range(3)]
         assert counts[label] == max(counts) and label == counts.index(max(counts))
     truncated, _, _ = pad_batch(a.tokens, truncate="post", max_len=5)
-    changed = sum(majority_group(row[row > 0], 3) != label for row, label in zip(truncated, a.labels))
+    changed = sum(majority_group(row[row > 0], 3) != label for row, label in zip(truncated, a.labels, strict=True))
     assert changed > 0  # truncation changes some answers
 
 
@@ -29,15 +29,18 @@ def _write(tmp_path, rows):
     return path
 
 
-@pytest.mark.parametrize("row, fragment", [
-    ({"tokens": [], "label": 0}, "non-empty"),
-    ({"tokens": [1, 99], "label": 0}, "0 is reserved"),
-    ({"tokens": [0, 1], "label": 0}, "0 is reserved"),
-    ({"tokens": [1, 2.5], "label": 0}, "integers"),
-    ({"tokens": [1, 2], "label": 7}, "label"),
-    ({"tokens": [1, 2]}, "'label'"),
-    ("{not json", "JSON"),
-])
+@pytest.mark.parametrize(
+    "row, fragment",
+    [
+        ({"tokens": [], "label": 0}, "non-empty"),
+        ({"tokens": [1, 99], "label": 0}, "0 is reserved"),
+        ({"tokens": [0, 1], "label": 0}, "0 is reserved"),
+        ({"tokens": [1, 2.5], "label": 0}, "integers"),
+        ({"tokens": [1, 2], "label": 7}, "label"),
+        ({"tokens": [1, 2]}, "'label'"),
+        ("{not json", "JSON"),
+    ],
+)
 def test_jsonl_errors_name_file_and_line(tmp_path, row, fragment):
     path = _write(tmp_path, [{"tokens": [1, 2], "label": 1}, row])
     with pytest.raises(InputError, match="line 2") as info:

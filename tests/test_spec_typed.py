@@ -10,11 +10,20 @@ import pytest
 from common.spec import SCHEMA, Field, Spec, apply_overrides, defaults, load_spec, typed, validate
 from tests.support import make_spec, seq_spec
 
-NORM_STACK_SECTIONS = {"model": {"layers": [{"kind": "dense", "units": 6, "activation": "relu"},
-                                            {"kind": "layer_norm"}, {"kind": "dropout", "rate": 0.25},
-                                            {"kind": "dense", "units": 5}, {"kind": "layer_norm", "eps": 1e-3},
-                                            {"kind": "tanh"}, {"kind": "dense"}]},
-                       "regularization": {"dropout": 0.5}}
+NORM_STACK_SECTIONS = {
+    "model": {
+        "layers": [
+            {"kind": "dense", "units": 6, "activation": "relu"},
+            {"kind": "layer_norm"},
+            {"kind": "dropout", "rate": 0.25},
+            {"kind": "dense", "units": 5},
+            {"kind": "layer_norm", "eps": 1e-3},
+            {"kind": "tanh"},
+            {"kind": "dense"},
+        ]
+    },
+    "regularization": {"dropout": 0.5},
+}
 
 
 def _keys(schema: dict, prefix: tuple[str, ...] = ()):
@@ -39,12 +48,15 @@ def _frozen(value):
 SPECS = {
     "default": lambda: validate(defaults()),
     "built-in run": lambda: load_spec(None).to_dict(),
-    "sequence": lambda: seq_spec(model={"kind": "rnn"}, sequence={"pad": "pre", "buckets": [4, 10]},
-                                 data={"params": {"n": 90, "min_len": 2, "max_len": 10, "vocab": 16,
-                                                  "classes": 3}}).to_dict(),
+    "sequence": lambda: seq_spec(
+        model={"kind": "rnn"},
+        sequence={"pad": "pre", "buckets": [4, 10]},
+        data={"params": {"n": 90, "min_len": 2, "max_len": 10, "vocab": 16, "classes": 3}},
+    ).to_dict(),
     "layer stack": lambda: make_spec(**NORM_STACK_SECTIONS).to_dict(),
-    "doughnuts params": lambda: validate(apply_overrides(defaults(), [
-        'data.name="doughnuts"', "data.params={n = 40, noise = 0.1, radii = [1.0, 3.0]}"])),
+    "doughnuts params": lambda: validate(
+        apply_overrides(defaults(), ['data.name="doughnuts"', "data.params={n = 40, noise = 0.1, radii = [1.0, 3.0]}"])
+    ),
 }
 
 
@@ -77,8 +89,7 @@ def test_the_json_form_round_trips(name):
 
 
 def test_the_view_is_immutable():
-    spec = make_spec(data={"name": "doughnuts", "params": {"n": 40, "radii": [1.0, 3.0]}},
-                     **NORM_STACK_SECTIONS)
+    spec = make_spec(data={"name": "doughnuts", "params": {"n": 40, "radii": [1.0, 3.0]}}, **NORM_STACK_SECTIONS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.seed = 1
     with pytest.raises(dataclasses.FrozenInstanceError):

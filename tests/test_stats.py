@@ -6,13 +6,16 @@ import pytest
 from common.stats import t_cdf, t_quantile, tost
 
 
-@pytest.mark.parametrize("t, df, expected", [
-    (0.0, 5, 0.5),
-    (2.015048373, 5, 0.95),     # standard t-table values
-    (1.812461123, 10, 0.95),
-    (2.228138852, 10, 0.975),
-    (-1.697260887, 30, 0.05),
-])
+@pytest.mark.parametrize(
+    "t, df, expected",
+    [
+        (0.0, 5, 0.5),
+        (2.015048373, 5, 0.95),  # standard t-table values
+        (1.812461123, 10, 0.95),
+        (2.228138852, 10, 0.975),
+        (-1.697260887, 30, 0.05),
+    ],
+)
 def test_t_distribution_against_tables(t, df, expected):
     assert math.isclose(t_cdf(t, df), expected, abs_tol=2e-7)
     assert math.isclose(t_quantile(expected, df), t, abs_tol=1e-5)

@@ -27,8 +27,15 @@ def test_result_log_drops_partial_runs_and_lines(tmp_path):
 
 
 def test_presets_expand_and_validate():
-    assert set(list_presets()) >= {"doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch",
-                                   "digits-adam", "seq-rnn-batchsize"}
+    assert set(list_presets()) >= {
+        "doughnuts-banding",
+        "iris-dropout",
+        "iris-l2",
+        "iris-l1",
+        "iris-minibatch",
+        "digits-adam",
+        "seq-rnn-batchsize",
+    }
     for name in list_presets():
         for full in (False, True):
             raw, sweep, _ = load_preset(name, full)
@@ -60,13 +67,14 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     (tmp_path / "p.toml").write_text(KILL_PRESET)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "benchmarks", "sweep", str(tmp_path / "p.toml"), "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / "results.csv"
     deadline = time.time() + 60
     while time.time() < deadline and not (results.exists() and len(_rows(results)) >= 40):
         time.sleep(0.05)
-    import os, signal
+    import os
+    import signal
+
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = Counter(r["run_key"] for r in _rows(results))
@@ -75,19 +83,26 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     rows = _rows(results)
     counts = Counter(r["run_key"] for r in rows)
     assert len(counts) == 8 and set(counts.values()) == {40}
-    assert all(Counter((r["run_key"], r["epoch"]) for r in rows)[k] == 1 for k in {(r["run_key"], r["epoch"])
-                                                                                     for r in rows})
+    assert all(
+        Counter((r["run_key"], r["epoch"]) for r in rows)[k] == 1 for k in {(r["run_key"], r["epoch"]) for r in rows}
+    )
     finished_first = {k for k, n in before.items() if n == 40}
     assert finished_first <= set(counts)  # nothing finished before the kill was lost
 
 
 @pytest.mark.cross
 @needs_all_frameworks
-@pytest.mark.parametrize("preset", ["doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch",
-                                    "digits-adam", "seq-rnn-batchsize"])
+@pytest.mark.parametrize(
+    "preset",
+    ["doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch", "digits-adam", "seq-rnn-batchsize"],
+)
 def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "sweep", preset, "--out", str(tmp_path), "--quiet",
-                           "--workers", "2"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "sweep", preset, "--out", str(tmp_path), "--quiet", "--workers", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(tmp_path / "results.csv")
     assert {r["backend"] for r in rows} == {"numpy", "torch", "tf", "jax"}

@@ -42,8 +42,12 @@ class JaxAdapter:
         import flax
         import jaxlib
 
-        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                "optax": optax.__version__}
+        return {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+        }
 
     def device(self) -> str:
         d = jax.devices()[0]
@@ -66,8 +70,9 @@ class JaxAdapter:
         self.opt_state = tx.init(self.params)
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
-        self.run = execution.Execution(self.execution, execution.train_step(
-            self.model, tx, penalty, self.key if native_dropout else None))
+        self.run = execution.Execution(
+            self.execution, execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
+        )
         self._eval = execution.eval_sums(self.model)
         if self.execution == "fused":
             self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
@@ -104,26 +109,32 @@ class JaxAdapter:
         """S consecutive batches of one shape as the scan's device inputs: ids int32 and w (S, B), the masks
         stacked per dropout layer, the global steps (S,) int32."""
         steps = np.arange(first_step, first_step + ids.shape[0], dtype=np.int32)
-        per_step = [shared_masks(self.spec.seed, int(t), self.layers, ids.shape[1], self.dtype) if self.exact
-                    else None for t in steps]
+        per_step = [
+            shared_masks(self.spec.seed, int(t), self.layers, ids.shape[1], self.dtype) if self.exact else None
+            for t in steps
+        ]
         masks = None if per_step[0] is None else [np.stack(layer) for layer in zip(*per_step, strict=True)]
         return jax.device_put((ids.astype(np.int32), w.astype(self.dtype), masks, steps))
 
     def _scan(self, ids, w, masks, steps) -> jax.Array:
-        self.params, self.opt_state, losses = self.run.scan(self.params, self.opt_state, *self.split, ids, w, masks,
-                                                            steps)
+        self.params, self.opt_state, losses = self.run.scan(
+            self.params, self.opt_state, *self.split, ids, w, masks, steps
+        )
         return losses
 
     def _fused_epoch(self, epoch: int, first_step: int) -> EpochRun:
         b = self.plan.batch_size
         ids, w = self.plan.slots(epoch)  # the plan's batches are its consecutive chunks of batch_size
         full = ids.shape[0] // b
-        chunks = [(ids[:full * b].reshape(full, b), w[:full * b].reshape(full, b), first_step)] if full else []
+        chunks = [(ids[: full * b].reshape(full, b), w[: full * b].reshape(full, b), first_step)] if full else []
         if ids.shape[0] > full * b:  # a ragged "keep" tail: a one-step scan of its own shape
-            chunks.append((ids[None, full * b:], w[None, full * b:], first_step + full))
+            chunks.append((ids[None, full * b :], w[None, full * b :], first_step + full))
         losses = jnp.concatenate([self._scan(*self._stacked(*chunk)) for chunk in chunks])
-        fed = [(row if self.exact else row[weights > 0]) for c_ids, c_w, _ in chunks
-               for row, weights in zip(c_ids, c_w, strict=True)]
+        fed = [
+            (row if self.exact else row[weights > 0])
+            for c_ids, c_w, _ in chunks
+            for row, weights in zip(c_ids, c_w, strict=True)
+        ]
         return EpochRun(fed, [0] * len(fed), np.asarray(losses))
 
     def evaluate(self, split, batches):

@@ -45,8 +45,10 @@ def resolve_device(device: str, mode: str = "any mode"):
         raise ValueError(f"jax: unknown device '{device}' (cpu, gpu or auto)")
     found = [] if device == "cpu" else gpus()
     if device == "gpu" and not found:
-        raise RuntimeError(f"jax {mode} mode: device 'gpu' requested but JAX sees no GPU "
-                           f"(backend {jax.default_backend()}; install jax[cuda12] or unset JAX_PLATFORMS)")
+        raise RuntimeError(
+            f"jax {mode} mode: device 'gpu' requested but JAX sees no GPU "
+            f"(backend {jax.default_backend()}; install jax[cuda12] or unset JAX_PLATFORMS)"
+        )
     return found[0] if found else jax.devices("cpu")[0]
 
 
@@ -68,8 +70,13 @@ class JaxTarget:
         self.spec = replace(spec, execution=mode)
         self.adapter = make_adapter(self.spec)
         exact = self.spec.mode == "exact"
-        self.adapter.prepare(self.spec, data, BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
-                             model_layers(self.spec, data), canonical_init(self.spec, data) if exact else None)
+        self.adapter.prepare(
+            self.spec,
+            data,
+            BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
+            model_layers(self.spec, data),
+            canonical_init(self.spec, data) if exact else None,
+        )
         plan = self.adapter.plan
         self.loaders = {name: cls(data, plan, self.spec) for name, cls in pipeline.LOADERS.items()}
         first = plan.batches(0)[0]
@@ -89,15 +96,25 @@ class JaxTarget:
             platform_version = "unknown"
         precision = jax.config.jax_default_matmul_precision
         return {
-            "backend": "jax", "mode": self.mode, "versions": self.adapter.versions(),
-            "device": self.adapter.device(), "device_kind": d.device_kind, "platform": jax.default_backend(),
-            "platform_version": platform_version, "dtype": str(self.adapter.dtype),
+            "backend": "jax",
+            "mode": self.mode,
+            "versions": self.adapter.versions(),
+            "device": self.adapter.device(),
+            "device_kind": d.device_kind,
+            "platform": jax.default_backend(),
+            "platform_version": platform_version,
+            "dtype": str(self.adapter.dtype),
             "x64": bool(jax.config.jax_enable_x64),
-            "precision": {"jax_default_matmul_precision": precision or "DEFAULT (unset)",
-                          "model_dense_precision": "HIGHEST (model.py: no TF32/bf16 passes for float32)"},
-            "threads": {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-                        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                        "note": "XLA:CPU sizes its Eigen pool from the cores; JAX has no thread-count API"},
+            "precision": {
+                "jax_default_matmul_precision": precision or "DEFAULT (unset)",
+                "model_dense_precision": "HIGHEST (model.py: no TF32/bf16 passes for float32)",
+            },
+            "threads": {
+                "cpu_count": os.cpu_count(),
+                "affinity": len(os.sched_getaffinity(0)),
+                "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+                "note": "XLA:CPU sizes its Eigen pool from the cores; JAX has no thread-count API",
+            },
         }
 
     def loader_epoch(self, loader: str) -> Any:

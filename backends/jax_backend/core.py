@@ -42,8 +42,13 @@ class Call(NamedTuple):
 
 
 def dense(layer: Layer, options: Options):
-    kernel = nn.Dense(layer.width, dtype=options.dtype, param_dtype=options.dtype,
-                      precision=jax.lax.Precision.HIGHEST, name=layer.name)
+    kernel = nn.Dense(
+        layer.width,
+        dtype=options.dtype,
+        param_dtype=options.dtype,
+        precision=jax.lax.Precision.HIGHEST,
+        name=layer.name,
+    )
     act = ACTIVATIONS[layer.activation]
     return lambda x, call: act(kernel(x))
 

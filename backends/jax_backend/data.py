@@ -58,8 +58,12 @@ class Features(Pipeline):
 
     def rows(self, batch, split="train"):
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
-        return Rows(batch.ids, *jax.device_put((x[batch.ids].astype(self.dtype), y[batch.ids].astype(np.int32),
-                                                batch.weights.astype(self.dtype))))
+        return Rows(
+            batch.ids,
+            *jax.device_put(
+                (x[batch.ids].astype(self.dtype), y[batch.ids].astype(np.int32), batch.weights.astype(self.dtype))
+            ),
+        )
 
 
 class NaiveFeatures(Features):
@@ -109,8 +113,11 @@ class Tokens(Pipeline):
         tokens, _, kept = pad_batch(self.data.sequences(split, batch.ids), *self.sides, batch.length)
         y = getattr(self.data, f"{split}_y")[batch.ids]
         m = loss_weights(batch.weights, kept, self.loss_norm)
-        return Rows(batch.ids, *jax.device_put((tokens.astype(np.int32), y.astype(np.int32), m.astype(self.dtype))),
-                    lengths=kept)
+        return Rows(
+            batch.ids,
+            *jax.device_put((tokens.astype(np.int32), y.astype(np.int32), m.astype(self.dtype))),
+            lengths=kept,
+        )
 
 
 LOADERS = {"naive": NaiveFeatures, "fast": Features, "prefetched": PrefetchedFeatures}

@@ -30,8 +30,10 @@ def check(execution: str, data: Dataset | None = None) -> None:
     if execution not in EXECUTIONS:
         raise ValueError(f"jax: unknown execution mode '{execution}' (modes: {', '.join(EXECUTIONS)})")
     if execution == "fused" and data is not None and data.is_sequence:
-        raise ValueError("jax: execution 'fused' scans whole epochs of one static shape, which token batches "
-                         "(padded per batch or bucket) do not have; use 'eager' or 'compiled'")
+        raise ValueError(
+            "jax: execution 'fused' scans whole epochs of one static shape, which token batches "
+            "(padded per batch or bucket) do not have; use 'eager' or 'compiled'"
+        )
 
 
 def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
@@ -43,8 +45,7 @@ def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
 
         def loss_fn(p):
             logits = model.apply(p, x, masks, train=True, rngs=rngs)
-            ce = (jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, y))
-                  / jnp.maximum(jnp.sum(w), 1.0))
+            ce = jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, y)) / jnp.maximum(jnp.sum(w), 1.0)
             return (ce if penalty is None else ce + penalty(p)), ce
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

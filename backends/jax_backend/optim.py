@@ -56,8 +56,11 @@ def _optimizer(o, decoupled: float, mask) -> optax.GradientTransformation:
     """The optimizer part of the chain for the spec's `optimizer` table `o` with decoupled decay d (mask None:
     every leaf)."""
     if o.name == "sgd" and decoupled:
-        return optax.chain(optax.trace(o.momentum, o.nesterov), optax.add_decayed_weights(decoupled, mask),
-                           optax.scale_by_learning_rate(o.lr))
+        return optax.chain(
+            optax.trace(o.momentum, o.nesterov),
+            optax.add_decayed_weights(decoupled, mask),
+            optax.scale_by_learning_rate(o.lr),
+        )
     if o.name == "sgd":
         return optax.sgd(o.lr, o.momentum or None, o.nesterov)
     if o.name == "adam":

@@ -32,8 +32,7 @@ def versions() -> dict[str, str]:
 def _fresh(code: str) -> dict:
     """Run `code` (which prints one JSON line) in a fresh interpreter with JAX's x64 default (off)."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -47,6 +46,7 @@ def shuffle_order() -> dict:
 
 def ragged_recompile() -> dict:
     """jax.jit traces over batch sizes 4, 4, 2, 3, and over the same batches padded to 4 (weight 0 filler)."""
+
     def counted():
         count = [0]
 
@@ -54,6 +54,7 @@ def ragged_recompile() -> dict:
         def step(x, w):
             count[0] += 1  # Python side effect: runs once per trace
             return jnp.sum(w * jnp.sum(x * x, axis=1)) / jnp.sum(w)
+
         return step, count
 
     ragged, n_ragged = counted()
@@ -72,8 +73,10 @@ def masked_mean_loss() -> dict:
     """optax's integer-label cross-entropy does not reduce: the mask is the caller's Σw·ℓ/Σw."""
     value = _per_example(T.LOSS_LOGITS, T.MASK_LABELS)
     per_row = np.asarray(value)
-    return {"reduction": T.classify_reduction(per_row, per_row, T.LOSS_MASK),
-            "all_masked": T.classify_reduction(per_row, per_row, np.zeros(4))}
+    return {
+        "reduction": T.classify_reduction(per_row, per_row, T.LOSS_MASK),
+        "all_masked": T.classify_reduction(per_row, per_row, np.zeros(4)),
+    }
 
 
 def sample_weight_reduction() -> dict:
@@ -90,8 +93,10 @@ def dropout_scale() -> dict:
     x = T.dropout_input()
     eager, jitted = {}, {}
     for p in T.DROPOUT_RATES:
+
         def apply(v, p=p):
             return nn.Dropout(p, deterministic=False).apply({}, v, rngs={"dropout": _key()})
+
         eager[p] = np.asarray(apply(jnp.asarray(x, jnp.float32)))
         jitted[p] = np.asarray(jax.jit(apply)(jnp.asarray(x, jnp.float32)))
     return {**T.classify_dropout(x, eager), "jit_form": T.classify_dropout(x, jitted)["form"]}
@@ -116,14 +121,18 @@ def _mode(fn, x) -> str:
 def dropout_default_mode() -> dict:
     """nnx.Dropout called without a mode, and linen.Dropout without `deterministic`."""
     x = jnp.ones(1000, jnp.float32)
-    return {"default_call": _mode(nnx.Dropout(0.5, rngs=nnx.Rngs(T.SEED)), x),
-            "linen.Dropout": _mode(lambda v: nn.Dropout(0.5).apply({}, v, rngs={"dropout": _key()}), x)}
+    return {
+        "default_call": _mode(nnx.Dropout(0.5, rngs=nnx.Rngs(T.SEED)), x),
+        "linen.Dropout": _mode(lambda v: nn.Dropout(0.5).apply({}, v, rngs={"dropout": _key()}), x),
+    }
 
 
 def dropout_rate_one() -> dict:
     x = jnp.ones(8, jnp.float32)
-    return {"layer": _outcome(lambda: nn.Dropout(1.0, deterministic=False).apply({}, x, rngs={"dropout": _key()})),
-            "nnx": _outcome(lambda: nnx.Dropout(1.0, rngs=nnx.Rngs(T.SEED))(x))}
+    return {
+        "layer": _outcome(lambda: nn.Dropout(1.0, deterministic=False).apply({}, x, rngs={"dropout": _key()})),
+        "nnx": _outcome(lambda: nnx.Dropout(1.0, rngs=nnx.Rngs(T.SEED))(x)),
+    }
 
 
 def l2_vs_weight_decay() -> dict:
@@ -148,11 +157,13 @@ def penalty_in_loss() -> dict:
         tx = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.0))
         reported, grads = jax.value_and_grad(loss_fn)(params)
         tx.update(grads, tx.init(params), params)
-        penalty = 0.5 / 2 * sum(float(jnp.sum(v ** 2)) for v in params.values())
+        penalty = 0.5 / 2 * sum(float(jnp.sum(v**2)) for v in params.values())
         plain = float(loss_fn(params))
     reported = float(reported)
-    return {"reported_loss_includes_penalty": bool(abs(reported - (plain + penalty)) < abs(reported - plain)),
-            "penalty": penalty}
+    return {
+        "reported_loss_includes_penalty": bool(abs(reported - (plain + penalty)) < abs(reported - plain)),
+        "penalty": penalty,
+    }
 
 
 def optimizer_weight_decay() -> dict:
@@ -180,7 +191,8 @@ def adam_weight_decay_equivalence() -> dict:
     for suffix, x64, dtype in (("", True, jnp.float64), ("_f32", False, jnp.float32)):
         with jax.enable_x64(x64):
             out["adam_coupled" + suffix] = _adam_run(
-                optax.chain(optax.add_decayed_weights(p["wd"]), optax.adam(**kw)), dtype)
+                optax.chain(optax.add_decayed_weights(p["wd"]), optax.adam(**kw)), dtype
+            )
             out["adamw" + suffix] = _adam_run(optax.adamw(weight_decay=p["wd"], **kw), dtype)
     return out
 
@@ -233,8 +245,11 @@ def default_init() -> dict:
     variables = nn.Dense(T.INIT_FAN_OUT).init(_key(), jnp.ones((1, T.INIT_FAN_IN), jnp.float32))["params"]
     w, b = np.asarray(variables["kernel"], np.float64), np.asarray(variables["bias"], np.float64)
     r = np.sqrt(T.INIT_FAN_IN)
-    return {"weight_std": float(w.std() * r), "weight_max": float(np.abs(w).max() * r),
-            "bias_max": float(np.abs(b).max() * r)}
+    return {
+        "weight_std": float(w.std() * r),
+        "weight_max": float(np.abs(w).max() * r),
+        "bias_max": float(np.abs(b).max() * r),
+    }
 
 
 def weight_layout() -> dict:
@@ -250,8 +265,9 @@ def loss_input_defaults() -> dict:
 
 def float64_conversion() -> dict:
     """jnp.asarray(float64 numpy) in a fresh interpreter (x64 off by default), and with x64 on."""
-    fresh = _fresh("import json, numpy as np, jax.numpy as jnp\n"
-                   "print(json.dumps({'dtype': str(jnp.asarray(np.zeros(2)).dtype)}))")
+    fresh = _fresh(
+        "import json, numpy as np, jax.numpy as jnp\nprint(json.dumps({'dtype': str(jnp.asarray(np.zeros(2)).dtype)}))"
+    )
     with jax.enable_x64(True):
         with_x64 = str(jnp.asarray(np.zeros(2)).dtype)
     return {"dtype": fresh["dtype"], "with_x64": with_x64}
@@ -259,9 +275,11 @@ def float64_conversion() -> dict:
 
 def tf32_defaults() -> dict:
     """jax_default_matmul_precision of a fresh interpreter: None = the backend's DEFAULT (TF32/bf16 on Ampere+)."""
-    out = _fresh("import json, jax\n"
-                 "print(json.dumps({'default_matmul_precision': jax.config.jax_default_matmul_precision,"
-                 " 'backend': jax.default_backend()}))")
+    out = _fresh(
+        "import json, jax\n"
+        "print(json.dumps({'default_matmul_precision': jax.config.jax_default_matmul_precision,"
+        " 'backend': jax.default_backend()}))"
+    )
     precision = out["default_matmul_precision"]
     out["matmul_tf32"] = "platform default" if precision is None else str(precision)
     return out
@@ -281,8 +299,11 @@ def rnn_padded_outputs() -> dict:
 
 def rnn_bias_vectors() -> dict:
     _, params, _ = _probe_rnn()
-    return {"bias_vectors": sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(params)
-                                if "bias" in jax.tree_util.keystr(path))}
+    return {
+        "bias_vectors": sum(
+            1 for path, _ in jax.tree_util.tree_leaves_with_path(params) if "bias" in jax.tree_util.keystr(path)
+        )
+    }
 
 
 def sparse_embedding_adam() -> dict:
@@ -301,6 +322,7 @@ def layer_norm_eps() -> dict:
     """flax.linen.LayerNorm's default epsilon, read from the module, and ε and the variance recovered from its
     float64 output on LAYER_NORM_INPUT (T.classify_layer_norm; scale 1, bias 0 at init; x64 on for the probe);
     "explicit_eps": ε recovered from nn.LayerNorm(epsilon=NORM_EPS), the conversion."""
+
     def run(**kwargs):
         layer = nn.LayerNorm(dtype=jnp.float64, param_dtype=jnp.float64, **kwargs)
         with jax.enable_x64(True):
@@ -308,8 +330,12 @@ def layer_norm_eps() -> dict:
             return layer, T.classify_layer_norm(np.asarray(layer.apply(layer.init(_key(), x), x), np.float64))
 
     layer, measured = run()
-    return {"eps": float(layer.epsilon), **measured, "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"],
-            "fast_variance": bool(layer.use_fast_variance)}
+    return {
+        "eps": float(layer.epsilon),
+        **measured,
+        "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"],
+        "fast_variance": bool(layer.use_fast_variance),
+    }
 
 
 PROBES = {

@@ -44,8 +44,10 @@ class ReferenceLoop:
         self.layers = model_layers(spec, data)
         others = sorted({layer.kind for layer in self.layers} - set(KINDS))
         if others:
-            raise ValueError(f"jax reference loop: layer kinds {', '.join(others)} are not in its hand-fused "
-                             f"forward (it covers {', '.join(KINDS)})")
+            raise ValueError(
+                f"jax reference loop: layer kinds {', '.join(others)} are not in its hand-fused "
+                f"forward (it covers {', '.join(KINDS)})"
+            )
         dtype = np.dtype(spec.dtype)
         canonical = canonical_init(spec, data)
         self.n, b = data.train_x.shape[0], spec.batching.batch_size

@@ -67,7 +67,9 @@ def rnn(layer: Layer, options: Options):
 
 
 LAYERS = {"embedding": embedding, "masked_mean": masked_mean, "rnn": rnn}
-NAMES = {"embedding": {"weight": ("embedding",)},
-         "rnn": {"input.weight": ("i", "kernel"), "bias": ("i", "bias"), "recurrent.weight": ("h", "kernel")}}
+NAMES = {
+    "embedding": {"weight": ("embedding",)},
+    "rnn": {"input.weight": ("i", "kernel"), "bias": ("i", "bias"), "recurrent.weight": ("h", "kernel")},
+}
 """Canonical suffix → path in the flax child. No transposes: SimpleCell computes x·W_i + b + h·W_h, so W_i = W
 (dim, units) and W_h = U, and nn.Embed's table is (vocab, dim) like the canonical one."""

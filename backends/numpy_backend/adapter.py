@@ -50,8 +50,14 @@ class NumpyOracle:
     def run_epoch(self, epoch, first_step):
         ids, lengths, losses = [], [], []
         for step, batch in enumerate(pipeline.epoch_rows(self.spec, self.data, self.plan, epoch), first_step):
-            loss, grads = self.model.loss_and_grads(self.params, batch.x, batch.y, batch.weights,
-                                                    self._shared_masks(step, batch.ids.shape[0]), self.native_rng)
+            loss, grads = self.model.loss_and_grads(
+                self.params,
+                batch.x,
+                batch.y,
+                batch.weights,
+                self._shared_masks(step, batch.ids.shape[0]),
+                self.native_rng,
+            )
             self.optimizer.step(self.params, grads)
             ids.append(batch.ids if self.exact else batch.ids[batch.weights > 0])
             lengths.append(batch.length)

@@ -31,7 +31,7 @@ def activation_backward(name: str, a: np.ndarray, y: np.ndarray, dy: np.ndarray)
     """dy ⊙ act′(a), with y = act(a)."""
     if name == "relu":
         return dy * (a > 0.0)
-    return dy * (1.0 - y ** 2) if name == "tanh" else dy
+    return dy * (1.0 - y**2) if name == "tanh" else dy
 
 
 class Part:

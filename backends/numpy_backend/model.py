@@ -41,8 +41,9 @@ class Stack:
     def __init__(self, layers: tuple[Layer, ...], spec: Spec):
         self.parts = [LAYERS[layer.kind](layer, spec) for layer in layers]
 
-    def forward(self, params: dict, x: np.ndarray, masks: list[np.ndarray] | None = None,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, list]:
+    def forward(
+        self, params: dict, x: np.ndarray, masks: list[np.ndarray] | None = None, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, list]:
         """Logits and the caches of every layer; no masks and no rng: evaluation (no dropout)."""
         flow, caches = Flow(masks, rng), []
         for part in self.parts:
@@ -58,9 +59,15 @@ class Stack:
             grads.update(part_grads)
         return grads
 
-    def loss_and_grads(self, params: dict, x: np.ndarray, y: np.ndarray, weights: np.ndarray,
-                       masks: list[np.ndarray] | None = None, rng: np.random.Generator | None = None,
-                       ) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(
+        self,
+        params: dict,
+        x: np.ndarray,
+        y: np.ndarray,
+        weights: np.ndarray,
+        masks: list[np.ndarray] | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
         """(Σ m·ℓ / max(Σ m, 1), its gradients by canonical name) of one training pass (module docstring)."""
         logits, caches = self.forward(params, x, masks, rng)
         total = max(float(weights.sum()), 1.0)

@@ -16,15 +16,14 @@ from backends.numpy_backend.core import Part
 class LayerNorm(Part):
     def forward(self, params, x, flow):
         centred = x - x.mean(axis=1, keepdims=True)
-        sigma = np.sqrt((centred ** 2).mean(axis=1, keepdims=True) + self.layer.eps)
+        sigma = np.sqrt((centred**2).mean(axis=1, keepdims=True) + self.layer.eps)
         x_hat = centred / sigma
         return params[self.layer.param("scale")] * x_hat + params[self.layer.param("offset")], (x_hat, sigma)
 
     def backward(self, params, cache, dy):
         x_hat, sigma = cache
         d_hat = dy * params[self.layer.param("scale")]
-        dx = (d_hat - d_hat.mean(axis=1, keepdims=True)
-              - x_hat * (d_hat * x_hat).mean(axis=1, keepdims=True)) / sigma
+        dx = (d_hat - d_hat.mean(axis=1, keepdims=True) - x_hat * (d_hat * x_hat).mean(axis=1, keepdims=True)) / sigma
         return dx, {self.layer.param("scale"): (dy * x_hat).sum(axis=0), self.layer.param("offset"): dy.sum(axis=0)}
 
 

@@ -33,8 +33,8 @@ class CanonicalOptimizer:
             else:
                 s["m"] = o.beta1 * s.get("m", 0.0) + (1.0 - o.beta1) * g
                 s["v"] = o.beta2 * s.get("v", 0.0) + (1.0 - o.beta2) * g * g
-                m_hat = s["m"] / (1.0 - o.beta1 ** self.t)
-                v_hat = s["v"] / (1.0 - o.beta2 ** self.t)
+                m_hat = s["m"] / (1.0 - o.beta1**self.t)
+                v_hat = s["v"] / (1.0 - o.beta2**self.t)
                 update = m_hat / (np.sqrt(v_hat) + o.eps)
             decay = self.reg.decoupled * w if self.reg.applies(name) else 0.0
             params[name] = w - o.lr * update - o.lr * decay

@@ -55,7 +55,7 @@ class RNN(Part):
         states, candidates = [h], []
         for t in range(x.shape[1]):
             cand = np.tanh(x[:, t] @ w + h @ u + b)
-            h = np.where(mu[:, t: t + 1] > 0, cand, h)
+            h = np.where(mu[:, t : t + 1] > 0, cand, h)
             candidates.append(cand)
             states.append(h)
         return h, (x, mu, states, candidates)
@@ -67,15 +67,18 @@ class RNN(Part):
         dx = np.zeros_like(x)
         dh = dy
         for t in range(x.shape[1] - 1, -1, -1):
-            m_t = mu[:, t: t + 1]
+            m_t = mu[:, t : t + 1]
             da = m_t * dh * (1.0 - candidates[t] ** 2)
             dw += x[:, t].T @ da
             du += states[t].T @ da
             db += da.sum(axis=0)
             dx[:, t] = da @ w.T
             dh = da @ u.T + (1.0 - m_t) * dh
-        return dx, {self.layer.param("input.weight"): dw, self.layer.param("recurrent.weight"): du,
-                    self.layer.param("bias"): db}
+        return dx, {
+            self.layer.param("input.weight"): dw,
+            self.layer.param("recurrent.weight"): du,
+            self.layer.param("bias"): db,
+        }
 
 
 LAYERS = {"embedding": Embedding, "masked_mean": MaskedMean, "rnn": RNN}

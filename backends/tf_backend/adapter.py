@@ -30,8 +30,10 @@ class TFAdapter:
     def __init__(self, spec: Spec):
         self.execution = execution_of(spec, "tf")
         if self.execution == "fused" and spec.mode != "exact":
-            raise ValueError("tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
-                             "BatchPlan on the device; native mode's order comes from tf.data.shuffle)")
+            raise ValueError(
+                "tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
+                "BatchPlan on the device; native mode's order comes from tf.data.shuffle)"
+            )
 
     def versions(self) -> dict[str, str]:
         return {"tensorflow": tf.__version__, "keras": keras.__version__}
@@ -52,13 +54,16 @@ class TFAdapter:
         if exact:
             stack.load_canonical(self.model, params)
         self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight",
-                                                             dtype=spec.dtype)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight", dtype=spec.dtype
+        )
         body = execution.step_body(self.model, self.optimizer.optimizer, loss_fn, dense_gradients=exact)
-        self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer,
-                                       execution.Masks(spec, layers, exact))
-        self._forward = tf.function(self._eval_forward,
-                                    input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)])
+        self.runner = execution.runner(
+            self.execution, body, self.pipeline, self.optimizer, execution.Masks(spec, layers, exact)
+        )
+        self._forward = tf.function(
+            self._eval_forward, input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)]
+        )
 
     def _eval_forward(self, x, y):
         logits = self.model(x, training=False)

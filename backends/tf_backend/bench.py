@@ -37,27 +37,44 @@ def tf_device(device: str, mode: str) -> str:
     if device == "cpu" or (device == "auto" and not gpus):
         return "/CPU:0"
     if not gpus:
-        raise RuntimeError(f"tf mode '{mode}' cannot run on device '{device}': TensorFlow sees no GPU "
-                           f"(tensorflow-cpu build, or no CUDA device visible); use --device cpu or auto")
+        raise RuntimeError(
+            f"tf mode '{mode}' cannot run on device '{device}': TensorFlow sees no GPU "
+            f"(tensorflow-cpu build, or no CUDA device visible); use --device cpu or auto"
+        )
     return "/GPU:0"
 
 
 def settings(device: str, mode: str, dtype: str) -> dict:
     """Versions, device, thread pools and precision switches as TF reports them."""
     return {
-        "backend": "tf", "mode": mode, "device": device, "dtype": dtype,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
-                     "keras": keras.__version__},
+        "backend": "tf",
+        "mode": mode,
+        "device": device,
+        "dtype": dtype,
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
         "gpus_visible_to_tf": len(tf.config.list_physical_devices("GPU")),
         "built_with_cuda": tf.test.is_built_with_cuda(),
-        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                    "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
-                    "note": "0 = unset: TF sizes the pool itself (one thread per core)"},
-        "precision": {"tf32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
-                      "keras_floatx": keras.config.floatx()},
-        "xla": {"jit_compile": mode != "eager", "TF_XLA_FLAGS": os.environ.get("TF_XLA_FLAGS", ""),
-                "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")},
+        "threads": {
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "cpu_count": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "note": "0 = unset: TF sizes the pool itself (one thread per core)",
+        },
+        "precision": {
+            "tf32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
+            "keras_floatx": keras.config.floatx(),
+        },
+        "xla": {
+            "jit_compile": mode != "eager",
+            "TF_XLA_FLAGS": os.environ.get("TF_XLA_FLAGS", ""),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        },
     }
 
 
@@ -74,12 +91,14 @@ class TFTarget:
         self._epoch = 0
         with tf.device(self.device):
             self.adapter = make_adapter(self.spec)
-            self.adapter.prepare(self.spec, data, self.plan, model_layers(self.spec, data),
-                                 canonical_init(self.spec, data))
+            self.adapter.prepare(
+                self.spec, data, self.plan, model_layers(self.spec, data), canonical_init(self.spec, data)
+            )
             self.pipeline, runner = self.adapter.pipeline, self.adapter.runner
             first = next(self.pipeline.epoch(0))
             self._batch = [tf.identity(t) for t in (first.x, first.y, first.weights)] + [
-                tf.constant(m) for m in runner.masks(1, first.ids.shape[0])]
+                tf.constant(m) for m in runner.masks(1, first.ids.shape[0])
+            ]
 
     def _next_epoch(self) -> int:
         self._epoch += 1

@@ -52,17 +52,22 @@ class SharedMask(keras.layers.Layer):
 
 def dense(layer: Layer, build: Build) -> keras.layers.Dense:
     return keras.layers.Dense(
-        layer.width, activation=None if layer.activation == "none" else layer.activation, dtype=build.dtype,
-        name=layer.name, kernel_initializer=keras.initializers.GlorotUniform(
-            seed=build.keras_seed(rng.KERAS_INIT, layer.number)),
-        kernel_regularizer=build.regularizer(layer, "weight"), bias_regularizer=build.regularizer(layer, "bias"))
+        layer.width,
+        activation=None if layer.activation == "none" else layer.activation,
+        dtype=build.dtype,
+        name=layer.name,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=build.keras_seed(rng.KERAS_INIT, layer.number)),
+        kernel_regularizer=build.regularizer(layer, "weight"),
+        bias_regularizer=build.regularizer(layer, "bias"),
+    )
 
 
 def dropout(layer: Layer, build: Build) -> keras.layers.Layer:
     name = f"dropout{layer.number}"
     if build.native:
-        return keras.layers.Dropout(layer.rate, seed=build.keras_seed(rng.KERAS_DROPOUT, layer.number),
-                                    dtype=build.dtype, name=name)
+        return keras.layers.Dropout(
+            layer.rate, seed=build.keras_seed(rng.KERAS_DROPOUT, layer.number), dtype=build.dtype, name=name
+        )
     return SharedMask(dtype=build.dtype, name=name)
 
 

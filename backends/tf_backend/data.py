@@ -59,8 +59,9 @@ class Pipeline:
         Python generator yielding one row at a time, then the same batching, no prefetch."""
         ids, weights = self.plan.slots(epoch)
         weights = weights.astype(self.dtype)
-        rows = tf.data.Dataset.from_generator(lambda: (self._row(i, w) for i, w in zip(ids, weights, strict=True)),
-                                              output_signature=self._row_signature())
+        rows = tf.data.Dataset.from_generator(
+            lambda: (self._row(i, w) for i, w in zip(ids, weights, strict=True)), output_signature=self._row_signature()
+        )
         return self._batched(rows)
 
 
@@ -75,22 +76,28 @@ class Features(Pipeline):
         super().__init__(spec, plan, data.train_x.shape[0])
 
     def _rows(self, ids, weights):
-        return tf.data.Dataset.from_tensor_slices({"x": self.x["train"][ids], "y": self.y["train"][ids],
-                                                   "weights": weights.astype(self.dtype), "ids": ids})
+        return tf.data.Dataset.from_tensor_slices(
+            {"x": self.x["train"][ids], "y": self.y["train"][ids], "weights": weights.astype(self.dtype), "ids": ids}
+        )
 
     def _row(self, i, w):
         return {"x": self.x["train"][i], "y": self.y["train"][i], "weights": w, "ids": i}
 
     def _row_signature(self):
-        return {"x": tf.TensorSpec(self.x_spec.shape[1:], self.dtype), "y": tf.TensorSpec((), tf.int64),
-                "weights": tf.TensorSpec((), self.dtype), "ids": tf.TensorSpec((), tf.int64)}
+        return {
+            "x": tf.TensorSpec(self.x_spec.shape[1:], self.dtype),
+            "y": tf.TensorSpec((), tf.int64),
+            "weights": tf.TensorSpec((), self.dtype),
+            "ids": tf.TensorSpec((), tf.int64),
+        }
 
     def _batched(self, rows):
         return rows.batch(self.batch_size, drop_remainder=self.drop)
 
     def eval_rows(self, split: str, batch: Batch) -> Rows:
-        return Rows(batch.ids, tf.constant(self.x[split][batch.ids]), tf.constant(self.y[split][batch.ids]),
-                    batch.weights)
+        return Rows(
+            batch.ids, tf.constant(self.x[split][batch.ids]), tf.constant(self.y[split][batch.ids]), batch.weights
+        )
 
 
 class Tokens(Pipeline):
@@ -111,37 +118,54 @@ class Tokens(Pipeline):
             self.padded = self._pad(self.sequences["train"], self.max_len)
         else:
             self.ragged = tf.RaggedTensor.from_row_lengths(
-                np.concatenate(self.sequences["train"]).astype(np.int64), self.lengths["train"])
+                np.concatenate(self.sequences["train"]).astype(np.int64), self.lengths["train"]
+            )
         super().__init__(spec, plan, len(self.sequences["train"]))
 
     def _pad(self, sequences: list, length: int) -> np.ndarray:
-        return keras.utils.pad_sequences(sequences, maxlen=length, padding=self.pad, truncating=self.truncate,
-                                         value=0, dtype="int64")
+        return keras.utils.pad_sequences(
+            sequences, maxlen=length, padding=self.pad, truncating=self.truncate, value=0, dtype="int64"
+        )
 
     def _rows(self, ids, weights):
         tokens = self.padded[ids] if self.max_len else tf.gather(self.ragged, ids)
-        ds = tf.data.Dataset.from_tensor_slices({"x": tokens, "y": self.y["train"][ids],
-                                                 "weights": np.asarray(weights, self.dtype),
-                                                 "lengths": self.kept[ids], "ids": np.asarray(ids, np.int64)})
+        ds = tf.data.Dataset.from_tensor_slices(
+            {
+                "x": tokens,
+                "y": self.y["train"][ids],
+                "weights": np.asarray(weights, self.dtype),
+                "lengths": self.kept[ids],
+                "ids": np.asarray(ids, np.int64),
+            }
+        )
         # a slice of a ragged matrix is a rank-1 RaggedTensorSpec; inside `map` it is the plain 1-D tensor that
         # padded_batch / bucket_by_sequence_length accept
         return ds if self.max_len else ds.map(lambda row: {**row, "x": tf.identity(row["x"])})
 
     def _row(self, i, w):
-        return {"x": self.padded[i] if self.max_len else self.sequences["train"][i], "y": self.y["train"][i],
-                "weights": w, "lengths": self.kept[i], "ids": i}
+        return {
+            "x": self.padded[i] if self.max_len else self.sequences["train"][i],
+            "y": self.y["train"][i],
+            "weights": w,
+            "lengths": self.kept[i],
+            "ids": i,
+        }
 
     def _row_signature(self):
-        return {"x": tf.TensorSpec((self.max_len or None,), tf.int64), "y": tf.TensorSpec((), tf.int64),
-                "weights": tf.TensorSpec((), self.dtype), "lengths": tf.TensorSpec((), tf.int64),
-                "ids": tf.TensorSpec((), tf.int64)}
+        return {
+            "x": tf.TensorSpec((self.max_len or None,), tf.int64),
+            "y": tf.TensorSpec((), tf.int64),
+            "weights": tf.TensorSpec((), self.dtype),
+            "lengths": tf.TensorSpec((), tf.int64),
+            "ids": tf.TensorSpec((), tf.int64),
+        }
 
     def _cut(self, row):
         """Native truncation of a raw row to the cap (buckets: the last bound), on the truncate side."""
         tokens = row["x"]
         n = tf.shape(tokens, out_type=tf.int64)[0]
         cut = tf.minimum(n, self.cap)
-        return {**row, "x": tokens[:cut] if self.truncate == "post" else tokens[n - cut:]}
+        return {**row, "x": tokens[:cut] if self.truncate == "post" else tokens[n - cut :]}
 
     def _finish(self, batch):
         """Batch-level: undo the row reversal (pre-padding after an end-padding batcher) and form m."""
@@ -161,9 +185,12 @@ class Tokens(Pipeline):
             rows = rows.map(lambda row: {**row, "x": tf.reverse(row["x"], [0])})
         if self.buckets:
             ds = rows.bucket_by_sequence_length(
-                lambda row: tf.shape(row["x"])[0], bucket_boundaries=[bound + 1 for bound in self.buckets],
-                bucket_batch_sizes=[b] * (len(self.buckets) + 1), pad_to_bucket_boundary=True,
-                drop_remainder=self.drop)
+                lambda row: tf.shape(row["x"])[0],
+                bucket_boundaries=[bound + 1 for bound in self.buckets],
+                bucket_batch_sizes=[b] * (len(self.buckets) + 1),
+                pad_to_bucket_boundary=True,
+                drop_remainder=self.drop,
+            )
         else:
             ds = rows.padded_batch(b, drop_remainder=self.drop)
         return ds.map(self._finish)
@@ -171,8 +198,13 @@ class Tokens(Pipeline):
     def eval_rows(self, split: str, batch: Batch) -> Rows:
         """An evaluation batch padded to the plan's `Batch.length` with `pad_sequences` (resolved sides)."""
         tokens = self._pad([self.sequences[split][i] for i in batch.ids], batch.length)
-        return Rows(batch.ids, tf.constant(tokens), tf.constant(self.y[split][batch.ids]), batch.weights,
-                    np.minimum(self.lengths[split][batch.ids], batch.length))
+        return Rows(
+            batch.ids,
+            tf.constant(tokens),
+            tf.constant(self.y[split][batch.ids]),
+            batch.weights,
+            np.minimum(self.lengths[split][batch.ids], batch.length),
+        )
 
 
 def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Features | Tokens:

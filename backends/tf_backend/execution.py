@@ -57,8 +57,9 @@ class Stepwise:
         self.pipeline, self.optimizer, self.masks = pipeline, optimizer, masks
         signature = [pipeline.x_spec, tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), pipeline.dtype)]
         signature += [tf.TensorSpec((None, width), pipeline.dtype) for width in masks.widths]
-        self.step = tf.function(lambda x, y, w, *keep: body(x, y, w, keep), input_signature=signature,
-                                jit_compile=execution != "eager")
+        self.step = tf.function(
+            lambda x, y, w, *keep: body(x, y, w, keep), input_signature=signature, jit_compile=execution != "eager"
+        )
 
     def run(self, epoch: int, first_step: int) -> EpochRun:
         ids, lengths, losses = [], [], []
@@ -97,11 +98,17 @@ class Fused(Stepwise):
         def part(lo: int, hi: int, steps: slice, shape: tuple):
             if hi <= lo:
                 return None
-            layer_masks = tuple(tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, w)))
-                                for j, w in enumerate(self.masks.widths))
+            layer_masks = tuple(
+                tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, w)))
+                for j, w in enumerate(self.masks.widths)
+            )
             rows = weights[lo:hi].astype(self.pipeline.dtype).reshape(shape)
-            return (tf.constant(ids[lo:hi].reshape(shape)), tf.constant(rows), layer_masks,
-                    None if eps is None else tf.constant(eps[steps]))
+            return (
+                tf.constant(ids[lo:hi].reshape(shape)),
+                tf.constant(rows),
+                layer_masks,
+                None if eps is None else tf.constant(eps[steps]),
+            )
 
         s = full_rows // b
         return part(0, full_rows, slice(0, s), (s, b)), part(full_rows, ids.shape[0], slice(s, s + 1), (-1,))
@@ -121,8 +128,9 @@ class Fused(Stepwise):
                 ce = self._one(ids[i], w[i], [m[i] for m in masks], None if eps is None else eps[i])
                 return i + 1, out.write(i, ce)
 
-            _, out = tf.while_loop(lambda i, _: i < n, loop,
-                                   (tf.constant(0), tf.TensorArray(self.pipeline.dtype, size=n)))
+            _, out = tf.while_loop(
+                lambda i, _: i < n, loop, (tf.constant(0), tf.TensorArray(self.pipeline.dtype, size=n))
+            )
             losses.append(out.stack())
         if tail is not None:
             ids, w, masks, eps = tail
@@ -133,7 +141,7 @@ class Fused(Stepwise):
         full, tail = self.plan_inputs(epoch, first_step)
         losses = self.program(full, tail).numpy()
         slots, b = self.plan.slots(epoch)[0], self.plan.batch_size
-        ids = [slots[i: i + b] for i in range(0, slots.shape[0], b)]
+        ids = [slots[i : i + b] for i in range(0, slots.shape[0], b)]
         return EpochRun(ids, [0] * len(ids), losses)
 
 

@@ -19,8 +19,9 @@ from common.layers import Layer
 from common.spec import Spec
 
 if keras.backend.backend() != "tensorflow":
-    raise RuntimeError(f"backends.tf_backend needs KERAS_BACKEND=tensorflow, but Keras was loaded with "
-                       f"'{keras.backend.backend()}'")
+    raise RuntimeError(
+        f"backends.tf_backend needs KERAS_BACKEND=tensorflow, but Keras was loaded with '{keras.backend.backend()}'"
+    )
 
 LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
 VARIABLES = {**core.VARIABLES, **norm.VARIABLES, **sequence.VARIABLES}
@@ -44,8 +45,9 @@ class Stack(keras.Model):
 def build(layers: tuple[Layer, ...], spec: Spec, regularizers: dict | None = None) -> Stack:
     """The spec's stack as a Keras model with its variables created (one eval-mode call on a one-row input);
     `regularizers`: canonical name → Keras regularizer (backends.tf_backend.optim.regularizers)."""
-    model = Stack(layers, core.Build(spec.dtype, spec.mode == "native", spec.seed,
-                                     spec.sequence.mask, regularizers or {}))
+    model = Stack(
+        layers, core.Build(spec.dtype, spec.mode == "native", spec.seed, spec.sequence.mask, regularizers or {})
+    )
     first = layers[0]
     tokens = layer_stack.KINDS[first.kind].reads == layer_stack.TOKENS
     model(np.ones((1, 1), np.int64) if tokens else np.zeros((1, first.in_width), spec.dtype))
@@ -54,8 +56,12 @@ def build(layers: tuple[Layer, ...], spec: Spec, regularizers: dict | None = Non
 
 def variables(model: Stack) -> dict[str, keras.Variable]:
     """Canonical name → the Keras variable holding it, in stack order."""
-    return {layer.param(suffix): var for layer, native in zip(model.canonical, model.stack, strict=True)
-            if layer.kind in VARIABLES for suffix, var in VARIABLES[layer.kind](native).items()}
+    return {
+        layer.param(suffix): var
+        for layer, native in zip(model.canonical, model.stack, strict=True)
+        if layer.kind in VARIABLES
+        for suffix, var in VARIABLES[layer.kind](native).items()
+    }
 
 
 def load_canonical(model: Stack, params: dict[str, np.ndarray]) -> None:

@@ -16,9 +16,14 @@ from common.layers import Layer
 
 def layer_norm(layer: Layer, build: Build) -> keras.layers.LayerNormalization:
     eps = {} if build.native else {"epsilon": layer.eps}
-    return keras.layers.LayerNormalization(axis=-1, dtype=build.dtype, name=layer.name, **eps,
-                                           gamma_regularizer=build.regularizer(layer, "scale"),
-                                           beta_regularizer=build.regularizer(layer, "offset"))
+    return keras.layers.LayerNormalization(
+        axis=-1,
+        dtype=build.dtype,
+        name=layer.name,
+        **eps,
+        gamma_regularizer=build.regularizer(layer, "scale"),
+        beta_regularizer=build.regularizer(layer, "offset"),
+    )
 
 
 LAYERS = {"layer_norm": layer_norm}

@@ -61,20 +61,27 @@ def regularizers(spec: Spec, layers: tuple[Layer, ...]) -> dict[str, keras.regul
     reg = Regularization.from_spec(spec)
     if spec.mode == "native":
         return {name: native_regularizer(spec, reg, name) for name in param_shapes(layers)}
-    return {name: layer_regularizer(reg, name, int(np.prod(shape)), spec.dtype)
-            for name, shape in param_shapes(layers).items()}
+    return {
+        name: layer_regularizer(reg, name, int(np.prod(shape)), spec.dtype)
+        for name, shape in param_shapes(layers).items()
+    }
 
 
 def _keras_optimizer(o, epsilon, decay):
     """The Keras optimizer named by the spec's `optimizer` table `o`, with `weight_decay=decay` (None: off)."""
     if o.name == "sgd":
-        return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                    weight_decay=decay)
+        return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=decay)
     if o.name == "adam":
-        return keras.optimizers.Adam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=epsilon,
-                                     weight_decay=decay)
-    return keras.optimizers.AdamW(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=epsilon,
-                                  weight_decay=0.0 if decay is None else decay)  # AdamW rejects None
+        return keras.optimizers.Adam(
+            learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=epsilon, weight_decay=decay
+        )
+    return keras.optimizers.AdamW(
+        learning_rate=o.lr,
+        beta_1=o.beta1,
+        beta_2=o.beta2,
+        epsilon=epsilon,
+        weight_decay=0.0 if decay is None else decay,
+    )  # AdamW rejects None
 
 
 class KerasOptimizer:
@@ -95,8 +102,9 @@ class KerasOptimizer:
         o = replace(raw, **{k: hyper(getattr(raw, k), dtype) for k in ("momentum", "beta1", "beta2")})
         epsilon_hat = None
         if o.name != "sgd":
-            epsilon_hat = keras.Variable(keras_epsilon_hat(raw.eps, raw.beta2, 1), dtype=dtype,
-                                         trainable=False, name="epsilon_hat")
+            epsilon_hat = keras.Variable(
+                keras_epsilon_hat(raw.eps, raw.beta2, 1), dtype=dtype, trainable=False, name="epsilon_hat"
+            )
         optimizer = _keras_optimizer(o, epsilon_hat, hyper(reg.decoupled, dtype) if reg.decoupled else None)
         if optimizer.weight_decay is not None:
             optimizer.exclude_from_weight_decay(var_list=[v for name, v in variables.items() if not reg.applies(name)])
@@ -114,15 +122,19 @@ class KerasOptimizer:
         """Raise unless global step `step` (1-based) is the optimizer's own next iteration (ε̂ must match it); one
         host read of the iteration counter, so callers check once per epoch."""
         if self.epsilon_hat is not None and int(self.optimizer.iterations.numpy()) + 1 != step:
-            raise RuntimeError(f"Keras optimizer is at iteration {int(self.optimizer.iterations.numpy())}, "
-                               f"the driver at step {step}: ε̂ would be set for the wrong step")
+            raise RuntimeError(
+                f"Keras optimizer is at iteration {int(self.optimizer.iterations.numpy())}, "
+                f"the driver at step {step}: ε̂ would be set for the wrong step"
+            )
 
     def epsilon_table(self, first_step: int, count: int) -> np.ndarray | None:
         """ε̂_t for the global steps first_step … first_step + count − 1 (None without ε̂), for a fused loop."""
         if self.epsilon_hat is None:
             return None
-        return np.array([keras_epsilon_hat(self.eps, self.beta2, first_step + k) for k in range(count)],
-                        dtype=self.epsilon_hat.dtype)
+        return np.array(
+            [keras_epsilon_hat(self.eps, self.beta2, first_step + k) for k in range(count)],
+            dtype=self.epsilon_hat.dtype,
+        )
 
     def before_step(self, step: int) -> None:
         """Set ε̂_t for global step t (1-based); no host sync (the epoch checked the iteration counter)."""

@@ -12,18 +12,18 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import functools  # noqa: E402
-import inspect  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import functools
+import inspect
+import json
+import subprocess
+import sys
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from common import traps as T  # noqa: E402
-from common.metrics import aggregate  # noqa: E402
+from common import traps as T
+from common.metrics import aggregate
 
 
 def versions() -> dict[str, str]:
@@ -36,6 +36,7 @@ def keras_defaults(probe):
     The TF adapter sets floatx to the spec dtype, and floatx is process-global: a probe of Keras's *defaults*
     must not inherit a float64 left behind by an earlier run in the same process (e.g. a test session).
     """
+
     @functools.wraps(probe)
     def wrapped():
         previous = keras.config.floatx()
@@ -44,14 +45,14 @@ def keras_defaults(probe):
             return probe()
         finally:
             keras.config.set_floatx(previous)
+
     return wrapped
 
 
 def _fresh(code: str) -> dict:
     """Run `code` (which prints one JSON line) in a fresh interpreter: defaults untouched by this process."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -72,8 +73,12 @@ def shuffle_order() -> dict:
 def tf_shuffle_buffer() -> dict:
     """Which ids come first over SHUFFLE_EPOCHS reshuffled epochs of shuffle(buffer_size=2) on N ids."""
     tf.random.set_seed(T.SEED)
-    ds = (tf.data.Dataset.range(T.ORDER_N).shuffle(T.SHUFFLE_BUFFER, seed=T.SEED, reshuffle_each_iteration=True)
-          .repeat(T.SHUFFLE_EPOCHS).batch(T.ORDER_N))
+    ds = (
+        tf.data.Dataset.range(T.ORDER_N)
+        .shuffle(T.SHUFFLE_BUFFER, seed=T.SEED, reshuffle_each_iteration=True)
+        .repeat(T.SHUFFLE_EPOCHS)
+        .batch(T.ORDER_N)
+    )
     return {"first_element_support": sorted({int(b[0]) for b in ds})}
 
 
@@ -91,6 +96,7 @@ def ragged_recompile() -> dict:
         def step(x):
             counts[key] += 1  # Python side effect: runs once per trace
             return tf.reduce_sum(x * x)
+
         return step
 
     plain = make("compiles")
@@ -103,8 +109,11 @@ def ragged_recompile() -> dict:
 
 def keras_pad_sequences() -> dict:
     params = inspect.signature(keras.utils.pad_sequences).parameters
-    return {"padded": keras.utils.pad_sequences(T.SEQUENCES, maxlen=2).tolist(),
-            "padding": params["padding"].default, "truncating": params["truncating"].default}
+    return {
+        "padded": keras.utils.pad_sequences(T.SEQUENCES, maxlen=2).tolist(),
+        "padding": params["padding"].default,
+        "truncating": params["truncating"].default,
+    }
 
 
 def tf_padded_batch() -> dict:
@@ -124,9 +133,12 @@ def masked_mean_loss() -> dict:
     ignored = np.where(T.LOSS_MASK > 0, T.MASK_LABELS, -1)
     by_class = float(_scce(from_logits=True, ignore_class=-1)(ignored, T.LOSS_LOGITS))
     all_ignored = float(_scce(from_logits=True, ignore_class=-1)(np.full(4, -1), T.LOSS_LOGITS))
-    return {"reduction": T.classify_reduction(value, per_row, T.LOSS_MASK), "all_masked": T.finite_or_name(everything),
-            "ignore_class": T.classify_reduction(by_class, per_row, T.LOSS_MASK),
-            "ignore_class_all_masked": T.finite_or_name(all_ignored)}
+    return {
+        "reduction": T.classify_reduction(value, per_row, T.LOSS_MASK),
+        "all_masked": T.finite_or_name(everything),
+        "ignore_class": T.classify_reduction(by_class, per_row, T.LOSS_MASK),
+        "ignore_class_all_masked": T.finite_or_name(all_ignored),
+    }
 
 
 def sample_weight_reduction() -> dict:
@@ -134,15 +146,18 @@ def sample_weight_reduction() -> dict:
     per_row = np.asarray(_scce(from_logits=True, reduction="none")(y, z))
     default = float(_scce(from_logits=True)(y, z, sample_weight=w))
     weighted = float(_scce(from_logits=True, reduction="mean_with_sample_weight")(y, z, sample_weight=w))
-    return {"default": T.classify_reduction(default, per_row, w),
-            "mean_with_sample_weight": T.classify_reduction(weighted, per_row, w)}
+    return {
+        "default": T.classify_reduction(default, per_row, w),
+        "mean_with_sample_weight": T.classify_reduction(weighted, per_row, w),
+    }
 
 
 def dropout_scale() -> dict:
     """keras.layers.Dropout in training on float32 inputs at DROPOUT_RATES (and raw tf.nn.dropout beside it)."""
     x = T.dropout_input()
-    layer = {p: np.asarray(keras.layers.Dropout(p, seed=T.SEED, dtype="float32")(x, training=True))
-             for p in T.DROPOUT_RATES}
+    layer = {
+        p: np.asarray(keras.layers.Dropout(p, seed=T.SEED, dtype="float32")(x, training=True)) for p in T.DROPOUT_RATES
+    }
     raw = {p: tf.nn.dropout(tf.constant(x), p, seed=T.SEED).numpy() for p in T.DROPOUT_RATES}
     return {**T.classify_dropout(x, layer), "tf.nn.dropout": T.classify_dropout(x, raw)["form"]}
 
@@ -166,8 +181,10 @@ def _outcome(fn) -> str:
 
 def dropout_rate_one() -> dict:
     x = np.ones(8, np.float32)
-    return {"layer": _outcome(lambda: keras.layers.Dropout(1.0)(x, training=True)),
-            "functional": _outcome(lambda: tf.nn.dropout(x, 1.0))}
+    return {
+        "layer": _outcome(lambda: keras.layers.Dropout(1.0)(x, training=True)),
+        "functional": _outcome(lambda: tf.nn.dropout(x, 1.0)),
+    }
 
 
 def l2_vs_weight_decay() -> dict:
@@ -176,8 +193,7 @@ def l2_vs_weight_decay() -> dict:
     kernel = np.array([[1.0, -2.0]])
 
     def ratio(factor):
-        layer = keras.layers.Dense(2, use_bias=False, kernel_regularizer=keras.regularizers.L2(factor),
-                                   dtype="float64")
+        layer = keras.layers.Dense(2, use_bias=False, kernel_regularizer=keras.regularizers.L2(factor), dtype="float64")
         layer.build((None, 1))
         layer.kernel.assign(kernel)
         with tf.GradientTape() as tape:
@@ -189,9 +205,17 @@ def l2_vs_weight_decay() -> dict:
 
 
 def _regularized_model():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(
-        3, kernel_regularizer=keras.regularizers.L2(0.5), kernel_initializer=keras.initializers.Constant(0.5),
-        bias_initializer=keras.initializers.Constant(0.1))])
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                3,
+                kernel_regularizer=keras.regularizers.L2(0.5),
+                kernel_initializer=keras.initializers.Constant(0.5),
+                bias_initializer=keras.initializers.Constant(0.1),
+            ),
+        ]
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=_scce(from_logits=True))
     return model
 
@@ -208,21 +232,31 @@ def penalty_in_loss() -> dict:
     def includes(reported):
         return bool(abs(reported - (plain + penalty)) < abs(reported - plain))
 
-    return {"reported_loss_includes_penalty": includes(fit), "evaluate_includes_penalty": includes(evaluated),
-            "penalty": penalty}
+    return {
+        "reported_loss_includes_penalty": includes(fit),
+        "evaluate_includes_penalty": includes(evaluated),
+        "penalty": penalty,
+    }
 
 
 def optimizer_weight_decay() -> dict:
     """SGD(momentum, weight_decay) on a Dense kernel and bias, zero loss gradient, DECAY's steps (float64)."""
     d = T.DECAY
-    layer = keras.layers.Dense(1, dtype="float64", kernel_initializer=keras.initializers.Constant(d["w0"]),
-                               bias_initializer=keras.initializers.Constant(d["w0"]))
+    layer = keras.layers.Dense(
+        1,
+        dtype="float64",
+        kernel_initializer=keras.initializers.Constant(d["w0"]),
+        bias_initializer=keras.initializers.Constant(d["w0"]),
+    )
     layer.build((None, 1))
     opt = keras.optimizers.SGD(learning_rate=d["lr"], momentum=d["momentum"], weight_decay=d["wd"])
     for _ in range(d["steps"]):
         opt.apply_gradients([(tf.zeros_like(v), v) for v in (layer.kernel, layer.bias)])
-    return {"sgd_has_weight_decay": True, "kernel": T.classify_decay(float(layer.kernel.numpy().item())),
-            "bias": T.classify_decay(float(layer.bias.numpy().item()))}
+    return {
+        "sgd_has_weight_decay": True,
+        "kernel": T.classify_decay(float(layer.kernel.numpy().item())),
+        "bias": T.classify_decay(float(layer.bias.numpy().item())),
+    }
 
 
 def abs_subgradient() -> dict:
@@ -233,8 +267,10 @@ def abs_subgradient() -> dict:
     w = tf.Variable([0.0], dtype=tf.float64)
     with tf.GradientTape() as tape_l1:
         penalty = keras.regularizers.L1(1.0)(w)
-    return {"grad_abs_at_0": float(tape.gradient(loss, v)),
-            "keras_l1_grad_at_0": float(tape_l1.gradient(penalty, w).numpy()[0])}
+    return {
+        "grad_abs_at_0": float(tape.gradient(loss, v)),
+        "keras_l1_grad_at_0": float(tape_l1.gradient(penalty, w).numpy()[0]),
+    }
 
 
 def adam_eps_default() -> dict:
@@ -250,14 +286,17 @@ def keras_epsilon_hat() -> dict:
 
     def first_update(eps):
         w = keras.Variable(np.zeros(len(p["grad"])), dtype="float64")
-        opt = keras.optimizers.Adam(learning_rate=p["lr"], beta_1=np.float64(p["b1"]), beta_2=np.float64(p["b2"]),
-                                    epsilon=eps)
+        opt = keras.optimizers.Adam(
+            learning_rate=p["lr"], beta_1=np.float64(p["b1"]), beta_2=np.float64(p["b2"]), epsilon=eps
+        )
         opt.apply_gradients([(tf.constant(p["grad"], tf.float64), w)])
         return np.asarray(w.numpy())
 
     ref = T.adam_first_update_reference()
-    return {"eps_1e-8": T.rel_diff(first_update(p["eps"]), ref),
-            "eps_hat": T.rel_diff(first_update(T.keras_first_epsilon_hat()), ref)}
+    return {
+        "eps_1e-8": T.rel_diff(first_update(p["eps"]), ref),
+        "eps_hat": T.rel_diff(first_update(T.keras_first_epsilon_hat()), ref),
+    }
 
 
 def sgd_momentum_schedule() -> dict:
@@ -279,8 +318,11 @@ def default_init() -> dict:
     layer.build((None, T.INIT_FAN_IN))
     w, b = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
     r = np.sqrt(T.INIT_FAN_IN)
-    return {"weight_std": float(w.std() * r), "weight_max": float(np.abs(w).max() * r),
-            "bias_max": float(np.abs(b).max() * r)}
+    return {
+        "weight_std": float(w.std() * r),
+        "weight_max": float(np.abs(w).max() * r),
+        "bias_max": float(np.abs(b).max() * r),
+    }
 
 
 def weight_layout() -> dict:
@@ -292,13 +334,15 @@ def weight_layout() -> dict:
 def loss_input_defaults() -> dict:
     read = float(_scce()(np.array([2]), np.array([[0.2, 0.3, 0.5]])))
     zero = float(_scce()(np.array([0]), np.array([[0.0, 1.0, 0.0]])))
-    return {"input": T.classify_loss_input(read), "from_logits": _scce().from_logits,
-            "zero_prob_loss": T.finite_or_name(zero)}
+    return {
+        "input": T.classify_loss_input(read),
+        "from_logits": _scce().from_logits,
+        "zero_prob_loss": T.finite_or_name(zero),
+    }
 
 
 def _tiny_model(kernel: np.ndarray, use_bias: bool = True):
-    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1],
-                                                                                  use_bias=use_bias)])
+    model = keras.Sequential([keras.Input((kernel.shape[0],)), keras.layers.Dense(kernel.shape[1], use_bias=use_bias)])
     model.layers[-1].kernel.assign(kernel)
     return model
 
@@ -316,19 +360,28 @@ def fit_epoch_loss() -> dict:
 
     replay, opt, losses, sizes = _tiny_model(kernel), keras.optimizers.SGD(0.5), [], []
     for start in range(0, 10, 4):
-        xb, yb = x[start:start + 4], y[start:start + 4]
+        xb, yb = x[start : start + 4], y[start : start + 4]
         with tf.GradientTape() as tape:
             loss = _scce(from_logits=True)(yb, replay(xb, training=True))
-        opt.apply_gradients(zip(tape.gradient(loss, replay.trainable_variables), replay.trainable_variables))
+        opt.apply_gradients(
+            zip(tape.gradient(loss, replay.trainable_variables), replay.trainable_variables, strict=True)
+        )
         losses.append(float(loss))
         sizes.append(len(yb))
-    candidates = {"size_weighted_running_mean": float(np.dot(losses, sizes) / np.sum(sizes)),
-                  "plain_mean_of_batches": float(np.mean(losses)), "final_weights": final}
+    candidates = {
+        "size_weighted_running_mean": float(np.dot(losses, sizes) / np.sum(sizes)),
+        "plain_mean_of_batches": float(np.mean(losses)),
+        "final_weights": final,
+    }
     name = min(candidates, key=lambda k: abs(candidates[k] - fit))
     if abs(candidates[name] - fit) > 1e-5 * abs(fit):
         name = "other"
-    return {"fit_epoch_loss": name, "fit": float(fit), "final_weights": final,
-            "plain_mean_of_batches": candidates["plain_mean_of_batches"]}
+    return {
+        "fit_epoch_loss": name,
+        "fit": float(fit),
+        "final_weights": final,
+        "plain_mean_of_batches": candidates["plain_mean_of_batches"],
+    }
 
 
 def metric_aggregation() -> dict:
@@ -339,25 +392,34 @@ def metric_aggregation() -> dict:
     model = _tiny_model(np.eye(2, dtype=np.float32), use_bias=False)
     model.compile(loss=_scce(from_logits=True), metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
     acc = {b: model.evaluate(x, y, batch_size=b, verbose=0, return_dict=True)["acc"] for b in (4, 10)}
-    sums = [float(correct[i:i + 4].sum()) for i in range(0, 10, 4)]
-    counts = [len(correct[i:i + 4]) for i in range(0, 10, 4)]
+    sums = [float(correct[i : i + 4].sum()) for i in range(0, 10, 4)]
+    counts = [len(correct[i : i + 4]) for i in range(0, 10, 4)]
     weighted, per_batch = aggregate(sums, counts, "weighted"), aggregate(sums, counts, "per_batch_mean")
-    name = "weighted" if abs(acc[4] - weighted) < 1e-6 else "per_batch_mean" if abs(acc[4] - per_batch) < 1e-6 \
-        else "other"
-    return {"evaluate": name, "batch_size_invariant": bool(abs(acc[4] - acc[10]) < 1e-6),
-            "weighted": weighted, "per_batch_mean": per_batch}
+    name = (
+        "weighted" if abs(acc[4] - weighted) < 1e-6 else "per_batch_mean" if abs(acc[4] - per_batch) < 1e-6 else "other"
+    )
+    return {
+        "evaluate": name,
+        "batch_size_invariant": bool(abs(acc[4] - acc[10]) < 1e-6),
+        "weighted": weighted,
+        "per_batch_mean": per_batch,
+    }
 
 
 def float64_conversion() -> dict:
     x = np.zeros(2)
-    return {"dtype": tf.convert_to_tensor(x).dtype.name,
-            "keras.ops": keras.backend.standardize_dtype(keras.ops.convert_to_tensor(x).dtype)}
+    return {
+        "dtype": tf.convert_to_tensor(x).dtype.name,
+        "keras.ops": keras.backend.standardize_dtype(keras.ops.convert_to_tensor(x).dtype),
+    }
 
 
 def tf32_defaults() -> dict:
-    return _fresh("import json, tensorflow as tf\n"
-                  "print(json.dumps({'matmul_tf32': bool(tf.config.experimental.tensor_float_32_execution_enabled()),"
-                  " 'gpus': len(tf.config.list_physical_devices('GPU'))}))")
+    return _fresh(
+        "import json, tensorflow as tf\n"
+        "print(json.dumps({'matmul_tf32': bool(tf.config.experimental.tensor_float_32_execution_enabled()),"
+        " 'gpus': len(tf.config.list_physical_devices('GPU'))}))"
+    )
 
 
 def keras_auto_jit() -> dict:
@@ -375,8 +437,12 @@ def keras_auto_jit() -> dict:
     finally:
         if not was_on:
             tf_config.disable_op_determinism()
-    return {"model_supports_jit": bool(supports), "with_op_determinism": bool(with_determinism),
-            "auto_resolved": bool(model.jit_compile), "gpu": bool(tf.config.list_physical_devices("GPU"))}
+    return {
+        "model_supports_jit": bool(supports),
+        "with_op_determinism": bool(with_determinism),
+        "auto_resolved": bool(model.jit_compile),
+        "gpu": bool(tf.config.list_physical_devices("GPU")),
+    }
 
 
 def last_batch_default() -> dict:
@@ -395,11 +461,14 @@ def keras_validation_split() -> dict:
     model = _tiny_model(np.zeros((1, 1), np.float32), use_bias=False)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     y = np.arange(10, dtype=np.float32)
-    val = model.fit(np.ones((10, 1)), y, validation_split=0.2, shuffle=True, epochs=1, batch_size=10,
-                    verbose=0).history["val_loss"][0]
+    val = model.fit(
+        np.ones((10, 1)), y, validation_split=0.2, shuffle=True, epochs=1, batch_size=10, verbose=0
+    ).history["val_loss"][0]
     named = {"last": float(np.mean(y[-2:] ** 2)), "first": float(np.mean(y[:2] ** 2))}
-    return {"validation_rows": next((k for k, v in named.items() if abs(v - val) < 1e-4), "other"),
-            "val_loss": float(val)}
+    return {
+        "validation_rows": next((k for k, v in named.items() if abs(v - val) < 1e-4), "other"),
+        "val_loss": float(val),
+    }
 
 
 def keras_float64_hyper() -> dict:
@@ -415,15 +484,19 @@ def keras_float64_hyper() -> dict:
         return float(w.numpy()[0])
 
     exact = -0.5 - 0.5 * (0.9 + 1.0)  # b₂ = μ·1 + 1, w₂ = −lr·(b₁ + b₂)
-    return {"cast_python_0.9": cast_python, "cast_numpy_0.9": cast_numpy,
-            "sgd_rel_error_python_momentum": abs(two_steps(0.9) - exact) / abs(exact),
-            "sgd_rel_error_numpy_momentum": abs(two_steps(np.float64(0.9)) - exact) / abs(exact)}
+    return {
+        "cast_python_0.9": cast_python,
+        "cast_numpy_0.9": cast_numpy,
+        "sgd_rel_error_python_momentum": abs(two_steps(0.9) - exact) / abs(exact),
+        "sgd_rel_error_numpy_momentum": abs(two_steps(np.float64(0.9)) - exact) / abs(exact),
+    }
 
 
 def layer_norm_eps() -> dict:
     """keras.layers.LayerNormalization's default epsilon, read from the layer, and ε and the variance recovered
     from its float64 output on LAYER_NORM_INPUT (T.classify_layer_norm; γ = 1, β = 0 at construction);
     "explicit_eps": ε recovered from LayerNormalization(epsilon=NORM_EPS), the conversion."""
+
     def run(**kwargs):
         layer = keras.layers.LayerNormalization(dtype="float64", **kwargs)
         return layer, T.classify_layer_norm(np.asarray(layer(T.LAYER_NORM_INPUT)))
@@ -453,43 +526,48 @@ def sparse_embedding_adam() -> dict:
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(embed(tf.constant(T.EMBED_TOKENS))[:, 0] * tf.constant(T.EMBED_COEF, tf.float64))
     grads = tape.gradient(loss, embed.trainable_variables)
-    optimizer.apply_gradients(zip(grads, embed.trainable_variables))
-    return {"second_moment": T.classify_second_moment(float(optimizer._velocities[0].numpy()[0, 0])),
-            "gradient_type": type(grads[0]).__name__}
+    optimizer.apply_gradients(zip(grads, embed.trainable_variables, strict=True))
+    return {
+        "second_moment": T.classify_second_moment(float(optimizer._velocities[0].numpy()[0, 0])),
+        "gradient_type": type(grads[0]).__name__,
+    }
 
 
-PROBES = {name: keras_defaults(probe) for name, probe in {
-    "sparse_embedding_adam": sparse_embedding_adam,
-    "rnn_padded_outputs": rnn_padded_outputs,
-    "rnn_bias_vectors": rnn_bias_vectors,
-    "shuffle_order": shuffle_order,
-    "tf_shuffle_buffer": tf_shuffle_buffer,
-    "repeat_batch_epochs": repeat_batch_epochs,
-    "ragged_recompile": ragged_recompile,
-    "keras_pad_sequences": keras_pad_sequences,
-    "tf_padded_batch": tf_padded_batch,
-    "masked_mean_loss": masked_mean_loss,
-    "sample_weight_reduction": sample_weight_reduction,
-    "dropout_scale": dropout_scale,
-    "dropout_default_mode": dropout_default_mode,
-    "dropout_rate_one": dropout_rate_one,
-    "l2_vs_weight_decay": l2_vs_weight_decay,
-    "penalty_in_loss": penalty_in_loss,
-    "optimizer_weight_decay": optimizer_weight_decay,
-    "abs_subgradient": abs_subgradient,
-    "adam_eps_default": adam_eps_default,
-    "keras_epsilon_hat": keras_epsilon_hat,
-    "sgd_momentum_schedule": sgd_momentum_schedule,
-    "default_init": default_init,
-    "weight_layout": weight_layout,
-    "loss_input_defaults": loss_input_defaults,
-    "fit_epoch_loss": fit_epoch_loss,
-    "metric_aggregation": metric_aggregation,
-    "float64_conversion": float64_conversion,
-    "tf32_defaults": tf32_defaults,
-    "keras_auto_jit": keras_auto_jit,
-    "last_batch_default": last_batch_default,
-    "keras_validation_split": keras_validation_split,
-    "keras_float64_hyper": keras_float64_hyper,
-    "layer_norm_eps": layer_norm_eps,
-}.items()}
+PROBES = {
+    name: keras_defaults(probe)
+    for name, probe in {
+        "sparse_embedding_adam": sparse_embedding_adam,
+        "rnn_padded_outputs": rnn_padded_outputs,
+        "rnn_bias_vectors": rnn_bias_vectors,
+        "shuffle_order": shuffle_order,
+        "tf_shuffle_buffer": tf_shuffle_buffer,
+        "repeat_batch_epochs": repeat_batch_epochs,
+        "ragged_recompile": ragged_recompile,
+        "keras_pad_sequences": keras_pad_sequences,
+        "tf_padded_batch": tf_padded_batch,
+        "masked_mean_loss": masked_mean_loss,
+        "sample_weight_reduction": sample_weight_reduction,
+        "dropout_scale": dropout_scale,
+        "dropout_default_mode": dropout_default_mode,
+        "dropout_rate_one": dropout_rate_one,
+        "l2_vs_weight_decay": l2_vs_weight_decay,
+        "penalty_in_loss": penalty_in_loss,
+        "optimizer_weight_decay": optimizer_weight_decay,
+        "abs_subgradient": abs_subgradient,
+        "adam_eps_default": adam_eps_default,
+        "keras_epsilon_hat": keras_epsilon_hat,
+        "sgd_momentum_schedule": sgd_momentum_schedule,
+        "default_init": default_init,
+        "weight_layout": weight_layout,
+        "loss_input_defaults": loss_input_defaults,
+        "fit_epoch_loss": fit_epoch_loss,
+        "metric_aggregation": metric_aggregation,
+        "float64_conversion": float64_conversion,
+        "tf32_defaults": tf32_defaults,
+        "keras_auto_jit": keras_auto_jit,
+        "last_batch_default": last_batch_default,
+        "keras_validation_split": keras_validation_split,
+        "keras_float64_hyper": keras_float64_hyper,
+        "layer_norm_eps": layer_norm_eps,
+    }.items()
+}

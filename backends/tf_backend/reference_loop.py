@@ -62,8 +62,9 @@ class Reference:
             elif layer.kind in ACTIVATIONS:
                 h = ACTIVATIONS[layer.kind](h)
             elif layer.rate:  # dropout
-                seed = tf.stack([tf.constant(self.spec.seed * 8 + rng.TF_REFERENCE_DROPOUT * 4 + layer.number,
-                                             tf.int64), t])
+                seed = tf.stack(
+                    [tf.constant(self.spec.seed * 8 + rng.TF_REFERENCE_DROPOUT * 4 + layer.number, tf.int64), t]
+                )
                 keep = tf.random.stateless_uniform(tf.shape(h), seed, dtype=self.dtype) >= layer.rate
                 h = h * tf.cast(keep, self.dtype) * keep_scale(layer.rate)
         return h
@@ -89,8 +90,8 @@ class Reference:
                 m, v = self.slots[0][k], self.slots[1][k]
                 m.assign(o.beta1 * m + (1 - o.beta1) * g)
                 v.assign(o.beta2 * v + (1 - o.beta2) * g * g)
-                m_hat = m / (1 - o.beta1 ** step)
-                v_hat = v / (1 - o.beta2 ** step)
+                m_hat = m / (1 - o.beta1**step)
+                v_hat = v / (1 - o.beta2**step)
                 u = m_hat / (tf.sqrt(v_hat) + o.eps)
             elif self.slots:
                 b = self.slots[0][k]
@@ -122,13 +123,14 @@ class Reference:
         ones = tf.ones((b,), self.dtype)
         loss = tf.constant(0.0, self.dtype)
         if s:
-            _, loss = tf.while_loop(lambda i, _: i < s, lambda i, _: (i + 1, self._step(ids[i], ones)),
-                                    (tf.constant(0), loss))
+            _, loss = tf.while_loop(
+                lambda i, _: i < s, lambda i, _: (i + 1, self._step(ids[i], ones)), (tf.constant(0), loss)
+            )
         last = self.spec.batching.last_batch
         if r and last == "keep":
-            loss = self._step(order[s * b:], tf.ones((r,), self.dtype))
+            loss = self._step(order[s * b :], tf.ones((r,), self.dtype))
         elif r and last == "pad":
-            filler = tf.concat([order[s * b:], order[: b - r]], 0)
+            filler = tf.concat([order[s * b :], order[: b - r]], 0)
             loss = self._step(filler, tf.concat([tf.ones((r,), self.dtype), tf.zeros((b - r,), self.dtype)], 0))
         return loss
 

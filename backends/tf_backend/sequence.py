@@ -34,10 +34,16 @@ class MaskedMean(keras.layers.GlobalAveragePooling1D):
 
 def embedding(layer: Layer, build: Build) -> keras.layers.Embedding:
     return keras.layers.Embedding(
-        layer.in_width, layer.width, mask_zero=build.mask, dtype=build.dtype, name=layer.name,
+        layer.in_width,
+        layer.width,
+        mask_zero=build.mask,
+        dtype=build.dtype,
+        name=layer.name,
         embeddings_initializer=keras.initializers.RandomUniform(
-            -0.05, 0.05, seed=build.keras_seed(rng.KERAS_INIT, rng.INIT_EMBED)),
-        embeddings_regularizer=build.regularizer(layer, "weight"))
+            -0.05, 0.05, seed=build.keras_seed(rng.KERAS_INIT, rng.INIT_EMBED)
+        ),
+        embeddings_regularizer=build.regularizer(layer, "weight"),
+    )
 
 
 def masked_mean(layer: Layer, build: Build) -> MaskedMean:
@@ -46,17 +52,24 @@ def masked_mean(layer: Layer, build: Build) -> MaskedMean:
 
 def rnn(layer: Layer, build: Build) -> keras.layers.SimpleRNN:
     return keras.layers.SimpleRNN(
-        layer.width, activation="tanh", dtype=build.dtype, name=layer.name,
+        layer.width,
+        activation="tanh",
+        dtype=build.dtype,
+        name=layer.name,
         kernel_initializer=keras.initializers.GlorotUniform(seed=build.keras_seed(rng.KERAS_INIT, rng.INIT_RNN, 0)),
         recurrent_initializer=keras.initializers.Orthogonal(seed=build.keras_seed(rng.KERAS_INIT, rng.INIT_RNN, 1)),
         kernel_regularizer=build.regularizer(layer, "input.weight"),
         recurrent_regularizer=build.regularizer(layer, "recurrent.weight"),
-        bias_regularizer=build.regularizer(layer, "bias"))
+        bias_regularizer=build.regularizer(layer, "bias"),
+    )
 
 
 LAYERS = {"embedding": embedding, "masked_mean": masked_mean, "rnn": rnn}
 VARIABLES = {
     "embedding": lambda native: {"weight": native.embeddings},
-    "rnn": lambda native: {"input.weight": native.cell.kernel, "recurrent.weight": native.cell.recurrent_kernel,
-                           "bias": native.cell.bias},
+    "rnn": lambda native: {
+        "input.weight": native.cell.kernel,
+        "recurrent.weight": native.cell.recurrent_kernel,
+        "bias": native.cell.bias,
+    },
 }

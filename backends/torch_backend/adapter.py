@@ -47,8 +47,14 @@ class TorchAdapter:
             return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()}, tf32 off)"
         return "cpu"
 
-    def prepare(self, spec: Spec, data: Dataset, plan: BatchPlan, layers: tuple[Layer, ...],
-                params: dict[str, np.ndarray] | None) -> None:
+    def prepare(
+        self,
+        spec: Spec,
+        data: Dataset,
+        plan: BatchPlan,
+        layers: tuple[Layer, ...],
+        params: dict[str, np.ndarray] | None,
+    ) -> None:
         self.spec, self.layers, self.native = spec, layers, params is None
         self.pipeline: Pipeline = pipeline(spec, data, plan, DTYPES[spec.dtype], self.dev)
         torch.manual_seed(spec.seed)  # native mode: the default inits, then nn.Dropout, draw from it
@@ -59,8 +65,13 @@ class TorchAdapter:
         # for the state it creates; TorchOptimizer creates it up front)
         capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
         self.optimizer = (NativeTorchOptimizer if self.native else TorchOptimizer)(spec, self.model, capturable)
-        self.run_step = make_step(self.execution, self._loss, self.optimizer, [p for _, p in trainable(self.model)],
-                                  self.pipeline.static_shapes)
+        self.run_step = make_step(
+            self.execution,
+            self._loss,
+            self.optimizer,
+            [p for _, p in trainable(self.model)],
+            self.pipeline.static_shapes,
+        )
 
     def _loss(self, x, y, w, lengths, masks) -> tuple[torch.Tensor, torch.Tensor]:
         """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates."""
@@ -74,8 +85,9 @@ class TorchAdapter:
     def _masks(self, step: int, rows: Rows) -> list[torch.Tensor] | None:
         """Exact mode: the shared masks of global step `step` on the device (None without dropout); native mode
         None (nn.Dropout draws its own)."""
-        masks = None if self.native else shared_masks(self.spec.seed, step, self.layers, rows.ids.shape[0],
-                                                      self.spec.dtype)
+        masks = (
+            None if self.native else shared_masks(self.spec.seed, step, self.layers, rows.ids.shape[0], self.spec.dtype)
+        )
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
     def _advance(self, rows: Rows, masks: list[torch.Tensor] | None) -> torch.Tensor:
@@ -98,13 +110,20 @@ class TorchAdapter:
         for planned in batches:
             rows = self.pipeline.eval_rows(split, planned)
             if rows.length != planned.length:
-                raise RuntimeError(f"torch: evaluation batch of {split} rows {planned.ids.tolist()} padded to "
-                                   f"{rows.length}, the plan says {planned.length}")
+                raise RuntimeError(
+                    f"torch: evaluation batch of {split} rows {planned.ids.tolist()} padded to "
+                    f"{rows.length}, the plan says {planned.length}"
+                )
             logits = self.model(rows.x, rows.lengths)
             losses = F.cross_entropy(logits, rows.y, reduction="none")
             correct = (logits.argmax(dim=1) == rows.y).to(rows.weights.dtype)
-            out.append(((losses * rows.weights).sum().item(), (correct * rows.weights).sum().item(),
-                        int(torch.count_nonzero(rows.weights))))
+            out.append(
+                (
+                    (losses * rows.weights).sum().item(),
+                    (correct * rows.weights).sum().item(),
+                    int(torch.count_nonzero(rows.weights)),
+                )
+            )
         return out
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -112,12 +131,14 @@ class TorchAdapter:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" → CUDA when available, else CPU; "cpu"; "gpu" (or "cuda") → CUDA, an error when torch has none."""
+    """ "auto" → CUDA when available, else CPU; "cpu"; "gpu" (or "cuda") → CUDA, an error when torch has none."""
     if device not in ("auto", "cpu", "gpu", "cuda"):
         raise ValueError(f"torch: unknown device '{device}' (cpu, gpu or auto)")
     if device in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"torch: device '{device}' requested but torch.cuda.is_available() is False "
-                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+        raise RuntimeError(
+            f"torch: device '{device}' requested but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
+        )
     return torch.device("cpu" if device == "cpu" or not torch.cuda.is_available() else "cuda")
 
 

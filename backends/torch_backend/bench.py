@@ -45,20 +45,31 @@ def device_settings(dev: torch.device) -> dict[str, Any]:
     """Device name, driver, threads and the float32 precision switches (TF32), for the record."""
     out: dict[str, Any] = {
         "device_type": dev.type,
-        "threads": {"torch_num_threads": torch.get_num_threads(),
-                    "torch_num_interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
-                    "affinity": len(os.sched_getaffinity(0)), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-        "precision": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                      "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                      "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-                      "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled},
+        "threads": {
+            "torch_num_threads": torch.get_num_threads(),
+            "torch_num_interop_threads": torch.get_num_interop_threads(),
+            "cpu_count": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "precision": {
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "mkldnn_enabled": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+        },
         "cpu": platform.processor() or platform.machine(),
     }
     if dev.type == "cuda":
         props = torch.cuda.get_device_properties(dev)
-        out["gpu"] = {"name": props.name, "capability": f"{props.major}.{props.minor}",
-                      "memory_gib": round(props.total_memory / 2**30, 1), "cuda_runtime": torch.version.cuda,
-                      "cudnn": torch.backends.cudnn.version(), "driver": _cuda_driver()}
+        out["gpu"] = {
+            "name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda_runtime": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "driver": _cuda_driver(),
+        }
     return out
 
 
@@ -83,18 +94,26 @@ class TorchTarget:
         self.dev = self.adapter.dev
         self.plan = plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
         exact = self.spec.mode == "exact"
-        self.adapter.prepare(self.spec, data, plan, model_layers(self.spec, data),
-                             canonical_init(self.spec, data) if exact else None)
+        self.adapter.prepare(
+            self.spec, data, plan, model_layers(self.spec, data), canonical_init(self.spec, data) if exact else None
+        )
         first = next(self.adapter.pipeline.epoch(0))
         self.fixed = (first, self.adapter._masks(1, first))
         dtype = DTYPES[self.spec.dtype]
-        self.naive = make_per_row_loader(torch.as_tensor(data.train_x, dtype=dtype),
-                                         torch.as_tensor(data.train_y, dtype=torch.long), plan)
+        self.naive = make_per_row_loader(
+            torch.as_tensor(data.train_x, dtype=dtype), torch.as_tensor(data.train_y, dtype=torch.long), plan
+        )
         self.epochs_run = self.loader_epochs = 0
 
     def settings(self) -> dict[str, Any]:
-        return {"backend": "torch", "mode": self.mode, "versions": self.adapter.versions(),
-                "device": self.adapter.device(), "dtype": self.spec.dtype, **device_settings(self.dev)}
+        return {
+            "backend": "torch",
+            "mode": self.mode,
+            "versions": self.adapter.versions(),
+            "device": self.adapter.device(),
+            "dtype": self.spec.dtype,
+            **device_settings(self.dev),
+        }
 
     def loader_epoch(self, loader: str) -> Any:
         if loader not in LOADERS:
@@ -131,4 +150,3 @@ def make_target(spec: Spec, data: Dataset, mode: str, device: str) -> TorchTarge
     if mode not in MODES:
         raise ValueError(f"torch has no execution mode '{mode}' (modes: {', '.join(MODES)})")
     return TorchTarget(spec, data, mode, device)
-

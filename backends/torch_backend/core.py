@@ -44,8 +44,10 @@ class Canonical:
 
     def canonical_views(self) -> dict[str, torch.Tensor]:
         """Canonical suffix → the parameter in the canonical layout (a view: copying into it loads the parameter)."""
-        return {suffix: getattr(self, name).T if transposed else getattr(self, name)
-                for name, (suffix, transposed) in self.CANONICAL.items()}
+        return {
+            suffix: getattr(self, name).T if transposed else getattr(self, name)
+            for name, (suffix, transposed) in self.CANONICAL.items()
+        }
 
     def exported(self) -> dict[str, torch.Tensor]:
         """Canonical suffix → the value the canonical model holds."""
@@ -53,8 +55,11 @@ class Canonical:
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
         """(canonical suffix, parameter) of what the optimizer updates."""
-        return [(suffix, getattr(self, name)) for name, (suffix, _) in self.CANONICAL.items()
-                if getattr(self, name).requires_grad]
+        return [
+            (suffix, getattr(self, name))
+            for name, (suffix, _) in self.CANONICAL.items()
+            if getattr(self, name).requires_grad
+        ]
 
 
 class Dense(Canonical, nn.Linear):

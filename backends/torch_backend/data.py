@@ -59,8 +59,9 @@ class RowsDataset(Dataset):
     def __getitems__(self, batch: Batch | list[int]) -> Rows:
         ids, weights = _ids_and_weights(batch)
         index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
-        return Rows(ids, self.x[index], self.y[index], torch.as_tensor(weights, dtype=self.x.dtype,
-                                                                       device=self.x.device))
+        return Rows(
+            ids, self.x[index], self.y[index], torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
+        )
 
 
 class TokenRow(NamedTuple):
@@ -95,8 +96,7 @@ class PadCollate:
     """The collate_fn of token rows (module docstring). `bucketed`: pad to the bound of the batch's bucket
     (training batches of a bucketed plan); evaluation batches mix buckets and are padded to their longest kept row."""
 
-    def __init__(self, pad: str, truncate: str, max_len: int, buckets, loss_norm: str, dtype, device,
-                 bucketed: bool):
+    def __init__(self, pad: str, truncate: str, max_len: int, buckets, loss_norm: str, dtype, device, bucketed: bool):
         if pad not in TORCH_SIDE or truncate not in ("post", "pre"):
             raise ValueError(f"torch sequences: pad and truncate must be post or pre, got {pad!r}, {truncate!r}")
         self.pad, self.truncate, self.max_len = pad, truncate, max_len
@@ -111,27 +111,38 @@ class PadCollate:
         spec's loss_norm, padded to the bucket bound), else evaluation batches (per-row weights, no bucketing)."""
         seq = spec.sequence
         pad, truncate = resolve_sides(spec, "torch")
-        return cls(pad, truncate, seq.max_len, seq.buckets, seq.loss_norm if train else "per_sequence", dtype,
-                   device, bucketed=train)
+        return cls(
+            pad,
+            truncate,
+            seq.max_len,
+            seq.buckets,
+            seq.loss_norm if train else "per_sequence",
+            dtype,
+            device,
+            bucketed=train,
+        )
 
     def _truncated(self, seq: torch.Tensor) -> torch.Tensor:
         if not self.cap or seq.shape[0] <= self.cap:
             return seq
-        return seq[: self.cap] if self.truncate == "post" else seq[seq.shape[0] - self.cap:]
+        return seq[: self.cap] if self.truncate == "post" else seq[seq.shape[0] - self.cap :]
 
     def __call__(self, rows: list[TokenRow]) -> Rows:
         kept = [self._truncated(r.tokens) for r in rows]
         padded = pad_sequence(kept, batch_first=True, padding_value=PAD, padding_side=TORCH_SIDE[self.pad])
-        target = padded_length(np.array([r.tokens.shape[0] for r in rows]), self.max_len, self.buckets,
-                               self.bucketed)
+        target = padded_length(np.array([r.tokens.shape[0] for r in rows]), self.max_len, self.buckets, self.bucketed)
         if target > padded.shape[1]:
             extra = target - padded.shape[1]
             padded = F.pad(padded, (0, extra) if self.pad == "post" else (extra, 0), value=PAD)
         lengths = torch.tensor([k.shape[0] for k in kept], dtype=torch.long)
         m = loss_weights(np.array([r.weight for r in rows], dtype=np.float64), lengths.numpy(), self.loss_norm)
-        return Rows(ids=np.array([r.id for r in rows], dtype=np.int64), x=padded.to(self.device),
-                    y=torch.tensor([r.label for r in rows], dtype=torch.long, device=self.device),
-                    weights=torch.as_tensor(m, dtype=self.dtype, device=self.device), lengths=lengths)
+        return Rows(
+            ids=np.array([r.id for r in rows], dtype=np.int64),
+            x=padded.to(self.device),
+            y=torch.tensor([r.label for r in rows], dtype=torch.long, device=self.device),
+            weights=torch.as_tensor(m, dtype=self.dtype, device=self.device),
+            lengths=lengths,
+        )
 
 
 class PlanBatchSampler(Sampler):
@@ -157,15 +168,22 @@ def already_collated(batch: Rows) -> Rows:
 
 def make_loader(dataset: Dataset, plan: BatchPlan, seed: int, collate: Callable = already_collated) -> DataLoader:
     """Exact mode: DataLoader walking `plan`, with its own Generator (the global torch RNG stays untouched)."""
-    return DataLoader(dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=collate, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def make_native_loader(dataset: Dataset, spec: Spec, collate: Callable = already_collated) -> DataLoader:
     """Native mode: torch's own sampler and batching, shuffled by a Generator seeded from the spec seed."""
     b = spec.batching
-    return DataLoader(dataset, batch_size=b.batch_size, shuffle=b.shuffle, drop_last=b.last_batch == "drop",
-                      collate_fn=collate, generator=torch.Generator().manual_seed(spec.seed))
+    return DataLoader(
+        dataset,
+        batch_size=b.batch_size,
+        shuffle=b.shuffle,
+        drop_last=b.last_batch == "drop",
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(spec.seed),
+    )
 
 
 @dataclass
@@ -198,19 +216,28 @@ def pipeline(spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device
     """The pipeline of `data`: token rows with the padding collate_fn, or feature rows on the device."""
     native = spec.mode == "native"
     if data.is_sequence:
-        datasets = {split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split),
-                                            getattr(data, f"{split}_y")) for split in ("train", "test")}
+        datasets = {
+            split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split), getattr(data, f"{split}_y"))
+            for split in ("train", "test")
+        }
         collate = PadCollate.from_spec(spec, dtype, device, train=True)
         eval_collate = PadCollate.from_spec(spec, dtype, device, train=False)
         weighted = not native or spec.sequence.loss_norm == "per_token"
     else:
-        datasets = {split: RowsDataset(torch.as_tensor(getattr(data, f"{split}_x"), dtype=dtype, device=device),
-                                       torch.as_tensor(getattr(data, f"{split}_y"), dtype=torch.long, device=device))
-                    for split in ("train", "test")}
+        datasets = {
+            split: RowsDataset(
+                torch.as_tensor(getattr(data, f"{split}_x"), dtype=dtype, device=device),
+                torch.as_tensor(getattr(data, f"{split}_y"), dtype=torch.long, device=device),
+            )
+            for split in ("train", "test")
+        }
         collate = eval_collate = already_collated
         weighted = not native
-    loader = (make_native_loader(datasets["train"], spec, collate) if native
-              else make_loader(datasets["train"], plan, spec.seed, collate))
+    loader = (
+        make_native_loader(datasets["train"], spec, collate)
+        if native
+        else make_loader(datasets["train"], plan, spec.seed, collate)
+    )
     return Pipeline(loader, datasets, eval_collate, weighted, static_shapes=not data.is_sequence)
 
 
@@ -233,5 +260,9 @@ class PlanOrderSampler(Sampler):
 
 def make_per_row_loader(x: torch.Tensor, y: torch.Tensor, plan: BatchPlan) -> DataLoader:
     """Loader "naive": TensorDataset + DataLoader(batch_size, sampler) with per-row fetches and default collate."""
-    return DataLoader(TensorDataset(x, y), batch_size=plan.batch_size, sampler=PlanOrderSampler(plan),
-                      generator=torch.Generator().manual_seed(plan.seed))
+    return DataLoader(
+        TensorDataset(x, y),
+        batch_size=plan.batch_size,
+        sampler=PlanOrderSampler(plan),
+        generator=torch.Generator().manual_seed(plan.seed),
+    )

@@ -30,8 +30,10 @@ def check_execution(execution: str, device: torch.device) -> None:
     if execution not in EXECUTIONS:
         raise ValueError(f"torch: unknown execution mode '{execution}' (modes: {', '.join(EXECUTIONS)})")
     if execution == "fused" and device.type != "cuda":
-        raise RuntimeError(f"torch fused mode (CUDA-graph step) needs a CUDA device; this run is on {device.type} "
-                           f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+        raise RuntimeError(
+            f"torch fused mode (CUDA-graph step) needs a CUDA device; this run is on {device.type} "
+            f"(torch.cuda.is_available() = {torch.cuda.is_available()})"
+        )
 
 
 class EagerStep:
@@ -106,8 +108,10 @@ class GraphStep(EagerStep):
 
     @torch.no_grad()
     def _snapshot(self) -> tuple:
-        state = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-                 for p, s in self.optimizer.opt.state.items()}
+        state = {
+            id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+            for p, s in self.optimizer.opt.state.items()
+        }
         return [p.detach().clone() for p in self.params], state, torch.cuda.get_rng_state()
 
     @torch.no_grad()
@@ -124,15 +128,16 @@ class GraphStep(EagerStep):
         torch.cuda.set_rng_state(rng)
 
 
-def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor],
-              static_shapes: bool) -> EagerStep:
+def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor], static_shapes: bool) -> EagerStep:
     """The step of `execution` for batches of static shapes (the plan's, features) or not (token batches: compiled
     with automatic dynamic shapes, which recompile once with a symbolic size when a shape changes)."""
     if execution == "compiled":
         return CompiledStep(loss_fn, optimizer, False if static_shapes else None)
     if execution == "fused":
         if not static_shapes:
-            raise RuntimeError("torch fused mode (CUDA graph) needs batches of static shapes; token batches vary "
-                               "in length (use execution = \"compiled\" or \"eager\")")
+            raise RuntimeError(
+                "torch fused mode (CUDA graph) needs batches of static shapes; token batches vary "
+                'in length (use execution = "compiled" or "eager")'
+            )
         return GraphStep(loss_fn, optimizer, params)
     return EagerStep(loss_fn, optimizer)

@@ -32,8 +32,9 @@ class Stack(nn.Module):
         for layer in layers:
             self.add_module(layer.name or f"{layer.kind}{layer.index}", LAYERS[layer.kind](layer, spec, dtype))
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None,
-                masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor | None = None, masks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         flow, h = Flow(lengths, masks), x
         for module in self.children():
             h = module(h, flow)
@@ -60,8 +61,11 @@ def load_canonical(model: Stack, params: dict[str, np.ndarray]) -> None:
 @torch.no_grad()
 def to_canonical(model: Stack) -> dict[str, np.ndarray]:
     """Current parameters as numpy copies in the canonical layout, by canonical name."""
-    return {layer.param(suffix): value.detach().cpu().numpy().copy()
-            for layer, module in model.mapped() for suffix, value in module.exported().items()}
+    return {
+        layer.param(suffix): value.detach().cpu().numpy().copy()
+        for layer, module in model.mapped()
+        for suffix, value in module.exported().items()
+    }
 
 
 def trainable(model: Stack) -> list[tuple[str, nn.Parameter]]:

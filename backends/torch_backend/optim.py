@@ -50,14 +50,19 @@ class TorchOptimizer:
         native_wd = reg.decoupled if o.name == "adamw" else (0.0 if decoupled else reg.coupled)
         self.loss_l2 = reg.coupled if decoupled else 0.0  # c carried as a loss term (see module docstring)
         self.sgd_decay = reg.decoupled if o.name == "sgd" else 0.0
-        groups = [g for g in ({"params": [p for _, p in self.regularized], "weight_decay": native_wd},
-                              {"params": plain, "weight_decay": 0.0}) if g["params"]]
+        groups = [
+            g
+            for g in (
+                {"params": [p for _, p in self.regularized], "weight_decay": native_wd},
+                {"params": plain, "weight_decay": 0.0},
+            )
+            if g["params"]
+        ]
         if o.name == "sgd":
             self.opt = torch.optim.SGD(groups, lr=self.lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
         else:
             cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-            self.opt = cls(groups, lr=self.lr, betas=(o.beta1, o.beta2), eps=o.eps, capturable=capturable,
-                           fused=fused)
+            self.opt = cls(groups, lr=self.lr, betas=(o.beta1, o.beta2), eps=o.eps, capturable=capturable, fused=fused)
             if not fused:
                 self._float64_step_count(capturable)
 
@@ -74,7 +79,8 @@ class TorchOptimizer:
                 self.opt.state[p] = {
                     "step": torch.zeros((), dtype=torch.float64, device=p.device if capturable else "cpu"),
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
 
     def penalty(self) -> torch.Tensor | float:
         """The loss terms for what torch.optim cannot express: L1, and (c/2)·Σw² under decoupled decay."""
@@ -104,15 +110,23 @@ class NativeTorchOptimizer:
         decoupled = r.weight_decay if r.decay == "decoupled" else 0.0
         self.loss_l2 = 0.0
         if o.name == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                         weight_decay=decoupled, capturable=capturable)
+            self.opt = torch.optim.AdamW(
+                params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=decoupled, capturable=capturable
+            )
             self.loss_l2 = r.l2
         elif o.name == "adam":
-            self.opt = torch.optim.Adam(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                        weight_decay=l2_as_written(spec), capturable=capturable)
+            self.opt = torch.optim.Adam(
+                params,
+                lr=o.lr,
+                betas=(o.beta1, o.beta2),
+                eps=o.eps,
+                weight_decay=l2_as_written(spec),
+                capturable=capturable,
+            )
         else:
-            self.opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                                       weight_decay=l2_as_written(spec) + decoupled)
+            self.opt = torch.optim.SGD(
+                params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=l2_as_written(spec) + decoupled
+            )
 
     def penalty(self) -> torch.Tensor | float:
         """The hand-written loss terms: L1 as the spec says, and l2·Σw² next to AdamW."""

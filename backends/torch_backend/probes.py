@@ -47,6 +47,7 @@ def dataloader_global_rng() -> dict:
 
     The global stream after 2 epochs is matched against k manual `random_()` draws, k = 0..6; draws/epoch = k/2.
     """
+
     def marker_after(consume) -> float:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(T.SEED)
@@ -107,8 +108,10 @@ def masked_mean_loss() -> dict:
     ignored = torch.where(torch.from_numpy(T.LOSS_MASK) > 0, y, torch.full_like(y, -100))
     value = F.cross_entropy(z, ignored, ignore_index=-100)
     everything = F.cross_entropy(z, torch.full_like(y, -100), ignore_index=-100)
-    return {"reduction": T.classify_reduction(value.item(), per_row, T.LOSS_MASK),
-            "all_masked": T.finite_or_name(everything.item())}
+    return {
+        "reduction": T.classify_reduction(value.item(), per_row, T.LOSS_MASK),
+        "all_masked": T.finite_or_name(everything.item()),
+    }
 
 
 def sample_weight_reduction() -> dict:
@@ -184,8 +187,10 @@ def penalty_in_loss() -> dict:
     reported = opt.step(closure).item()
     plain = F.cross_entropy(model(z), y).item()
     penalty = 0.5 / 2 * sum(float((p.detach() ** 2).sum()) for p in model.parameters())
-    return {"reported_loss_includes_penalty": bool(abs(reported - (plain + penalty)) < abs(reported - plain)),
-            "penalty": penalty}
+    return {
+        "reported_loss_includes_penalty": bool(abs(reported - (plain + penalty)) < abs(reported - plain)),
+        "penalty": penalty,
+    }
 
 
 def optimizer_weight_decay() -> dict:
@@ -200,8 +205,11 @@ def optimizer_weight_decay() -> dict:
         for p in layer.parameters():
             p.grad = torch.zeros_like(p)
         opt.step()
-    return {"sgd_has_weight_decay": True, "kernel": T.classify_decay(layer.weight.item()),
-            "bias": T.classify_decay(layer.bias.item())}
+    return {
+        "sgd_has_weight_decay": True,
+        "kernel": T.classify_decay(layer.weight.item()),
+        "bias": T.classify_decay(layer.bias.item()),
+    }
 
 
 def _adam_run(make_opt, dtype=torch.float64) -> list[float]:
@@ -269,8 +277,11 @@ def default_init() -> dict:
         layer = nn.Linear(T.INIT_FAN_IN, T.INIT_FAN_OUT)
     w, b = layer.weight.detach().double().numpy(), layer.bias.detach().double().numpy()
     r = np.sqrt(T.INIT_FAN_IN)
-    return {"weight_std": float(w.std() * r), "weight_max": float(np.abs(w).max() * r),
-            "bias_max": float(np.abs(b).max() * r)}
+    return {
+        "weight_std": float(w.std() * r),
+        "weight_max": float(np.abs(w).max() * r),
+        "bias_max": float(np.abs(b).max() * r),
+    }
 
 
 def weight_layout() -> dict:
@@ -295,7 +306,8 @@ def tf32_defaults() -> dict:
         "print(json.dumps({'matmul_tf32': torch.backends.cuda.matmul.allow_tf32,"
         " 'cudnn_tf32': torch.backends.cudnn.allow_tf32,"
         " 'float32_matmul_precision': torch.get_float32_matmul_precision(),"
-        " 'cuda_available': torch.cuda.is_available()}))")
+        " 'cuda_available': torch.cuda.is_available()}))"
+    )
 
 
 def last_batch_default() -> dict:
@@ -355,6 +367,7 @@ def layer_norm_eps() -> dict:
     """nn.LayerNorm's default eps, read from the layer, and ε and the variance recovered from its float64 output
     on LAYER_NORM_INPUT (T.classify_layer_norm; γ = 1, β = 0 at construction, no RNG drawn); "explicit_eps": ε
     recovered from nn.LayerNorm(eps=NORM_EPS), the conversion."""
+
     def run(**kwargs):
         layer = nn.LayerNorm(T.LAYER_NORM_INPUT.shape[1], dtype=torch.float64, **kwargs)
         with torch.no_grad():

@@ -98,7 +98,7 @@ class ReferenceLoop:
             return self._steps(ids, self.w)
         loss = None
         for start in range(0, self.steps, CHUNK):
-            chunk_ids, chunk_w = ids[start: start + CHUNK], self.w[start: start + CHUNK]
+            chunk_ids, chunk_w = ids[start : start + CHUNK], self.w[start : start + CHUNK]
             k = chunk_ids.shape[0]
             if k not in self.graphs:
                 self.graphs[k] = self._graph(chunk_ids, chunk_w)

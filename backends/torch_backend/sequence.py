@@ -59,8 +59,11 @@ class MaskedMean(nn.Module):
 
 
 class RNN(Canonical, nn.RNN):
-    CANONICAL: ClassVar = {"weight_ih_l0": ("input.weight", True), "weight_hh_l0": ("recurrent.weight", True),
-                           "bias_ih_l0": ("bias", False)}
+    CANONICAL: ClassVar = {
+        "weight_ih_l0": ("input.weight", True),
+        "weight_hh_l0": ("recurrent.weight", True),
+        "bias_ih_l0": ("bias", False),
+    }
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, nonlinearity="tanh", batch_first=True, dtype=dtype)

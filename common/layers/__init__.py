@@ -45,8 +45,7 @@ def check_tables(tables: list) -> list[dict]:
             raise InputError(f"spec key '{_where(k)}': expected a table {{kind = ...}}")
         kind = KINDS.get(table.get("kind"))
         if kind is None:
-            raise InputError(f"spec key '{_where(k)}.kind': {table.get('kind')!r} must be one of "
-                             f"{', '.join(KINDS)}")
+            raise InputError(f"spec key '{_where(k)}.kind': {table.get('kind')!r} must be one of {', '.join(KINDS)}")
         row = {"kind": kind.kind}
         for key, value in table.items():
             if key == "kind":
@@ -62,8 +61,7 @@ def check_tables(tables: list) -> list[dict]:
         flow = kind.gives
         out.append(row)
     if out and out[-1]["kind"] != "dense":
-        raise InputError(f"spec key '{_where(len(out) - 1)}.kind': the last layer must be dense (it gives the "
-                         "logits)")
+        raise InputError(f"spec key '{_where(len(out) - 1)}.kind': the last layer must be dense (it gives the logits)")
     return out
 
 
@@ -84,8 +82,9 @@ def tables(spec: Spec) -> list[dict]:
     if model.layers:
         return [dict(t) for t in model.layers]
     drop = [{"kind": "dropout"}] if spec.regularization.dropout > 0.0 else []
-    dense = [row for h in model.hidden
-             for row in ({"kind": "dense", "units": h, "activation": model.activation}, *drop)]
+    dense = [
+        row for h in model.hidden for row in ({"kind": "dense", "units": h, "activation": model.activation}, *drop)
+    ]
     if model.kind == "mlp":
         return [*dense, {"kind": "dense"}]
     embed = {"kind": "embedding", "dim": model.embed_dim}
@@ -107,21 +106,35 @@ def stack(spec: Spec, n_in: int, n_classes: int) -> tuple[Layer, ...]:
     for k, table in enumerate(rows):
         kind = KINDS[table["kind"]]
         last = k == len(rows) - 1
-        filled = {key: table[key] if key in table else
-                  (spec_key.default if spec_key.default is not None else kind.default(key, spec, last, n_classes))
-                  for key, spec_key in kind.keys.items()}
+        filled = {
+            key: table[key]
+            if key in table
+            else (spec_key.default if spec_key.default is not None else kind.default(key, spec, last, n_classes))
+            for key, spec_key in kind.keys.items()
+        }
         if kind.kind == "dense" and filled["units"] == 0:
             filled["units"] = n_classes
         number = counts.get(kind.kind, 0)
         counts[kind.kind] = number + 1
         name = (f"{kind.prefix}{number}" if kind.numbered else kind.prefix) if kind.prefix else ""
         new_width = kind.width(filled, width)
-        out.append(Layer(kind.kind, k, number, name, width, new_width,
-                         **{key: filled[key] for key in ("activation", "rate", "eps") if key in filled}))
+        out.append(
+            Layer(
+                kind.kind,
+                k,
+                number,
+                name,
+                width,
+                new_width,
+                **{key: filled[key] for key in ("activation", "rate", "eps") if key in filled},
+            )
+        )
         width = new_width
     if width != n_classes:
-        raise InputError(f"spec key '{_where(len(rows) - 1)}.units': the last dense layer gives the logits, "
-                         f"so it needs {n_classes} units (the number of classes), not {width}")
+        raise InputError(
+            f"spec key '{_where(len(rows) - 1)}.units': the last dense layer gives the logits, "
+            f"so it needs {n_classes} units (the number of classes), not {width}"
+        )
     return tuple(out)
 
 
@@ -154,5 +167,19 @@ def dropout_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
     return tuple(layer for layer in layers if layer.kind == "dropout")
 
 
-__all__ = ["FEATURES", "KINDS", "SEQUENCE", "SHORTHANDS", "TOKENS", "Layer", "check_tables", "dropout_layers",
-           "init_params", "param_shapes", "reads_tokens", "regularized", "stack", "tables"]
+__all__ = [
+    "FEATURES",
+    "KINDS",
+    "SEQUENCE",
+    "SHORTHANDS",
+    "TOKENS",
+    "Layer",
+    "check_tables",
+    "dropout_layers",
+    "init_params",
+    "param_shapes",
+    "reads_tokens",
+    "regularized",
+    "stack",
+    "tables",
+]

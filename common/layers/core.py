@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from common import initializers, rng
-from common.layers.base import Key, Layer, LayerKind, Param
+from common.layers.base import Key, LayerKind, Param
 
 ACTIVATIONS = ("relu", "tanh", "none")
 
@@ -25,10 +25,14 @@ def _rate(v) -> str | None:
 
 class Dense(LayerKind):
     kind, prefix = "dense", "layer"
-    keys = {"units": Key(int, None, lambda v: None if v >= 0 else "must be ≥ 0 (0: the number of classes)"),
-            "activation": Key(str, "none", lambda v: None if v in ACTIVATIONS else "must be one of relu, tanh, none")}
-    params = {"weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),
-              "bias": Param(lambda layer: (layer.width,), kernel=False)}
+    keys = {
+        "units": Key(int, None, lambda v: None if v >= 0 else "must be ≥ 0 (0: the number of classes)"),
+        "activation": Key(str, "none", lambda v: None if v in ACTIVATIONS else "must be one of relu, tanh, none"),
+    }
+    params = {
+        "weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),
+        "bias": Param(lambda layer: (layer.width,), kernel=False),
+    }
 
     def default(self, key, spec, last, n_classes):
         return 0  # units: the number of classes
@@ -37,8 +41,9 @@ class Dense(LayerKind):
         return table["units"]
 
     def init(self, layer, scheme, seed):
-        weight, bias = initializers.dense(np.random.default_rng([seed, rng.INIT, layer.number]), scheme,
-                                          layer.in_width, layer.width)
+        weight, bias = initializers.dense(
+            np.random.default_rng([seed, rng.INIT, layer.number]), scheme, layer.in_width, layer.width
+        )
         return {"weight": weight, "bias": bias}
 
 

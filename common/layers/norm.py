@@ -17,8 +17,10 @@ from common.layers.base import Key, LayerKind, Param
 class LayerNorm(LayerKind):
     kind, prefix = "layer_norm", "ln"
     keys = {"eps": Key(float, None, lambda v: None if 0.0 < v < 1.0 else "must be in (0.0, 1.0)")}
-    params = {"scale": Param(lambda layer: (layer.width,), kernel=False),
-              "offset": Param(lambda layer: (layer.width,), kernel=False)}
+    params = {
+        "scale": Param(lambda layer: (layer.width,), kernel=False),
+        "offset": Param(lambda layer: (layer.width,), kernel=False),
+    }
 
     def default(self, key, spec, last, n_classes):
         return spec.model.norm_eps

@@ -51,9 +51,11 @@ class RNN(LayerKind):
     kind, prefix, numbered = "rnn", "rnn", False
     reads, gives = SEQUENCE, FEATURES
     keys = {"units": Key(int, 32, _positive)}
-    params = {"input.weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),
-              "recurrent.weight": Param(lambda layer: (layer.width, layer.width), kernel=True),
-              "bias": Param(lambda layer: (layer.width,), kernel=False)}
+    params = {
+        "input.weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),
+        "recurrent.weight": Param(lambda layer: (layer.width, layer.width), kernel=True),
+        "bias": Param(lambda layer: (layer.width,), kernel=False),
+    }
 
     def width(self, table, in_width):
         return table["units"]

@@ -50,15 +50,15 @@ NORM_EPS = defaults()["model"]["norm_eps"]  # Parity's layer_norm ε default (mo
 class Trap:
     id: str
     title: str
-    section: str                   # the docs/design.md section it belongs to
-    expected: dict[str, dict]      # framework → the measurement its probe must reproduce (keys checked)
-    conversion: str                # what exact mode does about it, pointing at the common/ rule
+    section: str  # the docs/design.md section it belongs to
+    expected: dict[str, dict]  # framework → the measurement its probe must reproduce (keys checked)
+    conversion: str  # what exact mode does about it, pointing at the common/ rule
     compare: tuple[str, ...] = ()  # keys compared across frameworks for `diverges`
     canonical: dict | None = None  # the framework-free semantics of those keys, where there is one
     rtol: float = 0.0
     atol: float = 0.0
     effect: Callable[[dict], tuple[float | None, str]] | None = field(default=None, repr=False)
-    note: str = ""                 # a measured finding beyond the one-line semantics (reported under the table)
+    note: str = ""  # a measured finding beyond the one-line semantics (reported under the table)
 
     def matches(self, framework: str, measured) -> bool:
         """Whether `measured` reproduces `expected[framework]` (only the expected keys are checked)."""
@@ -105,8 +105,10 @@ def _effect_adam_equiv(m):
         return float(np.max(np.abs(np.array(m["torch"][key], np.float64) - np.array(m["jax"][key], np.float64))))
 
     worst = max(diff("adam_coupled"), diff("adamw"))
-    text = (f"max |torch − optax| after {ADAM['steps']} steps, float64: Adam(wd) {diff('adam_coupled'):.2g}, "
-            f"AdamW {diff('adamw'):.2g}")
+    text = (
+        f"max |torch − optax| after {ADAM['steps']} steps, float64: Adam(wd) {diff('adam_coupled'):.2g}, "
+        f"AdamW {diff('adamw'):.2g}"
+    )
     if "adamw_f32" in m["torch"] and "adamw_f32" in m["jax"]:
         text += f"; float32 (x64 off): Adam(wd) {diff('adam_coupled_f32'):.2g}, AdamW {diff('adamw_f32'):.2g}"
     return worst, text + (" (bit for bit)" if worst == 0 else "")
@@ -115,8 +117,12 @@ def _effect_adam_equiv(m):
 def _effect_init(m):
     stds = {fw: float(v["weight_std"]) for fw, v in m.items()}
     ratio = max(stds.values()) / min(stds.values())
-    return ratio, ("weight std·√fan_in: " + ", ".join(f"{fw} {s:.3f}" for fw, s in stds.items())
-                   + f" (×{ratio:.2f}); bias max·√fan_in: " + listing(m, "bias_max"))
+    return ratio, (
+        "weight std·√fan_in: "
+        + ", ".join(f"{fw} {s:.3f}" for fw, s in stds.items())
+        + f" (×{ratio:.2f}); bias max·√fan_in: "
+        + listing(m, "bias_max")
+    )
 
 
 def _effect_layer_norm(m):
@@ -124,384 +130,645 @@ def _effect_layer_norm(m):
     row = LAYER_NORM_INPUT[:1]
     xhat = {fw: float(layer_norm_reference(row, e)[0, 1]) for fw, e in eps.items()}
     size = max(xhat.values()) - min(xhat.values())
-    return size, ("default ε: " + ", ".join(f"{fw} {e:.3g}" for fw, e in eps.items())
-                  + f" (×{max(eps.values()) / min(eps.values()):.3g}); x̂ of the row {row[0].tolist()}: "
-                  + ", ".join(f"{fw} {v:.4g}" for fw, v in xhat.items())
-                  + f" (ε = {NORM_EPS:g}: {layer_norm_reference(row, NORM_EPS)[0, 1]:.4g})")
+    return size, (
+        "default ε: "
+        + ", ".join(f"{fw} {e:.3g}" for fw, e in eps.items())
+        + f" (×{max(eps.values()) / min(eps.values()):.3g}); x̂ of the row {row[0].tolist()}: "
+        + ", ".join(f"{fw} {v:.4g}" for fw, v in xhat.items())
+        + f" (ε = {NORM_EPS:g}: {layer_norm_reference(row, NORM_EPS)[0, 1]:.4g})"
+    )
+
 
 CATALOGUE: tuple[Trap, ...] = (
     Trap(
-        "shuffle_order", "Shuffle orders differ for the same seed", "Batching and order",
-        {"torch": {"order": [4, 1, 7, 5, 3, 9, 0, 8, 6, 2]}, "tf": {"order": [4, 9, 1, 0, 7, 3, 5, 2, 8, 6]},
-         "jax": {"order": [0, 1, 8, 5, 6, 4, 3, 2, 7, 9]}},
+        "shuffle_order",
+        "Shuffle orders differ for the same seed",
+        "Batching and order",
+        {
+            "torch": {"order": [4, 1, 7, 5, 3, 9, 0, 8, 6, 2]},
+            "tf": {"order": [4, 9, 1, 0, 7, 3, 5, 2, 8, 6]},
+            "jax": {"order": [0, 1, 8, 5, 6, 4, 3, 2, 7, 9]},
+        },
         "common.batching.BatchPlan.order: one numpy permutation per epoch, default_rng([seed, 2, epoch]), fed to "
         "DataLoader(batch_sampler), tf.data slices and JAX indexing",
-        compare=("order",), canonical={"order": np.random.default_rng(SEED).permutation(ORDER_N).tolist()},
-        effect=_effect_orders),
+        compare=("order",),
+        canonical={"order": np.random.default_rng(SEED).permutation(ORDER_N).tolist()},
+        effect=_effect_orders,
+    ),
     Trap(
-        "dataloader_global_rng", "DataLoader draws from the global torch RNG every epoch, even with shuffle=False",
+        "dataloader_global_rng",
+        "DataLoader draws from the global torch RNG every epoch, even with shuffle=False",
         "Batching and order",
         {"torch": {"draws_per_epoch": 1, "draws_per_epoch_own_generator": 0}},
         "backends.torch_backend.data: DataLoader(batch_sampler=plan, generator=its own torch.Generator); exact mode "
         "draws no dropout from torch at all (common.dropout.shared_masks)",
-        compare=("draws_per_epoch",), canonical={"draws_per_epoch": 0},
-        effect=lambda m: (m["torch"]["draws_per_epoch"], f"{m['torch']['draws_per_epoch']} int64 drawn from the "
-                          "global torch RNG per epoch: every later native dropout mask shifts")),
+        compare=("draws_per_epoch",),
+        canonical={"draws_per_epoch": 0},
+        effect=lambda m: (
+            m["torch"]["draws_per_epoch"],
+            f"{m['torch']['draws_per_epoch']} int64 drawn from the "
+            "global torch RNG per epoch: every later native dropout mask shifts",
+        ),
+    ),
     Trap(
-        "tf_shuffle_buffer", "tf.data shuffle(buffer_size < N) is not a uniform permutation", "Batching and order",
+        "tf_shuffle_buffer",
+        "tf.data shuffle(buffer_size < N) is not a uniform permutation",
+        "Batching and order",
         {"tf": {"first_element_support": [0, 1]}},
         "common.batching: the plan's permutation is fed as tf.data.Dataset.from_tensor_slices(x[ids]); no .shuffle()",
         compare=("first_element_support",),
-        canonical={"first_element_support": sorted({int(np.random.default_rng(e).permutation(ORDER_N)[0])
-                                                    for e in range(SHUFFLE_EPOCHS)})},
-        effect=lambda m: (len(m["tf"]["first_element_support"]) / ORDER_N,
-                          f"over {SHUFFLE_EPOCHS} epochs the first element came from only "
-                          f"{len(m['tf']['first_element_support'])} of {ORDER_N} ids (buffer {SHUFFLE_BUFFER}); "
-                          "a uniform shuffle reaches all")),
+        canonical={
+            "first_element_support": sorted(
+                {int(np.random.default_rng(e).permutation(ORDER_N)[0]) for e in range(SHUFFLE_EPOCHS)}
+            )
+        },
+        effect=lambda m: (
+            len(m["tf"]["first_element_support"]) / ORDER_N,
+            f"over {SHUFFLE_EPOCHS} epochs the first element came from only "
+            f"{len(m['tf']['first_element_support'])} of {ORDER_N} ids (buffer {SHUFFLE_BUFFER}); "
+            "a uniform shuffle reaches all",
+        ),
+    ),
     Trap(
-        "repeat_batch_epochs", "repeat().batch() batches across epoch boundaries", "Batching and order",
-        {"torch": {"batches": [[0, 1, 2], [3, 4], [0, 1, 2], [3, 4]]},
-         "tf": {"batches": [[0, 1, 2], [3, 4, 0], [1, 2, 3], [4]],
-                "batch_then_repeat": [[0, 1, 2], [3, 4], [0, 1, 2], [3, 4]]}},
+        "repeat_batch_epochs",
+        "repeat().batch() batches across epoch boundaries",
+        "Batching and order",
+        {
+            "torch": {"batches": [[0, 1, 2], [3, 4], [0, 1, 2], [3, 4]]},
+            "tf": {
+                "batches": [[0, 1, 2], [3, 4, 0], [1, 2, 3], [4]],
+                "batch_then_repeat": [[0, 1, 2], [3, 4], [0, 1, 2], [3, 4]],
+            },
+        },
         "common.batching.BatchPlan cuts batches per epoch; backends.tf_backend.data builds one dataset per epoch "
         "and calls .batch() on it (never repeat().batch())",
         compare=("batches",),
-        canonical={"batches": [b.ids.tolist() for e in range(2)
-                               for b in BatchPlan(ORDER_N_SMALL, 3, False, "keep", SEED).batches(e)]},
-        effect=_effect_crossing),
+        canonical={
+            "batches": [
+                b.ids.tolist() for e in range(2) for b in BatchPlan(ORDER_N_SMALL, 3, False, "keep", SEED).batches(e)
+            ]
+        },
+        effect=_effect_crossing,
+    ),
     Trap(
-        "ragged_recompile", "A ragged last batch recompiles a compiled step (batch sizes 4, 4, 2, 3)",
+        "ragged_recompile",
+        "A ragged last batch recompiles a compiled step (batch sizes 4, 4, 2, 3)",
         "Batching and order",
-        {"torch": {"compiles": 2}, "tf": {"compiles": 3, "compiles_input_signature": 1},
-         "jax": {"compiles": 3, "compiles_padded": 1}},
+        {
+            "torch": {"compiles": 2},
+            "tf": {"compiles": 3, "compiles_input_signature": 1},
+            "jax": {"compiles": 3, "compiles_padded": 1},
+        },
         "common.batching last_batch='pad': static batch B, filler rows weight 0, loss Σw·ℓ/Σw "
         "(common.metrics.weighted_mean); the TF step has an input_signature with batch None",
         compare=("compiles",),
-        effect=lambda m: (max(v["compiles"] for v in m.values()),
-                          "compiles for 4 calls of sizes 4,4,2,3: " + listing(m, "compiles")
-                          + " (torch.compile marks the dim dynamic after one recompile); padded/None-signature: 1"),
+        effect=lambda m: (
+            max(v["compiles"] for v in m.values()),
+            "compiles for 4 calls of sizes 4,4,2,3: "
+            + listing(m, "compiles")
+            + " (torch.compile marks the dim dynamic after one recompile); padded/None-signature: 1",
+        ),
         note="not only JAX: tf.function retraces for every new batch size too (3), and torch.compile recompiles "
-             "once and then goes dynamic (2)."),
+        "once and then goes dynamic (2).",
+    ),
     Trap(
-        "keras_pad_sequences", "Keras pad_sequences pads and truncates at the front by default",
+        "keras_pad_sequences",
+        "Keras pad_sequences pads and truncates at the front by default",
         "Padding and masks",
         {"tf": {"padded": [[0, 1], [3, 4]], "padding": "pre", "truncating": "pre"}},
         "common.padding: pad and truncate sides come from sequence.pad / sequence.truncate and reach Keras as "
-        "pad_sequences(padding=…, truncating=…); sequence.pad = \"native\" keeps Keras's pre (common.explain "
+        'pad_sequences(padding=…, truncating=…); sequence.pad = "native" keeps Keras\'s pre (common.explain '
         "names the divergence when the mask is off)",
-        compare=("padded",), canonical={"padded": [[1, 0], [2, 3]]},
-        effect=lambda m: (None, f"maxlen 2 of {SEQUENCES}: {m['tf']['padded']} (post/post: [[1, 0], [2, 3]])")),
+        compare=("padded",),
+        canonical={"padded": [[1, 0], [2, 3]]},
+        effect=lambda m: (None, f"maxlen 2 of {SEQUENCES}: {m['tf']['padded']} (post/post: [[1, 0], [2, 3]])"),
+    ),
     Trap(
-        "torch_pad_sequence", "torch pad_sequence is time-major unless batch_first=True; pads at the end",
+        "torch_pad_sequence",
+        "torch pad_sequence is time-major unless batch_first=True; pads at the end",
         "Padding and masks",
         {"torch": {"default": [[1, 2], [0, 3], [0, 4]], "batch_first": [[1, 0, 0], [2, 3, 4]]}},
         "common.padding: batch-major (B, T); the torch collate_fn calls pad_sequence(batch_first=True, "
         "padding_side=sequence.pad)",
-        compare=("default",), canonical={"default": [[1, 0, 0], [2, 3, 4]]},
-        effect=lambda m: (None, f"default output is T×B {m['torch']['default']}, not B×T")),
+        compare=("default",),
+        canonical={"default": [[1, 0, 0], [2, 3, 4]]},
+        effect=lambda m: (None, f"default output is T×B {m['torch']['default']}, not B×T"),
+    ),
     Trap(
-        "tf_padded_batch", "tf.data padded_batch pads at the end", "Padding and masks",
+        "tf_padded_batch",
+        "tf.data padded_batch pads at the end",
+        "Padding and masks",
         {"tf": {"default": [[1, 0, 0], [2, 3, 4]]}},
         "common.padding: padded_batch matches post-padding; pre-padding reverses each sequence, pads, and reverses "
         "the time axis back",
-        compare=("default",), canonical={"default": [[1, 0, 0], [2, 3, 4]]},
-        effect=lambda m: (None, f"{m['tf']['default']}: batch-major, padded at the end")),
+        compare=("default",),
+        canonical={"default": [[1, 0, 0], [2, 3, 4]]},
+        effect=lambda m: (None, f"{m['tf']['default']}: batch-major, padded at the end"),
+    ),
     Trap(
-        "rnn_padded_outputs", "What an RNN outputs at padded steps: torch packed 0, Keras the last state, flax "
-        "keeps computing", "Padding and masks",
-        {"torch": {"padded_output": "zero"}, "tf": {"padded_output": "last_state"},
-         "jax": {"padded_output": "computed"}},
+        "rnn_padded_outputs",
+        "What an RNN outputs at padded steps: torch packed 0, Keras the last state, flax keeps computing",
+        "Padding and masks",
+        {
+            "torch": {"padded_output": "zero"},
+            "tf": {"padded_output": "last_state"},
+            "jax": {"padded_output": "computed"},
+        },
         "common.padding: the models read only the state after each row's last real token (torch h_n of the packed "
         "sequence, Keras SimpleRNN's masked final state, flax nn.RNN's carry at seq_lengths), never the padded "
         "outputs",
         compare=("padded_output",),
-        effect=lambda m: (None, ", ".join(f"{fw} {v['padded_output']}" for fw, v in m.items()))),
+        effect=lambda m: (None, ", ".join(f"{fw} {v['padded_output']}" for fw, v in m.items())),
+    ),
     Trap(
-        "pack_padded_pre", "torch pack_padded_sequence assumes post-padding: a pre-padded row packs its pads",
+        "pack_padded_pre",
+        "torch pack_padded_sequence assumes post-padding: a pre-padded row packs its pads",
         "Padding and masks",
         {"torch": {"pre_padded_equals_real": False}},
         "the torch adapter packs pre-padded batches from their real tokens (torch_backend.sequence); "
         "common.padding defines the masked result as independent of the pad side",
-        compare=("pre_padded_equals_real",), canonical={"pre_padded_equals_real": True},
-        effect=lambda m: (None, "h_n of a pre-padded row packed with its length is the state after the pads and the "
-                                "first real tokens, not after the real tokens")),
+        compare=("pre_padded_equals_real",),
+        canonical={"pre_padded_equals_real": True},
+        effect=lambda m: (
+            None,
+            "h_n of a pre-padded row packed with its length is the state after the pads and the "
+            "first real tokens, not after the real tokens",
+        ),
+    ),
     Trap(
-        "rnn_bias_vectors", "torch nn.RNN trains two bias vectors (b_ih + b_hh); Keras and flax one",
+        "rnn_bias_vectors",
+        "torch nn.RNN trains two bias vectors (b_ih + b_hh); Keras and flax one",
         "Padding and masks",
-        {"torch": {"bias_vectors": 2, "effective_bias_step": 2.0}, "tf": {"bias_vectors": 1},
-         "jax": {"bias_vectors": 1}},
+        {
+            "torch": {"bias_vectors": 2, "effective_bias_step": 2.0},
+            "tf": {"bias_vectors": 1},
+            "jax": {"bias_vectors": 1},
+        },
         "common.initializers: one canonical rnn.bias; the torch adapter loads it into bias_ih_l0 and freezes "
         "bias_hh_l0 at 0, so the effective bias gets one gradient step, not two",
-        compare=("bias_vectors",), canonical={"bias_vectors": 1, "effective_bias_step": 1.0}, rtol=1e-6,
-        effect=lambda m: (m["torch"].get("effective_bias_step"),
-                          f"one SGD step moves torch's b_ih + b_hh by {m['torch'].get('effective_bias_step'):g}× "
-                          "lr·∂L/∂b") if "torch" in m else (None, "")),
+        compare=("bias_vectors",),
+        canonical={"bias_vectors": 1, "effective_bias_step": 1.0},
+        rtol=1e-6,
+        effect=lambda m: (
+            (
+                m["torch"].get("effective_bias_step"),
+                f"one SGD step moves torch's b_ih + b_hh by {m['torch'].get('effective_bias_step'):g}× lr·∂L/∂b",
+            )
+            if "torch" in m
+            else (None, "")
+        ),
+    ),
     Trap(
-        "sparse_embedding_adam", "Keras Adam squares an Embedding's sparse gradient per occurrence",
+        "sparse_embedding_adam",
+        "Keras Adam squares an Embedding's sparse gradient per occurrence",
         "Optimisers",
-        {"torch": {"second_moment": "squared_sum"}, "tf": {"second_moment": "sum_of_squares"},
-         "jax": {"second_moment": "squared_sum"}},
+        {
+            "torch": {"second_moment": "squared_sum"},
+            "tf": {"second_moment": "sum_of_squares"},
+            "jax": {"second_moment": "squared_sum"},
+        },
         "exact mode densifies the Embedding's tf.IndexedSlices gradient before Keras Adam/AdamW "
         "(tf_backend.execution.step_body(dense_gradients=True)); Adam's v is defined on the row's whole gradient "
         "(common.optim)",
-        compare=("second_moment",), canonical={"second_moment": "squared_sum"},
-        effect=lambda m: (None, "a token seen k times in a batch: Keras v gets Σ g_k², not (Σ g_k)², so its Adam "
-                                "step differs from the second step on (with an l1/l2 penalty on the embedding the "
-                                "gradient is dense and the trap hides)")),
+        compare=("second_moment",),
+        canonical={"second_moment": "squared_sum"},
+        effect=lambda m: (
+            None,
+            "a token seen k times in a batch: Keras v gets Σ g_k², not (Σ g_k)², so its Adam "
+            "step differs from the second step on (with an l1/l2 penalty on the embedding the "
+            "gradient is dense and the trap hides)",
+        ),
+    ),
     Trap(
-        "masked_mean_loss", "Masked mean loss: valid-entry mean, NaN or per-example", "Padding and masks",
-        {"torch": {"reduction": "weighted_mean", "all_masked": "nan"},
-         "tf": {"reduction": "weighted_mean", "all_masked": 0.0, "ignore_class": "weighted_mean",
-                "ignore_class_all_masked": 0.0},
-         "jax": {"reduction": "per_example", "all_masked": "per_example"}},
+        "masked_mean_loss",
+        "Masked mean loss: valid-entry mean, NaN or per-example",
+        "Padding and masks",
+        {
+            "torch": {"reduction": "weighted_mean", "all_masked": "nan"},
+            "tf": {
+                "reduction": "weighted_mean",
+                "all_masked": 0.0,
+                "ignore_class": "weighted_mean",
+                "ignore_class_all_masked": 0.0,
+            },
+            "jax": {"reduction": "per_example", "all_masked": "per_example"},
+        },
         "common.padding.masked_mean: loss = Σm·ℓ/max(Σm, 1) with m = w (per sequence) or w·L (per token): equal "
         "to Σm·ℓ/Σm whenever a row counts, 0 (Keras's value) for an all-padded batch, never NaN",
-        compare=("reduction", "all_masked"), effect=_effect_masked),
+        compare=("reduction", "all_masked"),
+        effect=_effect_masked,
+    ),
     Trap(
-        "sample_weight_reduction", "Keras sample_weight divides by N, not Σw", "Padding and masks",
-        {"torch": {"default": "weighted_mean"},
-         "tf": {"default": "sum_over_n", "mean_with_sample_weight": "weighted_mean"},
-         "jax": {"default": "per_example"}},
+        "sample_weight_reduction",
+        "Keras sample_weight divides by N, not Σw",
+        "Padding and masks",
+        {
+            "torch": {"default": "weighted_mean"},
+            "tf": {"default": "sum_over_n", "mean_with_sample_weight": "weighted_mean"},
+            "jax": {"default": "per_example"},
+        },
         "common.metrics.weighted_mean (Σw·ℓ/Σw); backends.tf_backend: reduction='mean_with_sample_weight'",
-        compare=("default",), canonical={"default": "weighted_mean"},
-        effect=lambda m: (float(LOSS_MASK.sum() / LOSS_MASK.size),
-                          "default reductions: " + listing(m, "default")
-                          + f"; Keras's default is Σw/N = {LOSS_MASK.sum() / LOSS_MASK.size:g} × the weighted mean"),
-        note="torch has no sample_weight; its CrossEntropyLoss(weight=class weights) is measured and "
-                    "divides by Σw."),
+        compare=("default",),
+        canonical={"default": "weighted_mean"},
+        effect=lambda m: (
+            float(LOSS_MASK.sum() / LOSS_MASK.size),
+            "default reductions: "
+            + listing(m, "default")
+            + f"; Keras's default is Σw/N = {LOSS_MASK.sum() / LOSS_MASK.size:g} × the weighted mean",
+        ),
+        note="torch has no sample_weight; its CrossEntropyLoss(weight=class weights) is measured and divides by Σw.",
+    ),
     Trap(
-        "dropout_scale", "Inverted dropout: how kept values are scaled (float32, p = 0.3 and 0.45)", "Dropout",
-        {"torch": {"form": "x*fl(1/fl(1-p))", "scale_0.3": 1.4285714626312256, "scale_0.45": 1.8181817531585693},
-         "tf": {"form": "x*fl(1/(1-p))", "scale_0.3": 1.4285714626312256, "scale_0.45": 1.8181818723678589,
-                "tf.nn.dropout": "x*fl(1/(1-p))"},
-         "jax": {"form": "x*fl(1/fl(1-p))", "scale_0.3": 1.4285714626312256, "scale_0.45": 1.8181817531585693,
-                 "jit_form": "x*fl(1/fl(1-p))"}},
+        "dropout_scale",
+        "Inverted dropout: how kept values are scaled (float32, p = 0.3 and 0.45)",
+        "Dropout",
+        {
+            "torch": {"form": "x*fl(1/fl(1-p))", "scale_0.3": 1.4285714626312256, "scale_0.45": 1.8181817531585693},
+            "tf": {
+                "form": "x*fl(1/(1-p))",
+                "scale_0.3": 1.4285714626312256,
+                "scale_0.45": 1.8181818723678589,
+                "tf.nn.dropout": "x*fl(1/(1-p))",
+            },
+            "jax": {
+                "form": "x*fl(1/fl(1-p))",
+                "scale_0.3": 1.4285714626312256,
+                "scale_0.45": 1.8181817531585693,
+                "jit_form": "x*fl(1/fl(1-p))",
+            },
+        },
         "common.dropout.shared_masks: h · m with m = keep · fl(1/(1−p)) (keep_scale in float64, then the spec "
         "dtype), an explicit multiply in every backend, so the frameworks' own rounding never enters exact mode",
         compare=("form", "scale_0.3", "scale_0.45"),
-        canonical={"form": "x*fl(1/(1-p))", **{f"scale_{p:g}": float(np.float32(keep_scale(p)))
-                                                for p in DROPOUT_RATES}},
-        effect=lambda m: (spread(m, "scale_0.45")[0],
-                          "kept value: " + listing(m, "form") + "; scale at p = 0.3 equal everywhere "
-                          f"({float(np.float32(keep_scale(0.3))):.9g}), at p = 0.45: " + ", ".join(
-                              f"{fw} {v['scale_0.45']:.9g}" for fw, v in m.items()) + " (1 float32 ulp)"),
+        canonical={
+            "form": "x*fl(1/(1-p))",
+            **{f"scale_{p:g}": float(np.float32(keep_scale(p))) for p in DROPOUT_RATES},
+        },
+        effect=lambda m: (
+            spread(m, "scale_0.45")[0],
+            "kept value: " + listing(m, "form") + "; scale at p = 0.3 equal everywhere "
+            f"({float(np.float32(keep_scale(0.3))):.9g}), at p = 0.45: "
+            + ", ".join(f"{fw} {v['scale_0.45']:.9g}" for fw, v in m.items())
+            + " (1 float32 ulp)",
+        ),
         note="torch "
-                    "(mask.div_(1 − p) in float32) and flax (x / keep_prob, which XLA rewrites into "
-                    "x · fl(1/keep_prob)) both multiply by the reciprocal of the float32-rounded 1 − p, while "
-                    "Keras/tf.nn.dropout multiply by 1/(1 − p) computed in float64 and then rounded. At p = 0.3 the "
-                    "two agree bit for bit; at p = 0.15 or 0.45 they differ by one float32 ulp."),
+        "(mask.div_(1 − p) in float32) and flax (x / keep_prob, which XLA rewrites into "
+        "x · fl(1/keep_prob)) both multiply by the reciprocal of the float32-rounded 1 − p, while "
+        "Keras/tf.nn.dropout multiply by 1/(1 − p) computed in float64 and then rounded. At p = 0.3 the "
+        "two agree bit for bit; at p = 0.15 or 0.45 they differ by one float32 ulp.",
+    ),
     Trap(
-        "dropout_default_mode", "Dropout default mode: F.dropout and nnx.Dropout active, Keras Dropout off",
+        "dropout_default_mode",
+        "Dropout default mode: F.dropout and nnx.Dropout active, Keras Dropout off",
         "Dropout",
-        {"torch": {"default_call": "active", "nn.Dropout": "active"},
-         "tf": {"default_call": "inactive", "tf.nn.dropout": "active"},
-         "jax": {"default_call": "active", "linen.Dropout": "ValueError"}},
+        {
+            "torch": {"default_call": "active", "nn.Dropout": "active"},
+            "tf": {"default_call": "inactive", "tf.nn.dropout": "active"},
+            "jax": {"default_call": "active", "linen.Dropout": "ValueError"},
+        },
         "common.driver: exact mode multiplies by the shared mask in train steps only; evaluation passes no mask",
         compare=("default_call",),
         effect=lambda m: (None, "called without a mode: " + listing(m, "default_call")),
         note="flax.linen.Dropout (the linen API the JAX backend uses) has no default: called without "
-                    "`deterministic` it raises ValueError; only nnx.Dropout is active by default."),
+        "`deterministic` it raises ValueError; only nnx.Dropout is active by default.",
+    ),
     Trap(
-        "dropout_rate_one", "Dropout at rate 1.0: layers give zeros, raw tf.nn.dropout raises", "Dropout",
-        {"torch": {"layer": "zeros", "functional": "zeros"},
-         "tf": {"layer": "zeros", "functional": "ValueError"},
-         "jax": {"layer": "zeros", "nnx": "zeros"}},
+        "dropout_rate_one",
+        "Dropout at rate 1.0: layers give zeros, raw tf.nn.dropout raises",
+        "Dropout",
+        {
+            "torch": {"layer": "zeros", "functional": "zeros"},
+            "tf": {"layer": "zeros", "functional": "ValueError"},
+            "jax": {"layer": "zeros", "nnx": "zeros"},
+        },
         "common.spec rejects dropout ≥ 1; exact mode never calls a framework dropout (common.dropout.shared_masks)",
         compare=("layer", "functional"),
-        effect=lambda m: (None, "layer: " + listing(m, "layer") + "; functional: " + listing(m, "functional"))),
+        effect=lambda m: (None, "layer: " + listing(m, "layer") + "; functional: " + listing(m, "functional")),
+    ),
     Trap(
-        "l2_vs_weight_decay", "SGD weight_decay=λ gives λw, Keras L2(λ) gives 2λw", "Regularisation",
-        {"torch": {"grad_per_lambda": 1.0}, "tf": {"grad_per_lambda": 2.0, "converted": 1.0},
-         "jax": {"grad_per_lambda": 1.0}},
+        "l2_vs_weight_decay",
+        "SGD weight_decay=λ gives λw, Keras L2(λ) gives 2λw",
+        "Regularisation",
+        {
+            "torch": {"grad_per_lambda": 1.0},
+            "tf": {"grad_per_lambda": 2.0, "converted": 1.0},
+            "jax": {"grad_per_lambda": 1.0},
+        },
         "common.regularization: coupled c → torch weight_decay=c, Keras L2(c/2) (the tf backend's L2 factor "
         "f = c/2 (backends.tf_backend.optim)), optax add_decayed_weights(c)",
-        compare=("grad_per_lambda",), effect=effect_ratio("grad_per_lambda", "penalty gradient / (λ·w)")),
+        compare=("grad_per_lambda",),
+        effect=effect_ratio("grad_per_lambda", "penalty gradient / (λ·w)"),
+    ),
     Trap(
-        "penalty_in_loss", "Keras reports regularizer penalties in the loss; torch weight_decay is not in it",
+        "penalty_in_loss",
+        "Keras reports regularizer penalties in the loss; torch weight_decay is not in it",
         "Regularisation",
-        {"torch": {"reported_loss_includes_penalty": False},
-         "tf": {"reported_loss_includes_penalty": True, "evaluate_includes_penalty": True},
-         "jax": {"reported_loss_includes_penalty": False}},
+        {
+            "torch": {"reported_loss_includes_penalty": False},
+            "tf": {"reported_loss_includes_penalty": True, "evaluate_includes_penalty": True},
+            "jax": {"reported_loss_includes_penalty": False},
+        },
         "common.record: the step loss is the cross-entropy alone (penalty recorded beside it, "
         "common.regularization.Regularization.penalty); the TF adapter returns ce, not ce + Σ model.losses",
-        compare=("reported_loss_includes_penalty",), canonical={"reported_loss_includes_penalty": False},
-        effect=lambda m: (m["tf"]["penalty"], f"Keras fit/evaluate loss = CE + Σ model.losses "
-                          f"(+{m['tf']['penalty']:.4g} in the probe)")),
+        compare=("reported_loss_includes_penalty",),
+        canonical={"reported_loss_includes_penalty": False},
+        effect=lambda m: (
+            m["tf"]["penalty"],
+            f"Keras fit/evaluate loss = CE + Σ model.losses (+{m['tf']['penalty']:.4g} in the probe)",
+        ),
+    ),
     Trap(
-        "optimizer_weight_decay", "Keras optimizer weight_decay is decoupled and decays biases too",
+        "optimizer_weight_decay",
+        "Keras optimizer weight_decay is decoupled and decays biases too",
         "Regularisation",
-        {"torch": {"sgd_has_weight_decay": True, "kernel": "coupled", "bias": "coupled"},
-         "tf": {"sgd_has_weight_decay": True, "kernel": "decoupled", "bias": "decoupled"},
-         "jax": {"sgd_has_weight_decay": False}},
+        {
+            "torch": {"sgd_has_weight_decay": True, "kernel": "coupled", "bias": "coupled"},
+            "tf": {"sgd_has_weight_decay": True, "kernel": "decoupled", "bias": "decoupled"},
+            "jax": {"sgd_has_weight_decay": False},
+        },
         "common.regularization: coupled c → Keras L2(c/2); decoupled d → optimizer weight_decay=d with "
         "exclude_from_weight_decay for tensors Regularization.applies rejects (biases unless regularize_bias)",
         compare=("kernel", "bias"),
-        effect=lambda m: (abs(sgd_decay_reference(True) - sgd_decay_reference(False)),
-                          f"SGD(momentum {DECAY['momentum']}, wd {DECAY['wd']}) from w = 1, 2 steps: coupled "
-                          f"{sgd_decay_reference(True)} vs decoupled {sgd_decay_reference(False)}; kernel: "
-                          + listing(m, "kernel"))),
+        effect=lambda m: (
+            abs(sgd_decay_reference(True) - sgd_decay_reference(False)),
+            f"SGD(momentum {DECAY['momentum']}, wd {DECAY['wd']}) from w = 1, 2 steps: coupled "
+            f"{sgd_decay_reference(True)} vs decoupled {sgd_decay_reference(False)}; kernel: " + listing(m, "kernel"),
+        ),
+    ),
     Trap(
-        "adam_weight_decay_equivalence", "torch Adam(wd) = chain(add_decayed_weights, adam); AdamW = optax.adamw",
+        "adam_weight_decay_equivalence",
+        "torch Adam(wd) = chain(add_decayed_weights, adam); AdamW = optax.adamw",
         "Regularisation",
-        {"torch": {"adam_coupled": adam_reference("coupled"), "adamw": adam_reference("decoupled")},
-         "jax": {"adam_coupled": adam_reference("coupled"), "adamw": adam_reference("decoupled")}},
+        {
+            "torch": {"adam_coupled": adam_reference("coupled"), "adamw": adam_reference("decoupled")},
+            "jax": {"adam_coupled": adam_reference("coupled"), "adamw": adam_reference("decoupled")},
+        },
         "common.regularization: coupled c → torch Adam(weight_decay=c) / optax add_decayed_weights(c) before adam; "
         "decoupled d → AdamW(d) / optax.adamw(d, mask)",
-        compare=("adam_coupled", "adamw"), rtol=1e-12, atol=1e-15, effect=_effect_adam_equiv,
-        note="torch AdamW and optax.adamw agree to rounding only, not bit for bit: 2.2e-16 (1 ulp) after 5 float64 steps, 3.8e-6 in float32 with "
-                    "x64 off (optax then evaluates 1 − βᵗ in float32), 1.2e-7 in float32 with x64 on."),
+        compare=("adam_coupled", "adamw"),
+        rtol=1e-12,
+        atol=1e-15,
+        effect=_effect_adam_equiv,
+        note="torch AdamW and optax.adamw agree to rounding only, not bit for bit: 2.2e-16 (1 ulp) after 5 float64 "
+        "steps, 3.8e-6 in float32 with x64 off (optax then evaluates 1 − βᵗ in float32), 1.2e-7 in float32 with "
+        "x64 on.",
+    ),
     Trap(
-        "optax_decay_mask", "optax.add_decayed_weights(mask=None) decays biases", "Regularisation",
+        "optax_decay_mask",
+        "optax.add_decayed_weights(mask=None) decays biases",
+        "Regularisation",
         {"jax": {"kernel_decayed": True, "bias_decayed": True}},
         "common.regularization.Regularization.applies → the optax mask pytree (backends.jax_backend.optim); "
         "biases only with regularize_bias",
-        compare=("bias_decayed",), canonical={"bias_decayed": False},
-        effect=lambda m: (None, "mask=None decays every leaf, biases included")),
+        compare=("bias_decayed",),
+        canonical={"bias_decayed": False},
+        effect=lambda m: (None, "mask=None decays every leaf, biases included"),
+    ),
     Trap(
-        "abs_subgradient", "Gradient of |x| at 0", "Regularisation",
-        {"torch": {"grad_abs_at_0": 0.0}, "tf": {"grad_abs_at_0": 0.0, "keras_l1_grad_at_0": 0.0},
-         "jax": {"grad_abs_at_0": 1.0}},
+        "abs_subgradient",
+        "Gradient of |x| at 0",
+        "Regularisation",
+        {
+            "torch": {"grad_abs_at_0": 0.0},
+            "tf": {"grad_abs_at_0": 0.0, "keras_l1_grad_at_0": 0.0},
+            "jax": {"grad_abs_at_0": 1.0},
+        },
         "common.regularization.Regularization.gradient: f·sign(w), sign(0) = 0; the JAX chain adds sign(w) "
         "explicitly (backends.jax_backend.optim.l1_sign)",
-        compare=("grad_abs_at_0",), canonical={"grad_abs_at_0": 0.0},
-        effect=lambda m: spread(m, "grad_abs_at_0")),
+        compare=("grad_abs_at_0",),
+        canonical={"grad_abs_at_0": 0.0},
+        effect=lambda m: spread(m, "grad_abs_at_0"),
+    ),
     Trap(
-        "adam_eps_default", "Adam ε default", "Optimisers",
+        "adam_eps_default",
+        "Adam ε default",
+        "Optimisers",
         {"torch": {"eps": 1e-8}, "tf": {"eps": 1e-7}, "jax": {"eps": 1e-8}},
         "the spec's optimizer.eps is passed explicitly; Keras gets common.optim.keras_epsilon_hat(eps, β2, t)",
-        compare=("eps",), effect=effect_ratio("eps", "default ε")),
+        compare=("eps",),
+        effect=effect_ratio("eps", "default ε"),
+    ),
     Trap(
-        "keras_epsilon_hat", "Keras Adam's ε-hat form differs from torch even at ε = 1e-8", "Optimisers",
+        "keras_epsilon_hat",
+        "Keras Adam's ε-hat form differs from torch even at ε = 1e-8",
+        "Optimisers",
         {"torch": {"eps_1e-8": 0.0}, "tf": {"eps_1e-8": 0.2326556, "eps_hat": 0.0}, "jax": {"eps_1e-8": 0.0}},
         "common.optim.keras_epsilon_hat: Keras ε̂_t = ε·√(1 − β2ᵗ) assigned before every step "
         "(backends.tf_backend.optim)",
-        compare=("eps_1e-8",), canonical={"eps_1e-8": 0.0}, rtol=1e-4, atol=1e-12,
-        effect=lambda m: (m["tf"]["eps_1e-8"], f"first-step update, max relative error vs torch's ε placement: "
-                          f"Keras ε=1e-8 {m['tf']['eps_1e-8']:.3g}, Keras ε̂₁ {m['tf']['eps_hat']:.3g} "
-                          f"(g = {EPS_HAT['grad']})")),
+        compare=("eps_1e-8",),
+        canonical={"eps_1e-8": 0.0},
+        rtol=1e-4,
+        atol=1e-12,
+        effect=lambda m: (
+            m["tf"]["eps_1e-8"],
+            f"first-step update, max relative error vs torch's ε placement: "
+            f"Keras ε=1e-8 {m['tf']['eps_1e-8']:.3g}, Keras ε̂₁ {m['tf']['eps_hat']:.3g} "
+            f"(g = {EPS_HAT['grad']})",
+        ),
+    ),
     Trap(
-        "sgd_momentum_schedule", "SGD momentum: Keras m = μm − lr·g vs torch b = μb + g under an lr change",
+        "sgd_momentum_schedule",
+        "SGD momentum: Keras m = μm − lr·g vs torch b = μb + g under an lr change",
         "Optimisers",
-        {"torch": {"constant_lr": -2.125, "lr_changed": -1.6875}, "tf": {"constant_lr": -2.125, "lr_changed": -1.875},
-         "jax": {"constant_lr": -2.125, "lr_changed": -1.6875}},
+        {
+            "torch": {"constant_lr": -2.125, "lr_changed": -1.6875},
+            "tf": {"constant_lr": -2.125, "lr_changed": -1.875},
+            "jax": {"constant_lr": -2.125, "lr_changed": -1.6875},
+        },
         "common.optim: torch's b ← μb + g; Keras's m = −lr·b agrees while lr is constant (the spec has no "
         "schedule; one would need m rescaled by lr_new/lr_old at the change)",
         compare=("constant_lr", "lr_changed"),
         canonical={"constant_lr": sgd_momentum_reference(False), "lr_changed": sgd_momentum_reference(True)},
-        effect=lambda m: spread(m, "lr_changed", f" after {MOMENTUM['steps']} steps, lr {MOMENTUM['lr']} → "
-                                 f"{MOMENTUM['lr_after']} at step {MOMENTUM['change_at']}")),
+        effect=lambda m: spread(
+            m,
+            "lr_changed",
+            f" after {MOMENTUM['steps']} steps, lr {MOMENTUM['lr']} → "
+            f"{MOMENTUM['lr_after']} at step {MOMENTUM['change_at']}",
+        ),
+    ),
     Trap(
-        "default_init", "Default Dense initialisers (fan_in 100, fan_out 2000; statistics · √fan_in)",
+        "default_init",
+        "Default Dense initialisers (fan_in 100, fan_out 2000; statistics · √fan_in)",
         "Initialisation",
-        {"torch": {"weight_std": 0.57735, "weight_max": 1.0, "bias_max": 1.0},
-         "tf": {"weight_std": 0.30861, "weight_max": 0.53452, "bias_max": 0.0},
-         "jax": {"weight_std": 1.0, "weight_max": 2.27370, "bias_max": 0.0}},
+        {
+            "torch": {"weight_std": 0.57735, "weight_max": 1.0, "bias_max": 1.0},
+            "tf": {"weight_std": 0.30861, "weight_max": 0.53452, "bias_max": 0.0},
+            "jax": {"weight_std": 1.0, "weight_max": 2.27370, "bias_max": 0.0},
+        },
         "common.layers.init_params(spec model.init): one numpy init (torch_default | glorot_uniform | "
         "lecun_normal) copied into every framework",
-        compare=("weight_std", "bias_max"), rtol=0.02, atol=1e-12, effect=_effect_init),
+        compare=("weight_std", "bias_max"),
+        rtol=0.02,
+        atol=1e-12,
+        effect=_effect_init,
+    ),
     Trap(
-        "weight_layout", "Weight layout: torch Linear (out, in), Keras/flax kernel (in, out)", "Initialisation",
+        "weight_layout",
+        "Weight layout: torch Linear (out, in), Keras/flax kernel (in, out)",
+        "Initialisation",
         {"torch": {"weight_shape": [2, 3]}, "tf": {"weight_shape": [3, 2]}, "jax": {"weight_shape": [3, 2]}},
         "common.initializers: canonical layer{i}.weight is (in, out); backends.torch_backend.model transposes on "
         "load and export",
-        compare=("weight_shape",), canonical={"weight_shape": [3, 2]},
-        effect=lambda m: (None, "Linear/Dense 3 → 2: " + listing(m, "weight_shape"))),
+        compare=("weight_shape",),
+        canonical={"weight_shape": [3, 2]},
+        effect=lambda m: (None, "Linear/Dense 3 → 2: " + listing(m, "weight_shape")),
+    ),
     Trap(
-        "loss_input_defaults", "Keras SparseCategoricalCrossentropy takes probabilities by default and clips them",
+        "loss_input_defaults",
+        "Keras SparseCategoricalCrossentropy takes probabilities by default and clips them",
         "Losses and metrics",
-        {"torch": {"input": "logits", "zero_prob_loss": "inf"},
-         "tf": {"input": "probabilities", "from_logits": False, "zero_prob_loss": 16.118095},
-         "jax": {"input": "logits", "zero_prob_loss": "inf"}},
+        {
+            "torch": {"input": "logits", "zero_prob_loss": "inf"},
+            "tf": {"input": "probabilities", "from_logits": False, "zero_prob_loss": 16.118095},
+            "jax": {"input": "logits", "zero_prob_loss": "inf"},
+        },
         "common.metrics.cross_entropy on logits (ℓ = logsumexp(z) − z_y); the TF adapter uses "
         "SparseCategoricalCrossentropy(from_logits=True)",
-        compare=("input", "zero_prob_loss"), rtol=1e-6,
-        effect=lambda m: (None, "default input: " + listing(m, "input") + "; loss of a zero-probability label: "
-                          + listing(m, "zero_prob_loss") + " (Keras clips p to [1e-7, 1 − 1e-7]: −log 1e-7)")),
+        compare=("input", "zero_prob_loss"),
+        rtol=1e-6,
+        effect=lambda m: (
+            None,
+            "default input: "
+            + listing(m, "input")
+            + "; loss of a zero-probability label: "
+            + listing(m, "zero_prob_loss")
+            + " (Keras clips p to [1e-7, 1 − 1e-7]: −log 1e-7)",
+        ),
+    ),
     Trap(
-        "fit_epoch_loss", "Keras fit's epoch loss is a running mean, not the loss of the final weights",
+        "fit_epoch_loss",
+        "Keras fit's epoch loss is a running mean, not the loss of the final weights",
         "Losses and metrics",
         {"tf": {"fit_epoch_loss": "size_weighted_running_mean"}},
         "common.driver: exact mode evaluates train_loss after the epoch in eval mode (common.metrics.aggregate); "
         "native mode reproduces fit's common.native.running_epoch_loss",
-        compare=("fit_epoch_loss",), canonical={"fit_epoch_loss": "final_weights"},
-        effect=lambda m: (m["tf"]["fit"] - m["tf"]["final_weights"],
-                          f"fit reports {m['tf']['fit']:.5g}, the final weights give {m['tf']['final_weights']:.5g} "
-                          "(10 rows, batches 4, 4, 2, one epoch)")),
+        compare=("fit_epoch_loss",),
+        canonical={"fit_epoch_loss": "final_weights"},
+        effect=lambda m: (
+            m["tf"]["fit"] - m["tf"]["final_weights"],
+            f"fit reports {m['tf']['fit']:.5g}, the final weights give {m['tf']['final_weights']:.5g} "
+            "(10 rows, batches 4, 4, 2, one epoch)",
+        ),
+    ),
     Trap(
-        "metric_aggregation", "Per-batch-mean accuracy vs sample-weighted; Keras evaluate is sample-weighted",
+        "metric_aggregation",
+        "Per-batch-mean accuracy vs sample-weighted; Keras evaluate is sample-weighted",
         "Losses and metrics",
         {"tf": {"evaluate": "weighted", "batch_size_invariant": True}},
         "common.metrics.aggregate(spec metrics.aggregation): 'weighted' Σ S_b / Σ n_b by default; "
         "'per_batch_mean' reproduces the seeds' banding",
-        compare=("evaluate",), canonical={"evaluate": "weighted"},
-        effect=lambda m: (m["tf"]["per_batch_mean"] - m["tf"]["weighted"],
-                          f"same predictions, batches 4, 4, 2: weighted {m['tf']['weighted']:.3g}, "
-                          f"per-batch mean {m['tf']['per_batch_mean']:.3g}")),
+        compare=("evaluate",),
+        canonical={"evaluate": "weighted"},
+        effect=lambda m: (
+            m["tf"]["per_batch_mean"] - m["tf"]["weighted"],
+            f"same predictions, batches 4, 4, 2: weighted {m['tf']['weighted']:.3g}, "
+            f"per-batch mean {m['tf']['per_batch_mean']:.3g}",
+        ),
+    ),
     Trap(
-        "float64_conversion", "jnp.asarray(float64) becomes float32 unless x64 is on", "Precision",
-        {"torch": {"dtype": "float64"}, "tf": {"dtype": "float64", "keras.ops": "float64"},
-         "jax": {"dtype": "float32", "with_x64": "float64"}},
+        "float64_conversion",
+        "jnp.asarray(float64) becomes float32 unless x64 is on",
+        "Precision",
+        {
+            "torch": {"dtype": "float64"},
+            "tf": {"dtype": "float64", "keras.ops": "float64"},
+            "jax": {"dtype": "float32", "with_x64": "float64"},
+        },
         "backends.jax_backend.adapter enables jax_enable_x64 for every spec and casts every array to the spec dtype "
         "explicitly (backends.jax_backend.data)",
-        compare=("dtype",), canonical={"dtype": "float64"},
-        effect=lambda m: (None, "float64 numpy array converted: " + listing(m, "dtype"))),
+        compare=("dtype",),
+        canonical={"dtype": "float64"},
+        effect=lambda m: (None, "float64 numpy array converted: " + listing(m, "dtype")),
+    ),
     Trap(
-        "tf32_defaults", "TF32 default settings (fresh process)", "Precision",
-        {"torch": {"matmul_tf32": False, "cudnn_tf32": True, "float32_matmul_precision": "highest"},
-         "tf": {"matmul_tf32": True},
-         "jax": {"matmul_tf32": "platform default", "default_matmul_precision": None}},
+        "tf32_defaults",
+        "TF32 default settings (fresh process)",
+        "Precision",
+        {
+            "torch": {"matmul_tf32": False, "cudnn_tf32": True, "float32_matmul_precision": "highest"},
+            "tf": {"matmul_tf32": True},
+            "jax": {"matmul_tf32": "platform default", "default_matmul_precision": None},
+        },
         "backends.torch_backend.adapter sets allow_tf32 = False (matmul, cuDNN) on CUDA; backends.jax_backend.core "
         "uses precision=HIGHEST; the settings are the defaults, the GPU decides whether TF32 is used",
         compare=("matmul_tf32",),
         effect=lambda m: (None, "matmul TF32: " + listing(m, "matmul_tf32")),
         note="these are the settings only; on this CPU machine no TF32 arithmetic happens. jax's "
-                    "jax_default_matmul_precision is None (backend default), which the GPU backend runs as TF32/bf16 "
-                    "passes on Ampere+."),
+        "jax_default_matmul_precision is None (backend default), which the GPU backend runs as TF32/bf16 "
+        "passes on Ampere+.",
+    ),
     Trap(
-        "keras_auto_jit", "Keras jit_compile='auto' and op determinism", "Precision",
+        "keras_auto_jit",
+        "Keras jit_compile='auto' and op determinism",
+        "Precision",
         {"tf": {"model_supports_jit": True, "with_op_determinism": False}},
         "none needed: the TF backend runs its own tf.function step (jit_compile is not used)",
-        effect=lambda m: (None, f"model_supports_jit: {m['tf']['model_supports_jit']}; with op determinism on: "
-                          f"{m['tf']['with_op_determinism']}; 'auto' resolved to {m['tf']['auto_resolved']} here "
-                          f"(GPU: {m['tf']['gpu']})"),
+        effect=lambda m: (
+            None,
+            f"model_supports_jit: {m['tf']['model_supports_jit']}; with op determinism on: "
+            f"{m['tf']['with_op_determinism']}; 'auto' resolved to {m['tf']['auto_resolved']} here "
+            f"(GPU: {m['tf']['gpu']})",
+        ),
         note="on a CPU-only machine 'auto' resolves to False before determinism is consulted; the "
-                    "determinism switch is only visible through keras' model_supports_jit."),
+        "determinism switch is only visible through keras' model_supports_jit.",
+    ),
     Trap(
-        "last_batch_default", "Default last-batch handling keeps the partial batch", "Batching and order",
+        "last_batch_default",
+        "Default last-batch handling keeps the partial batch",
+        "Batching and order",
         {"torch": {"keeps_partial": True}, "tf": {"keeps_partial": True, "fit_steps": 3}},
         "common.batching: spec batching.last_batch (keep | drop | pad), default keep",
-        compare=("keeps_partial",), canonical={"keeps_partial": True},
-        effect=lambda m: (None, "10 rows, batch 4: DataLoader and Keras fit both run 3 steps (4, 4, 2)")),
+        compare=("keeps_partial",),
+        canonical={"keeps_partial": True},
+        effect=lambda m: (None, "10 rows, batch 4: DataLoader and Keras fit both run 3 steps (4, 4, 2)"),
+    ),
     Trap(
-        "keras_validation_split", "Keras fit(validation_split) takes the last rows, before shuffling",
+        "keras_validation_split",
+        "Keras fit(validation_split) takes the last rows, before shuffling",
         "Batching and order",
         {"tf": {"validation_rows": "last"}},
         "common.datasets: a seeded split of its own (test_fraction); validation_split is never used",
-        effect=lambda m: (None, f"validation_split=0.2 of 10 rows validated on the {m['tf']['validation_rows']} "
-                          "2 rows even with shuffle=True")),
+        effect=lambda m: (
+            None,
+            f"validation_split=0.2 of 10 rows validated on the {m['tf']['validation_rows']} "
+            "2 rows even with shuffle=True",
+        ),
+    ),
     Trap(
-        "keras_float64_hyper", "Keras casts Python-float hyperparameters through float32 in float64 runs",
+        "keras_float64_hyper",
+        "Keras casts Python-float hyperparameters through float32 in float64 runs",
         "Precision",
         {"tf": {"cast_python_0.9": 0.8999999761581421, "cast_numpy_0.9": 0.9, "sgd_rel_error_numpy_momentum": 0.0}},
         "backends.tf_backend.optim.hyper: hyperparameters go to Keras as numpy float64 scalars in float64 runs",
-        compare=("cast_python_0.9",), canonical={"cast_python_0.9": 0.9}, rtol=1e-15,
-        effect=lambda m: (m["tf"]["sgd_rel_error_python_momentum"],
-                          f"ops.cast(0.9, float64) = {m['tf']['cast_python_0.9']!r}; SGD(momentum=0.9) float64 "
-                          f"after 2 steps is off by {m['tf']['sgd_rel_error_python_momentum']:.2g} relative"),
+        compare=("cast_python_0.9",),
+        canonical={"cast_python_0.9": 0.9},
+        rtol=1e-15,
+        effect=lambda m: (
+            m["tf"]["sgd_rel_error_python_momentum"],
+            f"ops.cast(0.9, float64) = {m['tf']['cast_python_0.9']!r}; SGD(momentum=0.9) float64 "
+            f"after 2 steps is off by {m['tf']['sgd_rel_error_python_momentum']:.2g} relative",
+        ),
         note="found by the TF backend (see backends.tf_backend.optim); "
-                    "it alone exceeds the float64 rtol of 1e-9 within a few Adam steps."),
+        "it alone exceeds the float64 rtol of 1e-9 within a few Adam steps.",
+    ),
     Trap(
-        "layer_norm_eps", "LayerNorm ε default: torch 1e-5, Keras 1e-3, flax 1e-6 (variance biased in all three)",
+        "layer_norm_eps",
+        "LayerNorm ε default: torch 1e-5, Keras 1e-3, flax 1e-6 (variance biased in all three)",
         "Layer stacks",
-        {"torch": {"eps": 1e-5, "measured_eps": 1e-5, "variance": "biased", "explicit_eps": NORM_EPS},
-         "tf": {"eps": 1e-3, "measured_eps": 1e-3, "variance": "biased", "explicit_eps": NORM_EPS},
-         "jax": {"eps": 1e-6, "measured_eps": 1e-6, "variance": "biased", "explicit_eps": NORM_EPS}},
+        {
+            "torch": {"eps": 1e-5, "measured_eps": 1e-5, "variance": "biased", "explicit_eps": NORM_EPS},
+            "tf": {"eps": 1e-3, "measured_eps": 1e-3, "variance": "biased", "explicit_eps": NORM_EPS},
+            "jax": {"eps": 1e-6, "measured_eps": 1e-6, "variance": "biased", "explicit_eps": NORM_EPS},
+        },
         "pass eps explicitly (torch nn.LayerNorm(eps=ε), Keras LayerNormalization(epsilon=ε), flax "
         "nn.LayerNorm(epsilon=ε, use_fast_variance=False)): ε is the layer's eps, default model.norm_eps "
         "(common.layers layer_norm, biased two-pass variance; flax's default fast variance E[x²] − μ² loses "
         "float32 digits when |μ| ≫ σ)",
-        compare=("eps", "variance"), canonical={"eps": NORM_EPS, "variance": "biased"}, rtol=1e-6,
-        effect=_effect_layer_norm),
+        compare=("eps", "variance"),
+        canonical={"eps": NORM_EPS, "variance": "biased"},
+        rtol=1e-6,
+        effect=_effect_layer_norm,
+    ),
 )
 
 TRAPS: dict[str, Trap] = {t.id: t for t in CATALOGUE}

@@ -8,24 +8,33 @@ from __future__ import annotations
 import numpy as np
 
 SEED = 0
-ORDER_N = 10                      # ids shuffled by the order probes
-ORDER_N_SMALL = 5                 # the repeat/batch probe's dataset size
+ORDER_N = 10  # ids shuffled by the order probes
+ORDER_N_SMALL = 5  # the repeat/batch probe's dataset size
 SHUFFLE_BUFFER, SHUFFLE_EPOCHS = 2, 200
 LOSS_LOGITS = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3], [-1.5, 0.0, 1.0], [0.3, 2.5, -0.7]], np.float32)
-MASK_LABELS = np.array([0, 1, 2, 1])            # masked-mean probe: rows 2, 3 masked out
+MASK_LABELS = np.array([0, 1, 2, 1])  # masked-mean probe: rows 2, 3 masked out
 LOSS_MASK = np.array([1.0, 1.0, 0.0, 0.0], np.float32)
-WEIGHT_LABELS = np.array([0, 1, 2, 2])          # sample-weight probe: class weights (1, 1, 0) ≡ row weights LOSS_MASK
-DROPOUT_RATES = (0.3, 0.45)       # 0.3 as asked; at 0.45 fl(1/(1−p)) ≠ fl(1/fl(1−p)) in float32
-SEQUENCES = [[1], [2, 3, 4]]                    # padding probes
-RNN_INPUT = [[[0.5], [-1.0], [0.0]]]            # RNN probes: one row, 3 steps, 2 real (post-padded), 1 feature
-RNN_INPUT_PRE = [[[0.0], [0.5], [-1.0]]]        # the same row pre-padded
+WEIGHT_LABELS = np.array([0, 1, 2, 2])  # sample-weight probe: class weights (1, 1, 0) ≡ row weights LOSS_MASK
+DROPOUT_RATES = (0.3, 0.45)  # 0.3 as asked; at 0.45 fl(1/(1−p)) ≠ fl(1/fl(1−p)) in float32
+SEQUENCES = [[1], [2, 3, 4]]  # padding probes
+RNN_INPUT = [[[0.5], [-1.0], [0.0]]]  # RNN probes: one row, 3 steps, 2 real (post-padded), 1 feature
+RNN_INPUT_PRE = [[[0.0], [0.5], [-1.0]]]  # the same row pre-padded
 RNN_WIDTH = 2
-EMBED_TOKENS, EMBED_COEF = [0, 0], [1.0, 2.0]   # sparse-Adam probe: loss = Σ_k c_k·E[token_k], token 0 seen twice
+EMBED_TOKENS, EMBED_COEF = [0, 0], [1.0, 2.0]  # sparse-Adam probe: loss = Σ_k c_k·E[token_k], token 0 seen twice
 INIT_FAN_IN, INIT_FAN_OUT = 100, 2000
-DECAY = dict(w0=1.0, lr=0.5, wd=0.25, momentum=0.5, steps=2)   # binary fractions: every result exact
+DECAY = dict(w0=1.0, lr=0.5, wd=0.25, momentum=0.5, steps=2)  # binary fractions: every result exact
 MOMENTUM = dict(lr=0.5, lr_after=0.25, momentum=0.5, grad=1.0, steps=3, change_at=3)
-ADAM = dict(w0=[0.5, -1.0, 2.0, 0.0], a=[1.0, 2.0, 0.5, 3.0], b=[0.1, -0.2, 0.3, 1e-3], lr=0.1, wd=0.1, steps=5,
-            b1=0.9, b2=0.999, eps=1e-8)        # gradient g = a·w + b (float64)
+ADAM = dict(
+    w0=[0.5, -1.0, 2.0, 0.0],
+    a=[1.0, 2.0, 0.5, 3.0],
+    b=[0.1, -0.2, 0.3, 1e-3],
+    lr=0.1,
+    wd=0.1,
+    steps=5,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+)  # gradient g = a·w + b (float64)
 EPS_HAT = dict(grad=[1e-6, 1e-3, 1.0], lr=0.25, b1=0.9, b2=0.999, eps=1e-8)
 # LayerNorm probe (float64, γ = 1, β = 0): rows [0, d]; the small row's variance d²/4 is of the order of the
 # defaults' ε, the large row's swamps ε, so the two outputs give ε and the variance's divisor apart

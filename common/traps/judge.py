@@ -47,11 +47,15 @@ def normalise(value):
 def matches(expected, measured, rtol: float = 0.0, atol: float = 0.0) -> bool:
     """Recursive comparison; dicts: every expected key present and matching; numbers: within rtol/atol."""
     if isinstance(expected, dict):
-        return isinstance(measured, dict) and all(k in measured and matches(v, measured[k], rtol, atol)
-                                                  for k, v in expected.items())
+        return isinstance(measured, dict) and all(
+            k in measured and matches(v, measured[k], rtol, atol) for k, v in expected.items()
+        )
     if isinstance(expected, list):
-        return (isinstance(measured, list) and len(expected) == len(measured)
-                and all(matches(e, m, rtol, atol) for e, m in zip(expected, measured, strict=True)))
+        return (
+            isinstance(measured, list)
+            and len(expected) == len(measured)
+            and all(matches(e, m, rtol, atol) for e, m in zip(expected, measured, strict=True))
+        )
     if isinstance(expected, bool) or isinstance(measured, bool):
         return type(expected) is type(measured) and expected == measured
     if isinstance(expected, (int, float)) and isinstance(measured, (int, float)):
@@ -59,21 +63,27 @@ def matches(expected, measured, rtol: float = 0.0, atol: float = 0.0) -> bool:
     return type(expected) is type(measured) and expected == measured
 
 
-def diverges(measured: dict[str, Any], compare: tuple[str, ...] = (), canonical: dict | None = None,
-             rtol: float = 0.0, atol: float = 0.0) -> bool | None:
+def diverges(
+    measured: dict[str, Any],
+    compare: tuple[str, ...] = (),
+    canonical: dict | None = None,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+) -> bool | None:
     """True when two frameworks (or one and the canonical value) disagree on a compared key; None when no key
     had two values to compare. `measured` is {framework: measurement}."""
     keys = compare or (None,)
     judged = False
     for key in keys:
-        values = [v if key is None else v[key] for v in measured.values()
-                  if key is None or (isinstance(v, dict) and key in v)]
+        values = [
+            v if key is None else v[key] for v in measured.values() if key is None or (isinstance(v, dict) and key in v)
+        ]
         if canonical is not None and (key is None or key in canonical):
             values.append(canonical if key is None else canonical[key])
         if len(values) < 2:
             continue
         judged = True
-        if any(not matches(a, b, rtol, atol) for i, a in enumerate(values) for b in values[i + 1:]):
+        if any(not matches(a, b, rtol, atol) for i, a in enumerate(values) for b in values[i + 1 :]):
             return True
     return False if judged else None
 
@@ -119,8 +129,11 @@ def classify_reduction(value, per_row: np.ndarray, weights: np.ndarray) -> str:
         return "per_example"
     per_row, weights = np.asarray(per_row, np.float64), np.asarray(weights, np.float64)
     v = float(value)
-    for name, ref in (("weighted_mean", (per_row * weights).sum() / weights.sum()),
-                      ("sum_over_n", (per_row * weights).sum() / per_row.size), ("plain_mean", per_row.mean())):
+    for name, ref in (
+        ("weighted_mean", (per_row * weights).sum() / weights.sum()),
+        ("sum_over_n", (per_row * weights).sum() / per_row.size),
+        ("plain_mean", per_row.mean()),
+    ):
         if close(v, float(ref)):
             return name
     return "other"
@@ -149,8 +162,11 @@ def classify_dropout(x: np.ndarray, outputs: dict[float, np.ndarray]) -> dict:
 
 def classify_decay(w_final: float) -> str:
     """Which weight decay produced `w_final` from DECAY's zero-gradient run: "coupled" | "decoupled" | "none"."""
-    named = {"coupled": sgd_decay_reference(coupled=True), "decoupled": sgd_decay_reference(coupled=False),
-             "none": DECAY["w0"]}
+    named = {
+        "coupled": sgd_decay_reference(coupled=True),
+        "decoupled": sgd_decay_reference(coupled=False),
+        "none": DECAY["w0"],
+    }
     return next((k for k, v in named.items() if close(w_final, v, 1e-9)), "other")
 
 
@@ -193,15 +209,17 @@ def spread(m: dict, key: str, unit: str = "") -> tuple[float, str]:
 
 
 def listing(m: dict, key: str) -> str:
-    """"fw value, …" for the frameworks that measured `key` (floats to 4 significant digits)."""
+    """ "fw value, …" for the frameworks that measured `key` (floats to 4 significant digits)."""
     return ", ".join(f"{fw} {v:.4g}" if isinstance(v, float) else f"{fw} {v}" for fw, v in values_of(m, key).items())
 
 
 def effect_ratio(key: str, text: str):
     """An effect function: the largest measured `key` over the smallest, with a listing."""
+
     def effect(m):
         vals = [float(v) for v in values_of(m, key).values()]
         ratio = max(vals) / min(vals)
         listed = ", ".join(f"{fw} {v:.3g}" for fw, v in values_of(m, key).items())
         return ratio, f"{text}: {listed} (×{ratio:.3g})"
+
     return effect

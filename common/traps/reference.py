@@ -67,9 +67,9 @@ def keras_first_epsilon_hat() -> float:
 
 DROPOUT_FORMS = {
     # name: kept value of x (float32) at rate p
-    "x*fl(1/(1-p))": lambda x, p: x * np.float32(1.0 / (1.0 - p)),              # reciprocal in float64, rounded
+    "x*fl(1/(1-p))": lambda x, p: x * np.float32(1.0 / (1.0 - p)),  # reciprocal in float64, rounded
     "x*fl(1/fl(1-p))": lambda x, p: x * (np.float32(1.0) / np.float32(1.0 - p)),  # reciprocal of rounded 1−p
-    "x/fl(1-p)": lambda x, p: x / np.float32(1.0 - p),                          # true division
+    "x/fl(1-p)": lambda x, p: x / np.float32(1.0 - p),  # true division
 }
 
 

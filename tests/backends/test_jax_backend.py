@@ -37,34 +37,49 @@ BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7
 # and sum, l2, coupled and decoupled decay, regularize_bias on/off and dropout 0.3/0.5.
 CONFIGS = {
     "keep-shuffle-momentum-l2-dropout0.5": dict(
-        batching={"last_batch": "keep", "shuffle": True}, optimizer={"momentum": 0.9, "lr": 0.05},
-        regularization={"l2": 0.01, "dropout": 0.5}),
+        batching={"last_batch": "keep", "shuffle": True},
+        optimizer={"momentum": 0.9, "lr": 0.05},
+        regularization={"l2": 0.01, "dropout": 0.5},
+    ),
     "drop-ordered-nesterov-l1mean-bias-zeroinit": dict(
-        batching={"last_batch": "drop", "shuffle": False}, model={"init": "glorot_uniform"},
+        batching={"last_batch": "drop", "shuffle": False},
+        model={"init": "glorot_uniform"},
         optimizer={"momentum": 0.9, "nesterov": True, "lr": 0.05},
-        regularization={"l1": 0.05, "l1_reduction": "mean", "regularize_bias": True, "dropout": 0.3}),
+        regularization={"l1": 0.05, "l1_reduction": "mean", "regularize_bias": True, "dropout": 0.3},
+    ),
     "pad-shuffle-adam-l1sum-coupled-bias": dict(
-        batching={"last_batch": "pad", "shuffle": True, "eval_batch_size": 16}, optimizer={"name": "adam"},
-        regularization={"l1": 0.001, "l1_reduction": "sum", "weight_decay": 0.01, "regularize_bias": True}),
+        batching={"last_batch": "pad", "shuffle": True, "eval_batch_size": 16},
+        optimizer={"name": "adam"},
+        regularization={"l1": 0.001, "l1_reduction": "sum", "weight_decay": 0.01, "regularize_bias": True},
+    ),
     "keep-ordered-adamw-tanh-dropout0.3": dict(
-        batching={"last_batch": "keep", "shuffle": False}, model={"activation": "tanh"},
+        batching={"last_batch": "keep", "shuffle": False},
+        model={"activation": "tanh"},
         optimizer={"name": "adamw", "lr": 0.005},
-        regularization={"weight_decay": 0.05, "decay": "decoupled", "dropout": 0.3}),
+        regularization={"weight_decay": 0.05, "decay": "decoupled", "dropout": 0.3},
+    ),
     "pad-ordered-sgd-decoupled-bias-2layers": dict(
-        batching={"last_batch": "pad", "shuffle": False}, model={"hidden": [16, 8]},
+        batching={"last_batch": "pad", "shuffle": False},
+        model={"hidden": [16, 8]},
         optimizer={"momentum": 0.5, "lr": 0.05},
-        regularization={"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5}),
+        regularization={"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": True, "dropout": 0.5},
+    ),
     "drop-shuffle-adamw-l2-bias-lecun": dict(
-        batching={"last_batch": "drop", "shuffle": True}, model={"init": "lecun_normal"},
+        batching={"last_batch": "drop", "shuffle": True},
+        model={"init": "lecun_normal"},
         optimizer={"name": "adamw", "lr": 0.01},
-        regularization={"l2": 0.005, "weight_decay": 0.02, "decay": "decoupled", "regularize_bias": True}),
+        regularization={"l2": 0.005, "weight_decay": 0.02, "decay": "decoupled", "regularize_bias": True},
+    ),
     "keep-shuffle-plain-sgd-l1mean-l2-coupled": dict(
-        batching={"last_batch": "keep", "shuffle": True}, optimizer={"lr": 0.1},
-        regularization={"l1": 0.01, "l2": 0.001, "weight_decay": 0.01, "dropout": 0.5}),
+        batching={"last_batch": "keep", "shuffle": True},
+        optimizer={"lr": 0.1},
+        regularization={"l1": 0.01, "l2": 0.001, "weight_decay": 0.01, "dropout": 0.5},
+    ),
     "pad-shuffle-nesterov-decoupled-l1sum": dict(
-        batching={"last_batch": "pad", "shuffle": True}, optimizer={"momentum": 0.9, "nesterov": True},
-        regularization={"l1": 0.0005, "l1_reduction": "sum", "weight_decay": 0.1, "decay": "decoupled",
-                        "dropout": 0.3}),
+        batching={"last_batch": "pad", "shuffle": True},
+        optimizer={"momentum": 0.9, "nesterov": True},
+        regularization={"l1": 0.0005, "l1_reduction": "sum", "weight_decay": 0.1, "decay": "decoupled", "dropout": 0.3},
+    ),
 }
 
 
@@ -79,8 +94,13 @@ def prepared_adapter(spec: Spec):
     """(adapter, dataset) prepared for `spec` as the driver prepares it, nothing trained."""
     data = load_dataset(spec)
     adapter = load_adapter("jax").make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
-                    canonical_init(spec, data) if spec.mode == "exact" else None)
+    adapter.prepare(
+        spec,
+        data,
+        BatchPlan.from_spec(spec, data.train_x.shape[0]),
+        model_layers(spec, data),
+        canonical_init(spec, data) if spec.mode == "exact" else None,
+    )
     return adapter, data
 
 
@@ -113,8 +133,7 @@ def test_float32_exact_matches_oracle():
 
 @pytest.mark.parametrize("mode", ["exact", "native"])
 def test_evaluate_has_no_dropout(mode):
-    spec = spec_for(mode=mode, train={"epochs": 2}, regularization={"dropout": 0.5},
-                    batching={"eval_batch_size": 16})
+    spec = spec_for(mode=mode, train={"epochs": 2}, regularization={"dropout": 0.5}, batching={"eval_batch_size": 16})
     adapter, data, _ = trained_adapter(spec)
     batches = eval_batches(data.test_x.shape[0], 16)
     first, second = adapter.evaluate("test", batches), adapter.evaluate("test", batches)
@@ -131,8 +150,10 @@ def test_evaluate_has_no_dropout(mode):
 # ---- execution modes ---------------------------------------------------------------------------------------------
 
 MODES = ("eager", "compiled", "fused")
-MODE_CASES = ("keep-shuffle-sgd-momentum-coupled-drop0.5",  # ragged last batch (fused: a 2nd scan), one mask layer
-              "drop-shuffle-adam-coupled-l2-l1-bias-deep")   # two hidden layers, two stacked mask layers, adam
+MODE_CASES = (
+    "keep-shuffle-sgd-momentum-coupled-drop0.5",  # ragged last batch (fused: a 2nd scan), one mask layer
+    "drop-shuffle-adam-coupled-l2-l1-bias-deep",
+)  # two hidden layers, two stacked mask layers, adam
 
 
 @pytest.mark.parametrize("case", MODE_CASES)
@@ -143,11 +164,16 @@ def test_execution_modes_match_oracle(mode, case):
 
 
 @pytest.mark.parametrize("execution", ["compiled", "fused"])
-@pytest.mark.parametrize("last_batch, batch_size, compiles", [
-    ("pad", 7, 1), ("keep", 7, 2), ("drop", 7, 1), ("keep", 8, 1)])
+@pytest.mark.parametrize(
+    "last_batch, batch_size, compiles", [("pad", 7, 1), ("keep", 7, 2), ("drop", 7, 1), ("keep", 8, 1)]
+)
 def test_jit_compiles_once_per_batch_shape(execution, last_batch, batch_size, compiles):
-    spec = spec_for(execution=execution, train={"epochs": 3}, regularization={"dropout": 0.3},
-                    batching={"last_batch": last_batch, "batch_size": batch_size})
+    spec = spec_for(
+        execution=execution,
+        train={"epochs": 3},
+        regularization={"dropout": 0.3},
+        batching={"last_batch": last_batch, "batch_size": batch_size},
+    )
     adapter, _, body = trained_adapter(spec)
     assert len(body["steps"]) > 3 * (120 // batch_size) - 1
     assert adapter.compile_count == compiles
@@ -156,8 +182,9 @@ def test_jit_compiles_once_per_batch_shape(execution, last_batch, batch_size, co
 def test_default_execution_is_jit_and_eager_is_not_jitted():
     adapter, _, _ = trained_adapter(spec_for(train={"epochs": 1}))
     assert adapter.execution == "compiled" and adapter.compile_count >= 1  # JAX's idiomatic loop is jax.jit
-    adapter, _, body = trained_adapter(spec_for(execution="eager", train={"epochs": 1},
-                                                regularization={"dropout": 0.3}))
+    adapter, _, body = trained_adapter(
+        spec_for(execution="eager", train={"epochs": 1}, regularization={"dropout": 0.3})
+    )
     assert adapter.execution == "eager" and adapter.compile_count == 0
     assert not hasattr(adapter.run.step, "lower")  # a jax.jit-ed function has .lower; the plain step has not
     assert len(body["steps"]) == 18
@@ -179,8 +206,9 @@ def test_fused_native_mode_equals_compiled():
 def test_fused_scans_the_shared_masks_and_returns_its_own_losses():
     """The fused epoch feeds every scanned step the shared masks of its global step (common.dropout), and its
     losses are the scan's per-step outputs: equal to the compiled step run step by step from the same state."""
-    spec = spec_for(execution="fused", model={"hidden": [16, 8]}, regularization={"dropout": 0.5},
-                    batching={"last_batch": "keep"})
+    spec = spec_for(
+        execution="fused", model={"hidden": [16, 8]}, regularization={"dropout": 0.5}, batching={"last_batch": "keep"}
+    )
     adapter, _ = prepared_adapter(spec)
     ids, w = adapter.plan.slots(0)
     _, _, masks, steps = adapter._stacked(ids[:14].reshape(2, 7), w[:14].reshape(2, 7), 5)
@@ -220,8 +248,12 @@ def test_fused_float32_stays_float32():
     assert divergences(compare_with_oracle("jax", spec)) == []
     adapter, _ = prepared_adapter(spec)
     ids, w = adapter.plan.slots(0)
-    args = (adapter.params, adapter.opt_state, *adapter.split, *adapter._stacked(ids[:21].reshape(3, 7),
-                                                                                 w[:21].reshape(3, 7), 1))
+    args = (
+        adapter.params,
+        adapter.opt_state,
+        *adapter.split,
+        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), 1),
+    )
     closed = jax.make_jaxpr(adapter.run.scan)(*args)
     found = float_avals(closed.jaxpr)
     assert ("float32", False) in found and ("float64", False) not in found
@@ -231,8 +263,9 @@ def test_fused_float32_stays_float32():
 def test_padded_batch_equals_ragged_batch():
     """Same seed and plan order; pad's filler rows have weight 0, so every step's loss and the final parameters
     equal keep's (the shared masks of the real rows are the same: numpy draws them row by row)."""
-    sections = dict(train={"epochs": 4}, optimizer={"momentum": 0.9, "lr": 0.05},
-                    regularization={"dropout": 0.5, "l2": 0.01})
+    sections = dict(
+        train={"epochs": 4}, optimizer={"momentum": 0.9, "lr": 0.05}, regularization={"dropout": 0.5, "l2": 0.01}
+    )
     (pad, pad_npz) = run_in_process("jax", spec_for(batching={"last_batch": "pad"}, **sections))
     (keep, keep_npz) = run_in_process("jax", spec_for(batching={"last_batch": "keep"}, **sections))
     assert [s["batch_ids"] for s in pad["steps"]] == [s["batch_ids"] for s in keep["steps"]]
@@ -254,15 +287,21 @@ def test_l1_uses_sign_with_zero_at_zero():
 
 # ---- layer_norm ----------------------------------------------------------------------------------------------------
 
-LN_STACK = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"},
-            {"kind": "dropout", "rate": 0.3}, {"kind": "dense", "units": 8, "activation": "tanh"},
-            {"kind": "layer_norm"}, {"kind": "dense"}]
+LN_STACK = [
+    {"kind": "dense", "units": 16, "activation": "relu"},
+    {"kind": "layer_norm"},
+    {"kind": "dropout", "rate": 0.3},
+    {"kind": "dense", "units": 8, "activation": "tanh"},
+    {"kind": "layer_norm"},
+    {"kind": "dense"},
+]
 LN_CASES = {
     "adam-l2": dict(optimizer={"name": "adam", "lr": 0.01}, regularization={"l2": 1e-3}),
     # lr 0.01: at lr 0.05 this stack is chaotic (a 1e-7 relative change of the float64 init alone grows to 9e-4 in
     # the loss by step ~80), so float32's rounding would exceed rtol 1e-4 in any correct implementation
-    "sgd-momentum-wd-bias": dict(optimizer={"lr": 0.01, "momentum": 0.9},
-                                 regularization={"weight_decay": 1e-3, "regularize_bias": True}),
+    "sgd-momentum-wd-bias": dict(
+        optimizer={"lr": 0.01, "momentum": 0.9}, regularization={"weight_decay": 1e-3, "regularize_bias": True}
+    ),
 }
 
 
@@ -310,6 +349,7 @@ def test_layer_norm_eps_is_the_spec_s_in_exact_mode_and_flax_s_in_native_mode():
 
 # ---- native mode -------------------------------------------------------------------------------------------------
 
+
 def first_step(spec: Spec) -> tuple[dict, dict]:
     """(parameters before, parameters after) the first training step of `spec` (dropout must be 0: no masks)."""
     adapter, _ = prepared_adapter(spec)
@@ -353,6 +393,7 @@ def test_native_init_is_flax_dense_default():
         assert w.std() == pytest.approx(std, rel=0.2)
         assert abs(w.mean()) < 0.3 * std
         assert np.abs(w).max() <= 2.0 * std / 0.87962566103423978  # truncation at 2σ₀, σ₀ = std / 0.8796…
+
     # what a user writes: Dense layers with flax's defaults, `init(PRNGKey(seed), x)`
     class Plain(nn.Module):
         @nn.compact
@@ -410,7 +451,10 @@ def test_native_mode_uses_flax_dropout():
     overrides = dict(mode="native", train={"epochs": 2}, regularization={"dropout": 0.5})
     adapter, _, body = trained_adapter(spec_for(**overrides))
     assert adapter.model.options.native and [(layer.kind, layer.rate) for layer in adapter.layers] == [
-        ("dense", 0.0), ("dropout", 0.5), ("dense", 0.0)]
+        ("dense", 0.0),
+        ("dropout", 0.5),
+        ("dense", 0.0),
+    ]
     rec, npz = run_in_process("jax", spec_for(**overrides))
     plain, plain_npz = run_in_process("jax", spec_for(mode="native", train={"epochs": 2}))
     # the same seed gives the same init and order, so step 1 differs only by nn.Dropout
@@ -426,12 +470,17 @@ def test_native_dropout_keys():
     fold_in(PRNGKey(seed), epoch) (plain fold_in(PRNGKey(seed), step) would reuse epoch `step`'s key)."""
     spec = spec_for(mode="native", regularization={"dropout": 0.5})
     data = load_dataset(spec)
-    adapters = [prepared_adapter(spec_for(mode="native", seed=seed, regularization={"dropout": 0.5}))[0]
-                for seed in (0, 1)]
-    keys = {(seed, t): tuple(np.asarray(a.dropout_key(t)).tolist()) for seed, a in enumerate(adapters)
-            for t in range(1, 30)}
-    shuffle = {tuple(np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), e)).tolist())
-               for seed in (0, 1) for e in range(30)}
+    adapters = [
+        prepared_adapter(spec_for(mode="native", seed=seed, regularization={"dropout": 0.5}))[0] for seed in (0, 1)
+    ]
+    keys = {
+        (seed, t): tuple(np.asarray(a.dropout_key(t)).tolist()) for seed, a in enumerate(adapters) for t in range(1, 30)
+    }
+    shuffle = {
+        tuple(np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), e)).tolist())
+        for seed in (0, 1)
+        for e in range(30)
+    }
     assert len(set(keys.values())) == len(keys) and not shuffle & set(keys.values())
     a, x = adapters[0], jnp.asarray(data.train_x[:8])
     out = [np.asarray(a.model.apply(a.params, x, train=True, rngs={"dropout": a.dropout_key(t)})) for t in (1, 2)]
@@ -443,8 +492,9 @@ def test_native_l2_as_written_moves_by_lr_lambda_w():
     mode's canonical c = 2·l2 + wd = 0.04). One plain SGD step from the same native init and batch."""
     lr = 0.1
     before, plain = first_step(spec_for(mode="native", optimizer={"lr": lr}))
-    init, decayed = first_step(spec_for(mode="native", optimizer={"lr": lr},
-                                        regularization={"l2": 0.01, "weight_decay": 0.02}))
+    init, decayed = first_step(
+        spec_for(mode="native", optimizer={"lr": lr}, regularization={"l2": 0.01, "weight_decay": 0.02})
+    )
     for name in before:
         np.testing.assert_array_equal(init[name], before[name])
         want = -lr * 0.03 * init[name] if name.endswith(".weight") else np.zeros_like(init[name])
@@ -461,8 +511,7 @@ def test_native_l1_subgradient_is_plus_one_at_zero(reduction):
     reg = {"l1": l1, "l1_reduction": reduction, "regularize_bias": True}
     for mode, init in (("native", "torch_default"), ("exact", "glorot_uniform")):  # both start at zero biases
         before, plain = first_step(spec_for(mode=mode, model={"init": init}, optimizer={"lr": lr}))
-        start, shrunk = first_step(spec_for(mode=mode, model={"init": init}, optimizer={"lr": lr},
-                                            regularization=reg))
+        start, shrunk = first_step(spec_for(mode=mode, model={"init": init}, optimizer={"lr": lr}, regularization=reg))
         for name in before:
             w = start[name]
             np.testing.assert_array_equal(w, before[name])
@@ -504,8 +553,10 @@ def test_native_decay_masks(regularize_bias):
     np.testing.assert_allclose(u["kernel"], -0.1 * 0.01 * 2.0, rtol=1e-12)
     np.testing.assert_allclose(u["bias"], 0.1 * 0.01 if regularize_bias else 0.0, rtol=1e-12)
     for name in ("adamw", "sgd"):
-        tx, params = native_tx(optimizer={"name": name, "lr": 0.1}, regularization={
-            "weight_decay": 0.05, "decay": "decoupled", "regularize_bias": regularize_bias})
+        tx, params = native_tx(
+            optimizer={"name": name, "lr": 0.1},
+            regularization={"weight_decay": 0.05, "decay": "decoupled", "regularize_bias": regularize_bias},
+        )
         u = one_update(tx, params, 0.0)
         np.testing.assert_allclose(u["kernel"], -0.1 * 0.05 * 2.0, rtol=1e-12)
         np.testing.assert_allclose(u["bias"], 0.1 * 0.05, rtol=1e-12)  # biases decayed either way
@@ -520,9 +571,13 @@ def test_native_adam_uses_spec_eps():
 
 
 def test_native_float32_stays_float32():
-    spec = spec_for(mode="native", dtype="float32", train={"epochs": 1}, optimizer={"name": "adamw"},
-                    regularization={"l1": 0.01, "l2": 0.01, "weight_decay": 0.01, "decay": "decoupled",
-                                    "dropout": 0.3})
+    spec = spec_for(
+        mode="native",
+        dtype="float32",
+        train={"epochs": 1},
+        optimizer={"name": "adamw"},
+        regularization={"l1": 0.01, "l2": 0.01, "weight_decay": 0.01, "decay": "decoupled", "dropout": 0.3},
+    )
     adapter, _, body = trained_adapter(spec)
     leaves = jax.tree.leaves((adapter.params, adapter.opt_state))
     assert {str(a.dtype) for a in leaves if jnp.issubdtype(a.dtype, jnp.floating)} == {"float32"}

@@ -20,10 +20,26 @@ from common.tolerance import FLOAT64_EXACT  # noqa: E402
 from tests.support import make_spec  # noqa: E402
 
 # iris: 120 training rows; batch 32 under keep gives 3 full batches and a ragged one of 24 (fused: two scans)
-SPEC = make_spec(dtype="float64", batching={"batch_size": 32}, train={"epochs": 1},
-                 optimizer={"lr": 0.05, "momentum": 0.9}, regularization={"dropout": 0.3, "weight_decay": 1e-3})
-SETTINGS_KEYS = {"backend", "mode", "versions", "device", "device_kind", "platform", "platform_version", "dtype",
-                 "x64", "precision", "threads"}
+SPEC = make_spec(
+    dtype="float64",
+    batching={"batch_size": 32},
+    train={"epochs": 1},
+    optimizer={"lr": 0.05, "momentum": 0.9},
+    regularization={"dropout": 0.3, "weight_decay": 1e-3},
+)
+SETTINGS_KEYS = {
+    "backend",
+    "mode",
+    "versions",
+    "device",
+    "device_kind",
+    "platform",
+    "platform_version",
+    "dtype",
+    "x64",
+    "precision",
+    "threads",
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +107,9 @@ def test_reference_smoke(data):
 
 
 def test_reference_refuses_kinds_it_does_not_hand_write(data):
-    spec = make_spec(dtype="float64", model={"layers": [{"kind": "dense", "units": 8}, {"kind": "layer_norm"},
-                                                        {"kind": "dense"}]})
+    spec = make_spec(
+        dtype="float64", model={"layers": [{"kind": "dense", "units": 8}, {"kind": "layer_norm"}, {"kind": "dense"}]}
+    )
     with pytest.raises(ValueError, match="layer kinds layer_norm are not in its hand-fused forward"):
         reference_loop.make_reference(spec, data, "cpu")
 

@@ -48,8 +48,9 @@ def _run_jax(spec: Spec):
 
 def _against_oracle(spec: Spec):
     adapter, jax_run = _run_jax(spec)
-    cmp = compare({"numpy": run_in_process("numpy", spec), "jax": jax_run}, "numpy",
-                  tolerance_for(spec.dtype, spec.mode))
+    cmp = compare(
+        {"numpy": run_in_process("numpy", spec), "jax": jax_run}, "numpy", tolerance_for(spec.dtype, spec.mode)
+    )
     assert not divergences(cmp), divergences(cmp)
     assert worst_tolerance_used(cmp) <= 1.0
     metrics = {p["metric"] for p in cmp["pairs"]}
@@ -59,29 +60,45 @@ def _against_oracle(spec: Spec):
 
 EXACT = {
     # id: sections (on tests.support.SEQ_BASE: 72 train rows of 2..10 tokens, batch 7, 2 epochs, seq_pool E=4 [6])
-    "pool-post-trunc-post-pad-momentum": dict(
-        sequence={"max_len": 8}, batching=PAD, optimizer={"momentum": 0.9}),
+    "pool-post-trunc-post-pad-momentum": dict(sequence={"max_len": 8}, batching=PAD, optimizer={"momentum": 0.9}),
     "pool-pre-trunc-pre-keep-dropout-l2": dict(
-        sequence={"pad": "pre", "truncate": "pre", "max_len": 6}, regularization={"dropout": 0.3, "l2": 1e-3},
-        batching={"eval_batch_size": 18}),
+        sequence={"pad": "pre", "truncate": "pre", "max_len": 6},
+        regularization={"dropout": 0.3, "l2": 1e-3},
+        batching={"eval_batch_size": 18},
+    ),
     "pool-unmasked-pre-adamw-l1-bias": dict(
-        sequence={"pad": "pre", "max_len": 8, "mask": False}, batching=PAD, optimizer={"name": "adamw", "lr": 0.01},
-        regularization={"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-3, "regularize_bias": True}),
+        sequence={"pad": "pre", "max_len": 8, "mask": False},
+        batching=PAD,
+        optimizer={"name": "adamw", "lr": 0.01},
+        regularization={"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-3, "regularize_bias": True},
+    ),
     "rnn-post-trunc-post-pertoken-dropout-wd": dict(
-        model=RNN, sequence={"max_len": 7, "loss_norm": "per_token"}, batching=PAD,
-        regularization={"dropout": 0.3, "weight_decay": 1e-3}),
+        model=RNN,
+        sequence={"max_len": 7, "loss_norm": "per_token"},
+        batching=PAD,
+        regularization={"dropout": 0.3, "weight_decay": 1e-3},
+    ),
     "rnn-pre-trunc-pre-adam-l1": dict(
-        model=RNN, sequence={"pad": "pre", "truncate": "pre", "max_len": 7}, batching=PAD,
-        optimizer={"name": "adam", "lr": 0.01}, regularization={"l1": 1e-3}),
+        model=RNN,
+        sequence={"pad": "pre", "truncate": "pre", "max_len": 7},
+        batching=PAD,
+        optimizer={"name": "adam", "lr": 0.01},
+        regularization={"l1": 1e-3},
+    ),
     "rnn-unmasked-pre-glorot": dict(
-        model={**RNN, "init": "glorot_uniform"}, sequence={"pad": "pre", "max_len": 8, "mask": False},
-        batching=PAD),
+        model={**RNN, "init": "glorot_uniform"}, sequence={"pad": "pre", "max_len": 8, "mask": False}, batching=PAD
+    ),
     "rnn-unmasked-post-l2-bias": dict(
-        model=RNN, sequence={"max_len": 8, "mask": False}, batching=PAD,
-        regularization={"l2": 1e-3, "regularize_bias": True}),
+        model=RNN,
+        sequence={"max_len": 8, "mask": False},
+        batching=PAD,
+        regularization={"l2": 1e-3, "regularize_bias": True},
+    ),
     "rnn-buckets-keep-pre-lecun": dict(
-        model={**RNN, "init": "lecun_normal"}, sequence={"pad": "pre", "buckets": [4, 10]},
-        batching={"eval_batch_size": 18}),
+        model={**RNN, "init": "lecun_normal"},
+        sequence={"pad": "pre", "buckets": [4, 10]},
+        batching={"eval_batch_size": 18},
+    ),
 }
 
 
@@ -90,11 +107,19 @@ def test_float64_matches_oracle(case):
     _against_oracle(seq_spec("float64", **EXACT[case]))
 
 
-@pytest.mark.parametrize("sections", [
-    dict(sequence={"max_len": 8}, batching=PAD, optimizer={"name": "adam", "lr": 0.01},
-         regularization={"dropout": 0.3}),
-    dict(model=RNN, sequence={"pad": "pre", "buckets": [4, 10], "loss_norm": "per_token"}, batching=PAD),
-], ids=["pool-adam-dropout", "rnn-pre-buckets-pertoken"])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        dict(
+            sequence={"max_len": 8},
+            batching=PAD,
+            optimizer={"name": "adam", "lr": 0.01},
+            regularization={"dropout": 0.3},
+        ),
+        dict(model=RNN, sequence={"pad": "pre", "buckets": [4, 10], "loss_norm": "per_token"}, batching=PAD),
+    ],
+    ids=["pool-adam-dropout", "rnn-pre-buckets-pertoken"],
+)
 def test_float32_matches_oracle(sections):
     spec = seq_spec("float32", **sections)
     adapter, _, _ = _against_oracle(spec)
@@ -124,8 +149,9 @@ def test_without_buckets_compiles_once_per_distinct_batch_length():
 
 
 def test_eager_execution_matches_oracle_without_compiling():
-    adapter, _, _ = _against_oracle(seq_spec(execution="eager", sequence={"max_len": 6}, batching=PAD,
-                                             train={"epochs": 1}))
+    adapter, _, _ = _against_oracle(
+        seq_spec(execution="eager", sequence={"max_len": 6}, batching=PAD, train={"epochs": 1})
+    )
     assert adapter.compile_count == 0
 
 
@@ -147,6 +173,7 @@ def test_native_sides_are_post_post():
 
 
 # ---- model level ---------------------------------------------------------------------------------------------
+
 
 def _model(kind: str, masked: bool = True):
     spec = seq_spec(model=RNN if kind == "rnn" else {"kind": kind}, sequence={"mask": masked})
@@ -184,8 +211,9 @@ def test_masked_rnn_is_the_state_after_the_last_real_token():
         h = np.zeros(5)
         for tok, on in zip(np.asarray(tokens[i]), np.asarray(mask[i]), strict=True):
             if on:
-                h = np.tanh(p["embed.weight"][tok] @ p["rnn.input.weight"] + h @ p["rnn.recurrent.weight"]
-                            + p["rnn.bias"])
+                h = np.tanh(
+                    p["embed.weight"][tok] @ p["rnn.input.weight"] + h @ p["rnn.recurrent.weight"] + p["rnn.bias"]
+                )
         np.testing.assert_allclose(logits[i], h @ p["layer0.weight"] + p["layer0.bias"], rtol=1e-12, atol=1e-14)
 
 
@@ -212,8 +240,9 @@ def test_all_padded_rows_and_batches_give_finite_loss_and_gradients(kind, masked
         logits = np.asarray(model.apply(params, tokens))
         assert np.all(np.isfinite(logits))
         if kind == "rnn":
-            np.testing.assert_array_equal(logits, np.broadcast_to(np.asarray(params["params"]["layer0"]["bias"]),
-                                                                  logits.shape))
+            np.testing.assert_array_equal(
+                logits, np.broadcast_to(np.asarray(params["params"]["layer0"]["bias"]), logits.shape)
+            )
 
 
 @pytest.mark.parametrize("kind", ["seq_pool", "rnn"])
@@ -228,13 +257,17 @@ def test_canonical_mapping_round_trips(kind):
 
 
 def test_native_mode_trains_with_flax_defaults():
-    spec = seq_spec(mode="native", model=RNN, sequence={"buckets": [4, 10]}, batching=PAD,
-                    regularization={"dropout": 0.3, "l1": 1e-3})
+    spec = seq_spec(
+        mode="native",
+        model=RNN,
+        sequence={"buckets": [4, 10]},
+        batching=PAD,
+        regularization={"dropout": 0.3, "l1": 1e-3},
+    )
     adapter, (rec, arrays) = _run_jax(spec)
     losses = [s["loss"] for s in rec["steps"]]
     assert np.all(np.isfinite(losses))
-    assert {k.split("/")[1] for k in arrays if k.startswith("init/")} == set(
-        canonical_init(spec, load_dataset(spec)))
+    assert {k.split("/")[1] for k in arrays if k.startswith("init/")} == set(canonical_init(spec, load_dataset(spec)))
     assert adapter.compile_count <= 2
 
 

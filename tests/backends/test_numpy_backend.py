@@ -12,8 +12,9 @@ from tests.support import make_spec, run_in_process
 
 
 def _mlp(hidden, activation, init, dropout=0.0):
-    spec = make_spec(model={"hidden": hidden, "activation": activation, "init": init},
-                     regularization={"dropout": dropout})
+    spec = make_spec(
+        model={"hidden": hidden, "activation": activation, "init": init}, regularization={"dropout": dropout}
+    )
     layers = stack(spec, 4, 3)
     return build(layers, spec), init_params(layers, init, 0, np.float64)
 
@@ -58,8 +59,9 @@ def _one_tensor_steps(spec, grads_seq, w0):
 
 
 def test_sgd_nesterov_with_coupled_decay_unrolled_by_hand():
-    spec = make_spec(optimizer={"lr": 0.1, "momentum": 0.9, "nesterov": True},
-                     regularization={"weight_decay": 0.01, "l2": 0.02})
+    spec = make_spec(
+        optimizer={"lr": 0.1, "momentum": 0.9, "nesterov": True}, regularization={"weight_decay": 0.01, "l2": 0.02}
+    )
     w1, w2 = _one_tensor_steps(spec, [[1.0], [2.0]], [0.5])
     c = 0.01 + 2 * 0.02
     g1 = 1.0 + c * 0.5
@@ -71,8 +73,9 @@ def test_sgd_nesterov_with_coupled_decay_unrolled_by_hand():
 
 
 def test_adamw_first_step_and_l1_sign():
-    spec = make_spec(optimizer={"name": "adamw", "lr": 0.1}, regularization={"weight_decay": 0.5,
-                                                                             "decay": "decoupled", "l1": 0.3})
+    spec = make_spec(
+        optimizer={"name": "adamw", "lr": 0.1}, regularization={"weight_decay": 0.5, "decay": "decoupled", "l1": 0.3}
+    )
     (w1,) = _one_tensor_steps(spec, [[0.0, 0.2]], [0.0, -1.0])
     # g = ∇ + (l1/n)·sign(w): sign(0) = 0, so the zero weight has g = 0 and only decays (0 stays 0)
     assert w1[0] == 0.0
@@ -94,14 +97,27 @@ def test_layer_norm_scale_and_offset_follow_regularize_bias():
         assert params["ln0.offset"][0] == pytest.approx(shrink if regularize_bias else 1.0)
 
 
-LN_LAYERS = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
-             {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+LN_LAYERS = [
+    {"kind": "dense", "units": 16, "activation": "relu"},
+    {"kind": "layer_norm"},
+    {"kind": "dropout"},
+    {"kind": "dense", "units": 8, "activation": "tanh"},
+    {"kind": "layer_norm"},
+    {"kind": "dense"},
+]
 
 
 @pytest.mark.parametrize("mode", ["exact", "native"])
 def test_layer_norm_stack_trains_through_the_driver(mode):
-    spec = make_spec(dtype="float64", mode=mode, model={"layers": LN_LAYERS}, optimizer={"name": "adam", "lr": 0.01},
-                     regularization={"dropout": 0.3, "l2": 1e-3}, batching={"batch_size": 16}, train={"epochs": 8})
+    spec = make_spec(
+        dtype="float64",
+        mode=mode,
+        model={"layers": LN_LAYERS},
+        optimizer={"name": "adam", "lr": 0.01},
+        regularization={"dropout": 0.3, "l2": 1e-3},
+        batching={"batch_size": 16},
+        train={"epochs": 8},
+    )
     rec, arrays = run_in_process("numpy", spec)
     assert {f"final/ln{i}.{s}" for i in (0, 1) for s in ("scale", "offset")} <= set(arrays)
     assert not np.allclose(arrays["final/ln1.scale"], 1.0)  # γ is trained

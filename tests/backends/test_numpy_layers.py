@@ -16,8 +16,10 @@ SPEC = seq_spec()  # the sequence.mask setting of the embedding (true)
 def _random_params(layers, seed=3):
     """Canonical parameters with every entry away from its init (scale ≠ 1, offset and biases ≠ 0)."""
     rng = np.random.default_rng(seed)
-    return {k: v + 0.3 * rng.standard_normal(v.shape)
-            for k, v in init_params(tuple(layers), "glorot_uniform", 0, np.float64).items()}
+    return {
+        k: v + 0.3 * rng.standard_normal(v.shape)
+        for k, v in init_params(tuple(layers), "glorot_uniform", 0, np.float64).items()
+    }
 
 
 def _check_layer(layer, params, x, flow_args=None, spec=SPEC, seed=5):
@@ -148,10 +150,18 @@ def _stack_gradients(model, params, x, y, weights, masks):
 
 
 def test_whole_stack_mlp_with_layer_norm():
-    spec = make_spec(model={"layers": [{"kind": "dense", "units": 6, "activation": "relu"}, {"kind": "layer_norm"},
-                                       {"kind": "dropout", "rate": 0.3}, {"kind": "dense", "units": 5,
-                                                                          "activation": "tanh"},
-                                       {"kind": "layer_norm", "eps": 1e-3}, {"kind": "dense"}]})
+    spec = make_spec(
+        model={
+            "layers": [
+                {"kind": "dense", "units": 6, "activation": "relu"},
+                {"kind": "layer_norm"},
+                {"kind": "dropout", "rate": 0.3},
+                {"kind": "dense", "units": 5, "activation": "tanh"},
+                {"kind": "layer_norm", "eps": 1e-3},
+                {"kind": "dense"},
+            ]
+        }
+    )
     layers = stack(spec, 4, 3)
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((7, 4)), rng.integers(0, 3, 7)
@@ -164,12 +174,22 @@ def test_whole_stack_mlp_with_layer_norm():
 @pytest.mark.parametrize("pool", ["rnn", "masked_mean"])
 def test_whole_stack_sequence_with_layer_norm(pool, side):
     head = {"kind": "rnn", "units": 4} if pool == "rnn" else {"kind": "masked_mean"}
-    spec = make_spec(data=SEQ_BASE["data"], model={"layers": [{"kind": "embedding", "dim": 3}, head,
-                                                              {"kind": "layer_norm"}, {"kind": "dropout", "rate": 0.3},
-                                                              {"kind": "dense"}]})
+    spec = make_spec(
+        data=SEQ_BASE["data"],
+        model={
+            "layers": [
+                {"kind": "embedding", "dim": 3},
+                head,
+                {"kind": "layer_norm"},
+                {"kind": "dropout", "rate": 0.3},
+                {"kind": "dense"},
+            ]
+        },
+    )
     layers = stack(spec, 7, 3)
     rng = np.random.default_rng(7)
     tokens, _, kept = pad_batch([rng.integers(1, 7, n) for n in (3, 5, 1, 4)], side, "post", 6)
     masks = [(rng.random((4, layers[1].width)) >= 0.3) / 0.7]
-    _stack_gradients(build(layers, spec), _random_params(layers), tokens, rng.integers(0, 3, 4),
-                     kept.astype(np.float64), masks)
+    _stack_gradients(
+        build(layers, spec), _random_params(layers), tokens, rng.integers(0, 3, 4), kept.astype(np.float64), masks
+    )

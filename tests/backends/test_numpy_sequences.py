@@ -22,8 +22,11 @@ PLAN_WEIGHTS = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
 
 def _spec(kind: str, activation: str = "tanh", masked: bool = True, init: str = "glorot_uniform") -> dict:
     # dropout 0.3: the stacks hold one dropout layer of width WIDTH (after seq_pool's hidden layer, after the rnn)
-    return seq_spec(model={"kind": kind, "embed_dim": 3, "hidden": [WIDTH], "activation": activation,
-                           "init": init}, sequence={"mask": masked}, regularization={"dropout": 0.3})
+    return seq_spec(
+        model={"kind": kind, "embed_dim": 3, "hidden": [WIDTH], "activation": activation, "init": init},
+        sequence={"mask": masked},
+        regularization={"dropout": 0.3},
+    )
 
 
 def _model(kind: str, activation: str = "tanh", masked: bool = True):
@@ -99,8 +102,7 @@ def _reference_loss(params, seqs, labels, weights, kind, dropout):
         else:
             h = np.zeros(WIDTH)
             for x_t in x:
-                h = np.tanh(x_t @ params["rnn.input.weight"] + h @ params["rnn.recurrent.weight"]
-                            + params["rnn.bias"])
+                h = np.tanh(x_t @ params["rnn.input.weight"] + h @ params["rnn.recurrent.weight"] + params["rnn.bias"])
             logits.append((h * dropout[0][i]) @ params["layer0.weight"] + params["layer0.bias"])
     losses = cross_entropy(np.array(logits), labels)
     return float(np.sum(weights * losses) / max(weights.sum(), 1.0))
@@ -119,7 +121,7 @@ def test_masked_pre_and_post_padding_agree_and_match_the_reference(kind, truncat
     assert np.isclose(post[0], pre[0], rtol=1e-13, atol=0)
     for name in params:
         assert np.allclose(post[1][name], pre[1][name], rtol=1e-12, atol=1e-15), name
-    kept = [s[:4] if truncate == "post" else s[max(len(s) - 4, 0):] for s in seqs]
+    kept = [s[:4] if truncate == "post" else s[max(len(s) - 4, 0) :] for s in seqs]
     assert np.isclose(post[0], _reference_loss(params, kept, labels, weights, kind, dropout), rtol=1e-13)
 
 
@@ -144,8 +146,7 @@ def test_unmasked_rnn_depends_on_the_padding_side():
     assert abs(post[0] - pre[0]) > 1e-3
     # unmasked, the pads are ordinary E[0] inputs: the whole padded row runs through the RNN
     seqs = [np.asarray(t) for t in post_tokens]
-    assert np.isclose(post[0], _reference_loss(params, seqs, labels, weights, "rnn", [np.ones((5, WIDTH))]),
-                      rtol=1e-13)
+    assert np.isclose(post[0], _reference_loss(params, seqs, labels, weights, "rnn", [np.ones((5, WIDTH))]), rtol=1e-13)
 
 
 def test_unmasked_seq_pool_depends_on_the_amount_of_padding_not_its_side():
@@ -170,7 +171,8 @@ def test_all_padded_row_and_batch_are_finite(kind, masked):
     if masked:  # the all-padded row reads nothing: its encoding is the zero vector
         logits, _ = model.forward(params, tokens[2:3])
         ref, _ = _model(kind, masked=False).forward(
-            {**params, "embed.weight": np.zeros_like(params["embed.weight"])}, tokens[2:3])
+            {**params, "embed.weight": np.zeros_like(params["embed.weight"])}, tokens[2:3]
+        )
         assert np.all(np.isfinite(logits)) and (kind == "rnn" or np.allclose(logits, ref))
     # a batch of filler rows only: Σ m = 0 → loss 0 and zero gradients, no NaN
     empty = [np.zeros(0, dtype=np.int64)] * 3
@@ -196,8 +198,10 @@ def test_per_token_weights_weight_rows_by_kept_length():
 
 
 def test_pipeline_pads_with_the_resolved_sides_and_loss_weights():
-    spec = seq_spec(sequence={"pad": "pre", "truncate": "pre", "max_len": 5, "loss_norm": "per_token"},
-                    batching={"last_batch": "pad"})
+    spec = seq_spec(
+        sequence={"pad": "pre", "truncate": "pre", "max_len": 5, "loss_norm": "per_token"},
+        batching={"last_batch": "pad"},
+    )
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     batches = list(pipeline.epoch_rows(spec, data, plan, 0))
@@ -221,9 +225,14 @@ def _plan(spec):
 
 @pytest.mark.parametrize("kind,last_batch", [("rnn", "pad"), ("seq_pool", "keep")])
 def test_end_to_end_training_follows_the_plan_and_learns(kind, last_batch):
-    spec = seq_spec(model={"kind": kind, "hidden": [8]}, sequence={"buckets": [4, 10]},
-                    batching={"last_batch": last_batch}, optimizer={"name": "adam", "lr": 0.05},
-                    regularization={"dropout": 0.1, "l2": 1e-4}, train={"epochs": 6})
+    spec = seq_spec(
+        model={"kind": kind, "hidden": [8]},
+        sequence={"buckets": [4, 10]},
+        batching={"last_batch": last_batch},
+        optimizer={"name": "adam", "lr": 0.05},
+        regularization={"dropout": 0.1, "l2": 1e-4},
+        train={"epochs": 6},
+    )
     rec, _ = run_in_process("numpy", spec)
     plan = _plan(spec)
     expected = [b for e in range(6) for b in plan.batches(e)]
@@ -241,8 +250,9 @@ def test_end_to_end_training_follows_the_plan_and_learns(kind, last_batch):
 
 
 def test_native_mode_runs_with_its_own_dropout():
-    spec = seq_spec(mode="native", model={"kind": "rnn", "hidden": [5]}, regularization={"dropout": 0.3},
-                    train={"epochs": 1})
+    spec = seq_spec(
+        mode="native", model={"kind": "rnn", "hidden": [5]}, regularization={"dropout": 0.3}, train={"epochs": 1}
+    )
     rec, _ = run_in_process("numpy", spec)
     assert all(np.isfinite(s["loss"]) for s in rec["steps"])
     assert rec["padding"] == {"pad": "post", "truncate": "post"}

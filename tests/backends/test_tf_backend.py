@@ -44,8 +44,12 @@ def test_float64_exact_mode_agrees_with_oracle(name):
 def test_float32_exact_mode_agrees_within_float32_tolerance():
     # SGD, not Adam: Keras's float32 Adam carries a systematic step-size bias (next test) that, accumulated over
     # ~120 steps, puts near-zero parameters just outside atol 1e-6.
-    spec = _spec(dtype="float32", batching={"last_batch": "pad"}, optimizer={"momentum": 0.9},
-                 regularization={"dropout": 0.3, "l2": 0.001, "weight_decay": 0.01, "decay": "decoupled"})
+    spec = _spec(
+        dtype="float32",
+        batching={"last_batch": "pad"},
+        optimizer={"momentum": 0.9},
+        regularization={"dropout": 0.3, "l2": 0.001, "weight_decay": 0.01, "decay": "decoupled"},
+    )
     cmp = compare_with_oracle("tf", spec)
     assert cmp["tolerance"]["rtol"] == 1e-4
     assert divergences(cmp) == []
@@ -124,8 +128,13 @@ def test_native_mode_uses_keras_dropout():
 def test_native_mode_uses_keras_idioms():
     """common.native's tf column: tf.data.shuffle order, pad → ragged, glorot/zero init, L2(λ) and L1(λ) as
     written, Keras's default ε, decoupled decay on biases too."""
-    spec = _spec(mode="native", train={"epochs": 2}, batching={"last_batch": "pad"}, optimizer={"name": "adamw"},
-                 regularization={"l2": 0.01, "l1": 0.002, "weight_decay": 0.05, "decay": "decoupled"})
+    spec = _spec(
+        mode="native",
+        train={"epochs": 2},
+        batching={"last_batch": "pad"},
+        optimizer={"name": "adamw"},
+        regularization={"l2": 0.01, "l1": 0.002, "weight_decay": 0.05, "decay": "decoupled"},
+    )
     data = load_dataset(spec)
     adapter = make_adapter(spec)
     body = train(adapter, spec, data)
@@ -214,8 +223,9 @@ def test_pipeline_is_tf_data_and_records_versions():
     sizes = [int(b["x"].shape[0]) for b in ds]
     assert sizes == [b.rows for b in plan.batches(0)] and sizes[-1] < 7  # ragged last batch from .batch()
     assert adapter.versions() == {"tensorflow": tf.__version__, "keras": keras.__version__}
-    np.testing.assert_array_equal(adapter.parameters()["layer0.weight"],
-                                  canonical_init(spec, load_dataset(spec))["layer0.weight"])
+    np.testing.assert_array_equal(
+        adapter.parameters()["layer0.weight"], canonical_init(spec, load_dataset(spec))["layer0.weight"]
+    )
 
 
 # Execution modes (spec.execution): both cases keep a ragged last batch of 1 row (the fused program's extra step
@@ -233,8 +243,13 @@ def test_every_execution_mode_agrees_with_oracle(mode, case):
 def _prepared(spec):
     adapter = make_adapter(spec)
     data = load_dataset(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0]), model_layers(spec, data),
-                    canonical_init(spec, data) if spec.mode == "exact" else None)
+    adapter.prepare(
+        spec,
+        data,
+        BatchPlan.from_spec(spec, data.train_x.shape[0]),
+        model_layers(spec, data),
+        canonical_init(spec, data) if spec.mode == "exact" else None,
+    )
     return adapter
 
 
@@ -251,8 +266,9 @@ def test_compiled_and_fused_use_xla():
 
 
 def test_fused_runs_one_program_per_epoch():
-    spec = dataclasses.replace(_spec(train={"epochs": 3}, optimizer={"name": "adam"}, regularization={"dropout": 0.3}),
-                               execution="fused")
+    spec = dataclasses.replace(
+        _spec(train={"epochs": 3}, optimizer={"name": "adam"}, regularization={"dropout": 0.3}), execution="fused"
+    )
     adapter, _ = _trained_adapter(spec)
     plan = BatchPlan.from_spec(spec, 120)
     assert adapter.runner.program.experimental_get_tracing_count() == 1  # same shapes every epoch: one trace
@@ -265,12 +281,15 @@ def test_fused_runs_one_program_per_epoch():
 def test_fused_sets_epsilon_hat_inside_the_loop(monkeypatch):
     """The fused program assigns ε̂_t per step from its table, entry k to step first + k: a table shifted by one
     step diverges at step 2 (step 1's update is wrong), one frozen at ε̂ of the first step at step 3."""
-    spec = dataclasses.replace(_spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4}),
-                               execution="fused")
+    spec = dataclasses.replace(
+        _spec(train={"epochs": 1}, optimizer={"name": "adam", "lr": 0.01, "eps": 1e-4}), execution="fused"
+    )
     assert divergences(compare_with_oracle("tf", spec)) == []
     table = tf_optim.KerasOptimizer.epsilon_table
-    for wrong, first_bad in ((lambda self, first, count: table(self, first + 1, count), 2),
-                             (lambda self, first, count: np.full(count, table(self, first, 1)[0]), 3)):
+    for wrong, first_bad in (
+        (lambda self, first, count: table(self, first + 1, count), 2),
+        (lambda self, first, count: np.full(count, table(self, first, 1)[0]), 3),
+    ):
         monkeypatch.setattr(tf_optim.KerasOptimizer, "epsilon_table", wrong)
         assert _loss_pair(compare_with_oracle("tf", spec))["first_divergent_step"] == first_bad
 
@@ -281,12 +300,20 @@ def test_fused_needs_exact_mode():
 
 
 # Layer stacks with layer_norm (Keras LayerNormalization, gamma/beta = ln{i}.scale/offset) against the oracle.
-LN_LAYERS = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
-             {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+LN_LAYERS = [
+    {"kind": "dense", "units": 16, "activation": "relu"},
+    {"kind": "layer_norm"},
+    {"kind": "dropout"},
+    {"kind": "dense", "units": 8, "activation": "tanh"},
+    {"kind": "layer_norm"},
+    {"kind": "dense"},
+]
 LN_CASES = {
     "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
-    "sgd-momentum-wd-bias": {"optimizer": {"lr": 0.05, "momentum": 0.9},
-                             "regularization": {"weight_decay": 1e-3, "regularize_bias": True, "dropout": 0.3}},
+    "sgd-momentum-wd-bias": {
+        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "regularization": {"weight_decay": 1e-3, "regularize_bias": True, "dropout": 0.3},
+    },
 }
 
 
@@ -312,8 +339,12 @@ def test_layer_norm_stack_agrees_with_oracle(case, dtype):
 def test_layer_norm_eps_exact_is_the_specs_native_is_keras_default():
     keras_default = inspect.signature(keras.layers.LayerNormalization).parameters["epsilon"].default
     assert keras_default == 1e-3  # the trap: torch 1e-5, flax 1e-6
-    layers = [{"kind": "dense", "units": 8, "activation": "relu"}, {"kind": "layer_norm"},
-              {"kind": "layer_norm", "eps": 2e-5}, {"kind": "dense"}]
+    layers = [
+        {"kind": "dense", "units": 8, "activation": "relu"},
+        {"kind": "layer_norm"},
+        {"kind": "layer_norm", "eps": 2e-5},
+        {"kind": "dense"},
+    ]
     for mode, want in (("exact", [1e-4, 2e-5]), ("native", [keras_default, keras_default])):
         adapter = _prepared(_spec(mode=mode, model={"layers": layers, "norm_eps": 1e-4}))
         norms = [layer for layer in adapter.model.stack if isinstance(layer, keras.layers.LayerNormalization)]
@@ -324,7 +355,11 @@ def test_layer_norm_with_keras_default_eps_diverges_in_exact_mode(monkeypatch):
     """The exact eps matters: Keras's default ε = 1e-3 instead of the spec's 1e-5 is caught at step 1."""
     from backends.tf_backend import model as tf_model
     from backends.tf_backend import norm as tf_norm
+
     spec = _spec(train={"epochs": 1}, model={"layers": LN_LAYERS}, regularization={"dropout": 0.3})
-    monkeypatch.setitem(tf_model.LAYERS, "layer_norm",
-                        lambda layer, build: tf_norm.layer_norm(layer, dataclasses.replace(build, native=True)))
+    monkeypatch.setitem(
+        tf_model.LAYERS,
+        "layer_norm",
+        lambda layer, build: tf_norm.layer_norm(layer, dataclasses.replace(build, native=True)),
+    )
     assert _loss_pair(compare_with_oracle("tf", spec))["first_divergent_step"] == 1

@@ -18,8 +18,13 @@ from tests.support import make_spec, run_in_process, seq_spec  # noqa: E402
 
 # iris: 120 rows at batch 32 → 3 full batches and a ragged last batch of 24 ("keep"); Adam (ε̂ per step) and
 # shared dropout masks, so the fused program's loop, its extra last step and its in-loop ε̂ are all exercised.
-SPEC = make_spec(dtype="float64", batching={"batch_size": 32}, optimizer={"name": "adam"}, train={"epochs": 1},
-                 regularization={"dropout": 0.3, "weight_decay": 1e-3})
+SPEC = make_spec(
+    dtype="float64",
+    batching={"batch_size": 32},
+    optimizer={"name": "adam"},
+    train={"epochs": 1},
+    regularization={"dropout": 0.3, "weight_decay": 1e-3},
+)
 SETTINGS_KEYS = {"backend", "mode", "versions", "device", "dtype", "threads", "precision", "xla"}
 
 
@@ -68,8 +73,10 @@ def test_loader_smoke(loader, data):
 
 def test_loaders_deliver_the_same_epoch(data):
     target = make_target(SPEC, data, "eager", "cpu")
-    fast, naive = ([{k: t.numpy() for k, t in b.items()} for b in ds]
-                   for ds in (target.pipeline.dataset(2), target.pipeline.naive(2)))
+    fast, naive = (
+        [{k: t.numpy() for k, t in b.items()} for b in ds]
+        for ds in (target.pipeline.dataset(2), target.pipeline.naive(2))
+    )
     assert len(fast) == len(naive) == 4
     for a, b in zip(fast, naive, strict=True):
         assert set(a) == set(b) == {"x", "y", "weights", "ids"}
@@ -83,14 +90,27 @@ def test_reference_smoke(data):
     assert np.isfinite(float(reference.epoch()))
 
 
-@pytest.mark.parametrize("sections", [
-    dict(optimizer={"name": "adam"}, regularization={"weight_decay": 1e-2, "l1": 1e-3},
-         batching={"last_batch": "keep"}),
-    dict(optimizer={"name": "adamw"}, regularization={"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3},
-         batching={"last_batch": "pad"}),
-    dict(optimizer={"momentum": 0.9, "nesterov": True}, model={"hidden": [16, 8], "activation": "tanh"},
-         regularization={"l1": 1e-3, "l1_reduction": "sum", "regularize_bias": True}, batching={"last_batch": "drop"}),
-])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        dict(
+            optimizer={"name": "adam"},
+            regularization={"weight_decay": 1e-2, "l1": 1e-3},
+            batching={"last_batch": "keep"},
+        ),
+        dict(
+            optimizer={"name": "adamw"},
+            regularization={"weight_decay": 1e-2, "decay": "decoupled", "l2": 1e-3},
+            batching={"last_batch": "pad"},
+        ),
+        dict(
+            optimizer={"momentum": 0.9, "nesterov": True},
+            model={"hidden": [16, 8], "activation": "tanh"},
+            regularization={"l1": 1e-3, "l1_reduction": "sum", "regularize_bias": True},
+            batching={"last_batch": "drop"},
+        ),
+    ],
+)
 def test_reference_trains_the_same_model(sections):
     """Without shuffle and dropout the reference's batches are the plan's: its parameters after two epochs equal
     the adapter's (same init, sizes, optimizer, lr, penalties, batch size and last-batch handling)."""
@@ -118,19 +138,26 @@ def test_unknown_mode_loader_and_missing_gpu_are_clear_errors(data):
 def test_sequence_target_loaders_and_equivalence(sequence):
     """The target is kind-agnostic: an RNN on token batches (bucketed / pad_sequences), both loaders delivering the
     same padded epoch, and its end-to-end epoch and equivalence check going through the adapter's run_epoch."""
-    spec = seq_spec(model={"kind": "rnn", "hidden": [5]}, sequence=sequence, train={"epochs": 1},
-                    regularization={"dropout": 0.3})
+    spec = seq_spec(
+        model={"kind": "rnn", "hidden": [5]}, sequence=sequence, train={"epochs": 1}, regularization={"dropout": 0.3}
+    )
     data = load_dataset(spec)
     target = make_target(spec, data, "compiled", "cpu")
-    fast, naive = ([{k: t.numpy() for k, t in b.items()} for b in ds]
-                   for ds in (target.pipeline.dataset(1), target.pipeline.naive(1)))
+    fast, naive = (
+        [{k: t.numpy() for k, t in b.items()} for b in ds]
+        for ds in (target.pipeline.dataset(1), target.pipeline.naive(1))
+    )
     assert len(fast) == len(naive) == target.plan.steps_per_epoch
     for a, b in zip(fast, naive, strict=True):
         assert set(a) == set(b) == {"x", "y", "weights", "lengths", "ids"}
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    np.testing.assert_allclose(target.equivalence_losses(1), run_in_process("tf", spec)[1]["losses"],
-                               rtol=tolerance_for("float64", "exact").rtol, atol=0)
+    np.testing.assert_allclose(
+        target.equivalence_losses(1),
+        run_in_process("tf", spec)[1]["losses"],
+        rtol=tolerance_for("float64", "exact").rtol,
+        atol=0,
+    )
     losses = target.epoch()
     assert losses.shape == (target.plan.steps_per_epoch,) and np.all(np.isfinite(losses))
     _smoke(target.step, target.sync, spec.batching.batch_size)

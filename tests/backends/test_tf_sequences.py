@@ -59,15 +59,17 @@ def test_pipeline_batches_are_pad_batch_of_the_plan(seq, last):
             assert got.x.shape == (batch.rows, batch.length) and got.length == batch.length
             assert np.array_equal(got.x.numpy(), tokens)
             assert np.array_equal(got.lengths.numpy(), kept)
-            assert np.array_equal(got.weights.numpy(), loss_weights(batch.weights, kept, seq.get(
-                "loss_norm", "per_sequence")))
+            assert np.array_equal(
+                got.weights.numpy(), loss_weights(batch.weights, kept, seq.get("loss_norm", "per_sequence"))
+            )
             assert np.array_equal(got.y.numpy(), data.train_y[batch.ids])
 
 
 @pytest.mark.parametrize("sides", [("pre", "pre"), ("post", "post"), ("pre", "post")])
 def test_eval_batches_are_pad_batch(sides):
-    spec = seq_spec(sequence={"buckets": [3, 6], "pad": sides[0], "truncate": sides[1]},
-                    batching={"eval_batch_size": 5})
+    spec = seq_spec(
+        sequence={"buckets": [3, 6], "pad": sides[0], "truncate": sides[1]}, batching={"eval_batch_size": 5}
+    )
     data = load_dataset(spec)
     pipeline = Tokens(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths))
     for batch in eval_batches(data.test_x.shape[0], 5, data.test_lengths, 0, [3, 6]):
@@ -86,29 +88,48 @@ CASES = {
     "rnn-maxlen-truncate-pre-post-pad": {"model": RNN, "sequence": {"max_len": 6, "truncate": "pre"}},
     "pool-maxlen-truncate-post-pre-pad": {"sequence": {"max_len": 6, "truncate": "post", "pad": "pre"}},
     "rnn-buckets-keep": {"model": RNN, "sequence": {"buckets": [4, 10], "pad": "pre"}},
-    "pool-buckets-pad-per-token": {"sequence": {"buckets": [4, 10], "loss_norm": "per_token"},
-                                   "batching": {"last_batch": "pad"}},
-    "rnn-per-token-truncating-buckets": {"model": RNN, "sequence": {"buckets": [3, 6], "loss_norm": "per_token",
-                                                                    "truncate": "pre"}},
-    "rnn-dropout-l2-momentum": {"model": RNN, "regularization": {"dropout": 0.3, "l2": 1e-3},
-                                "optimizer": {"momentum": 0.9}},
-    "pool-dropout-tanh-two-hidden": {"model": {"hidden": [6, 5], "activation": "tanh"},
-                                     "regularization": {"dropout": 0.3}},
-    "pool-adam-l1-coupled-wd-bias": {"optimizer": {"name": "adam", "lr": 0.01},
-                                     "regularization": {"l1": 1e-3, "weight_decay": 1e-3, "regularize_bias": True}},
-    "rnn-adamw-decoupled-l1sum": {"model": RNN, "optimizer": {"name": "adamw", "lr": 0.01},
-                                  "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4,
-                                                     "l1_reduction": "sum"}},
+    "pool-buckets-pad-per-token": {
+        "sequence": {"buckets": [4, 10], "loss_norm": "per_token"},
+        "batching": {"last_batch": "pad"},
+    },
+    "rnn-per-token-truncating-buckets": {
+        "model": RNN,
+        "sequence": {"buckets": [3, 6], "loss_norm": "per_token", "truncate": "pre"},
+    },
+    "rnn-dropout-l2-momentum": {
+        "model": RNN,
+        "regularization": {"dropout": 0.3, "l2": 1e-3},
+        "optimizer": {"momentum": 0.9},
+    },
+    "pool-dropout-tanh-two-hidden": {
+        "model": {"hidden": [6, 5], "activation": "tanh"},
+        "regularization": {"dropout": 0.3},
+    },
+    "pool-adam-l1-coupled-wd-bias": {
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "regularization": {"l1": 1e-3, "weight_decay": 1e-3, "regularize_bias": True},
+    },
+    "rnn-adamw-decoupled-l1sum": {
+        "model": RNN,
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4, "l1_reduction": "sum"},
+    },
     # Adam / AdamW with no penalty on the embedding: its gradient stays sparse (IndexedSlices) up to the optimizer
     "pool-adam-sparse-embedding": {"optimizer": {"name": "adam", "lr": 0.01}},
     "rnn-adamw-decoupled-bias-drop-glorot": {
-        "model": {**RNN, "init": "glorot_uniform"}, "sequence": {"pad": "pre", "truncate": "post", "max_len": 6},
+        "model": {**RNN, "init": "glorot_uniform"},
+        "sequence": {"pad": "pre", "truncate": "post", "max_len": 6},
         "optimizer": {"name": "adamw", "lr": 0.01},
-        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3}},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True, "dropout": 0.3},
+    },
     "rnn-unmasked-pre": {"model": RNN, "sequence": {"mask": False, "pad": "pre"}},
     "pool-unmasked-post-buckets": {"sequence": {"mask": False, "buckets": [4, 10]}},
-    "rnn-xla-pre-buckets": {"model": RNN, "execution": "compiled", "sequence": {"pad": "pre", "buckets": [4, 10]},
-                            "regularization": {"dropout": 0.3}},
+    "rnn-xla-pre-buckets": {
+        "model": RNN,
+        "execution": "compiled",
+        "sequence": {"pad": "pre", "buckets": [4, 10]},
+        "regularization": {"dropout": 0.3},
+    },
 }
 
 
@@ -120,8 +141,9 @@ def test_float64_exact_mode_agrees_with_oracle(case):
     assert worst_tolerance_used(cmp) < 0.5
 
 
-@pytest.mark.parametrize("case", ["rnn-dropout-l2-momentum", "pool-buckets-pad-per-token",
-                                  "rnn-adamw-decoupled-bias-drop-glorot"])
+@pytest.mark.parametrize(
+    "case", ["rnn-dropout-l2-momentum", "pool-buckets-pad-per-token", "rnn-adamw-decoupled-bias-drop-glorot"]
+)
 def test_float32_exact_mode_agrees_with_oracle(case):
     cmp = compare_with_oracle("tf", seq_spec("float32", **CASES[case]))
     assert cmp["tolerance"]["rtol"] == 1e-4
@@ -133,7 +155,7 @@ def test_keras_adam_squares_sparse_embedding_gradients_per_occurrence():
     Embedding an IndexedSlices gradient with two slices; Keras Adam's `ops.square` squares them one by one, so its
     second moment v gets (1−β2)·(g1² + g2²) instead of (1−β2)·(g1 + g2)²."""
     grad = tf.IndexedSlices(tf.constant([[1.0], [2.0]], tf.float64), tf.constant([0, 0]), tf.constant([2, 1]))
-    for densify, expected in ((False, 1.0 + 4.0), (True, 3.0 ** 2)):
+    for densify, expected in ((False, 1.0 + 4.0), (True, 3.0**2)):
         var = keras.Variable(np.zeros((2, 1)), dtype="float64")
         opt = keras.optimizers.Adam(0.1)
         opt.build([var])
@@ -142,8 +164,9 @@ def test_keras_adam_squares_sparse_embedding_gradients_per_occurrence():
 
 
 def test_records_carry_the_plans_ids_lengths_and_tf_sides():
-    spec = seq_spec(model=RNN, sequence={"pad": "native", "truncate": "native", "buckets": [3, 6]},
-                    batching={"last_batch": "pad"})
+    spec = seq_spec(
+        model=RNN, sequence={"pad": "native", "truncate": "native", "buckets": [3, 6]}, batching={"last_batch": "pad"}
+    )
     rec, _ = run_in_process("tf", spec)
     data = load_dataset(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
@@ -179,8 +202,9 @@ def _model_and_batch(kind: str, side: str):
 
 
 def _loss_and_grads(model, tokens, labels, weights):
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight",
-                                                         dtype="float64")
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight", dtype="float64"
+    )
     with tf.GradientTape() as tape:
         loss = loss_fn(labels, model(tokens, training=True), sample_weight=weights)
     return loss, tape.gradient(loss, model.trainable_variables)
@@ -210,8 +234,12 @@ def test_all_padded_row_and_batch_are_finite(kind, side):
 
 
 def test_native_mode_runs_with_keras_defaults():
-    spec = seq_spec(mode="native", model=RNN, sequence={"pad": "native", "truncate": "native", "max_len": 6},
-                    regularization={"dropout": 0.3, "l2": 1e-3})
+    spec = seq_spec(
+        mode="native",
+        model=RNN,
+        sequence={"pad": "native", "truncate": "native", "max_len": 6},
+        regularization={"dropout": 0.3, "l2": 1e-3},
+    )
     rec, _ = run_in_process("tf", spec)
     assert rec["padding"] == {"pad": "pre", "truncate": "pre"}
     assert all(np.isfinite(s["loss"]) and s["padded_length"] == 6 for s in rec["steps"])

@@ -44,8 +44,12 @@ def test_float64_exact_mode_agrees_with_oracle(name):
 
 
 def test_float32_exact_mode_agrees_within_float32_tolerance():
-    spec = _spec(dtype="float32", batching={"last_batch": "pad"}, optimizer={"name": "adam", "lr": 0.005},
-                 regularization={"dropout": 0.3, "l2": 0.001})
+    spec = _spec(
+        dtype="float32",
+        batching={"last_batch": "pad"},
+        optimizer={"name": "adam", "lr": 0.005},
+        regularization={"dropout": 0.3, "l2": 0.001},
+    )
     cmp = compare_with_oracle("torch", spec)
     assert cmp["tolerance"]["rtol"] == 1e-4
     assert divergences(cmp) == []
@@ -55,14 +59,22 @@ def test_float32_exact_mode_agrees_within_float32_tolerance():
 
 # ------------------------------------------------------------------------------------------------------ layer_norm
 
-LAYER_NORM_STACK = [{"kind": "dense", "units": 16, "activation": "relu"}, {"kind": "layer_norm"}, {"kind": "dropout"},
-                    {"kind": "dense", "units": 8, "activation": "tanh"}, {"kind": "layer_norm"}, {"kind": "dense"}]
+LAYER_NORM_STACK = [
+    {"kind": "dense", "units": 16, "activation": "relu"},
+    {"kind": "layer_norm"},
+    {"kind": "dropout"},
+    {"kind": "dense", "units": 8, "activation": "tanh"},
+    {"kind": "layer_norm"},
+    {"kind": "dense"},
+]
 LAYER_NORM_RUNS = {
     "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
     # lr 0.01: at 0.05 this net amplifies float32 rounding ×10 every ~20 steps (1e-7 → 1e-2 by step 108, float64
     # still within 1e-9), a steady growth, not a semantic jump; the matrix case runs lr 0.05 in float64
-    "sgd-momentum-wd": {"optimizer": {"lr": 0.01, "momentum": 0.9},
-                        "regularization": {"weight_decay": 1e-3, "dropout": 0.3}},
+    "sgd-momentum-wd": {
+        "optimizer": {"lr": 0.01, "momentum": 0.9},
+        "regularization": {"weight_decay": 1e-3, "dropout": 0.3},
+    },
 }
 
 
@@ -99,8 +111,9 @@ def _prepared(spec):
     data = load_dataset(spec)
     adapter = make_adapter(spec)
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
-    adapter.prepare(spec, data, plan, model_layers(spec, data),
-                    canonical_init(spec, data) if spec.mode == "exact" else None)
+    adapter.prepare(
+        spec, data, plan, model_layers(spec, data), canonical_init(spec, data) if spec.mode == "exact" else None
+    )
     return adapter, data, plan
 
 
@@ -145,18 +158,23 @@ def test_loader_yields_plan_batches_and_keeps_global_rng():
 
 
 def test_plain_torch_loop_replays_the_record(tmp_path):
-    spec = _spec(optimizer={"lr": 0.05, "momentum": 0.9},
-                 regularization={"weight_decay": 0.01, "regularize_bias": True}, train={"epochs": 3})
+    spec = _spec(
+        optimizer={"lr": 0.05, "momentum": 0.9},
+        regularization={"weight_decay": 0.01, "regularize_bias": True},
+        train={"epochs": 3},
+    )
     rec, arrays = run_in_process("torch", spec)
     record.write(tmp_path, rec, arrays)
     saved = json.loads((tmp_path / "torch.json").read_text())
     with np.load(tmp_path / "torch.npz") as npz:
-        init = {k[len("init/"):]: npz[k] for k in npz.files if k.startswith("init/")}
+        init = {k[len("init/") :]: npz[k] for k in npz.files if k.startswith("init/")}
         x, y = torch.from_numpy(npz["train_x"]), torch.from_numpy(npz["train_y"])
 
     widths = [init["layer0.weight"].shape[0], init["layer0.weight"].shape[1], init["layer1.weight"].shape[1]]
-    first, second = nn.Linear(widths[0], widths[1], dtype=torch.float64), nn.Linear(widths[1], widths[2],
-                                                                                      dtype=torch.float64)
+    first, second = (
+        nn.Linear(widths[0], widths[1], dtype=torch.float64),
+        nn.Linear(widths[1], widths[2], dtype=torch.float64),
+    )
     with torch.no_grad():
         for i, layer in enumerate((first, second)):
             layer.weight.copy_(torch.from_numpy(init[f"layer{i}.weight"]).T)
@@ -175,6 +193,7 @@ def test_plain_torch_loop_replays_the_record(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- native mode
+
 
 def _native(**sections):
     return _spec(mode="native", **sections)
@@ -217,8 +236,10 @@ def test_native_init_is_nn_linear_default(hidden):
     init = adapter.parameters()
     canonical = canonical_init(spec, data)
     torch.manual_seed(3)
-    by_hand = [nn.Linear(fan_in, fan_out, dtype=torch.float64)
-               for fan_in, fan_out in zip([4, *hidden], [*hidden, 3], strict=True)]
+    by_hand = [
+        nn.Linear(fan_in, fan_out, dtype=torch.float64)
+        for fan_in, fan_out in zip([4, *hidden], [*hidden, 3], strict=True)
+    ]
     for i, layer in enumerate(by_hand):
         w, b = init[f"layer{i}.weight"], init[f"layer{i}.bias"]
         bound = 1.0 / np.sqrt(w.shape[0])
@@ -238,12 +259,17 @@ def test_native_order_is_the_dataloader_shuffle(last_batch):
     body = train(adapter, spec, data)
     epochs = _epochs(body, 3)
     plan = BatchPlan.from_spec(spec, 120)
-    by_hand = torch.utils.data.DataLoader(range(120), batch_size=7, shuffle=True, drop_last=last_batch == "drop",
-                                          generator=torch.Generator().manual_seed(spec.seed))
+    by_hand = torch.utils.data.DataLoader(
+        range(120),
+        batch_size=7,
+        shuffle=True,
+        drop_last=last_batch == "drop",
+        generator=torch.Generator().manual_seed(spec.seed),
+    )
     for e, batches in enumerate(epochs):
         assert batches == [b.tolist() for b in by_hand]  # torch's own RandomSampler, reshuffled each epoch
         order = np.concatenate(batches)
-        assert not np.array_equal(order, plan.order(e)[:order.shape[0]])
+        assert not np.array_equal(order, plan.order(e)[: order.shape[0]])
         if last_batch == "drop":
             assert [len(b) for b in batches] == [7] * 17 and len(set(order)) == 119
         else:  # keep, and pad kept ragged (no filler ids): every row exactly once
@@ -277,18 +303,22 @@ LAMBDA, LR = 0.03, 0.1
 ONE_BATCH = {"batch_size": 120}
 
 
-@pytest.mark.parametrize("regularization", [
-    {"l2": LAMBDA},
-    {"weight_decay": LAMBDA},
-    {"l2": LAMBDA / 3, "weight_decay": 2 * LAMBDA / 3},
-    {"weight_decay": LAMBDA, "decay": "decoupled"},  # no decoupled SGD in torch: the one knob, coupled
-])
+@pytest.mark.parametrize(
+    "regularization",
+    [
+        {"l2": LAMBDA},
+        {"weight_decay": LAMBDA},
+        {"l2": LAMBDA / 3, "weight_decay": 2 * LAMBDA / 3},
+        {"weight_decay": LAMBDA, "decay": "decoupled"},  # no decoupled SGD in torch: the one knob, coupled
+    ],
+)
 def test_native_l2_is_torch_weight_decay_as_written(regularization):
     """SGD(weight_decay=λ): one step moves w by lr·(g + λ·w), not the spec's lr·(g + 2·l2·w); biases too."""
     spec = _native(optimizer={"lr": LR}, regularization={"dropout": 0.0, **regularization}, batching=ONE_BATCH)
     w0, with_l2, ids = _one_step(spec)
-    w0_plain, plain, ids_plain = _one_step(_native(optimizer={"lr": LR}, regularization={"dropout": 0.0},
-                                                   batching=ONE_BATCH))
+    w0_plain, plain, ids_plain = _one_step(
+        _native(optimizer={"lr": LR}, regularization={"dropout": 0.0}, batching=ONE_BATCH)
+    )
     assert np.array_equal(ids, ids_plain)
     for name in w0:
         np.testing.assert_array_equal(w0[name], w0_plain[name])  # the same native init
@@ -305,14 +335,19 @@ def test_native_l1_is_a_loss_term_as_the_spec_says():
 
 
 def test_native_optimizers_take_the_spec_numbers_as_written():
-    adam, _, _ = _prepared(_native(optimizer={"name": "adam", "eps": 1e-6},
-                                   regularization={"l2": 0.01, "weight_decay": 0.002}))
+    adam, _, _ = _prepared(
+        _native(optimizer={"name": "adam", "eps": 1e-6}, regularization={"l2": 0.01, "weight_decay": 0.002})
+    )
     opt = adam.optimizer.opt
     assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.012) and opt.param_groups[0]["eps"] == 1e-6
     assert len(opt.param_groups[0]["params"]) == 4  # biases decayed too: torch's weight_decay has no mask
-    adamw, _, _ = _prepared(_native(optimizer={"name": "adamw", "eps": 1e-6},
-                                    regularization={"l2": 0.01, "weight_decay": 0.05, "decay": "decoupled"}))
+    adamw, _, _ = _prepared(
+        _native(
+            optimizer={"name": "adamw", "eps": 1e-6},
+            regularization={"l2": 0.01, "weight_decay": 0.05, "decay": "decoupled"},
+        )
+    )
     opt = adamw.optimizer.opt
     assert type(opt) is torch.optim.AdamW and len(opt.param_groups[0]["params"]) == 4
     assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["eps"] == 1e-6
@@ -327,8 +362,11 @@ def test_native_optimizers_take_the_spec_numbers_as_written():
 # keep (a ragged last batch: a second shape to compile / capture) + AdamW + bias decay + masks, and pad + SGD
 # momentum + decoupled decay (optim.py's pre-step line inside the compiled / captured optimizer step) + L1 sum + masks,
 # and a layer_norm stack (nn.LayerNorm with the canonical ε inside the compiled / captured step)
-EXECUTION_CASES = ["keep-ordered-adamw-bias-drop0.3-lecun", "pad-shuffle-sgd-decoupled-l1sum-drop0.5",
-                   "keep-shuffle-adam-l2-layernorm-drop0.3"]
+EXECUTION_CASES = [
+    "keep-ordered-adamw-bias-drop0.3-lecun",
+    "pad-shuffle-sgd-decoupled-l1sum-drop0.5",
+    "keep-shuffle-adam-l2-layernorm-drop0.3",
+]
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fused = CUDA graph: needs a CUDA device")
 
 
@@ -364,8 +402,9 @@ def test_fused_mode_without_cuda_is_a_clear_error():
 
 @NEEDS_CUDA
 def test_fused_mode_captures_one_graph_per_batch_shape():
-    spec = replace(_spec(batching={"last_batch": "keep"}, train={"epochs": 2}, optimizer={"name": "adam"}),
-                   execution="fused")
+    spec = replace(
+        _spec(batching={"last_batch": "keep"}, train={"epochs": 2}, optimizer={"name": "adam"}), execution="fused"
+    )
     adapter, data, _ = _prepared(spec)
     train(adapter, spec, data)
     assert isinstance(adapter.run_step, GraphStep)

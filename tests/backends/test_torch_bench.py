@@ -19,8 +19,13 @@ from common.tolerance import tolerance_for  # noqa: E402
 from tests.support import make_spec, run_in_process  # noqa: E402
 
 # iris, 120 training rows at B = 32: three full batches and a ragged 24 (a second shape for compile / capture)
-SPEC = make_spec(dtype="float64", batching={"batch_size": 32, "last_batch": "keep"}, train={"epochs": 1},
-                 optimizer={"lr": 0.05, "momentum": 0.9}, regularization={"dropout": 0.3, "weight_decay": 1e-3})
+SPEC = make_spec(
+    dtype="float64",
+    batching={"batch_size": 32, "last_batch": "keep"},
+    train={"epochs": 1},
+    optimizer={"lr": 0.05, "momentum": 0.9},
+    regularization={"dropout": 0.3, "weight_decay": 1e-3},
+)
 DEVICE = "auto"
 ON_CUDA = torch.cuda.is_available()
 
@@ -77,8 +82,9 @@ def test_end_to_end_epoch_is_the_adapters_run_epoch(mode, data, eager_losses):
     run = bench.make_target(SPEC, data, mode, DEVICE).epoch()
     assert isinstance(run, EpochRun) and isinstance(run.losses, np.ndarray)
     assert [ids.tolist() for ids in run.ids] == [b.ids.tolist() for b in BatchPlan.from_spec(SPEC, 120).batches(0)]
-    check = compare_values(np.asarray(run.losses, dtype=np.float64), eager_losses, [1, 2, 3, 4],
-                           tolerance_for("float64", "exact"))
+    check = compare_values(
+        np.asarray(run.losses, dtype=np.float64), eager_losses, [1, 2, 3, 4], tolerance_for("float64", "exact")
+    )
     assert check["first_divergent_step"] is None, check
 
 
@@ -110,8 +116,9 @@ def test_settings_record_versions_device_threads_precision(data):
 
 @pytest.mark.parametrize("last_batch, optimizer", [("keep", "sgd"), ("drop", "adam"), ("pad", "adamw")])
 def test_reference_loop_smoke(last_batch, optimizer, data):
-    spec = replace(SPEC, batching=replace(SPEC.batching, last_batch=last_batch),
-                   optimizer=replace(SPEC.optimizer, name=optimizer))
+    spec = replace(
+        SPEC, batching=replace(SPEC.batching, last_batch=last_batch), optimizer=replace(SPEC.optimizer, name=optimizer)
+    )
     ref = reference_loop.make_reference(spec, data, DEVICE)
     assert ref.steps == (3 if last_batch == "drop" else 4)
     before = {k: v.detach().clone() for k, v in ref.model.named_parameters()}

@@ -41,22 +41,35 @@ EXACT = {
     "rnn-buckets-keep": {"model": RNN_MODEL, "sequence": {"buckets": [4, 10]}},
     "pool-buckets-pad-pre": {"sequence": {"buckets": [4, 10], "pad": "pre"}, "batching": {"last_batch": "pad"}},
     "rnn-buckets-pad-truncating-per-token": {
-        "model": RNN_MODEL, "sequence": {"buckets": [4, 8], "loss_norm": "per_token", "pad": "pre", "truncate": "pre"},
-        "batching": {"last_batch": "pad"}},
+        "model": RNN_MODEL,
+        "sequence": {"buckets": [4, 8], "loss_norm": "per_token", "pad": "pre", "truncate": "pre"},
+        "batching": {"last_batch": "pad"},
+    },
     # regularization and optimizers
-    "pool-dropout-l2-momentum": {"model": {"hidden": [6, 5]}, "regularization": {"dropout": 0.3, "l2": 1e-3},
-                                 "optimizer": {"momentum": 0.9}},
-    "rnn-dropout-wd-l1-bias": {"model": RNN_MODEL, "regularization": {"dropout": 0.3, "weight_decay": 1e-3, "l1": 1e-3,
-                                                                "regularize_bias": True}},
-    "rnn-adam-l2-glorot": {"model": {**RNN_MODEL, "init": "glorot_uniform"}, "optimizer": {"name": "adam", "lr": 0.01},
-                           "regularization": {"l2": 1e-3}},
-    "pool-adamw-l1sum-lecun-tanh": {"model": {"init": "lecun_normal", "activation": "tanh"},
-                                    "optimizer": {"name": "adamw", "lr": 0.01},
-                                    "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4,
-                                                       "l1_reduction": "sum"}},
-    "rnn-sgd-decoupled-eval-batches": {"model": RNN_MODEL, "batching": {"eval_batch_size": 8},
-                                       "regularization": {"weight_decay": 1e-2, "decay": "decoupled",
-                                                          "regularize_bias": True}},
+    "pool-dropout-l2-momentum": {
+        "model": {"hidden": [6, 5]},
+        "regularization": {"dropout": 0.3, "l2": 1e-3},
+        "optimizer": {"momentum": 0.9},
+    },
+    "rnn-dropout-wd-l1-bias": {
+        "model": RNN_MODEL,
+        "regularization": {"dropout": 0.3, "weight_decay": 1e-3, "l1": 1e-3, "regularize_bias": True},
+    },
+    "rnn-adam-l2-glorot": {
+        "model": {**RNN_MODEL, "init": "glorot_uniform"},
+        "optimizer": {"name": "adam", "lr": 0.01},
+        "regularization": {"l2": 1e-3},
+    },
+    "pool-adamw-l1sum-lecun-tanh": {
+        "model": {"init": "lecun_normal", "activation": "tanh"},
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "l1": 1e-4, "l1_reduction": "sum"},
+    },
+    "rnn-sgd-decoupled-eval-batches": {
+        "model": RNN_MODEL,
+        "batching": {"eval_batch_size": 8},
+        "regularization": {"weight_decay": 1e-2, "decay": "decoupled", "regularize_bias": True},
+    },
 }
 
 
@@ -80,11 +93,19 @@ def test_float64_exact_mode_agrees_with_oracle(case):
     assert pairs["loss"]["first_divergent_step"] is None and not pairs["padded_length"]["divergent"]
 
 
-@pytest.mark.parametrize("sections", [
-    {"model": RNN_MODEL, "sequence": {"pad": "pre"}, "optimizer": {"name": "adam", "lr": 0.01},
-     "regularization": {"dropout": 0.3}},
-    {"sequence": {"buckets": [4, 10]}, "batching": {"last_batch": "pad"}, "regularization": {"l2": 1e-3}},
-], ids=["rnn-pre-adam-dropout", "pool-buckets-pad-l2"])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {
+            "model": RNN_MODEL,
+            "sequence": {"pad": "pre"},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "regularization": {"dropout": 0.3},
+        },
+        {"sequence": {"buckets": [4, 10]}, "batching": {"last_batch": "pad"}, "regularization": {"l2": 1e-3}},
+    ],
+    ids=["rnn-pre-adam-dropout", "pool-buckets-pad-l2"],
+)
 def test_float32_exact_mode_agrees_within_float32_tolerance(sections):
     spec = seq_spec("float32", **sections)
     cmp = compare_with_oracle("torch", spec)
@@ -95,12 +116,15 @@ def test_float32_exact_mode_agrees_within_float32_tolerance(sections):
     _assert_plan_followed(spec, rec)
 
 
-@pytest.mark.parametrize("sections", [
-    {"sequence": {"pad": "pre", "truncate": "pre", "max_len": 6}},
-    {"sequence": {"buckets": [4, 10], "pad": "pre"}, "batching": {"last_batch": "pad"}},
-    {"sequence": {"buckets": [3, 7], "truncate": "pre"}, "batching": {"last_batch": "keep"}},
-    {"sequence": {"pad": "native", "truncate": "native", "max_len": 12}},
-])
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"sequence": {"pad": "pre", "truncate": "pre", "max_len": 6}},
+        {"sequence": {"buckets": [4, 10], "pad": "pre"}, "batching": {"last_batch": "pad"}},
+        {"sequence": {"buckets": [3, 7], "truncate": "pre"}, "batching": {"last_batch": "keep"}},
+        {"sequence": {"pad": "native", "truncate": "native", "max_len": 12}},
+    ],
+)
 def test_collate_pads_like_pad_batch_and_follows_the_plan(sections):
     spec = seq_spec("float64", **{**sections, "sequence": {**sections["sequence"], "loss_norm": "per_token"}})
     data = load_dataset(spec)
@@ -145,8 +169,11 @@ def _masked_loss(logits, y, m):
 @pytest.mark.parametrize("pad", ["post", "pre"])
 @pytest.mark.parametrize("mask", [True, False])
 def test_all_padded_rows_and_batches_are_finite(pad, mask):
-    tokens = torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0], [5, 6, 1, 2]]) if pad == "post" else \
-        torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0], [5, 6, 1, 2]])
+    tokens = (
+        torch.tensor([[3, 4, 0, 0], [0, 0, 0, 0], [5, 6, 1, 2]])
+        if pad == "post"
+        else torch.tensor([[0, 0, 3, 4], [0, 0, 0, 0], [5, 6, 1, 2]])
+    )
     lengths = torch.tensor([2, 0, 4])
     y = torch.tensor([0, 1, 1])
     for model in _models(mask, pad):
@@ -185,8 +212,9 @@ def test_rnn_mapping_freezes_bias_hh_and_round_trips():
     data = load_dataset(spec)
     init = canonical_init(spec, data)
     adapter = make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
-                    model_layers(spec, data), init)
+    adapter.prepare(
+        spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths), model_layers(spec, data), init
+    )
     rnn = adapter.model.rnn
     assert adapter.model.embed.padding_idx is None
     assert torch.equal(rnn.weight_ih_l0.detach(), torch.as_tensor(init["rnn.input.weight"]).T)
@@ -236,8 +264,14 @@ def test_unmasked_runs_read_the_pads_and_train_the_pad_embedding():
 
 
 def test_compiled_execution_agrees_with_oracle():
-    spec = seq_spec("float64", model=RNN_MODEL, sequence={"pad": "pre", "buckets": [4, 10]},
-                    batching={"last_batch": "pad"}, execution="compiled", train={"epochs": 1})
+    spec = seq_spec(
+        "float64",
+        model=RNN_MODEL,
+        sequence={"pad": "pre", "buckets": [4, 10]},
+        batching={"last_batch": "pad"},
+        execution="compiled",
+        train={"epochs": 1},
+    )
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     cmp = compare_with_oracle("torch", spec)
     assert divergences(cmp) == []
@@ -245,16 +279,18 @@ def test_compiled_execution_agrees_with_oracle():
 
 
 def test_native_mode_is_reproducible_and_trains_both_rnn_biases():
-    spec = seq_spec("float64", mode="native", model=RNN_MODEL, regularization={"dropout": 0.3},
-                    sequence={"loss_norm": "per_token"})
+    spec = seq_spec(
+        "float64", mode="native", model=RNN_MODEL, regularization={"dropout": 0.3}, sequence={"loss_norm": "per_token"}
+    )
     a, _ = run_in_process("torch", spec)
     b, _ = run_in_process("torch", spec)
     assert [s["loss"] for s in a["steps"]] == [s["loss"] for s in b["steps"]]
     assert all(np.isfinite(s["loss"]) for s in a["steps"])
     data = load_dataset(spec)
     adapter = make_adapter(spec)
-    adapter.prepare(spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
-                    model_layers(spec, data), None)
+    adapter.prepare(
+        spec, data, BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths), model_layers(spec, data), None
+    )
     rnn = adapter.model.rnn
     assert rnn.bias_hh_l0.requires_grad and rnn.bias_hh_l0.any()  # the user's nn.RNN: two trainable biases
     optimized = {id(p) for g in adapter.optimizer.opt.param_groups for p in g["params"]}
