@@ -193,8 +193,8 @@ def markdown(matrix: dict) -> str:
         "**CHANGED** marks a measurement that no longer matches common/traps/catalogue.py. *Diverges*: the "
         "frameworks (or a framework and the canonical semantics) disagree.",
         "",
-        "| # | trap | torch | tf | jax | diverges | effect | exact-mode conversion |",
-        "|---|------|-------|----|-----|----------|--------|-----------------------|",
+        f"| # | trap | {' | '.join(FRAMEWORKS)} | diverges | effect | exact-mode conversion |",
+        "|---|---|" + "---|" * len(FRAMEWORKS) + "---|---|---|",
     ]
     for n, row in enumerate(matrix["traps"], 1):
         diverges = {True: "yes", False: "no", None: "–"}[row["diverges"]]
