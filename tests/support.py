@@ -206,9 +206,11 @@ EXACT_MATRIX = {
         },
         "regularization": {"l2": 1e-3, "dropout": 0.3},
     },
+    # lr 0.01: at 0.05 this stack is chaotic in float32 (rounding grows ×10 every ~10 steps past step 60, 1e-3
+    # relative by step 108 in every framework alike, while float64 stays at 1e-12)
     "pad-sgd-momentum-wd-bias-layernorm-eps1e-3": {
         "batching": {"last_batch": "pad"},
-        "optimizer": {"lr": 0.05, "momentum": 0.9},
+        "optimizer": {"lr": 0.01, "momentum": 0.9},
         "model": {
             "layers": [
                 {"kind": "dense", "units": 12},
