@@ -28,7 +28,15 @@ from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from common.spec import Spec  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
-from tests.support import compare_with_oracle, divergences, make_spec, matrix_spec, run_in_process  # noqa: E402
+from tests.support import (  # noqa: E402
+    LAYER_NORM_RUNS,
+    LAYER_NORM_STACK,
+    compare_with_oracle,
+    divergences,
+    make_spec,
+    matrix_spec,
+    run_in_process,
+)
 
 # iris: 120 training rows; batch 7 leaves a ragged last batch of 1 (17 full batches), so 7 epochs give 119-126 steps.
 BASE = {"dtype": "float64", "batching": {"batch_size": 7}, "train": {"epochs": 7}}
@@ -287,30 +295,15 @@ def test_l1_uses_sign_with_zero_at_zero():
 
 # ---- layer_norm ----------------------------------------------------------------------------------------------------
 
-LN_STACK = [
-    {"kind": "dense", "units": 16, "activation": "relu"},
-    {"kind": "layer_norm"},
-    {"kind": "dropout", "rate": 0.3},
-    {"kind": "dense", "units": 8, "activation": "tanh"},
-    {"kind": "layer_norm"},
-    {"kind": "dense"},
-]
-LN_CASES = {
-    "adam-l2": dict(optimizer={"name": "adam", "lr": 0.01}, regularization={"l2": 1e-3}),
-    # lr 0.01: at lr 0.05 this stack is chaotic (a 1e-7 relative change of the float64 init alone grows to 9e-4 in
-    # the loss by step ~80), so float32's rounding would exceed rtol 1e-4 in any correct implementation
-    "sgd-momentum-wd-bias": dict(
-        optimizer={"lr": 0.01, "momentum": 0.9}, regularization={"weight_decay": 1e-3, "regularize_bias": True}
-    ),
-}
-
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
-@pytest.mark.parametrize("case", list(LN_CASES))
+@pytest.mark.parametrize("case", list(LAYER_NORM_RUNS))
 def test_layer_norm_stack_matches_oracle(case, dtype, rtol):
     """Exact mode: nn.LayerNorm with the canonical eps (model.norm_eps) and two-pass variance agrees with the numpy
     oracle at every step (scale and offset regularized only with regularize_bias)."""
-    spec = spec_for(dtype=dtype, model={"layers": LN_STACK}, batching={"last_batch": "pad"}, **LN_CASES[case])
+    spec = spec_for(
+        dtype=dtype, model={"layers": LAYER_NORM_STACK}, batching={"last_batch": "pad"}, **LAYER_NORM_RUNS[case]
+    )
     comparison = compare_with_oracle("jax", spec)
     assert comparison["tolerance"]["rtol"] == rtol
     assert divergences(comparison) == []

@@ -8,7 +8,7 @@ from backends.numpy_backend.model import build
 from backends.numpy_backend.optim import CanonicalOptimizer
 from common.layers import init_params, stack
 from common.regularization import Regularization
-from tests.support import make_spec, run_in_process
+from tests.support import LAYER_NORM_STACK, make_spec, run_in_process
 
 
 def _mlp(hidden, activation, init, dropout=0.0):
@@ -97,22 +97,12 @@ def test_layer_norm_scale_and_offset_follow_regularize_bias():
         assert params["ln0.offset"][0] == pytest.approx(shrink if regularize_bias else 1.0)
 
 
-LN_LAYERS = [
-    {"kind": "dense", "units": 16, "activation": "relu"},
-    {"kind": "layer_norm"},
-    {"kind": "dropout"},
-    {"kind": "dense", "units": 8, "activation": "tanh"},
-    {"kind": "layer_norm"},
-    {"kind": "dense"},
-]
-
-
 @pytest.mark.parametrize("mode", ["exact", "native"])
 def test_layer_norm_stack_trains_through_the_driver(mode):
     spec = make_spec(
         dtype="float64",
         mode=mode,
-        model={"layers": LN_LAYERS},
+        model={"layers": LAYER_NORM_STACK},
         optimizer={"name": "adam", "lr": 0.01},
         regularization={"dropout": 0.3, "l2": 1e-3},
         batching={"batch_size": 16},

@@ -19,7 +19,16 @@ from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.metrics import cross_entropy, weighted_mean  # noqa: E402
-from tests.support import EXACT_MATRIX, base_spec, compare_with_oracle, divergences, matrix_spec, run_in_process  # noqa: E402
+from tests.support import (  # noqa: E402
+    EXACT_MATRIX,
+    LAYER_NORM_RUNS,
+    LAYER_NORM_STACK,
+    base_spec,
+    compare_with_oracle,
+    divergences,
+    matrix_spec,
+    run_in_process,
+)
 
 # Together these cover every last_batch policy, shuffle on/off, plain sgd, sgd+momentum, sgd+nesterov, adam, adamw,
 # l1 mean and sum (on zero-initialised biases too: sign(0) = 0), l2, coupled and decoupled decay, regularize_bias
@@ -300,34 +309,12 @@ def test_fused_needs_exact_mode():
 
 
 # Layer stacks with layer_norm (Keras LayerNormalization, gamma/beta = ln{i}.scale/offset) against the oracle.
-LN_LAYERS = [
-    {"kind": "dense", "units": 16, "activation": "relu"},
-    {"kind": "layer_norm"},
-    {"kind": "dropout"},
-    {"kind": "dense", "units": 8, "activation": "tanh"},
-    {"kind": "layer_norm"},
-    {"kind": "dense"},
-]
-LN_CASES = {
-    "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
-    "sgd-momentum-wd-bias": {
-        "optimizer": {"lr": 0.05, "momentum": 0.9},
-        "regularization": {"weight_decay": 1e-3, "regularize_bias": True, "dropout": 0.3},
-    },
-}
 
 
-# float32 horizon: the SGD-momentum run amplifies float32 rounding about ×10 every 10 steps after step 60 (torch
-# alike, both ~1e-3 from the float64 oracle at step 108), so its float32 check covers the first 3 epochs (54 steps,
-# within 1e-5 there)
-FLOAT32_EPOCHS = {"adam-l2": 6, "sgd-momentum-wd-bias": 3}
-
-
-@pytest.mark.parametrize("case", sorted(LN_CASES))
+@pytest.mark.parametrize("case", sorted(LAYER_NORM_RUNS))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_layer_norm_stack_agrees_with_oracle(case, dtype):
-    epochs = 6 if dtype == "float64" else FLOAT32_EPOCHS[case]
-    spec = _spec(dtype=dtype, model={"layers": LN_LAYERS}, train={"epochs": epochs}, **LN_CASES[case])
+    spec = _spec(dtype=dtype, model={"layers": LAYER_NORM_STACK}, **LAYER_NORM_RUNS[case])
     cmp = compare_with_oracle("tf", spec)
     assert cmp["tolerance"]["rtol"] == (1e-9 if dtype == "float64" else 1e-4)
     assert divergences(cmp) == []
@@ -356,7 +343,7 @@ def test_layer_norm_with_keras_default_eps_diverges_in_exact_mode(monkeypatch):
     from backends.tf_backend import model as tf_model
     from backends.tf_backend import norm as tf_norm
 
-    spec = _spec(train={"epochs": 1}, model={"layers": LN_LAYERS}, regularization={"dropout": 0.3})
+    spec = _spec(train={"epochs": 1}, model={"layers": LAYER_NORM_STACK}, regularization={"dropout": 0.3})
     monkeypatch.setitem(
         tf_model.LAYERS,
         "layer_norm",

@@ -22,7 +22,16 @@ from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, model_layers, train  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
-from tests.support import EXACT_MATRIX, base_spec, compare_with_oracle, divergences, matrix_spec, run_in_process  # noqa: E402
+from tests.support import (  # noqa: E402
+    EXACT_MATRIX,
+    LAYER_NORM_RUNS,
+    LAYER_NORM_STACK,
+    base_spec,
+    compare_with_oracle,
+    divergences,
+    matrix_spec,
+    run_in_process,
+)
 
 # Together these cover every last_batch policy, shuffle on/off, sgd+momentum, sgd+nesterov, plain sgd, adam,
 # adamw, l1 mean and sum, l2, coupled and decoupled decay, regularize_bias on/off, dropout 0.3 / 0.5, relu/tanh,
@@ -58,24 +67,6 @@ def test_float32_exact_mode_agrees_within_float32_tolerance():
 
 
 # ------------------------------------------------------------------------------------------------------ layer_norm
-
-LAYER_NORM_STACK = [
-    {"kind": "dense", "units": 16, "activation": "relu"},
-    {"kind": "layer_norm"},
-    {"kind": "dropout"},
-    {"kind": "dense", "units": 8, "activation": "tanh"},
-    {"kind": "layer_norm"},
-    {"kind": "dense"},
-]
-LAYER_NORM_RUNS = {
-    "adam-l2": {"optimizer": {"name": "adam", "lr": 0.01}, "regularization": {"l2": 1e-3, "dropout": 0.3}},
-    # lr 0.01: at 0.05 this net amplifies float32 rounding ×10 every ~20 steps (1e-7 → 1e-2 by step 108, float64
-    # still within 1e-9), a steady growth, not a semantic jump; the matrix case runs lr 0.05 in float64
-    "sgd-momentum-wd": {
-        "optimizer": {"lr": 0.01, "momentum": 0.9},
-        "regularization": {"weight_decay": 1e-3, "dropout": 0.3},
-    },
-}
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
