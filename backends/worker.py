@@ -1,10 +1,11 @@
 """Run one backend over a list of jobs in this process: `python -m backends.worker BACKEND JOBS.json`.
 
-JOBS.json is a list of {"spec": <resolved spec, JSON form>, "out": <records folder>}; each spec is validated again
+JOBS.json is a list of {"spec": <resolved spec, JSON form>, "out": <absolute records folder>} (the worker runs with
+the repository root as its working folder, so the caller resolves every path first); each spec is validated again
 and read as a `common.spec.Spec` here, at the process boundary. Many jobs share one process so that
 a framework is imported (and its thread pools built) once. After each job's record is written it prints
 `done <job index>` on stdout (sweeps append results as they come). Exit codes: 0 done, 3 framework missing or a
-job failed.
+job failed (stderr: `parity: backend 'B' failed on spec 'S':` then the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -56,14 +57,17 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 3
     failed = 0
-    for index, job in enumerate(json.loads(args.jobs.read_text(encoding="utf-8"))):
-        try:
-            run_job(module, args.backend, typed(validate(job["spec"])), Path(job["out"]), args.progress)
-            print(f"done {index}", flush=True)
-        except Exception:  # one failed job must not lose the others; the traceback goes to the log
-            failed += 1
-            print(f"parity: backend '{args.backend}' failed on spec '{job['spec']['name']}':", file=sys.stderr)
-            traceback.print_exc()
+    try:
+        for index, job in enumerate(json.loads(args.jobs.read_text(encoding="utf-8"))):
+            try:
+                run_job(module, args.backend, typed(validate(job["spec"])), Path(job["out"]), args.progress)
+                print(f"done {index}", flush=True)
+            except Exception:  # one failed job must not lose the others; the traceback goes to the log
+                failed += 1
+                print(f"parity: backend '{args.backend}' failed on spec '{job['spec']['name']}':", file=sys.stderr)
+                traceback.print_exc()
+    except KeyboardInterrupt:
+        return 130
     return 3 if failed else 0
 
 

@@ -86,6 +86,7 @@ def run_bench(
     budget_s: float,
     keras_peer: bool = True,
 ) -> dict:
+    out = Path(out).absolute()  # workers run with the repository root as their working folder
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "spec": spec.to_dict(),

@@ -4,17 +4,16 @@
     parity sweep PRESET [--full] [--workers N] [--out DIR]
     parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
     parity conformance [--frameworks torch,tf,jax] [--traps ID,...] [--out DIR]
+    parity presets
 
-Exit codes: 0 equivalent (or native mode, where no per-step claim is made), 1 divergent, 2 bad input (one line
-naming the key or file, nothing written), 3 a backend failed or is not installed (the others still run and are
-compared). For `conformance`, 1 means a measured framework behaviour no longer matches common/traps.py and 3 that
-a framework is missing or a probe crashed (benchmarks/conformance.py).
+Exit codes: EXIT_CODES below (the `--help` epilog; README.md and docs/design.md, "Exit codes", say the same).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,8 +22,8 @@ from backends import FRAMEWORKS, REFERENCE
 from benchmarks import conformance, plots, report
 from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import bench_spec, parse_list, run_bench, write_outputs
-from benchmarks.presets import list_presets
-from benchmarks.runner import run_all
+from benchmarks.presets import describe, list_presets
+from benchmarks.runner import OutputFolder, absolute, check_target, run_all
 from benchmarks.sweep import run_sweep
 from common import InputError, record
 from common.batching import BatchPlan
@@ -35,6 +34,26 @@ from common.explain import explain
 from common.spec import Spec, load_spec
 from common.stats import seed_equivalence
 from common.tolerance import tolerance_for
+from common.traps import CATALOGUE
+
+EXIT_CODES = """exit codes:
+  0  equivalent; native mode without --seeds (no per-step claim); `parity presets`
+  1  a pair diverges; with --seeds (either mode), a pair not shown "equivalent" ("different" or "inconclusive")
+  2  bad input: spec, data, arguments, output folder (one line naming the key, file or folder; nothing written);
+     `parity` with no command (prints this usage)
+  3  a backend failed, was killed or is not installed (the others still run and are compared); no backend ran
+  130  interrupted (Ctrl-C): the previous output folder is left as it was
+  conformance: 1 a measured behaviour differs from the catalogue, 3 a framework missing or a probe crashed
+
+output folders: `parity run` writes into a temporary sibling folder and moves it into place when complete; a
+reused --out is replaced whole (a non-empty folder parity did not write is refused). A lock file beside the folder
+(.NAME.lock) refuses a second run into the same folder (exit 2). Relative paths (--out, the spec, data.path given
+with --set) are read from the folder parity is started in."""
+
+SET_HELP = (
+    "override one spec key, e.g. --set optimizer.lr=0.1 --set batching.last_batch='\"drop\"' (TOML values; bare "
+    "words are strings; repeatable)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,14 +63,54 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"arguments: {message}")
 
 
+def out_folder(text: str) -> Path:
+    """An --out value: a folder path, never empty (Path('') would be the current folder)."""
+    if not text.strip():
+        raise InputError("--out: must name a folder, not ''")
+    return Path(text)
+
+
+def check_name(name: str) -> None:
+    """A spec `name` names the run (default folder runs/<name>); it is not a path."""
+    bad = (
+        not name.strip()
+        or name in (".", "..")
+        or any(sep in name for sep in ("/", "\\", os.sep, "\0"))
+        or Path(name).is_absolute()
+    )
+    if bad:
+        raise InputError(f"spec key 'name': {name!r} is not a name (no '/', '\\', '..' or empty; use --out for a path)")
+
+
+def absolute_data_path(spec: Spec) -> Spec:
+    """A relative data.path (given with --set) read from the caller's folder: workers run elsewhere."""
+    if spec.data.path and not Path(spec.data.path).is_absolute():
+        return replace(spec, data=replace(spec.data, path=str(absolute(spec.data.path))))
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="parity", description="Run one experiment on PyTorch, TensorFlow and JAX and compare.")
+    parser = _Parser(
+        prog="parity",
+        description="Run one experiment on PyTorch, TensorFlow and JAX and compare.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="train a spec on every backend and compare with the numpy oracle")
+    run = sub.add_parser(
+        "run",
+        help="train a spec on every backend and compare with the numpy oracle",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("spec", nargs="?", help="TOML spec file (default: the built-in iris experiment)")
     run.add_argument("--backends", default=",".join(FRAMEWORKS), help="comma-separated: torch,tf,jax")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    run.add_argument("--out", type=Path, help="output folder (default: runs/<spec name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP)
+    run.add_argument(
+        "--out",
+        type=out_folder,
+        help="output folder, replaced whole when complete (default: runs/<spec name> in the current folder)",
+    )
     run.add_argument(
         "--seeds",
         type=int,
@@ -63,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
     sweep.add_argument("--full", action="store_true", help="full size (default: the reduced CI size)")
     sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    sweep.add_argument("--out", type=Path, help="output folder (default: runs/sweeps/<preset>[-ci])")
+    sweep.add_argument(
+        "--out", type=out_folder, help="output folder, resumed in place (default: runs/sweeps/<preset>[-ci])"
+    )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     bench = sub.add_parser("bench", help="time loader, step and end-to-end throughput per backend and mode")
     bench.add_argument("spec", nargs="?", help="TOML spec (default: a 16384-row doughnuts MLP in float32)")
@@ -71,28 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backends", default=",".join(FRAMEWORKS))
     bench.add_argument("--modes", default="eager,compiled,fused")
     bench.add_argument("--device", default="auto", choices=("cpu", "gpu", "auto"))
-    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP)
     bench.add_argument("--windows", type=int, default=10, help="timing windows (>= 10 for reported figures)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of step timing per mode and batch size")
     bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
-    bench.add_argument("--out", type=Path, help="output folder (default: runs/bench)")
+    bench.add_argument("--out", type=out_folder, help="output folder (default: runs/bench)")
     conformance.add_arguments(
         sub.add_parser(
             "conformance", help="measure the trap catalogue on each installed framework (matrix in JSON + markdown)"
         )
     )
+    sub.add_parser("presets", help="list the sweep presets and the trap catalogue")
     return parser
 
 
 def command_bench(args) -> int:
-    spec = bench_spec(args.spec, args.overrides)
+    spec = absolute_data_path(bench_spec(args.spec, args.overrides))
     backends = parse_backends(args.backends)
     sizes = parse_list(args.batch_sizes, "batch-sizes", kind=int)
     modes = parse_list(args.modes, "modes", allowed=BENCH_MODES)
     if args.windows < 2 or args.budget <= 0:
         raise InputError("--windows must be at least 2 and --budget positive")
     load_dataset(spec)
-    out = args.out or Path("runs") / "bench"
+    out = absolute(args.out or Path("runs") / "bench")
+    check_target(out)
     result = run_bench(spec, backends, sizes, modes, args.device, out, args.windows, args.budget, not args.no_keras)
     write_outputs(result, out)
     print((out / "bench.md").read_text(encoding="utf-8"))
@@ -111,29 +174,16 @@ def parse_backends(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _prepare_out(out: Path, backends: list[str]) -> Path:
-    """Create the output folder and remove stale records of the backends about to run."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}': exists and is not a folder")
-    records_dir = out / "records"
-    for name in backends:
-        for suffix in (".json", ".npz"):
-            (records_dir / f"{name}{suffix}").unlink(missing_ok=True)
-    for stale in ("comparison.json", "report.md", "loss.png"):
-        (out / stale).unlink(missing_ok=True)
-    records_dir.mkdir(parents=True, exist_ok=True)
-    return records_dir
-
-
-def _run_backends(spec: Spec, seeds: list[int], out: Path, backends: list[str], quiet: bool):
-    """Run every backend over the seeds; returns ({seed: {backend: record}}, {failed backend: message})."""
+def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str], quiet: bool):
+    """Run every backend over the seeds into the (fresh) folder `work`; returns ({seed: {backend: record}},
+    {failed backend: message})."""
     folders = {
-        seed: out / "records" if len(seeds) == 1 else out / "seeds" / f"seed-{seed}" / "records" for seed in seeds
+        seed: work / "records" if len(seeds) == 1 else work / "seeds" / f"seed-{seed}" / "records" for seed in seeds
     }
     for folder in folders.values():
-        _prepare_out(folder.parent, backends)
+        folder.mkdir(parents=True, exist_ok=True)
     jobs = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
-    results = run_all(backends, jobs, out, progress=not quiet)
+    results = run_all(backends, jobs, work, progress=not quiet)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
@@ -146,21 +196,47 @@ def _run_backends(spec: Spec, seeds: list[int], out: Path, backends: list[str], 
 
 def command_run(args) -> int:
     spec = load_spec(args.spec, args.overrides)
+    check_name(spec.name)
+    spec = absolute_data_path(spec)
     backends = parse_backends(args.backends)
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
     data = load_dataset(spec)  # every input error surfaces before anything is written
     BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
     model_layers(spec, data)
-    out = args.out or Path("runs") / spec.name
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out '{out}': exists and is not a folder")
+    out = absolute(args.out or Path("runs") / spec.name)
+    folder = OutputFolder(out)
+    with folder as work:
+        code = _run_into(spec, backends, args, work)
+        jobs_file = work / "jobs.json"
+        jobs = json.loads(jobs_file.read_text(encoding="utf-8"))
+        for job in jobs:  # the paths the records will have once the folder is in place
+            job["out"] = str(out / Path(job["out"]).relative_to(work))
+        jobs_file.write_text(json.dumps(jobs), encoding="utf-8")
+        folder.commit()
+    print(f"records, comparison.json, report.md and loss.png in {out}")
+    return code
+
+
+def _no_backend_ran(spec: Spec, work: Path, failed: dict[str, str]) -> int:
+    """Every framework backend failed: no verdict (exit 3), never DIVERGENT."""
+    comparison = {"equivalent": False, "claim": "none (no backend ran)", "failed": failed, "pairs": []}
+    (work / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
+    lines = [f"# Parity report: {spec.name}", "", "**Verdict:** NO VERDICT: no backend ran", ""]
+    lines += [f"- `{name}` failed: {message}" for name, message in failed.items()]
+    (work / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"verdict: NO VERDICT: no backend ran (failed: {', '.join(failed)})")
+    return 3
+
+
+def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     everyone = [REFERENCE, *backends]
     seeds = list(range(spec.seed, spec.seed + args.seeds))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
-    runs, failed = _run_backends(spec, seeds, out, everyone, args.quiet)
+    (work / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
+    runs, failed = _run_backends(spec, seeds, work, everyone, args.quiet)
     records = runs[seeds[0]]
+    if not any(b in records for b in backends):
+        return _no_backend_ran(spec, work, failed)
 
     comparison = compare(records, REFERENCE, tolerance_for(spec.dtype, spec.mode))
     comparison["failed"] = failed
@@ -176,25 +252,24 @@ def command_run(args) -> int:
         comparison["equivalent"] = bool(comparison["statistical"]) and all(
             p["verdict"].startswith("equivalent") for p in comparison["statistical"]
         )
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
+    (work / "comparison.json").write_text(json.dumps(comparison, indent=1), encoding="utf-8")
     plot = None
     if records:
-        plots.loss_plot(records, REFERENCE, out / "loss.png")
+        plots.loss_plot(records, REFERENCE, work / "loss.png", comparison)
         plot = "loss.png"
-    (out / "report.md").write_text(report.markdown(spec, records, comparison, failed, plot), encoding="utf-8")
-    for warning in report.banding_warnings(spec, records):
+    (work / "report.md").write_text(report.markdown(spec, records, comparison, failed, plot), encoding="utf-8")
+    for warning in report.banding_warnings(spec, records) + report.nonfinite_warnings(comparison):
         print(warning)
     print(report.verdict_table(comparison, sorted(failed)))
     for line in report.cause_lines(comparison):
         print(line)
     if "statistical" in comparison:
         print(report.statistical_table(comparison))
-    print(f"records, comparison.json, report.md and loss.png in {out}")
     if failed:
         return 3
     if "statistical" not in comparison and comparison["claim"].startswith("none"):
-        return 0
-    return 0 if comparison["equivalent"] else 1
+        return 0  # native mode without seeds: no claim
+    return 0 if comparison["equivalent"] else 1  # with seeds, "inconclusive" is not "equivalent": 1
 
 
 def command_sweep(args) -> int:
@@ -203,10 +278,33 @@ def command_sweep(args) -> int:
     return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
 
 
-COMMANDS = {"run": command_run, "sweep": command_sweep, "bench": command_bench, "conformance": conformance.command}
+def command_presets(args) -> int:
+    """The sweep presets (benchmarks/presets/*.toml, with their one-line description) and the trap catalogue."""
+    names = list_presets()
+    print("presets (parity sweep PRESET):")
+    for name in names:
+        print(f"  {name:<{max(map(len, names))}}  {describe(name)}".rstrip())
+    print("traps (parity conformance --traps ID,...):")
+    width = max(len(t.id) for t in CATALOGUE)
+    for trap in CATALOGUE:
+        print(f"  {trap.id:<{width}}  {trap.title}")
+    return 0
+
+
+COMMANDS = {
+    "run": command_run,
+    "sweep": command_sweep,
+    "bench": command_bench,
+    "conformance": conformance.command,
+    "presets": command_presets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # `parity` alone: the usage and the exit codes
+        print(build_parser().format_help())
+        return 2
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)

@@ -6,28 +6,90 @@ from pathlib import Path
 
 import numpy as np
 
+DISTANCE_FLOOR = 1e-18  # |loss − reference| of exactly 0 is drawn here on the log scale
 
-def loss_plot(records: dict, reference: str, path: Path) -> None:
-    """Per-step loss of every backend (top) and |loss − reference| on a log scale (bottom)."""
+
+def backend_colours(names) -> dict[str, str]:
+    """One colour per backend, the same in every panel (matplotlib's tab10 cycle in the order given)."""
+    cycle = [f"C{i}" for i in range(10)]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+
+
+def _draw(axis, series: list[tuple], log: bool, label: str) -> None:
+    """Draw (steps, values, kwargs) series; `log`: a log scale, or, when the values pass 1e100 (matplotlib's
+    log-axis ticks overflow to inf and raise near 1e300), log10 of the values on a linear axis, so labelled."""
+    values = [v for _, ys, _ in series for v in ys[np.isfinite(ys)]]
+    extreme = log and bool(values) and (max(values) > 1e100 or min(values) < 1e-100)
+    for steps, ys, kwargs in series:
+        axis.plot(steps, np.log10(ys) if extreme else ys, **kwargs)
+    if log and not extreme:
+        axis.set_yscale("log")
+    axis.set_ylabel(f"log10 {label}" if extreme else label)
+
+
+def loss_plot(records: dict, reference: str, path: Path, comparison: dict | None = None) -> None:
+    """Per-step loss of every backend (top) and |loss − reference| on a log scale (bottom).
+
+    Non-finite losses (NaN, ±inf) are left out of both panels, with a note naming the backend and its first
+    non-finite step; exactly equal losses have no logarithm and are drawn at DISTANCE_FLOOR, which a note says.
+    With `comparison` (comparison.json) the title carries the verdict and the tolerance.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ref = records[reference][1]["losses"] if reference in records else None
+    from benchmarks.report import verdict_line
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    colours = backend_colours([reference, *sorted(n for n in records if n != reference)])
+    ref = np.asarray(records[reference][1]["losses"], np.float64) if reference in records else None
+    notes, floored, upper, lower = [], False, [], []
     for name, (_, npz) in records.items():
-        losses = npz["losses"]
+        losses = np.asarray(npz["losses"], np.float64)
         steps = np.arange(1, losses.shape[0] + 1)
-        top.plot(steps, losses, label=name, linewidth=1.0, linestyle="--" if name == reference else "-")
+        finite = np.isfinite(losses)
+        if not finite.all():
+            k = int(np.argmax(~finite))
+            notes.append(f"{name}: {losses[k]} from step {k + 1} ({int((~finite).sum())} points not drawn)")
+        style = {"label": name, "color": colours[name], "linewidth": 1.0}
+        upper.append(
+            (steps, np.where(finite, losses, np.nan), {**style, "linestyle": "--" if name == reference else "-"})
+        )
         if ref is not None and name != reference and ref.shape == losses.shape:
-            bottom.semilogy(steps, np.maximum(np.abs(losses - ref), 1e-18), label=f"{name} − {reference}")
-    top.set_ylabel("training loss (pre-update)")
-    top.legend()
+            with np.errstate(invalid="ignore", over="ignore"):
+                dist = np.abs(losses - ref)
+            ok = np.isfinite(dist)
+            floored |= bool((dist[ok] == 0).any())
+            lower.append(
+                (
+                    steps,
+                    np.where(ok, np.maximum(dist, DISTANCE_FLOOR), np.nan),
+                    {**style, "label": f"{name} − {reference}"},
+                )
+            )
+    positive = [v for _, ys, _ in upper for v in ys[np.isfinite(ys) & (ys > 0)]]
+    _draw(top, upper, bool(positive) and max(positive) / min(positive) > 1e4, "training loss (pre-update)")
+    _draw(bottom, lower, True, f"|loss − {reference}|")
+    top.legend(fontsize=8)
+    if notes:
+        top.set_title("non-finite, not drawn: " + "; ".join(notes), fontsize=7, color="tab:red", wrap=True)
     bottom.set_xlabel("step")
-    bottom.set_ylabel(f"|loss − {reference}|")
+    if floored:
+        bottom.text(
+            0.01,
+            0.02,
+            f"exactly equal losses drawn at {DISTANCE_FLOOR:g} (no logarithm of 0)",
+            transform=bottom.transAxes,
+            fontsize=7,
+            va="bottom",
+        )
     if bottom.lines:
-        bottom.legend()
+        bottom.legend(fontsize=8)
+    if comparison is not None:
+        tol = comparison["tolerance"]
+        title = verdict_line(comparison, sorted(comparison.get("failed", {})))
+        fig.suptitle(f"{title}\ntolerance: rtol {tol['rtol']:g}, atol {tol['atol']:g}", fontsize=8, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -14,6 +14,7 @@ set = { "train.epochs" = 2 }
 from __future__ import annotations
 
 import itertools
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,17 @@ class Run:
 
 def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def describe(name: str) -> str:
+    """A preset's one-line description: the first line of its leading comment ("" when it has none)."""
+    for line in (PRESET_DIR / f"{name}.toml").read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            return ""
+        text = line.lstrip("#").strip()
+        if text:
+            return text
+    return ""
 
 
 def _toml_value(value) -> str:
@@ -93,7 +105,7 @@ def load_preset(name_or_path: str, full: bool) -> tuple[dict, Sweep, str]:
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_path}.toml"
-        if not path.exists():
+        if len(Path(name_or_path).parts) != 1 or name_or_path in (".", "..") or not path.exists():
             raise InputError(f"preset '{name_or_path}': unknown (choose from {', '.join(list_presets())})")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -104,6 +116,9 @@ def load_preset(name_or_path: str, full: bool) -> tuple[dict, Sweep, str]:
     if "sweep" not in raw:
         raise InputError(f"preset file '{path}': no [sweep] table")
     sweep = _parse_sweep(raw.pop("sweep"), full, f"preset file '{path}'")
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        data["path"] = os.path.abspath(path.parent / data["path"])  # against the preset file's folder
     return raw, sweep, path.stem
 
 

@@ -17,6 +17,14 @@ def _fmt(value) -> str:
     return f"{value:.2e}" if isinstance(value, float) else str(value)
 
 
+def _worst(vals: list) -> float | None:
+    """The largest value, NaN if any is NaN (max() alone depends on the order), None when there is none."""
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return float("nan") if any(v != v for v in vals) else max(vals)
+
+
 def pair_rows(comparison: dict) -> list[dict]:
     """One summary row per backend pair: worst relative differences by metric group and the first divergence."""
     groups = defaultdict(list)
@@ -26,8 +34,7 @@ def pair_rows(comparison: dict) -> list[dict]:
     for (a, b), pairs in groups.items():
 
         def worst(select, pairs=pairs):
-            vals = [p["max_rel_diff"] for p in pairs if select(p["metric"]) and p["max_rel_diff"] is not None]
-            return max(vals) if vals else None
+            return _worst([p["max_rel_diff"] for p in pairs if select(p["metric"])])
 
         bad = [p for p in pairs if p["divergent"]]
         first = earliest(pairs)
@@ -41,7 +48,7 @@ def pair_rows(comparison: dict) -> list[dict]:
                 "loss": worst(lambda m: m == "loss"),
                 "metrics": worst(lambda m: m in EPOCH_METRICS),
                 "params": worst(lambda m: m.startswith("final/")),
-                "used": max((p.get("tolerance_used") or 0.0 for p in pairs), default=0.0),
+                "used": _worst([p.get("tolerance_used") for p in pairs]),
                 "first": None if first is None else f"{first['metric']} @ {first['first_divergent_step']}",
                 "agree": not bad,
             }
@@ -71,9 +78,46 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
                 f"(max rel diff {_fmt(first['max_rel_diff'])})"
             )
         )
+    diverged = nonfinite_phrase(comparison)
+    if diverged:
+        head += f", but {diverged}" if comparison["equivalent"] else f"; {diverged}"
     if failed:
         head += f"; FAILED or missing: {', '.join(failed)}"
     return head
+
+
+def nonfinite_phrase(comparison: dict) -> str:
+    """'training diverged to nan at step 5 in every backend' or per backend; '' when everything is finite."""
+    found = comparison.get("nonfinite") or {}
+    if not found:
+        return ""
+    where = {
+        name: f"{f['value']} at step {f['step']}" if "step" in f else f"non-finite at epoch {f.get('epoch', '?')}"
+        for name, f in found.items()
+    }
+    names = comparison.get("backends") or list(found)
+    if len(set(where.values())) == 1 and set(found) >= set(names):
+        return f"training diverged to {next(iter(where.values()))} in every backend"
+    finite = [n for n in names if n not in found]
+    return (
+        "training diverged: "
+        + ", ".join(f"{n} {w}" for n, w in where.items())
+        + (f" ({', '.join(finite)} finite)" if finite else "")
+    )
+
+
+def nonfinite_warnings(comparison: dict) -> list[str]:
+    """One line per backend whose training went non-finite: printed even when the backends agree."""
+    out = []
+    for name, f in (comparison.get("nonfinite") or {}).items():
+        parts = [f"training loss became {f['value']} at step {f['step']}"] if "step" in f else []
+        if "epoch" in f:
+            parts.append(f"an epoch metric is non-finite from epoch {f['epoch']}")
+        if "params" in f:
+            names = ", ".join(f["params"][:3]) + (", …" if len(f["params"]) > 3 else "")
+            parts.append(f"{len(f['params'])} final parameter tensor(s) non-finite ({names})")
+        out.append(f"WARNING non-finite: {name}: {'; '.join(parts)} (training exploded: lower optimizer.lr?)")
+    return out
 
 
 def banding_warnings(spec: Spec, records: dict) -> list[str]:
@@ -121,6 +165,17 @@ def statistical_table(comparison: dict) -> str:
     return "\n".join(lines)
 
 
+TOL_USED_NOTE = (
+    "tol used: the pair's largest |a − b| / (atol + rtol·scale) over steps, metrics and parameters (scale = "
+    "max(|a|, |b|), per tensor for parameters); 1.0 = at the limit, above 1 divergent; inf = a non-finite value "
+    "in one backend only; nan = a NaN in the differences; - = no per-step tolerance (native mode)."
+)
+
+
+def _used(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
 def verdict_table(comparison: dict, failed: list[str]) -> str:
     """A fixed-width table for the terminal."""
     header = (
@@ -131,8 +186,9 @@ def verdict_table(comparison: dict, failed: list[str]) -> str:
     for r in pair_rows(comparison):
         lines.append(
             f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
-            f"{_fmt(r['params']):>10} {r['used']:>8.2g}  {r['first'] or '-'}"
+            f"{_fmt(r['params']):>10} {_used(r['used']):>8}  {r['first'] or '-'}"
         )
+    lines.append(TOL_USED_NOTE)
     lines.append("")
     lines.append("verdict: " + verdict_line(comparison, failed))
     return "\n".join(lines)
@@ -171,8 +227,27 @@ def markdown(spec: Spec, records: dict, comparison: dict, failed: dict[str, str]
     for r in pair_rows(comparison):
         out.append(
             f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
-            f"{_fmt(r['params'])} | {r['used']:.2g} | {r['first'] or '-'} |"
+            f"{_fmt(r['params'])} | {_used(r['used'])} | {r['first'] or '-'} |"
         )
+    out += ["", TOL_USED_NOTE]
+    found = comparison.get("nonfinite") or {}
+    if found:
+        out += [
+            "",
+            "## Non-finite training",
+            "",
+            f"{nonfinite_phrase(comparison).capitalize()}. Non-finite values are compared as values: two backends "
+            "agree there only when both hold the same non-finite value at the same steps; the plot leaves those "
+            "points out.",
+            "",
+            "| backend | first non-finite step | loss value there | first non-finite epoch | final params |",
+            "|---|---|---|---|---|",
+        ]
+        for name, f in found.items():
+            out.append(
+                f"| {name} | {f.get('step', '-')} | {f.get('value', '-')} | {f.get('epoch', '-')} | "
+                f"{', '.join(f.get('params', [])) or 'finite'} |"
+            )
     out += [
         "",
         "## Final epoch metrics",

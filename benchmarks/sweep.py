@@ -20,7 +20,8 @@ from backends import REFERENCE
 from benchmarks import plots
 from benchmarks.presets import Run, expand, load_preset
 from benchmarks.resultlog import ResultLog
-from common import record
+from benchmarks.runner import absolute, folder_lock, signal_message, stop
+from common import InputError, record
 from common.datasets import load_dataset
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
@@ -96,13 +97,21 @@ def _run_task(
             cwd=Path(__file__).resolve().parent.parent,
         ) as proc,
     ):
-        for line in proc.stdout:
-            if line.startswith("done "):
-                index = int(line.split()[1])
-                rec, _ = record.read(Path(jobs[index]["out"]), backend)
-                with write_lock:
-                    log.append(_rows(backend, runs[index], rec, keys))
-                progress.advance(f"{backend} {runs[index].label}")
+        try:
+            for line in proc.stdout:
+                if line.startswith("done "):
+                    index = int(line.split()[1])
+                    rec, _ = record.read(Path(jobs[index]["out"]), backend)
+                    with write_lock:
+                        log.append(_rows(backend, runs[index], rec, keys))
+                    progress.advance(f"{backend} {runs[index].label}")
+            proc.wait()
+        except BaseException:
+            stop(proc)
+            raise
+    killed = signal_message(proc.returncode)
+    if killed:
+        print(f"parity: sweep task {backend} ({runs[0].label}, ...): {killed}", file=sys.stderr)
     return proc.returncode
 
 
@@ -112,14 +121,22 @@ def run_sweep(preset: str, full: bool, out: Path | None, workers: int, show_prog
     runs = expand(raw, sweep)
     for data_spec in {json.dumps(r.spec.data.to_dict(), sort_keys=True): r.spec for r in runs}.values():
         load_dataset(data_spec)  # input errors surface before anything is written
-    out = out or Path("runs") / "sweeps" / f"{name}{'' if full else '-ci'}"
+    out = absolute(out or Path("runs") / "sweeps" / f"{name}{'' if full else '-ci'}")
+    with folder_lock(out, "--out"):  # one sweep at a time per folder; the folder itself is resumed in place
+        return _sweep_into(out, name, runs, sweep, workers, show_progress)
+
+
+def _sweep_into(out: Path, name: str, runs: list[Run], sweep, workers: int, show_progress: bool) -> int:
     backends = [REFERENCE, *sweep.backends]
     keys = list(sweep.grid)
     columns = ["run_key", "backend", *keys, "seed", "epoch", *METRICS, "gap"]
     expected = {run_key(b, r): r.spec.train.epochs for r in runs for b in backends}
     out.mkdir(parents=True, exist_ok=True)
     log = ResultLog(out / "results.csv", columns, expected)
-    done = log.done_keys()
+    try:
+        done = log.done_keys()
+    except ValueError as exc:
+        raise InputError(f"--out '{out}': {str(exc).split(': ', 1)[-1]}") from None
     pending = {b: [r for r in runs if run_key(b, r) not in done] for b in backends}
     progress = Progress(len(expected), len(expected) - sum(map(len, pending.values())), show_progress)
     chunks_per_backend = max(1, math.ceil(workers / len(backends)))

@@ -10,6 +10,10 @@ losses and metrics, and s = max over the tensor of max(|a|, |b|) for a parameter
 through zero has no relative precision of its own, its error is measured against the tensor's scale. A pair's
 `first_divergent_step` is the first step (loss, batch_ids) or epoch (epoch metrics) where it does not, and
 `tolerance_used` = max |a − b| / (atol + rtol·s) says how close to the limit it came (> 1 is divergent).
+NaN and ±inf: two values agree only when both are the same non-finite value (NaN and NaN, +inf and +inf); a
+non-finite value against anything else is divergent at its step (tolerance_used inf). max_abs_diff and
+max_rel_diff propagate NaN (never a finite number that hides it); `first_nonfinite` [a, b] and
+`nonfinite_agree` are added when a pair holds a non-finite value, and `nonfinite` per backend in the body.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from itertools import combinations
 
 import numpy as np
 
+from common.record import EPOCH_METRICS, nonfinite
 from common.tolerance import Tolerance
 
-EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+__all__ = ["EPOCH_METRICS", "compare", "earliest", "first_divergence", "nonfinite_summary"]
 
 
 def _series(rec: dict, npz: dict, metric: str) -> tuple[np.ndarray, list[int]]:
@@ -49,25 +54,48 @@ def compare_values(a: np.ndarray, b: np.ndarray, index: list[int], tol: Toleranc
         }
     if a.size == 0:
         return {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "first_divergent_step": None}
-    diff = np.abs(a - b)
-    scale = np.maximum(np.abs(a), np.abs(b))
+    fin_a, fin_b = np.isfinite(a), np.isfinite(b)
+    both = fin_a & fin_b
+    # the same non-finite value in both (NaN and NaN, +inf and +inf): agreement, said separately
+    same_nonfinite = ~fin_a & ~fin_b & ((np.isnan(a) & np.isnan(b)) | (a == b))
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(a - b)  # NaN wherever a NaN is involved or inf − inf; inf for inf vs finite or −inf
+    scale = np.where(both, np.maximum(np.abs(a), np.abs(b)), 0.0)
     if tensor:
         scale = np.full_like(scale, scale.max())
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(scale > 0, diff / scale, 0.0)
+        rel = np.where(both, np.where(scale > 0, diff / scale, 0.0), diff)
     allowed = tol.atol + tol.rtol * scale
-    bad = ~(diff <= allowed)  # NaN counts as divergent
+    bad = ~same_nonfinite & ~(both & (diff <= allowed))
     first = None
     if bad.any():
         pos = int(np.argmax(bad))
         first = index[pos] if index else pos
-    return {
-        "max_abs_diff": float(np.nanmax(diff)) if not np.isnan(diff).all() else float("nan"),
-        "max_rel_diff": float(np.nanmax(rel)) if not np.isnan(rel).all() else float("nan"),
-        "tolerance_used": float(np.nanmax(diff / allowed)) if allowed.min() > 0 else None,
+    used = None
+    if allowed.min() > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(both, diff / allowed, np.where(same_nonfinite, 0.0, np.inf))
+        used = float(ratio.max())
+    out = {
+        # NaN-propagating maxima: a NaN anywhere is reported as nan, never hidden behind a finite maximum
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": float(rel.max()),
+        "tolerance_used": used,
         "first_divergent_step": first,
         "divergent": bool(bad.any()),
     }
+    if not both.all():
+        out["first_nonfinite"] = [_first(~fin_a, index), _first(~fin_b, index)]
+        out["max_abs_diff_finite"] = float(diff[both].max()) if both.any() else None
+        out["nonfinite_agree"] = bool(np.array_equal(~fin_a, ~fin_b) and same_nonfinite[~fin_a].all())
+    return out
+
+
+def _first(mask: np.ndarray, index: list[int]) -> int | None:
+    if not mask.any():
+        return None
+    pos = int(np.argmax(mask))
+    return index[pos] if index else pos
 
 
 def compare_batch_ids(rec_a: dict, rec_b: dict, key: str = "batch_ids") -> dict:
@@ -133,7 +161,14 @@ def compare(records: dict[str, tuple[dict, dict]], reference: str, tol: Toleranc
         "tolerance": tol.to_json(),
         "backends": names,
         "pairs": pairs,
+        "nonfinite": nonfinite_summary(records),
     }
+
+
+def nonfinite_summary(records: dict[str, tuple[dict, dict]]) -> dict[str, dict]:
+    """Per backend whose training went non-finite: common.record.nonfinite (first step and value, first epoch,
+    parameters). Empty when every value of every record is finite."""
+    return {name: found for name, (rec, npz) in records.items() if (found := nonfinite(rec, npz))}
 
 
 def first_divergence(comparison: dict) -> dict | None:

@@ -9,9 +9,17 @@
   `x` = (N, max length) int64 post-padded with token 0 plus `lengths`; pipelines rebuild each row as
   x[i, :lengths[i]] and pad it their own way (common.padding). `standardize` does not apply to tokens.
 
+Validation (`check_arrays`, docs/design.md "Spec"): features finite and, with dtype = float32, within float32's
+range; labels exact integers in 0..MAX_CLASSES−1 whose set is exactly 0..C−1. Labels that skip a class ({1, 2, 3},
+{0, 7}) are refused, not re-indexed: the message names the missing class and asks for labels 0..k−1. A csv whose
+header names the label column twice is refused. `check_sizes` bounds the largest array the model implies
+(common.spec.MAX_ELEMENTS) before any backend allocates it.
+
 Split: one permutation from `default_rng([seed, 1])`; the first round(N·test_fraction) rows are the test split,
 the rest the training split, each kept in permutation order. Standardisation: x' = (x − μ)/σ with μ, σ from the
-training split only (σ = 1 where a column is constant). Row ids in records index the training split so produced.
+training split only (σ = 1 where a column is constant); a column whose plain μ or σ overflows (values near 1e300)
+gets them from the column divided by its largest magnitude, so it is rescaled, never zeroed. Row ids in records
+index the training split so produced.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common import layers, sequences
 from common import rng as streams
-from common import sequences
 from common.errors import InputError
+from common.spec import MAX_CLASSES, MAX_ELEMENTS
 
 if TYPE_CHECKING:
     from common.spec import Spec
@@ -112,6 +121,11 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     header, body = rows[0], [r for r in rows[1:] if r]
     if label_column not in header:
         raise InputError(f"data file '{path}': no label column '{label_column}' (spec key 'data.label_column')")
+    if header.count(label_column) > 1:
+        raise InputError(
+            f"data file '{path}': the header names the label column '{label_column}' {header.count(label_column)} "
+            "times (spec key 'data.label_column'); rename the others"
+        )
     if not body:
         raise InputError(f"data file '{path}': no data rows")
     label_at = header.index(label_column)
@@ -123,9 +137,24 @@ def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
             values = [float(v) for v in row]
         except ValueError:
             raise InputError(f"data file '{path}': line {line} has a non-numeric value") from None
-        labels.append(values.pop(label_at))
+        values.pop(label_at)
+        labels.append(_csv_label(row[label_at].strip(), f"data file '{path}' line {line}"))
         features.append(values)
-    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    return np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+
+
+def _csv_label(text: str, where: str) -> int:
+    """A csv label read exactly ("3", "3.0"; not "1e300", "1.5", "-1", "nan")."""
+    try:
+        value = int(text)
+    except ValueError:
+        number = float(text)
+        if not np.isfinite(number) or number != int(number):
+            raise InputError(f"{where}: label {text} is not a non-negative integer") from None
+        value = int(number)
+    if not 0 <= value < MAX_CLASSES:
+        raise InputError(f"{where}: label {text} is not an integer in 0..{MAX_CLASSES - 1}")
+    return value
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -143,13 +172,21 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"data file '{path}': unreadable ({exc.__class__.__name__})") from None
     if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise InputError(f"data file '{path}': x and y must be numeric")
-    return x.astype(np.float64), y.astype(np.float64)
+    return x.astype(np.float64), y  # y keeps its dtype: a uint64 label must not round through float64
 
 
-def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray, int]:
+def _first(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def check_arrays(
+    x: np.ndarray, y: np.ndarray, source: str, dtype: str = "float64"
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Validate features and labels; return (x, integer y, number of classes C = max(y) + 1).
 
-    Errors: empty data, x not 2-D, mismatched lengths, NaN/inf, labels that are not integers in 0..C-1.
+    Errors: empty data, x not 2-D, mismatched lengths, NaN/inf, features beyond `dtype`'s range, labels that are not
+    exact integers in 0..MAX_CLASSES−1, labels that skip a class (the set must be 0..C−1), fewer than 2 classes.
+    Messages name the value and its row (0-based, in the order read).
     """
     if x.ndim != 2:
         raise InputError(f"{source}: x must be 2-D (rows × features), got shape {x.shape}")
@@ -160,13 +197,34 @@ def check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray,
     if x.shape[0] != y.shape[0]:
         raise InputError(f"{source}: {x.shape[0]} feature rows but {y.shape[0]} labels")
     if not np.all(np.isfinite(x)):
-        raise InputError(f"{source}: features contain NaN or inf")
-    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)) or np.any(y < 0):
-        raise InputError(f"{source}: labels must be integers 0..C-1")
+        row, col = _first(~np.isfinite(x))
+        raise InputError(f"{source}: features contain NaN or inf ({x[row, col]} at row {row}, column {col})")
+    if dtype == "float32":
+        limit = float(np.finfo(np.float32).max)
+        if np.any(np.abs(x) > limit):
+            row, col = _first(np.abs(x) > limit)
+            raise InputError(
+                f"{source}: feature value {x[row, col]:g} at row {row}, column {col} is beyond float32's range "
+                f"(±{limit:.4g}); set dtype = 'float64' or rescale the data"
+            )
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= MAX_CLASSES)
+    else:
+        bad = (y < 0) | (y >= MAX_CLASSES)  # exact for int64 and uint64 alike
+    if np.any(bad):
+        row = _first(bad)[0]
+        raise InputError(f"{source}: labels must be integers in 0..{MAX_CLASSES - 1}, found {y[row]!s} at row {row}")
     labels = y.astype(np.int64)
     n_classes = int(labels.max()) + 1
-    if n_classes < 2:
+    present = np.unique(labels)
+    if len(present) < 2:
         raise InputError(f"{source}: need at least 2 classes, labels are all {labels.max()}")
+    if len(present) != n_classes:
+        missing = sorted(set(range(n_classes)) - set(present.tolist()))
+        raise InputError(
+            f"{source}: labels are not 0..{n_classes - 1} (label {missing[0]} never occurs, {len(present)} "
+            f"classes found); re-index them to 0..{len(present) - 1}"
+        )
     return x, labels, n_classes
 
 
@@ -181,12 +239,25 @@ def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, source:
     return x[train], y[train], x[test], y[test]
 
 
-def standardize(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardize(train_x: np.ndarray, test_x: np.ndarray, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
     """x' = (x − μ)/σ, μ and σ (population std) from the training split; σ := 1 for constant columns."""
-    mean = train_x.mean(axis=0)
-    std = train_x.std(axis=0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = train_x.mean(axis=0)
+        std = train_x.std(axis=0)
+    huge = ~(np.isfinite(mean) & np.isfinite(std))
+    if np.any(huge):  # the plain sums overflow: standardise those columns from x / max|x| instead
+        scale = np.abs(train_x[:, huge]).max(axis=0)
+        train_x, test_x = train_x.copy(), test_x.copy()
+        train_x[:, huge] /= scale
+        test_x[:, huge] /= scale
+        mean[huge] = train_x[:, huge].mean(axis=0)
+        std[huge] = train_x[:, huge].std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    return (train_x - mean) / std, (test_x - mean) / std
+    train_out, test_out = (train_x - mean) / std, (test_x - mean) / std
+    if not (np.all(np.isfinite(train_out)) and np.all(np.isfinite(test_out))):
+        col = _first(~np.isfinite(np.concatenate([train_out, test_out])))[1]
+        raise InputError(f"{source}: column {col} overflows when standardised; rescale it (data.standardize)")
+    return train_out, test_out
 
 
 def _load_sequences(spec: Spec) -> Dataset:
@@ -197,16 +268,44 @@ def _load_sequences(spec: Spec) -> Dataset:
         found, source = sequences.from_jsonl(Path(data.path), data.params), f"data file '{data.path}'"
     x = np.concatenate([found.storage(), found.lengths[:, None]], axis=1)
     train_x, train_y, test_x, test_y = split(x, found.labels, data.test_fraction, seed, source)
-    return Dataset(
-        train_x[:, :-1],
-        train_y,
-        test_x[:, :-1],
-        test_y,
-        found.n_classes,
-        train_x[:, -1].copy(),
-        test_x[:, -1].copy(),
-        found.vocab,
+    return check_sizes(
+        spec,
+        Dataset(
+            train_x[:, :-1],
+            train_y,
+            test_x[:, :-1],
+            test_y,
+            found.n_classes,
+            train_x[:, -1].copy(),
+            test_x[:, -1].copy(),
+            found.vocab,
+        ),
     )
+
+
+def check_sizes(spec: Spec, data: Dataset) -> Dataset:
+    """Refuse a model whose largest parameter tensor or layer output over a split would exceed MAX_ELEMENTS
+    (exit 2 naming the key), before any backend allocates it; return `data`."""
+    stack = layers.stack(spec, data.vocab if data.is_sequence else data.n_features, data.n_classes)
+    rows = max(len(data.train_y), len(data.test_y))
+    shapes = layers.param_shapes(stack)
+    for layer in stack:
+        sizes = [(f"{name} {shape}", int(np.prod(shape, dtype=np.float64))) for name, shape in shapes.items()]
+        sizes = [s for s in sizes if s[0].startswith(f"{layer.name}.")] if layer.name else []
+        sizes.append((f"the output of layer {layer.index} over {rows} rows", rows * layer.width))
+        what, count = max(sizes, key=lambda s: s[1])
+        if count > MAX_ELEMENTS:
+            if spec.model.layers:
+                key = f"model.layers[{layer.index}]"
+            elif layer.kind == "embedding":
+                key = "model.embed_dim"
+            else:
+                key = "model.hidden"
+            source = f" (vocab {data.vocab})" if layer.kind == "embedding" else ""
+            raise InputError(
+                f"spec key '{key}': {what}{source} needs {count:,} values, above the limit {MAX_ELEMENTS:,}"
+            )
+    return data
 
 
 def load_dataset(spec: Spec) -> Dataset:
@@ -227,8 +326,8 @@ def load_dataset(spec: Spec) -> Dataset:
         path = Path(data.path)
         x, y = _read_csv(path, data.label_column) if name == "csv" else _read_npz(path)
         source = f"data file '{path}'"
-    x, y, n_classes = check_arrays(x, y, source)
+    x, y, n_classes = check_arrays(x, y, source, spec.dtype)
     train_x, train_y, test_x, test_y = split(x, y, data.test_fraction, seed, source)
     if data.standardize:
-        train_x, test_x = standardize(train_x, test_x)
-    return Dataset(train_x, train_y, test_x, test_y, n_classes)
+        train_x, test_x = standardize(train_x, test_x, source)
+    return check_sizes(spec, Dataset(train_x, train_y, test_x, test_y, n_classes))

@@ -6,6 +6,8 @@ epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], 
 the sides this backend used (common.padding.resolve_sides). NPZ `train_x` is then the post-padded token storage
 and `train_lengths` the raw lengths (common.datasets).
 NPZ:  init/<name>, final/<name> (canonical layout), losses (float64 per step), train_x, train_y.
+Non-finite training is a result, not an error: `first_nonfinite_step` is the first step whose loss is NaN or ±inf
+(null when all are finite) and `first_nonfinite_epoch` the first epoch with a non-finite metric (null likewise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,39 @@ if TYPE_CHECKING:
     from common.spec import Spec
 
 
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def _first_nonfinite_epoch(epochs: list[dict]) -> int | None:
+    """The first epoch with a NaN or ±inf epoch metric, or None."""
+    flags = [0.0 if np.all(np.isfinite([e.get(m, 0.0) for m in EPOCH_METRICS])) else np.nan for e in epochs]
+    return first_nonfinite(flags, [e["epoch"] for e in epochs])
+
+
+def first_nonfinite(values, index: list[int]) -> int | None:
+    """The index entry (step or epoch) of the first NaN or ±inf in `values`, or None when all are finite."""
+    bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+    return int(index[int(np.argmax(bad))]) if bad.any() else None
+
+
+def nonfinite(record: dict, npz: dict) -> dict:
+    """What went non-finite in one record, read from its values (records older than the field work too):
+    {step, value ('nan' | 'inf' | '-inf'), epoch, params [names]}; empty when everything is finite."""
+    losses = np.array([s["loss"] for s in record["steps"]], dtype=np.float64)
+    out: dict = {}
+    step = first_nonfinite(losses, [s["step"] for s in record["steps"]])
+    if step is not None:
+        first = losses[~np.isfinite(losses)][0]
+        out["step"], out["value"] = step, "nan" if np.isnan(first) else ("inf" if first > 0 else "-inf")
+    epoch = _first_nonfinite_epoch(record.get("epochs", []))
+    if epoch is not None:
+        out["epoch"] = epoch
+    params = sorted(k for k, v in npz.items() if k.startswith("final/") and not np.all(np.isfinite(np.asarray(v))))
+    if params:
+        out["params"] = params
+    return out
+
+
 def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> dict:
     """The JSON part of a record from the driver's output (the spec in its JSON form, `Spec.to_dict`)."""
     return {
@@ -34,6 +69,8 @@ def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> 
         "steps": body["steps"],
         "epochs": body["epochs"],
         "timing": body["timing"],
+        "first_nonfinite_step": first_nonfinite([s["loss"] for s in body["steps"]], [s["step"] for s in body["steps"]]),
+        "first_nonfinite_epoch": _first_nonfinite_epoch(body["epochs"]),
         **({"padding": body["padding"]} if "padding" in body else {}),
     }
 

@@ -11,8 +11,10 @@ group with the most tokens in the whole sequence (ties to the smallest group). E
 sequence or counting pads as tokens can change its label.
 
 JSONL: one object per line, {"tokens": [int, …], "label": int}. Errors name the file and line: unreadable file,
-bad JSON, missing keys, empty sequences, non-integer tokens, tokens outside 1..vocab−1 (0 is the pad), labels
-outside 0..C−1.
+bad JSON, missing keys, empty sequences, non-integer tokens, tokens outside 1..vocab−1 (0 is the pad) or above
+common.spec.MAX_TOKEN, labels outside 0..C−1 or above MAX_CLASSES − 1. With classes inferred, the labels found must
+be exactly 0..C−1: a file whose labels skip a class ({1, 2, 3}, {0, 7}) is refused (re-index it), it would train
+classes that never occur. Sizes are checked before the padded storage is allocated: n × longest ≤ MAX_ELEMENTS.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from common import rng as streams
 from common.errors import InputError
+from common.spec import MAX_CLASSES, MAX_ELEMENTS, MAX_TOKEN
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ def synthetic(n: int, min_len: int, max_len: int, vocab: int, n_classes: int, se
 
 
 SYNTHETIC_DEFAULTS = {"n": 240, "min_len": 2, "max_len": 12, "vocab": 20, "classes": 3}
+PARAM_LIMITS = {"vocab": MAX_TOKEN + 1, "classes": MAX_CLASSES, "max_len": MAX_ELEMENTS, "min_len": MAX_ELEMENTS}
 
 
 def _int_params(params: dict, allowed: dict, name: str) -> dict:
@@ -76,6 +80,10 @@ def _int_params(params: dict, allowed: dict, name: str) -> dict:
     for key, value in params.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InputError(f"spec key 'data.params.{key}': expected a positive integer, got {value!r}")
+        if value > PARAM_LIMITS.get(key, MAX_ELEMENTS):
+            raise InputError(
+                f"spec key 'data.params.{key}': {value} is above the limit {PARAM_LIMITS.get(key, MAX_ELEMENTS)}"
+            )
         out[key] = value
     return out
 
@@ -83,6 +91,10 @@ def _int_params(params: dict, allowed: dict, name: str) -> dict:
 def from_params(params: dict, seed: int) -> Sequences:
     """`data.name = "sequences"`: the synthetic dataset with the spec's params (module docstring)."""
     p = _int_params(params, SYNTHETIC_DEFAULTS, "sequences")
+    if p["n"] * p["max_len"] > MAX_ELEMENTS:
+        raise InputError(
+            f"spec key 'data.params.n': n × max_len = {p['n']} × {p['max_len']} tokens, above the limit {MAX_ELEMENTS}"
+        )
     return synthetic(p["n"], p["min_len"], p["max_len"], p["vocab"], p["classes"], seed)
 
 
@@ -119,6 +131,8 @@ def read_jsonl(path: Path, vocab: int | None = None, n_classes: int | None = Non
         if min(seq) < 1 or (vocab is not None and max(seq) >= vocab):
             allowed = f"1..{vocab - 1}" if vocab is not None else "≥ 1"
             raise InputError(f"{where}: tokens must be in {allowed} (0 is reserved for padding)")
+        if max(seq) > MAX_TOKEN:
+            raise InputError(f"{where}: token {max(seq)} is above the limit {MAX_TOKEN}")
         if (
             not isinstance(label, int)
             or isinstance(label, bool)
@@ -127,11 +141,28 @@ def read_jsonl(path: Path, vocab: int | None = None, n_classes: int | None = Non
         ):
             allowed = f"0..{n_classes - 1}" if n_classes is not None else "≥ 0"
             raise InputError(f"{where}: label must be an integer in {allowed}")
+        if label >= MAX_CLASSES:
+            raise InputError(f"{where}: label {label} is above the limit {MAX_CLASSES - 1}")
         tokens.append(np.array(seq, dtype=np.int64))
         labels.append(label)
     if not tokens:
         raise InputError(f"data file '{path}': no sequences")
-    labels = np.array(labels)
+    longest = max(len(t) for t in tokens)
+    if len(tokens) * longest > MAX_ELEMENTS:
+        raise InputError(
+            f"data file '{path}': {len(tokens)} sequences × longest {longest} tokens is above the limit {MAX_ELEMENTS}"
+        )
+    labels = np.array(labels, dtype=np.int64)
+    if n_classes is None:
+        found = np.unique(labels)
+        if len(found) < 2:
+            raise InputError(f"data file '{path}': need at least 2 classes, labels are all {labels.max()}")
+        if len(found) != int(found[-1]) + 1:
+            missing = sorted(set(range(int(found[-1]) + 1)) - set(found.tolist()))
+            raise InputError(
+                f"data file '{path}': labels are not 0..{int(found[-1])} (label {missing[0]} never occurs); "
+                f"re-index them to 0..{len(found) - 1}, or set data.params.classes"
+            )
     n_classes = n_classes or int(labels.max()) + 1
     if n_classes < 2:
         raise InputError(f"data file '{path}': need at least 2 classes, labels are all {labels.max()}")

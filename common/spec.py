@@ -53,9 +53,19 @@ def _range(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -
     return check
 
 
+# Limits on sizes (docs/design.md, "Spec"): checked before anything is allocated, so an absurd value is exit 2
+# naming its key or file, never a MemoryError. MAX_CLASSES bounds labels (0..MAX_CLASSES−1), MAX_TOKEN token ids,
+# MAX_WIDTH every width key (model.hidden, model.embed_dim), MAX_ELEMENTS the largest array a spec implies (one
+# parameter tensor, one layer's activations over a split, the padded token storage n × longest sequence).
+MAX_CLASSES = 1_000_000
+MAX_TOKEN = 2**24 - 1
+MAX_WIDTH = 2**20
+MAX_ELEMENTS = 2**28
+
+
 def _positive_ints(v) -> str | None:
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in v):
-        return "must be a list of positive integers"
+    if not all(isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_WIDTH for h in v):
+        return f"must be a list of positive integers ≤ {MAX_WIDTH}"
     return None
 
 
@@ -99,7 +109,7 @@ SCHEMA: dict[str, Any] = {
         # Elman tanh RNN → Dense) on sequence data, `hidden` the MLP's widths (seq_pool) or the RNN state size (rnn)
         "layers": Field([], list),
         "kind": Field("mlp", str, _choice(*layers.SHORTHANDS)),
-        "embed_dim": Field(8, int, _range(1, 2**20)),
+        "embed_dim": Field(8, int, _range(1, MAX_WIDTH)),
         "hidden": Field([32], list, _positive_ints),
         "activation": Field("relu", str, _choice("relu", "tanh")),
         "init": Field("torch_default", str, _choice("torch_default", "glorot_uniform", "lecun_normal")),
@@ -209,6 +219,8 @@ def validate(spec: dict) -> dict:
     - `data.path` is required for csv, npz and jsonl, and must be empty for the built-in datasets.
     - seq_pool / rnn read sequence data (sequences, jsonl), mlp reads feature data; rnn has one hidden width;
       `sequence.buckets` and `sequence.max_len` exclude each other; sequences cannot run `execution = "fused"`.
+    - `[sequence]` keys other than their defaults, and `model.embed_dim` on a shorthand model, are refused on
+      feature data (they would be silently unused).
     - Adam with decoupled decay is spelled `adamw`.
     - `optimizer.nesterov` needs a momentum > 0 (torch raises otherwise).
     """
@@ -277,6 +289,19 @@ def _check_sequence_rules(spec: Spec) -> None:
             f"spec key '{key}': this model cannot read data.name = '{spec.data.name}' (a model "
             "starting with an embedding (seq_pool, rnn) reads sequences or jsonl, others read features)"
         )
+    if not seq_data:
+        for key, field in SCHEMA["sequence"].items():
+            default = tuple(field.default) if isinstance(field.default, list) else field.default
+            if getattr(spec.sequence, key) != default:
+                raise InputError(
+                    f"spec key 'sequence.{key}': applies to sequence data only, and data.name = "
+                    f"'{spec.data.name}' is feature data; drop it"
+                )
+        if not spec.model.layers and spec.model.embed_dim != SCHEMA["model"]["embed_dim"].default:
+            raise InputError(
+                f"spec key 'model.embed_dim': only sequence models (seq_pool, rnn) embed tokens, "
+                f"model.kind = '{spec.model.kind}' does not; drop it"
+            )
     if spec.model.kind == "rnn" and len(spec.model.hidden) != 1:
         raise InputError("spec key 'model.hidden': rnn takes exactly one width, the RNN state size")
     if spec.sequence.buckets and spec.sequence.max_len:

@@ -85,6 +85,11 @@ BAD_SPECS = {
         "[model]\nlayers = [{kind = 'embedding'}, {kind = 'masked_mean'}, {kind = 'dense'}]\n",
         "model.layers",
     ),
+    # keys that do not apply to feature data, sizes beyond the limits (common.spec.MAX_WIDTH)
+    "sequence_loss_norm_on_features": ("[sequence]\nloss_norm = 'per_token'\n", "sequence.loss_norm"),
+    "sequence_max_len_on_features": ("[data]\nname = 'doughnuts'\n[sequence]\nmax_len = 4\n", "sequence.max_len"),
+    "embed_dim_on_features": ("[model]\nembed_dim = 4\n", "model.embed_dim"),
+    "hidden_beyond_limit": ("[model]\nhidden = [32, 4194304]\n", "model.hidden"),
     "bucketed_drop_too_big": (
         SEQ + "[batching]\nbatch_size = 300\nlast_batch = 'drop'\n[sequence]\nbuckets = [4, 12]\n",
         "batching.batch_size",
@@ -111,6 +116,15 @@ def _write_data(tmp_path, kind):
     if kind == "unreadable_npz":
         (tmp_path / "d.npz").write_bytes(b"not a zip at all")
         return "[data]\nname = 'npz'\npath = 'd.npz'\n", "unreadable"
+    if kind == "duplicate_label_column":
+        (tmp_path / "d.csv").write_text("label,a,label\n0,1,0\n1,2,1\n0,3,0\n1,4,1\n")
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "label column 'label' 2 times"
+    if kind == "huge_label_csv":
+        (tmp_path / "d.csv").write_text("a,label\n1,0\n2,1\n3,1e300\n4,0\n")
+        return "[data]\nname = 'csv'\npath = 'd.csv'\n", "line 4: label 1e300"
+    if kind == "gap_labels_npz":
+        np.savez(tmp_path / "d.npz", x=np.ones((6, 2)), y=np.array([1, 2, 3, 1, 2, 3]))
+        return "[data]\nname = 'npz'\npath = 'd.npz'\n", "label 0 never occurs"
     if kind == "no_label_column":
         (tmp_path / "d.csv").write_text("a,b,y\n1,2,0\n3,4,1\n")
         return "[data]\nname = 'csv'\npath = 'd.csv'\n", "label"
@@ -150,6 +164,9 @@ BAD_DATA = [
     "no_label_column",
     "non_numeric_csv",
     "missing_jsonl",
+    "duplicate_label_column",
+    "huge_label_csv",
+    "gap_labels_npz",
     *JSONL_ROWS,
 ]
 
