@@ -10,9 +10,10 @@ import pytest
 from backends import FRAMEWORKS, REGISTRY
 from backends.worker import load_adapter
 from common import record
+from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
-from common.driver import train
+from common.driver import canonical_init, model_layers, train
 from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
 
@@ -59,6 +60,20 @@ def run_in_process(backend: str, spec: Spec) -> tuple[dict, dict]:
     body = train(adapter, spec, data)
     rec = record.build(backend, adapter.versions(), adapter.device(), spec, body)
     return rec, record.arrays(body, data)
+
+
+def prepared_adapter(backend: str, spec: Spec):
+    """(adapter, dataset): `backend`'s adapter prepared for `spec` as the driver prepares it, nothing trained."""
+    data = load_dataset(spec)
+    adapter = load_adapter(backend).make_adapter(spec)
+    adapter.prepare(
+        spec,
+        data,
+        BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
+        model_layers(spec, data),
+        canonical_init(spec, data) if spec.mode == "exact" else None,
+    )
+    return adapter, data
 
 
 def compare_with_oracle(backend: str, spec: Spec) -> dict:

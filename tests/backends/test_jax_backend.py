@@ -28,6 +28,7 @@ from common.dropout import shared_masks  # noqa: E402
 from common.metrics import cross_entropy  # noqa: E402
 from common.spec import Spec  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
+from tests import support  # noqa: E402
 from tests.support import (  # noqa: E402
     LAYER_NORM_RUNS,
     LAYER_NORM_STACK,
@@ -100,16 +101,7 @@ def spec_for(**sections) -> dict:
 
 def prepared_adapter(spec: Spec):
     """(adapter, dataset) prepared for `spec` as the driver prepares it, nothing trained."""
-    data = load_dataset(spec)
-    adapter = load_adapter("jax").make_adapter(spec)
-    adapter.prepare(
-        spec,
-        data,
-        BatchPlan.from_spec(spec, data.train_x.shape[0]),
-        model_layers(spec, data),
-        canonical_init(spec, data) if spec.mode == "exact" else None,
-    )
-    return adapter, data
+    return support.prepared_adapter("jax", spec)
 
 
 def trained_adapter(spec: Spec):

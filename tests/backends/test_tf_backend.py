@@ -17,7 +17,7 @@ from backends.tf_backend.adapter import make_adapter  # noqa: E402
 from backends.tf_backend.execution import MODES  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import canonical_init, model_layers, train  # noqa: E402
+from common.driver import canonical_init, train  # noqa: E402
 from common.metrics import cross_entropy, weighted_mean  # noqa: E402
 from tests.support import (  # noqa: E402
     EXACT_MATRIX,
@@ -27,6 +27,7 @@ from tests.support import (  # noqa: E402
     compare_with_oracle,
     divergences,
     matrix_spec,
+    prepared_adapter,
     run_in_process,
 )
 
@@ -250,16 +251,7 @@ def test_every_execution_mode_agrees_with_oracle(mode, case):
 
 
 def _prepared(spec):
-    adapter = make_adapter(spec)
-    data = load_dataset(spec)
-    adapter.prepare(
-        spec,
-        data,
-        BatchPlan.from_spec(spec, data.train_x.shape[0]),
-        model_layers(spec, data),
-        canonical_init(spec, data) if spec.mode == "exact" else None,
-    )
-    return adapter
+    return prepared_adapter("tf", spec)[0]
 
 
 def _keras_layer(adapter, name):
