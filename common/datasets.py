@@ -3,8 +3,9 @@
 - `doughnuts`: two concentric noisy rings (the seeds' toy). Params: n (total points), noise (std of the radial
   noise), radii (inner, outer). Label k is the ring k.
 - `iris` (150×4, 3 classes) and `digits` (1797×64, 10 classes): scikit-learn's bundled copies, no download.
+  `data.images = true` gives digits as images (1797, 8, 8, 1), canonical NHWC.
 - `csv`: numeric feature columns plus an integer label column (`data.label_column`), with a header row.
-- `npz`: arrays `x` (N×F) and `y` (N,).
+- `npz`: arrays `x` (N×F, or N×H×W×C: images) and `y` (N,).
 - `sequences` (synthetic) and `jsonl` (user data): token sequences, see common.sequences. They are kept as
   `x` = (N, max length) int64 post-padded with token 0 plus `lengths`; pipelines rebuild each row as
   x[i, :lengths[i]] and pad it their own way (common.padding). `standardize` does not apply to tokens.
@@ -17,7 +18,8 @@ header names the label column twice is refused. `check_sizes` bounds the largest
 
 Split: one permutation from `default_rng([seed, 1])`; the first round(N·test_fraction) rows are the test split,
 the rest the training split, each kept in permutation order. Standardisation: x' = (x − μ)/σ with μ, σ from the
-training split only (σ = 1 where a column is constant); a column whose plain μ or σ overflows (values near 1e300)
+training split only, per column of features and per channel of images (over every row and pixel; σ = 1 where a
+column or channel is constant); a column whose plain μ or σ overflows (values near 1e300)
 gets them from the column divided by its largest magnitude, so it is rescaled, never zeroed. Row ids in records
 index the training split so produced.
 """
@@ -56,7 +58,19 @@ class Dataset:
 
     @property
     def n_features(self) -> int:
-        return self.train_x.shape[1]
+        """Values per row: F for features, H·W·C for images."""
+        return int(np.prod(self.train_x.shape[1:]))
+
+    @property
+    def is_image(self) -> bool:
+        return self.train_x.ndim == 4
+
+    @property
+    def input_shape(self) -> int | tuple[int, ...]:
+        """What the first layer reads: the vocabulary (token data), (H, W, C) (images) or F (features)."""
+        if self.is_sequence:
+            return self.vocab
+        return tuple(int(n) for n in self.train_x.shape[1:]) if self.is_image else self.n_features
 
     @property
     def is_sequence(self) -> bool:
@@ -99,13 +113,14 @@ def _doughnuts(params: Mapping, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _sklearn(name: str, params: Mapping) -> tuple[np.ndarray, np.ndarray]:
+def _sklearn(name: str, params: Mapping, images: bool) -> tuple[np.ndarray, np.ndarray]:
     if params:
         raise InputError(f"spec key 'data.params.{sorted(params)[0]}': {name} takes no params")
     from sklearn import datasets as skd
 
     bunch = skd.load_iris() if name == "iris" else skd.load_digits()
-    return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target)
+    x = np.asarray(bunch.images if images else bunch.data, dtype=np.float64)
+    return (x[..., None] if images else x), np.asarray(bunch.target)
 
 
 def _read_csv(path: Path, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -182,14 +197,22 @@ def _first(mask: np.ndarray) -> tuple[int, ...]:
 def check_arrays(
     x: np.ndarray, y: np.ndarray, source: str, dtype: str = "float64"
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Validate features and labels; return (x, integer y, number of classes C = max(y) + 1).
+    """Validate features (N, F) or images (N, H, W, C) and labels; return (x, integer y, number of classes C =
+    max(y) + 1).
 
-    Errors: empty data, x not 2-D, mismatched lengths, NaN/inf, features beyond `dtype`'s range, labels that are not
+    Errors: empty data, x neither 2-D nor 4-D, mismatched lengths, NaN/inf, features beyond `dtype`'s range, labels that are not
     exact integers in 0..MAX_CLASSES−1, labels that skip a class (the set must be 0..C−1), fewer than 2 classes.
     Messages name the value and its row (0-based, in the order read).
     """
+    if x.ndim == 4:
+        if 0 in x.shape:
+            raise InputError(f"{source}: empty data (images of shape {x.shape})")
+        _, labels, n_classes = check_arrays(x.reshape(x.shape[0], -1), y, source, dtype)
+        return x, labels, n_classes
     if x.ndim != 2:
-        raise InputError(f"{source}: x must be 2-D (rows × features), got shape {x.shape}")
+        raise InputError(
+            f"{source}: x must be 2-D (rows × features) or 4-D (rows × height × width × channels), got shape {x.shape}"
+        )
     if y.ndim != 1:
         raise InputError(f"{source}: y must be 1-D, got shape {y.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -240,7 +263,12 @@ def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, source:
 
 
 def standardize(train_x: np.ndarray, test_x: np.ndarray, source: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    """x' = (x − μ)/σ, μ and σ (population std) from the training split; σ := 1 for constant columns."""
+    """x' = (x − μ)/σ, μ and σ (population std) from the training split; σ := 1 for constant columns. Images
+    (N, H, W, C) are standardised per channel: their pixels are the rows."""
+    if train_x.ndim == 4:
+        channels = train_x.shape[-1]
+        train, test = standardize(train_x.reshape(-1, channels), test_x.reshape(-1, channels), source)
+        return train.reshape(train_x.shape), test.reshape(test_x.shape)
     with np.errstate(over="ignore", invalid="ignore"):
         mean = train_x.mean(axis=0)
         std = train_x.std(axis=0)
@@ -286,13 +314,14 @@ def _load_sequences(spec: Spec) -> Dataset:
 def check_sizes(spec: Spec, data: Dataset) -> Dataset:
     """Refuse a model whose largest parameter tensor or layer output over a split would exceed MAX_ELEMENTS
     (exit 2 naming the key), before any backend allocates it; return `data`."""
-    stack = layers.stack(spec, data.vocab if data.is_sequence else data.n_features, data.n_classes)
+    stack = layers.stack(spec, data.input_shape, data.n_classes)
     rows = max(len(data.train_y), len(data.test_y))
     shapes = layers.param_shapes(stack)
     for layer in stack:
         sizes = [(f"{name} {shape}", int(np.prod(shape, dtype=np.float64))) for name, shape in shapes.items()]
         sizes = [s for s in sizes if s[0].startswith(f"{layer.name}.")] if layer.name else []
-        sizes.append((f"the output of layer {layer.index} over {rows} rows", rows * layer.width))
+        per_row = int(np.prod(layer.shape, dtype=np.int64)) if layer.shape else layer.width
+        sizes.append((f"the output of layer {layer.index} over {rows} rows", rows * per_row))
         what, count = max(sizes, key=lambda s: s[1])
         if count > MAX_ELEMENTS:
             if spec.model.layers:
@@ -318,7 +347,7 @@ def load_dataset(spec: Spec) -> Dataset:
         x, y = _doughnuts(data.params, seed)
         source = "doughnuts"
     elif name in ("iris", "digits"):
-        x, y = _sklearn(name, data.params)
+        x, y = _sklearn(name, data.params, data.images)
         source = name
     else:
         if data.params:

@@ -77,8 +77,7 @@ class Adapter(Protocol):
 
 def model_layers(spec: Spec, data: Dataset) -> tuple[Layer, ...]:
     """The spec's layer stack resolved for `data` (a token model reads the vocabulary, others the features)."""
-    n_in = data.vocab if layer_stack.reads_tokens(spec) else data.n_features
-    return layer_stack.stack(spec, n_in, data.n_classes)
+    return layer_stack.stack(spec, data.input_shape, data.n_classes)
 
 
 def canonical_init(spec: Spec, data: Dataset) -> dict[str, np.ndarray]:

@@ -23,8 +23,9 @@ def keep_scale(rate: float) -> float:
 
 
 def shared_masks(seed: int, step: int, layers: tuple[Layer, ...], rows: int, dtype) -> list[np.ndarray] | None:
-    """Pre-scaled masks m (rows × width), one per dropout layer of the stack in order, for global step `step`;
-    None when no dropout layer has p > 0. A layer with p = 0 gets ones and draws nothing.
+    """Pre-scaled masks m (rows, *layer.shape), i.e. (rows, width) on features and (rows, H, W, C) on images, one
+    per dropout layer of the stack in order, for global step `step`; None when no dropout layer has p > 0. A layer
+    with p = 0 gets ones and draws nothing.
 
     keep = U[0,1) ≥ p from `default_rng([seed, rng.MASKS, step])`, drawn layer after layer in stack order.
     """
@@ -34,9 +35,9 @@ def shared_masks(seed: int, step: int, layers: tuple[Layer, ...], rows: int, dty
     rng = np.random.default_rng([seed, streams.MASKS, step])
     return [
         (
-            ((rng.random((rows, layer.width)) >= layer.rate) * keep_scale(layer.rate))
+            ((rng.random((rows, *layer.shape)) >= layer.rate) * keep_scale(layer.rate))
             if layer.rate > 0.0
-            else np.ones((rows, layer.width))
+            else np.ones((rows, *layer.shape))
         ).astype(dtype)
         for layer in drops
     ]

@@ -11,6 +11,9 @@ these; weights are drawn before biases.
                   constant is the std of a standard normal truncated to [−2, 2]); embedding the same with
                   fan_in = dim (flax Embed's variance_scaling(1, fan_in, out_axis=0)); rnn W as dense, U orthogonal,
                   b = 0 (flax SimpleCell).
+Conv kernels (kh, kw, in, out) use the dense rules with fan_in = kh·kw·in and fan_out = kh·kw·out (torch's
+kaiming_uniform(a=√5) bound 1/√fan_in and bias bound 1/√fan_in, Keras glorot_uniform, flax lecun_normal); drawn as
+a (kh·kw·in, out) matrix reshaped in C order.
 Orthogonal: Q of the QR of a normal units×units matrix, columns signed by diag(R).
 """
 
@@ -44,6 +47,24 @@ def dense(rng: np.random.Generator, scheme: str, fan_in: int, fan_out: int) -> t
         std = np.sqrt(1.0 / fan_in) / TRUNCATED_NORMAL_STD
         return _truncated_normal(rng, (fan_in, fan_out), std), np.zeros(fan_out)
     raise ValueError(f"unknown init scheme {scheme!r}")
+
+
+def conv(rng: np.random.Generator, scheme: str, kh: int, kw: int, cin: int, cout: int) -> tuple[np.ndarray, ...]:
+    """(kernel (kh, kw, cin, cout), bias (cout,)) of a conv layer under `scheme` (module docstring)."""
+    fan_in, fan_out = kh * kw * cin, kh * kw * cout
+    if scheme == "torch_default":
+        bound = 1.0 / np.sqrt(fan_in)
+        weight = rng.uniform(-bound, bound, (fan_in, cout))
+        bias = rng.uniform(-bound, bound, cout)
+    elif scheme == "glorot_uniform":
+        bound = np.sqrt(6.0 / (fan_in + fan_out))
+        weight, bias = rng.uniform(-bound, bound, (fan_in, cout)), np.zeros(cout)
+    elif scheme == "lecun_normal":
+        std = np.sqrt(1.0 / fan_in) / TRUNCATED_NORMAL_STD
+        weight, bias = _truncated_normal(rng, (fan_in, cout), std), np.zeros(cout)
+    else:
+        raise ValueError(f"unknown init scheme {scheme!r}")
+    return weight.reshape(kh, kw, cin, cout), bias
 
 
 def embedding(rng: np.random.Generator, scheme: str, vocab: int, dim: int) -> np.ndarray:

@@ -6,6 +6,10 @@ shows the traps instead of converting them away: Keras L2(λ) doubles the gradie
 the ε-hat form, Keras decays biases, JAX's |x| has subgradient +1 at 0, and every RNG differs. Native runs are
 therefore compared statistically over seeds (common.stats), never step by step.
 
+Layer defaults (`LAYER_DEFAULTS`, measured by the conformance traps named there): what each framework's image and
+BatchNorm layers do when a port writes them with their defaults; native-mode adapters build their layers that way
+and records carry the row (`layer_settings`), which common.explain reads to name the traps two backends differ by.
+
 The two rules adapters take from here: the one "L2 strength" a user passes to each framework's knob
 (`l2_as_written`), and Keras `fit`'s epoch loss, the running mean of the step losses (`running_epoch_loss`).
 """
@@ -20,6 +24,87 @@ if TYPE_CHECKING:
     from common.spec import Spec
 
 KERAS_DEFAULT_ADAM_EPSILON = 1e-7
+
+# framework → its native layer behaviour; bn_momentum in the decay convention (torch's momentum=0.1 is 0.9 here).
+# Traps: bn_momentum_convention, bn_eps_default, bn_running_var, flatten_order, conv_same_stride2,
+# avg_pool_same_count (common.traps).
+LAYER_DEFAULTS: dict[str, dict] = {
+    "torch": {
+        "bn_momentum": 0.9,
+        "bn_eps": 1e-5,
+        "running_var": "unbiased",
+        "flatten": "nchw",
+        "same_padding": "symmetric",
+        "avg_pool_count": "window",
+    },
+    "tf": {
+        "bn_momentum": 0.99,
+        "bn_eps": 1e-3,
+        "running_var": "biased",
+        "flatten": "nhwc",
+        "same_padding": "tf",
+        "avg_pool_count": "real",
+    },
+    "jax": {
+        "bn_momentum": 0.99,
+        "bn_eps": 1e-5,
+        "running_var": "biased",
+        "flatten": "nhwc",
+        "same_padding": "tf",
+        "avg_pool_count": "window",
+    },
+}
+
+
+def layer_settings(spec: Spec, backend: str, layers) -> dict | None:
+    """What a backend's image and BatchNorm layers did in this run, for the record: the native row of
+    LAYER_DEFAULTS in native mode, the spec's canonical values in exact mode (and for the numpy oracle, whose
+    native mode is canonical); None when the stack has no such layer. Keys of kinds absent from the stack are
+    left out."""
+    kinds = {layer.kind for layer in layers}
+    bns = [layer for layer in layers if layer.kind == "batch_norm"]
+    if not kinds & {"batch_norm", "flatten", "conv2d", "max_pool", "avg_pool"}:
+        return None
+    if spec.mode == "native" and backend in LAYER_DEFAULTS:
+        row = dict(LAYER_DEFAULTS[backend])
+    else:
+        row = {
+            "bn_momentum": bns[0].momentum if bns else None,
+            "bn_eps": bns[0].eps if bns else None,
+            "running_var": bns[0].running_var if bns else None,
+            "flatten": "nhwc",
+            "same_padding": "tf",
+            "avg_pool_count": "real",
+        }
+    keep = {
+        "bn_momentum": "batch_norm" in kinds,
+        "bn_eps": "batch_norm" in kinds,
+        "running_var": "batch_norm" in kinds,
+        "flatten": "flatten" in kinds,
+        "same_padding": any(layer.padding == "same" and layer.kind != "avg_pool" for layer in layers),
+        "avg_pool_count": any(layer.kind == "avg_pool" and layer.padding == "same" for layer in layers),
+    }
+    return {key: value for key, value in row.items() if keep[key]}
+
+
+def symmetric_pads(layer) -> tuple[int, int, int, int]:
+    """torch native mode's "same": what a port writes, `padding=k // 2` on every side (PyTorch's own
+    `padding="same"` refuses stride > 1). At stride 1 with an odd kernel it is TF's rule; at stride 2 the windows
+    shift by one pixel (trap conv_same_stride2). An even kernel changes the output size: refused, naming the key."""
+    from common.errors import InputError
+
+    if layer.padding != "same":
+        return (0, 0, 0, 0)
+    p = layer.kernel // 2
+    h, w = layer.in_shape[0], layer.in_shape[1]
+    size = ((h + 2 * p - layer.kernel) // layer.stride + 1, (w + 2 * p - layer.kernel) // layer.stride + 1)
+    if size != tuple(layer.shape[:2]):
+        raise InputError(
+            f"spec key 'model.layers[{layer.index}].kernel': a torch port's symmetric padding={p} gives "
+            f"{size[0]}×{size[1]}, not the {layer.shape[0]}×{layer.shape[1]} of 'same'; native mode needs an odd "
+            "kernel here"
+        )
+    return (p, p, p, p)
 
 
 def l2_as_written(spec: Spec) -> float:

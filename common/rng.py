@@ -10,12 +10,13 @@ DATA = 0  # synthetic feature datasets (doughnuts)
 SPLIT = 1  # the train/test permutation
 ORDER = 2  # the plan's epoch order: [seed, ORDER, epoch]
 MASKS = 3  # shared dropout masks: [seed, MASKS, step]
-INIT = 4  # canonical init: [seed, INIT, sub-stream] (INIT_EMBED, INIT_RNN, or the dense index)
+INIT = 4  # canonical init: [seed, INIT, sub-stream] (INIT_EMBED, INIT_RNN, INIT_CONV + i, or the dense index)
 SEQUENCES = 6  # synthetic token sequences
 
 # sub-streams of INIT (the dense layers use their index 0, 1, ... below these)
 INIT_EMBED = 1000
 INIT_RNN = 1001
+INIT_CONV = 2000  # conv layer i draws from INIT_CONV + i
 
 # `default_rng(seed)` itself, no stream id, is one framework-like global generator drawn in call order: the numpy
 # oracle's native-mode dropout (backends.numpy_backend) and the jax reference loop's epoch order; nothing else uses it

@@ -99,6 +99,8 @@ SCHEMA: dict[str, Any] = {
         "name": Field("iris", str, _choice("doughnuts", "iris", "digits", "csv", "npz", "sequences", "jsonl")),
         "test_fraction": Field(0.2, float, _range(0.0, 1.0, lo_open=True, hi_open=True)),
         "standardize": Field(True, bool),
+        # digits as (N, 8, 8, 1) images (NHWC) instead of 64 features; an npz whose x is 4-D is read as images
+        "images": Field(False, bool),
         "path": Field("", str),
         "label_column": Field("label", str),
         "params": Field({}, dict),
@@ -267,8 +269,14 @@ def validate(spec: dict) -> dict:
 def _check_model(spec: dict) -> None:
     """`model.layers` is checked by common.layers.check_tables; with layers given, the shorthand keys must keep
     their defaults (they would be silently unused)."""
-    model = spec["model"]
-    model["layers"] = layers.check_tables(model["layers"])
+    model, data = spec["model"], spec["data"]
+    if data["images"] and data["name"] != "digits":
+        raise InputError(
+            f"spec key 'data.images': only digits has an image form, not '{data['name']}' "
+            "(an npz is read as images when its x is 4-D (N, H, W, C))"
+        )
+    start = layers.IMAGES if data["images"] else (None if data["name"] == "npz" else layers.FEATURES)
+    model["layers"] = layers.check_tables(model["layers"], start)
     if model["layers"]:
         base = SCHEMA["model"]
         for key in MODEL_SHORTHAND:

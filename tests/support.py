@@ -283,3 +283,43 @@ def seq_spec(dtype: str = "float64", **sections) -> Spec:
     for key, value in sections.items():
         merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
     return make_spec(dtype=dtype, **merged)
+
+
+# The CNN every backend compares with the oracle at every step (docs/design.md, "Images and BatchNorm"): conv at
+# stride 1 and 2 with "same" padding (pads (1, 1) then (0, 1) on 8×8), both running-variance estimators, a
+# non-default momentum, max_pool, flatten (NHWC order), dropout on images and on features. Digits images have 1438
+# training rows: batch 7 leaves a ragged last batch of 3.
+CNN_STACK = [
+    {"kind": "conv2d", "filters": 4, "kernel": 3, "padding": "same"},
+    {"kind": "batch_norm", "momentum": 0.8},
+    {"kind": "relu"},
+    {"kind": "conv2d", "filters": 6, "kernel": 3, "stride": 2, "padding": "same", "activation": "relu"},
+    {"kind": "dropout", "rate": 0.2},
+    {"kind": "max_pool", "size": 2},
+    {"kind": "flatten"},
+    {"kind": "dense", "units": 16, "activation": "relu"},
+    {"kind": "batch_norm", "running_var": "unbiased"},
+    {"kind": "dropout", "rate": 0.3},
+    {"kind": "dense"},
+]
+CNN_RUNS = {
+    "sgd-momentum-wd": {"optimizer": {"lr": 0.02, "momentum": 0.9}, "regularization": {"weight_decay": 1e-3}},
+    "adam-l2-bias": {
+        "optimizer": {"name": "adam", "lr": 0.003},
+        "regularization": {"l2": 1e-3, "regularize_bias": True},
+    },
+}
+
+
+def cnn_spec(run: str = "sgd-momentum-wd", stack: list | None = None, **sections) -> Spec:
+    """The CNN spec on digits images, float64, batch 7, one epoch, with one of CNN_RUNS and `sections` on top."""
+    base = {
+        "dtype": "float64",
+        "data": {"name": "digits", "images": True},
+        "model": {"layers": stack or CNN_STACK},
+        "batching": {"batch_size": 7},
+        "train": {"epochs": 1},
+    }
+    for key, value in [*CNN_RUNS[run].items(), *sections.items()]:
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return make_spec(**base)

@@ -7,8 +7,8 @@ A model is `model.layers`, an ordered list of tables `{kind = "...", <that kind'
     seq_pool: embedding · masked_mean · [dense(h, act), dropout]* · dense
     rnn:      embedding · rnn(h) · dropout · dense           (dropout only when regularization.dropout > 0)
 
-`stack` resolves the tables for a dataset: every key filled, each layer's widths and canonical parameter prefix.
-Each kind is defined once, in its family's module (core, norm, sequence), with its formula; adding a kind is a
+`stack` resolves the tables for a dataset: every key filled, each layer's widths, shapes and canonical parameter
+prefix. Each kind is defined once, in its family's module (core, norm, image, sequence), with its formula; adding a kind is a
 class there plus one entry in each backend's layer module (docs/design.md, "Adding a layer kind").
 """
 
@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.errors import InputError
-from common.layers import core, norm, sequence
-from common.layers.base import FEATURES, SEQUENCE, TOKENS, Layer, LayerKind
+from common.layers import core, image, norm, sequence
+from common.layers.base import FEATURES, IMAGES, SEQUENCE, TOKENS, Layer, LayerKind, Param
+from common.layers.norm import check_batch_statistics
 
 if TYPE_CHECKING:
     from common.spec import Spec
 
-KINDS: dict[str, LayerKind] = {k.kind: k for k in (*core.KINDS, *norm.KINDS, *sequence.KINDS)}
+KINDS: dict[str, LayerKind] = {k.kind: k for k in (*core.KINDS, *norm.KINDS, *image.KINDS, *sequence.KINDS)}
 SHORTHANDS = ("mlp", "seq_pool", "rnn")
 
 
@@ -33,12 +34,15 @@ def _where(k: int) -> str:
     return f"model.layers[{k}]"
 
 
-def check_tables(tables: list) -> list[dict]:
-    """Spec-time checks of `model.layers` (known kinds and keys, types, ranges, the flow tokens → sequence →
-    features, one embedding and one rnn at most, a dense layer last); returns the tables with floats normalised.
-    Keys left out stay out (`stack` fills them), so a resolved spec validates again unchanged."""
+def check_tables(tables: list, start: str | None = None) -> list[dict]:
+    """Spec-time checks of `model.layers` (known kinds and keys, types, ranges, required keys, one embedding and
+    one rnn at most, a dense layer last, and the flow tokens → sequence → features or images → features when the
+    input flow `start` is known: None checks it when the data is loaded, in `stack`); returns the tables with
+    floats normalised. Keys left out stay out (`stack` fills them), so a resolved spec validates again unchanged."""
     out = []
-    flow = TOKENS if tables and isinstance(tables[0], dict) and tables[0].get("kind") == "embedding" else FEATURES
+    if tables and isinstance(tables[0], dict) and tables[0].get("kind") == "embedding":
+        start = TOKENS
+    flow = start
     seen: set[str] = set()
     for k, table in enumerate(tables):
         if not isinstance(table, dict):
@@ -53,16 +57,33 @@ def check_tables(tables: list) -> list[dict]:
             if key not in kind.keys:
                 raise InputError(f"spec key '{_where(k)}.{key}': unknown key for kind '{kind.kind}'")
             row[key] = _typed(f"{_where(k)}.{key}", value, kind.keys[key])
-        if kind.reads != flow:
-            raise InputError(f"spec key '{_where(k)}.kind': '{kind.kind}' reads {kind.reads} but gets {flow}")
+        for key in kind.required:
+            if key not in row:
+                raise InputError(f"spec key '{_where(k)}.{key}': required for kind '{kind.kind}'")
+        if flow is not None:
+            flow = next_flow(kind, flow, k)
         if not kind.numbered and kind.kind in seen:
             raise InputError(f"spec key '{_where(k)}.kind': a model has at most one '{kind.kind}' layer")
         seen.add(kind.kind)
-        flow = kind.gives
         out.append(row)
     if out and out[-1]["kind"] != "dense":
         raise InputError(f"spec key '{_where(len(out) - 1)}.kind': the last layer must be dense (it gives the logits)")
     return out
+
+
+def next_flow(kind: LayerKind, flow: str, k: int) -> str:
+    """The flow after layer k of `kind` reading `flow`; a one-line error naming the key when it cannot read it."""
+    if flow in kind.reads:
+        return flow if kind.gives is None else kind.gives
+    if flow == IMAGES:
+        hint = "; put a flatten or global_avg_pool before it"
+    elif IMAGES in kind.reads:
+        hint = "; set data.images = true (digits) or give an npz whose x is 4-D (N, H, W, C)"
+    else:
+        hint = ""
+    raise InputError(
+        f"spec key '{_where(k)}.kind': '{kind.kind}' reads {' or '.join(kind.reads)} but gets {flow}{hint}"
+    )
 
 
 def _typed(where: str, value, key) -> object:
@@ -98,11 +119,19 @@ def reads_tokens(spec: Spec) -> bool:
     return tables(spec)[0]["kind"] == "embedding"
 
 
-def stack(spec: Spec, n_in: int, n_classes: int) -> tuple[Layer, ...]:
-    """The resolved layers for inputs of width `n_in` (features, or the vocabulary for token models)."""
+def stack(spec: Spec, n_in: int | tuple[int, ...], n_classes: int) -> tuple[Layer, ...]:
+    """The resolved layers for inputs `n_in`: the vocabulary for token models, the feature count, or the image
+    shape (H, W, C). Flow and shape errors name the key (`next_flow`, each kind's `resolve`)."""
     rows = tables(spec)
     counts: dict[str, int] = {}
-    width, out = n_in, []
+    if rows[0]["kind"] == "embedding":
+        flow, width, shape = TOKENS, int(n_in), ()
+    elif isinstance(n_in, tuple) and len(n_in) == 3:
+        flow, width, shape = IMAGES, n_in[2], tuple(n_in)
+    else:
+        n_in = n_in[0] if isinstance(n_in, tuple) else n_in
+        flow, width, shape = FEATURES, int(n_in), (int(n_in),)
+    out = []
     for k, table in enumerate(rows):
         kind = KINDS[table["kind"]]
         last = k == len(rows) - 1
@@ -114,22 +143,19 @@ def stack(spec: Spec, n_in: int, n_classes: int) -> tuple[Layer, ...]:
         }
         if kind.kind == "dense" and filled["units"] == 0:
             filled["units"] = n_classes
+        out_flow = next_flow(kind, flow, k)
         number = counts.get(kind.kind, 0)
         counts[kind.kind] = number + 1
         name = (f"{kind.prefix}{number}" if kind.numbered else kind.prefix) if kind.prefix else ""
-        new_width = kind.width(filled, width)
-        out.append(
-            Layer(
-                kind.kind,
-                k,
-                number,
-                name,
-                width,
-                new_width,
-                **{key: filled[key] for key in ("activation", "rate", "eps") if key in filled},
-            )
-        )
-        width = new_width
+        if flow in (FEATURES, IMAGES):
+            fields = kind.resolve(filled, shape, _where(k))
+            new_width = fields["shape"][-1]
+        else:
+            new_width = kind.width(filled, width)
+            fields = {"shape": (new_width,) if out_flow == FEATURES else ()}
+        own = {key: filled[key] for key in ("activation", "rate", "eps", "momentum", "running_var") if key in filled}
+        out.append(Layer(kind.kind, k, number, name, width, new_width, flow=flow, in_shape=shape, **own, **fields))
+        flow, width, shape = out_flow, new_width, fields["shape"]
     if width != n_classes:
         raise InputError(
             f"spec key '{_where(len(rows) - 1)}.units': the last dense layer gives the logits, "
@@ -152,14 +178,25 @@ def init_params(layers: tuple[Layer, ...], scheme: str, seed: int, dtype) -> dic
     return out
 
 
-def regularized(name: str, regularize_bias: bool) -> bool:
-    """Whether l1, l2 and weight decay touch parameter `name`: kernels always, bias-like vectors (bias, offset,
-    scale) only with regularize_bias. The kind is found from the name's prefix."""
+def _param(name: str) -> Param:
+    """The `Param` of canonical parameter `name`, its kind found from the name's prefix."""
     prefix, suffix = name.split(".", 1)
     for kind in KINDS.values():
         if kind.prefix and prefix.rstrip("0123456789") == kind.prefix and suffix in kind.params:
-            return kind.params[suffix].kernel or regularize_bias
+            return kind.params[suffix]
     raise KeyError(f"no layer kind has a parameter named {name!r}")
+
+
+def regularized(name: str, regularize_bias: bool) -> bool:
+    """Whether l1, l2 and weight decay touch parameter `name`: kernels always, bias-like vectors (bias, offset,
+    scale) only with regularize_bias, state (batch_norm's running statistics) never."""
+    param = _param(name)
+    return not param.state and (param.kernel or regularize_bias)
+
+
+def is_state(name: str) -> bool:
+    """Whether `name` is non-trainable state (batch_norm's `bn{i}.mean`, `bn{i}.var`), not a trained parameter."""
+    return _param(name).state
 
 
 def dropout_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
@@ -169,6 +206,7 @@ def dropout_layers(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
 
 __all__ = [
     "FEATURES",
+    "IMAGES",
     "KINDS",
     "SEQUENCE",
     "SHORTHANDS",
@@ -176,7 +214,9 @@ __all__ = [
     "Layer",
     "check_tables",
     "dropout_layers",
+    "check_batch_statistics",
     "init_params",
+    "is_state",
     "param_shapes",
     "reads_tokens",
     "regularized",

@@ -11,17 +11,23 @@ import numpy as np
 if TYPE_CHECKING:
     from common.spec import Spec
 
-# what flows between layers: token ids (B, T), a sequence of vectors (B, T, E), or features (B, F)
-TOKENS, SEQUENCE, FEATURES = "tokens", "sequence", "features"
+# what flows between layers: token ids (B, T), a sequence of vectors (B, T, E), features (B, F) or images
+# (B, H, W, C), canonical NHWC
+TOKENS, SEQUENCE, FEATURES, IMAGES = "tokens", "sequence", "features", "images"
 
 
 @dataclass(frozen=True)
 class Layer:
     """One layer of a resolved stack (hashable, so a flax module can hold a tuple of them).
 
-    `name` is its canonical parameter prefix (`layer0`, `ln0`, `embed`, `rnn`; "" for kinds without parameters),
-    `number` counts the earlier layers of the same kind (dense i, dropout i, ln i), `in_width`/`width` are the
-    feature widths it reads and gives (an embedding reads the vocabulary size). Kind keys not used are defaults.
+    `name` is its canonical parameter prefix (`layer0`, `ln0`, `conv0`, `bn0`, `embed`, `rnn`; "" for kinds
+    without parameters), `number` counts the earlier layers of the same kind (dense i, dropout i, conv i, ...),
+    `in_width`/`width` are the widths it reads and gives: features, or channels C of images (an embedding reads
+    the vocabulary size). `in_shape`/`shape` are the per-row shapes it reads and gives: (F,) for features,
+    (H, W, C) for images, () for tokens and sequences. `flow` is what it reads (FEATURES, IMAGES, ...).
+    Image kinds: `kernel` (conv kernel or pool window, square), `stride`, `padding` ("same" | "valid") and `pads`,
+    the (top, bottom, left, right) zero padding "same" resolves to (common.layers.image.same_pads);
+    batch_norm: `momentum` (decay convention), `running_var` ("biased" | "unbiased"). Unused keys are defaults.
     """
 
     kind: str
@@ -33,6 +39,15 @@ class Layer:
     activation: str = "none"
     rate: float = 0.0
     eps: float = 0.0
+    flow: str = FEATURES
+    in_shape: tuple[int, ...] = ()
+    shape: tuple[int, ...] = ()
+    kernel: int = 0
+    stride: int = 1
+    padding: str = "valid"
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    momentum: float = 0.0
+    running_var: str = "biased"
 
     def param(self, suffix: str) -> str:
         """The canonical name of one of this layer's parameters, e.g. `layer0.weight`."""
@@ -42,10 +57,13 @@ class Layer:
 @dataclass(frozen=True)
 class Param:
     """A parameter of a kind: its shape from the layer, and whether it is a kernel (always regularized) or a
-    bias-like vector (bias, offset, scale: regularized only with `regularization.regularize_bias`)."""
+    bias-like vector (bias, offset, scale: regularized only with `regularization.regularize_bias`). `state`: a
+    non-trainable statistic (batch_norm's running mean and variance): recorded, loaded and compared like a
+    parameter, never regularized nor updated by the optimizer."""
 
     shape: Callable[[Layer], tuple[int, ...]]
     kernel: bool
+    state: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,9 +82,10 @@ class LayerKind:
     kind: str = ""
     prefix: str = ""  # parameter prefix; "" for kinds without parameters
     numbered: bool = True  # prefix{number} (dense, ln) or one per model (embed, rnn)
-    reads: str = FEATURES
-    gives: str = FEATURES
+    reads: tuple[str, ...] = (FEATURES,)  # the flows it accepts
+    gives: str | None = FEATURES  # None: the flow it read
     keys: dict[str, Key] = {}
+    required: tuple[str, ...] = ()  # keys a table must give
     params: dict[str, Param] = {}
 
     def default(self, key: str, spec: Spec, last: bool, n_classes: int) -> Any:
@@ -74,8 +93,13 @@ class LayerKind:
         raise KeyError(key)
 
     def width(self, table: dict, in_width: int) -> int:
-        """The width this layer gives for the filled `table`."""
+        """The width this layer gives for the filled `table` (feature and sequence flows)."""
         return in_width
+
+    def resolve(self, table: dict, in_shape: tuple[int, ...], where: str) -> dict:
+        """Shape-dependent fields of the `Layer` on features (in_shape (F,)) and images ((H, W, C)): at least
+        `shape`, the per-row output shape; `where` names the table for errors (common.errors.InputError)."""
+        return {"shape": (*in_shape[:-1], self.width(table, in_shape[-1]))}
 
     def init(self, layer: Layer, scheme: str, seed: int) -> dict[str, np.ndarray]:
         """Canonical initial values by parameter suffix (float64; the caller casts)."""

@@ -4,9 +4,10 @@ dense:    y = act(x·W + b),  W (in, units) as `layer{i}.weight`, b (units,) as 
           dense layers from 0; act ∈ relu (relu′(0) = 0 everywhere), tanh, none. `units = 0`: the number of
           classes (the default of the last dense layer, which gives the logits). Init: common.initializers.dense
           from default_rng([seed, rng.INIT, i]).
-dropout:  y = x ⊙ m,  m = keep/(1 − p) (inverted dropout; common.dropout draws the shared masks of exact mode,
-          one per dropout layer in stack order); identity in evaluation. `rate` defaults to regularization.dropout.
-relu, tanh: the activation alone.
+dropout:  y = x ⊙ m,  m = keep/(1 − p) (inverted dropout, element-wise on features or images; common.dropout draws
+          the shared masks of exact mode, one per dropout layer in stack order, shaped (rows, *layer.shape), NHWC
+          for images); identity in evaluation. `rate` defaults to regularization.dropout.
+relu, tanh: the activation alone, on features or images.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from common import initializers, rng
-from common.layers.base import Key, LayerKind, Param
+from common.layers.base import FEATURES, IMAGES, Key, LayerKind, Param
 
 ACTIVATIONS = ("relu", "tanh", "none")
 
@@ -49,6 +50,7 @@ class Dense(LayerKind):
 
 class Dropout(LayerKind):
     kind = "dropout"
+    reads, gives = (FEATURES, IMAGES), None
     keys = {"rate": Key(float, None, _rate)}
 
     def default(self, key, spec, last, n_classes):
@@ -57,10 +59,12 @@ class Dropout(LayerKind):
 
 class Relu(LayerKind):
     kind = "relu"
+    reads, gives = (FEATURES, IMAGES), None
 
 
 class Tanh(LayerKind):
     kind = "tanh"
+    reads, gives = (FEATURES, IMAGES), None
 
 
 KINDS = (Dense(), Dropout(), Relu(), Tanh())

@@ -27,7 +27,7 @@ def _positive(v) -> str | None:
 
 class Embedding(LayerKind):
     kind, prefix, numbered = "embedding", "embed", False
-    reads, gives = TOKENS, SEQUENCE
+    reads, gives = (TOKENS,), SEQUENCE
     keys = {"dim": Key(int, None, _positive)}
     params = {"weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True)}
 
@@ -44,12 +44,12 @@ class Embedding(LayerKind):
 
 class MaskedMean(LayerKind):
     kind = "masked_mean"
-    reads, gives = SEQUENCE, FEATURES
+    reads, gives = (SEQUENCE,), FEATURES
 
 
 class RNN(LayerKind):
     kind, prefix, numbered = "rnn", "rnn", False
-    reads, gives = SEQUENCE, FEATURES
+    reads, gives = (SEQUENCE,), FEATURES
     keys = {"units": Key(int, 32, _positive)}
     params = {
         "input.weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),
