@@ -200,9 +200,9 @@ def check_arrays(
     """Validate features (N, F) or images (N, H, W, C) and labels; return (x, integer y, number of classes C =
     max(y) + 1).
 
-    Errors: empty data, x neither 2-D nor 4-D, mismatched lengths, NaN/inf, features beyond `dtype`'s range, labels that are not
-    exact integers in 0..MAX_CLASSES−1, labels that skip a class (the set must be 0..C−1), fewer than 2 classes.
-    Messages name the value and its row (0-based, in the order read).
+    Errors: empty data, x neither 2-D nor 4-D, mismatched lengths, NaN/inf, features beyond `dtype`'s range, labels
+    that are not exact integers in 0..MAX_CLASSES−1, labels that skip a class (the set must be 0..C−1), fewer than
+    2 classes. Messages name the value and its row (0-based, in the order read).
     """
     if x.ndim == 4:
         if 0 in x.shape:

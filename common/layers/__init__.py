@@ -8,8 +8,8 @@ A model is `model.layers`, an ordered list of tables `{kind = "...", <that kind'
     rnn:      embedding · rnn(h) · dropout · dense           (dropout only when regularization.dropout > 0)
 
 `stack` resolves the tables for a dataset: every key filled, each layer's widths, shapes and canonical parameter
-prefix. Each kind is defined once, in its family's module (core, norm, image, sequence), with its formula; adding a kind is a
-class there plus one entry in each backend's layer module (docs/design.md, "Adding a layer kind").
+prefix. Each kind is defined once, in its family's module (core, norm, image, sequence), with its formula; adding a
+kind is a class there plus one entry in each backend's layer module (docs/design.md, "Adding a layer kind").
 """
 
 from __future__ import annotations
@@ -212,9 +212,9 @@ __all__ = [
     "SHORTHANDS",
     "TOKENS",
     "Layer",
+    "check_batch_statistics",
     "check_tables",
     "dropout_layers",
-    "check_batch_statistics",
     "init_params",
     "is_state",
     "param_shapes",
