@@ -26,10 +26,9 @@ from benchmarks.presets import describe, list_presets
 from benchmarks.runner import OutputFolder, absolute, check_target, run_all
 from benchmarks.sweep import run_sweep
 from common import InputError, record
-from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
-from common.driver import model_layers
+from common.driver import check_plan
 from common.explain import explain
 from common.spec import Spec, load_spec
 from common.stats import seed_equivalence
@@ -201,9 +200,7 @@ def command_run(args) -> int:
     backends = parse_backends(args.backends)
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
-    data = load_dataset(spec)  # every input error surfaces before anything is written
-    BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-    model_layers(spec, data)
+    check_plan(spec, load_dataset(spec))  # every input error surfaces before anything is written
     out = absolute(args.out or Path("runs") / spec.name)
     folder = OutputFolder(out)
     with folder as work:

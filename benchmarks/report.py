@@ -140,8 +140,10 @@ def banding_warnings(spec: Spec, records: dict) -> list[str]:
 
 
 def cause_lines(comparison: dict) -> list[str]:
-    """One line per known cause (common.explain) behind a divergent pair; none when everything agrees."""
+    """One line per known cause (common.explain) behind a divergent pair (per step, or "different" over seeds);
+    none when everything agrees."""
     divergent = {(p["a"], p["b"]) for p in comparison["pairs"] if p["divergent"]}
+    divergent |= {(p["a"], p["b"]) for p in comparison.get("statistical", []) if p["verdict"].startswith("different")}
     divergent |= {(b, a) for a, b in divergent}
     return [
         f"cause [{c['trap']}] {c['a']} vs {c['b']}: {c['why']}"

@@ -23,6 +23,7 @@ from benchmarks.resultlog import ResultLog
 from benchmarks.runner import absolute, folder_lock, signal_message, stop
 from common import InputError, record
 from common.datasets import load_dataset
+from common.driver import check_plan
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -119,8 +120,12 @@ def run_sweep(preset: str, full: bool, out: Path | None, workers: int, show_prog
     """Run (or resume) a preset's sweep; returns 0, or 3 when a backend failed on some run."""
     raw, sweep, name = load_preset(preset, full)
     runs = expand(raw, sweep)
-    for data_spec in {json.dumps(r.spec.data.to_dict(), sort_keys=True): r.spec for r in runs}.values():
-        load_dataset(data_spec)  # input errors surface before anything is written
+    datasets = {}
+    for run in runs:  # input errors (data, batch statistics of every run's plan) surface before anything is written
+        key = json.dumps(run.spec.data.to_dict(), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_dataset(run.spec)
+        check_plan(run.spec, datasets[key])
     out = absolute(out or Path("runs") / "sweeps" / f"{name}{'' if full else '-ci'}")
     with folder_lock(out, "--out"):  # one sweep at a time per folder; the folder itself is resumed in place
         return _sweep_into(out, name, runs, sweep, workers, show_progress)

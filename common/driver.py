@@ -22,7 +22,7 @@ from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
 from common.layers import Layer
 from common.metrics import aggregate
-from common.native import running_epoch_loss
+from common.native import layer_settings, running_epoch_loss
 from common.padding import resolve_sides
 
 if TYPE_CHECKING:
@@ -78,6 +78,17 @@ class Adapter(Protocol):
 def model_layers(spec: Spec, data: Dataset) -> tuple[Layer, ...]:
     """The spec's layer stack resolved for `data` (a token model reads the vocabulary, others the features)."""
     return layer_stack.stack(spec, data.input_shape, data.n_classes)
+
+
+def check_plan(spec: Spec, data: Dataset) -> tuple[BatchPlan, tuple[Layer, ...]]:
+    """The training plan and the layer stack, after the checks that need both: every batch_norm layer gets at
+    least 2 values per channel at every step (common.layers.check_batch_statistics); InputError otherwise, before
+    any backend starts. Feature and image data only: every epoch has the same batch sizes."""
+    plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+    layers = model_layers(spec, data)
+    if not data.is_sequence:
+        layer_stack.check_batch_statistics(layers, [batch.n_real for batch in plan.batches(0)])
+    return plan, layers
 
 
 def canonical_init(spec: Spec, data: Dataset) -> dict[str, np.ndarray]:
@@ -147,7 +158,7 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
     """
     exact = spec.mode == "exact"
     plan, eval_plan = _plans(spec, data)
-    layers = model_layers(spec, data)
+    layers = check_plan(spec, data)[1]
     init = canonical_init(spec, data) if exact else None
     how = spec.metrics.aggregation
 
@@ -196,4 +207,7 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
     }
     if data.is_sequence:
         body["padding"] = dict(zip(("pad", "truncate"), resolve_sides(spec, adapter.name), strict=True))
+    settings = layer_settings(spec, adapter.name, layers)
+    if settings:
+        body["layers"] = settings
     return body

@@ -6,6 +6,9 @@ records say they did, not the numbers:
 - `pad-side-unmasked`: the pair padded on different sides (common.padding.resolve_sides) with `sequence.mask` off,
   so an unmasked model read the pads before the real tokens on one side and after them on the other;
 - `truncate-side`: the pair cut over-long rows from different ends and some training row exceeds the cap;
+- the layer traps (`LAYER_TRAPS`): the pair's image and BatchNorm layers did different things (the `layers` row of
+  each record, common.native.layer_settings): `bn-momentum-convention`, `bn-eps-default`, `bn-running-var`,
+  `flatten-order`, `same-padding-stride2`, `avg-pool-same-count`;
 - `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
   then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
   step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of
@@ -81,6 +84,57 @@ def _growth_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict |
     }
 
 
+# layer setting → (trap id, why it matters, the fix); the texts take the two backends' values
+LAYER_TRAPS = {
+    "bn_momentum": (
+        "bn-momentum-convention",
+        "the running statistics keep {va:g} ({a}) vs {vb:g} ({b}) of their value per step (decay convention; "
+        "torch's momentum=0.1 weights the NEW batch, Keras/flax momentum=0.99 the OLD value), so evaluation "
+        "normalises with different running statistics",
+        "pass torch momentum = 1 − m, Keras/flax momentum = m for one decay m",
+    ),
+    "bn_eps": (
+        "bn-eps-default",
+        "BatchNorm's ε is {va:g} ({a}) vs {vb:g} ({b}) (torch 1e-5, Keras 1e-3, flax 1e-5 by default)",
+        "pass epsilon explicitly",
+    ),
+    "running_var": (
+        "bn-running-var",
+        "the running variance uses the {va} estimator ({a}) vs {vb} ({b}): a factor n/(n − 1) per update "
+        "(torch keeps the unbiased one, Keras and flax the biased one)",
+        "set batch_norm.running_var and convert the update where the framework keeps the other one",
+    ),
+    "flatten": (
+        "flatten-order",
+        "flatten orders the features {va} ({a}) vs {vb} ({b}): the dense layer after it sees the same values "
+        "permuted (torch's x.flatten(1) on NCHW), so shared or ported weights no longer line up",
+        "permute to NHWC before flatten in torch (or permute the dense weight's rows)",
+    ),
+    "same_padding": (
+        "same-padding-stride2",
+        "'same' pads {va} ({a}) vs {vb} ({b}) at stride > 1: TF's rule puts the odd pixel at the bottom/right, "
+        "torch's padding=k//2 pads both sides, so every window shifts by one pixel",
+        "pad (top, bottom, left, right) = common.layers.image.same_pads explicitly (F.pad) before a padding=0 conv",
+    ),
+    "avg_pool_count": (
+        "avg-pool-same-count",
+        "average pooling with 'same' padding divides by the {va} count ({a}) vs the {vb} count ({b}): border "
+        "outputs shrink by real/window where the pad counts (torch count_include_pad=True, flax's default)",
+        "divide by the real pixels (torch count_include_pad=False, flax count_include_pad=False)",
+    ),
+}
+
+
+def _layer_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    row_a, row_b = rec_a.get("layers") or {}, rec_b.get("layers") or {}
+    out = []
+    for key, (trap, why, fix) in LAYER_TRAPS.items():
+        if key in row_a and key in row_b and row_a[key] != row_b[key]:
+            text = why.format(a=a, b=b, va=row_a[key], vb=row_b[key])
+            out.append({"a": a, "b": b, "trap": trap, "why": f"{text}; fix: {fix}"})
+    return out
+
+
 def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
     """The known causes that separate each pair of records (module docstring)."""
     out = []
@@ -89,6 +143,7 @@ def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
         growth = _growth_cause(a, b, rec_a, npz_a, npz_b)
         if growth:
             out.append(growth)
+        out += _layer_causes(a, b, rec_a, rec_b)
         sides_a, sides_b = _sides(rec_a), _sides(rec_b)
         if sides_a is None or sides_b is None:
             continue

@@ -81,7 +81,7 @@ def layer_settings(spec: Spec, backend: str, layers) -> dict | None:
         "bn_eps": "batch_norm" in kinds,
         "running_var": "batch_norm" in kinds,
         "flatten": "flatten" in kinds,
-        "same_padding": any(layer.padding == "same" and layer.kind != "avg_pool" for layer in layers),
+        "same_padding": any(layer.padding == "same" and layer.stride > 1 for layer in layers),
         "avg_pool_count": any(layer.kind == "avg_pool" and layer.padding == "same" for layer in layers),
     }
     return {key: value for key, value in row.items() if keep[key]}

@@ -4,7 +4,9 @@ JSON: backend, versions, device, dtype, spec (resolved), steps [{epoch, step, ba
 epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], timing. Sequence data adds
 `padded_length` to every step (the time dimension the native pipeline delivered) and `padding` {pad, truncate}:
 the sides this backend used (common.padding.resolve_sides). NPZ `train_x` is then the post-padded token storage
-and `train_lengths` the raw lengths (common.datasets).
+and `train_lengths` the raw lengths (common.datasets). A stack with image or batch_norm layers adds `layers`: what
+those layers did in this run (common.native.layer_settings: BN momentum, ε, estimator, flatten order, "same"
+padding, avg-pool divisor), which common.explain reads.
 NPZ:  init/<name>, final/<name> (canonical layout), losses (float64 per step), train_x, train_y.
 Non-finite training is a result, not an error: `first_nonfinite_step` is the first step whose loss is NaN or ±inf
 (null when all are finite) and `first_nonfinite_epoch` the first epoch with a non-finite metric (null likewise).
@@ -72,6 +74,7 @@ def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> 
         "first_nonfinite_step": first_nonfinite([s["loss"] for s in body["steps"]], [s["step"] for s in body["steps"]]),
         "first_nonfinite_epoch": _first_nonfinite_epoch(body["epochs"]),
         **({"padding": body["padding"]} if "padding" in body else {}),
+        **({"layers": body["layers"]} if "layers" in body else {}),
     }
 
 

@@ -9,6 +9,12 @@ import pytest
 from benchmarks.cli import main
 
 SEQ = "[data]\nname = 'sequences'\n[model]\nkind = 'seq_pool'\n"
+IMG = "[data]\nname = 'digits'\nimages = true\n"
+
+
+def _cnn(*tables: str, tail: str = "{kind = 'flatten'}, {kind = 'dense'}") -> str:
+    return "[model]\nlayers = [" + ", ".join((*tables, tail)) + "]\n"
+
 
 BAD_SPECS = {
     "unknown_top": ("nmae = 'x'\n", "nmae"),
@@ -84,6 +90,43 @@ BAD_SPECS = {
     "embedding_on_features": (
         "[model]\nlayers = [{kind = 'embedding'}, {kind = 'masked_mean'}, {kind = 'dense'}]\n",
         "model.layers",
+    ),
+    # images (docs/design.md, "Images and BatchNorm")
+    "conv_kernel_beyond_input": (IMG + _cnn("{kind = 'conv2d', filters = 2, kernel = 9}"), "model.layers[0].kernel"),
+    "pool_to_zero_size": (
+        IMG + _cnn("{kind = 'conv2d', filters = 2, kernel = 3}", "{kind = 'max_pool', size = 7}"),
+        "model.layers[1].size",
+    ),
+    "batch_norm_eps_zero": (IMG + _cnn("{kind = 'batch_norm', eps = 0.0}"), "model.layers[0].eps"),
+    "batch_norm_momentum_one": (IMG + _cnn("{kind = 'batch_norm', momentum = 1.0}"), "model.layers[0].momentum"),
+    "batch_norm_momentum_negative": (
+        IMG + _cnn("{kind = 'batch_norm', momentum = -0.1}"),
+        "model.layers[0].momentum",
+    ),
+    "batch_norm_bad_estimator": (
+        IMG + _cnn("{kind = 'batch_norm', running_var = 'sample'}"),
+        "model.layers[0].running_var",
+    ),
+    "conv_on_flat_data": (
+        "[data]\nname = 'digits'\n" + _cnn("{kind = 'conv2d', filters = 2, kernel = 3}"),
+        "model.layers[0].kind",
+    ),
+    "images_on_flat_model": (IMG, "model.kind"),
+    "images_into_dense": (
+        IMG + _cnn("{kind = 'conv2d', filters = 2, kernel = 3}", tail="{kind = 'dense'}"),
+        "model.layers[1].kind",
+    ),
+    "images_on_iris": ("[data]\nname = 'iris'\nimages = true\n", "data.images"),
+    "conv_without_filters": (IMG + _cnn("{kind = 'conv2d', kernel = 3}"), "model.layers[0].filters"),
+    "conv_bad_padding": (
+        IMG + _cnn("{kind = 'conv2d', filters = 2, kernel = 3, padding = 'full'}"),
+        "model.layers[0].padding",
+    ),
+    "batch_norm_batch_of_one": (
+        IMG
+        + "[batching]\nbatch_size = 479\n"
+        + _cnn("{kind = 'flatten'}", "{kind = 'dense', units = 4}", "{kind = 'batch_norm'}", tail="{kind = 'dense'}"),
+        "batching.batch_size",
     ),
     # keys that do not apply to feature data, sizes beyond the limits (common.spec.MAX_WIDTH)
     "sequence_loss_norm_on_features": ("[sequence]\nloss_norm = 'per_token'\n", "sequence.loss_norm"),

@@ -61,7 +61,7 @@ def check_tables(tables: list, start: str | None = None) -> list[dict]:
             if key not in row:
                 raise InputError(f"spec key '{_where(k)}.{key}': required for kind '{kind.kind}'")
         if flow is not None:
-            flow = next_flow(kind, flow, k)
+            flow = next_flow(kind, flow, f"{_where(k)}.kind")
         if not kind.numbered and kind.kind in seen:
             raise InputError(f"spec key '{_where(k)}.kind': a model has at most one '{kind.kind}' layer")
         seen.add(kind.kind)
@@ -71,8 +71,8 @@ def check_tables(tables: list, start: str | None = None) -> list[dict]:
     return out
 
 
-def next_flow(kind: LayerKind, flow: str, k: int) -> str:
-    """The flow after layer k of `kind` reading `flow`; a one-line error naming the key when it cannot read it."""
+def next_flow(kind: LayerKind, flow: str, key: str) -> str:
+    """The flow after a layer of `kind` reading `flow`; a one-line error naming `key` when it cannot read it."""
     if flow in kind.reads:
         return flow if kind.gives is None else kind.gives
     if flow == IMAGES:
@@ -82,7 +82,7 @@ def next_flow(kind: LayerKind, flow: str, k: int) -> str:
     else:
         hint = ""
     raise InputError(
-        f"spec key '{_where(k)}.kind': '{kind.kind}' reads {' or '.join(kind.reads)} but gets {flow}{hint}"
+        f"spec key '{key}': '{kind.kind}' reads {' or '.join(kind.reads)} but gets {flow}{hint}"
     )
 
 
@@ -143,7 +143,7 @@ def stack(spec: Spec, n_in: int | tuple[int, ...], n_classes: int) -> tuple[Laye
         }
         if kind.kind == "dense" and filled["units"] == 0:
             filled["units"] = n_classes
-        out_flow = next_flow(kind, flow, k)
+        out_flow = next_flow(kind, flow, f"{_where(k)}.kind" if spec.model.layers else "model.kind")
         number = counts.get(kind.kind, 0)
         counts[kind.kind] = number + 1
         name = (f"{kind.prefix}{number}" if kind.numbered else kind.prefix) if kind.prefix else ""
