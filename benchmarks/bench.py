@@ -29,11 +29,31 @@ BENCH_SPEC = {
     "model": {"hidden": [32]},
     "optimizer": {"lr": 0.05, "momentum": 0.9},
 }
+CNN_BENCH_SPEC = {
+    "name": "bench-cnn",
+    "dtype": "float32",
+    "data": {"name": "digits", "images": True},
+    "model": {
+        "layers": [
+            {"kind": "conv2d", "filters": 16, "kernel": 3, "padding": "same"},
+            {"kind": "batch_norm"},
+            {"kind": "relu"},
+            {"kind": "max_pool", "size": 2},
+            {"kind": "conv2d", "filters": 32, "kernel": 3, "padding": "same", "activation": "relu"},
+            {"kind": "global_avg_pool"},
+            {"kind": "dense"},
+        ]
+    },
+    "optimizer": {"name": "adam", "lr": 0.001},
+}
+WORKLOADS = {"mlp": BENCH_SPEC, "cnn": CNN_BENCH_SPEC}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bench_spec(path: str | None, overrides: list[str]) -> Spec:
-    """The benchmark's spec: a TOML file, or the built-in doughnuts MLP (16384 rows, 2-32-2, float32, SGD).
+def bench_spec(path: str | None, overrides: list[str], workload: str = "mlp") -> Spec:
+    """The benchmark's spec: a TOML file, or a built-in workload: `mlp`, the doughnuts MLP (16384 rows, 2-32-2,
+    float32, SGD), or `cnn`, a digits CNN (8×8×1 images: conv 16 → batch_norm → relu → max_pool → conv 32 →
+    global_avg_pool → dense, float32, Adam).
 
     The benchmark times fixed-shape steps on feature data (its fused modes are whole-epoch programs of static
     shapes), so a model reading token sequences is refused."""
@@ -41,7 +61,7 @@ def bench_spec(path: str | None, overrides: list[str]) -> Spec:
     if path:
         spec = load_spec(path, overrides)
     else:
-        spec = typed(validate(apply_overrides({**defaults(), **BENCH_SPEC}, overrides)))
+        spec = typed(validate(apply_overrides({**defaults(), **WORKLOADS[workload]}, overrides)))
     if is_sequence(spec):
         key = "model.layers" if spec.model.layers else "model.kind"
         raise InputError(

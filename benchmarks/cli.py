@@ -21,7 +21,7 @@ from pathlib import Path
 from backends import FRAMEWORKS, REFERENCE
 from benchmarks import conformance, plots, report
 from benchmarks.bench import MODES as BENCH_MODES
-from benchmarks.bench import bench_spec, parse_list, run_bench, write_outputs
+from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import describe, list_presets
 from benchmarks.runner import OutputFolder, absolute, check_target, run_all
 from benchmarks.sweep import run_sweep
@@ -126,7 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     bench = sub.add_parser("bench", help="time loader, step and end-to-end throughput per backend and mode")
-    bench.add_argument("spec", nargs="?", help="TOML spec (default: a 16384-row doughnuts MLP in float32)")
+    bench.add_argument("spec", nargs="?", help="TOML spec (default: the --workload)")
+    bench.add_argument(
+        "--workload",
+        default="mlp",
+        choices=tuple(WORKLOADS),
+        help="built-in spec: mlp (16384-row doughnuts MLP) or cnn (digits images CNN); both float32",
+    )
     bench.add_argument("--batch-sizes", default="32,128,1024")
     bench.add_argument("--backends", default=",".join(FRAMEWORKS))
     bench.add_argument("--modes", default="eager,compiled,fused")
@@ -146,13 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_bench(args) -> int:
-    spec = absolute_data_path(bench_spec(args.spec, args.overrides))
+    if args.spec and args.workload != "mlp":
+        raise InputError("--workload: give a spec file or a built-in workload, not both")
+    spec = absolute_data_path(bench_spec(args.spec, args.overrides, args.workload))
     backends = parse_backends(args.backends)
     sizes = parse_list(args.batch_sizes, "batch-sizes", kind=int)
     modes = parse_list(args.modes, "modes", allowed=BENCH_MODES)
     if args.windows < 2 or args.budget <= 0:
         raise InputError("--windows must be at least 2 and --budget positive")
-    load_dataset(spec)
+    data = load_dataset(spec)
+    for size in sizes:  # BatchNorm's batch statistics at every batch size, before anything runs
+        check_plan(replace(spec, batching=replace(spec.batching, batch_size=size)), data)
     out = absolute(args.out or Path("runs") / "bench")
     check_target(out)
     result = run_bench(spec, backends, sizes, modes, args.device, out, args.windows, args.budget, not args.no_keras)

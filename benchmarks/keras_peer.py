@@ -2,7 +2,8 @@
 
     KERAS_BACKEND=<tensorflow|torch|jax> python -m benchmarks.keras_peer CONFIG.json OUT.json
 
-Same layer stack (feature stacks: dense, activations, dropout, layer_norm as plain Keras layers; canonical init),
+Same layer stack (dense, activations, dropout, layer_norm, and on images conv2d, pools, flatten, batch_norm, as
+plain Keras layers; canonical init),
 optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=False)`, so per-epoch Keras overhead
 (callbacks, logs, iterator set-up) is part of what is measured, as it is for a user.
 """
@@ -29,8 +30,29 @@ PEER_LAYERS = {
     "tanh": lambda keras, layer, dtype: keras.layers.Activation("tanh", dtype=dtype),
     "dropout": lambda keras, layer, dtype: keras.layers.Dropout(layer.rate, dtype=dtype),
     "layer_norm": lambda keras, layer, dtype: keras.layers.LayerNormalization(epsilon=layer.eps, dtype=dtype),
+    "conv2d": lambda keras, layer, dtype: keras.layers.Conv2D(
+        layer.width,
+        layer.kernel,
+        layer.stride,
+        padding=layer.padding,
+        activation=None if layer.activation == "none" else layer.activation,
+        dtype=dtype,
+    ),
+    "max_pool": lambda keras, layer, dtype: keras.layers.MaxPooling2D(
+        layer.kernel, layer.stride, padding=layer.padding, dtype=dtype
+    ),
+    "avg_pool": lambda keras, layer, dtype: keras.layers.AveragePooling2D(
+        layer.kernel, layer.stride, padding=layer.padding, dtype=dtype
+    ),
+    "global_avg_pool": lambda keras, layer, dtype: keras.layers.GlobalAveragePooling2D(dtype=dtype),
+    "flatten": lambda keras, layer, dtype: keras.layers.Flatten(dtype=dtype),
+    "batch_norm": lambda keras, layer, dtype: keras.layers.BatchNormalization(
+        momentum=layer.momentum, epsilon=layer.eps, dtype=dtype
+    ),
 }
-"""The Keras layer a user writes for each feature-stack kind (common.layers)."""
+"""The Keras layer a user writes for each kind (common.layers); Keras's "same" is the canonical rule, its
+BatchNormalization momentum the decay convention (its running variance is the biased one whatever the spec says:
+the peer is timed, not compared)."""
 
 
 def build_model(keras, spec: Spec, data, dtype: str):
@@ -39,7 +61,7 @@ def build_model(keras, spec: Spec, data, dtype: str):
     if unsupported:
         raise ValueError(f"the Keras fit peer builds {', '.join(PEER_LAYERS)} layers, not {', '.join(unsupported)}")
     model = keras.Sequential(
-        [keras.Input((data.n_features,), dtype=dtype)]
+        [keras.Input(data.input_shape if data.is_image else (data.n_features,), dtype=dtype)]
         + [PEER_LAYERS[layer.kind](keras, layer, dtype) for layer in layers]
     )
     init = canonical_init(spec, data)
