@@ -27,15 +27,23 @@ def shared_masks(seed: int, step: int, layers: tuple[Layer, ...], rows: int, dty
     per dropout layer of the stack in order, for global step `step`; None when no dropout layer has p > 0. A layer
     with p = 0 gets ones and draws nothing.
 
-    keep = U[0,1) ≥ p from `default_rng([seed, rng.MASKS, step])`, drawn layer after layer in stack order.
+    keep = U[0,1) ≥ p from `default_rng([seed, rng.MASKS, step, k])` for the k-th dropout layer: one stream per
+    layer, filled row after row, so the mask of row i does not depend on how many rows the batch has. A `pad`
+    batch (its real rows first, then filler) therefore gives its real rows exactly the masks the same rows get
+    under `keep`, in every layer.
     """
     drops = dropout_layers(layers)
     if not any(layer.rate > 0.0 for layer in drops):
         return None
-    rng = np.random.default_rng([seed, streams.MASKS, step])
     return [
         (
-            ((rng.random((rows, *layer.shape)) >= layer.rate) * keep_scale(layer.rate))
+            (
+                (
+                    np.random.default_rng([seed, streams.MASKS, step, layer.number]).random((rows, *layer.shape))
+                    >= layer.rate
+                )
+                * keep_scale(layer.rate)
+            )
             if layer.rate > 0.0
             else np.ones((rows, *layer.shape))
         ).astype(dtype)

@@ -9,7 +9,7 @@ below, so no two consumers share a stream.
 DATA = 0  # synthetic feature datasets (doughnuts)
 SPLIT = 1  # the train/test permutation
 ORDER = 2  # the plan's epoch order: [seed, ORDER, epoch]
-MASKS = 3  # shared dropout masks: [seed, MASKS, step]
+MASKS = 3  # shared dropout masks: [seed, MASKS, step, k] for the k-th dropout layer
 INIT = 4  # canonical init: [seed, INIT, sub-stream] (INIT_EMBED, INIT_RNN, INIT_CONV + i, or the dense index)
 SEQUENCES = 6  # synthetic token sequences
 

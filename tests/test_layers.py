@@ -144,6 +144,16 @@ def test_shared_masks_follow_the_dropout_layers_and_a_zero_rate_draws_nothing():
     masks = shared_masks(7, 2, layers, 9, np.float64)
     assert [m.shape for m in masks] == [(9, 6), (9, 5)]
     assert set(np.unique(masks[0])) <= {0.0, 2.0} and np.array_equal(masks[1], np.ones((9, 5)))
-    keep = np.random.default_rng([7, 3, 2]).random((9, 6)) >= 0.5
+    keep = np.random.default_rng([7, 3, 2, 0]).random((9, 6)) >= 0.5
     assert np.array_equal(masks[0], keep * 2.0)
     assert shared_masks(7, 2, stack(make_spec(), 4, 3), 9, np.float64) is None
+
+
+def test_a_rows_shared_masks_do_not_depend_on_the_batch_size_in_any_layer():
+    """A pad batch (3 real rows + 4 filler) gives its real rows the masks a keep batch of 3 gives them."""
+    table = [{"kind": "dropout", "rate": 0.3}, {"kind": "dense", "units": 5}, {"kind": "dropout", "rate": 0.6}]
+    layers = stack(make_spec(model={"layers": [*table, {"kind": "dense"}]}), 4, 3)
+    ragged, padded = shared_masks(1, 9, layers, 3, np.float64), shared_masks(1, 9, layers, 7, np.float64)
+    for small, full in zip(ragged, padded, strict=True):
+        np.testing.assert_array_equal(full[:3], small)
+    assert not np.array_equal(padded[0][:, :4], padded[1][:, :4])  # the layers draw from different streams

@@ -1,14 +1,16 @@
-"""Core layers in float64: dense, dropout, relu, tanh on features (B, F) (docs/design.md, "Layer stacks").
+"""Core layers in float64: dense on features (B, F); dropout, relu, tanh on features or images (B, H, W, C)
+(docs/design.md, "Layer stacks").
 
-Every kind here and in norm.py, sequence.py is a class built from its `common.layers.Layer` and the spec, with
-`forward(params, x, flow) -> (y, cache)` and `backward(params, cache, dy) -> (dx, gradients by canonical name)`;
-`flow` (model.Flow) carries what travels with the activations: the token mask μ, the dropout masks or RNG.
+Every kind here and in norm.py, image.py, sequence.py is a class built from its `common.layers.Layer` and the
+spec, with `forward(params, x, flow) -> (y, cache)` and `backward(params, cache, dy) -> (dx, gradients by canonical
+name)`; `flow` (model.Flow) carries what travels with the activations: the token mask μ, the dropout masks or RNG,
+the real rows of a training batch, the batch_norm state it updated.
 
 dense:      a = x·W + b,  y = act(a);  da = dy ⊙ act′(a),  ∂W = xᵀ·da,  ∂b = Σ_rows da,  dx = da·Wᵀ,
             relu′(a) = [a > 0] (0 at 0, as in torch, TF and JAX),  tanh′(a) = 1 − tanh²(a),  none′ = 1.
 dropout:    y = x ⊙ m,  dx = dy ⊙ m;  m the pre-scaled mask of this dropout layer: exact mode the shared mask
-            (common.dropout), native mode keep = U[0,1) ≥ p from the oracle's own stream in call order, times
-            1/(1 − p) (docs/design.md, "Dropout"); identity in evaluation.
+            (common.dropout), native mode keep = U[0,1) ≥ p drawn in x's shape from the oracle's own stream in
+            call order, times 1/(1 − p) (docs/design.md, "Dropout"); identity in evaluation.
 relu, tanh: y = act(x),  dx = dy ⊙ act′(x).
 """
 
@@ -60,7 +62,7 @@ class Dropout(Part):
         if flow.masks is not None:
             mask = flow.masks[self.layer.number]
         elif flow.rng is not None and rate > 0.0:
-            mask = (flow.rng.random((x.shape[0], self.layer.width)) >= rate) * keep_scale(rate)
+            mask = (flow.rng.random(x.shape) >= rate) * keep_scale(rate)
         else:
             return x, None
         return x * mask, mask

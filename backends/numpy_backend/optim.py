@@ -1,9 +1,11 @@
-"""The oracle's optimizers: the canonical updates of common.optim with common.regularization's gradient terms."""
+"""The oracle's optimizers: the canonical updates of common.optim with common.regularization's gradient terms.
+State (batch_norm's running statistics, common.layers.is_state) is never updated nor regularized here."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from common.layers import is_state
 from common.regularization import Regularization
 from common.spec import Spec
 
@@ -18,10 +20,12 @@ class CanonicalOptimizer:
         self.t = 0
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
-        """Update `params` in place from the cross-entropy gradients `grads`."""
+        """Update the trained parameters in `params` in place from the cross-entropy gradients `grads`."""
         self.t += 1
         o = self.opt
         for name, w in params.items():
+            if is_state(name):
+                continue
             g = grads[name] + self.reg.gradient(name, w)
             s = self.state.setdefault(name, {})
             if o.name == "sgd":

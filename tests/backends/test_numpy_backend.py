@@ -1,14 +1,14 @@
 """The oracle itself: its whole-stack gradients against finite differences, its updates against the written
-formulas, and the layer_norm stack through the driver."""
+formulas, and the layer_norm stack and the CNN (tests.support.cnn_spec) through the driver."""
 
 import numpy as np
 import pytest
 
 from backends.numpy_backend.model import build
 from backends.numpy_backend.optim import CanonicalOptimizer
-from common.layers import init_params, stack
+from common.layers import init_params, is_state, stack
 from common.regularization import Regularization
-from tests.support import LAYER_NORM_STACK, make_spec, run_in_process
+from tests.support import CNN_RUNS, LAYER_NORM_STACK, cnn_spec, make_spec, run_in_process
 
 
 def _mlp(hidden, activation, init, dropout=0.0):
@@ -115,3 +115,49 @@ def test_layer_norm_stack_trains_through_the_driver(mode):
     assert np.all(np.isfinite([s["loss"] for s in rec["steps"]]))
     assert losses[-1] < 0.5 * losses[0], losses
     assert rec["epochs"][-1]["test_acc"] > 0.8
+
+
+def test_batch_norm_state_is_never_trained_nor_regularized():
+    spec = make_spec(
+        optimizer={"lr": 0.1, "momentum": 0.9},
+        regularization={"l2": 0.5, "l1": 0.1, "weight_decay": 0.1, "regularize_bias": True},
+    )
+    opt = CanonicalOptimizer(spec, Regularization.from_spec(spec))
+    params = {"bn0.scale": np.array([2.0]), "bn0.offset": np.array([1.0]), "bn0.mean": np.array([3.0])}
+    params["bn0.var"] = np.array([4.0])
+    opt.step(params, {"bn0.scale": np.zeros(1), "bn0.offset": np.zeros(1)})  # the stack gives no state gradient
+    assert params["bn0.mean"][0] == 3.0 and params["bn0.var"][0] == 4.0
+    assert params["bn0.scale"][0] != 2.0 and params["bn0.offset"][0] != 1.0  # regularize_bias: scale, offset
+    assert set(opt.state) == {"bn0.scale", "bn0.offset"}
+
+
+@pytest.mark.parametrize("run", sorted(CNN_RUNS))
+def test_cnn_trains_through_the_driver_and_records_the_state(run):
+    rec, arrays = run_in_process("numpy", cnn_spec(run))
+    losses = arrays["losses"]
+    assert losses.shape == (206,) and np.all(np.isfinite(losses))  # 1438 rows at batch 7: the last batch has 3
+    assert losses[-20:].mean() < 0.8 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+    assert rec["epochs"][-1]["test_acc"] > 0.5
+    for i in (0, 1):
+        assert np.array_equal(arrays[f"init/bn{i}.mean"], np.zeros_like(arrays[f"init/bn{i}.mean"]))
+        assert np.array_equal(arrays[f"init/bn{i}.var"], np.ones_like(arrays[f"init/bn{i}.var"]))
+        assert not np.allclose(arrays[f"final/bn{i}.mean"], 0.0) and not np.allclose(arrays[f"final/bn{i}.var"], 1.0)
+    assert {k for k in arrays if k.startswith("final/")} == {f"final/{k}" for k in cnn_params()}
+
+
+def cnn_params():
+    """The canonical names of the CNN's parameters and state."""
+    return [
+        *(f"conv{i}.{s}" for i in (0, 1) for s in ("weight", "bias")),
+        *(f"bn{i}.{s}" for i in (0, 1) for s in ("scale", "offset", "mean", "var")),
+        *(f"layer{i}.{s}" for i in (0, 1) for s in ("weight", "bias")),
+    ]
+
+
+@pytest.mark.parametrize("run", sorted(CNN_RUNS))
+def test_cnn_pad_equals_keep(run):
+    (_, keep), (_, pad) = (run_in_process("numpy", cnn_spec(run, batching={"last_batch": b})) for b in ("keep", "pad"))
+    np.testing.assert_allclose(pad["losses"], keep["losses"], rtol=0, atol=1e-12)
+    for key in (k for k in keep if k.startswith("final/")):
+        np.testing.assert_allclose(pad[key], keep[key], rtol=0, atol=1e-12, err_msg=key)
+    assert any(is_state(k.split("/", 1)[1]) for k in keep if k.startswith("final/"))
