@@ -192,6 +192,7 @@ def test_sections_and_citations_name_design_sections():
         "Execution modes",
         "Performance methodology",
         "Traps",
+        "Images and BatchNorm",
     }
     for trap in CATALOGUE:
         assert trap.section in sections, trap.id
@@ -229,6 +230,80 @@ def test_layer_norm_eps_measured(framework):
     assert abs(measured["measured_eps"] - measured["eps"]) <= 1e-6 * measured["eps"]
     assert measured["variance"] == "biased"
     assert abs(measured["explicit_eps"] - T.NORM_EPS) <= 1e-6 * T.NORM_EPS
+
+
+# ------------------------------------------------------------------------- images and BatchNorm references
+def test_window_pads_recovers_the_pads_a_window_reaches():
+    from common.traps.inputs import CONV_KERNEL, conv_ramp
+    from common.traps.reference import conv2d_reference, pool_reference, window_pads
+
+    x = conv_ramp(8)
+
+    def conv(pads):
+        return conv2d_reference(x, CONV_KERNEL, 2, pads)
+
+    def pool(pads):
+        return pool_reference(x, 3, 2, pads, "max")
+
+    for pads in ([0, 1, 0, 1], [1, 0, 1, 0], [2, 1, 0, 0]):
+        assert window_pads(conv(tuple(pads)), conv, 3) == pads
+        assert window_pads(pool(tuple(pads)), pool, 3) == pads
+    assert window_pads(conv((1, 1, 1, 1)), conv, 3) == [1, 0, 1, 0], "a pad row no window reaches does not count"
+    assert window_pads(np.zeros((4, 4)), conv, 3) is None
+    assert conv((0, 0, 0, 0))[0, 0] == float(np.sum(x[:3, :3] * CONV_KERNEL))
+
+
+def test_pool_and_batch_norm_references():
+    from common.traps.reference import batch_norm_reference, named_match, pool_reference
+
+    ones = np.ones((4, 4))
+    assert pool_reference(ones, 3, 1, (1, 1, 1, 1), "avg_real")[0, 0] == 1.0
+    assert pool_reference(ones, 3, 1, (1, 1, 1, 1), "avg_all")[0, 0] == 4 / 9
+    assert pool_reference(-ones, 3, 1, (1, 1, 1, 1), "max")[0, 0] == -1.0, "a −∞ pad never wins"
+    x = T.LAYER_NORM_INPUT.T
+    for eps, ddof, variance in ((1e-3, 0, "biased"), (1e-5, 1, "unbiased")):
+        measured = T.classify_layer_norm(batch_norm_reference(x, eps, ddof).T)
+        assert measured["variance"] == variance and abs(measured["measured_eps"] - eps) <= 1e-6 * eps
+    refs = {"biased": batch_norm_reference(x, 1e-5, 0), "unbiased": batch_norm_reference(x, 1e-5, 1)}
+    assert named_match(refs["unbiased"], refs) == "unbiased" and named_match(refs["biased"] + 1, refs) == "other"
+
+
+IMAGE_TRAPS = (
+    "conv_same_stride2",
+    "flatten_order",
+    "bn_momentum_convention",
+    "bn_eps_default",
+    "bn_running_var",
+    "bn_batch_of_one",
+    "bn_fast_variance",
+    "avg_pool_same_count",
+    "default_layout",
+    "max_pool_same_padding",
+    "pool_default_stride",
+    "bn_masked_statistics",
+    "bn_statistics_dtype",
+)
+
+
+@pytest.mark.parametrize("trap_id", IMAGE_TRAPS)
+def test_image_traps_diverge_and_state_an_effect_from_their_expected_values(trap_id):
+    trap = TRAPS[trap_id]
+    assert trap.section == "Images and BatchNorm" and set(trap.expected) == set(FRAMEWORKS)
+    assert trap.diverges(trap.expected) is True
+    _, text = trap.effect_of(trap.expected)
+    assert text and not text.startswith("n/a"), text
+
+
+def test_image_trap_effects_and_canonical_values():
+    assert TRAPS["conv_same_stride2"].canonical == {"pads": [0, 1, 0, 1], "out_size": 4}
+    size, text = TRAPS["conv_same_stride2"].effect_of(TRAPS["conv_same_stride2"].expected)
+    assert size > 0.1 and "torch [1, 0, 1, 0]: 16 of 16 outputs differ" in text
+    assert TRAPS["flatten_order"].effect_of(TRAPS["flatten_order"].expected)[0] == 10 / 12
+    assert TRAPS["bn_momentum_convention"].canonical["fraction_at_0.9"] == pytest.approx(0.1)
+    assert TRAPS["bn_running_var"].effect_of(TRAPS["bn_running_var"].expected)[0] == pytest.approx(4 / 3)
+    assert TRAPS["avg_pool_same_count"].canonical == {"corner": 1.0}
+    assert TRAPS["pool_default_stride"].canonical == {"out_size": 4, "default_stride": 2}
+    assert TRAPS["bn_masked_statistics"].effect_of(TRAPS["bn_masked_statistics"].expected)[0] == pytest.approx(1e-7 / 3)
 
 
 # ------------------------------------------------------------------------------------- the matrix builder

@@ -23,6 +23,27 @@ import optax
 from flax import nnx
 
 from common import traps as T
+from common.traps.inputs import (
+    AVG_POOL_SAME,
+    BN_EPS_INPUT,
+    BN_INPUT,
+    BN_MASK,
+    BN_MOMENTUM,
+    CONV_KERNEL,
+    CONV_SAME,
+    FLATTEN_HWC,
+    LAYOUT,
+    POOL_DEFAULT,
+    bn_large_mean_input,
+    conv_ramp,
+)
+from common.traps.reference import (
+    batch_norm_reference,
+    conv2d_reference,
+    named_match,
+    pool_reference,
+    window_pads,
+)
 
 
 def versions() -> dict[str, str]:
@@ -338,6 +359,232 @@ def layer_norm_eps() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------- images and BatchNorm
+def _nhwc(image: np.ndarray):
+    """One (H, W) image as a (1, H, W, 1) float64 array (call inside jax.enable_x64(True))."""
+    return jnp.asarray(np.asarray(image, np.float64)[None, :, :, None], jnp.float64)
+
+
+def conv_same_stride2() -> dict:
+    """flax nn.Conv(padding="SAME", strides=2): the pads its windows reach (window_pads against the numpy conv)
+    and its output size (float64, x64 on for the probe)."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+    conv = nn.Conv(1, (k, k), strides=(s, s), padding="SAME", use_bias=False, param_dtype=jnp.float64)
+    with jax.enable_x64(True):
+        kernel = jnp.asarray(CONV_KERNEL[:, :, None, None], jnp.float64)
+        y = np.asarray(conv.apply({"params": {"kernel": kernel}}, _nhwc(x)))[0, :, :, 0]
+    return {"pads": window_pads(y, lambda pads: conv2d_reference(x, CONV_KERNEL, s, pads), k), "out_size": y.shape[0]}
+
+
+def flatten_order() -> dict:
+    """linen has no Flatten layer: the idiom x.reshape(B, −1) on an NHWC image whose values are their NHWC flat
+    index."""
+    x = jnp.arange(int(np.prod(FLATTEN_HWC)), dtype=jnp.int32).reshape(1, *FLATTEN_HWC)
+    return {"order": np.asarray(x.reshape(x.shape[0], -1))[0].tolist()}
+
+
+def _bn_step(layer, x, mask=None, variables=None):
+    """One training call of a float64 nn.BatchNorm(use_running_average=False) on x (x64 on): (output, mean, var,
+    variables at init)."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(x, jnp.float64)
+        variables = variables or layer.init(_key(), x)
+        y, state = layer.apply(variables, x, mask=mask, mutable=["batch_stats"])
+        stats = state["batch_stats"]
+        return np.asarray(y), np.asarray(stats["mean"]), np.asarray(stats["var"]), variables
+
+
+def _bn(**kwargs):
+    return nn.BatchNorm(use_running_average=False, dtype=jnp.float64, param_dtype=jnp.float64, **kwargs)
+
+
+def bn_momentum_convention() -> dict:
+    """The fraction of the batch mean entering batch_stats.mean (from 0) in one training step: with the default
+    momentum and with momentum=BN_MOMENTUM."""
+    mu = BN_INPUT.mean(axis=0)
+    layer = _bn()
+    default = _bn_step(layer, BN_INPUT)[1] / mu
+    at = _bn_step(_bn(momentum=BN_MOMENTUM), BN_INPUT)[1] / mu
+    return {
+        "default_momentum": float(layer.momentum),
+        "default_fraction": float(default.mean()),
+        "fraction_at_0.9": float(at.mean()),
+    }
+
+
+def bn_eps_default() -> dict:
+    """nn.BatchNorm's default epsilon, read from the module, and ε and the variance recovered from its float64
+    training output on BN_EPS_INPUT (T.classify_layer_norm on the transpose; scale 1, bias 0 at init);
+    "explicit_eps": ε recovered from nn.BatchNorm(epsilon=NORM_EPS)."""
+
+    def run(**kwargs):
+        layer = _bn(**kwargs)
+        return layer, T.classify_layer_norm(_bn_step(layer, BN_EPS_INPUT)[0].T)
+
+    layer, measured = run()
+    return {"eps": float(layer.epsilon), **measured, "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"]}
+
+
+def bn_running_var() -> dict:
+    """momentum=0.0 (batch_stats.var ← the batch's estimate) on BN_INPUT's n rows: running var / biased batch
+    variance, and which variance the training output was normalised with."""
+    layer = _bn(momentum=0.0)
+    y, _, var, _ = _bn_step(layer, BN_INPUT)
+    n = BN_INPUT.shape[0]
+    factor = float((var / BN_INPUT.var(axis=0)).mean())
+    refs = {
+        name: batch_norm_reference(BN_INPUT, layer.epsilon, ddof) for name, ddof in (("biased", 0), ("unbiased", 1))
+    }
+    return {
+        "n": n,
+        "running_var_factor": factor,
+        "estimator": named_match(factor, {"biased": 1.0, "unbiased": n / (n - 1)}),
+        "normalisation": named_match(y, refs),
+    }
+
+
+def bn_batch_of_one() -> dict:
+    """A training step of nn.BatchNorm on one row: outcome, output (bias 0 at init) and the running var."""
+    layer = _bn()
+    try:
+        y, _, var, variables = _bn_step(layer, BN_INPUT[:1])
+    except Exception as exc:  # the outcome is the exception's type
+        return {"outcome": f"raises: {type(exc).__name__}"}
+    beta = np.asarray(variables["params"]["bias"])
+    return {
+        "outcome": "returns beta" if np.array_equal(y, beta[None, :]) else "returns",
+        "output": y.tolist(),
+        "running_var": var.tolist(),
+    }
+
+
+def bn_fast_variance() -> dict:
+    """The float32 batch variance of data with |μ|/σ = 1e4 (bn_large_mean_input), read from batch_stats.var with
+    momentum=0.0, against the float64 two-pass variance of the same values: the default (use_fast_variance=True,
+    E[x²] − E[x]²) and use_fast_variance=False (exact mode)."""
+    x = bn_large_mean_input()
+    exact = x.astype(np.float64).var(axis=0)
+
+    def error(**kwargs):
+        layer = nn.BatchNorm(use_running_average=False, momentum=0.0, **kwargs)
+        xs = jnp.asarray(x, jnp.float32)
+        _, state = layer.apply(layer.init(_key(), xs), xs, mutable=["batch_stats"])
+        var = np.asarray(state["batch_stats"]["var"], np.float64)
+        return float(np.max(np.abs(var - exact) / exact))
+
+    default, two_pass = error(), error(use_fast_variance=False)
+    return {
+        "use_fast_variance": bool(nn.BatchNorm.use_fast_variance),
+        "rel_error": default,
+        "error_large": default > 1e-3,
+        "exact_mode_rel_error": two_pass,
+        "exact_mode_error_large": two_pass > 1e-3,
+    }
+
+
+def avg_pool_same_count() -> dict:
+    """nn.avg_pool(window 3, stride 1, "SAME") on a ones image: the corner and edge values, the count_include_pad
+    default (from the installed signature), and the corner with count_include_pad=False (exact mode)."""
+    p = AVG_POOL_SAME
+    window, strides = (p["size"], p["size"]), (p["stride"], p["stride"])
+    with jax.enable_x64(True):
+        ones = _nhwc(np.ones((p["n"], p["n"])))
+        y = np.asarray(nn.avg_pool(ones, window, strides, "SAME"))[0, :, :, 0]
+        exact = np.asarray(nn.avg_pool(ones, window, strides, "SAME", count_include_pad=False))[0, :, :, 0]
+    return {
+        "corner": float(y[0, 0]),
+        "edge": float(y[0, 1]),
+        "count_include_pad": inspect.signature(nn.avg_pool).parameters["count_include_pad"].default,
+        "corner_count_include_pad_false": float(exact[0, 0]),
+    }
+
+
+def default_layout() -> dict:
+    """nn.Conv(F, (k, k)) initialised on an (1, H, W, C) input (every axis a different size): the axis its kernel
+    reads as channels, its kernel shape and the padding its default gives."""
+    p = LAYOUT
+    c, h, w = p["channels"], p["height"], p["width"]
+    conv = nn.Conv(p["filters"], (p["kernel"], p["kernel"]))
+    x = jnp.zeros((1, h, w, c), jnp.float32)
+    variables = conv.init(_key(), x)
+    out = conv.apply(variables, x).shape
+    kernel = variables["params"]["kernel"].shape
+    return {
+        "layout": "NHWC" if kernel[2] == c else "NCHW" if kernel[2] == h else "other",
+        "kernel_shape": list(kernel),
+        "default_padding": "same" if out[1] == h else "valid" if out[1] == h - p["kernel"] + 1 else "other",
+    }
+
+
+def max_pool_same_padding() -> dict:
+    """nn.max_pool(window 3, stride 2, "SAME") on the ramp: the pads its windows reach (pool_reference with −∞
+    pads), output size and the corner of a −1 image."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+    with jax.enable_x64(True):
+        y = np.asarray(nn.max_pool(_nhwc(x), (k, k), (s, s), "SAME"))[0, :, :, 0]
+        negative = np.asarray(nn.max_pool(_nhwc(-np.ones((n, n))), (k, k), (s, s), "SAME"))[0, :, :, 0]
+    return {
+        "pads": window_pads(y, lambda pads: pool_reference(x, k, s, pads, "max"), k),
+        "out_size": y.shape[0],
+        "negative_corner": float(negative[0, 0]),
+    }
+
+
+def pool_default_stride() -> dict:
+    """nn.max_pool(x, (size, size)) without strides on an n×n image: output size, the stride it implies, and the
+    installed signature's default."""
+    p = POOL_DEFAULT
+    with jax.enable_x64(True):
+        m = nn.max_pool(_nhwc(conv_ramp(p["n"])), (p["size"], p["size"])).shape[1]
+    return {
+        "out_size": m,
+        "default_stride": (p["n"] - p["size"]) // (m - 1),
+        "stride_attribute": str(inspect.signature(nn.max_pool).parameters["strides"].default),
+    }
+
+
+def bn_masked_statistics() -> dict:
+    """nn.BatchNorm(momentum=0.0)(x, mask=BN_MASK) on BN_INPUT: the running mean against the mean of the real
+    rows, as the divisor offset δ = count·(true/measured − 1) (0: an exact masked mean)."""
+    _, mean, _, _ = _bn_step(_bn(momentum=0.0), BN_INPUT, mask=jnp.asarray(BN_MASK[:, None]))
+    real = BN_INPUT[BN_MASK]
+    true = real.mean(axis=0)
+    return {
+        "mask_argument": True,
+        "divisor_offset": float((len(real) * (true / mean - 1.0)).mean()),
+        "mean_rel_error": float(np.max(np.abs(mean - true) / np.abs(true))),
+        "filler_excluded": bool(np.allclose(mean, true, rtol=1e-6)),
+    }
+
+
+def bn_statistics_dtype() -> dict:
+    """nn.BatchNorm(param_dtype=float64): the dtype of its batch_stats at init, the relative error of the running
+    variance after one default step from it (m·1 rounds through float32), and both with
+    force_float32_reductions=False (exact mode)."""
+    var = BN_INPUT.var(axis=0)
+    expected = 0.99 * 1.0 + (1 - 0.99) * var  # the default momentum's update of var = 1, in float64
+
+    def run(**kwargs):
+        layer = _bn(**kwargs)
+        _, _, after, variables = _bn_step(layer, BN_INPUT)
+        dtype = str(variables["batch_stats"]["var"].dtype)
+        return dtype, float(np.max(np.abs(after - expected) / expected)), float(layer.momentum)
+
+    dtype, error, momentum = run()
+    exact_dtype, exact_error, _ = run(force_float32_reductions=False)
+    return {
+        "default_momentum": momentum,
+        "stats_dtype": dtype,
+        "rel_error": error,
+        "exact_stats_dtype": exact_dtype,
+        "exact_rel_error": exact_error,
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -364,4 +611,17 @@ PROBES = {
     "float64_conversion": float64_conversion,
     "tf32_defaults": tf32_defaults,
     "layer_norm_eps": layer_norm_eps,
+    "conv_same_stride2": conv_same_stride2,
+    "flatten_order": flatten_order,
+    "bn_momentum_convention": bn_momentum_convention,
+    "bn_eps_default": bn_eps_default,
+    "bn_running_var": bn_running_var,
+    "bn_batch_of_one": bn_batch_of_one,
+    "bn_fast_variance": bn_fast_variance,
+    "avg_pool_same_count": avg_pool_same_count,
+    "default_layout": default_layout,
+    "max_pool_same_padding": max_pool_same_padding,
+    "pool_default_stride": pool_default_stride,
+    "bn_masked_statistics": bn_masked_statistics,
+    "bn_statistics_dtype": bn_statistics_dtype,
 }

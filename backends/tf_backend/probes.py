@@ -24,6 +24,27 @@ import tensorflow as tf
 
 from common import traps as T
 from common.metrics import aggregate
+from common.traps.inputs import (
+    AVG_POOL_SAME,
+    BN_EPS_INPUT,
+    BN_INPUT,
+    BN_MASK,
+    BN_MOMENTUM,
+    CONV_KERNEL,
+    CONV_SAME,
+    FLATTEN_HWC,
+    LAYOUT,
+    POOL_DEFAULT,
+    bn_large_mean_input,
+    conv_ramp,
+)
+from common.traps.reference import (
+    batch_norm_reference,
+    conv2d_reference,
+    named_match,
+    pool_reference,
+    window_pads,
+)
 
 
 def versions() -> dict[str, str]:
@@ -533,6 +554,189 @@ def sparse_embedding_adam() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------- images and BatchNorm
+def _nhwc(image: np.ndarray) -> np.ndarray:
+    """One (H, W) image as a (1, H, W, 1) float64 array."""
+    return np.asarray(image, np.float64)[None, :, :, None]
+
+
+def conv_same_stride2() -> dict:
+    """keras Conv2D(padding="same", strides=2): the pads its windows reach (window_pads against the numpy conv)
+    and its output size."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+    conv = keras.layers.Conv2D(1, k, strides=s, padding="same", use_bias=False, dtype="float64")
+    conv.build((1, n, n, 1))
+    conv.kernel.assign(CONV_KERNEL[:, :, None, None])
+    y = np.asarray(conv(_nhwc(x)))[0, :, :, 0]
+    return {"pads": window_pads(y, lambda pads: conv2d_reference(x, CONV_KERNEL, s, pads), k), "out_size": y.shape[0]}
+
+
+def flatten_order() -> dict:
+    """keras Flatten on an NHWC image whose values are their NHWC flat index, and Flatten(data_format=
+    "channels_first") on the same image as NCHW (Keras permutes it back to channels-last before flattening)."""
+    x = np.arange(np.prod(FLATTEN_HWC), dtype=np.float32).reshape(1, *FLATTEN_HWC)
+    first = keras.layers.Flatten(data_format="channels_first")(x.transpose(0, 3, 1, 2))
+    return {
+        "order": np.asarray(keras.layers.Flatten()(x))[0].astype(int).tolist(),
+        "channels_first_order": np.asarray(first)[0].astype(int).tolist(),
+    }
+
+
+def _bn_step(layer, x, mask=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training call of a float64 BatchNormalization on x: (output, moving_mean, moving_variance)."""
+    y = layer(np.asarray(x, np.float64), training=True, mask=mask)
+    return np.asarray(y), layer.moving_mean.numpy().copy(), layer.moving_variance.numpy().copy()
+
+
+def _bn(**kwargs):
+    return keras.layers.BatchNormalization(dtype="float64", **kwargs)
+
+
+def bn_momentum_convention() -> dict:
+    """The fraction of the batch mean entering moving_mean (from 0) in one training step: with the default
+    momentum and with momentum=BN_MOMENTUM."""
+    mu = BN_INPUT.mean(axis=0)
+    layer = _bn()
+    default = _bn_step(layer, BN_INPUT)[1] / mu
+    at = _bn_step(_bn(momentum=BN_MOMENTUM), BN_INPUT)[1] / mu
+    return {
+        "default_momentum": float(layer.momentum),
+        "default_fraction": float(default.mean()),
+        "fraction_at_0.9": float(at.mean()),
+    }
+
+
+def bn_eps_default() -> dict:
+    """BatchNormalization's default epsilon, read from the layer, and ε and the variance recovered from its
+    float64 training output on BN_EPS_INPUT (T.classify_layer_norm on the transpose; γ = 1, β = 0);
+    "explicit_eps": ε recovered from BatchNormalization(epsilon=NORM_EPS)."""
+
+    def run(**kwargs):
+        layer = _bn(**kwargs)
+        return layer, T.classify_layer_norm(_bn_step(layer, BN_EPS_INPUT)[0].T)
+
+    layer, measured = run()
+    return {"eps": float(layer.epsilon), **measured, "explicit_eps": run(epsilon=T.NORM_EPS)[1]["measured_eps"]}
+
+
+def bn_running_var() -> dict:
+    """momentum=0.0 (moving_variance ← the batch's estimate) on BN_INPUT's n rows: moving_variance / biased batch
+    variance, and which variance the training output was normalised with."""
+    layer = _bn(momentum=0.0)
+    y, _, var = _bn_step(layer, BN_INPUT)
+    n = BN_INPUT.shape[0]
+    factor = float((var / BN_INPUT.var(axis=0)).mean())
+    refs = {
+        name: batch_norm_reference(BN_INPUT, layer.epsilon, ddof) for name, ddof in (("biased", 0), ("unbiased", 1))
+    }
+    return {
+        "n": n,
+        "running_var_factor": factor,
+        "estimator": named_match(factor, {"biased": 1.0, "unbiased": n / (n - 1)}),
+        "normalisation": named_match(y, refs),
+    }
+
+
+def bn_batch_of_one() -> dict:
+    """A training step of BatchNormalization on one row: outcome, output (β = 0 at init) and moving_variance."""
+    layer = _bn()
+    try:
+        y, _, var = _bn_step(layer, BN_INPUT[:1])
+    except Exception as exc:  # the outcome is the exception's type
+        return {"outcome": f"raises: {type(exc).__name__}"}
+    beta = layer.beta.numpy()
+    return {
+        "outcome": "returns beta" if np.array_equal(y, beta[None, :]) else "returns",
+        "output": y.tolist(),
+        "running_var": var.tolist(),
+    }
+
+
+def bn_fast_variance() -> dict:
+    """The float32 batch variance of data with |μ|/σ = 1e4 (bn_large_mean_input), read from moving_variance with
+    momentum=0.0, against the float64 two-pass variance of the same values (keras' TF moments: tf.nn.moments)."""
+    x = bn_large_mean_input()
+    layer = keras.layers.BatchNormalization(momentum=0.0, dtype="float32")
+    layer(x, training=True)
+    exact = x.astype(np.float64).var(axis=0)
+    error = float(np.max(np.abs(layer.moving_variance.numpy().astype(np.float64) - exact) / exact))
+    return {"rel_error": error, "error_large": error > 1e-3}
+
+
+def avg_pool_same_count() -> dict:
+    """AveragePooling2D(3, 1, padding="same") on a ones image: the corner and edge values."""
+    p = AVG_POOL_SAME
+    layer = keras.layers.AveragePooling2D(p["size"], p["stride"], padding="same", dtype="float64")
+    y = np.asarray(layer(_nhwc(np.ones((p["n"], p["n"])))))[0, :, :, 0]
+    return {"corner": float(y[0, 0]), "edge": float(y[0, 1])}
+
+
+def default_layout() -> dict:
+    """keras.config.image_data_format(), and Conv2D(F, k) built on an (1, H, W, C) input (every axis a different
+    size): the axis its kernel reads as channels, its kernel shape and the padding its default gives."""
+    p = LAYOUT
+    c, h, w = p["channels"], p["height"], p["width"]
+    conv = keras.layers.Conv2D(p["filters"], p["kernel"])
+    out = conv(np.zeros((1, h, w, c), np.float32)).shape
+    in_channels = conv.kernel.shape[2]
+    return {
+        "image_data_format": keras.config.image_data_format(),
+        "layout": "NHWC" if in_channels == c else "NCHW" if in_channels == h else "other",
+        "kernel_shape": list(conv.kernel.shape),
+        "default_padding": "same" if out[1] == h else "valid" if out[1] == h - p["kernel"] + 1 else "other",
+    }
+
+
+def max_pool_same_padding() -> dict:
+    """MaxPooling2D(3, 2, padding="same") on the ramp: the pads its windows reach (pool_reference with −∞ pads),
+    output size and the corner of a −1 image."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+    layer = keras.layers.MaxPooling2D(k, s, padding="same", dtype="float64")
+    y = np.asarray(layer(_nhwc(x)))[0, :, :, 0]
+    negative = np.asarray(layer(_nhwc(-np.ones((n, n)))))[0, :, :, 0]
+    return {
+        "pads": window_pads(y, lambda pads: pool_reference(x, k, s, pads, "max"), k),
+        "out_size": y.shape[0],
+        "negative_corner": float(negative[0, 0]),
+    }
+
+
+def pool_default_stride() -> dict:
+    """MaxPooling2D(size) without strides on an n×n image: output size and the stride it implies."""
+    p = POOL_DEFAULT
+    layer = keras.layers.MaxPooling2D(p["size"], dtype="float64")
+    m = np.asarray(layer(_nhwc(conv_ramp(p["n"])))).shape[1]
+    return {"out_size": m, "default_stride": (p["n"] - p["size"]) // (m - 1), "stride_attribute": layer.strides[0]}
+
+
+def bn_masked_statistics() -> dict:
+    """BatchNormalization(momentum=0.0)(x, mask=BN_MASK) on BN_INPUT: moving_mean against the mean of the real
+    rows; its masked moments divide Σ by (count + δ): δ = count·(true/measured − 1)."""
+    layer = _bn(momentum=0.0)
+    _, mean, _ = _bn_step(layer, BN_INPUT, mask=BN_MASK)
+    real = BN_INPUT[BN_MASK]
+    true = real.mean(axis=0)
+    offset = float((len(real) * (true / mean - 1.0)).mean())
+    return {
+        "mask_argument": True,
+        "divisor_offset": offset,
+        "keras_epsilon": float(keras.config.epsilon()),
+        "mean_rel_error": float(np.max(np.abs(mean - true) / np.abs(true))),
+        "filler_excluded": bool(np.allclose(mean, true, rtol=1e-6)),
+    }
+
+
+def bn_statistics_dtype() -> dict:
+    """The dtype of BatchNormalization(dtype="float64")'s moving statistics."""
+    layer = _bn()
+    layer.build((None, BN_INPUT.shape[1]))
+    return {"stats_dtype": keras.backend.standardize_dtype(layer.moving_variance.dtype)}
+
+
 PROBES = {
     name: keras_defaults(probe)
     for name, probe in {
@@ -569,5 +773,18 @@ PROBES = {
         "keras_validation_split": keras_validation_split,
         "keras_float64_hyper": keras_float64_hyper,
         "layer_norm_eps": layer_norm_eps,
+        "conv_same_stride2": conv_same_stride2,
+        "flatten_order": flatten_order,
+        "bn_momentum_convention": bn_momentum_convention,
+        "bn_eps_default": bn_eps_default,
+        "bn_running_var": bn_running_var,
+        "bn_batch_of_one": bn_batch_of_one,
+        "bn_fast_variance": bn_fast_variance,
+        "avg_pool_same_count": avg_pool_same_count,
+        "default_layout": default_layout,
+        "max_pool_same_padding": max_pool_same_padding,
+        "pool_default_stride": pool_default_stride,
+        "bn_masked_statistics": bn_masked_statistics,
+        "bn_statistics_dtype": bn_statistics_dtype,
     }.items()
 }

@@ -8,6 +8,7 @@ are read in a fresh interpreter (the adapter switches TF32 off on CUDA).
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -19,6 +20,26 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from common import traps as T
+from common.traps.inputs import (
+    AVG_POOL_SAME,
+    BN_EPS_INPUT,
+    BN_INPUT,
+    BN_MOMENTUM,
+    CONV_KERNEL,
+    CONV_SAME,
+    FLATTEN_HWC,
+    LAYOUT,
+    POOL_DEFAULT,
+    bn_large_mean_input,
+    conv_ramp,
+)
+from common.traps.reference import (
+    batch_norm_reference,
+    conv2d_reference,
+    named_match,
+    pool_reference,
+    window_pads,
+)
 
 
 def versions() -> dict[str, str]:
@@ -377,6 +398,212 @@ def layer_norm_eps() -> dict:
     return {"eps": float(layer.eps), **measured, "explicit_eps": run(eps=T.NORM_EPS)[1]["measured_eps"]}
 
 
+# ------------------------------------------------------------------------------------- images and BatchNorm
+def _nchw(image: np.ndarray) -> torch.Tensor:
+    """One (H, W) float64 image as a (1, 1, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image, np.float64))[None, None]
+
+
+def _raised(fn) -> str | None:
+    """ "raises: <ExceptionClass>" when fn() raises, else None."""
+    try:
+        fn()
+    except Exception as exc:  # the outcome is the exception's type
+        return f"raises: {type(exc).__name__}"
+    return None
+
+
+def conv_same_stride2() -> dict:
+    """The pads a port's nn.Conv2d(padding=1) reaches at stride 2 (window_pads against the numpy conv), its
+    output size, whether padding='same' accepts stride 2, and the exact-mode form F.pad(TF's pads) + padding=0."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+
+    def pads_of(conv, pre=lambda t: t):
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(CONV_KERNEL)[None, None])
+            y = conv(pre(_nchw(x)))[0, 0].numpy()
+        return window_pads(y, lambda pads: conv2d_reference(x, CONV_KERNEL, s, pads), k), y.shape[0]
+
+    def conv(padding):
+        with torch.random.fork_rng(devices=[]):  # the init draws from the global RNG
+            return nn.Conv2d(1, 1, k, stride=s, padding=padding, bias=False, dtype=torch.float64)
+
+    pads, size = pads_of(conv(1))
+    exact, _ = pads_of(conv(0), lambda t: F.pad(t, (0, 1, 0, 1)))
+    return {
+        "pads": pads,
+        "out_size": size,
+        "declared_padding": 1,
+        "same_at_stride_2": _raised(lambda: conv("same")) or "accepted",
+        "exact_pads": exact,
+    }
+
+
+def flatten_order() -> dict:
+    """nn.Flatten() after the NHWC → NCHW permute a port makes: the NHWC flat index of each output position;
+    "exact": permuting back to NHWC before flattening (exact mode's order)."""
+    x = torch.arange(int(np.prod(FLATTEN_HWC))).reshape(1, *FLATTEN_HWC)
+    nchw = x.permute(0, 3, 1, 2)
+    return {"order": nn.Flatten()(nchw)[0].tolist(), "exact": nchw.permute(0, 2, 3, 1).flatten(1)[0].tolist()}
+
+
+def _bn(**kwargs) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(BN_INPUT.shape[1], dtype=torch.float64, **kwargs)
+
+
+def _running(layer, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training forward of `layer` on x: (output, running_mean, running_var)."""
+    layer.train()
+    with torch.no_grad():
+        y = layer(torch.from_numpy(np.asarray(x, np.float64)))
+    return y.numpy(), layer.running_mean.numpy().copy(), layer.running_var.numpy().copy()
+
+
+def bn_momentum_convention() -> dict:
+    """The fraction of the batch mean entering running_mean (from 0) in one training step: with the default
+    momentum and with momentum=BN_MOMENTUM."""
+    mu = BN_INPUT.mean(axis=0)
+    layer = _bn()
+    default = _running(layer, BN_INPUT)[1] / mu
+    at = _running(_bn(momentum=BN_MOMENTUM), BN_INPUT)[1] / mu
+    return {
+        "default_momentum": float(layer.momentum),
+        "default_fraction": float(default.mean()),
+        "fraction_at_0.9": float(at.mean()),
+    }
+
+
+def bn_eps_default() -> dict:
+    """nn.BatchNorm1d's default eps, read from the layer, and ε and the variance recovered from its float64
+    training output on BN_EPS_INPUT (columns [0, d]; T.classify_layer_norm on the transpose; γ = 1, β = 0);
+    "explicit_eps": ε recovered from nn.BatchNorm1d(eps=NORM_EPS)."""
+
+    def run(**kwargs):
+        layer = nn.BatchNorm1d(BN_EPS_INPUT.shape[1], dtype=torch.float64, **kwargs)
+        return layer, T.classify_layer_norm(_running(layer, BN_EPS_INPUT)[0].T)
+
+    layer, measured = run()
+    return {"eps": float(layer.eps), **measured, "explicit_eps": run(eps=T.NORM_EPS)[1]["measured_eps"]}
+
+
+def bn_running_var() -> dict:
+    """momentum=1.0 (running_var ← the batch's estimate) on BN_INPUT's n rows: running_var / biased batch
+    variance, and which variance the training output was normalised with (batch_norm_reference, ddof 0 or 1)."""
+    layer = _bn(momentum=1.0)
+    y, _, var = _running(layer, BN_INPUT)
+    n = BN_INPUT.shape[0]
+    factor = float((var / BN_INPUT.var(axis=0)).mean())
+    refs = {name: batch_norm_reference(BN_INPUT, layer.eps, ddof) for name, ddof in (("biased", 0), ("unbiased", 1))}
+    return {
+        "n": n,
+        "running_var_factor": factor,
+        "estimator": named_match(factor, {"biased": 1.0, "unbiased": n / (n - 1)}),
+        "normalisation": named_match(y, refs),
+    }
+
+
+def bn_batch_of_one() -> dict:
+    """A training step of BatchNorm1d on one row (B = 1, F features); the error text; and BatchNorm2d on one
+    2×2 image (4 values per channel)."""
+    layer = _bn()
+    message = ""
+    try:
+        _running(layer, BN_INPUT[:1])
+        outcome = "returns"
+    except ValueError as exc:
+        outcome, message = f"raises: {type(exc).__name__}", str(exc)
+    image = nn.BatchNorm2d(2, dtype=torch.float64)
+    return {
+        "outcome": outcome,
+        "message_names_rule": message.startswith("Expected more than 1 value per channel when training"),
+        "conv_batch_of_one": _raised(lambda: image(torch.ones(1, 2, 2, 2, dtype=torch.float64))) or "returns",
+    }
+
+
+def bn_fast_variance() -> dict:
+    """The float32 batch variance of data with |μ|/σ = 1e4 (bn_large_mean_input), read from running_var with
+    momentum=1.0 (unbiased, rescaled by (n − 1)/n), against the float64 two-pass variance of the same values."""
+    x = bn_large_mean_input()
+    layer = nn.BatchNorm1d(x.shape[1], momentum=1.0)
+    with torch.no_grad():
+        layer(torch.from_numpy(x))
+    n = x.shape[0]
+    var = layer.running_var.numpy().astype(np.float64) * (n - 1) / n
+    exact = x.astype(np.float64).var(axis=0)
+    error = float(np.max(np.abs(var - exact) / exact))
+    return {"rel_error": error, "error_large": error > 1e-3}
+
+
+def avg_pool_same_count() -> dict:
+    """nn.AvgPool2d(3, 1, padding=1) (TF's "same" pads here) on a ones image: the corner and edge values, the
+    count_include_pad default, and the corner with count_include_pad=False (right for this symmetric pad only;
+    exact mode divides by each window's real-pixel count itself, since TF's odd pad has no symmetric form)."""
+    p = AVG_POOL_SAME
+    ones = _nchw(np.ones((p["n"], p["n"])))
+    layer = nn.AvgPool2d(p["size"], p["stride"], padding=p["size"] // 2)
+    y = layer(ones)[0, 0]
+    exact = nn.AvgPool2d(p["size"], p["stride"], padding=p["size"] // 2, count_include_pad=False)(ones)[0, 0]
+    return {
+        "corner": float(y[0, 0]),
+        "edge": float(y[0, 1]),
+        "count_include_pad": bool(layer.count_include_pad),
+        "corner_count_include_pad_false": float(exact[0, 0]),
+    }
+
+
+def default_layout() -> dict:
+    """nn.Conv2d(C, F, k): which input layout it accepts (NCHW or NHWC, every axis a different size), its weight
+    shape, and the padding its default gives ("valid": H − k + 1; "same": H)."""
+    p = LAYOUT
+    c, h, w = p["channels"], p["height"], p["width"]
+    with torch.random.fork_rng(devices=[]):
+        conv = nn.Conv2d(c, p["filters"], p["kernel"])
+    shapes = {"NCHW": (1, c, h, w), "NHWC": (1, h, w, c)}
+    accepted = [name for name, shape in shapes.items() if not _raised(lambda shape=shape: conv(torch.zeros(shape)))]
+    out = conv(torch.zeros(1, c, h, w)).shape
+    return {
+        "layout": " ".join(accepted) or "none",
+        "kernel_shape": list(conv.weight.shape),
+        "default_padding": "same" if out[2] == h else "valid" if out[2] == h - p["kernel"] + 1 else "other",
+    }
+
+
+def max_pool_same_padding() -> dict:
+    """nn.MaxPool2d(3, 2, padding=1) (a port's "same") on the ramp: the pads its windows reach (pool_reference
+    with −∞ pads), output size, the corner of a −1 image (a pad never wins), and padding=2 (> kernel/2)."""
+    p = CONV_SAME
+    n, k, s = p["n"], p["kernel"], p["stride"]
+    x = conv_ramp(n)
+    y = nn.MaxPool2d(k, s, padding=1)(_nchw(x))[0, 0].numpy()
+    negative = nn.MaxPool2d(k, s, padding=1)(_nchw(-np.ones((n, n))))[0, 0]
+    return {
+        "pads": window_pads(y, lambda pads: pool_reference(x, k, s, pads, "max"), k),
+        "out_size": y.shape[0],
+        "negative_corner": float(negative[0, 0]),
+        "padding_2": _raised(lambda: nn.MaxPool2d(k, s, padding=2)(_nchw(x))) or "accepted",
+    }
+
+
+def pool_default_stride() -> dict:
+    """nn.MaxPool2d(size) without a stride on an n×n image: output size and the stride it implies."""
+    p = POOL_DEFAULT
+    layer = nn.MaxPool2d(p["size"])
+    m = layer(_nchw(conv_ramp(p["n"]))).shape[-1]
+    return {"out_size": m, "default_stride": (p["n"] - p["size"]) // (m - 1), "stride_attribute": layer.stride}
+
+
+def bn_masked_statistics() -> dict:
+    """torch's BatchNorm has no mask argument: a padded batch's filler rows must be left out by the caller."""
+    return {"mask_argument": "mask" in inspect.signature(nn.BatchNorm1d.forward).parameters}
+
+
+def bn_statistics_dtype() -> dict:
+    """The dtype of the running statistics of BatchNorm1d(dtype=float64)."""
+    return {"stats_dtype": str(_bn().running_var.dtype).replace("torch.", "")}
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -407,4 +634,17 @@ PROBES = {
     "tf32_defaults": tf32_defaults,
     "last_batch_default": last_batch_default,
     "layer_norm_eps": layer_norm_eps,
+    "conv_same_stride2": conv_same_stride2,
+    "flatten_order": flatten_order,
+    "bn_momentum_convention": bn_momentum_convention,
+    "bn_eps_default": bn_eps_default,
+    "bn_running_var": bn_running_var,
+    "bn_batch_of_one": bn_batch_of_one,
+    "bn_fast_variance": bn_fast_variance,
+    "avg_pool_same_count": avg_pool_same_count,
+    "default_layout": default_layout,
+    "max_pool_same_padding": max_pool_same_padding,
+    "pool_default_stride": pool_default_stride,
+    "bn_masked_statistics": bn_masked_statistics,
+    "bn_statistics_dtype": bn_statistics_dtype,
 }

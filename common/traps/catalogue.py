@@ -12,6 +12,16 @@ Tolerances (per trap; 0 means exact): orders, counts, names, shapes and the bina
 Keras's clipped −log(1e-7) rtol 1e-6 (float32 log); initialiser statistics rtol 2% (sampling error of 2·10⁵ draws
 is ~0.3% on the std; 2% still separates 1/√3, √(6/2100)·10/√3 and 1); LayerNorm ε recovered from float64 outputs
 rtol 1e-6 (rounding leaves ~1e-15 relative; the three defaults are 10× apart or more).
+
+Images and BatchNorm: pads, output sizes, orders, layouts, shapes, outcomes and the fast-variance verdicts compare
+exactly (the float32 variance error itself is platform dependent, so only "error > 1e-3" is recorded: E[x²] − μ² at
+|μ|/σ = 1e4 is off by ≥ 10%, the two-pass variance by ~1e-6); BatchNorm fractions, the running-variance factor and
+the average-pool corner are float64 ratios, rtol 1e-12 (rounding only: 1 − 0.99 = 0.010000000000000009); BatchNorm
+ε recovered from float64 outputs rtol 1e-6, as LayerNorm's; the running variance after a batch of one rtol 1e-6
+(flax keeps batch_stats in float32, so 0.99·1 rounds to 0.99000000954: trap bn_statistics_dtype); Keras's masked
+divisor offset δ = 1e-7 recovered from a 3e-8 relative difference in float64, rtol 1e-6 and atol 1e-12 (an exact
+masked mean gives |δ| ~ 1e-16); flax's float32-statistics error 9.3958e-9 is one float32 rounding of 0.99, rtol 1e-6,
+atol 1e-15 (exact mode's 0).
 """
 
 from __future__ import annotations
@@ -24,26 +34,50 @@ import numpy as np
 
 from common.batching import BatchPlan
 from common.dropout import keep_scale
+from common.layers import KINDS as LAYER_KINDS
+from common.layers.image import out_size, same_pads
 from common.spec import defaults
 from common.traps.inputs import (
     ADAM,
+    AVG_POOL_SAME,
+    BN_EPS_INPUT,
+    BN_INPUT,
+    BN_MASK,
+    BN_MOMENTUM,
+    CONV_KERNEL,
+    CONV_SAME,
     DECAY,
     DROPOUT_RATES,
     EPS_HAT,
+    FLATTEN_HWC,
     LAYER_NORM_INPUT,
+    LAYOUT,
     LOSS_MASK,
     MOMENTUM,
     ORDER_N,
     ORDER_N_SMALL,
+    POOL_DEFAULT,
     SEED,
     SEQUENCES,
     SHUFFLE_BUFFER,
     SHUFFLE_EPOCHS,
+    conv_ramp,
 )
 from common.traps.judge import diverges, effect_ratio, listing, matches, normalise, spread, values_of
-from common.traps.reference import adam_reference, layer_norm_reference, sgd_decay_reference, sgd_momentum_reference
+from common.traps.reference import (
+    adam_reference,
+    batch_norm_reference,
+    conv2d_reference,
+    layer_norm_reference,
+    pool_reference,
+    sgd_decay_reference,
+    sgd_momentum_reference,
+)
 
 NORM_EPS = defaults()["model"]["norm_eps"]  # Parity's layer_norm ε default (model.norm_eps), passed explicitly
+BN_DEFAULT_MOMENTUM = LAYER_KINDS["batch_norm"].keys["momentum"].default  # Parity's m, decay convention (0.9)
+CONV_PADDING_DEFAULT = LAYER_KINDS["conv2d"].keys["padding"].default  # Parity's conv2d padding default
+SAME_PADS = [*same_pads(CONV_SAME["n"], CONV_SAME["kernel"], CONV_SAME["stride"])] * 2  # (top, bottom, left, right)
 
 
 @dataclass(frozen=True)
@@ -136,6 +170,164 @@ def _effect_layer_norm(m):
         + f" (×{max(eps.values()) / min(eps.values()):.3g}); x̂ of the row {row[0].tolist()}: "
         + ", ".join(f"{fw} {v:.4g}" for fw, v in xhat.items())
         + f" (ε = {NORM_EPS:g}: {layer_norm_reference(row, NORM_EPS)[0, 1]:.4g})"
+    )
+
+
+# ------------------------------------------------------------------------- effects of the image and BatchNorm traps
+def _effect_pads(output: Callable[[tuple], np.ndarray], what: str):
+    """An effect function: each framework's measured pads against the canonical (TF) pads, through `output(pads)`
+    (the numpy conv or max pool of the CONV_SAME ramp): how many output pixels move, and by how much."""
+
+    def effect(m):
+        canonical = output(tuple(SAME_PADS))
+        pads = {fw: v["pads"] for fw, v in m.items() if isinstance(v.get("pads"), list)}
+        parts, worst = [], 0.0
+        for fw, p in pads.items():
+            y = output(tuple(p))
+            if y.shape != canonical.shape:
+                parts.append(
+                    f"{fw} {p}: output {y.shape[0]}×{y.shape[1]}, not {canonical.shape[0]}×{canonical.shape[1]}"
+                )
+                worst = max(worst, 1.0)
+                continue
+            moved = int(np.sum(y != canonical))
+            rel = float(np.max(np.abs(y - canonical)) / np.max(np.abs(canonical)))
+            worst = max(worst, rel)
+            parts.append(f"{fw} {p}: {moved} of {y.size} outputs differ (max {rel:.2g} of the largest)")
+        n, k, s = CONV_SAME["n"], CONV_SAME["kernel"], CONV_SAME["stride"]
+        return worst, (
+            f"pads reached (top, bottom, left, right) by a {what}, {n}×{n} ramp, window {k}, stride {s}; "
+            f"TF's rule {SAME_PADS}: " + "; ".join(parts)
+        )
+
+    return effect
+
+
+def _effect_flatten(m):
+    canonical = list(range(int(np.prod(FLATTEN_HWC))))
+    moved = {fw: sum(a != b for a, b in zip(v["order"], canonical, strict=True)) for fw, v in m.items()}
+    worst = max(moved.values())
+    h, w, c = FLATTEN_HWC
+    return worst / len(canonical), (
+        f"flattening one {h}×{w}×{c} image: positions that hold another feature than NHWC's: "
+        + ", ".join(f"{fw} {k} of {len(canonical)}" for fw, k in moved.items())
+        + " (a dense layer after it reads its weights' rows against the wrong features)"
+    )
+
+
+def _effect_bn_momentum(m):
+    fractions = {fw: float(f) for fw, f in values_of(m, "default_fraction").items()}
+    ratio = max(fractions.values()) / min(fractions.values())
+    return ratio, (
+        "share of the batch statistic per step with the default momentum: "
+        + ", ".join(f"{fw} {f:.3g} (≈{1 / f:.0f}-step memory)" for fw, f in fractions.items())
+        + f" (×{ratio:.3g}); momentum={BN_MOMENTUM} means: "
+        + listing(m, "fraction_at_0.9")
+        + f"; Parity m = {BN_DEFAULT_MOMENTUM}: {1 - BN_DEFAULT_MOMENTUM:.3g}"
+    )
+
+
+def _effect_bn_eps(m):
+    eps = {fw: float(e) for fw, e in values_of(m, "eps").items()}
+    col = BN_EPS_INPUT[:, :1]
+    xhat = {fw: float(batch_norm_reference(col, e)[1, 0]) for fw, e in eps.items()}
+    size = max(xhat.values()) - min(xhat.values())
+    return size, (
+        "default ε: "
+        + ", ".join(f"{fw} {e:.3g}" for fw, e in eps.items())
+        + f" (×{max(eps.values()) / min(eps.values()):.3g}); x̂ of the batch {col[:, 0].tolist()}: "
+        + ", ".join(f"{fw} {v:.4g}" for fw, v in xhat.items())
+        + f" (ε = {NORM_EPS:g}: {batch_norm_reference(col, NORM_EPS)[1, 0]:.4g})"
+    )
+
+
+def _effect_bn_running_var(m):
+    factors = {fw: float(f) for fw, f in values_of(m, "running_var_factor").items()}
+    n = BN_INPUT.shape[0]
+    # evaluation output scale, unbiased vs biased running variance (σ² ≫ ε): √((n − 1)/n)
+    scale = {b: float(np.sqrt((b - 1) / b)) for b in (n, 32)}
+    return max(factors.values()) / min(factors.values()), (
+        f"running var / biased batch var at n = {n}: "
+        + ", ".join(f"{fw} {f:.4g}" for fw, f in factors.items())
+        + "; evaluated with the unbiased running var, x̂ shrinks by √((n − 1)/n): "
+        + ", ".join(f"{1 - v:.2%} at n = {b}" for b, v in scale.items())
+        + "; training normalises with: "
+        + listing(m, "normalisation")
+    )
+
+
+def _effect_bn_batch_of_one(m):
+    def running(v):
+        return f"running var {v['running_var'][0]:.6g}" if "running_var" in v else ""
+
+    return None, (
+        "one row in training: "
+        + "; ".join(f"{fw} {v['outcome']} {running(v)}".rstrip() for fw, v in m.items())
+        + " (a zero batch variance enters the running var; the unbiased estimator would divide by n − 1 = 0)"
+    )
+
+
+def _effect_fast_variance(m):
+    errors = {fw: float(v["rel_error"]) for fw, v in m.items() if "rel_error" in v}
+    if not errors:
+        return None, "error > 1e-3: " + listing(m, "error_large")
+    return max(errors.values()), (
+        "float32 batch variance at |μ|/σ = 1e4, relative error vs two-pass float64: "
+        + ", ".join(f"{fw} {e:.2g}" for fw, e in errors.items())
+        + (
+            f"; flax use_fast_variance=False: {m['jax']['exact_mode_rel_error']:.2g}"
+            if "exact_mode_rel_error" in m.get("jax", {})
+            else ""
+        )
+    )
+
+
+def _effect_avg_pool(m):
+    p = AVG_POOL_SAME
+    return spread(m, "corner", f" on a {p['n']}×{p['n']} ones image, window {p['size']}, stride {p['stride']}, 'same'")
+
+
+def _effect_layout(m):
+    return None, (
+        "conv input layout: "
+        + listing(m, "layout")
+        + "; kernel shape: "
+        + listing(m, "kernel_shape")
+        + "; default padding: "
+        + listing(m, "default_padding")
+        + f" (Parity: NHWC, (k, k, in, out), {CONV_PADDING_DEFAULT!r})"
+    )
+
+
+def _effect_pool_stride(m):
+    p = POOL_DEFAULT
+    return None, (
+        f"{p['size']}×{p['size']} max pool without a stride on {p['n']}×{p['n']}: output size "
+        + listing(m, "out_size")
+        + "; stride "
+        + listing(m, "default_stride")
+    )
+
+
+def _effect_masked(m):
+    offset = float(m["tf"]["divisor_offset"])
+    real = int(BN_MASK.sum())
+    return offset / real, (
+        f"Keras's masked moments divide by (Σ mask + {offset:.3g}): mean and variance off by −δ/n, "
+        f"{offset / real:.2g} relative at n = {real} real rows, {offset / 7:.2g} at 7, {offset / 128:.2g} at 128 "
+        "(the float64 tolerance is 1e-9)"
+        + (f"; flax δ = {float(m['jax']['divisor_offset']):.2g}" if "jax" in m else "")
+    )
+
+
+def _effect_stats_dtype(m):
+    dtypes = listing(m, "stats_dtype")
+    if "jax" not in m or "rel_error" not in m["jax"]:
+        return None, "running statistics dtype in float64 layers: " + dtypes
+    error = float(m["jax"]["rel_error"])
+    return error, (
+        f"running statistics dtype in float64 layers: {dtypes}; flax's running var after one step from 1: "
+        f"{error:.3g} relative (0.99·1 in float32), already 9× the float64 tolerance of 1e-9"
     )
 
 
@@ -768,6 +960,286 @@ CATALOGUE: tuple[Trap, ...] = (
         canonical={"eps": NORM_EPS, "variance": "biased"},
         rtol=1e-6,
         effect=_effect_layer_norm,
+    ),
+    Trap(
+        "conv_same_stride2",
+        "'same' padding at stride 2: TF pads (0, 1); a torch port's padding=1 reaches (1, 0)",
+        "Images and BatchNorm",
+        {
+            "torch": {
+                "pads": [1, 0, 1, 0],
+                "out_size": 4,
+                "same_at_stride_2": "raises: ValueError",
+                "exact_pads": SAME_PADS,
+            },
+            "tf": {"pads": SAME_PADS, "out_size": 4},
+            "jax": {"pads": SAME_PADS, "out_size": 4},
+        },
+        "common.layers.image.same_pads (TF's rule, the odd pixel bottom/right) resolved into Layer.pads: torch "
+        "F.pad(x, (left, right, top, bottom)) then nn.Conv2d(padding=0), flax nn.Conv(padding=((top, bottom), "
+        "(left, right))), Keras Conv2D(padding='same') (TF's rule already); native mode writes padding=k // 2 "
+        "(common.native.symmetric_pads)",
+        compare=("pads", "out_size"),
+        canonical={
+            "pads": SAME_PADS,
+            "out_size": out_size(CONV_SAME["n"], CONV_SAME["kernel"], CONV_SAME["stride"], "same"),
+        },
+        effect=_effect_pads(
+            lambda pads: conv2d_reference(conv_ramp(CONV_SAME["n"]), CONV_KERNEL, CONV_SAME["stride"], pads), "conv"
+        ),
+        note="torch declares (1, 1) but at n = 8 its last window ends on row 7, so the bottom pad is never read: "
+        "the windows are shifted one pixel up-left against TF's, which every output shows. "
+        "nn.Conv2d(padding='same') refuses stride 2 outright (ValueError).",
+    ),
+    Trap(
+        "flatten_order",
+        "Flatten order: torch x.flatten(1) on NCHW is channel-major, Keras and flax NHWC",
+        "Images and BatchNorm",
+        {
+            "torch": {"order": [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11], "exact": list(range(12))},
+            "tf": {"order": list(range(12)), "channels_first_order": list(range(12))},
+            "jax": {"order": list(range(12))},
+        },
+        "common.layers.image flatten: canonical NHWC order (h·W + w)·C + c; torch exact mode permutes NCHW → NHWC "
+        "before flatten(1) (backends.torch_backend.image), so the following dense weight keeps its canonical rows; "
+        "native mode keeps x.flatten(1) on NCHW",
+        compare=("order",),
+        canonical={"order": list(range(int(np.prod(FLATTEN_HWC))))},
+        effect=_effect_flatten,
+        note="Keras Flatten(data_format='channels_first') permutes to channels-last before flattening, so Keras "
+        "gives the NHWC order in both layouts; linen has no Flatten layer (x.reshape(B, -1) is the idiom).",
+    ),
+    Trap(
+        "bn_momentum_convention",
+        "BatchNorm momentum: torch weighs the new statistic (0.1), Keras and flax the old value (0.99)",
+        "Images and BatchNorm",
+        {
+            "torch": {"default_momentum": 0.1, "default_fraction": 0.1, "fraction_at_0.9": 0.9},
+            "tf": {"default_momentum": 0.99, "default_fraction": 0.01, "fraction_at_0.9": 0.1},
+            "jax": {"default_momentum": 0.99, "default_fraction": 0.01, "fraction_at_0.9": 0.1},
+        },
+        "common.layers batch_norm momentum m in the decay convention (running ← m·running + (1 − m)·batch, "
+        f"default {BN_DEFAULT_MOMENTUM}): Keras and flax get momentum=m, torch momentum=1 − m",
+        compare=("default_fraction", "fraction_at_0.9"),
+        canonical={"default_fraction": 1 - BN_DEFAULT_MOMENTUM, "fraction_at_0.9": 1 - BN_MOMENTUM},
+        rtol=1e-12,
+        effect=_effect_bn_momentum,
+    ),
+    Trap(
+        "bn_eps_default",
+        "BatchNorm ε default: torch 1e-5, Keras 1e-3, flax 1e-5",
+        "Images and BatchNorm",
+        {
+            "torch": {"eps": 1e-5, "measured_eps": 1e-5, "variance": "biased", "explicit_eps": NORM_EPS},
+            "tf": {"eps": 1e-3, "measured_eps": 1e-3, "variance": "biased", "explicit_eps": NORM_EPS},
+            "jax": {"eps": 1e-5, "measured_eps": 1e-5, "variance": "biased", "explicit_eps": NORM_EPS},
+        },
+        "pass eps explicitly (torch BatchNorm(eps=ε), Keras BatchNormalization(epsilon=ε), flax "
+        "nn.BatchNorm(epsilon=ε)): ε is the layer's eps, default model.norm_eps (common.layers batch_norm)",
+        compare=("eps", "variance"),
+        canonical={"eps": NORM_EPS, "variance": "biased"},
+        rtol=1e-6,
+        effect=_effect_bn_eps,
+    ),
+    Trap(
+        "bn_running_var",
+        "BatchNorm running variance: torch keeps the unbiased n/(n − 1) estimate, Keras and flax the biased one",
+        "Images and BatchNorm",
+        {
+            "torch": {"n": 4, "running_var_factor": 4 / 3, "estimator": "unbiased", "normalisation": "biased"},
+            "tf": {"n": 4, "running_var_factor": 1.0, "estimator": "biased", "normalisation": "biased"},
+            "jax": {"n": 4, "running_var_factor": 1.0, "estimator": "biased", "normalisation": "biased"},
+        },
+        "common.layers batch_norm running_var = 'biased' | 'unbiased' (default biased): where the framework's own "
+        "estimator differs, only its running-variance update is replaced by common.layers.norm.convert_running_var "
+        "(old, updated, m, f), f = (n − 1)/n for torch → biased, n/(n − 1) for Keras/flax → unbiased; the "
+        "normalisation (biased everywhere) is never touched",
+        compare=("running_var_factor", "normalisation"),
+        canonical={"running_var_factor": 1.0, "normalisation": "biased"},
+        rtol=1e-12,
+        effect=_effect_bn_running_var,
+    ),
+    Trap(
+        "bn_batch_of_one",
+        "BatchNorm on a training batch of one row: torch raises, Keras and flax return β",
+        "Images and BatchNorm",
+        {
+            "torch": {"outcome": "raises: ValueError", "message_names_rule": True, "conv_batch_of_one": "returns"},
+            "tf": {"outcome": "returns beta", "output": [[0.0, 0.0]], "running_var": [0.99, 0.99]},
+            "jax": {"outcome": "returns beta", "output": [[0.0, 0.0]], "running_var": [0.99, 0.99]},
+        },
+        "common.layers.norm.check_batch_statistics refuses the plan before any backend starts when a step gives a "
+        "batch_norm fewer than 2 values per channel (one real row after a dense layer): exit 2, naming the step "
+        "and the fixes (last_batch = 'drop', another batch_size)",
+        compare=("outcome",),
+        rtol=1e-6,
+        effect=_effect_bn_batch_of_one,
+        note="torch's rule is per channel, not per row: BatchNorm2d trains on one 2×2 image (4 values per "
+        "channel). Keras and flax normalise x − μ = 0 to β and fold the zero batch variance into the running "
+        "variance (1 → 0.99 at the default momentum).",
+    ),
+    Trap(
+        "bn_fast_variance",
+        "flax BatchNorm's default variance E[x²] − E[x]² loses float32 digits when |μ| ≫ σ",
+        "Images and BatchNorm",
+        {
+            "torch": {"error_large": False},
+            "tf": {"error_large": False},
+            "jax": {"use_fast_variance": True, "error_large": True, "exact_mode_error_large": False},
+        },
+        "exact mode passes flax nn.BatchNorm(use_fast_variance=False) (backends.jax_backend.norm): the two-pass "
+        "σ²_b = mean((x − μ)²) of common.layers batch_norm, as torch and Keras's tf.nn.moments compute it; native "
+        "mode keeps flax's fast default",
+        compare=("error_large",),
+        canonical={"error_large": False},
+        effect=_effect_fast_variance,
+        note="Keras's TF moments are two-pass (tf.nn.moments) unless synchronized=True under a distribution "
+        "strategy, which sums x and x² (E[x²] − E[x]²); flax's LayerNorm shares the same fast default "
+        "(layer_norm_eps). The float32 error itself is platform dependent; only > 1e-3 is recorded.",
+    ),
+    Trap(
+        "avg_pool_same_count",
+        "Average pooling with 'same' padding: Keras divides by the real pixels, torch and flax by k²",
+        "Images and BatchNorm",
+        {
+            "torch": {"corner": 4 / 9, "edge": 6 / 9, "count_include_pad": True, "corner_count_include_pad_false": 1.0},
+            "tf": {"corner": 1.0, "edge": 1.0},
+            "jax": {"corner": 4 / 9, "edge": 6 / 9, "count_include_pad": True, "corner_count_include_pad_false": 1.0},
+        },
+        "common.layers.image avg_pool divides by the count of real pixels (TF's rule): torch zero-pads by "
+        "Layer.pads, sums with AvgPool2d(divisor_override=1) and divides by each window's real-pixel count "
+        "(count_include_pad=False is right for symmetric pads only), flax nn.avg_pool(count_include_pad=False), "
+        "Keras AveragePooling2D as is",
+        compare=("corner",),
+        canonical={
+            "corner": float(
+                pool_reference(
+                    np.ones((AVG_POOL_SAME["n"],) * 2),
+                    AVG_POOL_SAME["size"],
+                    AVG_POOL_SAME["stride"],
+                    tuple([*same_pads(AVG_POOL_SAME["n"], AVG_POOL_SAME["size"], AVG_POOL_SAME["stride"])] * 2),
+                    "avg_real",
+                )[0, 0]
+            )
+        },
+        rtol=1e-12,
+        effect=_effect_avg_pool,
+    ),
+    Trap(
+        "default_layout",
+        "Default conv layout: torch NCHW with (out, in, k, k) weights, Keras and flax NHWC with (k, k, in, out)",
+        "Images and BatchNorm",
+        {
+            "torch": {"layout": "NCHW", "kernel_shape": [4, 3, 3, 3], "default_padding": "valid"},
+            "tf": {
+                "image_data_format": "channels_last",
+                "layout": "NHWC",
+                "kernel_shape": [3, 3, 3, 4],
+                "default_padding": "valid",
+            },
+            "jax": {"layout": "NHWC", "kernel_shape": [3, 3, 3, 4], "default_padding": "same"},
+        },
+        "common.layers.image: canonical NHWC activations and (k, k, in, out) kernels as conv{i}.weight; torch "
+        "permutes images to NCHW and kernels between (k, k, in, out) and (out, in, k, k) on load and export; the "
+        f"layer's padding is always passed (spec default {CONV_PADDING_DEFAULT!r})",
+        compare=("layout", "kernel_shape", "default_padding"),
+        canonical={
+            "layout": "NHWC",
+            "kernel_shape": [LAYOUT["kernel"], LAYOUT["kernel"], LAYOUT["channels"], LAYOUT["filters"]],
+            "default_padding": CONV_PADDING_DEFAULT,
+        },
+        effect=_effect_layout,
+        note="flax nn.Conv's default padding is 'SAME', Keras Conv2D's 'valid' and torch's 0: a port that leaves "
+        "it out changes the output size.",
+    ),
+    Trap(
+        "max_pool_same_padding",
+        "Max pooling 'same' at stride 2: TF pads (0, 1) with −∞; torch MaxPool2d(padding=1) reaches (1, 0)",
+        "Images and BatchNorm",
+        {
+            "torch": {
+                "pads": [1, 0, 1, 0],
+                "out_size": 4,
+                "negative_corner": -1.0,
+                "padding_2": "raises: RuntimeError",
+            },
+            "tf": {"pads": SAME_PADS, "out_size": 4, "negative_corner": -1.0},
+            "jax": {"pads": SAME_PADS, "out_size": 4, "negative_corner": -1.0},
+        },
+        "common.layers.image max_pool pads with −∞ by Layer.pads (TF's rule): torch F.pad(x, pads, value=−inf) "
+        "then MaxPool2d(padding=0), flax nn.max_pool with the explicit pads, Keras MaxPooling2D(padding='same')",
+        compare=("pads", "out_size"),
+        canonical={"pads": SAME_PADS, "out_size": 4},
+        effect=_effect_pads(
+            lambda pads: pool_reference(
+                conv_ramp(CONV_SAME["n"]), CONV_SAME["kernel"], CONV_SAME["stride"], pads, "max"
+            ),
+            "max pool",
+        ),
+        note="all three pad with −∞ (the corner of a −1 image is −1, never 0); torch refuses padding > kernel/2.",
+    ),
+    Trap(
+        "pool_default_stride",
+        "A pooling window without a stride: torch and Keras stride by the window, flax by 1",
+        "Images and BatchNorm",
+        {
+            "torch": {"out_size": 4, "default_stride": 2},
+            "tf": {"out_size": 4, "default_stride": 2},
+            "jax": {"out_size": 7, "default_stride": 1, "stride_attribute": "None"},
+        },
+        "common.layers.image pools: stride 0 (the default) means the window size, resolved before any backend "
+        "and passed explicitly (flax nn.max_pool/avg_pool strides=(s, s))",
+        compare=("out_size", "default_stride"),
+        canonical={
+            "out_size": out_size(POOL_DEFAULT["n"], POOL_DEFAULT["size"], POOL_DEFAULT["size"], "valid"),
+            "default_stride": LAYER_KINDS["max_pool"].keys["stride"].default or POOL_DEFAULT["size"],
+        },
+        effect=_effect_pool_stride,
+    ),
+    Trap(
+        "bn_masked_statistics",
+        "Masked BatchNorm statistics: Keras divides by Σ mask + 1e-7, flax exactly; torch has no mask",
+        "Images and BatchNorm",
+        {
+            "torch": {"mask_argument": False},
+            "tf": {"mask_argument": True, "divisor_offset": 1e-7, "filler_excluded": True},
+            "jax": {"mask_argument": True, "divisor_offset": 0.0, "filler_excluded": True},
+        },
+        "last_batch = 'pad': the filler rows never enter the batch statistics (common.layers batch_norm): flax "
+        "gets mask=, torch runs only the real rows through the layer (backends.torch_backend.norm), Keras gets "
+        "mask= traced with keras.config.epsilon() at 0 (backends.tf_backend.norm), since δ/n is outside float64's "
+        "1e-9",
+        compare=("divisor_offset",),
+        canonical={"divisor_offset": 0.0},
+        rtol=1e-6,
+        atol=1e-12,
+        effect=_effect_masked,
+        note="Keras BatchNormalization._moments with a mask computes Σ/(Σ mask + backend.epsilon()) for the mean "
+        "and the variance; without a mask it uses ops.moments (exact).",
+    ),
+    Trap(
+        "bn_statistics_dtype",
+        "flax BatchNorm keeps batch_stats in float32 even with param_dtype float64",
+        "Images and BatchNorm",
+        {
+            "torch": {"stats_dtype": "float64"},
+            "tf": {"stats_dtype": "float64"},
+            "jax": {
+                "stats_dtype": "float32",
+                "rel_error": 9.395805862955348e-09,
+                "exact_stats_dtype": "float64",
+                "exact_rel_error": 0.0,
+            },
+        },
+        "flax nn.BatchNorm(force_float32_reductions=False) in both modes (backends.jax_backend.norm): the running "
+        "statistics are the spec dtype from init on, and the canonical bn{i}.mean / bn{i}.var load in that dtype",
+        compare=("stats_dtype",),
+        canonical={"stats_dtype": "float64"},
+        rtol=1e-6,
+        atol=1e-15,
+        effect=_effect_stats_dtype,
+        note="force_float32_reductions=True (the default) creates the running mean and variance as float32; "
+        "momentum·var is then computed in float32 on the first step.",
     ),
 )
 

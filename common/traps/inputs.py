@@ -44,3 +44,30 @@ LAYER_NORM_INPUT = np.array([[0.0, 1e-3], [0.0, 1.0]], np.float64)
 def dropout_input(n: int = 20000) -> np.ndarray:
     """float32 values in [0.5, 1.5): x·s and x/(1−p) round differently for ~10% of them at p = 0.3."""
     return (np.random.default_rng(11).random(n) + 0.5).astype(np.float32)
+
+
+# Images and BatchNorm probes (float64 unless stated; images single-channel, square)
+CONV_SAME = dict(n=8, kernel=3, stride=2)  # "same" at stride 2: TF pads (0, 1); a torch port writes padding=1
+CONV_KERNEL = np.arange(1.0, 10.0).reshape(3, 3) / 10.0  # distinct taps: an output fixes the window's offset
+POOL_DEFAULT = dict(n=8, size=2)  # a pooling window given without its stride
+AVG_POOL_SAME = dict(n=4, size=3, stride=1)  # a ones image: the corner window overlaps 5 pad pixels of 9
+FLATTEN_HWC = (2, 2, 3)  # (H, W, C) of one image whose values are their NHWC flat index
+LAYOUT = dict(channels=3, height=5, width=7, filters=4, kernel=3)  # every axis a different size
+# BatchNorm probes: 4 rows × 2 features (n = 4 values per channel; means 2, 2; biased variances 2.5, 3.5)
+BN_INPUT = np.array([[1.0, 2.0], [3.0, -1.0], [0.0, 4.0], [4.0, 3.0]], np.float64)
+BN_MOMENTUM = 0.9  # the `momentum` argument passed to read what it means in each framework
+BN_EPS_INPUT = LAYER_NORM_INPUT.T.copy()  # columns [0, d]: batch statistics over the rows, as layer_norm's over a row
+BN_MASK = np.array([True, True, True, False])  # masked statistics: the first 3 rows real, the last a filler
+BN_LARGE_MEAN = dict(rows=64, features=2, mean=1e4, std=1.0, seed=5)  # float32, |μ|/σ = 1e4: E[x²] − μ² cancels
+
+
+def conv_ramp(n: int) -> np.ndarray:
+    """An n×n float64 image x[i, j] = 1 + i·n + j: every pixel distinct and nonzero (a zero pad shows)."""
+    return np.arange(1.0, n * n + 1.0).reshape(n, n)
+
+
+def bn_large_mean_input() -> np.ndarray:
+    """BN_LARGE_MEAN's (rows, features) float32 values: mean + std·N(0, 1)."""
+    p = BN_LARGE_MEAN
+    noise = np.random.default_rng(p["seed"]).normal(size=(p["rows"], p["features"]))
+    return (p["mean"] + p["std"] * noise).astype(np.float32)

@@ -2,7 +2,10 @@
 
 They give the catalogue its canonical values and the classifiers (judge.py) their yardsticks: the SGD decay and
 momentum end points, Adam's trajectory and first step (common.optim's formula), Keras's first ε̂, the float32
-rounding forms of inverted dropout, and layer normalisation (the common.layers layer_norm definition).
+rounding forms of inverted dropout, and layer normalisation (the common.layers layer_norm definition). For the
+image and BatchNorm traps: a single-channel conv and pool with explicit pads, batch normalisation, and the inverse
+questions the probes ask of them (`window_pads`: which pads reproduce a measured output; `named_match`: which
+named reference does), shared by the three probe files so that every framework is judged alike.
 """
 
 from __future__ import annotations
@@ -80,3 +83,71 @@ def layer_norm_reference(x, eps: float, ddof: int = 0) -> np.ndarray:
     mu = x.mean(axis=-1, keepdims=True)
     var = ((x - mu) ** 2).sum(axis=-1, keepdims=True) / (x.shape[-1] - ddof)
     return (x - mu) / np.sqrt(var + eps)
+
+
+def conv2d_reference(x, kernel, stride: int, pads) -> np.ndarray:
+    """y[i, j] = Σ_{u,v} x̃[s·i + u, s·j + v]·K[u, v], float64, one channel: x̃ is x zero-padded by
+    pads = (top, bottom, left, right) (common.layers.image's `Layer.pads` order); a cross-correlation, as in
+    torch, Keras and flax (no kernel flip)."""
+    x, kernel = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    top, bottom, left, right = pads
+    xp = np.pad(x, ((top, bottom), (left, right)))
+    k, s = kernel.shape[0], stride
+    rows, cols = (xp.shape[0] - k) // s + 1, (xp.shape[1] - k) // s + 1
+    return np.array(
+        [[np.sum(xp[s * i : s * i + k, s * j : s * j + k] * kernel) for j in range(cols)] for i in range(rows)]
+    )
+
+
+def pool_reference(x, size: int, stride: int, pads, op: str) -> np.ndarray:
+    """Pooling of one channel with pads (top, bottom, left, right): "max" (pads −∞: a pad never wins),
+    "avg_real" (Σ over the window / the REAL pixels in it: TF's "same" rule) or "avg_all" (/ size², pads counted)."""
+    x = np.asarray(x, np.float64)
+    top, bottom, left, right = pads
+    fill = -np.inf if op == "max" else 0.0
+    xp = np.pad(x, ((top, bottom), (left, right)), constant_values=fill)
+    real = np.pad(np.ones_like(x), ((top, bottom), (left, right)))
+    rows, cols = (xp.shape[0] - size) // stride + 1, (xp.shape[1] - size) // stride + 1
+    out = np.empty((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            win = (slice(stride * i, stride * i + size), slice(stride * j, stride * j + size))
+            if op == "max":
+                out[i, j] = xp[win].max()
+            else:
+                out[i, j] = xp[win].sum() / (real[win].sum() if op == "avg_real" else size * size)
+    return out
+
+
+def window_pads(output, reference, size: int) -> list[int] | None:
+    """The pads [top, bottom, left, right] (each 0 … size − 1) for which `reference(pads)` reproduces `output`
+    (same shape, equal to 1e-12 relative), the smallest first; None when none does.
+
+    These are the pads the windows REACH: a pad row no window reads changes nothing, so torch's declared
+    padding=1 at n = 8, k = 3, s = 2 (padded size 10, windows over rows −1 … 7) shows as [1, 0, …].
+    """
+    output = np.asarray(output, np.float64)
+    for pads in sorted(np.ndindex(size, size, size, size), key=lambda p: (sum(p), p)):
+        ref = reference(tuple(int(v) for v in pads))
+        if ref.shape == output.shape and np.allclose(ref, output, rtol=1e-12, atol=0.0):
+            return [int(v) for v in pads]
+    return None
+
+
+def batch_norm_reference(x, eps: float, ddof: int = 0) -> np.ndarray:
+    """x̂ = (x − μ)/√(σ² + ε) over the rows (axis 0), float64, γ = 1, β = 0: σ² = Σ(x − μ)²/(n − ddof), biased at
+    ddof = 0 (the common.layers batch_norm normalisation), unbiased at ddof = 1."""
+    x = np.asarray(x, np.float64)
+    mu = x.mean(axis=0, keepdims=True)
+    var = ((x - mu) ** 2).sum(axis=0, keepdims=True) / (x.shape[0] - ddof)
+    return (x - mu) / np.sqrt(var + eps)
+
+
+def named_match(value, references: dict, rtol: float = 1e-9) -> str:
+    """The first name in `references` whose array equals `value` (same shape, rtol relative), else "other"."""
+    value = np.asarray(value, np.float64)
+    for name, ref in references.items():
+        ref = np.asarray(ref, np.float64)
+        if ref.shape == value.shape and np.allclose(value, ref, rtol=rtol, atol=0.0):
+            return name
+    return "other"
