@@ -100,7 +100,8 @@ def symmetric_pads(layer) -> tuple[int, int, int, int]:
     size = ((h + 2 * p - layer.kernel) // layer.stride + 1, (w + 2 * p - layer.kernel) // layer.stride + 1)
     if size != tuple(layer.shape[:2]):
         raise InputError(
-            f"spec key 'model.layers[{layer.index}].kernel': a torch port's symmetric padding={p} gives "
+            f"spec key 'model.layers[{layer.index}].{'kernel' if layer.kind == 'conv2d' else 'size'}': a torch "
+            f"port's symmetric padding={p} gives "
             f"{size[0]}×{size[1]}, not the {layer.shape[0]}×{layer.shape[1]} of 'same'; native mode needs an odd "
             "kernel here"
         )

@@ -81,9 +81,7 @@ def next_flow(kind: LayerKind, flow: str, key: str) -> str:
         hint = "; set data.images = true (digits) or give an npz whose x is 4-D (N, H, W, C)"
     else:
         hint = ""
-    raise InputError(
-        f"spec key '{key}': '{kind.kind}' reads {' or '.join(kind.reads)} but gets {flow}{hint}"
-    )
+    raise InputError(f"spec key '{key}': '{kind.kind}' reads {' or '.join(kind.reads)} but gets {flow}{hint}")
 
 
 def _typed(where: str, value, key) -> object:
