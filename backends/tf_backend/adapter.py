@@ -9,7 +9,9 @@ runner of `spec.execution` (backends.tf_backend.execution). The loss is
 = Σ m·ℓ / Σ m with `divide_no_nan`, the canonical Σ m·ℓ / max(Σ m, 1) since every m is 0 or ≥ 1 (Keras's default
 reduction divides by the row count, wrong on a padded batch). Only ce is recorded; the Keras penalties in
 `model.losses` are trained, not recorded. Exact mode loads the canonical init and draws the shared dropout masks;
-native mode keeps Keras's seeded default init, tf.data's shuffle and Keras Dropout (common.native).
+native mode keeps Keras's seeded default init, tf.data's shuffle and Keras Dropout (common.native). `parameters`
+and the canonical init both hold the batch_norm state (`bn{i}.mean`, `bn{i}.var`, the Keras moving statistics),
+which the optimizer never sees (backends.tf_backend.optim).
 """
 
 from __future__ import annotations

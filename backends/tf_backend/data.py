@@ -4,7 +4,8 @@ per kind of data, both yielding common.batching.Rows (docs/design.md, "Batching 
 Exact mode slices the rows in the plan's slot order (`BatchPlan.slots`: the remainder already cut under "drop",
 weight-0 filler appended under "pad") with `from_tensor_slices` and lets tf.data cut the batches; `shuffle` cannot
 reproduce the numpy order. Native mode (common.native): `shuffle(N, seed, reshuffle_each_iteration=True)` over all
-training rows, weights 1, "pad" kept ragged. Features: `.batch(B)`. Tokens (resolved sides of common.padding):
+training rows, weights 1, "pad" kept ragged. Features (B, F) and images (B, H, W, C), canonical NHWC as Keras
+runs them: `.batch(B)`. Tokens (resolved sides of common.padding):
 - max_len > 0: `keras.utils.pad_sequences(maxlen, padding, truncating)` once per split, then `.batch(B)`;
 - otherwise `.padded_batch(B)` (T = the batch's longest row), or with buckets b_1 < … < b_K each row cut to b_K
   then `bucket_by_sequence_length(bucket_boundaries=[b_k + 1], pad_to_bucket_boundary=True)`, whose streaming
@@ -66,13 +67,13 @@ class Pipeline:
 
 
 class Features(Pipeline):
-    """Feature rows (B, F) in the spec dtype."""
+    """Rows of one fixed shape in the spec dtype: features (B, F) or images (B, H, W, C)."""
 
     def __init__(self, spec: Spec, data: Dataset, plan: BatchPlan):
         dtype = spec.dtype
         self.x = {s: getattr(data, f"{s}_x").astype(dtype) for s in ("train", "test")}
         self.y = {s: getattr(data, f"{s}_y").astype(np.int64) for s in ("train", "test")}
-        self.x_spec = tf.TensorSpec((None, data.n_features), dtype)
+        self.x_spec = tf.TensorSpec((None, *data.train_x.shape[1:]), dtype)
         super().__init__(spec, plan, data.train_x.shape[0])
 
     def _rows(self, ids, weights):
@@ -208,5 +209,5 @@ class Tokens(Pipeline):
 
 
 def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Features | Tokens:
-    """The pipeline for `data`: tokens for sequence data, features otherwise."""
+    """The pipeline for `data`: tokens for sequence data, features (or images) otherwise."""
     return (Tokens if data.is_sequence else Features)(spec, data, plan)

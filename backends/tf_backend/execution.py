@@ -1,16 +1,20 @@
 """How a TF training epoch executes: `spec.execution` (docs/design.md, "Execution modes").
 
-The step is written once (`step_body`): `tf.GradientTape` over the model's training forward pass, the loss
-Σw·ℓ/Σw (Keras "mean_with_sample_weight") plus Σ model.losses (the regularizer penalties), and the Keras
-optimizer's `apply_gradients`; it returns the cross-entropy alone. The modes change only how TensorFlow runs it,
-always behind `run(epoch, first_step) -> common.driver.EpochRun`, with one host sync per epoch:
+The step is written once (`step_body`): `tf.GradientTape` over the model's training forward pass (the real rows
+w > 0 go to the exact-mode batch_norm statistics), the loss Σw·ℓ/Σw (Keras "mean_with_sample_weight") plus
+Σ model.losses (the regularizer penalties), and the Keras optimizer's `apply_gradients` on the trainable variables;
+it returns the cross-entropy alone. The batch_norm moving statistics are non-trainable Keras variables that the
+forward pass assigns, so every mode carries them: tf.function and XLA keep the assignments in the program. The
+modes change only how TensorFlow runs it, always behind `run(epoch, first_step) -> common.driver.EpochRun`, with one
+host sync per epoch:
 - eager:    `Stepwise`, `tf.function` without XLA (TF's default for a custom loop), one call per pipeline batch;
-            the input signature has None for B (and T), so ragged batches and new lengths reuse one graph.
+            the input signature has None for B (and T), so ragged batches and new lengths reuse one graph;
+            x is (None, F), (None, T) or (None, H, W, C), each dropout mask (None, *layer.shape).
 - compiled: the same step under `tf.function(jit_compile=True)` (XLA compiles once per distinct shape).
 - fused:    `Fused`, one `tf.function(jit_compile=True)` per epoch: the split and the epoch's plan (ids, weights,
             shared masks, ε̂_t) on the device, a `tf.while_loop` over the full batches gathered with `tf.gather`,
             the ragged "keep" batch as one more step in the same program; it returns the real per-step losses.
-            Exact mode and feature data only (it needs the plan up front and static shapes).
+            Exact mode, feature and image data only (it needs the plan up front and static shapes).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def step_body(model, optimizer, loss_fn, dense_gradients: bool):
 
     def body(x, y, w, masks):
         with tf.GradientTape() as tape:
-            logits = model(x, masks=list(masks) if masks else None, training=True)
+            logits = model(x, masks=list(masks) if masks else None, real=w > 0, training=True)
             ce = loss_fn(y, logits, sample_weight=w)
             total = ce + sum(model.losses)
         variables = model.trainable_variables
@@ -56,7 +60,7 @@ class Stepwise:
     def __init__(self, body, execution: str, pipeline, optimizer, masks):
         self.pipeline, self.optimizer, self.masks = pipeline, optimizer, masks
         signature = [pipeline.x_spec, tf.TensorSpec((None,), tf.int64), tf.TensorSpec((None,), pipeline.dtype)]
-        signature += [tf.TensorSpec((None, width), pipeline.dtype) for width in masks.widths]
+        signature += [tf.TensorSpec((None, *shape), pipeline.dtype) for shape in masks.shapes]
         self.step = tf.function(
             lambda x, y, w, *keep: body(x, y, w, keep), input_signature=signature, jit_compile=execution != "eager"
         )
@@ -76,7 +80,7 @@ class Fused(Stepwise):
 
     def __init__(self, body, execution: str, pipeline, optimizer, masks):
         if not isinstance(pipeline, Features):
-            raise ValueError("tf: execution = 'fused' runs feature data only (static shapes)")
+            raise ValueError("tf: execution = 'fused' runs feature and image data only (static shapes)")
         super().__init__(body, "compiled", pipeline, optimizer, masks)
         self.body, self.plan = body, pipeline.plan
         self.x, self.y = tf.constant(pipeline.x["train"]), tf.constant(pipeline.y["train"])  # on the device once
@@ -85,7 +89,7 @@ class Fused(Stepwise):
     def plan_inputs(self, epoch: int, first_step: int) -> tuple:
         """The epoch's plan as device tensors: (full, tail), each (ids, weights, masks, ε̂) or None.
 
-        full stacks the S complete batches ([S, B] ids and weights, [S, B, width] masks, [S] ε̂); tail is the
+        full stacks the S complete batches ([S, B] ids and weights, [S, B, *layer.shape] masks, [S] ε̂); tail is the
         ragged last batch under "keep" ([r] ids, ...). Masks are common.dropout's for global steps first_step,
         first_step + 1, …; ε̂ the optimizer's table (None when it has no ε̂).
         """
@@ -99,8 +103,8 @@ class Fused(Stepwise):
             if hi <= lo:
                 return None
             layer_masks = tuple(
-                tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, w)))
-                for j, w in enumerate(self.masks.widths)
+                tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, *layer)))
+                for j, layer in enumerate(self.masks.shapes)
             )
             rows = weights[lo:hi].astype(self.pipeline.dtype).reshape(shape)
             return (
@@ -147,15 +151,16 @@ class Fused(Stepwise):
 
 class Masks:
     """Exact mode's shared dropout masks of each global step (common.dropout), as the step's extra inputs;
-    `widths` is empty when the stack draws none (native mode, or no dropout layer with p > 0)."""
+    `shapes` holds each mask's per-row shape (width,) or (H, W, C), empty when the stack draws none (native mode,
+    or no dropout layer with p > 0)."""
 
     def __init__(self, spec: Spec, layers, exact: bool):
         self.seed, self.layers, self.dtype = spec.seed, layers, spec.dtype
         drawn = shared_masks(self.seed, 1, layers, 0, self.dtype) if exact else None
-        self.widths = [m.shape[1] for m in drawn] if drawn else []
+        self.shapes = [m.shape[1:] for m in drawn] if drawn else []
 
     def __call__(self, step: int, rows: int) -> list[np.ndarray]:
-        return shared_masks(self.seed, step, self.layers, rows, self.dtype) if self.widths else []
+        return shared_masks(self.seed, step, self.layers, rows, self.dtype) if self.shapes else []
 
 
 def runner(execution: str, body, pipeline, optimizer, masks: Masks) -> Stepwise:

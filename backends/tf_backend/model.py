@@ -1,11 +1,14 @@
 """A resolved layer stack as one Keras 3 model, and the canonical ⇄ Keras parameter mapping (docs/design.md,
-"Layer stacks").
+"Layer stacks", "Images and BatchNorm").
 
-`build` makes each `common.layers.Layer` the Keras layer of its family's LAYERS (core, norm, sequence) and `Stack`
-calls them in order: Keras itself carries the Embedding's token mask to the layer that consumes it, and the i-th
-exact-mode dropout layer multiplies the i-th shared mask (common.dropout). Every Keras layout equals the canonical
-one (Dense kernel (in, out), Embedding (vocab, dim), SimpleRNN kernel (dim, units), LayerNormalization gamma/beta),
-so `load_canonical` / `to_canonical` assign and read without transposes.
+`build` makes each `common.layers.Layer` the Keras layer of its family's LAYERS (core, norm, image, sequence) and
+`Stack` calls them in order: Keras itself carries the Embedding's token mask to the layer that consumes it, the i-th
+exact-mode dropout layer multiplies the i-th shared mask (common.dropout), and in training each exact-mode
+batch_norm gets the batch's real rows (w > 0) as its Keras mask (backends.tf_backend.norm). Every Keras layout
+equals the canonical one (Dense kernel (in, out), Conv2D kernel (k, k, in, out) on NHWC, Embedding (vocab, dim),
+SimpleRNN kernel (dim, units), LayerNormalization and BatchNormalization gamma/beta, BatchNormalization moving
+mean/variance), so `load_canonical` / `to_canonical` assign and read without transposes; the moving statistics
+are the state (common.layers.is_state) among those variables, loaded and read like the parameters.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from backends.tf_backend import core, norm, sequence
+from backends.tf_backend import core, image, norm, sequence
 from common import layers as layer_stack
 from common.layers import Layer
 from common.spec import Spec
@@ -23,22 +26,28 @@ if keras.backend.backend() != "tensorflow":
         f"backends.tf_backend needs KERAS_BACKEND=tensorflow, but Keras was loaded with '{keras.backend.backend()}'"
     )
 
-LAYERS = {**core.LAYERS, **norm.LAYERS, **sequence.LAYERS}
-VARIABLES = {**core.VARIABLES, **norm.VARIABLES, **sequence.VARIABLES}
+LAYERS = {**core.LAYERS, **norm.LAYERS, **image.LAYERS, **sequence.LAYERS}
+VARIABLES = {**core.VARIABLES, **norm.VARIABLES, **image.VARIABLES, **sequence.VARIABLES}
 
 
 class Stack(keras.Model):
-    """The stack's Keras layers called in order; `masks`: the shared dropout masks (exact mode, training)."""
+    """The stack's Keras layers called in order; `masks`: the shared dropout masks, `real`: the batch's real-row
+    flags (B,) for the batch_norm statistics (both exact mode, training)."""
 
     def __init__(self, layers: tuple[Layer, ...], build: core.Build):
         super().__init__(name="stack", dtype=build.dtype)
         self.canonical = layers
         self.stack = [LAYERS[layer.kind](layer, build) for layer in layers]
 
-    def call(self, x, masks=None, training=False):
+    def call(self, x, masks=None, real=None, training=False):
         keep = iter(masks or ())
         for native in self.stack:
-            x = native(x, next(keep, None)) if isinstance(native, core.SharedMask) else native(x, training=training)
+            if isinstance(native, core.SharedMask):
+                x = native(x, next(keep, None))
+            elif isinstance(native, norm.BatchNorm) and real is not None:
+                x = native(x, training=training, mask=norm.row_mask(real, x))
+            else:
+                x = native(x, training=training)
         return x
 
 
@@ -49,13 +58,12 @@ def build(layers: tuple[Layer, ...], spec: Spec, regularizers: dict | None = Non
         layers, core.Build(spec.dtype, spec.mode == "native", spec.seed, spec.sequence.mask, regularizers or {})
     )
     first = layers[0]
-    tokens = layer_stack.KINDS[first.kind].reads == layer_stack.TOKENS
-    model(np.ones((1, 1), np.int64) if tokens else np.zeros((1, first.in_width), spec.dtype))
+    model(np.ones((1, 1), np.int64) if first.flow == layer_stack.TOKENS else np.zeros((1, *first.in_shape), spec.dtype))
     return model
 
 
 def variables(model: Stack) -> dict[str, keras.Variable]:
-    """Canonical name → the Keras variable holding it, in stack order."""
+    """Canonical name → the Keras variable holding it, in stack order: the parameters and the batch_norm state."""
     return {
         layer.param(suffix): var
         for layer, native in zip(model.canonical, model.stack, strict=True)

@@ -1,17 +1,38 @@
-"""Normalisation layers as Keras 3 layers: layer_norm (docs/design.md, "Layer stacks").
+"""Normalisation layers as Keras 3 layers: layer_norm, batch_norm (docs/design.md, "Layer stacks", "Images and
+BatchNorm"; formulas in common.layers.norm).
 
 layer_norm → `keras.layers.LayerNormalization(axis=-1)`: y = γ ⊙ (x − μ)/√(σ² + ε) + β, σ² biased, with γ = gamma
 = canonical `ln{i}.scale` and β = beta = `ln{i}.offset` (no transposes), penalties on `gamma_regularizer` /
 `beta_regularizer`. Exact mode passes ε = layer.eps (model.norm_eps unless the table sets it); native mode keeps
 Keras's own default ε (1e-3, common.traps "layer_norm_eps"), as a hand port would.
+
+batch_norm → `keras.layers.BatchNormalization(axis=-1)` over the last axis of (B, F) or (B, H, W, C): gamma, beta =
+`bn{i}.scale`, `bn{i}.offset` (trainable, penalized like biases), moving_mean, moving_variance = `bn{i}.mean`,
+`bn{i}.var` (non-trainable Keras variables: outside `trainable_variables`, never seen by the optimizer). Keras's
+momentum m is the canonical decay convention, mean ← m·mean + (1 − m)·μ, and Keras normalises with the biased
+σ²_b. Native mode: Keras's defaults (m = 0.99, ε = 1e-3, biased running variance; common.native.LAYER_DEFAULTS).
+Exact mode, `BatchNorm`:
+- momentum = layer.momentum, epsilon = layer.eps;
+- the training batch's real rows come in as Keras's own `mask` (shape of x without its channel axis, model.Stack
+  broadcasts w > 0 to it): Keras's masked moments leave the filler rows of `last_batch = "pad"` out of μ and σ²_b.
+  They divide by Σ mask + `keras.config.epsilon()` (1e-7, a relative error 1e-7/n in μ and σ²_b: 1.4e-8 for a
+  7-row dense batch, outside float64's 1e-9), so the layer traces them with that fuzz factor at 0; the count is
+  n ≥ 2 (common.layers.norm.check_batch_statistics);
+- running_var = "unbiased": Keras's running update uses σ²_b; the layer reads the old moving_variance, lets Keras
+  update it, then assigns common.layers.norm.convert_running_var(old, updated, m, n/(n − 1)), n = Σ mask, the real
+  values per channel (rows·H·W). Only the running statistic changes, never the normalisation.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import keras
+from keras import ops
 
 from backends.tf_backend.core import Build
 from common.layers import Layer
+from common.layers.norm import convert_running_var, running_var_factor
 
 
 def layer_norm(layer: Layer, build: Build) -> keras.layers.LayerNormalization:
@@ -26,5 +47,68 @@ def layer_norm(layer: Layer, build: Build) -> keras.layers.LayerNormalization:
     )
 
 
-LAYERS = {"layer_norm": layer_norm}
-VARIABLES = {"layer_norm": lambda native: {"scale": native.gamma, "offset": native.beta}}
+@contextmanager
+def _exact_counts():
+    """keras.config.epsilon() at 0 while Keras's masked moments trace (module docstring)."""
+    fuzz = keras.config.epsilon()
+    keras.config.set_epsilon(0.0)
+    try:
+        yield
+    finally:
+        keras.config.set_epsilon(fuzz)
+
+
+class BatchNorm(keras.layers.BatchNormalization):
+    """Exact-mode batch_norm: Keras's layer with the real-row `mask` and the spec's running-variance estimator
+    (module docstring). The mask only selects the rows of the statistics: it does not propagate downstream."""
+
+    def __init__(self, running_var: str, **kwargs):
+        super().__init__(**kwargs)
+        self.running_var = running_var
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is None:
+            mask = ops.ones(ops.shape(inputs)[:-1], "bool")
+        old = ops.copy(self.moving_variance)
+        with _exact_counts():
+            outputs = super().call(inputs, training=training, mask=mask)
+        if training and self.trainable and self.running_var != "biased":
+            n = ops.sum(ops.cast(mask, old.dtype))
+            factor = running_var_factor("biased", self.running_var, n)
+            updated = ops.copy(self.moving_variance)
+            self.moving_variance.assign(convert_running_var(old, updated, self.momentum, factor))
+        return outputs
+
+    def compute_mask(self, inputs, previous_mask):
+        return None
+
+
+def row_mask(real, x):
+    """Keras's BatchNormalization mask for x (B, F) or (B, H, W, C): the rows' `real` (B,) flags on every position
+    of x's non-channel axes."""
+    return ops.broadcast_to(ops.reshape(real, (-1,) + (1,) * (len(x.shape) - 2)), ops.shape(x)[:-1])
+
+
+def batch_norm(layer: Layer, build: Build) -> keras.layers.BatchNormalization:
+    keys = {
+        "axis": -1,
+        "dtype": build.dtype,
+        "name": layer.name,
+        "gamma_regularizer": build.regularizer(layer, "scale"),
+        "beta_regularizer": build.regularizer(layer, "offset"),
+    }
+    if build.native:
+        return keras.layers.BatchNormalization(**keys)
+    return BatchNorm(layer.running_var, momentum=layer.momentum, epsilon=layer.eps, **keys)
+
+
+LAYERS = {"layer_norm": layer_norm, "batch_norm": batch_norm}
+VARIABLES = {
+    "layer_norm": lambda native: {"scale": native.gamma, "offset": native.beta},
+    "batch_norm": lambda native: {
+        "scale": native.gamma,
+        "offset": native.beta,
+        "mean": native.moving_mean,
+        "var": native.moving_variance,
+    },
+}

@@ -11,6 +11,8 @@
 - float64 runs hand momentum, β1, β2, d and the L1L2 factors to Keras as numpy float64 scalars (`hyper`): Keras
   casts Python floats through a float32 tensor on TF (common.traps).
 Native mode converts nothing: `native_regularizer` and `KerasOptimizer.native` follow common.native.
+The optimizer gets the trainable variables only: the batch_norm moving statistics (common.layers.is_state) are
+left out of its slots and of weight decay, and `common.layers.regularized` gives them no regularizer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import replace
 import keras
 import numpy as np
 
-from common.layers import Layer, param_shapes
+from common.layers import Layer, is_state, param_shapes
 from common.native import KERAS_DEFAULT_ADAM_EPSILON, l2_as_written
 from common.optim import keras_epsilon_hat
 from common.regularization import Regularization
@@ -84,6 +86,11 @@ def _keras_optimizer(o, epsilon, decay):
     )  # AdamW rejects None
 
 
+def trainable(variables: dict[str, keras.Variable]) -> dict[str, keras.Variable]:
+    """The trained variables of a canonical name → Keras variable dict: the state (common.layers.is_state) left out."""
+    return {name: var for name, var in variables.items() if not is_state(name)}
+
+
 class KerasOptimizer:
     """A Keras optimizer built for the spec and the model's variables, plus the per-step ε̂ hook (exact mode).
 
@@ -93,7 +100,7 @@ class KerasOptimizer:
 
     def __init__(self, optimizer, variables: dict[str, keras.Variable], epsilon_hat=None, eps=0.0, beta2=0.0):
         self.optimizer, self.epsilon_hat, self.eps, self.beta2 = optimizer, epsilon_hat, eps, beta2
-        optimizer.build(list(variables.values()))
+        optimizer.build(list(trainable(variables).values()))
 
     @classmethod
     def exact(cls, spec: Spec, variables: dict[str, keras.Variable]):
@@ -107,7 +114,9 @@ class KerasOptimizer:
             )
         optimizer = _keras_optimizer(o, epsilon_hat, hyper(reg.decoupled, dtype) if reg.decoupled else None)
         if optimizer.weight_decay is not None:
-            optimizer.exclude_from_weight_decay(var_list=[v for name, v in variables.items() if not reg.applies(name)])
+            optimizer.exclude_from_weight_decay(
+                var_list=[v for name, v in trainable(variables).items() if not reg.applies(name)]
+            )
         return cls(optimizer, variables, epsilon_hat, raw.eps, raw.beta2)
 
     @classmethod

@@ -4,10 +4,13 @@
 Device: "auto" = CUDA when available, else CPU; bench.py may ask for "cpu" or "gpu" ("gpu" without CUDA raises).
 On CUDA TF32 is off for matmul and cuDNN, so float32 stays IEEE single (docs/design.md, "Precision").
 Exact mode: the plan's batches, canonical parameters loaded, the shared dropout masks of each global step,
-torch.optim with converted settings. Native mode (common.native, torch column): `torch.manual_seed(seed)`, then
-the model is built (the default inits, then nn.Dropout, draw from the global RNG), torch's own DataLoader shuffle,
-the mean `F.cross_entropy(logits, y)` (per_token sequences: weighted by the kept lengths), the spec's optimizer
-numbers as written. A step's loss stays on the device; an epoch's losses are fetched once, at its end.
+torch.optim with converted settings; under `last_batch = "pad"` BatchNorm's batch statistics are those of the real
+rows (TorchRows.real, norm.py). The canonical state (BatchNorm's running statistics) is loaded and returned by
+`parameters()` with the parameters, and never given to the optimizer. Native mode (common.native, torch column):
+`torch.manual_seed(seed)`, then the model is built (the default inits, then nn.Dropout, draw from the global RNG),
+torch's own DataLoader shuffle, the mean `F.cross_entropy(logits, y)` (per_token sequences: weighted by the kept
+lengths), the spec's optimizer numbers as written, torch's own layer defaults (common.native.LAYER_DEFAULTS). A
+step's loss stays on the device; an epoch's losses are fetched once, at its end.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from backends.torch_backend.data import Pipeline, pipeline
+from backends.torch_backend.data import Pipeline, TorchRows, pipeline
 from backends.torch_backend.execution import check_execution, make_step
 from backends.torch_backend.model import DTYPES, build, load_canonical, to_canonical, trainable
 from backends.torch_backend.optim import NativeTorchOptimizer, TorchOptimizer
-from common.batching import Batch, BatchPlan, Rows
+from common.batching import Batch, BatchPlan
 from common.datasets import Dataset
 from common.driver import EpochRun
 from common.dropout import shared_masks
@@ -69,20 +72,20 @@ class TorchAdapter:
             self.execution,
             self._loss,
             self.optimizer,
-            [p for _, p in trainable(self.model)],
+            [p for _, p in trainable(self.model)] + list(self.model.buffers()),
             self.pipeline.static_shapes,
         )
 
-    def _loss(self, x, y, w, lengths, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss(self, x, y, w, lengths, masks, real) -> tuple[torch.Tensor, torch.Tensor]:
         """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates."""
-        logits = self.model(x, lengths, masks)
+        logits = self.model(x, lengths, masks, real)
         if self.pipeline.weighted:
             loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
         else:
             loss = F.cross_entropy(logits, y)
         return loss, loss + self.optimizer.penalty()
 
-    def _masks(self, step: int, rows: Rows) -> list[torch.Tensor] | None:
+    def _masks(self, step: int, rows: TorchRows) -> list[torch.Tensor] | None:
         """Exact mode: the shared masks of global step `step` on the device (None without dropout); native mode
         None (nn.Dropout draws its own)."""
         masks = (
@@ -90,10 +93,10 @@ class TorchAdapter:
         )
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
-    def _advance(self, rows: Rows, masks: list[torch.Tensor] | None) -> torch.Tensor:
+    def _advance(self, rows: TorchRows, masks: list[torch.Tensor] | None) -> torch.Tensor:
         """One update in this execution mode; the loss tensor, not waited on."""
         self.model.train()
-        return self.run_step(rows.x, rows.y, rows.weights, rows.lengths, masks)
+        return self.run_step(rows.x, rows.y, rows.weights, rows.lengths, masks, rows.real)
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
         ids, lengths, losses = [], [], []

@@ -2,12 +2,14 @@
 order", "Padding and masks").
 
 - Datasets take whole batches in `__getitems__`, a plan `Batch` (exact mode) or the index list of torch's own
-  BatchSampler (native mode, every row weight 1). Features: `RowsDataset`, the split put on the device once, one
-  gather per batch, already a Rows. Tokens: `TokenRowsDataset` gives the raw rows and the `collate_fn` `PadCollate`
-  truncates by slicing (`seq[:cap]` post, `seq[-cap:]` pre), pads with `pad_sequence(batch_first=True,
-  padding_side=…)` and out to the plan's T with `F.pad` (common.padding.padded_length), loss weights
-  common.padding.loss_weights(w, L, loss_norm); tokens and labels go to the device, lengths stay on the host
-  (`pack_padded_sequence` wants them there).
+  BatchSampler (native mode, every row weight 1), and give `TorchRows`: a Rows plus `real`, the count of real rows
+  heading a padded batch, read on the host from the plan's weights (core.Flow.real, for BatchNorm's batch
+  statistics). Features and images (canonical NHWC (B, H, W, C); the model permutes them): `RowsDataset`, the
+  split put on the device once, one gather per batch, already a Rows. Tokens: `TokenRowsDataset` gives the raw
+  rows and the `collate_fn` `PadCollate` truncates by slicing (`seq[:cap]` post, `seq[-cap:]` pre), pads with
+  `pad_sequence(batch_first=True, padding_side=…)` and out to the plan's T with `F.pad`
+  (common.padding.padded_length), loss weights common.padding.loss_weights(w, L, loss_norm); tokens and labels go
+  to the device, lengths stay on the host (`pack_padded_sequence` wants them there).
 - Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler.
   Native mode: `DataLoader(batch_size, shuffle, drop_last=last_batch == "drop")` ("pad" has no torch idiom: kept
   ragged); its RandomSampler reshuffles at every iter(). Either way the DataLoader gets its own `torch.Generator`:
@@ -36,6 +38,14 @@ from common.spec import Spec
 TORCH_SIDE = {"post": "right", "pre": "left"}
 
 
+@dataclass(frozen=True)
+class TorchRows(Rows):
+    """A Rows plus `real`: how many real rows head the batch before its filler rows (`last_batch = "pad"`, weight
+    0, at the end), None when every row is real (core.Flow.real)."""
+
+    real: int | None = None
+
+
 def _ids_and_weights(batch: Batch | list[int]) -> tuple[np.ndarray, np.ndarray]:
     """A plan `Batch` (ids and weights as planned) or a list of row indices (all real, weight 1)."""
     if isinstance(batch, Batch):
@@ -44,8 +54,17 @@ def _ids_and_weights(batch: Batch | list[int]) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.ones(ids.shape[0])
 
 
+def real_rows(weights: np.ndarray) -> int | None:
+    """`TorchRows.real` of a batch with plan weights `weights` (1 real, 0 filler; common.batching puts the filler
+    rows after the real ones)."""
+    real = int(np.count_nonzero(weights))
+    if not weights[:real].all():
+        raise RuntimeError(f"torch: a batch's filler rows (weight 0) must follow its real rows, got {weights}")
+    return None if real == weights.shape[0] else real
+
+
 class RowsDataset(Dataset):
-    """Map-style dataset over (x, y) feature tensors; batches are fetched whole by `__getitems__`."""
+    """Map-style dataset over (x, y) feature or image tensors; batches are fetched whole by `__getitems__`."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -56,12 +75,11 @@ class RowsDataset(Dataset):
     def __getitem__(self, index: int):
         return self.x[index], self.y[index]
 
-    def __getitems__(self, batch: Batch | list[int]) -> Rows:
+    def __getitems__(self, batch: Batch | list[int]) -> TorchRows:
         ids, weights = _ids_and_weights(batch)
         index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
-        return Rows(
-            ids, self.x[index], self.y[index], torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
-        )
+        w = torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
+        return TorchRows(ids, self.x[index], self.y[index], w, real=real_rows(weights))
 
 
 class TokenRow(NamedTuple):
@@ -127,7 +145,7 @@ class PadCollate:
             return seq
         return seq[: self.cap] if self.truncate == "post" else seq[seq.shape[0] - self.cap :]
 
-    def __call__(self, rows: list[TokenRow]) -> Rows:
+    def __call__(self, rows: list[TokenRow]) -> TorchRows:
         kept = [self._truncated(r.tokens) for r in rows]
         padded = pad_sequence(kept, batch_first=True, padding_value=PAD, padding_side=TORCH_SIDE[self.pad])
         target = padded_length(np.array([r.tokens.shape[0] for r in rows]), self.max_len, self.buckets, self.bucketed)
@@ -135,13 +153,15 @@ class PadCollate:
             extra = target - padded.shape[1]
             padded = F.pad(padded, (0, extra) if self.pad == "post" else (extra, 0), value=PAD)
         lengths = torch.tensor([k.shape[0] for k in kept], dtype=torch.long)
-        m = loss_weights(np.array([r.weight for r in rows], dtype=np.float64), lengths.numpy(), self.loss_norm)
-        return Rows(
+        planned = np.array([r.weight for r in rows], dtype=np.float64)
+        m = loss_weights(planned, lengths.numpy(), self.loss_norm)
+        return TorchRows(
             ids=np.array([r.id for r in rows], dtype=np.int64),
             x=padded.to(self.device),
             y=torch.tensor([r.label for r in rows], dtype=torch.long, device=self.device),
             weights=torch.as_tensor(m, dtype=self.dtype, device=self.device),
             lengths=lengths,
+            real=real_rows(planned),
         )
 
 
@@ -161,7 +181,7 @@ class PlanBatchSampler(Sampler):
         return self.plan.steps_per_epoch
 
 
-def already_collated(batch: Rows) -> Rows:
+def already_collated(batch: TorchRows) -> TorchRows:
     """Feature datasets' `__getitems__` returns the finished batch, so collation is the identity."""
     return batch
 
@@ -202,18 +222,18 @@ class Pipeline:
     static_shapes: bool
 
     def epoch(self, epoch: int):
-        """The epoch's batches as Rows (the plan's, or native mode's reshuffle)."""
+        """The epoch's batches as TorchRows (the plan's, or native mode's reshuffle)."""
         if isinstance(self.loader.batch_sampler, PlanBatchSampler):
             self.loader.batch_sampler.set_epoch(epoch)
         return iter(self.loader)
 
-    def eval_rows(self, split: str, batch: Batch) -> Rows:
+    def eval_rows(self, split: str, batch: Batch) -> TorchRows:
         """An evaluation batch of `split` (weighted per row by the plan's weights, for the metrics' sums)."""
         return self.eval_collate(self.datasets[split].__getitems__(batch))
 
 
 def pipeline(spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device) -> Pipeline:
-    """The pipeline of `data`: token rows with the padding collate_fn, or feature rows on the device."""
+    """The pipeline of `data`: token rows with the padding collate_fn, or feature / image rows on the device."""
     native = spec.mode == "native"
     if data.is_sequence:
         datasets = {

@@ -1,16 +1,19 @@
 """How the adapter runs one training step, as `spec.execution` says (docs/design.md, "Execution modes").
 
-A step: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, lengths, masks)` → (recorded loss,
-loss + penalties)), `backward()`, the optimizer step. Modes differ only in the native mechanism running it:
+A step: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, lengths, masks, real)` → (recorded
+loss, loss + penalties); `real` as core.Flow), `backward()`, the optimizer step; the model's buffers (BatchNorm's
+running statistics) are updated in place by the forward pass. Modes differ only in the native mechanism running it:
 - eager:    torch's eager autograd and `torch.optim`, op by op.
 - compiled: `torch.compile` of forward + loss (AOTAutograd compiles its backward) and of the optimizer step;
             `dynamic=False` (one graph per batch shape) for static shapes, `None` (automatic dynamic shapes) for
-            token batches whose T varies. The recompile limit is raised and hitting it is an error, so eager code
-            can never pass for "compiled".
-- fused:    a CUDA graph of the whole step, one per input signature, replayed per step (CUDA only; static shapes
-            only). Before a capture the step is warmed up on a side stream, then parameters, optimizer state and
-            the CUDA RNG are restored (state the warm-up created zeroed: the first-step state), so the replayed run
-            is the eager run. Each replay's loss is copied out of the graph's static output.
+            token batches whose T varies; it specialises on `real` (a padded batch compiles once more). Buffers
+            mutate in place as in eager. The recompile limit is raised and hitting it is an error, so eager code can
+            never pass for "compiled".
+- fused:    a CUDA graph of the whole step, one per input signature (shapes, masks or not, `real`), replayed per
+            step (CUDA only; static shapes only). Before a capture the step is warmed up on a side stream, then
+            parameters, buffers, optimizer state and the CUDA RNG are restored (state the warm-up created zeroed:
+            the first-step state), so the replayed run is the eager run. Each replay's loss is copied out of the
+            graph's static output.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ class EagerStep:
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.opt_step = optimizer.step
 
-    def __call__(self, x, y, w, lengths, masks) -> torch.Tensor:
+    def __call__(self, x, y, w, lengths, masks, real) -> torch.Tensor:
         self.optimizer.zero_grad()
-        loss, total = self.loss_fn(x, y, w, lengths, masks)
+        loss, total = self.loss_fn(x, y, w, lengths, masks, real)
         total.backward()
         self.opt_step()
         return loss.detach()
@@ -67,9 +70,9 @@ class GraphStep(EagerStep):
 
     WARMUP = 3
 
-    def __init__(self, loss_fn: LossFn, optimizer, params: list[torch.Tensor]):
+    def __init__(self, loss_fn: LossFn, optimizer, state: list[torch.Tensor]):
         super().__init__(loss_fn, optimizer)
-        self.params = params
+        self.state = state
         self.graphs: dict[tuple, tuple[list[torch.Tensor], torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     @staticmethod
@@ -77,22 +80,22 @@ class GraphStep(EagerStep):
         return [x, y, w, *(masks or [])]
 
     @staticmethod
-    def _unflat(flat: list[torch.Tensor], with_masks: bool):
-        return (*flat[:3], None, flat[3:] if with_masks else None)
+    def _unflat(flat: list[torch.Tensor], with_masks: bool, real: int | None):
+        return (*flat[:3], None, flat[3:] if with_masks else None, real)
 
-    def __call__(self, x, y, w, lengths, masks) -> torch.Tensor:
-        key = (tuple(x.shape), masks is not None)
+    def __call__(self, x, y, w, lengths, masks, real) -> torch.Tensor:
+        key = (tuple(x.shape), masks is not None, real)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(self._flat(x, y, w, masks), masks is not None)
+            self.graphs[key] = self._capture(self._flat(x, y, w, masks), masks is not None, real)
         static, graph, loss = self.graphs[key]
         for dst, src in zip(static, self._flat(x, y, w, masks), strict=True):
             dst.copy_(src)
         graph.replay()
         return loss.clone()
 
-    def _capture(self, inputs: list[torch.Tensor], with_masks: bool):
+    def _capture(self, inputs: list[torch.Tensor], with_masks: bool, real: int | None):
         static = [t.clone() for t in inputs]
-        args = self._unflat(static, with_masks)
+        args = self._unflat(static, with_masks, real)
         saved = self._snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -112,13 +115,13 @@ class GraphStep(EagerStep):
             id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
             for p, s in self.optimizer.opt.state.items()
         }
-        return [p.detach().clone() for p in self.params], state, torch.cuda.get_rng_state()
+        return [t.detach().clone() for t in self.state], state, torch.cuda.get_rng_state()
 
     @torch.no_grad()
     def _restore(self, saved: tuple) -> None:
-        params, state, rng = saved
-        for p, value in zip(self.params, params, strict=True):
-            p.copy_(value)
+        tensors, state, rng = saved
+        for t, value in zip(self.state, tensors, strict=True):
+            t.copy_(value)
         for p, s in self.optimizer.opt.state.items():
             before = state.get(id(p), {})
             for k, v in s.items():
@@ -128,9 +131,11 @@ class GraphStep(EagerStep):
         torch.cuda.set_rng_state(rng)
 
 
-def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Tensor], static_shapes: bool) -> EagerStep:
-    """The step of `execution` for batches of static shapes (the plan's, features) or not (token batches: compiled
-    with automatic dynamic shapes, which recompile once with a symbolic size when a shape changes)."""
+def make_step(execution: str, loss_fn: LossFn, optimizer, state: list[torch.Tensor], static_shapes: bool) -> EagerStep:
+    """The step of `execution` for batches of static shapes (the plan's: features, images) or not (token batches:
+    compiled with automatic dynamic shapes, which recompile once with a symbolic size when a shape changes).
+    `state`: every tensor a step changes besides the optimizer's state (the trainable parameters and the model's
+    buffers), which a CUDA graph's warm-up must leave as it found them."""
     if execution == "compiled":
         return CompiledStep(loss_fn, optimizer, False if static_shapes else None)
     if execution == "fused":
@@ -139,5 +144,5 @@ def make_step(execution: str, loss_fn: LossFn, optimizer, params: list[torch.Ten
                 "torch fused mode (CUDA graph) needs batches of static shapes; token batches vary "
                 'in length (use execution = "compiled" or "eager")'
             )
-        return GraphStep(loss_fn, optimizer, params)
+        return GraphStep(loss_fn, optimizer, state)
     return EagerStep(loss_fn, optimizer)

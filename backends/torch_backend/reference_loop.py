@@ -1,7 +1,8 @@
 """The hand-fused PyTorch reference (common.benchtarget.EpochRunner): the fastest minimal loop torch allows for a
-feature-data stack, the baseline the bench's modes are compared with (docs/design.md, "Performance methodology").
-Not held to equivalence, but the same model: the stack built as a hand port builds it (nn.Dropout, torch's
-defaults) with the canonical init loaded, optim.TorchOptimizer with the spec's optimizer and regularization.
+feature or image stack, the baseline the bench's modes are compared with (docs/design.md, "Performance
+methodology"). Not held to equivalence, but the same model: the stack built as a hand port builds it (nn.Dropout,
+torch's defaults: image layers and BatchNorm as native mode builds them, BatchNorm over every row of a padded
+batch) with the canonical init loaded, optim.TorchOptimizer with the spec's optimizer and regularization.
 
 - Data: the training split on the device once; per epoch one permutation on the device (`torch.randperm`, a device
   Generator; `arange` without shuffle) cut into (steps, B) ids, a short last batch padded to B with weight-0 rows

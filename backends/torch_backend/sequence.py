@@ -37,7 +37,7 @@ def token_mask(lengths: torch.Tensor, steps: int, pad: str, device) -> torch.Ten
 
 
 class Embedding(Canonical, nn.Embedding):
-    CANONICAL: ClassVar = {"weight": ("weight", False)}
+    CANONICAL: ClassVar = {"weight": ("weight", None)}
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, dtype=dtype)
@@ -60,9 +60,9 @@ class MaskedMean(nn.Module):
 
 class RNN(Canonical, nn.RNN):
     CANONICAL: ClassVar = {
-        "weight_ih_l0": ("input.weight", True),
-        "weight_hh_l0": ("recurrent.weight", True),
-        "bias_ih_l0": ("bias", False),
+        "weight_ih_l0": ("input.weight", (1, 0)),
+        "weight_hh_l0": ("recurrent.weight", (1, 0)),
+        "bias_ih_l0": ("bias", None),
     }
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):

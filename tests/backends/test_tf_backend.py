@@ -18,12 +18,15 @@ from backends.tf_backend.execution import MODES  # noqa: E402
 from common.batching import BatchPlan, eval_batches  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.driver import canonical_init, train  # noqa: E402
+from common.layers import is_state  # noqa: E402
 from common.metrics import cross_entropy, weighted_mean  # noqa: E402
 from tests.support import (  # noqa: E402
+    CNN_RUNS,
     EXACT_MATRIX,
     LAYER_NORM_RUNS,
     LAYER_NORM_STACK,
     base_spec,
+    cnn_spec,
     compare_with_oracle,
     divergences,
     matrix_spec,
@@ -342,3 +345,98 @@ def test_layer_norm_with_keras_default_eps_diverges_in_exact_mode(monkeypatch):
         lambda layer, build: tf_norm.layer_norm(layer, dataclasses.replace(build, native=True)),
     )
     assert _loss_pair(compare_with_oracle("tf", spec))["first_divergent_step"] == 1
+
+
+# Images and BatchNorm (docs/design.md, "Images and BatchNorm"): the CNN of tests.support (conv "same" at stride 1
+# and 2, batch_norm after conv and dense with both running-variance estimators, max_pool, NHWC flatten, dropout on
+# images and features) on digits images, batch 7 with a ragged last batch of 3, against the oracle at every step.
+# The layers alone against numpy references: tests/backends/test_tf_images.py.
+
+
+def _cnn_checked(spec):
+    cmp = compare_with_oracle("tf", spec)
+    assert cmp["tolerance"]["rtol"] == (1e-9 if spec.dtype == "float64" else 1e-4)
+    assert divergences(cmp) == []
+    metrics = {p["metric"] for p in cmp["pairs"]}
+    assert {"loss", "test_loss", "final/bn0.mean", "final/bn1.var", "final/conv1.weight"} <= metrics
+    return cmp
+
+
+@pytest.mark.parametrize("run", sorted(CNN_RUNS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cnn_agrees_with_oracle(run, dtype):
+    _cnn_checked(cnn_spec(run, dtype=dtype))
+
+
+# A short epoch (54 training rows: 7 batches of 7 and a ragged 5) in every execution mode, dtype and last-batch
+# policy: tf.function, XLA and the fused XLA epoch must assign the moving statistics inside the program as eager
+# does, and the filler rows stay out of them. Short, because the full epoch amplifies rounding: TF's own eager and
+# XLA runs of it drift apart (losses 2.5e-7 apart by the end of the float64 SGD run, 4e-2 within 50 float32 steps).
+SHORT = {"data": {"test_fraction": 0.97}}
+
+
+@pytest.mark.parametrize("run", sorted(CNN_RUNS))
+@pytest.mark.parametrize("last", ["keep", "pad"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cnn_short_epoch_agrees_with_oracle_in_every_execution_mode(mode, dtype, last, run):
+    spec = cnn_spec(run, dtype=dtype, batching={"last_batch": last}, **SHORT)
+    assert load_dataset(spec).train_x.shape[0] == 54
+    _cnn_checked(dataclasses.replace(spec, execution=mode))
+
+
+@pytest.mark.parametrize("run", sorted(CNN_RUNS))
+def test_cnn_pad_agrees_with_oracle_and_equals_keep(run):
+    """The last batch padded from 3 real rows to 7: the filler rows stay out of the batch_norm statistics (Keras's
+    mask) and the loss, and common.dropout gives the real rows keep's masks, so pad is keep."""
+    keep, pad = (cnn_spec(run, batching={"last_batch": last}) for last in ("keep", "pad"))
+    (rec_k, npz_k), (rec_p, npz_p) = run_in_process("tf", keep), run_in_process("tf", pad)
+    assert [s["batch_ids"] for s in rec_p["steps"]] == [s["batch_ids"] for s in rec_k["steps"]]
+    assert [s["batch_size"] for s in rec_p["steps"]][-1] == 3
+    for key in ("losses", *(k for k in npz_k if k.startswith("final/"))):
+        np.testing.assert_allclose(npz_p[key], npz_k[key], rtol=1e-9, atol=1e-12, err_msg=key)
+    _cnn_checked(pad)
+
+
+def test_cnn_state_is_loaded_and_recorded_but_never_trained_nor_regularized():
+    spec = cnn_spec(
+        "adam-l2-bias", optimizer={"name": "adamw"}, regularization={"weight_decay": 1e-2, "decay": "decoupled"}
+    )
+    adapter, data = prepared_adapter("tf", spec)
+    params, init = adapter.parameters(), canonical_init(spec, data)
+    assert set(params) == set(init) and {"bn0.mean", "bn0.var", "bn1.mean", "bn1.var"} <= set(params)
+    assert all(np.array_equal(params[k], init[k]) for k in init)
+    state = {k for k in params if is_state(k)}
+    regularizers = tf_optim.regularizers(spec, adapter.model.canonical)
+    assert all(regularizers[k] is None for k in state) and regularizers["bn0.scale"] is not None  # regularize_bias
+    optimizer = adapter.optimizer.optimizer
+    trained = {v.path for v in optimizer._trainable_variables}
+    assert trained == {v.path for v in adapter.model.trainable_variables}
+    moving = {v.path for v in adapter.model.non_trainable_variables}
+    assert len(moving) == len(state) and not trained & moving
+    keras_gamma = _keras_layer(adapter, "bn0").gamma
+    assert optimizer._use_weight_decay(keras_gamma)  # regularize_bias: scale decays too, the state is not there
+
+
+def test_cnn_steps_trace_once_with_image_inputs_and_masks():
+    spec = cnn_spec("sgd-momentum-wd")
+    adapter, _ = _trained_adapter(spec)
+    assert adapter.pipeline.x_spec.shape.as_list() == [None, 8, 8, 1]
+    assert [tuple(s) for s in adapter.runner.masks.shapes] == [(4, 4, 6), (16,)]
+    assert adapter.runner.step.experimental_get_tracing_count() == 1  # the ragged last batch of 3 reuses it
+    fused = _prepared(dataclasses.replace(spec, execution="fused"))
+    full, tail = fused.runner.plan_inputs(0, 1)
+    assert full[0].shape == (205, 7) and [m.shape for m in full[2]] == [(205, 7, 4, 4, 6), (205, 7, 16)]
+    assert [m.shape for m in tail[2]] == [(3, 4, 4, 6), (3, 16)]
+
+
+def test_cnn_native_mode_runs_keras_defaults_end_to_end():
+    spec = cnn_spec("adam-l2-bias", mode="native")
+    adapter, data = prepared_adapter("tf", spec)
+    norms = [layer for layer in adapter.model.stack if isinstance(layer, keras.layers.BatchNormalization)]
+    assert [type(n) for n in norms] == [keras.layers.BatchNormalization] * 2
+    assert all((n.momentum, n.epsilon) == (0.99, 1e-3) for n in norms)  # not the spec's 0.8 / 0.9 and 1e-5
+    _, npz = run_in_process("tf", spec)
+    assert np.all(np.isfinite(npz["losses"])) and len(npz["losses"]) == 206
+    assert not np.allclose(npz["final/bn1.var"], npz["init/bn1.var"])  # the state moved
+    assert not np.array_equal(npz["init/conv0.weight"], canonical_init(spec, data)["conv0.weight"])  # Keras init

@@ -399,4 +399,4 @@ def test_fused_mode_captures_one_graph_per_batch_shape():
     adapter, data, _ = _prepared(spec)
     train(adapter, spec, data)
     assert isinstance(adapter.run_step, GraphStep)
-    assert sorted(adapter.run_step.graphs) == [((1, 4), False), ((7, 4), False)]
+    assert sorted(adapter.run_step.graphs) == [((1, 4), False, None), ((7, 4), False, None)]
