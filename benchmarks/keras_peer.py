@@ -24,7 +24,10 @@ from common.timing import time_calls
 
 PEER_LAYERS = {
     "dense": lambda keras, layer, dtype: keras.layers.Dense(
-        layer.width, activation=None if layer.activation == "none" else layer.activation, dtype=dtype
+        layer.width,
+        activation=None if layer.activation == "none" else layer.activation,
+        use_bias=layer.bias,
+        dtype=dtype,
     ),
     "relu": lambda keras, layer, dtype: keras.layers.Activation("relu", dtype=dtype),
     "tanh": lambda keras, layer, dtype: keras.layers.Activation("tanh", dtype=dtype),
@@ -36,6 +39,7 @@ PEER_LAYERS = {
         layer.stride,
         padding=layer.padding,
         activation=None if layer.activation == "none" else layer.activation,
+        use_bias=layer.bias,
         dtype=dtype,
     ),
     "max_pool": lambda keras, layer, dtype: keras.layers.MaxPooling2D(

@@ -47,9 +47,11 @@ def test_cnn_stack_shapes_pads_and_names():
         (16,),
         (16,),
         (16,),
+        (16,),
         (10,),
     ]
     assert [layer.name for layer in stack if layer.name] == ["conv0", "bn0", "conv1", "layer0", "bn1", "layer1"]
+    assert not stack[0].bias and stack[3].bias and not stack[7].bias
     assert stack[0].pads == (1, 1, 1, 1) and stack[3].pads == (0, 1, 0, 1) and stack[5].pads == (0, 0, 0, 0)
     assert (stack[1].momentum, stack[1].eps, stack[1].running_var) == (0.8, 1e-5, "biased")
     assert (stack[8].momentum, stack[8].running_var) == (0.9, "unbiased")

@@ -7,6 +7,9 @@ are fetched once at the end of the epoch. Exact mode: the shared plan, canonical
 (common.dropout, drawn here per global step). Native mode (common.native, jax column): data.JaxOrderPlan, flax's
 own init (`model.init(PRNGKey(seed), x)`), nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t),
 the optax chain as written; a pad batch's weight-0 filler is fed (one shape) but not reported.
+`self.params` holds all the flax variables, {'params'} plus {'batch_stats'} with batch_norm: the canonical state is
+loaded into and exported from `batch_stats` (model.py), the optax state covers `params` only, and evaluation
+normalises with the running statistics.
 `jax_enable_x64` is switched on for every spec (process-global) and every array gets its dtype explicitly, so a
 float32 run stays float32 while optax's scalar arithmetic (Adam's 1 − βᵗ) is float64 (docs/design.md, "Precision").
 """
@@ -20,7 +23,7 @@ import optax
 
 from backends.jax_backend import data as pipelines
 from backends.jax_backend import execution, optim
-from backends.jax_backend.model import build, load_canonical, native_init, to_canonical
+from backends.jax_backend.model import build, load_canonical, native_init, split_state, to_canonical
 from common import rng
 from common.driver import EpochRun
 from common.dropout import shared_masks
@@ -67,7 +70,7 @@ class JaxAdapter:
             self.params = native_init(self.model, spec.seed)
             names = to_canonical(self.params)
             tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
-        self.opt_state = tx.init(self.params)
+        self.opt_state = tx.init(split_state(self.params)[0])
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
         self.run = execution.Execution(

@@ -1,10 +1,11 @@
 """The core layer kinds (common.layers.core) as flax.linen: dense → `nn.Dense`, dropout → the shared mask multiply
 (exact mode) or `nn.Dropout` (native mode), relu → `nn.relu`, tanh → `jnp.tanh`.
 
-Every LAYERS value of the three family modules (core, norm, sequence) has one shape: `make(layer, options)`, called
-inside model.Stack's compact `__call__` (so the flax modules it creates are the Stack's children, named as the
-canonical prefix: `layer{i}`, `ln{i}`, `embed`, `rnn`), returns `apply(x, call)`. NAMES maps each kind's canonical
-parameter suffix to its path inside that child. Dense uses precision HIGHEST (docs/design.md, "Precision").
+Every LAYERS value of the four family modules (core, norm, image, sequence) has one shape: `make(layer,
+options)`, called inside model.Stack's compact `__call__` (so the flax modules it creates are the Stack's children,
+named as the canonical prefix: `layer{i}`, `ln{i}`, `conv{i}`, `bn{i}`, `embed`, `rnn`), returns `apply(x, call)`.
+NAMES maps each kind's canonical parameter suffix to its path inside that child. Dense uses precision HIGHEST
+(docs/design.md, "Precision").
 Dropout: exact mode multiplies by mask k of common.dropout.shared_masks for the k-th dropout layer (`call.masks`,
 training only); native mode uses `nn.Dropout` (inverted dropout, rng stream "dropout", left to flax's automatic
 name `Dropout_{k}`, which keys its masks), deterministic unless `call.train` (docs/design.md, "Dropout").
@@ -35,10 +36,12 @@ class Options:
 
 
 class Call(NamedTuple):
-    """Per forward pass: training or evaluation, and exact mode's shared dropout masks (None otherwise)."""
+    """Per forward pass: training or evaluation, exact mode's shared dropout masks (None otherwise), and in training
+    the real rows (B,) bool, w > 0, which batch_norm's statistics read (None: every row; norm.py)."""
 
     train: bool = False
     masks: Any = None
+    real: Any = None
 
 
 def dense(layer: Layer, options: Options):
@@ -47,6 +50,7 @@ def dense(layer: Layer, options: Options):
         dtype=options.dtype,
         param_dtype=options.dtype,
         precision=jax.lax.Precision.HIGHEST,
+        use_bias=layer.bias,
         name=layer.name,
     )
     act = ACTIVATIONS[layer.activation]

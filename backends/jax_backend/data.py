@@ -1,10 +1,11 @@
 """The JAX input pipeline: manual numpy batching, the idiom of the flax examples (JAX has no loader of its own),
 yielding common.batching.Rows on the device (docs/design.md, "Batching and order", "Padding and masks").
 
-Features: the plan batch's rows by numpy fancy indexing, cast to the spec dtype explicitly (x64 is on), one
-`jax.device_put`. Tokens: `common.padding.pad_batch` to the plan's length T with the sides resolved for "jax"
-(native: post/post), so the jitted step sees only the plan's (B, T) shapes (one compile per bucket with buckets and
-last_batch "pad"); weights m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
+Features and images: the plan batch's rows by numpy fancy indexing (features (B, F), images (B, H, W, C) NHWC as
+the dataset holds them), cast to the spec dtype explicitly (x64 is on), one `jax.device_put`. Tokens:
+`common.padding.pad_batch` to the plan's length T with the sides resolved for "jax" (native: post/post), so the
+jitted step sees only the plan's (B, T) shapes (one compile per bucket with buckets and last_batch "pad"); weights
+m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
 Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
 PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
 Bench loaders (features, LOADERS): "naive" (per-row Python stacking, one `jnp.asarray` per array), "fast" (the
@@ -82,7 +83,8 @@ def on_device(x: np.ndarray, y: np.ndarray, dtype) -> tuple[jax.Array, jax.Array
 
 
 def take_rows(x: jax.Array, y: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Rows `ids` (int32, in range by construction, hence mode "clip": no out-of-bounds fill) of a device split."""
+    """Rows `ids` (int32, in range by construction, hence mode "clip": no out-of-bounds fill) of a device split,
+    features (N, F) or images (N, H, W, C) alike (axis 0)."""
     return jnp.take(x, ids, axis=0, mode="clip"), jnp.take(y, ids, axis=0, mode="clip")
 
 

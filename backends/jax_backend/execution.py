@@ -1,15 +1,20 @@
 """The ONE pure training step and the execution modes that run it (docs/design.md, "Execution modes").
 
-    step(params, opt_state, x, y, w, masks, t) → (params, opt_state, loss),
+    step(variables, opt_state, x, y, w, masks, t) → (variables, opt_state, loss),
     loss = Σ w·ℓ / max(Σ w, 1),  ℓ = optax.softmax_cross_entropy_with_integer_labels (per row),
 
-for every stack (x: features or tokens); masks: exact mode's shared dropout masks or None; t: the global step, whose
-`fold_in` gives native nn.Dropout's key (an argument, so it neither retraces nor dispatches once jitted).
+for every stack (x: features, images or tokens); variables: flax's {'params'} plus, with batch_norm,
+{'batch_stats'}. The step differentiates `params` only and applies the model with `mutable=["batch_stats"]`, the
+real rows w > 0 as batch_norm's mask; the new statistics (their running variance converted to the spec's estimator
+by norm.running_stats) come back in the returned variables, and the optax chain updates `params` alone.
+masks: exact mode's shared dropout masks or None; t: the global step, whose `fold_in` gives native nn.Dropout's key
+(an argument, so it neither retraces nor dispatches once jitted).
 - eager:    the step un-jitted: JAX dispatches it op by op.
 - compiled: `jax.jit(step)`, one XLA program per step.
-- fused:    `jax.jit` of a `lax.scan` of the step over stacked steps (ids (S, B) int32, w (S, B), masks (S, B, width)
-            per dropout layer, t (S,)), each gathering its rows from the training split on the device
-            (feature data only: token batches have no static epoch shape).
+- fused:    `jax.jit` of a `lax.scan` of the step over stacked steps, carrying the variables (batch_stats
+            included) and the optimizer state (ids (S, B) int32, w (S, B), masks (S, B, *shape) per dropout layer,
+            t (S,)), each gathering its rows (features or images) from the training split on the device (not token
+            data: token batches have no static epoch shape).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
 """
 
@@ -20,6 +25,8 @@ import jax.numpy as jnp
 import optax
 
 from backends.jax_backend.data import take_rows
+from backends.jax_backend.model import split_state
+from backends.jax_backend.norm import running_stats
 from common.datasets import Dataset
 
 EXECUTIONS = ("eager", "compiled", "fused")
@@ -37,20 +44,23 @@ def check(execution: str, data: Dataset | None = None) -> None:
 
 
 def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
-    """The pure step for `model` and the optax chain `tx`; `penalty` (native L1) is added to the differentiated
-    loss only; `dropout_key` (native nn.Dropout) is folded with t, None without native dropout."""
+    """The pure step for `model` and the optax chain `tx` (over `params`); `penalty` (native L1) is added to the
+    differentiated loss only; `dropout_key` (native nn.Dropout) is folded with t, None without native dropout."""
 
-    def step(params, opt_state, x, y, w, masks, t):
+    def step(variables, opt_state, x, y, w, masks, t):
         rngs = None if dropout_key is None else {"dropout": jax.random.fold_in(dropout_key, t)}
+        params, state = split_state(variables)
+        real = w > 0
 
         def loss_fn(p):
-            logits = model.apply(p, x, masks, train=True, rngs=rngs)
+            logits, updated = model.apply({**p, **state}, x, masks, train=True, real=real, rngs=rngs, mutable=[*state])
             ce = jnp.sum(w * optax.softmax_cross_entropy_with_integer_labels(logits, y)) / jnp.maximum(jnp.sum(w), 1.0)
-            return (ce if penalty is None else ce + penalty(p)), ce
+            return (ce if penalty is None else ce + penalty(p)), (ce, updated)
 
-        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (_, (loss, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        state = running_stats(model.layers, model.options, state, updated, real)
+        return {**optax.apply_updates(params, updates), **state}, opt_state, loss
 
     return step
 
@@ -58,24 +68,24 @@ def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
 def scan_steps(step):
     """The fused epoch: `lax.scan` of `step` over stacked steps, rows gathered on the device."""
 
-    def scanned(params, opt_state, x_all, y_all, ids, w, masks, steps):
-        def body(state, xs):
+    def scanned(variables, opt_state, x_all, y_all, ids, w, masks, steps):
+        def body(carry, xs):
             ids_t, w_t, masks_t, t = xs
             x, y = take_rows(x_all, y_all, ids_t)
-            params, opt_state, loss = step(*state, x, y, w_t, masks_t, t)
-            return (params, opt_state), loss
+            variables, opt_state, loss = step(*carry, x, y, w_t, masks_t, t)
+            return (variables, opt_state), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (ids, w, masks, steps))
-        return params, opt_state, losses
+        (variables, opt_state), losses = jax.lax.scan(body, (variables, opt_state), (ids, w, masks, steps))
+        return variables, opt_state, losses
 
     return scanned
 
 
 def eval_sums(model):
-    """Evaluation (no dropout): (Σ ℓ, number correct) over a batch's rows."""
+    """Evaluation (no dropout, batch_norm on its running statistics): (Σ ℓ, number correct) over a batch's rows."""
 
-    def sums(params, x, y):
-        logits = model.apply(params, x)
+    def sums(variables, x, y):
+        logits = model.apply(variables, x)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return jnp.sum(ce), jnp.sum(jnp.argmax(logits, axis=-1) == y)
 

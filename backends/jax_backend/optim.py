@@ -6,7 +6,9 @@ Exact mode: chain(l1_sign(f) [g += f_t·sign(w), sign(0) = 0; optax has no L1], 
 decoupled d = chain(trace, add_decayed_weights(d, mask), scale_by_learning_rate) (optax.adamw's own layout);
 adam = `optax.adam(lr, b1, b2, eps)` (eps_root 0, torch's ε placement); adamw = `optax.adamw(..., weight_decay=d,
 mask)`. Masks are pytrees of bools from Regularization.applies (kernels always, bias-like leaves with
-regularize_bias); optax's default mask None would decay every leaf.
+regularize_bias); optax's default mask None would decay every leaf. The chain covers the trainable parameters
+only, flax's `params` collection: every function here drops the state names (batch_norm's running statistics,
+common.layers.is_state) from `canonical` first (`trainable`), so no update, decay or L1 ever reaches them.
 Native mode (common.native, jax column; `build_native`, `native_l1_penalty`): add_decayed_weights(λ = l2 + coupled
 wd, mask); decoupled decay unmasked (biases too); L1 as a jnp.abs loss term (|x|′(0) = +1: the trap on zero
 biases); the spec's Adam ε.
@@ -20,6 +22,7 @@ import numpy as np
 import optax
 
 from backends.jax_backend.model import to_native
+from common.layers import is_state
 from common.native import l2_as_written
 from common.regularization import Regularization
 from common.spec import Spec
@@ -38,9 +41,15 @@ def l1_sign(coefficients) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def trainable(canonical: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The canonical parameters without the state: what the optax chain trains (flax's `params` collection)."""
+    return {name: value for name, value in canonical.items() if not is_state(name)}
+
+
 def build(spec: Spec, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Exact mode: the optax transformation for `spec`; `canonical` (the initial params) gives tensor names and
     sizes, model.to_native their places in the params tree."""
+    canonical = trainable(canonical)
     mask = to_native({name: reg.applies(name) for name in canonical})
     coefficients = {name: reg.l1_coefficient(name, np.size(w)) for name, w in canonical.items()}
     parts = []
@@ -71,6 +80,7 @@ def _optimizer(o, decoupled: float, mask) -> optax.GradientTransformation:
 def build_native(spec: Spec, reg: Regularization, canonical: dict[str, np.ndarray]) -> optax.GradientTransformation:
     """Native mode: the optax chain a user writes from the spec's numbers (see the module docstring); L1 is not
     here but in the loss (`native_l1_penalty`)."""
+    canonical = trainable(canonical)
     r = spec.regularization
     coupled = l2_as_written(spec)
     decoupled = r.weight_decay if r.decay == "decoupled" else 0.0
@@ -88,7 +98,7 @@ def native_l1_penalty(spec: Spec, reg: Regularization, canonical: dict[str, np.n
     if not r.l1:
         return None
     reduce = jnp.mean if r.l1_reduction == "mean" else jnp.sum
-    chosen = to_native({name: reg.applies(name) for name in canonical})
+    chosen = to_native({name: reg.applies(name) for name in trainable(canonical)})
 
     def penalty(params):
         terms = jax.tree.map(lambda w, on: reduce(jnp.abs(w)) if on else None, params, chosen)

@@ -45,14 +45,18 @@ class Part:
 
 class Dense(Part):
     def forward(self, params, x, flow):
-        a = x @ params[self.layer.param("weight")] + params[self.layer.param("bias")]
+        a = x @ params[self.layer.param("weight")]
+        if self.layer.bias:
+            a = a + params[self.layer.param("bias")]
         y = activate(self.layer.activation, a)
         return y, (x, a, y)
 
     def backward(self, params, cache, dy):
         x, a, y = cache
         da = activation_backward(self.layer.activation, a, y, dy)
-        grads = {self.layer.param("weight"): x.T @ da, self.layer.param("bias"): da.sum(axis=0)}
+        grads = {self.layer.param("weight"): x.T @ da}
+        if self.layer.bias:
+            grads[self.layer.param("bias")] = da.sum(axis=0)
         return da @ params[self.layer.param("weight")].T, grads
 
 

@@ -64,7 +64,9 @@ class Conv2D(Part):
         win = windows(self.layer, padded)
         cols = win.reshape(-1, int(np.prod(win.shape[3:])))  # a copy: the im2col matrix
         kernel = params[self.layer.param("weight")]
-        a = (cols @ kernel.reshape(cols.shape[1], -1)).reshape(*win.shape[:3], -1) + params[self.layer.param("bias")]
+        a = (cols @ kernel.reshape(cols.shape[1], -1)).reshape(*win.shape[:3], -1)
+        if self.layer.bias:
+            a = a + params[self.layer.param("bias")]
         y = activate(self.layer.activation, a)
         return y, (padded.shape, win.shape, cols, a, y)
 
@@ -73,10 +75,9 @@ class Conv2D(Part):
         da = activation_backward(self.layer.activation, a, y, dy)
         kernel = params[self.layer.param("weight")]
         da_rows = da.reshape(cols.shape[0], -1)
-        grads = {
-            self.layer.param("weight"): (cols.T @ da_rows).reshape(kernel.shape),
-            self.layer.param("bias"): da_rows.sum(axis=0),
-        }
+        grads = {self.layer.param("weight"): (cols.T @ da_rows).reshape(kernel.shape)}
+        if self.layer.bias:
+            grads[self.layer.param("bias")] = da_rows.sum(axis=0)
         d_cols = (da_rows @ kernel.reshape(cols.shape[1], -1).T).reshape(win_shape)
         return scatter(self.layer, d_cols, padded_shape), grads
 

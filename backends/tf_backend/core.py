@@ -54,6 +54,7 @@ def dense(layer: Layer, build: Build) -> keras.layers.Dense:
     return keras.layers.Dense(
         layer.width,
         activation=None if layer.activation == "none" else layer.activation,
+        use_bias=layer.bias,
         dtype=build.dtype,
         name=layer.name,
         kernel_initializer=keras.initializers.GlorotUniform(seed=build.keras_seed(rng.KERAS_INIT, layer.number)),
@@ -76,5 +77,12 @@ def activation(layer: Layer, build: Build) -> keras.layers.Activation:
 
 
 LAYERS = {"dense": dense, "dropout": dropout, "relu": activation, "tanh": activation}
-VARIABLES = {"dense": lambda native: {"weight": native.kernel, "bias": native.bias}}
+
+
+def kernel_and_bias(native) -> dict:
+    """A Dense or Conv2D layer's variables by canonical suffix (no `bias` when built with use_bias=False)."""
+    return {"weight": native.kernel, **({"bias": native.bias} if native.use_bias else {})}
+
+
+VARIABLES = {"dense": kernel_and_bias}
 """kind → the Keras variables of a built layer by canonical suffix (model.load_canonical / to_canonical)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import keras
 
-from backends.tf_backend.core import Build
+from backends.tf_backend.core import Build, kernel_and_bias
 from common import rng
 from common.layers import Layer
 
@@ -33,6 +33,7 @@ def conv2d(layer: Layer, build: Build) -> keras.layers.Conv2D:
         padding=layer.padding,
         data_format="channels_last",
         activation=None if layer.activation == "none" else layer.activation,
+        use_bias=layer.bias,
         dtype=build.dtype,
         name=layer.name,
         kernel_initializer=keras.initializers.GlorotUniform(
@@ -71,5 +72,5 @@ LAYERS = {
     "global_avg_pool": _whole(keras.layers.GlobalAveragePooling2D),
     "flatten": _whole(keras.layers.Flatten),
 }
-VARIABLES = {"conv2d": lambda native: {"weight": native.kernel, "bias": native.bias}}
+VARIABLES = {"conv2d": kernel_and_bias}
 """kind → the Keras variables of a built layer by canonical suffix (model.load_canonical / to_canonical)."""

@@ -28,11 +28,15 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from backends.tf_backend.core import Build
 from common.layers import Layer
 from common.layers.norm import convert_running_var, running_var_factor
+from common.native import LAYER_DEFAULTS
+
+KERAS_RUNNING_VAR = LAYER_DEFAULTS["tf"]["running_var"]  # what Keras's BatchNormalization keeps
 
 
 def layer_norm(layer: Layer, build: Build) -> keras.layers.LayerNormalization:
@@ -72,14 +76,18 @@ class BatchNorm(keras.layers.BatchNormalization):
         old = ops.copy(self.moving_variance)
         with _exact_counts():
             outputs = super().call(inputs, training=training, mask=mask)
-        if training and self.trainable and self.running_var != "biased":
+        if training and self.trainable and self.running_var != KERAS_RUNNING_VAR:
             n = ops.sum(ops.cast(mask, old.dtype))
-            factor = running_var_factor("biased", self.running_var, n)
+            factor = running_var_factor(KERAS_RUNNING_VAR, self.running_var, n)
             updated = ops.copy(self.moving_variance)
             self.moving_variance.assign(convert_running_var(old, updated, self.momentum, factor))
         return outputs
 
+    @tf.autograph.experimental.do_not_convert
     def compute_mask(self, inputs, previous_mask):
+        """None: the row mask selects the statistics' rows and stops here (a mask reaching the logits would make
+        Keras mask the loss too). Kept out of autograph: a converted copy was once called unbound in a long test
+        session ("tf__compute_mask() missing 1 required positional argument"), a conversion-cache effect."""
         return None
 
 

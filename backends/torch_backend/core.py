@@ -63,6 +63,7 @@ class Canonical:
         return {
             suffix: getattr(self, name) if permutation is None else getattr(self, name).permute(*permutation)
             for name, (suffix, permutation) in self.CANONICAL.items()
+            if getattr(self, name) is not None  # bias=False leaves `bias` None
         }
 
     def exported(self) -> dict[str, torch.Tensor]:
@@ -75,7 +76,7 @@ class Canonical:
         return [
             (suffix, getattr(self, name))
             for name, (suffix, _) in self.CANONICAL.items()
-            if getattr(self, name).requires_grad
+            if getattr(self, name) is not None and getattr(self, name).requires_grad
         ]
 
 
@@ -83,7 +84,7 @@ class Dense(Canonical, nn.Linear):
     CANONICAL: ClassVar = {"weight": ("weight", (1, 0)), "bias": ("bias", None)}
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
-        super().__init__(layer.in_width, layer.width, dtype=dtype)
+        super().__init__(layer.in_width, layer.width, bias=layer.bias, dtype=dtype)
         self.activation = ACTIVATIONS[layer.activation]
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:

@@ -51,7 +51,9 @@ class Conv2D(Canonical, nn.Conv2d):
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         pads, own = padding(layer, spec)
-        super().__init__(layer.in_width, layer.width, layer.kernel, stride=layer.stride, padding=own, dtype=dtype)
+        super().__init__(
+            layer.in_width, layer.width, layer.kernel, stride=layer.stride, padding=own, bias=layer.bias, dtype=dtype
+        )
         self.pads, self.activation = pads, ACTIVATIONS[layer.activation]
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:

@@ -151,7 +151,11 @@ def stack(spec: Spec, n_in: int | tuple[int, ...], n_classes: int) -> tuple[Laye
         else:
             new_width = kind.width(filled, width)
             fields = {"shape": (new_width,) if out_flow == FEATURES else ()}
-        own = {key: filled[key] for key in ("activation", "rate", "eps", "momentum", "running_var") if key in filled}
+        own = {
+            key: filled[key]
+            for key in ("activation", "rate", "eps", "momentum", "running_var", "bias")
+            if key in filled
+        }
         out.append(Layer(kind.kind, k, number, name, width, new_width, flow=flow, in_shape=shape, **own, **fields))
         flow, width, shape = out_flow, new_width, fields["shape"]
     if width != n_classes:
@@ -164,15 +168,17 @@ def stack(spec: Spec, n_in: int | tuple[int, ...], n_classes: int) -> tuple[Laye
 
 def param_shapes(layers: tuple[Layer, ...]) -> dict[str, tuple[int, ...]]:
     """Canonical parameter name → shape, in stack order."""
-    return {layer.param(s): p.shape(layer) for layer in layers for s, p in KINDS[layer.kind].params.items()}
+    return {layer.param(s): p.shape(layer) for layer in layers for s, p in KINDS[layer.kind].parameters(layer).items()}
 
 
 def init_params(layers: tuple[Layer, ...], scheme: str, seed: int, dtype) -> dict[str, np.ndarray]:
     """The canonical initial parameters of the stack (each kind's `init`), cast to `dtype`."""
     out = {}
     for layer in layers:
-        for suffix, value in KINDS[layer.kind].init(layer, scheme, seed).items():
-            out[layer.param(suffix)] = np.asarray(value).astype(dtype)
+        kind = KINDS[layer.kind]
+        for suffix, value in kind.init(layer, scheme, seed).items():
+            if suffix in kind.parameters(layer):  # drawn anyway (weights first), so the weight streams never move
+                out[layer.param(suffix)] = np.asarray(value).astype(dtype)
     return out
 
 

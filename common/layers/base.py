@@ -27,7 +27,8 @@ class Layer:
     (H, W, C) for images, () for tokens and sequences. `flow` is what it reads (FEATURES, IMAGES, ...).
     Image kinds: `kernel` (conv kernel or pool window, square), `stride`, `padding` ("same" | "valid") and `pads`,
     the (top, bottom, left, right) zero padding "same" resolves to (common.layers.image.same_pads);
-    batch_norm: `momentum` (decay convention), `running_var` ("biased" | "unbiased"). Unused keys are defaults.
+    batch_norm: `momentum` (decay convention), `running_var` ("biased" | "unbiased"); dense and conv2d: `bias`
+    (False: no bias parameter, the idiom before a batch_norm). Unused keys are defaults.
     """
 
     kind: str
@@ -48,6 +49,7 @@ class Layer:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     momentum: float = 0.0
     running_var: str = "biased"
+    bias: bool = True
 
     def param(self, suffix: str) -> str:
         """The canonical name of one of this layer's parameters, e.g. `layer0.weight`."""
@@ -100,6 +102,10 @@ class LayerKind:
         """Shape-dependent fields of the `Layer` on features (in_shape (F,)) and images ((H, W, C)): at least
         `shape`, the per-row output shape; `where` names the table for errors (common.errors.InputError)."""
         return {"shape": (*in_shape[:-1], self.width(table, in_shape[-1]))}
+
+    def parameters(self, layer: Layer) -> dict[str, Param]:
+        """The parameters `layer` has, by suffix (a layer without a bias leaves `bias` out)."""
+        return {suffix: p for suffix, p in self.params.items() if suffix != "bias" or layer.bias}
 
     def init(self, layer: Layer, scheme: str, seed: int) -> dict[str, np.ndarray]:
         """Canonical initial values by parameter suffix (float64; the caller casts)."""

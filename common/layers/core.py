@@ -1,6 +1,8 @@
 """Core layers: dense, dropout and the activations relu and tanh on features (B, F).
 
-dense:    y = act(x·W + b),  W (in, units) as `layer{i}.weight`, b (units,) as `layer{i}.bias`, i counting the
+dense:    y = act(x·W + b),  W (in, units) as `layer{i}.weight`, b (units,) as `layer{i}.bias` (none with
+          `bias = false`, the idiom before a batch_norm, which removes any bias: docs/design.md, "Images and
+          BatchNorm"), i counting the
           dense layers from 0; act ∈ relu (relu′(0) = 0 everywhere), tanh, none. `units = 0`: the number of
           classes (the default of the last dense layer, which gives the logits). Init: common.initializers.dense
           from default_rng([seed, rng.INIT, i]).
@@ -29,6 +31,7 @@ class Dense(LayerKind):
     keys = {
         "units": Key(int, None, lambda v: None if v >= 0 else "must be ≥ 0 (0: the number of classes)"),
         "activation": Key(str, "none", lambda v: None if v in ACTIVATIONS else "must be one of relu, tanh, none"),
+        "bias": Key(bool, True),
     }
     params = {
         "weight": Param(lambda layer: (layer.in_width, layer.width), kernel=True),

@@ -7,7 +7,8 @@ error naming the key). The resolved `Layer.pads` is (top, bottom, left, right); 
 conv2d:          y[b, i, j, o] = act(Σ_{u,v,c} x̃[b, s·i + u, s·j + v, c]·K[u, v, c, o] + β[o]), x̃ the input
                  zero-padded by `pads`; K (k, k, C, filters) as `conv{i}.weight` (kernel, regularized), β
                  (filters,) as `conv{i}.bias`. Init common.initializers.conv from default_rng([seed, rng.INIT,
-                 rng.INIT_CONV + i]). Keys: filters, kernel (required), stride 1, padding "valid", activation none.
+                 rng.INIT_CONV + i]). Keys: filters, kernel (required), stride 1, padding "valid", activation none,
+                 bias true (false: no β, the idiom before a batch_norm).
 max_pool:        y[b, i, j, c] = max over the window of x padded with −∞ (a pad never wins).
 avg_pool:        y[b, i, j, c] = Σ_window x / (number of REAL pixels in the window): TF's rule for "same"
                  (torch's `count_include_pad=True` default and flax's `count_include_pad=True` divide by k²: the
@@ -76,6 +77,7 @@ class Conv2D(LayerKind):
         "activation": Key(
             str, "none", lambda v: None if v in ("relu", "tanh", "none") else "must be one of relu, tanh, none"
         ),
+        "bias": Key(bool, True),
     }
     params = {
         "weight": Param(lambda layer: (layer.kernel, layer.kernel, layer.in_width, layer.width), kernel=True),

@@ -1,8 +1,10 @@
 """JAX backend (flax.linen + optax): agreement with the numpy oracle, eval mode, the execution modes (eager op by
 op, compiled jax.jit, fused lax.scan: each matches the oracle; one compile per batch shape; float32 stays float32
 inside the scan), pad-with-weights equals the ragged batch, layer_norm stacks against the oracle and its epsilon
-per mode, and native mode (common.native's jax column: jax.random order, flax default init, nn.Dropout, optax "as
-written", L1 as a jnp.abs loss term)."""
+per mode, the CNN on digits images (conv, batch_norm, pools, flatten: the oracle at every step in every execution
+mode, pad == keep, one compile per batch shape, the running statistics carried by jit and lax.scan and never seen by
+the optimizer), and native mode (common.native's jax column: jax.random order, flax default init, nn.Dropout, optax
+"as written", L1 as a jnp.abs loss term, flax's BatchNorm defaults). Layer-level checks: test_jax_images.py."""
 
 from __future__ import annotations
 
@@ -30,8 +32,10 @@ from common.spec import Spec  # noqa: E402
 from common.tolerance import FLOAT64_EXACT  # noqa: E402
 from tests import support  # noqa: E402
 from tests.support import (  # noqa: E402
+    CNN_RUNS,
     LAYER_NORM_RUNS,
     LAYER_NORM_STACK,
+    cnn_spec,
     compare_with_oracle,
     divergences,
     make_spec,
@@ -330,6 +334,173 @@ def test_layer_norm_eps_is_the_spec_s_in_exact_mode_and_flax_s_in_native_mode():
         z = (xn - xn.mean(1, keepdims=True)) / np.sqrt(xn.var(1, keepdims=True) + eps)
         want = (z * p["ln0.scale"] + p["ln0.offset"]) @ p["layer0.weight"] + p["layer0.bias"]
         np.testing.assert_allclose(logits, want, rtol=1e-10, atol=1e-12)
+
+
+# ---- images and batch_norm -----------------------------------------------------------------------------------------
+
+# digits images: 1438 training rows, batch 7: 205 full batches and a ragged last batch of 3 (206 steps an epoch)
+CNN_STEPS = 206
+TOL = dict(rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
+# tests.support's CNN with tanh instead of relu in front of each batch_norm: the same layers and code paths, but no
+# relu unit that is alive in one row of seven feeding a batch_norm (whose x̂ then swings with a ~1e-3 input), so a
+# full epoch is not chaotic and runs of different rounding (fused against per-step jit) stay within 1e-9
+STEADY_STACK = [{**layer, "activation": "tanh"} if k in (0, 7) else layer for k, layer in enumerate(support.CNN_STACK)]
+# the other image kinds: valid conv, avg_pool with "same" padding (real-pixel divisor at the border), batch_norm on
+# pooled images with the unbiased estimator, tanh, global_avg_pool
+POOL_STACK = [
+    {"kind": "conv2d", "filters": 5, "kernel": 2, "padding": "valid"},
+    {"kind": "avg_pool", "size": 3, "stride": 2, "padding": "same"},
+    {"kind": "batch_norm", "momentum": 0.7, "eps": 1e-3, "running_var": "unbiased"},
+    {"kind": "tanh"},
+    {"kind": "global_avg_pool"},
+    {"kind": "dense"},
+]
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
+@pytest.mark.parametrize("run", list(CNN_RUNS))
+def test_cnn_matches_oracle(run, dtype, rtol):
+    """Every step's loss, the final parameters and running statistics, and the eval metrics agree with the numpy
+    oracle (conv at stride 1 and 2 "same", both estimators, max_pool, NHWC flatten, dropout on images)."""
+    comparison = compare_with_oracle("jax", cnn_spec(run, dtype=dtype))
+    assert comparison["tolerance"]["rtol"] == rtol
+    assert {"final/bn0.mean", "final/bn1.var"} <= {p["metric"] for p in comparison["pairs"]}
+    assert divergences(comparison) == []
+
+
+@pytest.mark.parametrize("execution", ["compiled", "fused"])
+def test_cnn_pad_matches_oracle_in_every_jitted_mode(execution):
+    comparison = compare_with_oracle("jax", replace(cnn_spec(batching={"last_batch": "pad"}), execution=execution))
+    assert divergences(comparison) == []
+
+
+def test_pool_stack_matches_oracle():
+    comparison = compare_with_oracle("jax", cnn_spec("adam-l2-bias", stack=POOL_STACK))
+    assert divergences(comparison) == []
+
+
+def test_cnn_eager_equals_compiled():
+    """The un-jitted step (op by op) and the jitted one give the same losses, parameters and running statistics
+    over the first steps (a whole eager epoch is slow; both run the same pure step)."""
+    spec = cnn_spec("adam-l2-bias")
+    runs = {}
+    for execution in ("eager", "compiled"):
+        adapter, _ = prepared_adapter(replace(spec, execution=execution))
+        batches = adapter.plan.batches(0)[:12]
+        losses = []
+        for t, batch in enumerate(batches, start=1):
+            rows = adapter.pipeline.rows(batch)
+            losses.append(float(adapter._advance(rows.x, rows.y, rows.weights, adapter._masks(t, 7), t)))
+        runs[execution] = (losses, adapter.parameters(), adapter.compile_count)
+    (eager, eager_params, eager_compiles), (compiled, compiled_params, compiled_compiles) = runs.values()
+    assert (eager_compiles, compiled_compiles) == (0, 1)
+    np.testing.assert_allclose(eager, compiled, **TOL)
+    for name, value in compiled_params.items():
+        np.testing.assert_allclose(eager_params[name], value, **TOL)
+    assert not np.allclose(compiled_params["bn0.mean"], 0.0)  # the running statistics moved
+
+
+@pytest.mark.parametrize("execution", ["compiled", "fused"])
+def test_cnn_pad_equals_keep(execution):
+    """pad's filler rows are masked out of nn.BatchNorm's statistics (and weigh 0 in the loss): every step and the
+    final parameters and running statistics equal keep's."""
+    keep, keep_npz = run_in_process("jax", replace(cnn_spec(batching={"last_batch": "keep"}), execution=execution))
+    pad, pad_npz = run_in_process("jax", replace(cnn_spec(batching={"last_batch": "pad"}), execution=execution))
+    assert [s["batch_ids"] for s in pad["steps"]] == [s["batch_ids"] for s in keep["steps"]]
+    assert pad["steps"][-1]["batch_size"] == 3 and len(pad["steps"]) == CNN_STEPS
+    np.testing.assert_allclose(pad_npz["losses"], keep_npz["losses"], **TOL)
+    for key in (k for k in keep_npz if k.startswith("final/")):
+        np.testing.assert_allclose(pad_npz[key], keep_npz[key], **TOL)
+
+
+@pytest.mark.parametrize(
+    "execution, last_batch, compiles",
+    [("compiled", "keep", 2), ("compiled", "pad", 1), ("fused", "keep", 2), ("fused", "pad", 1)],
+)
+def test_cnn_compiles_once_per_batch_shape(execution, last_batch, compiles):
+    """An epoch with a ragged last batch: keep has two batch shapes (7 and 3), pad one; the running statistics
+    keep their dtype and shape across steps, so nothing retraces."""
+    adapter, _, body = trained_adapter(replace(cnn_spec(batching={"last_batch": last_batch}), execution=execution))
+    assert len(body["steps"]) == CNN_STEPS
+    assert adapter.compile_count == compiles
+
+
+def test_cnn_state_is_carried_and_never_optimized():
+    """variables = {params, batch_stats}: parameters() exports the state, the optax state covers params only, and
+    the running statistics after the fused epoch are those of the per-step jit (lax.scan carries them)."""
+    spec = replace(cnn_spec("adam-l2-bias", stack=STEADY_STACK), execution="fused")
+    adapter, data = prepared_adapter(spec)
+    assert set(adapter.params) == {"params", "batch_stats"}
+    assert set(adapter.parameters()) == set(canonical_init(spec, data))
+    assert "batch_stats" not in str(jax.tree_util.tree_structure(adapter.opt_state))
+    fused = adapter.run_epoch(0, 1)
+    compiled, _ = prepared_adapter(replace(spec, execution="compiled"))
+    np.testing.assert_allclose(fused.losses, compiled.run_epoch(0, 1).losses, **TOL)
+    after, want = adapter.parameters(), compiled.parameters()
+    for name in ("bn0.mean", "bn0.var", "bn1.mean", "bn1.var"):
+        np.testing.assert_allclose(after[name], want[name], **TOL)
+        assert not np.allclose(after[name], canonical_init(spec, data)[name])
+
+
+def test_cnn_evaluates_on_the_running_statistics():
+    """Evaluation is the oracle's eval forward (running statistics, no dropout) on the adapter's parameters."""
+    spec = cnn_spec()
+    adapter, data = prepared_adapter(spec)
+    adapter.run_epoch(0, 1)
+    batches = eval_batches(data.test_x.shape[0], 64)
+    params = adapter.parameters()
+    for batch, (loss_sum, correct, n) in zip(batches, adapter.evaluate("test", batches), strict=True):
+        logits, _ = oracle.build(adapter.layers, spec).forward(dict(params), data.test_x[batch.ids])
+        y = data.test_y[batch.ids]
+        assert n == batch.ids.shape[0]
+        assert loss_sum == pytest.approx(cross_entropy(logits, y).sum(), rel=1e-10)
+        assert correct == np.sum(np.argmax(logits, axis=1) == y)
+
+
+def test_cnn_fused_float32_stays_float32():
+    """Inside the fused scan over images every tensor stays float32, the running statistics included."""
+    spec = replace(cnn_spec(dtype="float32", stack=[*POOL_STACK[:-1], {"kind": "dense"}]), execution="fused")
+    adapter, _ = prepared_adapter(spec)
+    ids, w = adapter.plan.slots(0)
+    args = (
+        adapter.params,
+        adapter.opt_state,
+        *adapter.split,
+        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), 1),
+    )
+    closed = jax.make_jaxpr(adapter.run.scan)(*args)
+    assert ("float64", False) not in float_avals(closed.jaxpr)
+    assert {str(a.dtype) for a in jax.tree.leaves(adapter.params)} == {"float32"}
+
+
+def test_cnn_native_mode_end_to_end():
+    """Native mode (flax's nn.Conv init, "SAME" strings, BatchNorm momentum 0.99 / ε 1e-5 / fast variance, its own
+    estimator, avg_pool dividing by k²) trains to finite losses, fused equal to compiled."""
+    for stack in (STEADY_STACK, POOL_STACK):
+        _, compiled_npz = run_in_process("jax", cnn_spec("adam-l2-bias", mode="native", stack=stack))
+        _, fused_npz = run_in_process(
+            "jax", replace(cnn_spec("adam-l2-bias", mode="native", stack=stack), execution="fused")
+        )
+        assert np.all(np.isfinite(compiled_npz["losses"])) and len(compiled_npz["losses"]) == CNN_STEPS
+        np.testing.assert_array_equal(compiled_npz["init/bn0.var"], 1.0)  # flax's init, not a canonical draw
+        np.testing.assert_allclose(fused_npz["losses"], compiled_npz["losses"], **TOL)
+        for key in (k for k in compiled_npz if k.startswith("final/")):
+            np.testing.assert_allclose(fused_npz[key], compiled_npz[key], **TOL)
+        assert not np.allclose(compiled_npz["final/bn0.mean"], 0.0)
+
+
+def test_cnn_bench_reference_loop_runs():
+    """The bench's hand-fused reference (`parity bench --workload cnn`) runs the image kinds and batch_norm, its
+    running statistics carried across the scanned epoch."""
+    from backends.jax_backend import reference_loop
+
+    spec = cnn_spec(dtype="float32", batching={"batch_size": 128})
+    runner = reference_loop.make_reference(spec, load_dataset(spec), "cpu")
+    losses = runner.epoch()
+    runner.sync(losses)
+    assert losses.shape == (12,) and losses.dtype == np.float32 and np.all(np.isfinite(np.asarray(losses)))
+    stats = runner.state[1]["batch_stats"]
+    assert not np.allclose(np.asarray(stats["bn0"]["mean"]), 0.0) and stats["bn1"]["var"].dtype == np.float32
 
 
 # ---- native mode -------------------------------------------------------------------------------------------------
