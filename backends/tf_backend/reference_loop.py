@@ -5,13 +5,28 @@ tensor on the device, and one `tf.function(jit_compile=True)` (one XLA program) 
   order  = argsort(`tf.random.stateless_uniform`) keyed by (seed, epoch), on the device (identity without shuffle);
   loop   = `tf.while_loop` over the full batches: `tf.gather` the rows, forward, `tf.GradientTape` backward, and the
            optimizer update written as TF ops;
-  last   = "keep": the ragged last batch as one step after the loop; "pad": a full batch with weight-0 filler;
-           "drop": nothing.
-It trains the spec's layer stack of core kinds (dense, dropout, relu, tanh; common.layers) from the canonical init
-with the spec's batch size, lr, optimizer (SGD with momentum / Nesterov, or Adam / AdamW in the torch/optax ε
-placement, common.optim) and L1 / L2 / coupled and decoupled decay per tensor (common.regularization), with TF's own
-stateless RNG for order and dropout masks (streams common.rng.TF_REFERENCE_*): not bit-equivalent to the adapter,
-and not meant to be.
+  last   = "keep": the ragged last batch as one step after the loop; "pad": a full batch with weight-0 filler
+           (left out of batch_norm's statistics, so the step equals "keep" as in the adapter); "drop": nothing.
+It trains the spec's layer stack (KINDS, common.layers) from the canonical init with the spec's batch size, lr,
+optimizer (SGD with momentum / Nesterov, or Adam / AdamW in the torch/optax ε placement, common.optim) and L1 / L2 /
+coupled and decoupled decay per tensor (common.regularization), with TF's own stateless RNG for order and dropout
+masks (streams common.rng.TF_REFERENCE_*): not bit-equivalent to the adapter, and not meant to be.
+
+The layers as TF ops on canonical NHWC (formulas in common.layers.image and common.layers.norm):
+  dense, conv2d   `h @ W + b` and `tf.nn.conv2d` (kernel (k, k, C, filters) as is) on the input zero-padded by
+                  `tf.pad` with the resolved `layer.pads`, padding "VALID"; no `+ b` when `layer.bias` is False
+                  (the canonical init then has no `.bias`);
+  max_pool        `tf.nn.max_pool2d` "VALID" on the input padded with −∞ (a pad never wins);
+  avg_pool        `tf.nn.avg_pool2d` "VALID" on the zero-padded input (÷ k²) times k²/(real pixels of the window),
+                  a constant: the canonical divisor is the real pixels;
+  global_avg_pool `reduce_mean` over H, W;  flatten  `reshape` (B, H·W·C), NHWC order;
+  dropout         a stateless mask of the activation's shape (features or images), scaled by 1/(1 − rate);
+  batch_norm      `tf.nn.moments` over every axis but the channel's (weighted by the real rows in a padded step),
+                  normalised with the biased σ²_b, γ, β trained; the running mean and variance are non-trainable
+                  `tf.Variable`s assigned in the step in the decay convention, mean ← m·mean + (1 − m)·μ,
+                  var ← m·var + (1 − m)·f·σ²_b, f = common.layers.norm.running_var_factor("biased",
+                  layer.running_var, n), n the real values per channel. They are state (`common.layers.is_state`):
+                  no gradient, no optimizer slots, no penalty.
 """
 
 from __future__ import annotations
@@ -23,11 +38,46 @@ from backends.tf_backend.bench import tf_device
 from common import rng
 from common.driver import canonical_init, model_layers
 from common.dropout import keep_scale
+from common.layers import is_state
+from common.layers.norm import running_var_factor
 from common.regularization import Regularization
 from common.spec import Spec
 
-KINDS = ("dense", "dropout", "relu", "tanh")
+KINDS = (
+    "dense",
+    "dropout",
+    "relu",
+    "tanh",
+    "conv2d",
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+    "flatten",
+    "batch_norm",
+)
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "none": tf.identity}
+
+
+def _real_in_window(n: int, before: int, k: int, s: int, out: int) -> np.ndarray:
+    """For each of `out` windows along one axis of a size-n input padded by `before`: its real (unpadded) pixels."""
+    start = np.arange(out) * s - before
+    return np.minimum(start + k, n) - np.maximum(start, 0)
+
+
+def avg_pool_scale(layer) -> np.ndarray:
+    """(H', W', 1): k² / (real pixels of each window), turning a zero-padded ÷k² average into the canonical one."""
+    (h, w, _), (oh, ow, _) = layer.in_shape, layer.shape
+    top, _, left, _ = layer.pads
+    rows = _real_in_window(h, top, layer.kernel, layer.stride, oh)
+    cols = _real_in_window(w, left, layer.kernel, layer.stride, ow)
+    return (layer.kernel**2 / np.outer(rows, cols))[:, :, None]
+
+
+def _pad(h, layer, value=0.0):
+    top, bottom, left, right = layer.pads
+    if not any(layer.pads):
+        return h
+    return tf.pad(h, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=value)
 
 
 class Reference:
@@ -42,23 +92,75 @@ class Reference:
         if unsupported:
             raise ValueError(f"the tf reference loop runs {', '.join(KINDS)} layers, not {', '.join(unsupported)}")
         init = canonical_init(spec, data)
-        self.names = list(init)
+        self.names = [n for n in init if not is_state(n)]  # the trained parameters
+        self.state_names = [n for n in init if is_state(n)]  # batch_norm's running statistics
+        self.avg_scales = {}
         with tf.device(self.device):
             self.x = tf.constant(data.train_x.astype(spec.dtype))
             self.y = tf.constant(data.train_y.astype(np.int64))
-            self.params = [tf.Variable(init[n]) for n in self.names]
+            self.params = [tf.Variable(init[n], name=n) for n in self.names]
+            self.state = {n: tf.Variable(init[n], trainable=False, name=n) for n in self.state_names}
             slots = 2 if self.adam else (1 if o.momentum else 0)
             self.slots = [[tf.Variable(np.zeros_like(init[n])) for n in self.names] for _ in range(slots)]
             self.t = tf.Variable(0, dtype=tf.int64)
+            for layer in self.layers:
+                if layer.kind == "avg_pool":
+                    self.avg_scales[layer.index] = tf.constant(avg_pool_scale(layer).astype(spec.dtype))
         self.program = tf.function(self._epoch, jit_compile=True)
         self._epoch_index = 0
 
-    def _forward(self, x, t):
+    def variables(self) -> dict[str, tf.Variable]:
+        """Every canonical tensor by name: the trained parameters and the batch_norm state."""
+        return {**dict(zip(self.names, self.params, strict=True)), **self.state}
+
+    def _batch_norm(self, h, layer, params, real):
+        """Training-mode batch_norm over every axis but the last; `real` (B,) weights select the statistics' rows
+        (None: every row). Assigns the running statistics."""
+        axes = list(range(len(h.shape) - 1))
+        per_row = int(np.prod(h.shape[1:-1], dtype=np.int64))  # H·W on images, 1 on features
+        if real is None:
+            mean, var = tf.nn.moments(h, axes)
+            n = tf.cast(tf.shape(h)[0] * per_row, self.dtype)
+        else:
+            mask = tf.reshape(real, (-1,) + (1,) * (len(h.shape) - 1))
+            n = tf.reduce_sum(real) * per_row
+            mean = tf.reduce_sum(h * mask, axes) / n
+            var = tf.reduce_sum(tf.square(h - mean) * mask, axes) / n
+        m = layer.momentum
+        running_mean, running_var = self.state[layer.param("mean")], self.state[layer.param("var")]
+        factor = running_var_factor("biased", layer.running_var, n)
+        running_mean.assign(m * running_mean + (1 - m) * tf.stop_gradient(mean))
+        running_var.assign(m * running_var + (1 - m) * factor * tf.stop_gradient(var))
+        scale, offset = params[layer.param("scale")], params[layer.param("offset")]
+        return (h - mean) * (tf.math.rsqrt(var + layer.eps) * scale) + offset
+
+    def _forward(self, x, t, real=None):
         params = dict(zip(self.names, self.params, strict=True))
         h = x
         for layer in self.layers:
             if layer.kind == "dense":
-                h = ACTIVATIONS[layer.activation](h @ params[layer.param("weight")] + params[layer.param("bias")])
+                h = h @ params[layer.param("weight")]
+                if layer.bias:
+                    h = h + params[layer.param("bias")]
+                h = ACTIVATIONS[layer.activation](h)
+            elif layer.kind == "conv2d":
+                s = layer.stride
+                h = tf.nn.conv2d(_pad(h, layer), params[layer.param("weight")], (1, s, s, 1), "VALID")
+                if layer.bias:
+                    h = h + params[layer.param("bias")]
+                h = ACTIVATIONS[layer.activation](h)
+            elif layer.kind == "max_pool":
+                h = tf.nn.max_pool2d(_pad(h, layer, -np.inf), layer.kernel, layer.stride, "VALID")
+            elif layer.kind == "avg_pool":
+                h = tf.nn.avg_pool2d(_pad(h, layer), layer.kernel, layer.stride, "VALID")
+                if any(layer.pads):
+                    h = h * self.avg_scales[layer.index]
+            elif layer.kind == "global_avg_pool":
+                h = tf.reduce_mean(h, axis=(1, 2))
+            elif layer.kind == "flatten":
+                h = tf.reshape(h, (-1, int(np.prod(layer.in_shape))))
+            elif layer.kind == "batch_norm":
+                h = self._batch_norm(h, layer, params, real)
             elif layer.kind in ACTIVATIONS:
                 h = ACTIVATIONS[layer.kind](h)
             elif layer.rate:  # dropout
@@ -101,10 +203,11 @@ class Reference:
                 u = g
             p.assign(p - lr * u - lr * d * p if d else p - lr * u)
 
-    def _step(self, ids, w):
+    def _step(self, ids, w, padded: bool = False):
+        """One step on rows `ids` with loss weights `w`; `padded`: w marks the real rows (a "pad" last batch)."""
         t = self.t.assign_add(1)
         with tf.GradientTape() as tape:
-            logits = self._forward(tf.gather(self.x, ids), t)
+            logits = self._forward(tf.gather(self.x, ids), t, w if padded else None)
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.gather(self.y, ids), logits)
             ce = tf.reduce_sum(w * ce) / tf.reduce_sum(w)
             total = ce + self._penalty()
@@ -131,7 +234,8 @@ class Reference:
             loss = self._step(order[s * b :], tf.ones((r,), self.dtype))
         elif r and last == "pad":
             filler = tf.concat([order[s * b :], order[: b - r]], 0)
-            loss = self._step(filler, tf.concat([tf.ones((r,), self.dtype), tf.zeros((b - r,), self.dtype)], 0))
+            real = tf.concat([tf.ones((r,), self.dtype), tf.zeros((b - r,), self.dtype)], 0)
+            loss = self._step(filler, real, padded=True)
         return loss
 
     def epoch(self):

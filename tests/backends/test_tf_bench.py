@@ -12,9 +12,10 @@ tf = pytest.importorskip("tensorflow")
 from backends.tf_backend.bench import LOADERS, MODES, make_target  # noqa: E402
 from backends.tf_backend.reference_loop import make_reference  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
+from common.layers import is_state  # noqa: E402
 from common.timing import time_calls  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
-from tests.support import make_spec, run_in_process, seq_spec  # noqa: E402
+from tests.support import CNN_STACK, cnn_spec, make_spec, run_in_process, seq_spec  # noqa: E402
 
 # iris: 120 rows at batch 32 → 3 full batches and a ragged last batch of 24 ("keep"); Adam (ε̂ per step) and
 # shared dropout masks, so the fused program's loop, its extra last step and its in-loop ε̂ are all exercised.
@@ -161,3 +162,74 @@ def test_sequence_target_loaders_and_equivalence(sequence):
     losses = target.epoch()
     assert losses.shape == (target.plan.steps_per_epoch,) and np.all(np.isfinite(losses))
     _smoke(target.step, target.sync, spec.batching.batch_size)
+
+
+def _without_dropout(stack: list, **replace_kind) -> list:
+    """CNN_STACK without its dropout layers, a kind's table replaced (e.g. max_pool={...})."""
+    return [replace_kind.get(t["kind"], t) for t in stack if t["kind"] != "dropout"]
+
+
+@pytest.mark.parametrize(
+    ("run", "stack", "last_batch"),
+    [
+        # asymmetric "same" pads (0, 1) at stride 2: a −∞-padded max pool; the filler rows out of BN's statistics
+        (
+            "adam-l2-bias",
+            _without_dropout(CNN_STACK, max_pool={"kind": "max_pool", "size": 3, "stride": 2, "padding": "same"}),
+            "pad",
+        ),
+        # avg pool dividing by the real pixels of a padded window; the ragged last batch as its own step
+        (
+            "sgd-momentum-wd",
+            _without_dropout(CNN_STACK, max_pool={"kind": "avg_pool", "size": 3, "stride": 2, "padding": "same"}),
+            "keep",
+        ),
+        # the bench's CNN shape: biased conv, BN on images, global average pool
+        (
+            "adam-l2-bias",
+            [
+                {"kind": "conv2d", "filters": 4, "kernel": 3, "padding": "same"},
+                {"kind": "batch_norm", "running_var": "unbiased"},
+                {"kind": "relu"},
+                {"kind": "max_pool", "size": 2},
+                {"kind": "conv2d", "filters": 6, "kernel": 3, "padding": "valid", "activation": "tanh"},
+                {"kind": "global_avg_pool"},
+                {"kind": "dense"},
+            ],
+            "drop",
+        ),
+    ],
+    ids=["max-pool-same-pad", "avg-pool-same-keep", "global-avg-pool-drop"],
+)
+def test_reference_trains_the_same_cnn(run, stack, last_batch):
+    """The image kinds and batch_norm: without shuffle and dropout the reference's parameters AND batch_norm
+    running statistics after two epochs equal the adapter's (conv without bias, BN on images and on features with
+    both running-variance estimators, padded pools, every last-batch handling)."""
+    batching = {"batch_size": 64, "shuffle": False, "last_batch": last_batch}
+    spec = cnn_spec(run, stack=stack, batching=batching, train={"epochs": 2})
+    reference = make_reference(spec, load_dataset(spec), "cpu")
+    reference.sync(reference.epoch())
+    reference.sync(reference.epoch())
+    final = run_in_process("tf", spec)[1]
+    variables = reference.variables()
+    assert set(variables) == {k.removeprefix("final/") for k in final if k.startswith("final/")}
+    for name, value in variables.items():
+        np.testing.assert_allclose(value.numpy(), final[f"final/{name}"], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_reference_keeps_batch_norm_state_out_of_training():
+    """bn{i}.mean / .var are non-trainable variables: not among the trained params, no optimizer slots, no penalty;
+    a layer without bias has none. Dropout on images (CNN_STACK's) runs on the activation's shape."""
+    spec = cnn_spec("adam-l2-bias", batching={"batch_size": 64})
+    data = load_dataset(spec)
+    reference = make_reference(spec, data, "cpu")
+    assert reference.state_names == ["bn0.mean", "bn0.var", "bn1.mean", "bn1.var"]
+    assert not any(is_state(n) for n in reference.names) and "conv0.bias" not in reference.names
+    assert all(len(slot) == len(reference.names) for slot in reference.slots) and len(reference.slots) == 2
+    assert not any(v.trainable for v in reference.state.values())
+    before = {n: v.numpy().copy() for n, v in reference.state.items()}
+    loss = reference.epoch()
+    assert np.isfinite(float(loss))
+    for name, value in reference.state.items():
+        assert np.all(np.isfinite(value.numpy())) and not np.allclose(value.numpy(), before[name]), name
+    assert np.all(reference.state["bn0.var"].numpy() > 0)
