@@ -9,6 +9,9 @@ records say they did, not the numbers:
 - the layer traps (`LAYER_TRAPS`): the pair's image and BatchNorm layers did different things (the `layers` row of
   each record, common.native.layer_settings): `bn-momentum-convention`, `bn-eps-default`, `bn-running-var`,
   `flatten-order`, `same-padding-stride2`, `avg-pool-same-count`;
+- `bias-before-batch-norm` (Adam): a dense or conv2d layer with a bias feeds a batch_norm directly, and the pair's
+  final values of that bias differ beyond the tolerance: batch_norm cancels the bias, so its gradient is rounding
+  noise, which Adam divides by its own √v̂ into lr-sized steps (docs/design.md, "Images and BatchNorm");
 - `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
   then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
   step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of
@@ -135,6 +138,46 @@ def _layer_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     return out
 
 
+def biases_before_batch_norm(spec: dict) -> list[str]:
+    """Canonical names of the biases that feed a batch_norm directly in a record's spec (JSON form)."""
+    from common.layers import tables
+    from common.spec import typed
+
+    rows, counts, out = tables(typed(spec)), {"dense": 0, "conv2d": 0}, []
+    for row, after in zip(rows, [*rows[1:], None], strict=True):
+        if row["kind"] in counts:
+            number = counts[row["kind"]]
+            counts[row["kind"]] += 1
+            if row.get("bias", True) and after is not None and after["kind"] == "batch_norm":
+                out.append(f"{'layer' if row['kind'] == 'dense' else 'conv'}{number}.bias")
+    return out
+
+
+def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | None:
+    spec = rec["spec"]
+    if not spec.get("model", {}).get("layers") or spec["optimizer"]["name"] == "sgd":
+        return None  # the shorthand has no batch_norm; SGD moves such a bias by lr·noise only
+    tol = tolerance_for(spec["dtype"], spec["mode"])
+    apart = []
+    for name in biases_before_batch_norm(spec):
+        va, vb = npz_a.get(f"final/{name}"), npz_b.get(f"final/{name}")
+        if va is None or vb is None:
+            continue
+        scale = max(float(np.max(np.abs(va))), float(np.max(np.abs(vb))))
+        if float(np.max(np.abs(va - vb))) > tol.atol + tol.rtol * scale:
+            apart.append(name)
+    if not apart:
+        return None
+    return {
+        "a": a,
+        "b": b,
+        "trap": "bias-before-batch-norm",
+        "why": f"{', '.join(apart)} feed{'s' if len(apart) == 1 else ''} a batch_norm, which cancels a bias: its "
+        f"gradient is rounding noise, which {spec['optimizer']['name']} divides by its own √v̂ into lr-sized steps "
+        f"that differ per framework; set bias = false on that layer",
+    }
+
+
 def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
     """The known causes that separate each pair of records (module docstring)."""
     out = []
@@ -144,6 +187,9 @@ def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
         if growth:
             out.append(growth)
         out += _layer_causes(a, b, rec_a, rec_b)
+        bias = _bias_cause(a, b, rec_a, npz_a, npz_b)
+        if bias:
+            out.append(bias)
         sides_a, sides_b = _sides(rec_a), _sides(rec_b)
         if sides_a is None or sides_b is None:
             continue

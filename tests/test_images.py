@@ -11,7 +11,7 @@ from common.datasets import load_dataset
 from common.driver import canonical_init, check_plan, model_layers
 from common.dropout import shared_masks
 from common.errors import InputError
-from common.explain import explain
+from common.explain import biases_before_batch_norm, explain
 from common.layers.image import nhwc_to_nchw_order, same_pads
 from common.layers.norm import convert_running_var, running_var_factor
 from common.native import LAYER_DEFAULTS, layer_settings, symmetric_pads
@@ -195,3 +195,16 @@ def test_cause_lines_show_causes_of_pairs_found_different_over_seeds():
     assert cause_lines(comparison) == ["cause [bn-momentum-convention] jax vs torch: w"]
     comparison["statistical"][0]["verdict"] = "equivalent within ±0.1"
     assert cause_lines(comparison) == []
+
+
+def test_explain_names_a_bias_before_batch_norm_that_parted_under_adam():
+    stack = [{"kind": "conv2d", "filters": 2, "kernel": 3}, {"kind": "batch_norm"}, *CNN_STACK[6:]]
+    spec = cnn_spec("adam-l2-bias", stack=stack, dtype="float32").to_dict()
+    assert biases_before_batch_norm(spec) == ["conv0.bias"]  # layer0 has bias = false in CNN_STACK
+    near, far = np.array([0.1, -0.2]), np.array([0.1, 0.05])
+    records = {b: ({"spec": spec}, {"final/conv0.bias": v}) for b, v in (("numpy", near), ("torch", far))}
+    assert [c["trap"] for c in explain(records)] == ["bias-before-batch-norm"]
+    records["torch"][1]["final/conv0.bias"] = near * (1 + 1e-6)  # within float32's rtol: no cause
+    assert explain(records) == []
+    sgd = cnn_spec(stack=stack, dtype="float32").to_dict()  # SGD moves it by lr·noise only
+    assert explain({b: ({"spec": sgd}, {"final/conv0.bias": v}) for b, v in (("numpy", near), ("torch", far))}) == []

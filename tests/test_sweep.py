@@ -94,7 +94,18 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
 @needs_all_frameworks
 @pytest.mark.parametrize(
     "preset",
-    ["doughnuts-banding", "iris-dropout", "iris-l2", "iris-l1", "iris-minibatch", "digits-adam", "seq-rnn-batchsize"],
+    [
+        "doughnuts-banding",
+        "iris-dropout",
+        "iris-l2",
+        "iris-l1",
+        "iris-minibatch",
+        "digits-adam",
+        "seq-rnn-batchsize",
+        "digits-cnn-batchsize",
+        "digits-cnn-last-batch",
+        "digits-cnn-bn-traps",
+    ],
 )
 def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
     proc = subprocess.run(
@@ -107,6 +118,8 @@ def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
     rows = _rows(tmp_path / "results.csv")
     assert {r["backend"] for r in rows} == {"numpy", "torch", "tf", "jax"}
     assert (tmp_path / f"{preset}.png").stat().st_size > 1000
+    if load_preset(preset, False)[0].get("mode") == "native":
+        return  # a native port is compared over seeds (tests/test_cross_images.py), not against the oracle
     # exact mode: every backend reproduces the oracle's final metrics
     final = {}
     for r in rows:
