@@ -16,6 +16,21 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+# the layer kinds (common.layers) the hand-fused jax and tf references write out by hand; the torch reference
+# builds the adapter's own modules and runs any feature or image stack
+HAND_FUSED_KINDS = (
+    "dense",
+    "dropout",
+    "relu",
+    "tanh",
+    "conv2d",
+    "max_pool",
+    "avg_pool",
+    "global_avg_pool",
+    "flatten",
+    "batch_norm",
+)
+
 
 class BenchTarget(Protocol):
     mode: str

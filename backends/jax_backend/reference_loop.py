@@ -32,23 +32,13 @@ from backends.jax_backend.bench import use_device
 from backends.jax_backend.core import ACTIVATIONS
 from backends.jax_backend.model import split_state, to_native
 from backends.jax_backend.optim import build
+from common.benchtarget import HAND_FUSED_KINDS
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers
 from common.regularization import Regularization
 from common.spec import Spec
 
-KINDS = (
-    "dense",
-    "dropout",
-    "relu",
-    "tanh",
-    "conv2d",
-    "max_pool",
-    "avg_pool",
-    "global_avg_pool",
-    "flatten",
-    "batch_norm",
-)
+KINDS = HAND_FUSED_KINDS
 POOLS = {"max_pool": nn.max_pool, "avg_pool": nn.avg_pool}
 
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from backends.tf_backend.bench import tf_device
 from common import rng
+from common.benchtarget import HAND_FUSED_KINDS
 from common.driver import canonical_init, model_layers
 from common.dropout import keep_scale
 from common.layers import is_state
@@ -43,18 +44,7 @@ from common.layers.norm import running_var_factor
 from common.regularization import Regularization
 from common.spec import Spec
 
-KINDS = (
-    "dense",
-    "dropout",
-    "relu",
-    "tanh",
-    "conv2d",
-    "max_pool",
-    "avg_pool",
-    "global_avg_pool",
-    "flatten",
-    "batch_norm",
-)
+KINDS = HAND_FUSED_KINDS
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "none": tf.identity}
 
 
