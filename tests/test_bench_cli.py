@@ -52,59 +52,24 @@ def test_ratios_from_rows_without_frameworks():
 
 @pytest.mark.cross
 @needs_all_frameworks
-def test_bench_smoke_all_backends(tmp_path):
+@pytest.mark.parametrize(
+    "workload",
+    [
+        ["--set", "data.params.n=512"],  # the doughnuts MLP, cut to 512 rows
+        ["--workload", "cnn"],  # digits images: conv → batch_norm → pools → dense, every reference on the images
+    ],
+    ids=["mlp", "cnn"],
+)
+def test_bench_smoke_all_backends(tmp_path, workload):
+    """Every mode of every backend passes its equivalence check before it is timed, with the Keras fit peers and
+    each backend's hand-fused reference."""
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "benchmarks",
             "bench",
-            "--batch-sizes",
-            "32",
-            "--windows",
-            "2",
-            "--budget",
-            "0.02",
-            "--device",
-            "cpu",
-            "--set",
-            "data.params.n=512",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    bench = json.loads((tmp_path / "bench.json").read_text())
-    rows = [r for res in bench["results"] for r in res["rows"]]
-    backends = {r["backend"] for r in rows}
-    assert {"torch", "tf", "jax", "keras[torch]", "keras[tensorflow]", "keras[jax]"} <= backends
-    checks = [r for r in rows if r["kind"] == "equivalence"]
-    assert checks and all(r["equivalent"] for r in checks)
-    for backend in ("torch", "tf", "jax"):
-        kinds = {r["kind"] for r in rows if r["backend"] == backend}
-        assert {"step", "end_to_end", "reference", "loader:fast"} <= kinds, backend
-    assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
-    assert all("vs_keras_fit" in e for e in bench["ratios"])
-    assert (tmp_path / "bench.png").stat().st_size > 1000
-    assert "Ratios" in (tmp_path / "bench.md").read_text()
-
-
-@pytest.mark.cross
-@needs_all_frameworks
-def test_bench_cnn_workload_all_backends(tmp_path):
-    """`--workload cnn` (digits images, conv → batch_norm → pools → dense): every mode of every backend passes its
-    equivalence check, and each backend's hand-fused reference runs the image stack."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "bench",
-            "--workload",
-            "cnn",
+            *workload,
             "--batch-sizes",
             "32",
             "--windows",
@@ -132,3 +97,6 @@ def test_bench_cnn_workload_all_backends(tmp_path):
         modes = {r["mode"] for r in rows if r["backend"] == backend and r["kind"] == "end_to_end"}
         assert modes <= {r["mode"] for r in checks if r["backend"] == backend}, backend
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
+    assert all("vs_keras_fit" in e for e in bench["ratios"])
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert "Ratios" in (tmp_path / "bench.md").read_text()
