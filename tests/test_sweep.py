@@ -26,16 +26,22 @@ def test_result_log_drops_partial_runs_and_lines(tmp_path):
     assert (tmp_path / "r.csv").read_text().splitlines() == ["run_key,epoch", "a,1", "a,2"]
 
 
+PRESETS = (
+    "doughnuts-banding",
+    "iris-dropout",
+    "iris-l2",
+    "iris-l1",
+    "iris-minibatch",
+    "digits-adam",
+    "seq-rnn-batchsize",
+    "digits-cnn-batchsize",
+    "digits-cnn-last-batch",
+    "digits-cnn-bn-traps",
+)
+
+
 def test_presets_expand_and_validate():
-    assert set(list_presets()) >= {
-        "doughnuts-banding",
-        "iris-dropout",
-        "iris-l2",
-        "iris-l1",
-        "iris-minibatch",
-        "digits-adam",
-        "seq-rnn-batchsize",
-    }
+    assert set(list_presets()) >= set(PRESETS)
     for name in list_presets():
         for full in (False, True):
             raw, sweep, _ = load_preset(name, full)
@@ -92,21 +98,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
 
 @pytest.mark.cross
 @needs_all_frameworks
-@pytest.mark.parametrize(
-    "preset",
-    [
-        "doughnuts-banding",
-        "iris-dropout",
-        "iris-l2",
-        "iris-l1",
-        "iris-minibatch",
-        "digits-adam",
-        "seq-rnn-batchsize",
-        "digits-cnn-batchsize",
-        "digits-cnn-last-batch",
-        "digits-cnn-bn-traps",
-    ],
-)
+@pytest.mark.parametrize("preset", PRESETS)
 def test_presets_run_at_ci_size_on_all_backends(preset, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "sweep", preset, "--out", str(tmp_path), "--quiet", "--workers", "2"],
