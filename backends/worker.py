@@ -3,7 +3,9 @@
 JOBS.json is a list of {"spec": <resolved spec, JSON form>, "out": <absolute records folder>} (the worker runs with
 the repository root as its working folder, so the caller resolves every path first); each spec is validated again
 and read as a `common.spec.Spec` here, at the process boundary. Many jobs share one process so that
-a framework is imported (and its thread pools built) once. After each job's record is written it prints
+a framework is imported (and its thread pools built) once; before the first job, the host devices of the most
+replicas any job asks for are reserved (`backends.<fw>.distributed.reserve_devices`). After each job's record
+is written it prints
 `done <job index>` on stdout (sweeps append results as they come). Exit codes: 0 done, 3 framework missing or a
 job failed (stderr: `parity: backend 'B' failed on spec 'S':` then the traceback), 130 interrupted.
 """
@@ -17,7 +19,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from backends import REGISTRY, install_hint
+from backends import REFERENCE, REGISTRY, install_hint
 from common import record
 from common.datasets import load_dataset
 from common.driver import train
@@ -35,6 +37,14 @@ def load_adapter(name: str):
             f"install it with: {install_hint(name)}"
         ) from None
     return module
+
+
+def reserve_devices(name: str, jobs: list[dict]) -> None:
+    """Before any job: a framework backend's `distributed.reserve_devices(R)` for the most replicas any job asks
+    (host devices must be configured before the framework starts its runtime, once per process)."""
+    replicas = max((job["spec"].get("distributed", {}).get("replicas", 1) for job in jobs), default=1)
+    if replicas > 1 and name != REFERENCE:
+        importlib.import_module(f"backends.{REGISTRY[name].package}.distributed").reserve_devices(replicas)
 
 
 def run_job(module, name: str, spec: Spec, out: Path, progress: bool) -> None:
@@ -57,8 +67,10 @@ def main(argv=None) -> int:
         print(exc, file=sys.stderr)
         return 3
     failed = 0
+    jobs = json.loads(args.jobs.read_text(encoding="utf-8"))
     try:
-        for index, job in enumerate(json.loads(args.jobs.read_text(encoding="utf-8"))):
+        reserve_devices(args.backend, jobs)
+        for index, job in enumerate(jobs):
             try:
                 run_job(module, args.backend, typed(validate(job["spec"])), Path(job["out"]), args.progress)
                 print(f"done {index}", flush=True)

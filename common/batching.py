@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common import rng
+from common.distributed import Layout
 from common.errors import InputError
 from common.padding import bucket_of, padded_length
 
@@ -94,10 +95,12 @@ class BatchPlan:
 
     @classmethod
     def from_spec(cls, spec: Spec, n_rows: int, lengths: np.ndarray | None = None) -> BatchPlan:
-        """The training plan of a spec's `batching` (and, for sequence data, `sequence`) tables."""
+        """The training plan of a spec's `batching` (and, for sequence data, `sequence`) tables. Its batch is one
+        optimizer step's rows: batch_size, times the replicas and micro-batches a step is split into
+        (common.distributed.Layout.step_rows)."""
         b = spec.batching
         if lengths is None:
-            return cls(n_rows, b.batch_size, b.shuffle, b.last_batch, spec.seed)
+            return cls(n_rows, Layout.from_spec(spec).step_rows, b.shuffle, b.last_batch, spec.seed)
         seq = spec.sequence
         return cls(
             n_rows,

@@ -20,6 +20,7 @@ import numpy as np
 from common import layers as layer_stack
 from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
+from common.distributed import Layout, check_rows, shard_ids
 from common.layers import Layer
 from common.metrics import aggregate
 from common.native import layer_settings, running_epoch_loss
@@ -33,11 +34,14 @@ if TYPE_CHECKING:
 class EpochRun:
     """What one training epoch fed and measured, per step: the row ids as the pipeline delivered them (every row
     fed, filler included, in exact mode; the real rows only in native mode), the padded length T (0 for
-    features) and the step's loss Σ w·ℓ / max(Σ w, 1)."""
+    features) and the step's loss Σ w·ℓ / max(Σ w, 1) over all its rows. A step split into replicas and
+    micro-batches (common.distributed) also gives `shards`: per step, per replica, per micro-batch, the ids that
+    part was fed (filler included), which exact mode checks against the plan's split."""
 
     ids: list[np.ndarray]
     lengths: list[int]
     losses: np.ndarray
+    shards: list[list[list[np.ndarray]]] | None = None
 
 
 class Adapter(Protocol):
@@ -66,7 +70,9 @@ class Adapter(Protocol):
         """
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
-        """Train one epoch (0-based) whose first global step is `first_step` (1-based)."""
+        """Train one epoch (0-based) whose first global step is `first_step` (1-based). A split step
+        (common.distributed.Layout) trains its parts on the framework's own data-parallel engine and accumulation,
+        each part's Σ w·ℓ scaled by `Layout.part_scales` for that engine, and reports `EpochRun.shards`."""
 
     def evaluate(self, split: str, batches: list[Batch]) -> list[tuple[float, float, int]]:
         """Eval mode (no dropout) over `split` ('train' or 'test'): per batch (Σ ℓ, number correct, n)."""
@@ -85,6 +91,7 @@ def check_plan(spec: Spec, data: Dataset) -> tuple[BatchPlan, tuple[Layer, ...]]
     least 2 values per channel at every step (common.layers.check_batch_statistics); InputError otherwise, before
     any backend starts. Feature and image data only: every epoch has the same batch sizes."""
     plan = BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+    check_rows(spec, data.train_x.shape[0])
     layers = model_layers(spec, data)
     if not data.is_sequence:
         layer_stack.check_batch_statistics(layers, [batch.n_real for batch in plan.batches(0)])
@@ -108,6 +115,23 @@ def _epoch_metrics(adapter: Adapter, eval_plan: dict, how: str) -> dict:
         metrics[f"{split}_acc"] = aggregate([s[1] for s in sums], [s[2] for s in sums], how)
     metrics["eval_batch_sizes"] = {split: [b.rows for b in batches] for split, batches in eval_plan.items()}
     return metrics
+
+
+def _check_shards(adapter: Adapter, run: EpochRun, planned: list[Batch], layout: Layout, epoch: int) -> None:
+    """Exact mode, split steps: each replica and micro-batch was fed the rows of the plan's split."""
+    if run.shards is None or len(run.shards) != len(planned):
+        raise RuntimeError(f"{adapter.name} reported no shards for every step of epoch {epoch + 1}")
+    for step, (got, batch) in enumerate(zip(run.shards, planned, strict=True), 1):
+        want = [[part.ids for part in replica] for replica in layout.split(batch)]
+        if len(got) != len(want) or not all(
+            len(g) == len(w) and all(np.array_equal(np.asarray(a), b) for a, b in zip(g, w, strict=True))
+            for g, w in zip(got, want, strict=True)
+        ):
+            fed = [[np.asarray(a).tolist() for a in g] for g in got]
+            raise RuntimeError(
+                f"{adapter.name} fed step {step} of epoch {epoch + 1} the shards {fed}, "
+                f"the plan says {[[a.tolist() for a in w] for w in want]}"
+            )
 
 
 def _check_exact(adapter: Adapter, run: EpochRun, planned: list[Batch], epoch: int) -> None:
@@ -159,6 +183,7 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
     exact = spec.mode == "exact"
     plan, eval_plan = _plans(spec, data)
     layers = check_plan(spec, data)[1]
+    layout = Layout.from_spec(spec)
     init = canonical_init(spec, data) if exact else None
     how = spec.metrics.aggregation
 
@@ -175,10 +200,14 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
         if exact:
             planned = plan.batches(epoch)
             _check_exact(adapter, run, planned, epoch)
+            if layout.is_split:
+                _check_shards(adapter, run, planned, layout, epoch)
             real = [batch.real_ids for batch in planned]
         else:
             real = [np.asarray(ids) for ids in run.ids]
-        for ids, length, loss in zip(real, run.lengths, np.asarray(run.losses, dtype=np.float64), strict=True):
+        for k, (ids, length, loss) in enumerate(
+            zip(real, run.lengths, np.asarray(run.losses, dtype=np.float64), strict=True)
+        ):
             steps.append(
                 {
                     "epoch": epoch + 1,
@@ -188,6 +217,8 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
                     "loss": float(loss),
                 }
             )
+            if layout.is_split:
+                steps[-1]["shards"] = shard_ids(layout.split(planned[k]))
             if data.is_sequence:
                 steps[-1]["padded_length"] = int(length)
         metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}

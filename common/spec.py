@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from common import layers
+from common import distributed, layers
 from common.errors import InputError
 from common.frameworks import REGISTRY
 
@@ -122,6 +122,15 @@ SCHEMA: dict[str, Any] = {
         "shuffle": Field(True, bool),
         "last_batch": Field("keep", str, _choice("keep", "drop", "pad")),
         "eval_batch_size": Field(0, int, _range(0, 2**31)),
+        # K micro-batches per optimizer step, and the gradient over its parts (common.distributed)
+        "accumulate": Field(1, int, _range(1, 2**16)),
+        "reduction": Field("global_mean", str, _choice("global_mean", "mean_of_means")),
+    },
+    # R data-parallel replicas on each framework's own engine; batching.batch_size is the global batch split over
+    # them, or each replica's (common.distributed)
+    "distributed": {
+        "replicas": Field(1, int, _range(1, 64)),
+        "batch": Field("global", str, _choice("global", "per_replica")),
     },
     # variable-length sequences (common.padding): pad / truncate side ("native": each framework's idiom, see
     # common.frameworks), max_len (0: the longest in the batch), masks on or off, length buckets
@@ -225,6 +234,7 @@ def validate(spec: dict) -> dict:
       feature data (they would be silently unused).
     - Adam with decoupled decay is spelled `adamw`.
     - `optimizer.nesterov` needs a momentum > 0 (torch raises otherwise).
+    - split steps (distributed.replicas or batching.accumulate > 1): common.distributed.check.
     """
 
     def walk(node: dict, schema: dict, prefix: str) -> dict:
@@ -258,6 +268,7 @@ def validate(spec: dict) -> dict:
         raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
     _check_model(out)
     _check_sequence_rules(typed(out))
+    distributed.check(typed(out))
     needs_path = out["data"]["name"] in FILE_DATA
     if needs_path and not out["data"]["path"]:
         raise InputError(f"spec key 'data.path': required for data.name = '{out['data']['name']}'")

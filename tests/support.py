@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,8 @@ from common.datasets import load_dataset
 from common.driver import canonical_init, model_layers, train
 from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def installed(backend: str) -> bool:
@@ -60,6 +66,24 @@ def run_in_process(backend: str, spec: Spec) -> tuple[dict, dict]:
     body = train(adapter, spec, data)
     rec = record.build(backend, adapter.versions(), adapter.device(), spec, body)
     return rec, record.arrays(body, data)
+
+
+def run_in_worker(backend: str, spec: Spec, folder: Path) -> tuple[dict, dict]:
+    """(record JSON, record NPZ) of one backend trained in its own worker process (`python -m backends.worker`),
+    as `parity run` runs it: what a data-parallel spec needs, since host devices are reserved once per process
+    before the framework starts. The worker's stderr is the assertion message when it fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = folder / f"{backend}-jobs.json"
+    jobs.write_text(json.dumps([{"spec": spec.to_dict(), "out": str(folder.resolve())}]), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "backends.worker", backend, str(jobs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return record.read(folder, backend)
 
 
 def prepared_adapter(backend: str, spec: Spec):
@@ -136,7 +160,7 @@ EXACT_MATRIX = {
     },
     "pad-shuffle-adam-l1mean-tanh-glorot": {
         "batching": {"last_batch": "pad"},
-        "optimizer": {"name": "adam", "lr": 0.01},
+        "optimizer": {"name": "adam", "lr": 0.01, "momentum": 0.0},
         "model": {"activation": "tanh", "init": "glorot_uniform"},
         "regularization": {"l1": 1e-3},
     },
@@ -159,7 +183,7 @@ EXACT_MATRIX = {
     },
     "drop-shuffle-adam-coupled-l2-l1-bias-deep": {
         "batching": {"last_batch": "drop"},
-        "optimizer": {"name": "adam", "lr": 0.01},
+        "optimizer": {"name": "adam", "lr": 0.01, "momentum": 0.0},
         "model": {"hidden": [16, 8]},
         "regularization": {"weight_decay": 1e-3, "l2": 1e-3, "l1": 1e-3, "regularize_bias": True, "dropout": 0.5},
     },
@@ -227,7 +251,7 @@ EXACT_MATRIX = {
     # layer stacks: layer_norm between dense layers (its scale/offset are bias-like: regularized only with
     # regularize_bias), the canonical ε passed explicitly
     "keep-shuffle-adam-l2-layernorm-drop0.3": {
-        "optimizer": {"name": "adam", "lr": 0.01},
+        "optimizer": {"name": "adam", "lr": 0.01, "momentum": 0.0},
         "model": {"layers": LAYER_NORM_STACK},
         "regularization": {"l2": 1e-3, "dropout": 0.3},
     },
@@ -329,3 +353,45 @@ def cnn_spec(run: str = "sgd-momentum-wd", stack: list | None = None, **sections
     for key, value in [*CNN_RUNS[run].items(), *sections.items()]:
         base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
     return make_spec(**base)
+
+
+# Split steps (common.distributed), on iris (120 training rows), float64 unless asked, exact mode. Each ends an
+# epoch on a ragged step: "r2-ragged" (R = 2, global batch 16) leaves 8 rows to replica 0 and none to replica 1;
+# "k4" (4 micro-batches of 4) fills micro-batches 0 and 1 and leaves 2 and 3 empty; "r2-k2" (per-replica batch 7,
+# Adam, L1 and L2 penalties on the loss) gives the last step 7 + 1 rows in micro-batch 0 and none in micro-batch 1.
+DP_CASES = {
+    "r2-ragged": {"distributed": {"replicas": 2}, "batching": {"batch_size": 16}},
+    "k4": {"batching": {"batch_size": 4, "accumulate": 4}},
+    "r2-k2": {
+        "distributed": {"replicas": 2, "batch": "per_replica"},
+        "batching": {"batch_size": 7, "accumulate": 2},
+        "optimizer": {"name": "adam", "lr": 0.01, "momentum": 0.0},
+        "regularization": {"dropout": 0.3, "l1": 0.001, "l2": 0.001},
+    },
+}
+_DP_BASE = {
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "regularization": {"dropout": 0.3, "weight_decay": 0.001},
+    "train": {"epochs": 2},
+}
+
+
+def dp_spec(case: str, dtype: str = "float64", reduction: str = "global_mean") -> Spec:
+    """The split-step spec of DP_CASES[case] (its twin: common.distributed.single_device)."""
+    sections = {key: dict(value) for key, value in _DP_BASE.items()}
+    for key, value in DP_CASES[case].items():
+        sections[key] = {**sections.get(key, {}), **value}
+    sections.setdefault("batching", {})["reduction"] = reduction
+    return make_spec(dtype=dtype, **sections)
+
+
+def max_rel_gap(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[float, float]:
+    """(worst per-step loss gap |a − b| / |b|, worst final-parameter gap max|a − b| / max|b| per tensor) of two
+    (record JSON, NPZ) pairs with the same steps and parameters."""
+    la = np.array([s["loss"] for s in a[0]["steps"]])
+    lb = np.array([s["loss"] for s in b[0]["steps"]])
+    assert la.shape == lb.shape, (la.shape, lb.shape)
+    finals = [k for k in b[1] if k.startswith("final/")]
+    assert finals and set(finals) <= set(a[1])
+    params = max(float(np.max(np.abs(a[1][k] - b[1][k])) / max(float(np.max(np.abs(b[1][k]))), 1e-300)) for k in finals)
+    return float(np.max(np.abs(la - lb) / np.abs(lb))), params

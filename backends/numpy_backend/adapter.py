@@ -14,6 +14,7 @@ import numpy as np
 from backends.numpy_backend import data as pipeline
 from backends.numpy_backend.model import build, load_canonical, to_canonical
 from backends.numpy_backend.optim import CanonicalOptimizer
+from common.distributed import Layout
 from common.driver import EpochRun, canonical_init
 from common.dropout import shared_masks
 from common.metrics import cross_entropy
@@ -40,6 +41,7 @@ class NumpyOracle:
         self.params = load_canonical(params if self.exact else canonical_init(spec, data))
         self.native_rng = None if self.exact else np.random.default_rng(spec.seed)
         self.optimizer = CanonicalOptimizer(spec, Regularization.from_spec(spec))
+        self.layout = Layout.from_spec(spec)
 
     def _shared_masks(self, step: int, rows: int) -> list[np.ndarray] | None:
         if not self.exact:
@@ -47,7 +49,40 @@ class NumpyOracle:
         masks = shared_masks(self.spec.seed, step, self.layers, rows, np.dtype(self.spec.dtype))
         return None if masks is None else [m.astype(np.float64) for m in masks]
 
+    def _split_step(self, step: int, batch) -> tuple[float, list[list[np.ndarray]]]:
+        """One optimizer step over the parts of common.distributed.Layout.split, serially: the parts' gradients
+        of Σ w·ℓ · s (Layout.part_scales, an engine that sums: A = 1) added, one optimizer step. The penalty
+        terms are the optimizer's (CanonicalOptimizer), once per step. Returns the step's loss Σ w·ℓ / Σ w and
+        the ids each part was fed."""
+        layout = self.layout
+        parts = layout.split(batch)
+        masks = self._shared_masks(step, layout.step_rows)
+        scales = layout.part_scales([[p.weights.sum() for p in replica] for replica in parts], averaged=1)
+        grads, loss_sum = {}, 0.0
+        for r, replica in enumerate(parts):
+            for k, part in enumerate(replica):
+                rows = pipeline.rows(self.spec, self.data, "train", part)
+                total = max(float(part.weights.sum()), 1.0)
+                loss, part_grads = self.model.loss_and_grads(
+                    self.params,
+                    rows.x,
+                    rows.y,
+                    rows.weights,
+                    None if masks is None else [m[layout.rows(r, k)] for m in masks],
+                )
+                loss_sum += loss * total
+                for name, g in part_grads.items():  # ∇(Σ w·ℓ · s) = ∇(mean) · max(Σ w, 1) · s
+                    grads[name] = grads.get(name, 0.0) + g * (total * scales[r, k])
+        self.optimizer.step(self.params, grads)
+        return loss_sum / max(float(batch.weights.sum()), 1.0), [[p.ids for p in replica] for replica in parts]
+
     def run_epoch(self, epoch, first_step):
+        if self.layout.is_split:
+            steps = [self._split_step(step, b) for step, b in enumerate(self.plan.batches(epoch), first_step)]
+            batches = self.plan.batches(epoch)
+            return EpochRun(
+                [b.ids for b in batches], [0] * len(batches), np.array([s[0] for s in steps]), [s[1] for s in steps]
+            )
         ids, lengths, losses = [], [], []
         for step, batch in enumerate(pipeline.epoch_rows(self.spec, self.data, self.plan, epoch), first_step):
             loss, grads = self.model.loss_and_grads(
