@@ -1,6 +1,7 @@
 """The `parity` command line (docs/design.md, "Records" and "Exit codes").
 
-    parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR]
+    parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR] [--seeds K]
+               [--against-single]
     parity sweep PRESET [--full] [--workers N] [--out DIR]
     parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
     parity conformance [--frameworks torch,tf,jax] [--traps ID,...] [--out DIR]
@@ -24,10 +25,12 @@ from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import describe, list_presets
 from benchmarks.runner import OutputFolder, absolute, check_target, run_all
+from benchmarks.single import against_single, twin_name
 from benchmarks.sweep import run_sweep
 from common import InputError, record
 from common.compare import compare
 from common.datasets import load_dataset
+from common.distributed import Layout, single_device
 from common.driver import check_plan
 from common.explain import explain
 from common.spec import Spec, load_spec
@@ -115,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="K > 1: run seeds seed..seed+K-1 and test final metrics for equivalence (TOST)",
+    )
+    run.add_argument(
+        "--against-single",
+        action="store_true",
+        help="a spec with distributed.replicas or batching.accumulate > 1: also run its single-device twin (the "
+        "same rows per optimizer step) and compare every backend with its twin step by step",
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
@@ -210,6 +219,13 @@ def command_run(args) -> int:
     backends = parse_backends(args.backends)
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
+    if args.against_single and not Layout.from_spec(spec).is_split:
+        raise InputError(
+            "--against-single: the spec's steps are not split (distributed.replicas = 1, batching.accumulate = 1); "
+            "there is no single-device twin to compare with"
+        )
+    if args.against_single and args.seeds > 1:
+        raise InputError("--against-single: a per-step comparison of one seed; drop --seeds")
     check_plan(spec, load_dataset(spec))  # every input error surfaces before anything is written
     out = absolute(args.out or Path("runs") / spec.name)
     folder = OutputFolder(out)
@@ -248,6 +264,11 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     comparison = compare(records, REFERENCE, tolerance_for(spec.dtype, spec.mode))
     comparison["failed"] = failed
     comparison["causes"] = explain(records)
+    if args.against_single:
+        twin = single_device(spec)
+        singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet)
+        failed.update({twin_name(b): message for b, message in twin_failed.items()})
+        comparison["against_single"] = against_single(records, singles[twin.seed], tolerance_for(spec.dtype, spec.mode))
     if len(seeds) > 1:
         finals = {
             b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]] for m in ("test_acc", "test_loss")}
@@ -272,8 +293,12 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
         print(line)
     if "statistical" in comparison:
         print(report.statistical_table(comparison))
+    if "against_single" in comparison:
+        print("\n".join(report.against_single_lines(comparison["against_single"])))
     if failed:
         return 3
+    if "against_single" in comparison and not comparison["against_single"]["equivalent"]:
+        return 1
     if "statistical" not in comparison and comparison["claim"].startswith("none"):
         return 0  # native mode without seeds: no claim
     return 0 if comparison["equivalent"] else 1  # with seeds, "inconclusive" is not "equivalent": 1

@@ -1,7 +1,10 @@
 """Presets: the seeds' experiments as spec files with a `[sweep]` table (benchmarks/presets/*.toml).
 
 [sweep]
-grid = { "regularization.dropout" = [0.0, 0.1, 0.2] }   # dotted spec keys → values (cartesian product)
+grid = { "regularization.dropout" = [0.0, 0.1, 0.2] }   # dotted spec keys → values (cartesian product); a value
+                                                        # that is a table sets its keys together under the grid
+                                                        # key: "batching" = [{batch_size = 32}, {batch_size = 8,
+                                                        # accumulate = 4}] pairs them instead of crossing them
 seeds = [0]
 backends = ["torch", "tf", "jax"]                       # the numpy oracle always runs too
 plot = "final"        # final: final metrics against the swept value | curves: metric against epoch
@@ -122,16 +125,26 @@ def load_preset(name_or_path: str, full: bool) -> tuple[dict, Sweep, str]:
     return raw, sweep, path.stem
 
 
+def _point_sets(point: dict) -> list[str]:
+    """The overrides of one grid point; a table value sets each of its keys under the grid key."""
+    sets = []
+    for key, value in point.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        sets += [f"{key}.{sub}={_toml_value(v)}" if sub else f"{key}={_toml_value(v)}" for sub, v in items]
+    return sets
+
+
 def expand(raw: dict, sweep: Sweep) -> list[Run]:
     """Every (grid point, seed) as a validated spec; errors name the key."""
     keys = list(sweep.grid)
     base = apply_overrides(raw, [f"{k}={_toml_value(v)}" for k, v in sweep.overrides.items()])
     runs = []
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
+        given = dict(zip(keys, values, strict=True))
+        point = {k: _toml_value(v) if isinstance(v, dict) else v for k, v in given.items()}
         label = ",".join(f"{k}={v}" for k, v in point.items())
         for seed in sweep.seeds:
-            sets = [f"{k}={_toml_value(v)}" for k, v in point.items()] + [f"seed={seed}"]
+            sets = [*_point_sets(given), f"seed={seed}"]
             spec = typed(validate(apply_overrides(base, sets)))
             spec = replace(spec, name=f"{spec.name}[{label},seed={seed}]")
             runs.append(Run(label, point, seed, spec))

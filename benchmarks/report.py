@@ -11,7 +11,7 @@ from common.spec import Spec
 STEP_METRICS = ("loss", "batch_ids", "padded_length")  # compared per step; the others per epoch
 
 
-def _fmt(value) -> str:
+def fmt(value) -> str:
     if value is None:
         return "-"
     return f"{value:.2e}" if isinstance(value, float) else str(value)
@@ -75,7 +75,7 @@ def verdict_line(comparison: dict, failed: list[str]) -> str:
             else (
                 f"DIVERGENT: {first['a']} vs {first['b']} first differ in {first['metric']} at "
                 f"{'step' if first['metric'] in STEP_METRICS else 'epoch'} {first['first_divergent_step']} "
-                f"(max rel diff {_fmt(first['max_rel_diff'])})"
+                f"(max rel diff {fmt(first['max_rel_diff'])})"
             )
         )
     diverged = nonfinite_phrase(comparison)
@@ -155,6 +155,17 @@ def cause_lines(comparison: dict) -> list[str]:
     ]
 
 
+def against_single_lines(result: dict) -> list[str]:
+    """The terminal (and report) lines: one per backend, then the causes of those that differ."""
+    out = [
+        f"{row['a']} vs its single-device twin: per-step loss rel {fmt(row['loss'])}, final params rel "
+        f"{fmt(row['params'])}: {'equal' if row['agree'] else 'first differ in ' + row['first']}"
+        for row in pair_rows(result)
+    ]
+    verdict = "EQUAL" if result["equivalent"] else "DIFFERENT"
+    return [*out, *cause_lines(result), f"against single device: {verdict} within rtol {result['tolerance']['rtol']:g}"]
+
+
 def statistical_table(comparison: dict) -> str:
     """The multi-seed TOST results (comparison["statistical"]) as fixed-width text."""
     lines = [
@@ -190,8 +201,8 @@ def verdict_table(comparison: dict, failed: list[str]) -> str:
     lines = [header, "-" * len(header)]
     for r in pair_rows(comparison):
         lines.append(
-            f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {_fmt(r['loss']):>9} {_fmt(r['metrics']):>11} "
-            f"{_fmt(r['params']):>10} {_used(r['used']):>8}  {r['first'] or '-'}"
+            f"{r['a']:<6} {r['b']:<6} {r['batch_ids']:<20} {fmt(r['loss']):>9} {fmt(r['metrics']):>11} "
+            f"{fmt(r['params']):>10} {_used(r['used']):>8}  {r['first'] or '-'}"
         )
     lines.append(TOL_USED_NOTE)
     lines.append("")
@@ -216,6 +227,9 @@ def markdown(spec: Spec, records: dict, comparison: dict, failed: dict[str, str]
     ]
     out += [f"> {w}" for w in banding_warnings(spec, records)]
     out += [f"> {line}" for line in cause_lines(comparison)]
+    if "against_single" in comparison:
+        out += ["", "## Against the single-device twin", ""]
+        out += [f"- {line}" for line in against_single_lines(comparison["against_single"])]
     out += ["", "## Backends", "", "| backend | device | versions | steps | train s |", "|---|---|---|---|---|"]
     for name, (rec, _) in records.items():
         versions = ", ".join(f"{k} {v}" for k, v in rec["versions"].items())
@@ -231,8 +245,8 @@ def markdown(spec: Spec, records: dict, comparison: dict, failed: dict[str, str]
     ]
     for r in pair_rows(comparison):
         out.append(
-            f"| {r['a']} | {r['b']} | {r['batch_ids']} | {_fmt(r['loss'])} | {_fmt(r['metrics'])} | "
-            f"{_fmt(r['params'])} | {_used(r['used'])} | {r['first'] or '-'} |"
+            f"| {r['a']} | {r['b']} | {r['batch_ids']} | {fmt(r['loss'])} | {fmt(r['metrics'])} | "
+            f"{fmt(r['params'])} | {_used(r['used'])} | {r['first'] or '-'} |"
         )
     out += ["", TOL_USED_NOTE]
     found = comparison.get("nonfinite") or {}

@@ -118,6 +118,14 @@ def shard_ids(parts: list[list[Batch]]) -> list[list[list[int]]]:
     return [[part.real_ids.tolist() for part in replica] for replica in parts]
 
 
+def ragged_steps(steps: list[dict]) -> list[int]:
+    """The recorded steps (their `step` numbers) whose parts hold unequal numbers of real rows (`shards`): where
+    mean_of_means and global_mean give different gradients."""
+    return [
+        s["step"] for s in steps if "shards" in s and len({len(ids) for replica in s["shards"] for ids in replica}) > 1
+    ]
+
+
 def single_device(spec: Spec) -> Spec:
     """The single-device twin: the same rows per optimizer step (batch_size = S), R = K = 1, global batch."""
     layout = Layout.from_spec(spec)

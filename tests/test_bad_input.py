@@ -128,6 +128,25 @@ BAD_SPECS = {
         + _cnn("{kind = 'flatten'}", "{kind = 'dense', units = 4}", "{kind = 'batch_norm'}", tail="{kind = 'dense'}"),
         "batching.batch_size",
     ),
+    # split steps (common.distributed)
+    "replicas_zero": ("[distributed]\nreplicas = 0\n", "distributed.replicas"),
+    "accumulate_zero": ("[batching]\naccumulate = 0\n", "batching.accumulate"),
+    "global_batch_uneven": ("[distributed]\nreplicas = 3\n", "batching.batch_size"),
+    "bad_reduction": ("[batching]\nreduction = 'sum'\n", "batching.reduction"),
+    "bad_batch_meaning": ("[distributed]\nbatch = 'local'\n", "distributed.batch"),
+    "split_fused": ("execution = 'fused'\n[batching]\naccumulate = 2\n", "batching.accumulate"),
+    "split_native": ("mode = 'native'\n[distributed]\nreplicas = 2\n", "distributed.replicas"),
+    "split_sequences": (SEQ + "[distributed]\nreplicas = 2\n", "distributed.replicas"),
+    "split_batch_norm": (
+        IMG
+        + "[batching]\naccumulate = 2\n"
+        + _cnn("{kind = 'flatten'}", "{kind = 'batch_norm'}", tail="{kind = 'dense'}"),
+        "model.layers[1].kind",
+    ),
+    "replicas_beyond_rows": (
+        "[data]\nname = 'doughnuts'\n[data.params]\nn = 20\n[distributed]\nreplicas = 32\nbatch = 'per_replica'\n",
+        "distributed.replicas",
+    ),
     # keys that do not apply to feature data, sizes beyond the limits (common.spec.MAX_WIDTH)
     "sequence_loss_norm_on_features": ("[sequence]\nloss_norm = 'per_token'\n", "sequence.loss_norm"),
     "sequence_max_len_on_features": ("[data]\nname = 'doughnuts'\n[sequence]\nmax_len = 4\n", "sequence.max_len"),
@@ -246,6 +265,8 @@ def test_bad_data(case, tmp_path, capsys):
         (["run", "--set", "optimizer.lrr=0.1"], "optimizer.lrr"),
         (["run", "--backends", "torch,mxnet"], "mxnet"),
         (["run", "--bogus"], "arguments"),
+        (["run", "--against-single"], "--against-single"),
+        (["run", "--against-single", "--set", "batching.accumulate=2", "--seeds", "2"], "--against-single"),
         (["fly"], "arguments"),
         (
             ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],

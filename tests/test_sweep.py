@@ -49,6 +49,11 @@ def test_presets_expand_and_validate():
             assert runs and len({r.spec.name for r in runs}) == len(runs)
     raw, sweep, _ = load_preset("iris-dropout", True)
     assert [r.point["regularization.dropout"] for r in expand(raw, sweep)] == [i / 10 for i in range(10)]
+    raw, sweep, _ = load_preset("digits-accumulate", False)  # a table value sets its keys together
+    steps = [
+        (r.spec.batching.batch_size, r.spec.batching.accumulate, r.spec.batching.reduction) for r in expand(raw, sweep)
+    ]
+    assert steps == [(32, 1, "global_mean"), (8, 4, "global_mean"), (8, 4, "mean_of_means")]
 
 
 KILL_PRESET = """
