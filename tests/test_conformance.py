@@ -193,6 +193,7 @@ def test_sections_and_citations_name_design_sections():
         "Performance methodology",
         "Traps",
         "Images and BatchNorm",
+        "Data parallelism and accumulation",
     }
     for trap in CATALOGUE:
         assert trap.section in sections, trap.id
@@ -304,6 +305,49 @@ def test_image_trap_effects_and_canonical_values():
     assert TRAPS["avg_pool_same_count"].canonical == {"corner": 1.0}
     assert TRAPS["pool_default_stride"].canonical == {"out_size": 4, "default_stride": 2}
     assert TRAPS["bn_masked_statistics"].effect_of(TRAPS["bn_masked_statistics"].expected)[0] == pytest.approx(1e-7 / 3)
+    masked = TRAPS["masked_mean_loss"]
+    assert masked.effect_of(masked.expected)[1].startswith("all-masked batch"), "not the BatchNorm effect's"
+
+
+# ------------------------------------------------------------------------ data parallelism and accumulation
+DP_TRAPS = (
+    "sampler_padding",
+    "sampler_same_order",
+    "mean_of_means",
+    "average_loss_global_batch",
+    "replica_regularization",
+    "accumulator_dtype",
+)
+
+
+@pytest.mark.parametrize("trap_id", DP_TRAPS)
+def test_data_parallel_traps_point_at_common_distributed_and_state_an_effect(trap_id):
+    trap = TRAPS[trap_id]
+    assert trap.section == "Data parallelism and accumulation" and "common.distributed" in trap.conversion
+    # one replica in the probe process: scale_regularization_loss divides by 1, as penalty_scale does
+    assert trap.diverges(trap.expected) is (trap_id != "replica_regularization")
+    _, text = trap.effect_of(trap.expected)
+    assert text and not text.startswith("n/a"), text
+
+
+def test_data_parallel_canonical_values_come_from_the_layout():
+    from common.traps.reference import accumulated_updates, layout_epoch
+
+    assert layout_epoch() == {
+        "per_rank": [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]],
+        "total": 12,
+        "counted": 10,
+        "repeated_ids": [],
+    }
+    assert TRAPS["sampler_padding"].canonical == layout_epoch()
+    assert accumulated_updates() == {"global_mean": -0.625, "mean_of_means": -0.75, "sum_of_means": -1.5}
+    assert TRAPS["mean_of_means"].canonical == {"update": -0.625, "reduction": "global_mean"}
+    assert TRAPS["mean_of_means"].effect_of(TRAPS["mean_of_means"].expected)[0] == 1.2
+    assert TRAPS["average_loss_global_batch"].canonical == {
+        "divisor_global_batch_size": 3.0,
+        "divisor_sample_weight": 3.0,
+    }
+    assert TRAPS["replica_regularization"].effect_of(TRAPS["replica_regularization"].expected)[0] == 2.0
 
 
 # ------------------------------------------------------------------------------------- the matrix builder

@@ -7,6 +7,9 @@ are fetched once at the end of the epoch. Exact mode: the shared plan, canonical
 (common.dropout, drawn here per global step). Native mode (common.native, jax column): data.JaxOrderPlan, flax's
 own init (`model.init(PRNGKey(seed), x)`), nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t),
 the optax chain as written; a pad batch's weight-0 filler is fed (one shape) but not reported.
+Split steps (common.distributed: R replicas, K micro-batches; exact mode): distributed.py's engine, a mesh of R
+devices, `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps; the
+records' `shards` are read back from the devices.
 `self.params` holds all the flax variables, {'params'} plus {'batch_stats'} with batch_norm: the canonical state is
 loaded into and exported from `batch_stats` (model.py), the optax state covers `params` only, and evaluation
 normalises with the running statistics.
@@ -23,8 +26,10 @@ import optax
 
 from backends.jax_backend import data as pipelines
 from backends.jax_backend import execution, optim
+from backends.jax_backend.distributed import Engine
 from backends.jax_backend.model import build, load_canonical, native_init, split_state, to_canonical
 from common import rng
+from common.distributed import Layout
 from common.driver import EpochRun
 from common.dropout import shared_masks
 from common.layers import dropout_layers
@@ -59,6 +64,7 @@ class JaxAdapter:
     def prepare(self, spec, data, plan, layers, params):
         execution.check(self.execution, data)
         self.layers, self.exact = layers, params is not None
+        self.layout = Layout.from_spec(spec)
         self.pipeline = pipelines.pipeline(spec, data, plan)
         self.plan = self.pipeline.plan
         self.model = build(layers, spec)
@@ -70,12 +76,18 @@ class JaxAdapter:
             self.params = native_init(self.model, spec.seed)
             names = to_canonical(self.params)
             tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
-        self.opt_state = tx.init(split_state(self.params)[0])
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
-        self.run = execution.Execution(
-            self.execution, execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
-        )
+        if self.layout.is_split:  # exact mode, no batch_norm (common.distributed.check)
+            self.engine = Engine(self.layout, self.dtype)
+            tx = self.engine.accumulate(tx)
+            step = execution.split_step(self.model, tx, self.engine.combine)
+            self.params = self.engine.replicate(self.params)
+            self.opt_state = self.engine.replicate(tx.init(self.params))
+        else:
+            step = execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
+            self.opt_state = tx.init(split_state(self.params)[0])
+        self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
         if self.execution == "fused":
             self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
@@ -89,6 +101,8 @@ class JaxAdapter:
         return jax.random.fold_in(self.key, step)
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        if self.layout.is_split:
+            return self._split_epoch(epoch, first_step)
         if self.execution == "fused":
             return self._fused_epoch(epoch, first_step)
         ids, lengths, losses = [], [], []
@@ -98,6 +112,27 @@ class JaxAdapter:
             ids.append(rows.ids if self.exact else rows.ids[batch.weights > 0])
             lengths.append(rows.length)
         return EpochRun(ids, lengths, np.asarray(jnp.stack(losses)))
+
+    def _split_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        """Split steps (distributed.py): per step, one `split_step` per micro-batch on the mesh, the shared masks
+        drawn for the step's S rows and cut per micro-batch; the step's loss Σ_step w·ℓ / Σ_step w; the shards
+        as the devices hold them."""
+        batches = self.plan.batches(epoch)
+        losses, shards = [], []
+        for t, batch in enumerate(batches, start=first_step):
+            masks = shared_masks(self.spec.seed, t, self.layers, self.layout.step_rows, self.dtype)
+            loss, held = 0.0, []
+            for micro in self.engine.micro_batches(batch):
+                rows, ids = self.pipeline.sharded(micro.batch, self.engine.rows)
+                cut = None if masks is None else self.engine.place([m[micro.rows] for m in masks])
+                self.params, self.opt_state, part = self.run.step(
+                    self.params, self.opt_state, rows.x, rows.y, rows.weights, self.engine.place(micro.scales), cut
+                )
+                loss = loss + part
+                held.append(self.engine.held(ids))
+            losses.append(loss / max(float(batch.weights.sum()), 1.0))
+            shards.append([list(replica) for replica in zip(*held, strict=True)])
+        return EpochRun([b.ids for b in batches], [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
 
     def _masks(self, step: int, rows: int):
         """Exact mode: the shared masks of global step `step` on the device (None without dropout / native)."""

@@ -8,6 +8,7 @@ jitted step sees only the plan's (B, T) shapes (one compile per bucket with buck
 m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
 Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
 PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
+A split step's micro-batch (features and images): `Features.sharded`, placed over distributed.py's mesh.
 Bench loaders (features, LOADERS): "naive" (per-row Python stacking, one `jnp.asarray` per array), "fast" (the
 adapter's), "prefetched" (the split on the device once, `jnp.take` of each batch's ids, as the fused scan does).
 """
@@ -57,14 +58,19 @@ class Pipeline:
 class Features(Pipeline):
     """Loader "fast": numpy indexing of the whole batch, one `jax.device_put`."""
 
-    def rows(self, batch, split="train"):
+    def arrays(self, batch: Batch, split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x in the spec dtype, y int32, w in the spec dtype) of the batch's rows, in numpy."""
         x, y = getattr(self.data, f"{split}_x"), getattr(self.data, f"{split}_y")
-        return Rows(
-            batch.ids,
-            *jax.device_put(
-                (x[batch.ids].astype(self.dtype), y[batch.ids].astype(np.int32), batch.weights.astype(self.dtype))
-            ),
-        )
+        return x[batch.ids].astype(self.dtype), y[batch.ids].astype(np.int32), batch.weights.astype(self.dtype)
+
+    def rows(self, batch, split="train"):
+        return Rows(batch.ids, *jax.device_put(self.arrays(batch, split)))
+
+    def sharded(self, batch: Batch, sharding) -> tuple[Rows, jax.Array]:
+        """A split step's training micro-batch over a mesh: its ids, x, y and w in one `jax.device_put` with
+        `sharding` (rows on the mesh axis, distributed.py), and the ids array as placed (what each device holds)."""
+        ids, *arrays = jax.device_put((batch.ids, *self.arrays(batch)), sharding)
+        return Rows(batch.ids, *arrays), ids
 
 
 class NaiveFeatures(Features):

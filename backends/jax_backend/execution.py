@@ -16,6 +16,13 @@ masks: exact mode's shared dropout masks or None; t: the global step, whose `fol
             t (S,)), each gathering its rows (features or images) from the training split on the device (not token
             data: token batches have no static epoch shape).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
+A split step (common.distributed) runs `split_step` once per micro-batch, on distributed.py's engine, eager or
+compiled alike:
+
+    split_step(variables, opt_state, x, y, w, s, masks) → (variables, opt_state, Σ w·ℓ),
+
+the gradient of Σ w·s·ℓ (s: each row's part scale) combined over the mesh, fed to the chain (optax.MultiSteps:
+zero updates until the K-th micro-batch); the adapter divides the step's Σ w·ℓ by Σ_step w.
 """
 
 from __future__ import annotations
@@ -61,6 +68,28 @@ def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
         updates, opt_state = tx.update(grads, opt_state, params)
         state = running_stats(model.layers, model.options, state, updated, real)
         return {**optax.apply_updates(params, updates), **state}, opt_state, loss
+
+    return step
+
+
+def split_step(model, tx: optax.GradientTransformation, combine):
+    """The pure micro-batch step of a split step (module docstring) for `model`, the accumulating chain `tx` and
+    the engine's `combine` (distributed.Engine.combine); exact mode, no batch_norm state (common.distributed)."""
+
+    def sums(variables, x, y, w, s, masks):
+        def loss_fn(v):
+            ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x, masks, train=True), y)
+            return jnp.sum(w * s * ce), jnp.sum(w * ce)
+
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables)
+        return loss, grads
+
+    combined = combine(sums)
+
+    def step(variables, opt_state, x, y, w, s, masks):
+        loss, grads = combined(variables, x, y, w, s, masks)
+        updates, opt_state = tx.update(grads, opt_state, variables)
+        return optax.apply_updates(variables, updates), opt_state, loss
 
     return step
 

@@ -24,6 +24,8 @@ from flax import nnx
 
 from common import traps as T
 from common.traps.inputs import (
+    ACCUMULATE,
+    ACCUMULATOR,
     AVG_POOL_SAME,
     BN_EPS_INPUT,
     BN_INPUT,
@@ -38,6 +40,7 @@ from common.traps.inputs import (
     conv_ramp,
 )
 from common.traps.reference import (
+    accumulated_updates,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -585,6 +588,65 @@ def bn_statistics_dtype() -> dict:
     }
 
 
+# ------------------------------------------------------------------------- data parallelism and accumulation
+def _accumulate(tx, grads) -> tuple[list[float], object]:
+    """Feed float64 gradients to `tx` (its update jitted: eager MultiSteps costs ~0.2 s a call) on one float64
+    parameter from 0: w after each update, and the final state. Call inside jax.enable_x64(True)."""
+    update = jax.jit(tx.update)
+    w, trace = jnp.zeros(1, jnp.float64), []
+    state = tx.init(w)
+    for g in grads:
+        updates, state = update(jnp.asarray(g, jnp.float64).reshape(1), state, w)
+        w = optax.apply_updates(w, updates)
+        trace.append(float(w[0]))
+    return trace, state
+
+
+def mean_of_means() -> dict:
+    """optax.MultiSteps(optax.sgd(lr), every_k_schedule=K) on a float64 linear model w·x from w = 0 (the per-row
+    loss, so its gradient does not depend on w): one update per ACCUMULATE micro-batch with its mean-loss gradient;
+    the weight after the K-th, the update at which w first moved, and beside it one plain optax.sgd step on all
+    rows (the global mean); the update named by accumulated_updates."""
+    lr, micro = ACCUMULATE["lr"], ACCUMULATE["micro"]
+    with jax.enable_x64(True):
+
+        def grads(batches):
+            w = jnp.zeros(1, jnp.float64)
+            return [jax.grad(lambda v, x=x: jnp.mean(v * jnp.asarray(x, jnp.float64)))(w) for x in batches]
+
+        trace, _ = _accumulate(optax.MultiSteps(optax.sgd(lr), every_k_schedule=len(micro)), grads(micro))
+        global_mean = _accumulate(optax.sgd(lr), grads([[v for m in micro for v in m]]))[0][-1]
+    return {
+        "update": trace[-1],
+        "global_mean_update": global_mean,
+        "ratio": trace[-1] / global_mean,
+        "reduction": named_match(trace[-1], accumulated_updates()),
+        "applied_at_call": next(i for i, w in enumerate(trace, 1) if w != 0.0),
+    }
+
+
+def accumulator_dtype() -> dict:
+    """optax.MultiSteps(optax.sgd(1), every_k_schedule=K) on a float64 parameter from 0 (x64 on), fed ACCUMULATOR's
+    K float64 gradients: its accumulator's dtype, its use_grad_mean default and −w against Σg/K in float64
+    (relative); the same with accumulator_dtype=float64."""
+    grads = np.asarray(ACCUMULATOR["grads"], np.float64)
+    mean = float(np.mean(grads))
+
+    def run(**kwargs):
+        trace, state = _accumulate(optax.MultiSteps(optax.sgd(1.0), every_k_schedule=len(grads), **kwargs), grads)
+        return str(state.acc_grads.dtype), abs(-trace[-1] - mean) / mean
+
+    with jax.enable_x64(True):
+        dtype, error = run()
+        _, exact = run(accumulator_dtype=jnp.float64)
+    return {
+        "accumulator_dtype": dtype,
+        "rel_error": error,
+        "use_grad_mean": inspect.signature(optax.MultiSteps).parameters["use_grad_mean"].default,
+        "float64_accumulator_rel_error": exact,
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -624,4 +686,6 @@ PROBES = {
     "pool_default_stride": pool_default_stride,
     "bn_masked_statistics": bn_masked_statistics,
     "bn_statistics_dtype": bn_statistics_dtype,
+    "mean_of_means": mean_of_means,
+    "accumulator_dtype": accumulator_dtype,
 }

@@ -11,7 +11,9 @@ reduction divides by the row count, wrong on a padded batch). Only ce is recorde
 `model.losses` are trained, not recorded. Exact mode loads the canonical init and draws the shared dropout masks;
 native mode keeps Keras's seeded default init, tf.data's shuffle and Keras Dropout (common.native). `parameters`
 and the canonical init both hold the batch_norm state (`bn{i}.mean`, `bn{i}.var`, the Keras moving statistics),
-which the optimizer never sees (backends.tf_backend.optim).
+which the optimizer never sees (backends.tf_backend.optim). A split step (common.distributed: replicas or
+accumulated micro-batches) builds the model and optimizer under the step's tf.distribute strategy and runs on
+backends.tf_backend.distributed, each part's loss Σ w·ℓ (Keras reduction "sum") scaled there.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import keras
 import tensorflow as tf
 
 from backends.tf_backend import data as pipelines
-from backends.tf_backend import execution, optim
+from backends.tf_backend import distributed, execution, optim
 from backends.tf_backend import model as stack
+from common.distributed import Layout
 from common.driver import EpochRun
 from common.spec import Spec, execution_of
 
@@ -50,19 +53,27 @@ class TFAdapter:
     def prepare(self, spec, data, plan, layers, params):
         keras.config.set_floatx(spec.dtype)  # before the optimizer: its lr variable takes floatx
         exact = params is not None
+        layout = Layout.from_spec(spec)
+        strategy = distributed.strategy(layout.replicas)
         self.pipeline = pipelines.pipeline(spec, data, plan)
-        self.model = stack.build(layers, spec, optim.regularizers(spec, layers))
-        variables = stack.variables(self.model)
-        if exact:
-            stack.load_canonical(self.model, params)
-        self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight", dtype=spec.dtype
-        )
-        body = execution.step_body(self.model, self.optimizer.optimizer, loss_fn, dense_gradients=exact)
-        self.runner = execution.runner(
-            self.execution, body, self.pipeline, self.optimizer, execution.Masks(spec, layers, exact)
-        )
+        with strategy.scope():  # split steps: the variables mirrored over the replicas (default strategy: as is)
+            self.model = stack.build(layers, spec, optim.regularizers(spec, layers))
+            variables = stack.variables(self.model)
+            if exact:
+                stack.load_canonical(self.model, params)
+            self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
+        masks = execution.Masks(spec, layers, exact)
+        if layout.is_split:
+            loss_sum = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", dtype=spec.dtype)
+            self.runner = distributed.Split(
+                strategy, layout, self.model, self.optimizer, loss_sum, self.pipeline, masks, self.execution
+            )
+        else:
+            loss_fn = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="mean_with_sample_weight", dtype=spec.dtype
+            )
+            body = execution.step_body(self.model, self.optimizer.optimizer, loss_fn, dense_gradients=exact)
+            self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer, masks)
         self._forward = tf.function(
             self._eval_forward, input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)]
         )

@@ -3,9 +3,11 @@ per kind of data, both yielding common.batching.Rows (docs/design.md, "Batching 
 
 Exact mode slices the rows in the plan's slot order (`BatchPlan.slots`: the remainder already cut under "drop",
 weight-0 filler appended under "pad") with `from_tensor_slices` and lets tf.data cut the batches; `shuffle` cannot
-reproduce the numpy order. Native mode (common.native): `shuffle(N, seed, reshuffle_each_iteration=True)` over all
-training rows, weights 1, "pad" kept ragged. Features (B, F) and images (B, H, W, C), canonical NHWC as Keras
-runs them: `.batch(B)`. Tokens (resolved sides of common.padding):
+reproduce the numpy order. Split steps (common.distributed; features and images) slice their parts' rows the same
+way and `.batch(c).batch(K)` them, one element per step and replica (`Features.parts`). Native mode
+(common.native): `shuffle(N, seed, reshuffle_each_iteration=True)` over all training rows, weights 1, "pad" kept
+ragged. Features (B, F) and images (B, H, W, C), canonical NHWC as Keras runs them: `.batch(B)`. Tokens
+(resolved sides of common.padding):
 - max_len > 0: `keras.utils.pad_sequences(maxlen, padding, truncating)` once per split, then `.batch(B)`;
 - otherwise `.padded_batch(B)` (T = the batch's longest row), or with buckets b_1 < … < b_K each row cut to b_K
   then `bucket_by_sequence_length(bucket_boundaries=[b_k + 1], pad_to_bucket_boundary=True)`, whose streaming
@@ -94,6 +96,16 @@ class Features(Pipeline):
 
     def _batched(self, rows):
         return rows.batch(self.batch_size, drop_remainder=self.drop)
+
+    def parts(self, ids: np.ndarray, weights: np.ndarray, **fields) -> tf.data.Dataset:
+        """Split steps (common.distributed): one element per `ids`, `weights` row (E, K, c), i.e. per step and
+        replica, its rows sliced like the exact epoch's and cut by tf.data into K micro-batches of c rows, so each
+        field is (K, c, ...); `fields` (E, K, ...) ride along (the part scales, the dropout-mask slices)."""
+        _, micro, shard = ids.shape
+        rows = self._rows(ids.reshape(-1), weights.reshape(-1))
+        rows = rows.batch(shard, drop_remainder=True).batch(micro, drop_remainder=True)
+        extra = tf.data.Dataset.from_tensor_slices(fields)
+        return tf.data.Dataset.zip(rows, extra).map(lambda row, more: {**row, **more}).prefetch(tf.data.AUTOTUNE)
 
     def eval_rows(self, split: str, batch: Batch) -> Rows:
         return Rows(

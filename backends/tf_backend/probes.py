@@ -25,6 +25,9 @@ import tensorflow as tf
 from common import traps as T
 from common.metrics import aggregate
 from common.traps.inputs import (
+    ACCUMULATE,
+    ACCUMULATOR,
+    AVERAGE_LOSS,
     AVG_POOL_SAME,
     BN_EPS_INPUT,
     BN_INPUT,
@@ -34,11 +37,13 @@ from common.traps.inputs import (
     CONV_SAME,
     FLATTEN_HWC,
     LAYOUT,
+    PENALTY,
     POOL_DEFAULT,
     bn_large_mean_input,
     conv_ramp,
 )
 from common.traps.reference import (
+    accumulated_updates,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -737,6 +742,90 @@ def bn_statistics_dtype() -> dict:
     return {"stats_dtype": keras.backend.standardize_dtype(layer.moving_variance.dtype)}
 
 
+# ------------------------------------------------------------------------- data parallelism and accumulation
+def mean_of_means() -> dict:
+    """keras.optimizers.SGD(lr, gradient_accumulation_steps=K) on a bias-free float64 Dense(1) from w = 0, per-row
+    loss ℓ = w·x: apply_gradients with each of ACCUMULATE's K micro-batches' mean-loss gradients; the weight after
+    the K-th call, the call at which w first moved, and beside it one plain SGD step on all rows (the global mean);
+    the update named by accumulated_updates."""
+    lr, micro = np.float64(ACCUMULATE["lr"]), ACCUMULATE["micro"]
+
+    def run(batches, **kwargs) -> list[float]:
+        layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", dtype="float64")
+        layer.build((None, 1))
+        opt, trace = keras.optimizers.SGD(learning_rate=lr, **kwargs), []
+        for x in batches:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(layer(np.asarray(x, np.float64)[:, None]))
+            opt.apply_gradients([(tape.gradient(loss, layer.kernel), layer.kernel)])
+            trace.append(float(layer.kernel.numpy().item()))
+        return trace
+
+    trace = run(micro, gradient_accumulation_steps=len(micro))
+    global_mean = run([[v for m in micro for v in m]])[-1]
+    return {
+        "update": trace[-1],
+        "global_mean_update": global_mean,
+        "ratio": trace[-1] / global_mean,
+        "reduction": named_match(trace[-1], accumulated_updates()),
+        "applied_at_call": next(i for i, w in enumerate(trace, 1) if w != 0.0),
+    }
+
+
+def average_loss_global_batch() -> dict:
+    """tf.nn.compute_average_loss on AVERAGE_LOSS's n per-example losses of a ragged step (float64, the default
+    strategy): with global_batch_size=G, without it, and on the step padded to G rows (one filler row, a cycled
+    id's loss) with sample_weight 1 for the real rows, 0 for the filler; each divisor is Σ w·ℓ / the result."""
+    losses, g = AVERAGE_LOSS["losses"], AVERAGE_LOSS["global_batch"]
+    n, total = len(losses), float(np.sum(losses))
+    padded = np.resize(np.asarray(losses, np.float64), g)
+    weights = (np.arange(g) < n).astype(np.float64)
+    values = {
+        "global_batch_size": tf.nn.compute_average_loss(tf.constant(losses, tf.float64), global_batch_size=g),
+        "default": tf.nn.compute_average_loss(tf.constant(losses, tf.float64)),
+        "sample_weight": tf.nn.compute_average_loss(tf.constant(padded), sample_weight=tf.constant(weights)),
+    }
+    return {
+        "num_replicas_in_sync": tf.distribute.get_strategy().num_replicas_in_sync,
+        **{f"value_{k}": float(v) for k, v in values.items()},
+        **{f"divisor_{k}": total / float(v) for k, v in values.items()},
+    }
+
+
+def replica_regularization() -> dict:
+    """A float64 Dense kernel with keras.regularizers.L2(λ) under the default strategy: Σ layer.losses against
+    λ·Σw² (what every replica's loss adds), and tf.nn.scale_regularization_loss(penalty) / penalty (1 /
+    num_replicas_in_sync)."""
+    lam, kernel = PENALTY["l2"], np.asarray(PENALTY["kernel"], np.float64)
+    layer = keras.layers.Dense(
+        kernel.shape[1], use_bias=False, kernel_regularizer=keras.regularizers.L2(lam), dtype="float64"
+    )
+    layer.build((None, kernel.shape[0]))
+    layer.kernel.assign(kernel)
+    penalty = float(tf.add_n(layer.losses))
+    return {
+        "num_replicas_in_sync": tf.distribute.get_strategy().num_replicas_in_sync,
+        "penalty": penalty,
+        "model_losses_factor": penalty / (lam * float(np.sum(kernel**2))),
+        "scale_factor": float(tf.nn.scale_regularization_loss(tf.constant(penalty, tf.float64))) / penalty,
+    }
+
+
+def accumulator_dtype() -> dict:
+    """SGD(lr 1, gradient_accumulation_steps=K) on a float64 variable from 0, fed ACCUMULATOR's K gradients: the
+    dtype of its gradient accumulator and −w against Σg/K in float64 (relative)."""
+    grads = np.asarray(ACCUMULATOR["grads"], np.float64)
+    w = keras.Variable(np.zeros(1), dtype="float64")
+    opt = keras.optimizers.SGD(learning_rate=np.float64(1.0), gradient_accumulation_steps=len(grads))
+    for g in grads:
+        opt.apply_gradients([(tf.constant([g], tf.float64), w)])
+    mean = float(np.mean(grads))
+    return {
+        "accumulator_dtype": keras.backend.standardize_dtype(opt._accumulated_gradients[0].dtype),
+        "rel_error": abs(-float(w.numpy()[0]) - mean) / mean,
+    }
+
+
 PROBES = {
     name: keras_defaults(probe)
     for name, probe in {
@@ -786,5 +875,9 @@ PROBES = {
         "pool_default_stride": pool_default_stride,
         "bn_masked_statistics": bn_masked_statistics,
         "bn_statistics_dtype": bn_statistics_dtype,
+        "mean_of_means": mean_of_means,
+        "average_loss_global_batch": average_loss_global_batch,
+        "replica_regularization": replica_regularization,
+        "accumulator_dtype": accumulator_dtype,
     }.items()
 }

@@ -11,31 +11,45 @@ rows (TorchRows.real, norm.py). The canonical state (BatchNorm's running statist
 torch's own DataLoader shuffle, the mean `F.cross_entropy(logits, y)` (per_token sequences: weighted by the kept
 lengths), the spec's optimizer numbers as written, torch's own layer defaults (common.native.LAYER_DEFAULTS). A
 step's loss stays on the device; an epoch's losses are fetched once, at its end.
+Split steps (common.distributed; docs/design.md, "Data parallelism and accumulation"): R > 1 replicas are R
+processes of a gloo group (distributed.py; ranks > 0 run `run_replica`), the model under DistributedDataParallel;
+each rank's DataLoader yields its parts. Per optimizer step a rank runs its K parts' backward passes, the first
+K − 1 under `no_sync()` (gradients accumulate locally), the K-th synchronised: DDP averages over R and the K passes
+sum, so A = R in `Layout.part_scales` and `penalty_scale`; then one `optimizer.step()` (decay inside torch.optim,
+once). R = 1, K > 1: the same loop without DDP (autograd sums the K passes, A = 1). Evaluation and `parameters()`
+use the module itself, on rank 0 only, while the helpers go on to the next epoch's first collective; after the
+last epoch they exit.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from itertools import islice
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
+from backends.torch_backend import distributed
 from backends.torch_backend.data import Pipeline, TorchRows, pipeline
 from backends.torch_backend.execution import check_execution, make_step
 from backends.torch_backend.model import DTYPES, build, load_canonical, to_canonical, trainable
 from backends.torch_backend.optim import NativeTorchOptimizer, TorchOptimizer
 from common.batching import Batch, BatchPlan
-from common.datasets import Dataset
-from common.driver import EpochRun
+from common.datasets import Dataset, load_dataset
+from common.distributed import Layout
+from common.driver import EpochRun, canonical_init, check_plan
 from common.dropout import shared_masks
 from common.layers import Layer
-from common.spec import Spec, execution_of
+from common.spec import Spec, execution_of, typed, validate
 
 
 class TorchAdapter:
     name = "torch"
 
-    def __init__(self, spec: Spec, device: str = "auto"):
-        self.dev = resolve_device(device)
+    def __init__(self, spec: Spec, device: str = "auto", replica: int = 0):
+        self.dev, self.replica = resolve_device(device), replica
         self.execution = execution_of(spec, "torch")
         check_execution(self.execution, self.dev)
         if self.dev.type == "cuda":
@@ -59,18 +73,29 @@ class TorchAdapter:
         params: dict[str, np.ndarray] | None,
     ) -> None:
         self.spec, self.layers, self.native = spec, layers, params is None
-        self.pipeline: Pipeline = pipeline(spec, data, plan, DTYPES[spec.dtype], self.dev)
+        self.plan, self.layout = plan, Layout.from_spec(spec)
+        leads = self.layout.replicas > 1 and self.replica == 0  # rank 0 starts the others (each runs run_replica)
+        self.group = (
+            distributed.Replicas.start(self.layout.replicas, run_replica, (spec.to_dict(), self.dev.type))
+            if leads
+            else None
+        )
+        self.pipeline: Pipeline = pipeline(spec, data, plan, DTYPES[spec.dtype], self.dev, self.replica)
         torch.manual_seed(spec.seed)  # native mode: the default inits, then nn.Dropout, draw from it
         self.model = build(layers, spec).to(self.dev)
         if params is not None:
             load_canonical(self.model, params)
+        self.net = self.model  # what a split step's forward pass runs: under R > 1 replicas, DDP's wrapper of it
+        if self.layout.replicas > 1:
+            with self._guard():
+                self.net = DistributedDataParallel(self.model)
         # Adam's step count on the device for CUDA graphs, and for torch.compile on CUDA (which would set it only
         # for the state it creates; TorchOptimizer creates it up front)
         capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
         self.optimizer = (NativeTorchOptimizer if self.native else TorchOptimizer)(spec, self.model, capturable)
         self.run_step = make_step(
             self.execution,
-            self._loss,
+            self._part_loss if self.layout.is_split else self._loss,
             self.optimizer,
             [p for _, p in trainable(self.model)] + list(self.model.buffers()),
             self.pipeline.static_shapes,
@@ -85,12 +110,21 @@ class TorchAdapter:
             loss = F.cross_entropy(logits, y)
         return loss, loss + self.optimizer.penalty()
 
+    def _part_loss(self, x, y, w, lengths, masks, real, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """A split step's part: (Σ w·ℓ, Σ w·ℓ · s + the optimizer's penalty terms · A/P), what backward()
+        differentiates (common.distributed.Layout.part_scales and penalty_scale, A = R)."""
+        logits = self.net(x, lengths, masks, real)
+        total = (F.cross_entropy(logits, y, reduction="none") * w).sum()
+        return total, total * scale + self.optimizer.penalty() * self.layout.penalty_scale(self.layout.replicas)
+
     def _masks(self, step: int, rows: TorchRows) -> list[torch.Tensor] | None:
         """Exact mode: the shared masks of global step `step` on the device (None without dropout); native mode
         None (nn.Dropout draws its own)."""
-        masks = (
-            None if self.native else shared_masks(self.spec.seed, step, self.layers, rows.ids.shape[0], self.spec.dtype)
-        )
+        return self._step_masks(step, rows.ids.shape[0])
+
+    def _step_masks(self, step: int, rows: int) -> list[torch.Tensor] | None:
+        """`_masks` for a step of `rows` rows."""
+        masks = None if self.native else shared_masks(self.spec.seed, step, self.layers, rows, self.spec.dtype)
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
     def _advance(self, rows: TorchRows, masks: list[torch.Tensor] | None) -> torch.Tensor:
@@ -98,7 +132,68 @@ class TorchAdapter:
         self.model.train()
         return self.run_step(rows.x, rows.y, rows.weights, rows.lengths, masks, rows.real)
 
+    def _guard(self):
+        """Rank 0 of several replicas: a failing or silent helper rank becomes a RuntimeError naming it."""
+        return self.group.guard() if self.group is not None else nullcontext()
+
+    def _sync(self, micro: int):
+        """DDP's `no_sync()` for the first K − 1 micro-batches (local accumulation), synchronised on the K-th."""
+        last = micro == self.layout.accumulate - 1
+        return self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not last else nullcontext()
+
+    def _split_step(self, step: int, batch: Batch, parts: list[TorchRows]) -> torch.Tensor:
+        """One optimizer step from this replica's K parts (module docstring), through the execution mode's loss
+        function and optimizer step (execution.make_step: eager, or torch.compile-d); the shared masks are drawn
+        for the step's S rows and cut with `Layout.rows`. Returns Σ w·ℓ over this replica's parts, on the device."""
+        layout, r = self.layout, self.replica
+        weights = [[part.weights.sum() for part in replica] for replica in layout.split(batch)]
+        scales = torch.as_tensor(
+            layout.part_scales(weights, averaged=layout.replicas)[r], dtype=DTYPES[self.spec.dtype], device=self.dev
+        )
+        masks = self._step_masks(step, layout.step_rows)
+        self.model.train()
+        self.optimizer.zero_grad()
+        total = torch.zeros((), dtype=scales.dtype, device=self.dev)
+        for k, rows in enumerate(parts):
+            cut = None if masks is None else [m[layout.rows(r, k)] for m in masks]
+            with self._sync(k):
+                loss, objective = self.run_step.loss_fn(
+                    rows.x, rows.y, rows.weights, rows.lengths, cut, rows.real, scales[k]
+                )
+                objective.backward()
+            total = total + loss.detach()
+        self.run_step.opt_step()
+        return total
+
+    def _split_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        """Every step of this replica's parts; then every replica's Σ w·ℓ per step and the ids its DataLoader fed,
+        gathered: the step loss Σ_step w·ℓ / Σ_step w, the shards, the step's ids put back in row order."""
+        layout, batches, parts = self.layout, self.plan.batches(epoch), self.pipeline.epoch(epoch)
+        sums, fed = [], []
+        for step, batch in enumerate(batches, first_step):
+            rows = list(islice(parts, layout.accumulate))
+            sums.append(self._split_step(step, batch, rows))
+            fed.append([part.ids for part in rows])
+        mine = (torch.stack(sums).cpu().numpy(), fed)
+        every = distributed.gather(mine) if layout.replicas > 1 else [mine]
+        shards = [[replica[1][t] for replica in every] for t in range(len(batches))]
+        ids = []
+        for step_shards, batch in zip(shards, batches, strict=True):
+            step_ids = np.empty(layout.step_rows, dtype=np.int64)
+            for r, replica in enumerate(step_shards):
+                for k, part in enumerate(replica):
+                    step_ids[layout.rows(r, k)] = part
+            ids.append(step_ids[: batch.rows])
+        losses = sum(replica[0] for replica in every) / np.array([max(b.weights.sum(), 1.0) for b in batches])
+        return EpochRun(ids, [0] * len(batches), losses, shards)  # feature or image data: no padded length
+
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        if self.layout.is_split:
+            with self._guard():
+                run = self._split_epoch(epoch, first_step)
+            if self.group is not None and epoch == self.spec.train.epochs - 1:
+                self.group.finish()  # the helpers have run their last epoch
+            return run
         ids, lengths, losses = [], [], []
         for step, rows in enumerate(self.pipeline.epoch(epoch), start=first_step):
             losses.append(self._advance(rows, self._masks(step, rows)))
@@ -147,3 +242,16 @@ def resolve_device(device: str) -> torch.device:
 
 def make_adapter(spec: Spec, device: str = "auto") -> TorchAdapter:
     return TorchAdapter(spec, device)
+
+
+def run_replica(replica: int, spec_json: dict, device: str) -> None:
+    """Helper rank `replica` (distributed.Replicas): the adapter rebuilt from the spec's JSON form as the driver
+    builds it (validated, the dataset, the plan, the canonical init: every rank starts identical), then every epoch
+    in lockstep with rank 0, which alone evaluates and records."""
+    spec = typed(validate(spec_json))
+    data = load_dataset(spec)
+    plan, layers = check_plan(spec, data)
+    adapter = TorchAdapter(spec, device, replica)
+    adapter.prepare(spec, data, plan, layers, canonical_init(spec, data))
+    for epoch in range(spec.train.epochs):
+        adapter.run_epoch(epoch, epoch * plan.steps_per_epoch + 1)

@@ -10,7 +10,9 @@ order", "Padding and masks").
   `pad_sequence(batch_first=True, padding_side=…)` and out to the plan's T with `F.pad`
   (common.padding.padded_length), loss weights common.padding.loss_weights(w, L, loss_norm); tokens and labels go
   to the device, lengths stay on the host (`pack_padded_sequence` wants them there).
-- Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler.
+- Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler. Split
+  steps (common.distributed): each replica's DataLoader walks `PartBatchSampler`, its parts
+  `layout.split(batch)[replica][k]` of every step, micro-batch by micro-batch (c rows each, filler included).
   Native mode: `DataLoader(batch_size, shuffle, drop_last=last_batch == "drop")` ("pad" has no torch idiom: kept
   ragged); its RandomSampler reshuffles at every iter(). Either way the DataLoader gets its own `torch.Generator`:
   it draws a base seed at every iter(), which on the global generator would shift every later nn.Dropout mask.
@@ -32,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset as Data
+from common.distributed import Layout
 from common.padding import PAD, length_cap, loss_weights, padded_length, resolve_sides
 from common.spec import Spec
 
@@ -181,16 +184,40 @@ class PlanBatchSampler(Sampler):
         return self.plan.steps_per_epoch
 
 
+class PartBatchSampler(PlanBatchSampler):
+    """Split steps: one replica's parts of every plan batch, `layout.split(batch)[replica][k]` for k = 0..K−1."""
+
+    def __init__(self, plan: BatchPlan, layout: Layout, replica: int):
+        super().__init__(plan)
+        self.layout, self.replica = layout, replica
+
+    def __iter__(self):
+        for batch in self.plan.batches(self.epoch):
+            yield from self.layout.split(batch)[self.replica]
+
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch * self.layout.accumulate
+
+
 def already_collated(batch: TorchRows) -> TorchRows:
     """Feature datasets' `__getitems__` returns the finished batch, so collation is the identity."""
     return batch
 
 
-def make_loader(dataset: Dataset, plan: BatchPlan, seed: int, collate: Callable = already_collated) -> DataLoader:
-    """Exact mode: DataLoader walking `plan`, with its own Generator (the global torch RNG stays untouched)."""
-    return DataLoader(
-        dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=collate, generator=torch.Generator().manual_seed(seed)
+def make_loader(
+    dataset: Dataset,
+    plan: BatchPlan,
+    seed: int,
+    collate: Callable = already_collated,
+    layout: Layout | None = None,
+    replica: int = 0,
+) -> DataLoader:
+    """Exact mode: DataLoader walking `plan` (a split `layout`: the parts of `replica`), with its own Generator (the
+    global torch RNG stays untouched)."""
+    sampler = (
+        PartBatchSampler(plan, layout, replica) if layout is not None and layout.is_split else PlanBatchSampler(plan)
     )
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
 
 
 def make_native_loader(dataset: Dataset, spec: Spec, collate: Callable = already_collated) -> DataLoader:
@@ -232,8 +259,11 @@ class Pipeline:
         return self.eval_collate(self.datasets[split].__getitems__(batch))
 
 
-def pipeline(spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device) -> Pipeline:
-    """The pipeline of `data`: token rows with the padding collate_fn, or feature / image rows on the device."""
+def pipeline(
+    spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device, replica: int = 0
+) -> Pipeline:
+    """The pipeline of `data`: token rows with the padding collate_fn, or feature / image rows on the device; under
+    split steps the training loader yields the parts of `replica`."""
     native = spec.mode == "native"
     if data.is_sequence:
         datasets = {
@@ -256,7 +286,7 @@ def pipeline(spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device
     loader = (
         make_native_loader(datasets["train"], spec, collate)
         if native
-        else make_loader(datasets["train"], plan, spec.seed, collate)
+        else make_loader(datasets["train"], plan, spec.seed, collate, Layout.from_spec(spec), replica)
     )
     return Pipeline(loader, datasets, eval_collate, weighted, static_shapes=not data.is_sequence)
 

@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 
 from common import traps as T
 from common.traps.inputs import (
+    ACCUMULATE,
+    ACCUMULATOR,
     AVG_POOL_SAME,
     BN_EPS_INPUT,
     BN_INPUT,
@@ -30,10 +33,12 @@ from common.traps.inputs import (
     FLATTEN_HWC,
     LAYOUT,
     POOL_DEFAULT,
+    SAMPLER,
     bn_large_mean_input,
     conv_ramp,
 )
 from common.traps.reference import (
+    accumulated_updates,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -604,6 +609,101 @@ def bn_statistics_dtype() -> dict:
     return {"stats_dtype": str(_bn().running_var.dtype).replace("torch.", "")}
 
 
+# ------------------------------------------------------------------------- data parallelism and accumulation
+def _sampler(replicas: int, rank: int, **kwargs) -> DistributedSampler:
+    """A DistributedSampler over SAMPLER's n rows, num_replicas and rank given (no process group needed)."""
+    return DistributedSampler(list(range(SAMPLER["n"])), num_replicas=replicas, rank=rank, **kwargs)
+
+
+def sampler_padding() -> dict:
+    """DistributedSampler(shuffle=False) over n rows and R ranks: each rank's indices, the rows fed in all, which
+    rows are fed more than once and the stride of a rank's indices; with drop_last=True the total and the ids no
+    rank gets. Every fed row counts (a sampler has no weights)."""
+    n, r = SAMPLER["n"], SAMPLER["replicas"]
+
+    def ranks(**kwargs):
+        return [list(_sampler(r, rank, shuffle=False, **kwargs)) for rank in range(r)]
+
+    per_rank, dropped = ranks(), ranks(drop_last=True)
+    fed = [i for ids in per_rank for i in ids]
+    kept = {i for ids in dropped for i in ids}
+    return {
+        "per_rank": per_rank,
+        "total": len(fed),
+        "counted": len(fed),
+        "repeated_ids": sorted({i for i in fed if fed.count(i) > 1}),
+        "stride": per_rank[0][1] - per_rank[0][0],
+        "drop_last_total": sum(len(ids) for ids in dropped),
+        "drop_last_missing": sorted(set(range(n)) - kept),
+    }
+
+
+def sampler_same_order() -> dict:
+    """One rank's order over two epochs of DistributedSampler(shuffle=True, seed=SEED), without and with
+    set_epoch(e), and whether the set_epoch orders are torch.randperm(n) from a Generator seeded seed + epoch,
+    strided by rank."""
+    n, r, rank = SAMPLER["n"], SAMPLER["order_replicas"], SAMPLER["rank"]
+
+    def epochs(set_epoch: bool) -> list[list[int]]:
+        sampler, orders = _sampler(r, rank, shuffle=True, seed=T.SEED), []
+        for epoch in range(2):
+            if set_epoch:
+                sampler.set_epoch(epoch)
+            orders.append(list(sampler))
+        return orders
+
+    plain, reseeded = epochs(False), epochs(True)
+    seed_plus_epoch = [
+        torch.randperm(n, generator=torch.Generator().manual_seed(T.SEED + e)).tolist()[rank::r] for e in range(2)
+    ]
+    return {
+        "without_set_epoch": plain,
+        "with_set_epoch": reseeded,
+        "same_order_each_epoch": plain[0] == plain[1],
+        "set_epoch_same_order": reseeded[0] == reseeded[1],
+        "set_epoch_seeds_seed_plus_epoch": reseeded == seed_plus_epoch,
+    }
+
+
+def mean_of_means() -> dict:
+    """The common accumulation loop on a bias-free nn.Linear(1, 1) from w = 0, per-row loss ℓ = w·x: for each of
+    ACCUMULATE's K micro-batches (loss.mean() / K).backward(), then one SGD(lr) step; beside it one step on all
+    rows at once (the global mean, the single-device step); the update named by accumulated_updates."""
+    lr, micro = ACCUMULATE["lr"], ACCUMULATE["micro"]
+
+    def step(batches, divide_by: int) -> float:
+        model = _linear(1, 1, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            model.weight.zero_()
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        for x in batches:
+            (model(torch.tensor(x, dtype=torch.float64)[:, None]).mean() / divide_by).backward()
+        opt.step()
+        return model.weight.item()
+
+    update, global_mean = step(micro, len(micro)), step([[v for m in micro for v in m]], 1)
+    return {
+        "update": update,
+        "global_mean_update": global_mean,
+        "ratio": update / global_mean,
+        "reduction": named_match(update, accumulated_updates()),
+    }
+
+
+def accumulator_dtype() -> dict:
+    """The loop's accumulator for float64 gradients: w.grad summed by autograd over ACCUMULATOR's K backward passes
+    of (g·w / K) (the loss/K loop on ∇ = g); its dtype and relative error against Σg/K in float64."""
+    grads = np.asarray(ACCUMULATOR["grads"], np.float64)
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    for g in grads:
+        (w * g / len(grads)).sum().backward()
+    mean = float(np.mean(grads))
+    return {
+        "accumulator_dtype": str(w.grad.dtype).replace("torch.", ""),
+        "rel_error": abs(w.grad.item() - mean) / mean,
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -647,4 +747,8 @@ PROBES = {
     "pool_default_stride": pool_default_stride,
     "bn_masked_statistics": bn_masked_statistics,
     "bn_statistics_dtype": bn_statistics_dtype,
+    "sampler_padding": sampler_padding,
+    "sampler_same_order": sampler_same_order,
+    "mean_of_means": mean_of_means,
+    "accumulator_dtype": accumulator_dtype,
 }

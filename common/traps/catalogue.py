@@ -22,6 +22,14 @@ the average-pool corner are float64 ratios, rtol 1e-12 (rounding only: 1 − 0.9
 divisor offset δ = 1e-7 recovered from a 3e-8 relative difference in float64, rtol 1e-6 and atol 1e-12 (an exact
 masked mean gives |δ| ~ 1e-16); flax's float32-statistics error 9.3958e-9 is one float32 rounding of 0.99, rtol 1e-6,
 atol 1e-15 (exact mode's 0).
+
+Data parallelism and accumulation: sampler indices, totals, orders, counts and names compare exactly; so do the
+accumulated updates, loss values, divisors, penalties and scale factors, whose inputs are binary fractions (micro-
+batches of 3 and 1 rows valued 0.5 … 2, lr 0.5, losses 0.5, 1, 1.5, L2 0.25 on [1, −2]: every sum, mean and quotient
+is exact in float32 and float64, and the ratio 0.75/0.625 rounds to the double nearest 1.2 like the literal). The
+accumulator-dtype errors are float64 relative errors of a mean of 0.1, 0.2, 0.4: optax's float32 accumulator's
+1.703e-8 is float32 rounding, rtol 1e-6 (as bn_statistics_dtype); a float64 accumulator's error is rounding order
+only (torch's Σ(g/K) and optax's Welford running mean 1.2e-16, Keras's Σg/K 0), atol 1e-15.
 """
 
 from __future__ import annotations
@@ -33,12 +41,16 @@ from typing import Any
 import numpy as np
 
 from common.batching import BatchPlan
+from common.distributed import Layout
 from common.dropout import keep_scale
 from common.layers import KINDS as LAYER_KINDS
 from common.layers.image import out_size, same_pads
 from common.spec import defaults
 from common.traps.inputs import (
+    ACCUMULATE,
+    ACCUMULATOR,
     ADAM,
+    AVERAGE_LOSS,
     AVG_POOL_SAME,
     BN_EPS_INPUT,
     BN_INPUT,
@@ -57,6 +69,7 @@ from common.traps.inputs import (
     ORDER_N,
     ORDER_N_SMALL,
     POOL_DEFAULT,
+    SAMPLER,
     SEED,
     SEQUENCES,
     SHUFFLE_BUFFER,
@@ -65,10 +78,12 @@ from common.traps.inputs import (
 )
 from common.traps.judge import diverges, effect_ratio, listing, matches, normalise, spread, values_of
 from common.traps.reference import (
+    accumulated_updates,
     adam_reference,
     batch_norm_reference,
     conv2d_reference,
     layer_norm_reference,
+    layout_epoch,
     pool_reference,
     sgd_decay_reference,
     sgd_momentum_reference,
@@ -309,7 +324,7 @@ def _effect_pool_stride(m):
     )
 
 
-def _effect_masked(m):
+def _effect_bn_masked(m):
     offset = float(m["tf"]["divisor_offset"])
     real = int(BN_MASK.sum())
     return offset / real, (
@@ -328,6 +343,81 @@ def _effect_stats_dtype(m):
     return error, (
         f"running statistics dtype in float64 layers: {dtypes}; flax's running var after one step from 1: "
         f"{error:.3g} relative (0.99·1 in float32), already 9× the float64 tolerance of 1e-9"
+    )
+
+
+# --------------------------------------------------------------- effects of the data parallelism and accumulation traps
+EPOCH_SPLIT = layout_epoch()  # SAMPLER's epoch split by common.distributed.Layout (the canonical per-rank rows)
+UPDATES = accumulated_updates()  # ACCUMULATE's step under each reduction (common.distributed.Layout.part_scales)
+N_REAL, G_STEP = len(AVERAGE_LOSS["losses"]), AVERAGE_LOSS["global_batch"]
+# the divisor exact mode gives the ragged step's Σ w·ℓ: 1/s of Layout.part_scales (global_mean, A = 1) = Σ_step w
+RAGGED_DIVISOR = 1.0 / float(Layout(micro=G_STEP).part_scales(np.array([[N_REAL]]), averaged=1)[0, 0])
+PENALTY_REPLICAS = 2  # the replica count the penalty effect is stated for (the probe process has one)
+
+
+def _effect_sampler_padding(m):
+    v, n = m["torch"], SAMPLER["n"]
+    extra = (v["counted"] - n) / n
+    return extra, (
+        f"{n} rows over {SAMPLER['replicas']} ranks: {v['total']} fed, ids {v['repeated_ids']} counted twice per "
+        f"epoch (+{extra:.0%} weight), rank r takes every {v['stride']}th id; drop_last: {v['drop_last_total']} fed, "
+        f"ids {v['drop_last_missing']} never seen; Layout.split: {EPOCH_SPLIT['total']} fed, "
+        f"{EPOCH_SPLIT['counted']} counted (filler weight 0), ranks {EPOCH_SPLIT['per_rank']}"
+    )
+
+
+def _effect_sampler_order(m):
+    v = m["torch"]
+    return None, (
+        f"rank {SAMPLER['rank']} of {SAMPLER['order_replicas']}, seed {SEED}: without set_epoch "
+        f"{v['without_set_epoch'][0]} in epoch 0 and again in epoch 1; with set_epoch(e): "
+        f"{v['with_set_epoch'][0]} then {v['with_set_epoch'][1]}"
+    )
+
+
+def _effect_mean_of_means(m):
+    ratio = max(float(v["ratio"]) for v in m.values())
+    sizes = [len(b) for b in ACCUMULATE["micro"]]
+    n, k = sum(sizes), len(sizes)
+    weights = ", ".join(f"{n / (k * s):.3g}× in the {s}-row micro-batch" for s in sizes)
+    return ratio, (
+        f"K = {k} micro-batches of {sizes} rows, SGD lr {ACCUMULATE['lr']}: update "
+        + listing(m, "update")
+        + f"; the global mean's {UPDATES['global_mean']:g} (×{ratio:.3g}); a row weighs {weights} "
+        "against its global-mean weight"
+    )
+
+
+def _effect_average_loss(m):
+    v = m["tf"]
+    factor = RAGGED_DIVISOR / float(v["divisor_global_batch_size"])
+    return factor, (
+        f"a ragged step of {N_REAL} real rows, G = {G_STEP}: global_batch_size=G divides by "
+        f"{v['divisor_global_batch_size']:g}, so the step's loss and gradient are ×{factor:.3g} of the real-row mean; "
+        f"weight-0 filler with sample_weight divides by {v['divisor_sample_weight']:g}, not Σw = {N_REAL}; "
+        f"without G (the default strategy, {v['num_replicas_in_sync']} replica) by {v['divisor_default']:g}"
+    )
+
+
+def _effect_replica_penalty(m):
+    v = m["tf"]
+    scale = Layout(replicas=PENALTY_REPLICAS, micro=PENALTY_REPLICAS).penalty_scale(averaged=1)
+    return 1.0 / scale, (
+        f"L2 penalty {v['penalty']:g} = {v['model_losses_factor']:g}·λΣw² in every replica's loss: summed over "
+        f"R = {PENALTY_REPLICAS} replicas it counts {1 / scale:g}×; scale_regularization_loss here "
+        f"({v['num_replicas_in_sync']} replica) ×{v['scale_factor']:g}; penalty_scale(A = 1) at R = "
+        f"{PENALTY_REPLICAS}: {scale:g}"
+    )
+
+
+def _effect_accumulator(m):
+    errors = {fw: float(v["rel_error"]) for fw, v in m.items() if "rel_error" in v}
+    return max(errors.values()), (
+        "accumulator dtype for float64 gradients: "
+        + listing(m, "accumulator_dtype")
+        + f"; mean of {list(ACCUMULATOR['grads'])} against Σg/K in float64: "
+        + ", ".join(f"{fw} {e:.3g}" for fw, e in errors.items())
+        + " relative (the float64 tolerance is 1e-9)"
     )
 
 
@@ -1213,7 +1303,7 @@ CATALOGUE: tuple[Trap, ...] = (
         canonical={"divisor_offset": 0.0},
         rtol=1e-6,
         atol=1e-12,
-        effect=_effect_masked,
+        effect=_effect_bn_masked,
         note="Keras BatchNormalization._moments with a mask computes Σ/(Σ mask + backend.epsilon()) for the mean "
         "and the variance; without a mask it uses ops.moments (exact).",
     ),
@@ -1240,6 +1330,169 @@ CATALOGUE: tuple[Trap, ...] = (
         effect=_effect_stats_dtype,
         note="force_float32_reductions=True (the default) creates the running mean and variance as float32; "
         "momentum·var is then computed in float32 on the first step.",
+    ),
+    Trap(
+        "sampler_padding",
+        "DistributedSampler pads an epoch to ⌈N/R⌉·R by repeating the first ids (drop_last drops the tail)",
+        "Data parallelism and accumulation",
+        {
+            "torch": {
+                "per_rank": [[0, 4, 8], [1, 5, 9], [2, 6, 0], [3, 7, 1]],
+                "total": 12,
+                "counted": 12,
+                "repeated_ids": [0, 1],
+                "stride": 4,
+                "drop_last_total": 8,
+                "drop_last_missing": [8, 9],
+            }
+        },
+        "common.distributed: the BatchPlan (batch S = K·G rows per optimizer step) holds every row once per epoch; "
+        "Layout.split cuts each step into consecutive [replica][micro-batch] parts of c rows, the ragged last step "
+        "filled in order and completed with weight-0 filler (the batch's ids cycled: static shapes, nothing added "
+        "to Σ w·ℓ or Σ w); replica r is fed layout.split(batch)[r] (torch: the rank's own batch sampler, not "
+        "DistributedSampler), and the driver checks the fed ids against the split (EpochRun.shards)",
+        compare=("per_rank", "counted", "repeated_ids"),
+        canonical=EPOCH_SPLIT,
+        effect=_effect_sampler_padding,
+        note="DistributedSampler deals the ids round-robin: rank r takes indices[r::R], not a consecutive chunk, so "
+        "a port's replicas hold other rows of a step than Layout.split's (which matters under mean_of_means and "
+        "for the shards check). The filler repeats the epoch's first ⌈N/R⌉·R − N indices (of the shuffled order "
+        "under shuffle=True) at full weight; drop_last=True cuts the epoch to ⌊N/R⌋·R rows.",
+    ),
+    Trap(
+        "sampler_same_order",
+        "DistributedSampler(shuffle=True) repeats epoch 0's order until set_epoch is called",
+        "Data parallelism and accumulation",
+        {
+            "torch": {
+                "without_set_epoch": [[4, 7, 3, 0, 6], [4, 7, 3, 0, 6]],
+                "with_set_epoch": [[4, 7, 3, 0, 6], [5, 1, 0, 9, 7]],
+                "same_order_each_epoch": True,
+                "set_epoch_same_order": False,
+                "set_epoch_seeds_seed_plus_epoch": True,
+            }
+        },
+        "common.batching.BatchPlan.order(epoch): one permutation per epoch keyed by (seed, epoch), split over the "
+        "replicas by common.distributed.Layout.split, so no replica depends on a set_epoch call",
+        compare=("same_order_each_epoch",),
+        canonical={
+            "same_order_each_epoch": bool(
+                np.array_equal(*(BatchPlan(SAMPLER["n"], 1, True, "keep", SEED).order(e) for e in range(2)))
+            )
+        },
+        effect=_effect_sampler_order,
+        note="DistributedSampler.__iter__ seeds a fresh torch.Generator with seed + epoch (measured: the set_epoch "
+        "orders are torch.randperm(N) from manual_seed(seed + e), strided by rank) and its epoch stays 0 until "
+        "set_epoch(e) is called; the global RNG is not drawn.",
+    ),
+    Trap(
+        "mean_of_means",
+        "Gradient accumulation averages micro-batch means: the loss/K loop, Keras and optax.MultiSteps",
+        "Data parallelism and accumulation",
+        {
+            "torch": {"update": -0.75, "global_mean_update": -0.625, "ratio": 1.2, "reduction": "mean_of_means"},
+            "tf": {
+                "update": -0.75,
+                "global_mean_update": -0.625,
+                "ratio": 1.2,
+                "reduction": "mean_of_means",
+                "applied_at_call": 2,
+            },
+            "jax": {
+                "update": -0.75,
+                "global_mean_update": -0.625,
+                "ratio": 1.2,
+                "reduction": "mean_of_means",
+                "applied_at_call": 2,
+            },
+        },
+        "the spec's batching.reduction: 'global_mean' (default) g = Σ_step w·∇ℓ / Σ_step w, the single-device "
+        "gradient; 'mean_of_means' the engines' average over the P = R·K parts. "
+        "common.distributed.Layout.part_scales(Σw per part, averaged=A) multiplies each part's Σ w·ℓ so that the "
+        "engine's own combination (the part gradients summed, divided by A: DDP A = R, a MirroredStrategy replica "
+        "sum A = 1, Keras gradient_accumulation_steps A = K) gives the reduction",
+        compare=("update", "reduction"),
+        canonical={"update": UPDATES["global_mean"], "reduction": "global_mean"},
+        effect=_effect_mean_of_means,
+        note="DDP's reduction needs a process group, so it is not measured in-process: DDP divides each gradient "
+        "bucket by the world size before the allreduce (torch/csrc/distributed/c10d/reducer.cpp, "
+        "bucket_view.div_(div_factor_), div_factor_ the process group's size; with a comm hook "
+        "torch/distributed/algorithms/ddp_comm_hooks/default_hooks.py _allreduce_fut, tensor.div_(group.size())), "
+        "so R ranks of a loss/K loop average R·K part means; lax.pmean under shard_map averages alike. Keras "
+        "applies nothing before the K-th apply_gradients call and then (g + acc) / K; optax.MultiSteps returns "
+        "zero updates until the K-th, then a Welford running mean (accumulator_dtype).",
+    ),
+    Trap(
+        "average_loss_global_batch",
+        "tf.nn.compute_average_loss divides a ragged step by global_batch_size, filler included",
+        "Data parallelism and accumulation",
+        {
+            "tf": {
+                "num_replicas_in_sync": 1,
+                "value_global_batch_size": 0.75,
+                "divisor_global_batch_size": 4.0,
+                "value_default": 1.0,
+                "divisor_default": 3.0,
+                "value_sample_weight": 0.75,
+                "divisor_sample_weight": 4.0,
+            }
+        },
+        "exact mode never calls compute_average_loss: each replica's part loss is Σ w·ℓ · s with s from "
+        "common.distributed.Layout.part_scales (global_mean: A / Σ_step w), so a ragged step and its weight-0 "
+        "filler divide by the step's real rows (backends.tf_backend.distributed)",
+        compare=("divisor_global_batch_size", "divisor_sample_weight"),
+        canonical={"divisor_global_batch_size": RAGGED_DIVISOR, "divisor_sample_weight": RAGGED_DIVISOR},
+        effect=_effect_average_loss,
+        note="Without global_batch_size it divides by the local batch × num_replicas_in_sync (1 under the default "
+        "strategy measured here), so under R replicas with static c-row parts it divides by R·c = G as well; "
+        "sample_weight scales the losses, never the divisor. Keras 3's own losses divide by the local batch and "
+        "then by num_replicas_in_sync (keras.src.losses.loss.scale_loss_for_distribution): the mean of the "
+        "replicas' means.",
+    ),
+    Trap(
+        "replica_regularization",
+        "Keras regularizer losses are whole in every replica's loss; scale_regularization_loss divides by R",
+        "Data parallelism and accumulation",
+        {"tf": {"num_replicas_in_sync": 1, "penalty": 1.25, "model_losses_factor": 1.0, "scale_factor": 1.0}},
+        "common.distributed.Layout.penalty_scale(A) = A / P multiplies a penalty every part's loss adds (Keras "
+        "model.losses, L1), so the engine's combination counts it once per optimizer step "
+        "(backends.tf_backend.distributed); tf.nn.scale_regularization_loss's 1 / R is the case A = 1, P = R "
+        "(and A = K, P = R·K under Keras gradient accumulation)",
+        compare=("scale_factor",),
+        canonical={"scale_factor": Layout().penalty_scale(averaged=1)},
+        effect=_effect_replica_penalty,
+        note="Measured under the default strategy: one replica, so the scale is 1 and nothing diverges here; the "
+        "1 / num_replicas_in_sync is scale_regularization_loss's source (reduce_sum(loss) / num_replicas_in_sync) "
+        "and needs a multi-replica strategy to show. Keras 3's own train_step already divides Σ model.losses by "
+        "num_replicas_in_sync (keras/src/backend/tensorflow/trainer.py _aggregate_additional_loss → "
+        "scale_loss_for_distribution): the trap is a custom loop under strategy.run that adds Σ model.losses to "
+        "each replica's loss.",
+    ),
+    Trap(
+        "accumulator_dtype",
+        "optax.MultiSteps accumulates float64 gradients in float32 by default",
+        "Data parallelism and accumulation",
+        {
+            "torch": {"accumulator_dtype": "float64", "rel_error": 1.1895246692412389e-16},
+            "tf": {"accumulator_dtype": "float64", "rel_error": 0.0},
+            "jax": {
+                "accumulator_dtype": "float32",
+                "rel_error": 1.702989832486068e-08,
+                "use_grad_mean": True,
+                "float64_accumulator_rel_error": 1.1895246692412389e-16,
+            },
+        },
+        "the JAX backend passes optax.MultiSteps(use_grad_mean=False, accumulator_dtype=spec dtype) "
+        "(backends.jax_backend.distributed): the exact sum of the K gradients in the spec's dtype, A = 1 in "
+        "common.distributed.Layout.part_scales; torch's .grad and Keras's accumulators take the variable's dtype",
+        compare=("accumulator_dtype",),
+        canonical={"accumulator_dtype": "float64"},
+        rtol=1e-6,
+        atol=1e-15,
+        effect=_effect_accumulator,
+        note="found while measuring mean_of_means: the accumulator_dtype default is jnp.float32 whatever the "
+        "parameters' dtype (with x64 on), and use_grad_mean=True keeps a Welford mean acc + (g − acc)/(n + 1), "
+        "which differs from Σg/K in the last bit even in float64.",
     ),
 )
 

@@ -71,3 +71,11 @@ def bn_large_mean_input() -> np.ndarray:
     p = BN_LARGE_MEAN
     noise = np.random.default_rng(p["seed"]).normal(size=(p["rows"], p["features"]))
     return (p["mean"] + p["std"] * noise).astype(np.float32)
+
+
+# Data parallelism and accumulation probes (binary fractions, every sum, mean and update exact; ACCUMULATOR aside)
+SAMPLER = dict(n=10, replicas=4, order_replicas=2, rank=0)  # DistributedSampler: 10 rows over 4 ranks pads to 12
+ACCUMULATE = dict(micro=([0.5, 1.0, 1.5], [2.0]), lr=0.5)  # K = 2 micro-batches of 3 and 1 rows; loss ℓ = w·x
+AVERAGE_LOSS = dict(losses=[0.5, 1.0, 1.5], global_batch=4)  # a ragged step: n = 3 real rows of G = 4
+PENALTY = dict(l2=0.25, kernel=[[1.0, -2.0]])  # a Keras L2(λ) kernel penalty λ·Σw² = 1.25
+ACCUMULATOR = dict(grads=[0.1, 0.2, 0.4])  # K = 3 float64 gradients, not binary fractions: a float32 sum rounds

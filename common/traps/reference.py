@@ -5,15 +5,18 @@ momentum end points, Adam's trajectory and first step (common.optim's formula), 
 rounding forms of inverted dropout, and layer normalisation (the common.layers layer_norm definition). For the
 image and BatchNorm traps: a single-channel conv and pool with explicit pads, batch normalisation, and the inverse
 questions the probes ask of them (`window_pads`: which pads reproduce a measured output; `named_match`: which
-named reference does), shared by the three probe files so that every framework is judged alike.
+named reference does), shared by the three probe files so that every framework is judged alike. For the data
+parallelism traps: one epoch split over replicas and one accumulated step, both by common.distributed's Layout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from common.batching import Batch
+from common.distributed import Layout
 from common.optim import keras_epsilon_hat
-from common.traps.inputs import ADAM, DECAY, EPS_HAT, MOMENTUM
+from common.traps.inputs import ACCUMULATE, ADAM, DECAY, EPS_HAT, MOMENTUM, SAMPLER
 
 
 def sgd_decay_reference(coupled: bool) -> float:
@@ -151,3 +154,39 @@ def named_match(value, references: dict, rtol: float = 1e-9) -> str:
         if ref.shape == value.shape and np.allclose(value, ref, rtol=rtol, atol=0.0):
             return name
     return "other"
+
+
+def layout_epoch() -> dict:
+    """SAMPLER's n rows split over its replicas by common.distributed as one step of G = R·⌈n/R⌉ rows
+    (Layout.split: consecutive chunks, weight-0 filler): per rank the real ids, the rows fed ("total", filler
+    included), the rows that count (weight > 0) and the ids counted more than once."""
+    n, r = SAMPLER["n"], SAMPLER["replicas"]
+    layout = Layout(replicas=r, micro=r * -(-n // r))
+    parts = [replica[0] for replica in layout.split(Batch(np.arange(n), np.ones(n)))]
+    counted = np.concatenate([p.real_ids for p in parts])
+    ids, times = np.unique(counted, return_counts=True)
+    return {
+        "per_rank": [p.real_ids.tolist() for p in parts],
+        "total": sum(p.rows for p in parts),
+        "counted": int(counted.size),
+        "repeated_ids": ids[times > 1].tolist(),
+    }
+
+
+def accumulated_updates() -> dict[str, float]:
+    """Δw of one SGD step (lr) over ACCUMULATE's K micro-batches for the per-row loss ℓ = w·x (∇ℓ = x), by reduction.
+
+    The micro-batches are the parts of one step (Layout with R = 1, G = the largest micro-batch, weight-0 filler);
+    each part's Σ w·x is multiplied by Layout.part_scales (A = 1: the part gradients summed), so
+    global_mean Δw = −lr·Σx/n and mean_of_means Δw = −lr·(1/K)·Σ_k mean_k; "sum_of_means" −lr·Σ_k mean_k is the
+    accumulation loop that forgets to divide by K.
+    """
+    micro = [np.asarray(m, np.float64) for m in ACCUMULATE["micro"]]
+    sums = np.array([[m.sum() for m in micro]])
+    weights = np.array([[m.size for m in micro]], np.float64)
+    updates = {}
+    for reduction in ("global_mean", "mean_of_means"):
+        layout = Layout(accumulate=len(micro), micro=max(m.size for m in micro), reduction=reduction)
+        updates[reduction] = float(-ACCUMULATE["lr"] * np.sum(layout.part_scales(weights, averaged=1) * sums))
+    updates["sum_of_means"] = len(micro) * updates["mean_of_means"]
+    return updates

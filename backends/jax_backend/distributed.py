@@ -1,0 +1,136 @@
+"""JAX's own data-parallel engine for a split step (common.distributed.Layout; docs/design.md, "Data parallelism and
+accumulation").
+
+Devices: `reserve_devices(R)` asks XLA for R host devices (`jax_num_cpu_devices`) before JAX starts its backends.
+Mesh: the first R devices, one axis "data". Micro-batch k of a step, its G = R·c rows the parts split(batch)[r][k]
+in replica order (the step's rows kG .. (k+1)G), is placed with NamedSharding(mesh, P("data")): device r holds part
+(r, k), c rows, a static shape; the variables and the optimizer state are replicated (P()).
+Reductions, s the part's factor (Layout.part_scales) on every row of the part:
+  global_mean:   `jax.jit` of the step over the sharded micro-batch, loss Σ_G w·s·ℓ: XLA inserts the cross-device
+                 sum of the gradient, so the engine sums the R parts: A = 1.
+  mean_of_means: `jax.shard_map` over the mesh, each device's Σ_c w·s·ℓ, its gradient `lax.pmean`-ed over "data"
+                 (DDP's average): A = R.
+Accumulation: `optax.MultiSteps(tx, K, use_grad_mean=False, accumulator_dtype=dtype)`: zero updates for K − 1
+micro-batches, then the inner chain (its Adam count, decay and L1 step once per K) on the exact sum of the K
+gradients (A unchanged). Its default mean is a Welford running mean, acc + (g − acc)/(n + 1), not Σ/K to the last
+bit, in a float32 accumulator: hence the sum, in the spec's dtype. R = 1 runs the same path on a one-device mesh.
+
+Beyond one machine: every process calls `jax.distributed.initialize(coordinator_address, num_processes,
+process_id)` before any JAX operation, the Mesh spans all processes' `jax.devices()`, and each process places its
+own replicas' rows with `jax.make_array_from_process_local_data(sharding, rows)` instead of `jax.device_put`; the
+jitted step, shard_map and pmean are unchanged (XLA's collectives then cross the network).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from common.batching import Batch
+from common.distributed import Layout
+
+AXIS = "data"
+
+
+class Micro(NamedTuple):
+    """Micro-batch k of a step: `batch`, its G rows (the parts (r, k) of `Layout.split` concatenated in replica
+    order), `scales`, each row's s (its part's), and `rows`, its slice of the step's S rows (kG .. (k+1)G), which
+    cuts the step's shared dropout masks."""
+
+    batch: Batch
+    scales: np.ndarray
+    rows: slice
+
+
+def reserve_devices(n: int) -> None:
+    """Ask for n host (CPU) devices before the backends start; RuntimeError when JAX already runs with fewer."""
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # the backends are up: fine if they already have the devices
+        have = len(jax.devices("cpu"))
+        if have < n:
+            raise RuntimeError(
+                f"jax: {n} replicas need {n} host devices, but JAX already started with {have}; call "
+                "backends.jax_backend.distributed.reserve_devices before any JAX operation (one per process)"
+            ) from None
+
+
+def devices(n: int) -> list:
+    """The first n devices of the default backend, else the n host devices `reserve_devices` made."""
+    default = jax.devices()
+    if len(default) >= n:
+        return default[:n]
+    cpu = jax.devices("cpu")
+    if len(cpu) < n:
+        raise RuntimeError(f"jax: {n} replicas but only {len(cpu)} host devices; reserve_devices({n}) first")
+    return cpu[:n]
+
+
+class Engine:
+    """The mesh, the placements and the gradient combination of one spec's Layout (module docstring)."""
+
+    def __init__(self, layout: Layout, dtype):
+        self.layout, self.dtype = layout, np.dtype(dtype)
+        self.mesh = Mesh(np.array(devices(layout.replicas)), (AXIS,))
+        self.rows = NamedSharding(self.mesh, P(AXIS))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.averaged = layout.replicas if layout.reduction == "mean_of_means" else 1  # A
+
+    def accumulate(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        """`tx` stepping once per K micro-batches on the sum of their gradients (K = 1: `tx` itself)."""
+        k = self.layout.accumulate
+        if k == 1:
+            return tx
+        return optax.MultiSteps(tx, k, use_grad_mean=False, accumulator_dtype=self.dtype).gradient_transformation()
+
+    def combine(self, sums):
+        """`sums(variables, x, y, w, s, masks) → (Σ w·ℓ, ∇ Σ w·s·ℓ)` over the rows it is given, made the global
+        micro-batch's: as is under jit (global_mean), or per device with the gradients pmean-ed (mean_of_means)."""
+        if self.layout.reduction == "global_mean":
+            return sums
+
+        def per_device(variables, *rows):
+            # the device's own copy (varying over "data"): else JAX's transpose of the replication psums the
+            # gradients itself, and pmean would find them already combined
+            loss, grads = sums(jax.lax.pcast(variables, AXIS, to="varying"), *rows)
+            return jax.lax.psum(loss, AXIS), jax.lax.pmean(grads, AXIS)
+
+        rows = P(AXIS)
+        return jax.shard_map(
+            per_device, mesh=self.mesh, in_specs=(P(), rows, rows, rows, rows, rows), out_specs=(P(), P())
+        )
+
+    def micro_batches(self, batch: Batch) -> list[Micro]:
+        """The step's K micro-batches (`Micro`), from `Layout.split` and `Layout.part_scales` for this A."""
+        layout = self.layout
+        parts = layout.split(batch)
+        scales = layout.part_scales([[p.weights.sum() for p in replica] for replica in parts], self.averaged)
+        return [
+            Micro(
+                Batch(
+                    np.concatenate([replica[k].ids for replica in parts]),
+                    np.concatenate([replica[k].weights for replica in parts]),
+                ),
+                np.repeat(scales[:, k], layout.shard).astype(self.dtype),
+                slice(layout.rows(0, k).start, layout.rows(layout.replicas - 1, k).stop),
+            )
+            for k in range(layout.accumulate)
+        ]
+
+    def place(self, tree):
+        """Row-wise arrays (G rows) sharded over the mesh: device r gets rows rc .. (r+1)c."""
+        return jax.device_put(tree, self.rows)
+
+    def replicate(self, tree):
+        """Variables and optimizer state: a full copy on every device of the mesh."""
+        return jax.device_put(tree, self.replicated)
+
+    def held(self, ids: jax.Array) -> list[np.ndarray]:
+        """The ids each device of the mesh actually holds, in replica order (read back from its shard)."""
+        by_device = {shard.device: np.asarray(shard.data) for shard in ids.addressable_shards}
+        return [by_device[device] for device in self.mesh.devices.flat]
