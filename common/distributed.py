@@ -9,8 +9,9 @@ Layout. R = distributed.replicas, K = batching.accumulate, b = batching.batch_si
 Split of one step's batch (its real rows first, then any filler): completed to S rows with weight-0 filler (the
 batch's ids cycled, as `last_batch = "pad"` does), then cut into consecutive chunks: micro-batch k is rows
 [kG, (k+1)G) and, in it, replica r rows [kG + rc, kG + (r+1)c). A ragged step fills micro-batches and replicas
-in order, so the later parts hold fewer real rows or none (tf.distribute rebatches a partial global batch in the
-same order). Every part has c rows, a static shape; its weight-0 rows are filler.
+in order, so the later parts hold fewer real rows or none (tf.distribute's own rebatching instead gives each
+replica ⌈n/R⌉ of a partial batch's n rows, in order). Every part has c rows, a static shape; its weight-0 rows
+are filler.
 
 Reductions over the step's P = R·K parts (an empty part counts, with mean 0), w the row weights, ℓ the loss:
   global_mean:    g = Σ_parts Σ_rows w·∇ℓ / Σ_step w                      (the single-device gradient)
@@ -139,8 +140,8 @@ def single_device(spec: Spec) -> Spec:
 
 def check(spec: Spec) -> None:
     """The spec-time rules (InputError naming the key): a global batch splits evenly over the replicas; split steps
-    (R > 1 or K > 1) need exact mode, feature or image data, a stack without batch_norm, and an execution mode
-    other than fused."""
+    (R > 1 or K > 1) need feature or image data, a stack without batch_norm, and an execution mode other than
+    fused."""
     d = spec.distributed
     if d.batch == "global" and spec.batching.batch_size % d.replicas:
         raise InputError(
@@ -155,8 +156,6 @@ def check(spec: Spec) -> None:
             f"spec key '{key}': a split step runs on each framework's distributed engine step by step; fused "
             "execution (one program per epoch) is single-device; use default, eager or compiled"
         )
-    if spec.mode != "exact":
-        raise InputError(f"spec key '{key}': split steps run in exact mode only (mode = \"exact\")")
     if layers.reads_tokens(spec):
         raise InputError(f"spec key '{key}': split steps take feature or image data, not token sequences")
     kinds = [table["kind"] for table in layers.tables(spec)]

@@ -23,7 +23,7 @@ from common.datasets import Dataset
 from common.distributed import Layout, check_rows, shard_ids
 from common.layers import Layer
 from common.metrics import aggregate
-from common.native import layer_settings, running_epoch_loss
+from common.native import layer_settings, running_epoch_loss, split_idiom
 from common.padding import resolve_sides
 
 if TYPE_CHECKING:
@@ -36,7 +36,8 @@ class EpochRun:
     fed, filler included, in exact mode; the real rows only in native mode), the padded length T (0 for
     features) and the step's loss Σ w·ℓ / max(Σ w, 1) over all its rows. A step split into replicas and
     micro-batches (common.distributed) also gives `shards`: per step, per replica, per micro-batch, the ids that
-    part was fed (filler included), which exact mode checks against the plan's split."""
+    part was fed (exact mode: filler included, checked against the plan's split; native mode: its real rows, as
+    recorded)."""
 
     ids: list[np.ndarray]
     lengths: list[int]
@@ -217,12 +218,16 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
                     "loss": float(loss),
                 }
             )
-            if layout.is_split:
-                steps[-1]["shards"] = shard_ids(layout.split(planned[k]))
+            if layout.is_split:  # exact: the plan's split (checked); native: the real rows each part was fed
+                steps[-1]["shards"] = (
+                    shard_ids(layout.split(planned[k]))
+                    if exact
+                    else [[np.asarray(ids).tolist() for ids in replica] for replica in run.shards[k]]
+                )
             if data.is_sequence:
                 steps[-1]["padded_length"] = int(length)
         metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}
-        if not exact:
+        if not exact and real:  # an epoch without an update (native accumulation carried over) keeps the evaluation
             metrics["train_loss"] = running_epoch_loss(
                 [float(v) for v in run.losses], [int(ids.shape[0]) for ids in real]
             )
@@ -241,4 +246,7 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
     settings = layer_settings(spec, adapter.name, layers)
     if settings:
         body["layers"] = settings
+    split = split_idiom(spec, adapter.name)
+    if split:
+        body["split"] = split
     return body

@@ -13,10 +13,8 @@ records say they did, not the numbers:
   and the pair's final values of that bias differ beyond the tolerance: batch_norm cancels the bias, so its
   gradient is rounding noise, which Adam divides by its own √v̂ into lr-sized steps (docs/design.md, "Images and
   BatchNorm");
-- `mean-of-means`: one record's split steps (common.distributed) average the part means (`batching.reduction =
-  "mean_of_means"`: DDP's average, pmean, loss/K accumulation) where the other takes the global mean (the other
-  reduction, or a single device), and the losses first differ right after a ragged step, one whose parts hold
-  unequal rows (common.distributed.ragged_steps): the update of that step is what differs;
+- the split-step causes (common.split_causes): `mean-of-means`, `average-loss-global-batch`, `sampler-padding`,
+  `sampler-same-order`;
 - `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
   then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
   step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of
@@ -29,8 +27,8 @@ from itertools import combinations
 
 import numpy as np
 
-from common.distributed import ragged_steps
 from common.padding import length_cap
+from common.split_causes import split_causes
 from common.tolerance import Tolerance, tolerance_for
 
 ROUNDING_START = 64  # ulps: how far apart step 1 may be and still count as "agree to rounding"
@@ -184,48 +182,12 @@ def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | N
     }
 
 
-def _reduction(rec: dict) -> str:
-    """How a record's step gradient combines its parts: mean_of_means only where steps are split and say so."""
-    split = any("shards" in s for s in rec["steps"])
-    return rec["spec"]["batching"]["reduction"] if split else "global_mean"
-
-
-def _mean_of_means_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> dict | None:
-    reductions = {a: _reduction(rec_a), b: _reduction(rec_b)}
-    if len(set(reductions.values())) == 1:
-        return None
-    means, rec = (a, rec_a) if reductions[a] == "mean_of_means" else (b, rec_b)
-    other = b if means == a else a
-    la, lb = (np.array([s["loss"] for s in r["steps"]]) for r in (rec_a, rec_b))
-    if la.shape != lb.shape:
-        return None
-    tol = tolerance_for(rec["spec"]["dtype"], rec["spec"]["mode"])
-    apart = np.nonzero(np.abs(la - lb) > tol.atol + tol.rtol * np.maximum(np.abs(la), np.abs(lb)))[0]
-    ragged = ragged_steps(rec["steps"])
-    first = int(apart[0]) + 1 if apart.size else None
-    if not ragged or first != ragged[0] + 1:
-        return None
-    return {
-        "a": a,
-        "b": b,
-        "trap": "mean-of-means",
-        "why": f"{means} averages the means of its {len(rec['steps'][0]['shards'])} × "
-        f'{len(rec["steps"][0]["shards"][0])} parts (batching.reduction = "mean_of_means": DDP\'s average, '
-        f"pmean, loss/K accumulation) where {other} takes Σ w·∇ℓ / Σ w; their updates differ at the ragged steps "
-        f"{', '.join(map(str, ragged[:5]))}{' …' if len(ragged) > 5 else ''} (parts of unequal rows), so the "
-        f"losses first differ at step {first}, right after ragged step {ragged[0]}; set batching.reduction = "
-        f'"global_mean" (common.distributed.part_scales)',
-    }
-
-
 def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
     """The known causes that separate each pair of records (module docstring)."""
     out = []
     for a, b in combinations(sorted(records), 2):
         (rec_a, npz_a), (rec_b, npz_b) = records[a], records[b]
-        reduction = _mean_of_means_cause(a, b, rec_a, rec_b)
-        if reduction:
-            out.append(reduction)
+        out += split_causes(a, b, rec_a, rec_b)
         growth = _growth_cause(a, b, rec_a, npz_a, npz_b)
         if growth:
             out.append(growth)

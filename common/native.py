@@ -10,6 +10,11 @@ Layer defaults (`LAYER_DEFAULTS`, measured by the conformance traps named there)
 BatchNorm layers do when a port writes them with their defaults; native-mode adapters build their layers that way
 and records carry the row (`layer_settings`), which common.explain reads to name the traps two backends differ by.
 
+Split steps (`SPLIT_IDIOMS`): how a port spreads one optimizer step over replicas and accumulated micro-batches
+with each framework's own sampler, loss reduction and accumulation; records carry the row (`split_idiom`), which
+common.explain reads to name the trap two backends differ by (docs/design.md, "Data parallelism and
+accumulation").
+
 The two rules adapters take from here: the one "L2 strength" a user passes to each framework's knob
 (`l2_as_written`), and Keras `fit`'s epoch loss, the running mean of the step losses (`running_epoch_loss`).
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from common.distributed import Layout
 
 if TYPE_CHECKING:
     from common.spec import Spec
@@ -54,6 +61,56 @@ LAYER_DEFAULTS: dict[str, dict] = {
         "avg_pool_count": "window",
     },
 }
+
+
+# framework → how a hand port runs a split step (common.distributed) in native mode:
+# sampler: "distributed_sampler": torch `DistributedSampler(shuffle, seed)` + `set_epoch(e)`, the epoch order
+#   padded to ⌈N/R⌉·R rows by repeating its first rows (`drop_last`: cut to ⌊N/R⌋·R), rank r taking every R-th
+#   row, each rank's DataLoader batching its own rows by c; "global_batch": the framework's own shuffled global
+#   micro-batches of G rows split over the replicas in order (tf.distribute rebatching: a ragged one of n rows as
+#   ⌈n/R⌉ per replica, the last short or empty; a sharded JAX batch: a ragged one padded with weight-0 rows).
+# loss: what a part's loss divides by: "part_mean": its own rows (F.cross_entropy's mean; DDP then averages the R
+#   replicas); "global_batch": `tf.nn.compute_average_loss(global_batch_size=G)`, the constant G whatever the rows
+#   (replicas summed); "micro_mean": the whole micro-batch's real rows (the mean over a sharded batch under jit).
+# accumulate (K > 1): "loss_over_k": each micro-batch's loss divided by K, gradients summed, the optimizer stepped
+#   every K micro-batches and at the end of the epoch; "multisteps_mean": `optax.MultiSteps(tx, K)` as constructed
+#   by default: the running mean of K gradients, in a float32 accumulator, stepping every K-th call across epochs.
+# The resulting step gradients, n the real rows of a part, n_k of micro-batch k, S = K·G:
+#   torch (1/K)(1/R) Σ_k Σ_r Σ_part ∇ℓ / n_rk (mean_of_means); tf (1/K) Σ_k Σ_r Σ_part ∇ℓ / G = Σ_step ∇ℓ / S
+#   (a ragged step shrinks by n/S: trap average_loss_global_batch); jax (1/K) Σ_k Σ_micro ∇ℓ / n_k (the mean of the
+#   micro-batch means). Traps: sampler_padding, sampler_same_order, mean_of_means, average_loss_global_batch,
+#   accumulator_dtype (common.traps).
+SPLIT_IDIOMS: dict[str, dict] = {
+    "torch": {"sampler": "distributed_sampler", "loss": "part_mean", "accumulate": "loss_over_k"},
+    "tf": {"sampler": "global_batch", "loss": "global_batch", "accumulate": "loss_over_k"},
+    "jax": {"sampler": "global_batch", "loss": "micro_mean", "accumulate": "multisteps_mean"},
+}
+# what the shared plan does in exact mode (and the oracle in both modes): the plan's split, the spec's reduction
+CANONICAL_SPLIT = {"sampler": "plan", "loss": "reduction", "accumulate": "reduction"}
+
+
+def split_reduction(row: dict, accumulate: int) -> str:
+    """The step gradient a record's `split` row computed (the SPLIT_IDIOMS comment): the spec's reduction where the
+    plan split the step; "mean_of_means" for part means (DDP) or micro-batch means averaged over K > 1; the
+    "global_batch_divisor" Σ_step ∇ℓ / S of compute_average_loss; "global_mean" for a jitted mean over the micro
+    batch without accumulation."""
+    if row["loss"] == "reduction":
+        return row["reduction"]
+    if row["loss"] == "global_batch":
+        return "global_batch_divisor"
+    if row["loss"] == "part_mean" or accumulate > 1:
+        return "mean_of_means"
+    return "global_mean"
+
+
+def split_idiom(spec: Spec, backend: str) -> dict | None:
+    """How a backend split its steps, for the record: the native row of SPLIT_IDIOMS in native mode, the canonical
+    one (with the spec's reduction) in exact mode and for the oracle; None when steps are not split."""
+    if not Layout.from_spec(spec).is_split:
+        return None
+    if spec.mode == "native" and backend in SPLIT_IDIOMS:
+        return dict(SPLIT_IDIOMS[backend])
+    return {**CANONICAL_SPLIT, "reduction": spec.batching.reduction}
 
 
 def layer_settings(spec: Spec, backend: str, layers) -> dict | None:

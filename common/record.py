@@ -6,7 +6,8 @@ epochs [{epoch, train_loss, train_acc, test_loss, test_acc, eval_batch_sizes}], 
 the sides this backend used (common.padding.resolve_sides). NPZ `train_x` is then the post-padded token storage
 and `train_lengths` the raw lengths (common.datasets). A stack with image or batch_norm layers adds `layers`: what
 those layers did in this run (common.native.layer_settings: BN momentum, ε, estimator, flatten order, "same"
-padding, avg-pool divisor), which common.explain reads.
+padding, avg-pool divisor), which common.explain reads. Split steps (common.distributed) add `shards` to every
+step and `split`: how this backend split them (common.native.split_idiom: sampler, loss divisor, accumulation).
 NPZ:  init/<name>, final/<name> (canonical layout), losses (float64 per step), train_x, train_y.
 Non-finite training is a result, not an error: `first_nonfinite_step` is the first step whose loss is NaN or ±inf
 (null when all are finite) and `first_nonfinite_epoch` the first epoch with a non-finite metric (null likewise).
@@ -75,6 +76,7 @@ def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> 
         "first_nonfinite_epoch": _first_nonfinite_epoch(body["epochs"]),
         **({"padding": body["padding"]} if "padding" in body else {}),
         **({"layers": body["layers"]} if "layers" in body else {}),
+        **({"split": body["split"]} if "split" in body else {}),
     }
 
 

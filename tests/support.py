@@ -17,6 +17,7 @@ from common import record
 from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
+from common.distributed import Layout
 from common.driver import canonical_init, model_layers, train
 from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
@@ -395,3 +396,31 @@ def max_rel_gap(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[float, floa
     assert finals and set(finals) <= set(a[1])
     params = max(float(np.max(np.abs(a[1][k] - b[1][k])) / max(float(np.max(np.abs(b[1][k]))), 1e-300)) for k in finals)
     return float(np.max(np.abs(la - lb) / np.abs(lb))), params
+
+
+def first_ragged_step(case: str, steps: list[dict]) -> int:
+    """The 1-based number of the first recorded step with fewer real rows than DP_CASES[case]'s S."""
+    rows = Layout.from_spec(dp_spec(case)).step_rows
+    return next(s["step"] for s in steps if s["batch_size"] < rows)
+
+
+def assert_reductions_part_after_the_first_ragged_step(case: str, means: list[dict], global_: list[dict]) -> None:
+    """mean_of_means and global_mean records' steps: equal losses up to and including the first ragged step (every
+    earlier update was the same), apart right after it (the ragged step's update differs)."""
+    first = first_ragged_step(case, global_)
+    if case in ("r2-ragged", "k4"):
+        assert first == 8  # 120 rows, 16 per step
+    gaps = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(means, global_, strict=True)]
+    assert max(gaps[:first]) <= 1e-12, gaps[:first]
+    assert gaps[first] > 1e-6, gaps[first]
+
+
+def assert_the_ragged_step_has_an_empty_part(case: str, steps: list[dict]) -> None:
+    """Every step records R replicas' shards; the first ragged step holds an empty part, every other part c rows,
+    and its shards in row order (micro-batch k, replica r: rows [kG + rc, kG + (r+1)c)) are its batch ids."""
+    layout = Layout.from_spec(dp_spec(case))
+    assert all(len(s["shards"]) == layout.replicas for s in steps)
+    step = steps[first_ragged_step(case, steps) - 1]
+    parts = [ids for replica in step["shards"] for ids in replica]
+    assert [] in parts and all(len(ids) in (0, layout.shard) for ids in parts), parts
+    assert [i for k in range(layout.accumulate) for replica in step["shards"] for i in replica[k]] == step["batch_ids"]

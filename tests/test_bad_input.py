@@ -135,7 +135,6 @@ BAD_SPECS = {
     "bad_reduction": ("[batching]\nreduction = 'sum'\n", "batching.reduction"),
     "bad_batch_meaning": ("[distributed]\nbatch = 'local'\n", "distributed.batch"),
     "split_fused": ("execution = 'fused'\n[batching]\naccumulate = 2\n", "batching.accumulate"),
-    "split_native": ("mode = 'native'\n[distributed]\nreplicas = 2\n", "distributed.replicas"),
     "split_sequences": (SEQ + "[distributed]\nreplicas = 2\n", "distributed.replicas"),
     "split_batch_norm": (
         IMG

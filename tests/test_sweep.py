@@ -37,6 +37,8 @@ PRESETS = (
     "digits-cnn-batchsize",
     "digits-cnn-last-batch",
     "digits-cnn-bn-traps",
+    "iris-dp-ragged",
+    "digits-accumulate",
 )
 
 

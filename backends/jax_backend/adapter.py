@@ -7,9 +7,11 @@ are fetched once at the end of the epoch. Exact mode: the shared plan, canonical
 (common.dropout, drawn here per global step). Native mode (common.native, jax column): data.JaxOrderPlan, flax's
 own init (`model.init(PRNGKey(seed), x)`), nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t),
 the optax chain as written; a pad batch's weight-0 filler is fed (one shape) but not reported.
-Split steps (common.distributed: R replicas, K micro-batches; exact mode): distributed.py's engine, a mesh of R
-devices, `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps; the
-records' `shards` are read back from the devices.
+Split steps (common.distributed: R replicas, K micro-batches): distributed.py's engine, a mesh of R devices; exact
+mode: `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps; native
+mode: the native `train_step` per global micro-batch (data.micro_batches), its nn.Dropout key folded with the run's
+micro-batch count, into `optax.MultiSteps(tx, K)` as a port writes it, a step recorded per update. The records'
+`shards` are read back from the devices.
 `self.params` holds all the flax variables, {'params'} plus {'batch_stats'} with batch_norm: the canonical state is
 loaded into and exported from `batch_stats` (model.py), the optax state covers `params` only, and evaluation
 normalises with the running statistics.
@@ -78,15 +80,17 @@ class JaxAdapter:
             tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
-        if self.layout.is_split:  # exact mode, no batch_norm (common.distributed.check)
+        if self.layout.is_split:  # no batch_norm (common.distributed.check)
             self.engine = Engine(self.layout, self.dtype)
-            tx = self.engine.accumulate(tx)
+            tx = self.engine.accumulate(tx) if self.exact else self.engine.native_accumulate(tx)
+        if self.layout.is_split and self.exact:
             step = execution.split_step(self.model, tx, self.engine.combine)
-            self.params = self.engine.replicate(self.params)
-            self.opt_state = self.engine.replicate(tx.init(self.params))
         else:
             step = execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
-            self.opt_state = tx.init(split_state(self.params)[0])
+        self.tx, self.opt_state = tx, tx.init(split_state(self.params)[0])
+        if self.layout.is_split:
+            self.params, self.opt_state = self.engine.replicate((self.params, self.opt_state))
+            self.calls, self.pending = 0, []  # native: micro-batches fed, and those not yet in an update
         self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
         if self.execution == "fused":
@@ -102,7 +106,7 @@ class JaxAdapter:
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
         if self.layout.is_split:
-            return self._split_epoch(epoch, first_step)
+            return self._split_epoch(epoch, first_step) if self.exact else self._native_split_epoch(epoch)
         if self.execution == "fused":
             return self._fused_epoch(epoch, first_step)
         ids, lengths, losses = [], [], []
@@ -133,6 +137,31 @@ class JaxAdapter:
             losses.append(loss / max(float(batch.weights.sum()), 1.0))
             shards.append([list(replica) for replica in zip(*held, strict=True)])
         return EpochRun([b.ids for b in batches], [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
+
+    def _native_split_epoch(self, epoch: int) -> EpochRun:
+        """Native split steps (distributed.py, native mode): the epoch's global micro-batches through the native
+        step on the mesh. Each update of MultiSteps is a step: the micro-batches it averaged (the previous epoch's
+        left-overs first), their real ids, Σℓ / n over those rows, and per replica and micro-batch the real ids its
+        device held. The losses and MultiSteps's update flags are fetched once, at the end of the epoch."""
+        fed = []
+        for batch in self.plan.batches(epoch):
+            self.calls += 1
+            rows, ids = self.pipeline.sharded(batch, self.engine.rows)
+            self.params, self.opt_state, loss = self.run.step(
+                self.params, self.opt_state, rows.x, rows.y, rows.weights, None, self.calls
+            )
+            held = self.engine.held_real(ids, rows.weights)
+            fed.append((held, loss * batch.n_real, self.engine.has_updated(self.tx, self.opt_state)))
+        steps = []
+        for held, loss_sum, updated in jax.device_get(fed):
+            self.pending.append((held, loss_sum))
+            if updated:
+                steps.append(self.pending)
+                self.pending = []
+        ids = [np.concatenate([i for held, _ in step for i in held]) for step in steps]
+        losses = np.array([sum(loss for _, loss in step) / fed.size for step, fed in zip(steps, ids, strict=True)])
+        shards = [[list(replica) for replica in zip(*(held for held, _ in step), strict=True)] for step in steps]
+        return EpochRun(ids, [0] * len(steps), losses, shards)
 
     def _masks(self, step: int, rows: int):
         """Exact mode: the shared masks of global step `step` on the device (None without dropout / native)."""

@@ -8,7 +8,10 @@ jitted step sees only the plan's (B, T) shapes (one compile per bucket with buck
 m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
 Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
 PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
-A split step's micro-batch (features and images): `Features.sharded`, placed over distributed.py's mesh.
+A split step's micro-batch (features and images): `Features.sharded`, placed over distributed.py's mesh. Native
+split steps (common.native.SPLIT_IDIOMS, jax) walk that order in global micro-batches of G rows instead of steps of
+S: a ragged last one is padded with weight-0 filler to G (every device a static c rows) under keep and pad alike,
+dropped under drop.
 Bench loaders (features, LOADERS): "naive" (per-row Python stacking, one `jnp.asarray` per array), "fast" (the
 adapter's), "prefetched" (the split on the device once, `jnp.take` of each batch's ids, as the fused scan does).
 """
@@ -16,7 +19,7 @@ adapter's), "prefetched" (the split on the device once, `jnp.take` of each batch
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,7 @@ import numpy as np
 
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
+from common.distributed import Layout
 from common.padding import loss_weights, pad_batch, resolve_sides
 from common.spec import Spec
 
@@ -128,12 +132,21 @@ class Tokens(Pipeline):
         )
 
 
+def micro_batches(spec: Spec, plan: JaxOrderPlan) -> JaxOrderPlan:
+    """Native split steps: `plan`'s order cut into global micro-batches of G rows, the ragged last one padded to G
+    with weight 0 (a sharded batch needs the static shape) unless last_batch is drop."""
+    last = "drop" if spec.batching.last_batch == "drop" else "pad"
+    return replace(plan, batch_size=Layout.from_spec(spec).micro, last_batch=last)
+
+
 LOADERS = {"naive": NaiveFeatures, "fast": Features, "prefetched": PrefetchedFeatures}
 
 
 def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Pipeline:
     """The training pipeline: tokens or features as the data are, over the shared plan (exact mode) or the
-    JaxOrderPlan cut the same way (native mode)."""
+    JaxOrderPlan cut the same way (native mode; split steps: its global micro-batches, `micro_batches`)."""
     if spec.mode == "native":
         plan = JaxOrderPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
+        if Layout.from_spec(spec).is_split:
+            plan = micro_batches(spec, plan)
     return (Tokens if data.is_sequence else Features)(data, plan, spec)

@@ -14,6 +14,15 @@ Accumulation: `optax.MultiSteps(tx, K, use_grad_mean=False, accumulator_dtype=dt
 micro-batches, then the inner chain (its Adam count, decay and L1 step once per K) on the exact sum of the K
 gradients (A unchanged). Its default mean is a Welford running mean, acc + (g − acc)/(n + 1), not Σ/K to the last
 bit, in a float32 accumulator: hence the sum, in the spec's dtype. R = 1 runs the same path on a one-device mesh.
+Native mode (common.native.SPLIT_IDIOMS, jax: global_batch, micro_mean, multisteps_mean): a hand port's loop. Each
+global micro-batch of G rows (data.micro_batches: the native order, a ragged one padded with weight 0) is placed
+the same way and fed to the native jitted step (execution.train_step), loss Σ_G w·ℓ / Σ_G w: the gradient of the
+micro-batch mean, XLA summing over the devices. `optax.MultiSteps(tx, every_k_schedule=K)` with its defaults
+(`native_accumulate`): Welford's running mean of the K gradients, (1/K) Σ_k ∇ mean_k (the mean of the micro-batch
+means), kept in a float32 accumulator whatever the spec's dtype (trap accumulator_dtype); it updates on every K-th
+call counted over the whole run, so an epoch whose micro-batches are no multiple of K hands its last ones over to
+the next epoch's first update. A recorded step is one update (`has_updated`): the K micro-batches it averaged,
+wherever they came from; micro-batches fed after the run's last update were never applied and are in no step.
 
 Beyond one machine: every process calls `jax.distributed.initialize(coordinator_address, num_processes,
 process_id)` before any JAX operation, the Mesh spans all processes' `jax.devices()`, and each process places its
@@ -105,6 +114,18 @@ class Engine:
             per_device, mesh=self.mesh, in_specs=(P(), rows, rows, rows, rows, rows), out_specs=(P(), P())
         )
 
+    def native_accumulate(self, tx: optax.GradientTransformation) -> optax.GradientTransformation | optax.MultiSteps:
+        """Native mode: `optax.MultiSteps(tx, every_k_schedule=K)` as a port writes it, every default kept (the mean
+        of K gradients in a float32 accumulator); K = 1: `tx` itself."""
+        k = self.layout.accumulate
+        return tx if k == 1 else optax.MultiSteps(tx, every_k_schedule=k)
+
+    @staticmethod
+    def has_updated(tx, opt_state) -> jax.Array | bool:
+        """Whether the call that left `opt_state` updated the parameters: MultiSteps's own `has_updated`; every call
+        without accumulation."""
+        return tx.has_updated(opt_state) if isinstance(tx, optax.MultiSteps) else True
+
     def micro_batches(self, batch: Batch) -> list[Micro]:
         """The step's K micro-batches (`Micro`), from `Layout.split` and `Layout.part_scales` for this A."""
         layout = self.layout
@@ -134,3 +155,7 @@ class Engine:
         """The ids each device of the mesh actually holds, in replica order (read back from its shard)."""
         by_device = {shard.device: np.asarray(shard.data) for shard in ids.addressable_shards}
         return [by_device[device] for device in self.mesh.devices.flat]
+
+    def held_real(self, ids: jax.Array, weights: jax.Array) -> list[np.ndarray]:
+        """Native mode: the real rows (w > 0) each device holds, in replica order."""
+        return [i[w > 0] for i, w in zip(self.held(ids), self.held(weights), strict=True)]

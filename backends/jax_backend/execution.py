@@ -16,8 +16,9 @@ masks: exact mode's shared dropout masks or None; t: the global step, whose `fol
             t (S,)), each gathering its rows (features or images) from the training split on the device (not token
             data: token batches have no static epoch shape).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
-A split step (common.distributed) runs `split_step` once per micro-batch, on distributed.py's engine, eager or
-compiled alike:
+A split step (common.distributed) in native mode runs `step` once per global micro-batch, its chain wrapped in
+optax.MultiSteps (distributed.py); in exact mode `split_step` once per micro-batch, on distributed.py's engine, eager
+or compiled alike:
 
     split_step(variables, opt_state, x, y, w, s, masks) → (variables, opt_state, Σ w·ℓ),
 

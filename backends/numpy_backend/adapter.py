@@ -52,8 +52,9 @@ class NumpyOracle:
     def _split_step(self, step: int, batch) -> tuple[float, list[list[np.ndarray]]]:
         """One optimizer step over the parts of common.distributed.Layout.split, serially: the parts' gradients
         of Σ w·ℓ · s (Layout.part_scales, an engine that sums: A = 1) added, one optimizer step. The penalty
-        terms are the optimizer's (CanonicalOptimizer), once per step. Returns the step's loss Σ w·ℓ / Σ w and
-        the ids each part was fed."""
+        terms are the optimizer's (CanonicalOptimizer), once per step; native mode draws each part's dropout from
+        the oracle's own stream. Returns the step's loss Σ w·ℓ / Σ w and the ids each part was fed (real rows only
+        in native mode, as native steps list them)."""
         layout = self.layout
         parts = layout.split(batch)
         masks = self._shared_masks(step, layout.step_rows)
@@ -69,19 +70,24 @@ class NumpyOracle:
                     rows.y,
                     rows.weights,
                     None if masks is None else [m[layout.rows(r, k)] for m in masks],
+                    self.native_rng,
                 )
                 loss_sum += loss * total
                 for name, g in part_grads.items():  # ∇(Σ w·ℓ · s) = ∇(mean) · max(Σ w, 1) · s
                     grads[name] = grads.get(name, 0.0) + g * (total * scales[r, k])
         self.optimizer.step(self.params, grads)
-        return loss_sum / max(float(batch.weights.sum()), 1.0), [[p.ids for p in replica] for replica in parts]
+        fed = [[p.ids if self.exact else p.real_ids for p in replica] for replica in parts]
+        return loss_sum / max(float(batch.weights.sum()), 1.0), fed
 
     def run_epoch(self, epoch, first_step):
         if self.layout.is_split:
             steps = [self._split_step(step, b) for step, b in enumerate(self.plan.batches(epoch), first_step)]
             batches = self.plan.batches(epoch)
             return EpochRun(
-                [b.ids for b in batches], [0] * len(batches), np.array([s[0] for s in steps]), [s[1] for s in steps]
+                [b.ids if self.exact else b.real_ids for b in batches],
+                [0] * len(batches),
+                np.array([s[0] for s in steps]),
+                [s[1] for s in steps],
             )
         ids, lengths, losses = [], [], []
         for step, batch in enumerate(pipeline.epoch_rows(self.spec, self.data, self.plan, epoch), first_step):

@@ -13,7 +13,8 @@ native mode keeps Keras's seeded default init, tf.data's shuffle and Keras Dropo
 and the canonical init both hold the batch_norm state (`bn{i}.mean`, `bn{i}.var`, the Keras moving statistics),
 which the optimizer never sees (backends.tf_backend.optim). A split step (common.distributed: replicas or
 accumulated micro-batches) builds the model and optimizer under the step's tf.distribute strategy and runs on
-backends.tf_backend.distributed, each part's loss Σ w·ℓ (Keras reduction "sum") scaled there.
+backends.tf_backend.distributed: exact mode each part's loss Σ w·ℓ (Keras reduction "sum") scaled there, native
+mode a port's `tf.nn.compute_average_loss` over tf.data's global batches (common.native.SPLIT_IDIOMS).
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ class TFAdapter:
                 stack.load_canonical(self.model, params)
             self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
         masks = execution.Masks(spec, layers, exact)
-        if layout.is_split:
+        if layout.is_split and exact:
             loss_sum = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", dtype=spec.dtype)
             self.runner = distributed.Split(
-                strategy, layout, self.model, self.optimizer, loss_sum, self.pipeline, masks, self.execution
+                strategy, layout, self.model, self.optimizer, self.pipeline, self.execution, loss_sum, masks
+            )
+        elif layout.is_split:
+            self.runner = distributed.NativeSplit(
+                strategy, layout, self.model, self.optimizer, self.pipeline, self.execution
             )
         else:
             loss_fn = keras.losses.SparseCategoricalCrossentropy(

@@ -6,7 +6,9 @@ weight-0 filler appended under "pad") with `from_tensor_slices` and lets tf.data
 reproduce the numpy order. Split steps (common.distributed; features and images) slice their parts' rows the same
 way and `.batch(c).batch(K)` them, one element per step and replica (`Features.parts`). Native mode
 (common.native): `shuffle(N, seed, reshuffle_each_iteration=True)` over all training rows, weights 1, "pad" kept
-ragged. Features (B, F) and images (B, H, W, C), canonical NHWC as Keras runs them: `.batch(B)`. Tokens
+ragged, batched by the global micro-batch G (b unless split steps make it R·b: common.distributed; a split run
+hands these global batches to `tf.distribute`, backends.tf_backend.distributed). Features (B, F) and images
+(B, H, W, C), canonical NHWC as Keras runs them: `.batch(B)`. Tokens
 (resolved sides of common.padding):
 - max_len > 0: `keras.utils.pad_sequences(maxlen, padding, truncating)` once per split, then `.batch(B)`;
 - otherwise `.padded_batch(B)` (T = the batch's longest row), or with buckets b_1 < … < b_K each row cut to b_K
@@ -26,6 +28,7 @@ import tensorflow as tf
 
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
+from common.distributed import Layout
 from common.padding import kept_lengths, length_cap, resolve_sides
 from common.spec import Spec
 
@@ -37,7 +40,8 @@ class Pipeline:
 
     def __init__(self, spec: Spec, plan: BatchPlan, n_train: int):
         b = spec.batching
-        self.plan, self.dtype, self.batch_size = plan, spec.dtype, b.batch_size
+        self.plan, self.dtype = plan, spec.dtype
+        self.batch_size = Layout.from_spec(spec).micro if spec.mode == "native" else b.batch_size  # native: G
         self.drop = b.last_batch == "drop"
         self._native = None
         if spec.mode == "native":  # iterated once per epoch; each iteration reshuffles

@@ -8,12 +8,13 @@ cross-device ops: the replicas' values added in replica order on one device and 
 sum (what TF itself picks for non-GPU devices; the CPU default, a RING collective, cuts each tensor into chunks
 reduced in different orders). R = 1 (accumulation alone) runs the same step under TF's default strategy.
 
-Input. Each step's batch is split (`Layout.split`) and each (step, replica) becomes one tf.data element of its K
-parts, (K, c, ...) each: rows, weights, ids, the part scales s and the parts' slices (`Layout.rows`) of the step's
-shared dropout masks drawn for S rows. `distribute_datasets_from_function` hands an input pipeline's elements to
-its replicas in turn, so replica r is fed exactly `layout.split(batch)[r][k]`.
+Input (exact mode, `Split`). Each step's batch is split (`Layout.split`) and each (step, replica) becomes one
+tf.data element of its K parts, (K, c, ...) each: rows, weights, ids, the part scales s and the parts' slices
+(`Layout.rows`) of the step's shared dropout masks drawn for S rows. `distribute_datasets_from_function` hands an
+input pipeline's elements to its replicas in turn, so replica r is fed exactly `layout.split(batch)[r][k]`.
 
-Step. Per replica (`strategy.run`), per micro-batch k, a GradientTape of
+Step (exact mode; `Replicas` is what both modes share). Per replica (`strategy.run`), per micro-batch k, a
+GradientTape of
 
     Σ w·ℓ · s_k + (A / P) · Σ model.losses           (Layout.part_scales, Layout.penalty_scale; A = 1)
 
@@ -25,6 +26,23 @@ Keras's own `gradient_accumulation_steps` (A = K; Adam's t counts optimizer step
 micro-steps // K) is not used: its update sits in an `ops.cond` whose all-reduce is a merge_call, which
 MirroredStrategy refuses inside control flow under tf.function. The recorded loss is strategy.reduce(SUM) of
 Σ w·ℓ over that of Σ w; `shards` are the ids each replica returns.
+
+Native mode (`NativeSplit`; common.native.SPLIT_IDIOMS["tf"]: global_batch, global_batch, loss_over_k): what a
+port writes. The native tf.data pipeline (`shuffle(N, seed, reshuffle_each_iteration=True)`, `.batch(G)`,
+`drop_remainder` under "drop") goes once through `strategy.experimental_distribute_dataset`, whose rebatching
+(the batch size is not static) cuts each global batch of n rows into R consecutive pieces of ⌈n/R⌉ rows: a ragged
+one leaves the last replicas short or empty (105 rows, G = 8, R = 2: the last batch's one row to replica 0, none
+to replica 1). The host takes K global batches per optimizer step (the epoch's rest in its last step) for one
+`strategy.run`; each replica's micro-batch objective is the TF tutorial's loss over K (`native_loss`),
+
+    tf.nn.compute_average_loss(ℓ, global_batch_size=G) / K + tf.nn.scale_regularization_loss(Σ model.losses) / K
+
+then the same summing replica step: the step gradient Σ_step ∇ℓ / (G·K) + ∇ Σ model.losses, global_mean on a
+full step, shrunk by n / S on a ragged one (trap average_loss_global_batch). Keras's init, seeded Dropout and
+optimizer as in native single-device runs (common.native); the Dropout's one seed generator serves every replica,
+so replica r's i-th row meets the mask of every other replica's i-th row. An epoch has ⌈M/K⌉ steps for its M
+global batches (⌈N/G⌉, drop: ⌊N/G⌋), not the plan's; a step records the rows fed (micro-batch by micro-batch,
+replica by replica), their loss Σℓ / n, and `shards` [replica][micro-batch] over the micro-batches it ran.
 
 Execution. eager: the step under tf.function. compiled: each replica's K forward/backward passes under
 `jit_compile=True`, the all-reduce and the update outside XLA, since MirroredStrategy keeps merge_call on CPU
@@ -38,6 +56,9 @@ keeps the replicas of its own input pipeline (`InputContext`), and apply_gradien
 
 from __future__ import annotations
 
+import itertools
+
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -81,40 +102,36 @@ def by_part(layout: Layout, rows: np.ndarray) -> np.ndarray:
     )
 
 
-class Split:
-    """The epoch runner of split steps (eager or compiled), `run(epoch, first_step) -> EpochRun` with shards.
+class Replicas:
+    """What both split-step runners share, `run(epoch, first_step) -> EpochRun` with shards: per replica
+    (`strategy.run`), one GradientTape per micro-batch, the gradients summed in the replica, then one
+    `apply_gradients`, which all-reduces them with SUM (A = 1) and updates once; the step's loss is
+    strategy.reduce(SUM) of Σ w·ℓ over that of Σ w. A runner gives `micro_batches(parts)` (one replica's input →
+    its micro-batches), `objective(part)` (→ the loss to differentiate, Σ w·ℓ, Σ w) and `fed(parts)` (the ids).
+    The model and optimizer were built under `strategy.scope()`; compiled XLA-compiles each replica's passes."""
 
-    `loss_fn(y, logits, sample_weight=w)` is Σ w·ℓ (Keras reduction "sum"); `masks` the exact-mode shared masks
-    (backends.tf_backend.execution.Masks); the model and optimizer were built under `strategy.scope()`."""
-
-    def __init__(self, strategy, layout: Layout, model, optimizer, loss_fn, pipeline, masks, execution: str):
+    def __init__(self, strategy, layout: Layout, model, optimizer, pipeline, execution: str):
         self.strategy, self.layout, self.model, self.optimizer = strategy, layout, model, optimizer
-        self.loss_fn, self.pipeline, self.masks = loss_fn, pipeline, masks
+        self.pipeline = pipeline
         self.gradients = tf.function(self._gradients, jit_compile=execution == "compiled")
         self.step = tf.function(self._step)
 
-    def _gradients(self, parts: dict):
-        """One replica's K micro-batches: Σ_k ∇(Σ w·ℓ · s_k + (A / P) · Σ model.losses), and Σ_k Σ w·ℓ."""
+    def _gradients(self, parts):
+        """One replica's micro-batches: Σ_k ∇ objective_k, Σ_k Σ w·ℓ and Σ_k Σ w."""
         variables = self.model.trainable_variables
-        penalty = self.layout.penalty_scale(AVERAGED)
         grads = [tf.zeros_like(v) for v in variables]
-        loss_sum = tf.zeros((), parts["weights"].dtype)
-        for k in tf.range(self.layout.accumulate):
-            w = parts["weights"][k]
+        loss_sum = weight_sum = tf.zeros((), self.pipeline.dtype)
+        for part in self.micro_batches(parts):
             with tf.GradientTape() as tape:
-                logits = self.model(
-                    parts["x"][k], masks=[m[k] for m in parts["masks"]] or None, real=w > 0, training=True
-                )
-                weighted = self.loss_fn(parts["y"][k], logits, sample_weight=w)
-                total = weighted * parts["scales"][k] + penalty * sum(self.model.losses)
-            grads = [a + g for a, g in zip(grads, tape.gradient(total, variables), strict=True)]
-            loss_sum += weighted
-        return grads, loss_sum
+                objective, weighted, weight = self.objective(part)
+            grads = [a + g for a, g in zip(grads, tape.gradient(objective, variables), strict=True)]
+            loss_sum, weight_sum = loss_sum + weighted, weight_sum + weight
+        return grads, loss_sum, weight_sum
 
-    def _replica(self, parts: dict):
-        grads, loss_sum = self.gradients(parts)
+    def _replica(self, parts):
+        grads, loss_sum, weight_sum = self.gradients(parts)
         self.optimizer.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
-        return loss_sum, tf.reduce_sum(parts["weights"]), parts["ids"]
+        return loss_sum, weight_sum, self.fed(parts)
 
     def _step(self, parts):
         """One optimizer step: the replicas' steps, then Σ w·ℓ / max(Σ w, 1) over the whole step, and the ids fed
@@ -123,6 +140,33 @@ class Split:
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
         weights = self.strategy.reduce(tf.distribute.ReduceOp.SUM, weight_sum, axis=None)
         return total / tf.maximum(weights, 1), ids
+
+
+class Split(Replicas):
+    """Exact mode: replica r is fed the parts [r][k] of the plan's split (module docstring, "Input"), each part's
+    objective Σ w·ℓ · s_k + (A / P) · Σ model.losses. `loss_fn(y, logits, sample_weight=w)` is Σ w·ℓ (Keras
+    reduction "sum"); `masks` the shared masks (backends.tf_backend.execution.Masks)."""
+
+    def __init__(self, strategy, layout: Layout, model, optimizer, pipeline, execution: str, loss_fn, masks):
+        super().__init__(strategy, layout, model, optimizer, pipeline, execution)
+        self.loss_fn, self.masks = loss_fn, masks
+
+    def micro_batches(self, parts: dict) -> list[dict]:
+        """The element's K parts, (K, c, ...) each field, one dict per micro-batch."""
+        return [
+            {**{key: parts[key][k] for key in ("x", "y", "weights", "scales")}, "masks": [m[k] for m in parts["masks"]]}
+            for k in range(self.layout.accumulate)
+        ]
+
+    def objective(self, part: dict):
+        w = part["weights"]
+        logits = self.model(part["x"], masks=part["masks"] or None, real=w > 0, training=True)
+        weighted = self.loss_fn(part["y"], logits, sample_weight=w)
+        penalty = self.layout.penalty_scale(AVERAGED) * sum(self.model.losses)
+        return weighted * part["scales"] + penalty, weighted, tf.reduce_sum(w)
+
+    def fed(self, parts: dict):
+        return parts["ids"]
 
     def inputs(self, epoch: int, first_step: int) -> tf.distribute.DistributedDataset:
         """The epoch's parts as a distributed dataset: one element per step and replica (module docstring)."""
@@ -161,3 +205,49 @@ class Split:
         shards = [[list(ids.numpy()) for ids in replicas] for replicas in fed]
         batches = self.pipeline.plan.batches(epoch)
         return EpochRun([batch.ids for batch in batches], [0] * len(batches), tf.stack(losses).numpy(), shards)
+
+
+def native_loss(per_example, model_losses: list, global_batch: int, accumulate: int):
+    """A hand port's loss of one replica's micro-batch (common.native.SPLIT_IDIOMS["tf"]): the TF tutorial's
+    `compute_loss` divided by K,
+
+        tf.nn.compute_average_loss(ℓ, global_batch_size=G) / K + tf.nn.scale_regularization_loss(Σ model.losses) / K
+
+    = Σ_part ℓ / (G·K) + Σ penalties / (R·K): the constant G whatever rows the part holds, so a ragged step's
+    gradient shrinks by n/S (trap average_loss_global_batch)."""
+    loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch) / accumulate
+    if model_losses:
+        loss += tf.nn.scale_regularization_loss(tf.add_n(model_losses)) / accumulate
+    return loss
+
+
+class NativeSplit(Replicas):
+    """Native mode: tf.data's global batches rebatched by tf.distribute, K per step, `native_loss` per replica and
+    micro-batch (module docstring, "Native mode")."""
+
+    def __init__(self, strategy, layout: Layout, model, optimizer, pipeline, execution: str):
+        super().__init__(strategy, layout, model, optimizer, pipeline, execution)
+        self.dataset = strategy.experimental_distribute_dataset(pipeline.dataset(0))  # reshuffled per iteration
+
+    def micro_batches(self, parts: list[dict]) -> list[dict]:
+        return parts
+
+    def objective(self, part: dict):
+        logits = self.model(part["x"], training=True)
+        per_example = keras.losses.sparse_categorical_crossentropy(part["y"], logits, from_logits=True)
+        loss = native_loss(per_example, self.model.losses, self.layout.micro, self.layout.accumulate)
+        return loss, tf.reduce_sum(per_example), tf.cast(tf.size(per_example), per_example.dtype)
+
+    def fed(self, parts: list[dict]) -> list:
+        return [part["ids"] for part in parts]
+
+    def run(self, epoch: int, first_step: int) -> EpochRun:
+        losses, fed = [], []  # fed: per step, [micro-batch][replica] ids
+        batches = iter(self.dataset)
+        while parts := list(itertools.islice(batches, self.layout.accumulate)):
+            loss, ids = self.step(parts)
+            losses.append(loss)
+            fed.append([self.strategy.experimental_local_results(micro) for micro in ids])
+        shards = [[[micro[r].numpy() for micro in step] for r in range(self.layout.replicas)] for step in fed]
+        ids = [np.concatenate([part.numpy() for micro in step for part in micro]) for step in fed]
+        return EpochRun(ids, [0] * len(ids), tf.stack(losses).numpy(), shards)

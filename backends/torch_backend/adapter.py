@@ -19,6 +19,12 @@ sum, so A = R in `Layout.part_scales` and `penalty_scale`; then one `optimizer.s
 once). R = 1, K > 1: the same loop without DDP (autograd sums the K passes, A = 1). Evaluation and `parameters()`
 use the module itself, on rank 0 only, while the helpers go on to the next epoch's first collective; after the
 last epoch they exit.
+Native split steps (common.native.SPLIT_IDIOMS, torch row: distributed_sampler, part_mean, loss_over_k): the same
+group and DDP; every rank `torch.manual_seed(seed)` (DDP broadcasts rank 0's parameters anyway), its
+DistributedSampler's DataLoader (data.py), and the loop a port writes (`_native_split_epoch`): each micro-batch's
+`(F.cross_entropy(logits, y) + penalty) / K` backward, under `no_sync()` unless the optimizer steps after it, every
+K micro-batches and after the epoch's last. A step's gradient is (1/K)(1/R) Σ_k Σ_r ∇(mean of part (r, k)): the
+mean of the part means, over however many micro-batches the step took.
 """
 
 from __future__ import annotations
@@ -95,15 +101,16 @@ class TorchAdapter:
         self.optimizer = (NativeTorchOptimizer if self.native else TorchOptimizer)(spec, self.model, capturable)
         self.run_step = make_step(
             self.execution,
-            self._part_loss if self.layout.is_split else self._loss,
+            self._part_loss if self.layout.is_split and not self.native else self._loss,
             self.optimizer,
             [p for _, p in trainable(self.model)] + list(self.model.buffers()),
             self.pipeline.static_shapes,
         )
 
     def _loss(self, x, y, w, lengths, masks, real) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates."""
-        logits = self.model(x, lengths, masks, real)
+        """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates (a
+        native split step divides it by K). The forward pass runs DDP's wrapper under R > 1 replicas."""
+        logits = self.net(x, lengths, masks, real)
         if self.pipeline.weighted:
             loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
         else:
@@ -136,9 +143,8 @@ class TorchAdapter:
         """Rank 0 of several replicas: a failing or silent helper rank becomes a RuntimeError naming it."""
         return self.group.guard() if self.group is not None else nullcontext()
 
-    def _sync(self, micro: int):
-        """DDP's `no_sync()` for the first K − 1 micro-batches (local accumulation), synchronised on the K-th."""
-        last = micro == self.layout.accumulate - 1
+    def _sync(self, last: bool):
+        """DDP's `no_sync()` for the micro-batches before a step's `last` (local accumulation), synchronised on it."""
         return self.net.no_sync() if isinstance(self.net, DistributedDataParallel) and not last else nullcontext()
 
     def _split_step(self, step: int, batch: Batch, parts: list[TorchRows]) -> torch.Tensor:
@@ -156,7 +162,7 @@ class TorchAdapter:
         total = torch.zeros((), dtype=scales.dtype, device=self.dev)
         for k, rows in enumerate(parts):
             cut = None if masks is None else [m[layout.rows(r, k)] for m in masks]
-            with self._sync(k):
+            with self._sync(k == layout.accumulate - 1):
                 loss, objective = self.run_step.loss_fn(
                     rows.x, rows.y, rows.weights, rows.lengths, cut, rows.real, scales[k]
                 )
@@ -187,10 +193,44 @@ class TorchAdapter:
         losses = sum(replica[0] for replica in every) / np.array([max(b.weights.sum(), 1.0) for b in batches])
         return EpochRun(ids, [0] * len(batches), losses, shards)  # feature or image data: no padded length
 
+    def _native_split_epoch(self, epoch: int) -> EpochRun:
+        """Native split steps (module docstring): this rank's DataLoader walked as a port writes it,
+
+            loss = (F.cross_entropy(net(x), y) + penalty) / K;  loss.backward()  (under no_sync() unless stepping)
+            if (i + 1) % K == 0 or i + 1 == len(loader): optimizer.step(); optimizer.zero_grad()
+
+        (every rank has as many micro-batches: the sampler pads). Then every rank's Σℓ and ids per micro-batch,
+        gathered: per step the ids fed over its micro-batches and replicas (micro-batch by micro-batch, replicas in
+        order; sampler repeats included), its loss Σℓ / n and its shards."""
+        k = self.layout.accumulate
+        count = len(self.pipeline.loader)
+        self.model.train()
+        sums, fed = [], []
+        for i, rows in enumerate(self.pipeline.epoch(epoch)):
+            stepping = (i + 1) % k == 0 or i + 1 == count
+            with self._sync(stepping):
+                loss, objective = self.run_step.loss_fn(rows.x, rows.y, rows.weights, rows.lengths, None, rows.real)
+                (objective / k).backward()
+            sums.append(loss.detach() * rows.ids.shape[0])
+            fed.append(rows.ids)
+            if stepping:
+                self.run_step.opt_step()
+                self.optimizer.zero_grad()
+        mine = (torch.stack(sums).cpu().numpy(), fed)
+        every = distributed.gather(mine) if self.layout.replicas > 1 else [mine]
+        groups = [range(start, min(start + k, count)) for start in range(0, count, k)]
+        ids, losses = [], []
+        for group in groups:
+            parts = [(replica[0][i], replica[1][i]) for i in group for replica in every]
+            ids.append(np.concatenate([part_ids for _, part_ids in parts]))
+            losses.append(sum(total for total, _ in parts) / ids[-1].shape[0])
+        shards = [[[replica[1][i] for i in group] for replica in every] for group in groups]
+        return EpochRun(ids, [0] * len(groups), np.array(losses), shards)
+
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
         if self.layout.is_split:
             with self._guard():
-                run = self._split_epoch(epoch, first_step)
+                run = self._native_split_epoch(epoch) if self.native else self._split_epoch(epoch, first_step)
             if self.group is not None and epoch == self.spec.train.epochs - 1:
                 self.group.finish()  # the helpers have run their last epoch
             return run
@@ -246,12 +286,12 @@ def make_adapter(spec: Spec, device: str = "auto") -> TorchAdapter:
 
 def run_replica(replica: int, spec_json: dict, device: str) -> None:
     """Helper rank `replica` (distributed.Replicas): the adapter rebuilt from the spec's JSON form as the driver
-    builds it (validated, the dataset, the plan, the canonical init: every rank starts identical), then every epoch
-    in lockstep with rank 0, which alone evaluates and records."""
+    builds it (validated, the dataset, the plan, the canonical init or native mode's seeded one: every rank starts
+    identical), then every epoch in lockstep with rank 0, which alone evaluates and records."""
     spec = typed(validate(spec_json))
     data = load_dataset(spec)
     plan, layers = check_plan(spec, data)
     adapter = TorchAdapter(spec, device, replica)
-    adapter.prepare(spec, data, plan, layers, canonical_init(spec, data))
+    adapter.prepare(spec, data, plan, layers, canonical_init(spec, data) if spec.mode == "exact" else None)
     for epoch in range(spec.train.epochs):
         adapter.run_epoch(epoch, epoch * plan.steps_per_epoch + 1)

@@ -14,8 +14,12 @@ order", "Padding and masks").
   steps (common.distributed): each replica's DataLoader walks `PartBatchSampler`, its parts
   `layout.split(batch)[replica][k]` of every step, micro-batch by micro-batch (c rows each, filler included).
   Native mode: `DataLoader(batch_size, shuffle, drop_last=last_batch == "drop")` ("pad" has no torch idiom: kept
-  ragged); its RandomSampler reshuffles at every iter(). Either way the DataLoader gets its own `torch.Generator`:
-  it draws a base seed at every iter(), which on the global generator would shift every later nn.Dropout mask.
+  ragged); its RandomSampler reshuffles at every iter(). Native split steps (common.native.SPLIT_IDIOMS, torch
+  row): each rank's `DataLoader(batch_size=c, sampler=DistributedSampler(num_replicas=R, rank=r, shuffle, seed,
+  drop_last), drop_last)`, `set_epoch(e)` before every epoch (`Pipeline.epoch`): the epoch's permutation of
+  `seed + e` padded to ⌈N/R⌉·R rows by repeating its first rows (drop: cut to ⌊N/R⌋·R), rank r taking every R-th.
+  Either way the DataLoader gets its own `torch.Generator`: it draws a base seed at every iter(), which on the
+  global generator would shift every later nn.Dropout mask.
 - The bench's "naive" loader (`make_per_row_loader`): TensorDataset + per-row fetch + default collate, walking the
   plan's flattened order (`PlanOrderSampler`).
 """
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset as Data
@@ -233,6 +238,25 @@ def make_native_loader(dataset: Dataset, spec: Spec, collate: Callable = already
     )
 
 
+def make_sharded_loader(
+    dataset: Dataset, spec: Spec, layout: Layout, replica: int, collate: Callable = already_collated
+) -> DataLoader:
+    """Native split steps: rank `replica`'s DistributedSampler and its DataLoader of c rows (module docstring)."""
+    b = spec.batching
+    drop = b.last_batch == "drop"
+    sampler = DistributedSampler(
+        dataset, num_replicas=layout.replicas, rank=replica, shuffle=b.shuffle, seed=spec.seed, drop_last=drop
+    )
+    return DataLoader(
+        dataset,
+        batch_size=layout.shard,
+        sampler=sampler,
+        drop_last=drop,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(spec.seed),
+    )
+
+
 @dataclass
 class Pipeline:
     """An adapter's pipeline: the training loader, the datasets of both splits and their evaluation collate.
@@ -249,9 +273,12 @@ class Pipeline:
     static_shapes: bool
 
     def epoch(self, epoch: int):
-        """The epoch's batches as TorchRows (the plan's, or native mode's reshuffle)."""
+        """The epoch's batches as TorchRows (the plan's, or native mode's reshuffle: `set_epoch` on a
+        DistributedSampler, whose order is otherwise the same every epoch)."""
         if isinstance(self.loader.batch_sampler, PlanBatchSampler):
             self.loader.batch_sampler.set_epoch(epoch)
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
         return iter(self.loader)
 
     def eval_rows(self, split: str, batch: Batch) -> TorchRows:
@@ -263,8 +290,8 @@ def pipeline(
     spec: Spec, data: Data, plan: BatchPlan, dtype: torch.dtype, device: torch.device, replica: int = 0
 ) -> Pipeline:
     """The pipeline of `data`: token rows with the padding collate_fn, or feature / image rows on the device; under
-    split steps the training loader yields the parts of `replica`."""
-    native = spec.mode == "native"
+    split steps the training loader yields the parts of `replica` (native mode: its DistributedSampler's)."""
+    native, layout = spec.mode == "native", Layout.from_spec(spec)
     if data.is_sequence:
         datasets = {
             split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split), getattr(data, f"{split}_y"))
@@ -283,11 +310,12 @@ def pipeline(
         }
         collate = eval_collate = already_collated
         weighted = not native
-    loader = (
-        make_native_loader(datasets["train"], spec, collate)
-        if native
-        else make_loader(datasets["train"], plan, spec.seed, collate, Layout.from_spec(spec), replica)
-    )
+    if not native:
+        loader = make_loader(datasets["train"], plan, spec.seed, collate, layout, replica)
+    elif layout.is_split:
+        loader = make_sharded_loader(datasets["train"], spec, layout, replica, collate)
+    else:
+        loader = make_native_loader(datasets["train"], spec, collate)
     return Pipeline(loader, datasets, eval_collate, weighted, static_shapes=not data.is_sequence)
 
 

@@ -2,6 +2,8 @@
 for global_mean, shard_map + pmean for mean_of_means) and optax.MultiSteps accumulation, against the numpy oracle's
 serial split and against the backend's own single-device twin (common.distributed.single_device), both reductions,
 eager and compiled, the shards of a ragged step, one compile per micro-batch shape, and the device reservation.
+Native mode (common.native.SPLIT_IDIOMS, jax): sharded global micro-batches into optax.MultiSteps with its defaults,
+its steps counted by hand: updates every K-th micro-batch across epochs, the float32 accumulator.
 
 The runs train in one worker process (`python -m backends.worker`, which reserves the host devices first)."""
 
@@ -9,12 +11,27 @@ import dataclasses
 import json
 import subprocess
 import sys
+from collections import Counter
 
+import numpy as np
 import pytest
 
 from common import record
+from common.batching import Batch
 from common.distributed import Layout, single_device
-from tests.support import DP_CASES, ROOT, dp_spec, installed, max_rel_gap, prepared_adapter, run_in_process
+from common.native import SPLIT_IDIOMS
+from tests.support import (
+    DP_CASES,
+    ROOT,
+    assert_reductions_part_after_the_first_ragged_step,
+    assert_the_ragged_step_has_an_empty_part,
+    dp_spec,
+    installed,
+    make_spec,
+    max_rel_gap,
+    prepared_adapter,
+    run_in_process,
+)
 
 pytestmark = pytest.mark.skipif(not installed("jax"), reason="needs jax, flax and optax (pip install -e '.[jax]')")
 
@@ -33,6 +50,7 @@ def _jobs() -> dict[tuple[str, ...], object]:
     jobs[("split", "r2-ragged", "float64", "global_mean", "eager")] = dataclasses.replace(
         dp_spec("r2-ragged"), execution="eager"
     )
+    jobs |= {("native", case, "default"): dataclasses.replace(dp_spec(case), mode="native") for case in DP_CASES}
     return jobs
 
 
@@ -84,34 +102,17 @@ def test_eager_replicas_match_the_compiled_ones(runs):
     assert losses <= 1e-9 and params <= 1e-9, (losses, params)
 
 
-def _first_ragged(case: str, rec: dict) -> int:
-    """The 1-based number of the first step with fewer real rows than the layout's S."""
-    rows = Layout.from_spec(dp_spec(case)).step_rows
-    return next(s["step"] for s in rec["steps"] if s["batch_size"] < rows)
-
-
 @pytest.mark.parametrize("case", sorted(DP_CASES))
 def test_reductions_part_right_after_the_first_ragged_step(runs, case):
     means = runs[("split", case, "float64", "mean_of_means", "default")][0]["steps"]
     global_ = runs[("split", case, "float64", "global_mean", "default")][0]["steps"]
-    first = _first_ragged(case, runs[("twin", case, "float64")][0])
-    if case in FLOAT32:
-        assert first == 8  # 120 rows, 16 per step
-    gaps = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(means, global_, strict=True)]
-    assert max(gaps[:first]) <= 1e-12, gaps[:first]
-    assert gaps[first] > 1e-6, gaps[first]
+    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
 
 
 @pytest.mark.parametrize("case", FLOAT32)
 def test_records_carry_the_shards_of_the_ragged_step(runs, case):
     rec = runs[("split", case, "float64", "global_mean", "default")][0]
-    layout = Layout.from_spec(dp_spec(case))
-    assert all(len(s["shards"]) == layout.replicas for s in rec["steps"])
-    step = rec["steps"][_first_ragged(case, rec) - 1]
-    shards = [ids for replica in step["shards"] for ids in replica]
-    assert [] in shards and all(len(ids) in (0, layout.shard) for ids in shards), shards
-    in_row_order = [i for k in range(layout.accumulate) for replica in step["shards"] for i in replica[k]]
-    assert in_row_order == step["batch_ids"]
+    assert_the_ragged_step_has_an_empty_part(case, rec["steps"])
 
 
 def test_one_compile_and_the_devices_own_shards_on_a_one_device_mesh():
@@ -137,3 +138,102 @@ def test_reserving_devices_after_the_backend_started_is_a_clear_error():
     reserve_devices(started)  # what exists already: nothing to do
     with pytest.raises(RuntimeError, match="already started"):
         reserve_devices(started + 1)
+
+
+# Native split steps counted by hand (iris: 120 training rows, 2 epochs): per case the epoch of every optimizer step
+# (a MultiSteps update) and, for chosen 1-based steps, the real rows per [replica][micro-batch] of its shards.
+NATIVE_STEPS = {
+    # G = 16 (c = 8), K = 1: 7 full micro-batches and a ragged one of 8 rows per epoch, all on replica 0 (replica 1
+    # holds weight-0 filler only)
+    "r2-ragged": ([1] * 8 + [2] * 8, {8: [[8], [0]], 16: [[8], [0]]}),
+    # G = 4, K = 4: 30 micro-batches per epoch, ⌊30/4⌋ = 7 updates; the 2 left over open epoch 2's first update,
+    # which then makes ⌊(2 + 30)/4⌋ = 8
+    "k4": ([1] * 7 + [2] * 8, {8: [[4, 4, 4, 4]]}),
+    # per_replica: G = 2·7 = 14 (c = 7), K = 2: 8 full micro-batches and one of 8 rows (7 + 1) per epoch: 4 updates,
+    # the 9th micro-batch carried into step 5 (its micro-batch 0), then ⌊(1 + 9)/2⌋ = 5 updates in epoch 2
+    "r2-k2": ([1] * 4 + [2] * 5, {5: [[7, 7], [1, 7]], 9: [[7, 7], [7, 1]]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DP_CASES))
+def test_native_split_steps_record_the_idiom_and_what_each_part_was_fed(runs, case):
+    rec = runs[("native", case, "default")][0]
+    assert rec["split"] == SPLIT_IDIOMS["jax"]
+    epochs, sizes = NATIVE_STEPS[case]
+    assert [s["epoch"] for s in rec["steps"]] == epochs
+    layout = Layout.from_spec(dp_spec(case))
+    for s in rec["steps"]:
+        assert len(s["shards"]) == layout.replicas and all(len(r) == layout.accumulate for r in s["shards"])
+        fed = [i for replica in s["shards"] for ids in replica for i in ids]
+        assert Counter(fed) == Counter(s["batch_ids"]) and len(fed) == s["batch_size"]
+        assert all(len(ids) <= layout.shard for replica in s["shards"] for ids in replica)
+    for step, want in sizes.items():
+        assert [[len(ids) for ids in r] for r in rec["steps"][step - 1]["shards"]] == want
+
+
+def test_native_multisteps_carries_the_epochs_last_micro_batches_into_the_next_update(runs):
+    """k4: MultiSteps counts its K = 4 calls over the whole run: epoch 2's first update (step 8) averages the two
+    micro-batches epoch 1 left over, the 8 rows steps 1–7 did not feed, then epoch 2's first two."""
+    steps = runs[("native", "k4", "default")][0]["steps"]
+    first = [i for s in steps[:7] for i in s["batch_ids"]]
+    assert len(set(first)) == 112 == len(first)
+    carried = steps[7]["shards"][0][0] + steps[7]["shards"][0][1]
+    assert sorted(carried) == sorted(set(range(120)) - set(first))
+    second = steps[7]["shards"][0][2] + steps[7]["shards"][0][3] + [i for s in steps[8:] for i in s["batch_ids"]]
+    assert sorted(second) == list(range(120))  # epoch 2: one permutation, fed whole
+
+
+def test_native_accumulator_is_multisteps_default_float32_under_a_float64_spec():
+    """The idiom as constructed: optax.MultiSteps(tx, every_k_schedule=4) with its defaults keeps the running mean
+    in float32 while the parameters are float64 (trap accumulator_dtype)."""
+    import jax
+    import optax
+
+    adapter, _ = prepared_adapter("jax", dataclasses.replace(dp_spec("k4", "float64"), mode="native"))
+    assert isinstance(adapter.tx, optax.MultiSteps)
+    assert {leaf.dtype for leaf in jax.tree.leaves(adapter.opt_state.acc_grads)} == {np.dtype("float32")}
+    assert {leaf.dtype for leaf in jax.tree.leaves(adapter.params)} == {np.dtype("float64")}
+
+
+def test_native_update_is_the_mean_of_the_micro_batch_means():
+    """The idiom in the code path (the adapter's step and MultiSteps, K = 2, plain SGD): a micro-batch of 4 real rows,
+    then one of 1 real row and 3 weight-0 filler rows. The first call leaves the parameters alone; the second moves
+    them by −lr·(∇mean₁ + ∇mean₂)/2, the mean of the micro-batch means (to float32: the accumulator's), not the global
+    mean's −lr·∇(Σ₅ ℓ)/5."""
+    import jax
+    import optax
+
+    spec = make_spec(
+        dtype="float64",
+        mode="native",
+        batching={"batch_size": 4, "accumulate": 2},
+        optimizer={"lr": 0.1, "momentum": 0.0},
+    )
+    adapter, data = prepared_adapter("jax", spec)
+    start = adapter.params
+    micro = [Batch(np.arange(4), np.ones(4)), Batch(np.array([4, 0, 1, 2]), np.array([1.0, 0.0, 0.0, 0.0]))]
+    moved = []
+    for t, batch in enumerate(micro, 1):
+        rows, _ = adapter.pipeline.sharded(batch, adapter.engine.rows)
+        adapter.params, adapter.opt_state, _ = adapter.run.step(
+            adapter.params, adapter.opt_state, rows.x, rows.y, rows.weights, None, t
+        )
+        moved.append(adapter.params)
+
+    def grad_of_sum(ids):
+        def loss(variables):
+            logits = adapter.model.apply(variables, data.train_x[ids])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, data.train_y[ids]).sum()
+
+        return jax.grad(loss)(start)
+
+    first, second = grad_of_sum(np.arange(4)), grad_of_sum(np.array([4]))
+    means = jax.tree.map(lambda w, a, b: w - 0.1 * (a / 4 + b / 1) / 2, start, first, second)
+    global_ = jax.tree.map(lambda w, a, b: w - 0.1 * (a + b) / 5, start, first, second)
+
+    def gap(a, b):
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    assert gap(moved[0], start) == 0.0
+    assert 0.0 < gap(moved[1], means) <= 1e-7  # the first gradient went through the float32 accumulator
+    assert gap(moved[1], global_) > 1e-4

@@ -1,7 +1,9 @@
 """TensorFlow split steps (backends.tf_backend.distributed): MirroredStrategy over logical CPU devices and
 accumulation inside each replica against the numpy oracle's serial split and against the backend's own
 single-device twin (common.distributed.single_device), both reductions, the shards each replica was fed, compiled
-execution, and the two tf.nn helpers the adapter does not use on a ragged step.
+execution, and the two tf.nn helpers exact mode does not use on a ragged step. Native mode (common.native
+SPLIT_IDIOMS["tf"]): tf.data's global batches rebatched by tf.distribute, measured from the records, and the port's
+`compute_average_loss(global_batch_size=G) / K` in the replica's code path.
 
 The runs train in one worker process (`python -m backends.worker`, which reserves the logical devices first)."""
 
@@ -16,12 +18,41 @@ import pytest
 from common import record
 from common.batching import Batch
 from common.distributed import Layout, single_device
-from tests.support import DP_CASES, ROOT, dp_spec, installed, max_rel_gap, run_in_process
+from common.native import SPLIT_IDIOMS
+from tests.support import (
+    DP_CASES,
+    ROOT,
+    assert_reductions_part_after_the_first_ragged_step,
+    assert_the_ragged_step_has_an_empty_part,
+    dp_spec,
+    installed,
+    make_spec,
+    max_rel_gap,
+    prepared_adapter,
+    run_in_process,
+)
 
 pytestmark = pytest.mark.skipif(not installed("tf"), reason="needs tensorflow and keras (pip install -e '.[tf]')")
 
 REDUCTIONS = ("global_mean", "mean_of_means")
 FLOAT32 = ("r2-ragged", "k4")
+# Native mode on 105 training rows (iris, 30 % test), R = 2, G = 8, K = 3: 13 global batches of 8 and one of 1 row
+# per epoch ("drop": the 13 full ones), i.e. steps of 3, 3, 3, 3 and 2 (drop: 1) micro-batches.
+ODD = {"rows": 105, "replicas": 2, "micro": 8, "accumulate": 3}
+
+
+def _odd_spec(last_batch: str):
+    return make_spec(
+        dtype="float64",
+        mode="native",
+        name=f"native-odd-{last_batch}",
+        data={"test_fraction": 0.3},
+        distributed={"replicas": ODD["replicas"]},
+        batching={"batch_size": ODD["micro"], "accumulate": ODD["accumulate"], "last_batch": last_batch},
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        regularization={"dropout": 0.3, "weight_decay": 0.001},
+        train={"epochs": 2},
+    )
 
 
 def _jobs() -> dict[str, object]:
@@ -34,6 +65,11 @@ def _jobs() -> dict[str, object]:
     jobs |= {("twin", case, "float32"): single_device(dp_spec(case, "float32")) for case in FLOAT32}
     compiled = dataclasses.replace(dp_spec("r2-ragged"), execution="compiled")
     jobs[("split", "r2-ragged", "float64", "global_mean", "compiled")] = compiled
+    jobs |= {("native", case, "default"): dataclasses.replace(dp_spec(case), mode="native") for case in DP_CASES}
+    jobs |= {("native", f"odd-{last}", "default"): _odd_spec(last) for last in ("keep", "drop")}
+    jobs[("native", "r2-ragged", "compiled")] = dataclasses.replace(
+        dp_spec("r2-ragged"), mode="native", execution="compiled"
+    )
     return jobs
 
 
@@ -87,35 +123,17 @@ def test_compiled_replicas_match_the_oracle(runs):
     assert losses <= 1e-9 and params <= 1e-9, (losses, params)
 
 
-def _first_ragged(case: str, rec: dict) -> int:
-    """The 1-based step of the first step with fewer real rows than the layout's S."""
-    rows = Layout.from_spec(dp_spec(case)).step_rows
-    return next(s["step"] for s in rec["steps"] if s["batch_size"] < rows)
-
-
 @pytest.mark.parametrize("case", sorted(DP_CASES))
 def test_reductions_part_exactly_after_the_first_ragged_step(runs, case):
     means = runs[("split", case, "float64", "mean_of_means", "default")][0]["steps"]
-    globl = runs[("split", case, "float64", "global_mean", "default")][0]["steps"]
-    first = _first_ragged(case, runs[("twin", case, "float64")][0])
-    if case in FLOAT32:
-        assert first == 8  # 120 rows, 16 per step
-    gaps = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(means, globl, strict=True)]
-    assert max(gaps[:first]) <= 1e-12, gaps[:first]
-    assert gaps[first] > 1e-6, gaps[first]
+    global_ = runs[("split", case, "float64", "global_mean", "default")][0]["steps"]
+    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
 
 
 @pytest.mark.parametrize("case", FLOAT32)
 def test_records_carry_the_shards_of_the_ragged_step(runs, case):
     rec = runs[("split", case, "float64", "global_mean", "default")][0]
-    layout = Layout.from_spec(dp_spec(case))
-    assert all(len(s["shards"]) == layout.replicas for s in rec["steps"])
-    step = rec["steps"][_first_ragged(case, rec) - 1]
-    shards = [ids for replica in step["shards"] for ids in replica]
-    assert [] in shards and all(len(ids) in (0, layout.shard) for ids in shards), shards
-    # micro-batch k, replica r: rows [kG + rc, kG + (r+1)c) of the step, real ones first
-    in_row_order = [i for k in range(layout.accumulate) for replica in step["shards"] for i in replica[k]]
-    assert in_row_order == step["batch_ids"]
+    assert_the_ragged_step_has_an_empty_part(case, rec["steps"])
 
 
 def test_the_native_average_loss_divides_a_ragged_step_by_the_constant_batch():
@@ -160,3 +178,92 @@ def test_reserving_devices_after_the_runtime_started_is_a_clear_error():
     reserve_devices(started)  # what exists already: nothing to do
     with pytest.raises(RuntimeError, match="already started"):
         reserve_devices(started + 1)
+
+
+NATIVE = [*sorted(DP_CASES), "odd-keep", "odd-drop"]
+
+
+@pytest.mark.parametrize(
+    "key", [("native", name, "default") for name in NATIVE] + [("native", "r2-ragged", "compiled")]
+)
+def test_native_split_runs_record_the_idiom_and_the_rows_each_replica_got(runs, key):
+    rec = runs[key][0]
+    assert rec["split"] == SPLIT_IDIOMS["tf"]
+    replicas = rec["spec"]["distributed"]["replicas"]
+    for step in rec["steps"]:
+        assert len(step["shards"]) == replicas
+        fed = [i for replica in step["shards"] for ids in replica for i in ids]
+        assert sorted(fed) == sorted(step["batch_ids"]) and step["batch_size"] == len(fed)
+
+
+def _rebatched(rows: int, replicas: int) -> list[int]:
+    """tf.distribute's rebatching of a global batch of `rows` (no static batch size): R consecutive pieces of
+    ⌈rows/R⌉ rows, the last ones short or empty."""
+    piece = -(-rows // replicas)
+    return [max(0, min(piece, rows - r * piece)) for r in range(replicas)]
+
+
+@pytest.mark.parametrize("last", ["keep", "drop"])
+def test_native_global_batches_are_cut_over_the_replicas_by_tf_distribute(runs, last):
+    """Measured from the record: per epoch the global batches of G rows (keep: 13 of 8 and one of 1; drop: the
+    13 full ones), K = 3 per step and the epoch's rest in a last step, each cut over the replicas by
+    tf.distribute, the first replicas first: 8 rows → 4 + 4, the ragged 1 row → 1 + 0 (replica 1 empty); every
+    row once per epoch (drop: all but one), in a new order in epoch 2."""
+    rec = runs[("native", f"odd-{last}", "default")][0]
+    rows, g, k, r = ODD["rows"], ODD["micro"], ODD["accumulate"], ODD["replicas"]
+    micro = [g] * (rows // g) + ([rows % g] if last == "keep" else [])  # 13 × 8 (+ 1)
+    want = [[_rebatched(n, r) for n in micro[i : i + k]] for i in range(0, len(micro), k)]  # [step][micro][replica]
+    assert [len(step) for step in want] == ([3, 3, 3, 3, 2] if last == "keep" else [3, 3, 3, 3, 1])
+    orders = []
+    for epoch in (1, 2):
+        steps = [s for s in rec["steps"] if s["epoch"] == epoch]
+        got = [[[len(s["shards"][i][j]) for i in range(r)] for j in range(len(s["shards"][0]))] for s in steps]
+        assert got == want
+        order = [i for s in steps for i in s["batch_ids"]]
+        assert len(set(order)) == len(order) == (rows if last == "keep" else rows - rows % g)
+        orders.append(order)
+    if last == "keep":
+        assert want[-1][-1] == [1, 0]
+        assert sorted(orders[0]) == sorted(orders[1]) == list(range(rows))
+    assert orders[0] != orders[1]  # reshuffle_each_iteration
+
+
+def test_native_replica_loss_divides_by_the_global_batch_and_k():
+    """The port's loss of one replica's micro-batch: 8 rows of loss 1 with G = 16, K = 4 give 0.5 / 4 (not the
+    rows' mean 1 / 4); a penalty 3 adds 3 / (R·K) = 3 / 4 (one replica here)."""
+    import tensorflow as tf
+
+    from backends.tf_backend.distributed import native_loss
+
+    ones = tf.ones(8, tf.float64)
+    assert float(native_loss(ones, [], global_batch=16, accumulate=4)) == 0.5 / 4
+    assert float(native_loss(ones, [tf.constant(3.0, tf.float64)], global_batch=16, accumulate=4)) == 0.5 / 4 + 3 / 4
+
+
+def test_native_replica_gradients_divide_a_ragged_micro_batch_by_g_times_k():
+    """In the runner's own code path (k4: G = 4, K = 4, one replica; no dropout): the gradients of a ragged
+    micro-batch of 2 rows are ∇Σℓ / (G·K) = ∇Σℓ / 16 plus the Keras L2 penalties' ∇ / K, not ∇Σℓ / (2·K)."""
+    import keras
+    import tensorflow as tf
+
+    spec = dataclasses.replace(dp_spec("k4"), mode="native")
+    spec = dataclasses.replace(spec, regularization=dataclasses.replace(spec.regularization, dropout=0.0))
+    adapter, data = prepared_adapter("tf", spec)
+    runner, model = adapter.runner, adapter.model
+    part = {
+        "x": tf.constant(data.train_x[:2], tf.float64),
+        "y": tf.constant(data.train_y[:2], tf.int64),
+        "ids": tf.constant([0, 1], tf.int64),
+    }
+    grads, loss_sum, rows = runner.gradients([part])
+    with tf.GradientTape(persistent=True) as tape:
+        ce = tf.reduce_sum(
+            keras.losses.sparse_categorical_crossentropy(part["y"], model(part["x"], training=True), from_logits=True)
+        )
+        penalty = tf.add_n(model.losses)
+    assert model.losses and float(rows) == 2 and float(loss_sum) == pytest.approx(float(ce), rel=1e-12)
+    variables = model.trainable_variables
+    penalties = tape.gradient(penalty, variables)  # None for the biases: no penalty
+    for got, g_ce, g_penalty in zip(grads, tape.gradient(ce, variables), penalties, strict=True):
+        want = g_ce / 16 + (0.0 if g_penalty is None else g_penalty / 4)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-15)

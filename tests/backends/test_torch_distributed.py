@@ -2,7 +2,10 @@
 `no_sync()` accumulation, and the same loop without DDP for R = 1, against the numpy oracle's serial split and
 against the backend's own single-device twin (common.distributed.single_device), both reductions, float64 and
 float32, the shards of a ragged step; a helper rank that fails, hangs or is killed ends the run with an error
-naming it, and the rendezvous folder is removed.
+naming it, and the rendezvous folder is removed. Native mode (common.native.SPLIT_IDIOMS, torch row): every case
+runs and records its split and shards, and the DistributedSampler idiom is measured from the record against
+torch's sampler algorithm written out here (padding to ⌈N/R⌉·R with the first rows, rank r every R-th row,
+`set_epoch`, drop_last).
 
 The runs train in one worker process (`python -m backends.worker`), as `parity run` runs them."""
 
@@ -21,21 +24,51 @@ import pytest
 
 from common import record
 from common.distributed import Layout, single_device
-from tests.support import DP_CASES, ROOT, dp_spec, installed, max_rel_gap, prepared_adapter, run_in_process
+from tests.support import (
+    DP_CASES,
+    ROOT,
+    assert_reductions_part_after_the_first_ragged_step,
+    assert_the_ragged_step_has_an_empty_part,
+    dp_spec,
+    installed,
+    make_spec,
+    max_rel_gap,
+    prepared_adapter,
+    run_in_process,
+)
 
 pytestmark = pytest.mark.skipif(not installed("torch"), reason="needs torch (pip install -e '.[torch]')")
 
 REDUCTIONS = ("global_mean", "mean_of_means")
 FLOAT32 = ("r2-ragged", "k4")
 RENDEZVOUS = "parity-torch-ddp-*"
+TORCH_SPLIT = {"sampler": "distributed_sampler", "loss": "part_mean", "accumulate": "loss_over_k"}
+# Native sampler runs: iris with 29 test rows leaves N = 121 training rows over R = 3 ranks (⌈N/R⌉·R = 123, two
+# rows repeated; ⌊N/R⌋·R = 120), c = 5 rows per rank and micro-batch, K = 2.
+SAMPLER_N, SAMPLER_R, SAMPLER_C, SAMPLER_K = 121, 3, 5, 2
+
+
+def sampler_spec(last_batch: str, epochs: int):
+    return make_spec(
+        dtype="float64",
+        mode="native",
+        data={"test_fraction": 29 / 150},
+        distributed={"replicas": SAMPLER_R, "batch": "per_replica"},
+        batching={"batch_size": SAMPLER_C, "accumulate": SAMPLER_K, "last_batch": last_batch},
+        optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        train={"epochs": epochs},
+    )
 
 
 def _jobs() -> dict[tuple[str, ...], object]:
-    """Every run this file compares, by key: split runs (case, dtype, reduction) and twins (case, dtype)."""
+    """Every run this file compares, by key: split runs (case, dtype, reduction), twins (case, dtype), native runs
+    (case) and the native sampler runs (last_batch)."""
     jobs = {("split", case, "float64", r): dp_spec(case, "float64", r) for case in DP_CASES for r in REDUCTIONS}
     jobs |= {("twin", case, "float64"): single_device(dp_spec(case)) for case in DP_CASES}
     jobs |= {("split", case, "float32", "global_mean"): dp_spec(case, "float32") for case in FLOAT32}
     jobs |= {("twin", case, "float32"): single_device(dp_spec(case, "float32")) for case in FLOAT32}
+    jobs |= {("native", case): replace(dp_spec(case), mode="native") for case in DP_CASES}
+    jobs |= {("sampler", "keep"): sampler_spec("keep", 2), ("sampler", "drop"): sampler_spec("drop", 1)}
     return jobs
 
 
@@ -93,33 +126,75 @@ def test_float32_global_mean_matches_the_twin(runs, case):
     assert losses <= 1e-4 and params <= 1e-4, (losses, params)
 
 
-def _first_ragged(case: str, steps: list[dict]) -> int:
-    """The 1-based number of the first recorded step with fewer real rows than the layout's S."""
-    rows = Layout.from_spec(dp_spec(case)).step_rows
-    return next(s["step"] for s in steps if s["batch_size"] < rows)
-
-
 @pytest.mark.parametrize("case", sorted(DP_CASES))
 def test_reductions_agree_up_to_the_first_ragged_step_and_part_right_after(runs, case):
     means = runs[("split", case, "float64", "mean_of_means")][0]["steps"]
     global_ = runs[("split", case, "float64", "global_mean")][0]["steps"]
-    first = _first_ragged(case, global_)
-    if case in FLOAT32:
-        assert first == 8  # 120 rows, 16 per step
-    assert [s["loss"] for s in means[:first]] == [s["loss"] for s in global_[:first]]
-    after = abs(means[first]["loss"] - global_[first]["loss"]) / abs(global_[first]["loss"])
-    assert after > 1e-6, after
+    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
 
 
 @pytest.mark.parametrize("case", FLOAT32)
 def test_records_carry_the_shards_of_the_ragged_step(runs, case):
-    steps = runs[("split", case, "float64", "global_mean")][0]["steps"]
+    assert_the_ragged_step_has_an_empty_part(case, runs[("split", case, "float64", "global_mean")][0]["steps"])
+
+
+@pytest.mark.parametrize("case", sorted(DP_CASES))
+def test_native_runs_record_the_torch_idiom_and_the_rows_each_part_was_fed(runs, case):
+    rec = runs[("native", case)][0]
     layout = Layout.from_spec(dp_spec(case))
-    assert all(len(s["shards"]) == layout.replicas for s in steps)
-    step = steps[_first_ragged(case, steps) - 1]
-    parts = [ids for replica in step["shards"] for ids in replica]
-    assert [] in parts and all(len(ids) in (0, layout.shard) for ids in parts), parts
-    assert [i for k in range(layout.accumulate) for replica in step["shards"] for i in replica[k]] == step["batch_ids"]
+    assert rec["split"] == TORCH_SPLIT
+    for step in rec["steps"]:
+        assert len(step["shards"]) == layout.replicas
+        assert {len(replica) for replica in step["shards"]} <= set(range(1, layout.accumulate + 1))
+        fed = [i for replica in step["shards"] for part in replica for i in part]
+        assert sorted(fed) == sorted(step["batch_ids"]) and len(fed) == step["batch_size"]
+    for epoch in (1, 2):  # 120 rows, a multiple of R: the sampler pads nothing, every row once
+        fed = [i for s in rec["steps"] if s["epoch"] == epoch for i in s["batch_ids"]]
+        assert sorted(fed) == list(range(120))
+
+
+def _rank_rows(steps: list[dict], epoch: int) -> list[list[int]]:
+    """Per rank, the rows its DataLoader fed in `epoch`, in order (its micro-batches concatenated)."""
+    ranks = [[] for _ in range(SAMPLER_R)]
+    for step in (s for s in steps if s["epoch"] == epoch):
+        for r, replica in enumerate(step["shards"]):
+            ranks[r] += [i for part in replica for i in part]
+    return ranks
+
+
+def _sampler_order(epoch: int, seed: int) -> list[int]:
+    """torch's DistributedSampler, written out: randperm(N) of a Generator seeded seed + epoch."""
+    import torch
+
+    return torch.randperm(SAMPLER_N, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+
+def test_native_sampler_pads_with_the_first_rows_and_deals_every_rth_row_to_each_rank(runs):
+    rec = runs[("sampler", "keep")][0]
+    steps, per_rank = rec["steps"], -(-SAMPLER_N // SAMPLER_R)  # ⌈121/3⌉ = 41 rows each
+    assert rec["split"] == TORCH_SPLIT
+    orders = []
+    for epoch in (1, 2):
+        ranks = _rank_rows(steps, epoch)
+        assert [len(rows) for rows in ranks] == [per_rank] * SAMPLER_R
+        padded = [ranks[i % SAMPLER_R][i // SAMPLER_R] for i in range(per_rank * SAMPLER_R)]  # rank r: padded[r::R]
+        assert sorted(padded[:SAMPLER_N]) == list(range(SAMPLER_N))  # every row once, then
+        assert padded[SAMPLER_N:] == padded[: per_rank * SAMPLER_R - SAMPLER_N]  # the 2 extra: the first rows again
+        assert padded[:SAMPLER_N] == _sampler_order(epoch - 1, rec["spec"]["seed"])  # set_epoch(e): seed + e
+        assert sum(s["batch_size"] for s in steps if s["epoch"] == epoch) == 123
+        # 41 rows by c = 5: 8 micro-batches of 5 and one of 1, two per step: 4 steps of 2 and a last one of 1
+        epoch_steps = [s for s in steps if s["epoch"] == epoch]
+        assert [[len(part) for part in s["shards"][0]] for s in epoch_steps] == [[5, 5]] * 4 + [[1]]
+        orders.append(padded)
+    assert orders[0] != orders[1]
+
+
+def test_native_sampler_drops_the_tail_under_drop_last(runs):
+    rec = runs[("sampler", "drop")][0]
+    ranks = _rank_rows(rec["steps"], 1)
+    kept = SAMPLER_N // SAMPLER_R * SAMPLER_R  # ⌊121/3⌋·3 = 120
+    assert sum(s["batch_size"] for s in rec["steps"]) == kept
+    assert [ranks[i % SAMPLER_R][i // SAMPLER_R] for i in range(kept)] == _sampler_order(0, rec["spec"]["seed"])[:kept]
 
 
 def test_one_replica_accumulates_without_a_process_group():

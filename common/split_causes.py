@@ -1,0 +1,152 @@
+"""The causes behind two records whose steps were split over replicas or micro-batches (common.distributed;
+docs/design.md, "Data parallelism and accumulation"), read from what the records say they did (`split`, the
+common.native.split_idiom row; `steps[].shards`; `steps[].batch_ids`), for common.explain:
+
+- `mean-of-means`: one record's step gradient averages part means (DDP, pmean, loss/K accumulation, or
+  `batching.reduction = "mean_of_means"`) where the other takes Σ w·∇ℓ / Σ w, and a step is ragged (its parts hold
+  unequal rows, common.distributed.ragged_steps). Both exact: the losses must first differ right after the first
+  ragged step (its update is what differs);
+- `average-loss-global-batch`: one record divides every step by the constant S (tf.nn.compute_average_loss with
+  global_batch_size), so a ragged step's gradient shrinks by its real rows / S;
+- `sampler-padding`: one record's epochs feed more rows than the training split (torch DistributedSampler pads to
+  ⌈N/R⌉·R by repeating rows), so the repeated rows weigh double in that epoch;
+- `sampler-same-order`: one record trains two epochs in the same row order with shuffling on
+  (DistributedSampler without `set_epoch`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from common.distributed import ragged_steps
+from common.native import split_reduction
+from common.tolerance import tolerance_for
+
+REDUCTION_TRAPS = {
+    "mean_of_means": (
+        "mean-of-means",
+        "averages the means of its parts (DDP's average, pmean, loss/K accumulation)",
+        'batching.reduction = "global_mean" (common.distributed.part_scales)',
+    ),
+    "global_batch_divisor": (
+        "average-loss-global-batch",
+        "divides every step by the constant global batch (tf.nn.compute_average_loss(global_batch_size))",
+        "divide by the step's real rows (common.distributed.part_scales)",
+    ),
+}
+
+
+def reduction(rec: dict) -> str:
+    """The gradient a record's steps computed: common.native.split_reduction of its `split` row; "global_mean" for
+    a record whose steps are not split (one device)."""
+    row = rec.get("split")
+    return "global_mean" if row is None else split_reduction(row, rec["spec"]["batching"]["accumulate"])
+
+
+def _ragged_list(steps: list[int]) -> str:
+    return f"{', '.join(map(str, steps[:5]))}{' …' if len(steps) > 5 else ''}"
+
+
+def _reduction_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> dict | None:
+    kinds = {a: reduction(rec_a), b: reduction(rec_b)}
+    odd = [name for name in (a, b) if kinds[name] != "global_mean"]
+    if kinds[a] == kinds[b] or not odd:
+        return None
+    name = odd[0]
+    rec = rec_a if name == a else rec_b
+    other = b if name == a else a
+    ragged = ragged_steps(rec["steps"])
+    if not ragged:
+        return None
+    trap, what, fix = REDUCTION_TRAPS[kinds[name]]
+    why = f"{name} {what} where {other} takes Σ w·∇ℓ / Σ w: their updates differ at the ragged steps "
+    why += f"{_ragged_list(ragged)} (parts of unequal rows)"
+    if rec_a["spec"]["mode"] == "exact" and rec_b["spec"]["mode"] == "exact":
+        first = _first_apart(rec_a, rec_b)
+        if first != ragged[0] + 1:
+            return None
+        why += f", so the losses first differ at step {first}, right after ragged step {ragged[0]}"
+    return {"a": a, "b": b, "trap": trap, "why": f"{why}; fix: {fix}"}
+
+
+def _first_apart(rec_a: dict, rec_b: dict) -> int | None:
+    """The first step (1-based) whose losses differ beyond the exact-mode tolerance; None when none does or the
+    records have different step counts."""
+    la, lb = (np.array([s["loss"] for s in r["steps"]]) for r in (rec_a, rec_b))
+    if la.shape != lb.shape:
+        return None
+    tol = tolerance_for(rec_a["spec"]["dtype"], "exact")
+    apart = np.nonzero(np.abs(la - lb) > tol.atol + tol.rtol * np.maximum(np.abs(la), np.abs(lb)))[0]
+    return int(apart[0]) + 1 if apart.size else None
+
+
+def _epochs(rec: dict) -> dict[int, list[int]]:
+    """Every epoch's row ids in the order they were fed."""
+    out: dict[int, list[int]] = {}
+    for step in rec["steps"]:
+        out.setdefault(step["epoch"], []).extend(step["batch_ids"])
+    return out
+
+
+def repeated_rows(rec: dict) -> int:
+    """The rows the record fed beyond once per epoch, over the run: Σ_row max(0, times fed − epochs), epochs the
+    last one a step was recorded in. Counted over the run, not per epoch, so that a step spanning an epoch boundary
+    (optax.MultiSteps carrying its partial accumulation into the next epoch's first update) does not count as a
+    repeat."""
+    epochs = max((step["epoch"] for step in rec["steps"]), default=0)
+    fed = Counter(i for step in rec["steps"] for i in step["batch_ids"])
+    return sum(max(0, n - epochs) for n in fed.values())
+
+
+def same_order_epochs(rec: dict) -> tuple[int, int] | None:
+    """Two consecutive epochs (e, e + 1) fed in the same row order with shuffling on; None otherwise."""
+    if not rec["spec"]["batching"]["shuffle"]:
+        return None
+    epochs = _epochs(rec)
+    for e in sorted(epochs)[:-1]:
+        if e + 1 in epochs and len(epochs[e]) > 1 and epochs[e] == epochs[e + 1]:
+            return e, e + 1
+    return None
+
+
+def _sampler_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    out = []
+    repeats = {a: repeated_rows(rec_a), b: repeated_rows(rec_b)}
+    for name, other in ((a, b), (b, a)):
+        if repeats[name] and not repeats[other]:
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "trap": "sampler-padding",
+                    "why": f"{name} fed {repeats[name]} row(s) more than once per epoch (torch DistributedSampler "
+                    f"pads the epoch to ⌈N/R⌉·R rows by repeating its first rows) where {other} feeds each row "
+                    "once: those rows weigh double; fix: drop_last=True, or split the epoch without repeats "
+                    "(Parity's plan)",
+                }
+            )
+    same = {a: same_order_epochs(rec_a), b: same_order_epochs(rec_b)}
+    for name, other in ((a, b), (b, a)):
+        if same[name] and not same[other]:
+            out.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "trap": "sampler-same-order",
+                    "why": f"{name} trained epochs {same[name][0]} and {same[name][1]} in the same row order with "
+                    f"shuffling on (DistributedSampler without set_epoch) where {other} reshuffles; fix: call "
+                    "sampler.set_epoch(epoch) before each epoch",
+                }
+            )
+    return out
+
+
+def split_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    """The split-step causes (module docstring) that separate records `a` and `b`; none unless one of them split
+    its steps (has a `split` row)."""
+    if "split" not in rec_a and "split" not in rec_b:
+        return []
+    cause = _reduction_cause(a, b, rec_a, rec_b)
+    return ([cause] if cause else []) + _sampler_causes(a, b, rec_a, rec_b)

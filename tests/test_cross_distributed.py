@@ -1,0 +1,51 @@
+"""Split steps across the four backends through the real CLI (docs/design.md, "Data parallelism and
+accumulation"): `parity run --against-single` proves each backend's data-parallel run equal to its single-device
+twin, and names mean-of-means when the averaged part means part from it; a native data-parallel port records each
+framework's split idiom.
+
+Needs torch, tensorflow and jax together (tox -e parity).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backends import FRAMEWORKS, REFERENCE
+from tests.support import needs_all_frameworks
+
+pytestmark = [pytest.mark.cross, needs_all_frameworks]
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = ROOT / "benchmarks" / "presets" / "iris-dp-ragged.toml"
+
+
+def _run(tmp_path: Path, *sets: str) -> tuple[subprocess.CompletedProcess, dict]:
+    argv = [sys.executable, "-m", "benchmarks", "run", str(PRESET), "--against-single", "--quiet"]
+    argv += ["--out", str(tmp_path / "out"), "--set", "train.epochs=2", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text(encoding="utf-8"))
+    return proc, comparison
+
+
+def test_global_mean_equals_one_device_on_every_backend(tmp_path):
+    proc, comparison = _run(tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert comparison["equivalent"] and comparison["against_single"]["equivalent"]
+    backends = {p["a"] for p in comparison["against_single"]["pairs"]}
+    assert backends == {REFERENCE, *FRAMEWORKS}
+    worst = max(p["max_rel_diff"] for p in comparison["against_single"]["pairs"] if p["max_rel_diff"] is not None)
+    assert worst <= 1e-12, worst
+    assert "against single device: EQUAL" in proc.stdout
+
+
+def test_mean_of_means_is_named_at_the_ragged_step(tmp_path):
+    proc, comparison = _run(tmp_path, 'batching.reduction="mean_of_means"')
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert comparison["equivalent"]  # the four backends agree with each other on the averaged reduction
+    causes = comparison["against_single"]["causes"]
+    assert {c["a"] for c in causes if c["trap"] == "mean-of-means"} == {REFERENCE, *FRAMEWORKS}
+    for backend in (REFERENCE, *FRAMEWORKS):
+        assert f"cause [mean-of-means] {backend} vs {backend}-single" in proc.stdout
+    assert "right after ragged step 8" in proc.stdout
