@@ -49,26 +49,28 @@ def _ragged_list(steps: list[int]) -> str:
     return f"{', '.join(map(str, steps[:5]))}{' …' if len(steps) > 5 else ''}"
 
 
-def _reduction_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> dict | None:
+def _reduction_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    """One cause per record whose step gradient is not the global mean and that has ragged steps, against the
+    other record's gradient."""
     kinds = {a: reduction(rec_a), b: reduction(rec_b)}
-    odd = [name for name in (a, b) if kinds[name] != "global_mean"]
-    if kinds[a] == kinds[b] or not odd:
-        return None
-    name = odd[0]
-    rec = rec_a if name == a else rec_b
-    other = b if name == a else a
-    ragged = ragged_steps(rec["steps"])
-    if not ragged:
-        return None
-    trap, what, fix = REDUCTION_TRAPS[kinds[name]]
-    why = f"{name} {what} where {other} takes Σ w·∇ℓ / Σ w: their updates differ at the ragged steps "
-    why += f"{_ragged_list(ragged)} (parts of unequal rows)"
-    if rec_a["spec"]["mode"] == "exact" and rec_b["spec"]["mode"] == "exact":
-        first = _first_apart(rec_a, rec_b)
-        if first != ragged[0] + 1:
-            return None
-        why += f", so the losses first differ at step {first}, right after ragged step {ragged[0]}"
-    return {"a": a, "b": b, "trap": trap, "why": f"{why}; fix: {fix}"}
+    if kinds[a] == kinds[b]:
+        return []
+    out = []
+    for name, rec, other in ((a, rec_a, b), (b, rec_b, a)):
+        ragged = ragged_steps(rec["steps"]) if kinds[name] != "global_mean" else []
+        if not ragged:
+            continue
+        trap, what, fix = REDUCTION_TRAPS[kinds[name]]
+        theirs = REDUCTION_TRAPS[kinds[other]][1] if kinds[other] in REDUCTION_TRAPS else "takes Σ w·∇ℓ / Σ w"
+        why = f"{name} {what} where {other} {theirs}: their updates differ at {name}'s ragged steps "
+        why += f"{_ragged_list(ragged)} (parts of unequal rows)"
+        if rec_a["spec"]["mode"] == "exact" and rec_b["spec"]["mode"] == "exact":
+            first = _first_apart(rec_a, rec_b)
+            if first != ragged[0] + 1:
+                continue
+            why += f", so the losses first differ at step {first}, right after ragged step {ragged[0]}"
+        out.append({"a": a, "b": b, "trap": trap, "why": f"{why}; fix: {fix}"})
+    return out
 
 
 def _first_apart(rec_a: dict, rec_b: dict) -> int | None:
@@ -121,10 +123,10 @@ def _sampler_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
                     "a": a,
                     "b": b,
                     "trap": "sampler-padding",
-                    "why": f"{name} fed {repeats[name]} row(s) more than once per epoch (torch DistributedSampler "
-                    f"pads the epoch to ⌈N/R⌉·R rows by repeating its first rows) where {other} feeds each row "
-                    "once: those rows weigh double; fix: drop_last=True, or split the epoch without repeats "
-                    "(Parity's plan)",
+                    "why": f"{name} fed {repeats[name]} row(s) beyond once per epoch over the run (torch "
+                    f"DistributedSampler pads the epoch to ⌈N/R⌉·R rows by repeating its first rows) where {other} "
+                    "feeds each row once: those rows weigh double; fix: drop_last=True, or split the epoch without "
+                    "repeats (Parity's plan)",
                 }
             )
     same = {a: same_order_epochs(rec_a), b: same_order_epochs(rec_b)}
@@ -148,5 +150,4 @@ def split_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     its steps (has a `split` row)."""
     if "split" not in rec_a and "split" not in rec_b:
         return []
-    cause = _reduction_cause(a, b, rec_a, rec_b)
-    return ([cause] if cause else []) + _sampler_causes(a, b, rec_a, rec_b)
+    return _reduction_cause(a, b, rec_a, rec_b) + _sampler_causes(a, b, rec_a, rec_b)

@@ -49,3 +49,19 @@ def test_mean_of_means_is_named_at_the_ragged_step(tmp_path):
     for backend in (REFERENCE, *FRAMEWORKS):
         assert f"cause [mean-of-means] {backend} vs {backend}-single" in proc.stdout
     assert "right after ragged step 8" in proc.stdout
+
+
+def test_a_native_data_parallel_port_names_its_split_traps(tmp_path):
+    """123 training rows (test_fraction 0.18) on R = 2: torch's DistributedSampler pads each epoch to 124 rows, and
+    tf's last global batch of 11 rows splits 6 + 5 under compute_average_loss(global_batch_size = 16)."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "benchmarks", "run", str(PRESET), "--quiet", "--out", str(out)]
+    argv += ["--set", 'mode="native"', "--set", "train.epochs=3", "--set", "data.test_fraction=0.18"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # native, no seeds: no claim
+    torch_steps = json.loads((out / "records" / "torch.json").read_text(encoding="utf-8"))["steps"]
+    assert sum(s["batch_size"] for s in torch_steps if s["epoch"] == 1) == 124
+    causes = {(c["a"], c["b"], c["trap"]) for c in json.loads((out / "comparison.json").read_text())["causes"]}
+    assert ("numpy", "torch", "sampler-padding") in causes
+    assert ("numpy", "tf", "average-loss-global-batch") in causes
+    assert not any(trap == "mean-of-means" for *_, trap in causes)  # the padded sampler gives torch equal parts
