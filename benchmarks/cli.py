@@ -40,7 +40,8 @@ from common.traps import CATALOGUE
 
 EXIT_CODES = """exit codes:
   0  equivalent; native mode without --seeds (no per-step claim); `parity presets`
-  1  a pair diverges; with --seeds (either mode), a pair not shown "equivalent" ("different" or "inconclusive")
+  1  a pair diverges; with --seeds (either mode), a pair not shown "equivalent" ("different" or "inconclusive");
+     with --against-single, a backend that differs from its single-device twin
   2  bad input: spec, data, arguments, output folder (one line naming the key, file or folder; nothing written);
      `parity` with no command (prints this usage)
   3  a backend failed, was killed or is not installed (the others still run and are compared); no backend ran
