@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from common import record
 from common.batching import BatchPlan
 from common.compare import compare
 from common.datasets import load_dataset
-from common.distributed import Layout
+from common.distributed import Layout, single_device
 from common.driver import canonical_init, model_layers, train
 from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
@@ -69,22 +71,30 @@ def run_in_process(backend: str, spec: Spec) -> tuple[dict, dict]:
     return rec, record.arrays(body, data)
 
 
-def run_in_worker(backend: str, spec: Spec, folder: Path) -> tuple[dict, dict]:
-    """(record JSON, record NPZ) of one backend trained in its own worker process (`python -m backends.worker`),
-    as `parity run` runs it: what a data-parallel spec needs, since host devices are reserved once per process
-    before the framework starts. The worker's stderr is the assertion message when it fails."""
+def worker_records(backend: str, jobs: dict, folder: Path, env: dict | None = None) -> dict:
+    """{key: (record JSON, record NPZ)} of every spec of `jobs` ({key: Spec}, keys tuples of strings), trained by
+    one worker process of `backend` (`python -m backends.worker`), as `parity run` runs it: what a data-parallel
+    spec needs, since host devices are reserved once per process before the framework starts. `env`: extra
+    environment variables. The worker's stderr is the assertion message when it fails."""
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = folder / f"{backend}-jobs.json"
-    jobs.write_text(json.dumps([{"spec": spec.to_dict(), "out": str(folder.resolve())}]), encoding="utf-8")
+    outs = {key: folder / "-".join(key) for key in jobs}
+    listing = [{"spec": spec.to_dict(), "out": str(outs[key].resolve())} for key, spec in jobs.items()]
+    (folder / f"{backend}-jobs.json").write_text(json.dumps(listing), encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-m", "backends.worker", backend, str(jobs)],
+        [sys.executable, "-m", "backends.worker", backend, str(folder / f"{backend}-jobs.json")],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    return record.read(folder, backend)
+    return {key: record.read(out, backend) for key, out in outs.items()}
+
+
+def run_in_worker(backend: str, spec: Spec, folder: Path) -> tuple[dict, dict]:
+    """(record JSON, record NPZ) of one spec trained in its own worker process (`worker_records`)."""
+    return worker_records(backend, {("run",): spec}, folder)[("run",)]
 
 
 def prepared_adapter(backend: str, spec: Spec):
@@ -386,6 +396,22 @@ def dp_spec(case: str, dtype: str = "float64", reduction: str = "global_mean") -
     return make_spec(dtype=dtype, **sections)
 
 
+DP_REDUCTIONS = ("global_mean", "mean_of_means")
+DP_FLOAT32 = ("r2-ragged", "k4")
+
+
+def dp_jobs() -> dict[tuple[str, ...], Spec]:
+    """The runs tests/dp_acceptance.py compares, by key: ("split", case, dtype, reduction) and its ("twin", case,
+    dtype) (common.distributed.single_device), float64 for every DP case and reduction, float32 for DP_FLOAT32; and
+    ("native", case), each case in native mode."""
+    jobs = {("split", c, "float64", r): dp_spec(c, "float64", r) for c in DP_CASES for r in DP_REDUCTIONS}
+    jobs |= {("twin", c, "float64"): single_device(dp_spec(c)) for c in DP_CASES}
+    jobs |= {("split", c, "float32", "global_mean"): dp_spec(c, "float32") for c in DP_FLOAT32}
+    jobs |= {("twin", c, "float32"): single_device(dp_spec(c, "float32")) for c in DP_FLOAT32}
+    jobs |= {("native", c): dataclasses.replace(dp_spec(c), mode="native") for c in DP_CASES}
+    return jobs
+
+
 def max_rel_gap(a: tuple[dict, dict], b: tuple[dict, dict]) -> tuple[float, float]:
     """(worst per-step loss gap |a − b| / |b|, worst final-parameter gap max|a − b| / max|b| per tensor) of two
     (record JSON, NPZ) pairs with the same steps and parameters."""
@@ -408,7 +434,7 @@ def assert_reductions_part_after_the_first_ragged_step(case: str, means: list[di
     """mean_of_means and global_mean records' steps: equal losses up to and including the first ragged step (every
     earlier update was the same), apart right after it (the ragged step's update differs)."""
     first = first_ragged_step(case, global_)
-    if case in ("r2-ragged", "k4"):
+    if case in DP_FLOAT32:
         assert first == 8  # 120 rows, 16 per step
     gaps = [abs(a["loss"] - b["loss"]) / abs(b["loss"]) for a, b in zip(means, global_, strict=True)]
     assert max(gaps[:first]) <= 1e-12, gaps[:first]

@@ -40,7 +40,7 @@ from common.traps.inputs import (
     conv_ramp,
 )
 from common.traps.reference import (
-    accumulated_updates,
+    accumulation_measurement,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -616,13 +616,7 @@ def mean_of_means() -> dict:
 
         trace, _ = _accumulate(optax.MultiSteps(optax.sgd(lr), every_k_schedule=len(micro)), grads(micro))
         global_mean = _accumulate(optax.sgd(lr), grads([[v for m in micro for v in m]]))[0][-1]
-    return {
-        "update": trace[-1],
-        "global_mean_update": global_mean,
-        "ratio": trace[-1] / global_mean,
-        "reduction": named_match(trace[-1], accumulated_updates()),
-        "applied_at_call": next(i for i, w in enumerate(trace, 1) if w != 0.0),
-    }
+    return accumulation_measurement(trace, global_mean)
 
 
 def accumulator_dtype() -> dict:

@@ -43,7 +43,7 @@ from common.traps.inputs import (
     conv_ramp,
 )
 from common.traps.reference import (
-    accumulated_updates,
+    accumulation_measurement,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -763,13 +763,7 @@ def mean_of_means() -> dict:
 
     trace = run(micro, gradient_accumulation_steps=len(micro))
     global_mean = run([[v for m in micro for v in m]])[-1]
-    return {
-        "update": trace[-1],
-        "global_mean_update": global_mean,
-        "ratio": trace[-1] / global_mean,
-        "reduction": named_match(trace[-1], accumulated_updates()),
-        "applied_at_call": next(i for i, w in enumerate(trace, 1) if w != 0.0),
-    }
+    return accumulation_measurement(trace, global_mean)
 
 
 def average_loss_global_batch() -> dict:

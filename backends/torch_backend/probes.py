@@ -38,7 +38,7 @@ from common.traps.inputs import (
     conv_ramp,
 )
 from common.traps.reference import (
-    accumulated_updates,
+    accumulation_measurement,
     batch_norm_reference,
     conv2d_reference,
     named_match,
@@ -682,12 +682,7 @@ def mean_of_means() -> dict:
         return model.weight.item()
 
     update, global_mean = step(micro, len(micro)), step([[v for m in micro for v in m]], 1)
-    return {
-        "update": update,
-        "global_mean_update": global_mean,
-        "ratio": update / global_mean,
-        "reduction": named_match(update, accumulated_updates()),
-    }
+    return accumulation_measurement([update], global_mean)  # one step after the loop: applied at "call" 1
 
 
 def accumulator_dtype() -> dict:

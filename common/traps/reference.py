@@ -156,6 +156,19 @@ def named_match(value, references: dict, rtol: float = 1e-9) -> str:
     return "other"
 
 
+def accumulation_measurement(trace: list[float], global_mean: float) -> dict:
+    """A mean_of_means probe's result from the parameter after each accumulation call (`trace`, from w = 0; one
+    entry for a loop that only steps at the end) and the global mean's update: the applied update, its ratio to the
+    global mean's, which reduction of `accumulated_updates` it is, and the first call that changed the parameter."""
+    return {
+        "update": trace[-1],
+        "global_mean_update": global_mean,
+        "ratio": trace[-1] / global_mean,
+        "reduction": named_match(trace[-1], accumulated_updates()),
+        "applied_at_call": next(i for i, w in enumerate(trace, 1) if w != 0.0),
+    }
+
+
 def layout_epoch() -> dict:
     """SAMPLER's n rows split over its replicas by common.distributed as one step of G = R·⌈n/R⌉ rows
     (Layout.split: consecutive chunks, weight-0 filler): per rank the real ids, the rows fed ("total", filler

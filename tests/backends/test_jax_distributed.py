@@ -8,111 +8,50 @@ its steps counted by hand: updates every K-th micro-batch across epochs, the flo
 The runs train in one worker process (`python -m backends.worker`, which reserves the host devices first)."""
 
 import dataclasses
-import json
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from common import record
 from common.batching import Batch
-from common.distributed import Layout, single_device
+from common.distributed import Layout
 from common.native import SPLIT_IDIOMS
+from tests.dp_acceptance import (  # noqa: F401  (collected here, on this module's `runs`)
+    test_float32_global_mean_matches_the_twin,
+    test_global_mean_matches_the_single_device_twin,
+    test_records_carry_the_shards_of_the_ragged_step,
+    test_reductions_agree_through_the_first_ragged_step_and_part_right_after,
+    test_split_steps_match_the_oracle,
+)
 from tests.support import (
     DP_CASES,
-    ROOT,
-    assert_reductions_part_after_the_first_ragged_step,
-    assert_the_ragged_step_has_an_empty_part,
+    dp_jobs,
     dp_spec,
     installed,
     make_spec,
     max_rel_gap,
     prepared_adapter,
-    run_in_process,
+    worker_records,
 )
 
 pytestmark = pytest.mark.skipif(not installed("jax"), reason="needs jax, flax and optax (pip install -e '.[jax]')")
 
-REDUCTIONS = ("global_mean", "mean_of_means")
-FLOAT32 = ("r2-ragged", "k4")
-
-
-def _jobs() -> dict[tuple[str, ...], object]:
-    """Every run this file compares, by key: split runs (case, dtype, reduction, execution) and twins."""
-    jobs = {
-        ("split", case, "float64", r, "default"): dp_spec(case, "float64", r) for case in DP_CASES for r in REDUCTIONS
-    }
-    jobs |= {("twin", case, "float64"): single_device(dp_spec(case)) for case in DP_CASES}
-    jobs |= {("split", case, "float32", "global_mean", "default"): dp_spec(case, "float32") for case in FLOAT32}
-    jobs |= {("twin", case, "float32"): single_device(dp_spec(case, "float32")) for case in FLOAT32}
-    jobs[("split", "r2-ragged", "float64", "global_mean", "eager")] = dataclasses.replace(
-        dp_spec("r2-ragged"), execution="eager"
-    )
-    jobs |= {("native", case, "default"): dataclasses.replace(dp_spec(case), mode="native") for case in DP_CASES}
-    return jobs
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(record JSON, NPZ) of every job of `_jobs`, trained by one jax worker."""
-    base = tmp_path_factory.mktemp("jax-dp")
-    jobs = _jobs()
-    folders = {key: base / "-".join(key) for key in jobs}
-    listing = [{"spec": spec.to_dict(), "out": str(folders[key].resolve())} for key, spec in jobs.items()]
-    (base / "jobs.json").write_text(json.dumps(listing), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "backends.worker", "jax", str(base / "jobs.json")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs) and r2-ragged eager, one jax worker."""
+    jobs = dp_jobs()
+    jobs[("split", "r2-ragged", "float64", "global_mean", "eager")] = dataclasses.replace(
+        dp_spec("r2-ragged"), execution="eager"
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return {key: record.read(folder, "jax") for key, folder in folders.items()}
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_split_steps_match_the_oracle(runs, case, reduction):
-    oracle = run_in_process("numpy", dp_spec(case, "float64", reduction))
-    losses, params = max_rel_gap(runs[("split", case, "float64", reduction, "default")], oracle)
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_global_mean_matches_the_single_device_twin(runs, case):
-    split = runs[("split", case, "float64", "global_mean", "default")]
-    losses, params = max_rel_gap(split, runs[("twin", case, "float64")])
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_float32_global_mean_matches_the_twin(runs, case):
-    split = runs[("split", case, "float32", "global_mean", "default")]
-    losses, params = max_rel_gap(split, runs[("twin", case, "float32")])
-    assert losses <= 1e-4 and params <= 1e-4, (losses, params)
+    return worker_records("jax", jobs, tmp_path_factory.mktemp("jax-dp"))
 
 
 def test_eager_replicas_match_the_compiled_ones(runs):
     """execution = "eager": the same step dispatched op by op on the sharded arrays."""
     eager = runs[("split", "r2-ragged", "float64", "global_mean", "eager")]
-    losses, params = max_rel_gap(eager, runs[("split", "r2-ragged", "float64", "global_mean", "default")])
+    losses, params = max_rel_gap(eager, runs[("split", "r2-ragged", "float64", "global_mean")])
     assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_reductions_part_right_after_the_first_ragged_step(runs, case):
-    means = runs[("split", case, "float64", "mean_of_means", "default")][0]["steps"]
-    global_ = runs[("split", case, "float64", "global_mean", "default")][0]["steps"]
-    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_records_carry_the_shards_of_the_ragged_step(runs, case):
-    rec = runs[("split", case, "float64", "global_mean", "default")][0]
-    assert_the_ragged_step_has_an_empty_part(case, rec["steps"])
 
 
 def test_one_compile_and_the_devices_own_shards_on_a_one_device_mesh():
@@ -157,7 +96,7 @@ NATIVE_STEPS = {
 
 @pytest.mark.parametrize("case", sorted(DP_CASES))
 def test_native_split_steps_record_the_idiom_and_what_each_part_was_fed(runs, case):
-    rec = runs[("native", case, "default")][0]
+    rec = runs[("native", case)][0]
     assert rec["split"] == SPLIT_IDIOMS["jax"]
     epochs, sizes = NATIVE_STEPS[case]
     assert [s["epoch"] for s in rec["steps"]] == epochs
@@ -174,7 +113,7 @@ def test_native_split_steps_record_the_idiom_and_what_each_part_was_fed(runs, ca
 def test_native_multisteps_carries_the_epochs_last_micro_batches_into_the_next_update(runs):
     """k4: MultiSteps counts its K = 4 calls over the whole run: epoch 2's first update (step 8) averages the two
     micro-batches epoch 1 left over, the 8 rows steps 1–7 did not feed, then epoch 2's first two."""
-    steps = runs[("native", "k4", "default")][0]["steps"]
+    steps = runs[("native", "k4")][0]["steps"]
     first = [i for s in steps[:7] for i in s["batch_ids"]]
     assert len(set(first)) == 112 == len(first)
     carried = steps[7]["shards"][0][0] + steps[7]["shards"][0][1]

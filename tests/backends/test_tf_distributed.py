@@ -8,34 +8,34 @@ SPLIT_IDIOMS["tf"]): tf.data's global batches rebatched by tf.distribute, measur
 The runs train in one worker process (`python -m backends.worker`, which reserves the logical devices first)."""
 
 import dataclasses
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from common import record
 from common.batching import Batch
-from common.distributed import Layout, single_device
+from common.distributed import Layout
 from common.native import SPLIT_IDIOMS
+from tests.dp_acceptance import (  # noqa: F401  (collected here, on this module's `runs`)
+    test_float32_global_mean_matches_the_twin,
+    test_global_mean_matches_the_single_device_twin,
+    test_records_carry_the_shards_of_the_ragged_step,
+    test_reductions_agree_through_the_first_ragged_step_and_part_right_after,
+    test_split_steps_match_the_oracle,
+)
 from tests.support import (
     DP_CASES,
-    ROOT,
-    assert_reductions_part_after_the_first_ragged_step,
-    assert_the_ragged_step_has_an_empty_part,
+    dp_jobs,
     dp_spec,
     installed,
     make_spec,
     max_rel_gap,
     prepared_adapter,
     run_in_process,
+    worker_records,
 )
 
 pytestmark = pytest.mark.skipif(not installed("tf"), reason="needs tensorflow and keras (pip install -e '.[tf]')")
 
-REDUCTIONS = ("global_mean", "mean_of_means")
-FLOAT32 = ("r2-ragged", "k4")
 # Native mode on 105 training rows (iris, 30 % test), R = 2, G = 8, K = 3: 13 global batches of 8 and one of 1 row
 # per epoch ("drop": the 13 full ones), i.e. steps of 3, 3, 3, 3 and 2 (drop: 1) micro-batches.
 ODD = {"rows": 105, "replicas": 2, "micro": 8, "accumulate": 3}
@@ -55,65 +55,16 @@ def _odd_spec(last_batch: str):
     )
 
 
-def _jobs() -> dict[str, object]:
-    """Every run this file compares, by key: split runs (case, dtype, reduction, execution) and twins."""
-    jobs = {
-        ("split", case, "float64", r, "default"): dp_spec(case, "float64", r) for case in DP_CASES for r in REDUCTIONS
-    }
-    jobs |= {("twin", case, "float64"): single_device(dp_spec(case)) for case in DP_CASES}
-    jobs |= {("split", case, "float32", "global_mean", "default"): dp_spec(case, "float32") for case in FLOAT32}
-    jobs |= {("twin", case, "float32"): single_device(dp_spec(case, "float32")) for case in FLOAT32}
-    compiled = dataclasses.replace(dp_spec("r2-ragged"), execution="compiled")
-    jobs[("split", "r2-ragged", "float64", "global_mean", "compiled")] = compiled
-    jobs |= {("native", case, "default"): dataclasses.replace(dp_spec(case), mode="native") for case in DP_CASES}
-    jobs |= {("native", f"odd-{last}", "default"): _odd_spec(last) for last in ("keep", "drop")}
-    jobs[("native", "r2-ragged", "compiled")] = dataclasses.replace(
-        dp_spec("r2-ragged"), mode="native", execution="compiled"
-    )
-    return jobs
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(record JSON, NPZ) of every job of `_jobs`, trained by one tf worker."""
-    base = tmp_path_factory.mktemp("tf-dp")
-    jobs = _jobs()
-    folders = {key: base / "-".join(key) for key in jobs}
-    listing = [{"spec": spec.to_dict(), "out": str(folders[key].resolve())} for key, spec in jobs.items()]
-    (base / "jobs.json").write_text(json.dumps(listing), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "backends.worker", "tf", str(base / "jobs.json")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return {key: record.read(folder, "tf") for key, folder in folders.items()}
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_split_steps_match_the_oracle(runs, case, reduction):
-    oracle = run_in_process("numpy", dp_spec(case, "float64", reduction))
-    losses, params = max_rel_gap(runs[("split", case, "float64", reduction, "default")], oracle)
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_global_mean_matches_the_single_device_twin(runs, case):
-    losses, params = max_rel_gap(
-        runs[("split", case, "float64", "global_mean", "default")], runs[("twin", case, "float64")]
-    )
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_float32_global_mean_matches_the_twin(runs, case):
-    losses, params = max_rel_gap(
-        runs[("split", case, "float32", "global_mean", "default")], runs[("twin", case, "float32")]
-    )
-    assert losses <= 1e-4 and params <= 1e-4, (losses, params)
+    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs), r2-ragged compiled (exact and native) and
+    the native odd runs, trained by one tf worker."""
+    jobs = dp_jobs()
+    compiled = dataclasses.replace(dp_spec("r2-ragged"), execution="compiled")
+    jobs[("split", "r2-ragged", "float64", "global_mean", "compiled")] = compiled
+    jobs |= {("native", f"odd-{last}"): _odd_spec(last) for last in ("keep", "drop")}
+    jobs[("native", "r2-ragged", "compiled")] = dataclasses.replace(compiled, mode="native")
+    return worker_records("tf", jobs, tmp_path_factory.mktemp("tf-dp"))
 
 
 def test_compiled_replicas_match_the_oracle(runs):
@@ -121,19 +72,6 @@ def test_compiled_replicas_match_the_oracle(runs):
     oracle = run_in_process("numpy", dp_spec("r2-ragged"))
     losses, params = max_rel_gap(runs[("split", "r2-ragged", "float64", "global_mean", "compiled")], oracle)
     assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_reductions_part_exactly_after_the_first_ragged_step(runs, case):
-    means = runs[("split", case, "float64", "mean_of_means", "default")][0]["steps"]
-    global_ = runs[("split", case, "float64", "global_mean", "default")][0]["steps"]
-    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_records_carry_the_shards_of_the_ragged_step(runs, case):
-    rec = runs[("split", case, "float64", "global_mean", "default")][0]
-    assert_the_ragged_step_has_an_empty_part(case, rec["steps"])
 
 
 def test_the_native_average_loss_divides_a_ragged_step_by_the_constant_batch():
@@ -183,9 +121,7 @@ def test_reserving_devices_after_the_runtime_started_is_a_clear_error():
 NATIVE = [*sorted(DP_CASES), "odd-keep", "odd-drop"]
 
 
-@pytest.mark.parametrize(
-    "key", [("native", name, "default") for name in NATIVE] + [("native", "r2-ragged", "compiled")]
-)
+@pytest.mark.parametrize("key", [("native", name) for name in NATIVE] + [("native", "r2-ragged", "compiled")])
 def test_native_split_runs_record_the_idiom_and_the_rows_each_replica_got(runs, key):
     rec = runs[key][0]
     assert rec["split"] == SPLIT_IDIOMS["tf"]
@@ -209,7 +145,7 @@ def test_native_global_batches_are_cut_over_the_replicas_by_tf_distribute(runs, 
     13 full ones), K = 3 per step and the epoch's rest in a last step, each cut over the replicas by
     tf.distribute, the first replicas first: 8 rows → 4 + 4, the ragged 1 row → 1 + 0 (replica 1 empty); every
     row once per epoch (drop: all but one), in a new order in epoch 2."""
-    rec = runs[("native", f"odd-{last}", "default")][0]
+    rec = runs[("native", f"odd-{last}")][0]
     rows, g, k, r = ODD["rows"], ODD["micro"], ODD["accumulate"], ODD["replicas"]
     micro = [g] * (rows // g) + ([rows % g] if last == "keep" else [])  # 13 × 8 (+ 1)
     want = [[_rebatched(n, r) for n in micro[i : i + k]] for i in range(0, len(micro), k)]  # [step][micro][replica]

@@ -22,25 +22,27 @@ from pathlib import Path
 
 import pytest
 
-from common import record
-from common.distributed import Layout, single_device
+from common.distributed import Layout
+from tests.dp_acceptance import (  # noqa: F401  (collected here, on this module's `runs`)
+    test_float32_global_mean_matches_the_twin,
+    test_global_mean_matches_the_single_device_twin,
+    test_records_carry_the_shards_of_the_ragged_step,
+    test_reductions_agree_through_the_first_ragged_step_and_part_right_after,
+    test_split_steps_match_the_oracle,
+)
 from tests.support import (
     DP_CASES,
     ROOT,
-    assert_reductions_part_after_the_first_ragged_step,
-    assert_the_ragged_step_has_an_empty_part,
+    dp_jobs,
     dp_spec,
     installed,
     make_spec,
-    max_rel_gap,
     prepared_adapter,
-    run_in_process,
+    worker_records,
 )
 
 pytestmark = pytest.mark.skipif(not installed("torch"), reason="needs torch (pip install -e '.[torch]')")
 
-REDUCTIONS = ("global_mean", "mean_of_means")
-FLOAT32 = ("r2-ragged", "k4")
 RENDEZVOUS = "parity-torch-ddp-*"
 TORCH_SPLIT = {"sampler": "distributed_sampler", "loss": "part_mean", "accumulate": "loss_over_k"}
 # Native sampler runs: iris with 29 test rows leaves N = 121 training rows over R = 3 ranks (⌈N/R⌉·R = 123, two
@@ -58,18 +60,6 @@ def sampler_spec(last_batch: str, epochs: int):
         optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
         train={"epochs": epochs},
     )
-
-
-def _jobs() -> dict[tuple[str, ...], object]:
-    """Every run this file compares, by key: split runs (case, dtype, reduction), twins (case, dtype), native runs
-    (case) and the native sampler runs (last_batch)."""
-    jobs = {("split", case, "float64", r): dp_spec(case, "float64", r) for case in DP_CASES for r in REDUCTIONS}
-    jobs |= {("twin", case, "float64"): single_device(dp_spec(case)) for case in DP_CASES}
-    jobs |= {("split", case, "float32", "global_mean"): dp_spec(case, "float32") for case in FLOAT32}
-    jobs |= {("twin", case, "float32"): single_device(dp_spec(case, "float32")) for case in FLOAT32}
-    jobs |= {("native", case): replace(dp_spec(case), mode="native") for case in DP_CASES}
-    jobs |= {("sampler", "keep"): sampler_spec("keep", 2), ("sampler", "drop"): sampler_spec("drop", 1)}
-    return jobs
 
 
 def _worker(jobs: list[dict], folder: Path, *options: str) -> subprocess.Popen:
@@ -95,47 +85,13 @@ def distributed():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(record JSON, NPZ) of every job of `_jobs`, trained by one torch worker, which leaves no rendezvous folder."""
+    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs) and the native sampler runs, trained by one
+    torch worker, which leaves no rendezvous folder behind."""
     base = tmp_path_factory.mktemp("torch-dp")
-    jobs = _jobs()
-    folders = {key: base / "-".join(key) for key in jobs}
-    worker = _worker([{"spec": spec.to_dict(), "out": str(folders[key])} for key, spec in jobs.items()], base)
-    _, stderr = worker.communicate(timeout=600)
-    assert worker.returncode == 0, stderr[-4000:]
+    jobs = dp_jobs() | {("sampler", "keep"): sampler_spec("keep", 2), ("sampler", "drop"): sampler_spec("drop", 1)}
+    records = worker_records("torch", jobs, base, env={"TMPDIR": str(base)})
     assert not list(base.glob(RENDEZVOUS))
-    return {key: record.read(folder, "torch") for key, folder in folders.items()}
-
-
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_split_steps_match_the_oracle(runs, case, reduction):
-    oracle = run_in_process("numpy", dp_spec(case, "float64", reduction))
-    losses, params = max_rel_gap(runs[("split", case, "float64", reduction)], oracle)
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_global_mean_matches_the_single_device_twin(runs, case):
-    losses, params = max_rel_gap(runs[("split", case, "float64", "global_mean")], runs[("twin", case, "float64")])
-    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_float32_global_mean_matches_the_twin(runs, case):
-    losses, params = max_rel_gap(runs[("split", case, "float32", "global_mean")], runs[("twin", case, "float32")])
-    assert losses <= 1e-4 and params <= 1e-4, (losses, params)
-
-
-@pytest.mark.parametrize("case", sorted(DP_CASES))
-def test_reductions_agree_up_to_the_first_ragged_step_and_part_right_after(runs, case):
-    means = runs[("split", case, "float64", "mean_of_means")][0]["steps"]
-    global_ = runs[("split", case, "float64", "global_mean")][0]["steps"]
-    assert_reductions_part_after_the_first_ragged_step(case, means, global_)
-
-
-@pytest.mark.parametrize("case", FLOAT32)
-def test_records_carry_the_shards_of_the_ragged_step(runs, case):
-    assert_the_ragged_step_has_an_empty_part(case, runs[("split", case, "float64", "global_mean")][0]["steps"])
+    return records
 
 
 @pytest.mark.parametrize("case", sorted(DP_CASES))
