@@ -125,7 +125,7 @@ class JaxAdapter:
         losses, shards = [], []
         for t, batch in enumerate(batches, start=first_step):
             masks = shared_masks(self.spec.seed, t, self.layers, self.layout.step_rows, self.dtype)
-            loss, held = 0.0, []
+            loss, placed = 0.0, []
             for micro in self.engine.micro_batches(batch):
                 rows, ids = self.pipeline.sharded(micro.batch, self.engine.rows)
                 cut = None if masks is None else self.engine.place([m[micro.rows] for m in masks])
@@ -133,9 +133,12 @@ class JaxAdapter:
                     self.params, self.opt_state, rows.x, rows.y, rows.weights, self.engine.place(micro.scales), cut
                 )
                 loss = loss + part
-                held.append(self.engine.held(ids))
+                placed.append(ids)
             losses.append(loss / max(float(batch.weights.sum()), 1.0))
-            shards.append([list(replica) for replica in zip(*held, strict=True)])
+            shards.append(placed)
+        shards = [  # read back from the devices after the epoch, not inside its loop
+            [list(replica) for replica in zip(*map(self.engine.held, placed), strict=True)] for placed in shards
+        ]
         return EpochRun([b.ids for b in batches], [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
 
     def _native_split_epoch(self, epoch: int) -> EpochRun:
@@ -143,18 +146,18 @@ class JaxAdapter:
         step on the mesh. Each update of MultiSteps is a step: the micro-batches it averaged (the previous epoch's
         left-overs first), their real ids, Σℓ / n over those rows, and per replica and micro-batch the real ids its
         device held. The losses and MultiSteps's update flags are fetched once, at the end of the epoch."""
-        fed = []
+        placed, fed = [], []
         for batch in self.plan.batches(epoch):
             self.calls += 1
             rows, ids = self.pipeline.sharded(batch, self.engine.rows)
             self.params, self.opt_state, loss = self.run.step(
                 self.params, self.opt_state, rows.x, rows.y, rows.weights, None, self.calls
             )
-            held = self.engine.held_real(ids, rows.weights)
-            fed.append((held, loss * batch.n_real, self.engine.has_updated(self.tx, self.opt_state)))
+            placed.append((ids, rows.weights))
+            fed.append((loss * batch.n_real, self.engine.has_updated(self.tx, self.opt_state)))
         steps = []
-        for held, loss_sum, updated in jax.device_get(fed):
-            self.pending.append((held, loss_sum))
+        for (ids, weights), (loss_sum, updated) in zip(placed, jax.device_get(fed), strict=True):  # after the loop
+            self.pending.append((self.engine.held_real(ids, weights), loss_sum))
             if updated:
                 steps.append(self.pending)
                 self.pending = []

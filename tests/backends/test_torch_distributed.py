@@ -23,13 +23,7 @@ from pathlib import Path
 import pytest
 
 from common.distributed import Layout
-from tests.dp_acceptance import (  # noqa: F401  (collected here, on this module's `runs`)
-    test_float32_global_mean_matches_the_twin,
-    test_global_mean_matches_the_single_device_twin,
-    test_records_carry_the_shards_of_the_ragged_step,
-    test_reductions_agree_through_the_first_ragged_step_and_part_right_after,
-    test_split_steps_match_the_oracle,
-)
+from tests.dp_acceptance import *  # noqa: F403  (the shared acceptance tests, collected on this module's `runs`)
 from tests.support import (
     DP_CASES,
     ROOT,
