@@ -38,6 +38,7 @@ import numpy as np
 
 from common import layers
 from common.errors import InputError
+from common.layers import Layer
 
 if TYPE_CHECKING:
     from common.batching import Batch
@@ -140,8 +141,7 @@ def single_device(spec: Spec) -> Spec:
 
 def check(spec: Spec) -> None:
     """The spec-time rules (InputError naming the key): a global batch splits evenly over the replicas; split steps
-    (R > 1 or K > 1) need feature or image data, a stack without batch_norm, and an execution mode other than
-    fused."""
+    (R > 1 or K > 1) need feature or image data and an execution mode other than fused."""
     d = spec.distributed
     if d.batch == "global" and spec.batching.batch_size % d.replicas:
         raise InputError(
@@ -158,12 +158,6 @@ def check(spec: Spec) -> None:
         )
     if layers.reads_tokens(spec):
         raise InputError(f"spec key '{key}': split steps take feature or image data, not token sequences")
-    kinds = [table["kind"] for table in layers.tables(spec)]
-    if "batch_norm" in kinds:
-        raise InputError(
-            f"spec key 'model.layers[{kinds.index('batch_norm')}].kind': batch_norm under split steps ({key} > 1) "
-            "is not supported (its batch statistics would be per part)"
-        )
 
 
 def check_rows(spec: Spec, n_rows: int) -> None:
@@ -174,3 +168,20 @@ def check_rows(spec: Spec, n_rows: int) -> None:
             f"spec key 'distributed.replicas': {r} replicas for {n_rows} training rows leave a replica without "
             "any row at every step"
         )
+
+
+def check_batch_norm(spec: Spec, stack: tuple[Layer, ...], batches: list[Batch]) -> None:
+    """Split steps with batch_norm layers (common.layers.norm, "under split steps"): every part of every step of
+    an epoch (`batches`, the plan's) must be full, c real rows and no filler; InputError naming the key otherwise."""
+    layout = Layout.from_spec(spec)
+    norms = [layer for layer in stack if layer.kind == "batch_norm"]
+    if not (layout.is_split and norms):
+        return
+    for step, batch in enumerate(batches, start=1):
+        if batch.n_real < layout.step_rows:
+            raise InputError(
+                f"spec key 'batching.last_batch': step {step} of each epoch holds {batch.n_real} real rows, not "
+                f"S = {layout.step_rows}: with batch_norm {norms[0].name} (model.layers[{norms[0].index}]) under "
+                f"split steps every replica and micro-batch needs its full {layout.shard} rows (its statistics are "
+                'per part); set batching.last_batch = "drop" or a batch size that divides the training rows'
+            )

@@ -20,7 +20,7 @@ import numpy as np
 from common import layers as layer_stack
 from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
-from common.distributed import Layout, check_rows, shard_ids
+from common.distributed import Layout, check_batch_norm, check_rows, shard_ids
 from common.layers import Layer
 from common.metrics import aggregate
 from common.native import layer_settings, running_epoch_loss, split_idiom
@@ -95,7 +95,9 @@ def check_plan(spec: Spec, data: Dataset) -> tuple[BatchPlan, tuple[Layer, ...]]
     check_rows(spec, data.train_x.shape[0])
     layers = model_layers(spec, data)
     if not data.is_sequence:
-        layer_stack.check_batch_statistics(layers, [batch.n_real for batch in plan.batches(0)])
+        check_batch_norm(spec, layers, plan.batches(0))
+        shard = Layout.from_spec(spec).shard
+        layer_stack.check_batch_statistics(layers, [min(batch.n_real, shard) for batch in plan.batches(0)])
     return plan, layers
 
 

@@ -400,15 +400,76 @@ DP_REDUCTIONS = ("global_mean", "mean_of_means")
 DP_FLOAT32 = ("r2-ragged", "k4")
 
 
+_BN_DENSE = [
+    {"kind": "dense", "units": 8, "bias": False},
+    {"kind": "batch_norm"},
+    {"kind": "relu"},
+    {"kind": "dense"},
+]
+BN_CASES = {  # batch_norm under split steps: every step full (common.distributed.check_batch_norm)
+    "bn-r2": {"distributed": {"replicas": 2}, "batching": {"batch_size": 16, "last_batch": "drop"}},
+    "bn-r2-sync": {
+        "distributed": {"replicas": 2},
+        "batching": {"batch_size": 16, "last_batch": "drop"},
+        "model": {"layers": [{**t, "sync": True} if t["kind"] == "batch_norm" else t for t in _BN_DENSE]},
+    },
+    "bn-r2-k2": {  # one synchronised and one per-replica layer, the unbiased running variance, Adam
+        "distributed": {"replicas": 2, "batch": "per_replica"},
+        "batching": {"batch_size": 6, "accumulate": 2, "last_batch": "drop"},
+        "optimizer": {"name": "adam", "lr": 0.01, "momentum": 0.0},
+        "model": {
+            "layers": [
+                {"kind": "dense", "units": 8, "bias": False},
+                {"kind": "batch_norm", "sync": True, "momentum": 0.8, "running_var": "unbiased"},
+                {"kind": "tanh"},
+                {"kind": "dense", "units": 6},
+                {"kind": "batch_norm", "momentum": 0.7},
+                {"kind": "relu"},
+                {"kind": "dense"},
+            ]
+        },
+    },
+    "bn-img-r2": {
+        "data": {"name": "digits", "images": True, "test_fraction": 0.95},
+        "distributed": {"replicas": 2},
+        "batching": {"batch_size": 16, "last_batch": "drop"},
+        "model": {
+            "layers": [
+                {"kind": "conv2d", "filters": 3, "kernel": 3, "bias": False},
+                {"kind": "batch_norm", "running_var": "unbiased"},
+                {"kind": "relu"},
+                {"kind": "flatten"},
+                {"kind": "dense"},
+            ]
+        },
+    },
+}
+BN_SYNC = "bn-r2-sync"  # K = 1, every layer synchronised: the single-device twin's statistics
+
+
+def bn_spec(case: str, dtype: str = "float64") -> Spec:
+    """The batch_norm split-step spec of BN_CASES[case] (the DP base: SGD with momentum, dropout, weight decay)."""
+    sections = {key: dict(value) for key, value in _DP_BASE.items()}
+    sections["model"] = {"layers": _BN_DENSE}
+    for key, value in BN_CASES[case].items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return make_spec(dtype=dtype, **sections)
+
+
 def dp_jobs() -> dict[tuple[str, ...], Spec]:
     """The runs tests/dp_acceptance.py compares, by key: ("split", case, dtype, reduction) and its ("twin", case,
-    dtype) (common.distributed.single_device), float64 for every DP case and reduction, float32 for DP_FLOAT32; and
-    ("native", case), each case in native mode."""
+    dtype) (common.distributed.single_device), float64 for every DP case and reduction, float32 for DP_FLOAT32;
+    ("native", case), each case in native mode; ("bn", case, "float64") for every BN case, BN_SYNC's float32 run
+    and ("bn-twin", BN_SYNC, dtype) twins, and ("bn-native", case)."""
     jobs = {("split", c, "float64", r): dp_spec(c, "float64", r) for c in DP_CASES for r in DP_REDUCTIONS}
     jobs |= {("twin", c, "float64"): single_device(dp_spec(c)) for c in DP_CASES}
     jobs |= {("split", c, "float32", "global_mean"): dp_spec(c, "float32") for c in DP_FLOAT32}
     jobs |= {("twin", c, "float32"): single_device(dp_spec(c, "float32")) for c in DP_FLOAT32}
     jobs |= {("native", c): dataclasses.replace(dp_spec(c), mode="native") for c in DP_CASES}
+    jobs |= {("bn", c, "float64"): bn_spec(c) for c in BN_CASES}
+    jobs |= {("bn-twin", BN_SYNC, d): single_device(bn_spec(BN_SYNC, d)) for d in ("float64", "float32")}
+    jobs |= {("bn", BN_SYNC, "float32"): bn_spec(BN_SYNC, "float32")}
+    jobs |= {("bn-native", c): dataclasses.replace(bn_spec(c), mode="native") for c in BN_CASES}
     return jobs
 
 

@@ -136,11 +136,15 @@ BAD_SPECS = {
     "bad_batch_meaning": ("[distributed]\nbatch = 'local'\n", "distributed.batch"),
     "split_fused": ("execution = 'fused'\n[batching]\naccumulate = 2\n", "batching.accumulate"),
     "split_sequences": (SEQ + "[distributed]\nreplicas = 2\n", "distributed.replicas"),
-    "split_batch_norm": (
+    "split_batch_norm_ragged": (  # digits: 1437 training rows, S = 2·32 = 64 leaves a ragged last step
         IMG
-        + "[batching]\naccumulate = 2\n"
+        + "[batching]\naccumulate = 2\nlast_batch = 'keep'\n"
         + _cnn("{kind = 'flatten'}", "{kind = 'batch_norm'}", tail="{kind = 'dense'}"),
-        "model.layers[1].kind",
+        "batching.last_batch",
+    ),
+    "batch_norm_sync_not_bool": (
+        IMG + _cnn("{kind = 'batch_norm', sync = 'yes'}"),
+        "model.layers[0].sync",
     ),
     "replicas_beyond_rows": (
         "[data]\nname = 'doughnuts'\n[data.params]\nn = 20\n[distributed]\nreplicas = 32\nbatch = 'per_replica'\n",

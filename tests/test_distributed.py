@@ -5,15 +5,16 @@ mean-of-means cause line. Numpy only."""
 import numpy as np
 import pytest
 
+from backends.numpy_backend import data as pipeline
 from backends.numpy_backend.adapter import NumpyOracle
 from benchmarks.report import against_single_lines
 from benchmarks.single import against_single
 from common.batching import Batch
 from common.datasets import load_dataset
 from common.distributed import Layout, ragged_steps, single_device
-from common.driver import EpochRun, train
+from common.driver import EpochRun, canonical_init, check_plan, train
 from common.tolerance import tolerance_for
-from tests.support import dp_spec, make_spec, max_rel_gap, run_in_process
+from tests.support import BN_SYNC, bn_spec, dp_spec, make_spec, max_rel_gap, run_in_process
 
 
 def test_layout_global_and_per_replica_batches():
@@ -67,6 +68,35 @@ def test_the_oracle_split_equals_its_single_device_twin(case):
     spec = dp_spec(case)
     loss, params = max_rel_gap(run_in_process("numpy", spec), run_in_process("numpy", single_device(spec)))
     assert loss <= 1e-12 and params <= 1e-12, (loss, params)
+
+
+@pytest.mark.parametrize(("case", "replicas_seen"), [("bn-r2", [0]), (BN_SYNC, [0, 1])])
+def test_the_running_statistics_are_the_first_replicas_or_the_synchronised_ones(case, replicas_seen):
+    """After one split step from the init (bn0 right after the bias-free dense layer0, momentum 0.9): mean =
+    0.1·μ and var = 0.9 + 0.1·σ²_b of h = x·W over the rows of replica 0 (sync = false) or of both (sync = true)."""
+    spec = bn_spec(case)
+    data = load_dataset(spec)
+    plan, layers = check_plan(spec, data)
+    oracle = NumpyOracle(spec)
+    oracle.prepare(spec, data, plan, layers, canonical_init(spec, data))
+    weight = oracle.params["layer0.weight"].copy()
+    batch = plan.batches(0)[0]
+    parts = oracle.layout.split(batch)
+    h = np.concatenate([pipeline.rows(spec, data, "train", parts[r][0]).x for r in replicas_seen]) @ weight
+    oracle._split_step(1, batch)
+    assert np.allclose(oracle.params["bn0.mean"], 0.1 * h.mean(axis=0), rtol=1e-12, atol=0)
+    assert np.allclose(oracle.params["bn0.var"], 0.9 + 0.1 * h.var(axis=0), rtol=1e-12, atol=0)
+
+
+def test_synchronised_batch_norm_equals_the_twin_and_per_replica_does_not():
+    sync = max_rel_gap(
+        run_in_process("numpy", bn_spec(BN_SYNC)), run_in_process("numpy", single_device(bn_spec(BN_SYNC)))
+    )
+    assert max(sync) <= 1e-12, sync
+    apart = max_rel_gap(
+        run_in_process("numpy", bn_spec("bn-r2")), run_in_process("numpy", single_device(bn_spec("bn-r2")))
+    )
+    assert apart[0] > 1e-6 and apart[1] > 1e-6, apart  # statistics over 8 rows, not 16
 
 
 def test_mean_of_means_differs_right_after_each_ragged_step():

@@ -50,31 +50,35 @@ class NumpyOracle:
         return None if masks is None else [m.astype(np.float64) for m in masks]
 
     def _split_step(self, step: int, batch) -> tuple[float, list[list[np.ndarray]]]:
-        """One optimizer step over the parts of common.distributed.Layout.split, serially: the parts' gradients
-        of Σ w·ℓ · s (Layout.part_scales, an engine that sums: A = 1) added, one optimizer step. The penalty
-        terms are the optimizer's (CanonicalOptimizer), once per step; native mode draws each part's dropout from
-        the oracle's own stream. Returns the step's loss Σ w·ℓ / Σ w and the ids each part was fed (real rows only
-        in native mode, as native steps list them)."""
+        """One optimizer step over the parts of common.distributed.Layout.split, serially: per micro-batch one pass
+        over its replicas' rows (each row's replica in `groups`: batch_norm's per-replica statistics), the gradient
+        of Σ w·ℓ·s (Layout.part_scales, an engine that sums: A = 1, s the row's part's) added over the micro-batches,
+        then one optimizer step. The penalty terms are the optimizer's (CanonicalOptimizer), once per step; native
+        mode draws the dropout masks from the oracle's own stream. Returns the step's loss Σ w·ℓ / Σ w and the ids
+        each part was fed (real rows only in native mode, as native steps list them)."""
         layout = self.layout
         parts = layout.split(batch)
         masks = self._shared_masks(step, layout.step_rows)
         scales = layout.part_scales([[p.weights.sum() for p in replica] for replica in parts], averaged=1)
         grads, loss_sum = {}, 0.0
-        for r, replica in enumerate(parts):
-            for k, part in enumerate(replica):
-                rows = pipeline.rows(self.spec, self.data, "train", part)
-                total = max(float(part.weights.sum()), 1.0)
-                loss, part_grads = self.model.loss_and_grads(
-                    self.params,
-                    rows.x,
-                    rows.y,
-                    rows.weights,
-                    None if masks is None else [m[layout.rows(r, k)] for m in masks],
-                    self.native_rng,
-                )
-                loss_sum += loss * total
-                for name, g in part_grads.items():  # ∇(Σ w·ℓ · s) = ∇(mean) · max(Σ w, 1) · s
-                    grads[name] = grads.get(name, 0.0) + g * (total * scales[r, k])
+        for k in range(layout.accumulate):
+            rows = [pipeline.rows(self.spec, self.data, "train", replica[k]) for replica in parts]
+            x, y, w = (np.concatenate([getattr(r, name) for r in rows]) for name in ("x", "y", "weights"))
+            groups = np.repeat(np.arange(layout.replicas), layout.shard)
+            micro = slice(k * layout.micro, (k + 1) * layout.micro)
+            losses, micro_grads = self.model.weighted_grads(
+                self.params,
+                x,
+                y,
+                w * scales[groups, k],
+                w > 0,
+                None if masks is None else [m[micro] for m in masks],
+                self.native_rng,
+                groups,
+            )
+            loss_sum += float(np.sum(losses * w))
+            for name, g in micro_grads.items():
+                grads[name] = grads.get(name, 0.0) + g
         self.optimizer.step(self.params, grads)
         fed = [[p.ids if self.exact else p.real_ids for p in replica] for replica in parts]
         return loss_sum / max(float(batch.weights.sum()), 1.0), fed

@@ -32,11 +32,13 @@ class Flow:
     """What travels with the activations through one pass: the dropout masks of a training pass (one per dropout
     layer, exact mode) or the RNG its dropout layers draw from (native mode), neither in evaluation; the real rows
     of a training batch (bool (B,), weights > 0; None: evaluation, batch_norm uses its running statistics); the
-    token mask μ (B, T) float64 that the embedding sets; the state a training pass updated, by canonical name."""
+    replica of each row of a split step's micro-batch (int (B,), or None; batch_norm's groups); the token mask μ
+    (B, T) float64 that the embedding sets; the state a training pass updated, by canonical name."""
 
     masks: list[np.ndarray] | None = None
     rng: np.random.Generator | None = None
     real: np.ndarray | None = None
+    groups: np.ndarray | None = None
     mu: np.ndarray | None = None
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -54,10 +56,12 @@ class Stack:
         masks: list[np.ndarray] | None = None,
         rng: np.random.Generator | None = None,
         real: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list]:
-        """Logits and the caches of every layer. A training pass gives its real rows (`real`) and updates the
-        batch_norm state in `params` after the forward; no masks, no rng and no real rows: evaluation."""
-        flow, caches = Flow(masks, rng, real), []
+        """Logits and the caches of every layer. A training pass gives its real rows (`real`), for a split step's
+        micro-batch each row's replica (`groups`), and updates the batch_norm state in `params` after the forward;
+        no masks, no rng and no real rows: evaluation."""
+        flow, caches = Flow(masks, rng, real, groups), []
         for part in self.parts:
             x, cache = part.forward(params, x, flow)
             caches.append(cache)
@@ -82,13 +86,29 @@ class Stack:
         rng: np.random.Generator | None = None,
     ) -> tuple[float, dict[str, np.ndarray]]:
         """(Σ m·ℓ / max(Σ m, 1), its gradients by canonical name) of one training pass (module docstring)."""
-        logits, caches = self.forward(params, x, masks, rng, weights > 0)
         total = max(float(weights.sum()), 1.0)
+        losses, grads = self.weighted_grads(params, x, y, weights / total, weights > 0, masks, rng)
+        return float(np.sum(losses * weights) / total), grads
+
+    def weighted_grads(
+        self,
+        params: dict,
+        x: np.ndarray,
+        y: np.ndarray,
+        coeffs: np.ndarray,
+        real: np.ndarray,
+        masks: list[np.ndarray] | None = None,
+        rng: np.random.Generator | None = None,
+        groups: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(ℓ per row, the gradients of Σ_r coeffs_r·ℓ_r by canonical name) of one training pass over the rows
+        `real` marks real (a split step's micro-batch: `groups`, each row's replica); ∂/∂z_r = coeffs_r·(softmax(z_r)
+        − onehot(y_r))."""
+        logits, caches = self.forward(params, x, masks, rng, real, groups)
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         probs[np.arange(y.shape[0]), y] -= 1.0
-        grads = self.backward(params, caches, probs * (weights / total)[:, None])
-        return float(np.sum(cross_entropy(logits, y) * weights) / total), grads
+        return cross_entropy(logits, y), self.backward(params, caches, probs * coeffs[:, None])
 
 
 def build(layers: tuple[Layer, ...], spec: Spec) -> Stack:

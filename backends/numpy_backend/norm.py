@@ -19,6 +19,9 @@ backward:  ∂γ = Σ dy ⊙ x̂,  ∂β = Σ dy (every row and pixel),  dx̂ = 
                dx = (dx̂ − [r ∈ R]·(Σ dx̂ + x̂ ⊙ Σ dx̂ ⊙ x̂)/n) / σ̂   (sums over every row and pixel),
            so a filler row gets dx̂/σ̂ only; its dy is 0 in training (zero loss weight), which leaves the real rows'
            gradients exactly those of the batch without the filler rows.
+groups (a split step's micro-batch, flow.groups the replica of each row; common.layers.norm, "under split
+steps"): with sync = false every replica's rows are normalised, and differentiated, as a batch of their own, and
+the state update is the first replica's (group 0); with sync = true, or without groups, the rows are one batch.
 """
 
 from __future__ import annotations
@@ -49,22 +52,32 @@ class BatchNorm(Part):
         mean, var = self.layer.param("mean"), self.layer.param("var")
         if flow.real is None:
             return scale * (x - params[mean]) / np.sqrt(params[var] + self.layer.eps) + offset, None
-        real = x[flow.real].reshape(-1, x.shape[-1])
-        mu, sigma2 = real.mean(axis=0), real.var(axis=0)
-        n = values_per_channel(self.layer, int(flow.real.sum()))
-        m = self.layer.momentum
-        flow.state[mean] = m * params[mean] + (1.0 - m) * mu
-        flow.state[var] = m * params[var] + (1.0 - m) * running_var_factor("biased", self.layer.running_var, n) * sigma2
-        sigma = np.sqrt(sigma2 + self.layer.eps)
-        x_hat = (x - mu) / sigma
-        return scale * x_hat + offset, (x_hat, sigma, flow.real, n)
+        groups = np.zeros(x.shape[0], dtype=np.int64) if flow.groups is None or self.layer.sync else flow.groups
+        x_hat, caches = np.empty_like(x), []
+        for g in np.unique(groups):
+            rows = groups == g
+            real = flow.real & rows
+            values = x[real].reshape(-1, x.shape[-1])
+            mu, sigma2 = values.mean(axis=0), values.var(axis=0)
+            n = values_per_channel(self.layer, int(real.sum()))
+            sigma = np.sqrt(sigma2 + self.layer.eps)
+            x_hat[rows] = (x[rows] - mu) / sigma
+            caches.append((rows, real[rows], sigma, n))
+            if g == 0:  # the first replica's statistics update the state
+                m, f = self.layer.momentum, running_var_factor("biased", self.layer.running_var, n)
+                flow.state[mean] = m * params[mean] + (1.0 - m) * mu
+                flow.state[var] = m * params[var] + (1.0 - m) * f * sigma2
+        return scale * x_hat + offset, (x_hat, caches)
 
     def backward(self, params, cache, dy):
-        x_hat, sigma, real, n = cache
+        x_hat, caches = cache
         axes = tuple(range(dy.ndim - 1))
         d_hat = dy * params[self.layer.param("scale")]
-        centre = (d_hat.sum(axis=axes) + x_hat * (d_hat * x_hat).sum(axis=axes)) / n
-        dx = (d_hat - real.reshape(-1, *[1] * (dy.ndim - 1)) * centre) / sigma
+        dx = np.empty_like(dy)
+        for rows, real, sigma, n in caches:
+            d, h = d_hat[rows], x_hat[rows]
+            centre = (d.sum(axis=axes) + h * (d * h).sum(axis=axes)) / n
+            dx[rows] = (d - real.reshape(-1, *[1] * (dy.ndim - 1)) * centre) / sigma
         return dx, {
             self.layer.param("scale"): (dy * x_hat).sum(axis=axes),
             self.layer.param("offset"): dy.sum(axis=axes),

@@ -153,7 +153,7 @@ def stack(spec: Spec, n_in: int | tuple[int, ...], n_classes: int) -> tuple[Laye
             fields = {"shape": (new_width,) if out_flow == FEATURES else ()}
         own = {
             key: filled[key]
-            for key in ("activation", "rate", "eps", "momentum", "running_var", "bias")
+            for key in ("activation", "rate", "eps", "momentum", "running_var", "sync", "bias")
             if key in filled
         }
         out.append(Layer(kind.kind, k, number, name, width, new_width, flow=flow, in_shape=shape, **own, **fields))

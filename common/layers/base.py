@@ -27,7 +27,8 @@ class Layer:
     (H, W, C) for images, () for tokens and sequences. `flow` is what it reads (FEATURES, IMAGES, ...).
     Image kinds: `kernel` (conv kernel or pool window, square), `stride`, `padding` ("same" | "valid") and `pads`,
     the (top, bottom, left, right) zero padding "same" resolves to (common.layers.image.same_pads);
-    batch_norm: `momentum` (decay convention), `running_var` ("biased" | "unbiased"); dense and conv2d: `bias`
+    batch_norm: `momentum` (decay convention), `running_var` ("biased" | "unbiased"), `sync` (statistics over all
+    replicas of a split step, common.layers.norm); dense and conv2d: `bias`
     (False: no bias parameter, the idiom before a batch_norm). Unused keys are defaults.
     """
 
@@ -49,6 +50,7 @@ class Layer:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
     momentum: float = 0.0
     running_var: str = "biased"
+    sync: bool = False
     bias: bool = True
 
     def param(self, suffix: str) -> str:

@@ -17,6 +17,22 @@ batch_norm:  per channel c (the last axis: features (B, F) or images (B, H, W, C
              trained nor regularized. Keys: momentum m ∈ [0, 1) (default 0.9, torch's 0.1), eps > 0 (default
              model.norm_eps), running_var (default "biased"). Batch statistics need n ≥ 2 values per channel
              (`check_batch_statistics`): torch raises on one row, and σ²_b of one value is 0.
+batch_norm under split steps (common.distributed.Layout: R replicas, K micro-batches; docs/design.md, "Data
+             parallelism and accumulation"), key `sync` (default false):
+               statistics: each part (replica r, micro-batch k: its c rows) is normalised with its own batch
+                 statistics (sync = false: torch BatchNorm under DDP, Keras under MirroredStrategy, flax without
+                 axis_name under shard_map), or with those of micro-batch k's G rows over all R replicas (sync =
+                 true: nn.SyncBatchNorm, Keras `synchronized=True`, flax `axis_name`); with R = 1 both are the
+                 micro-batch's. The gradient flows through the statistics the part was normalised with.
+               running statistics: one update per micro-batch (K per optimizer step, in micro-batch order) from
+                 the statistics it was normalised with: sync = true, the micro-batch's (n = G·H·W values per
+                 channel); sync = false, the FIRST replica's (n = c·H·W): DDP broadcasts rank 0's buffers before a
+                 synchronised forward, a Keras moving statistic under MirroredStrategy is a MirroredVariable whose
+                 replicas' copies each take their own assign and which reads its first copy; the flax port keeps
+                 device 0's `batch_stats`. (flax's examples average the replicas' instead: trap bn_replica_stats.)
+               Every part of every step is full (no filler rows), else common.distributed.check_batch_norm refuses
+               the plan: a padded or ragged step would give the parts unequal or no rows, and Keras's synchronized
+               moments take no mask.
 """
 
 from __future__ import annotations
@@ -51,6 +67,7 @@ class BatchNorm(LayerKind):
         "momentum": Key(float, 0.9, lambda v: None if 0.0 <= v < 1.0 else "must be in [0.0, 1.0)"),
         "eps": Key(float, None, lambda v: None if 0.0 < v < 1.0 else "must be in (0.0, 1.0)"),
         "running_var": Key(str, "biased", lambda v: None if v in RUNNING_VAR else "must be one of biased, unbiased"),
+        "sync": Key(bool, False),
     }
     params = {
         "scale": Param(lambda layer: (layer.width,), kernel=False),
