@@ -337,7 +337,7 @@ def test_image_batches_go_through_the_dataloader_in_nhwc(dtype, last_batch):
     assert len(batches) == len(plan.batches(0)) == 206
     for rows, planned in zip(batches, plan.batches(0), strict=True):
         assert rows.x.shape == (planned.rows, 8, 8, 1) and rows.x.dtype == getattr(torch, dtype)
-        np.testing.assert_array_equal(rows.x.numpy(), data.train_x[planned.ids].astype(dtype))
+        np.testing.assert_array_equal(rows.x.cpu().numpy(), data.train_x[planned.ids].astype(dtype))
         assert rows.real == (None if planned.n_real == planned.rows else planned.n_real)
     assert batches[-1].x.shape[0] == (7 if last_batch == "pad" else 3)
     assert batches[-1].real == (3 if last_batch == "pad" else None)
