@@ -14,7 +14,7 @@ records say they did, not the numbers:
   gradient is rounding noise, which Adam divides by its own √v̂ into lr-sized steps (docs/design.md, "Images and
   BatchNorm");
 - the split-step causes (common.split_causes): `mean-of-means`, `average-loss-global-batch`, `sampler-padding`,
-  `sampler-same-order`;
+  `sampler-same-order`, `batch-norm-statistics`;
 - `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
   then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
   step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of

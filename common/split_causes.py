@@ -11,7 +11,10 @@ common.native.split_idiom row; `steps[].shards`; `steps[].batch_ids`), for commo
 - `sampler-padding`: one record's epochs feed more rows than the training split (torch DistributedSampler pads to
   ⌈N/R⌉·R by repeating rows), so the repeated rows weigh double in that epoch;
 - `sampler-same-order`: one record trains two epochs in the same row order with shuffling on
-  (DistributedSampler without `set_epoch`).
+  (DistributedSampler without `set_epoch`);
+- `batch-norm-statistics`: a batch_norm layer normalises over different rows in the two records' specs
+  (`statistics_rows`: a part's c rows per replica, a micro-batch's G when synchronised, the step's S on one device),
+  so their forward passes differ from step 1 on (common.layers.norm, "under split steps").
 """
 
 from __future__ import annotations
@@ -145,9 +148,39 @@ def _sampler_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     return out
 
 
+def statistics_rows(spec: dict) -> dict[str, int]:
+    """Per batch_norm layer (`model.layers[i]`), the rows a training step normalises together under a record's
+    spec (a spec dict): G/R per replica (sync = false), G (sync = true), G = batch_size or R·batch_size."""
+    replicas, size = spec["distributed"]["replicas"], spec["batching"]["batch_size"]
+    micro = size if spec["distributed"]["batch"] == "global" else replicas * size
+    return {
+        f"model.layers[{i}]": micro if table.get("sync", False) else micro // replicas
+        for i, table in enumerate(spec["model"]["layers"])
+        if table.get("kind") == "batch_norm"
+    }
+
+
+def _statistics_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    rows_a, rows_b = statistics_rows(rec_a["spec"]), statistics_rows(rec_b["spec"])
+    apart = [key for key in rows_a if key in rows_b and rows_a[key] != rows_b[key]]
+    if not apart:
+        return []
+    key = apart[0]
+    why = (
+        f"batch_norm {key} normalises {a}'s training rows in groups of {rows_a[key]} and {b}'s in groups of "
+        f"{rows_b[key]} (per replica and micro-batch, unless sync = true pools the replicas): their forward passes "
+        "differ from step 1; fix: sync = true and accumulate = 1 give the single-device statistics"
+    )
+    return [{"a": a, "b": b, "trap": "batch-norm-statistics", "why": why}]
+
+
 def split_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     """The split-step causes (module docstring) that separate records `a` and `b`; none unless one of them split
     its steps (has a `split` row)."""
     if "split" not in rec_a and "split" not in rec_b:
         return []
-    return _reduction_cause(a, b, rec_a, rec_b) + _sampler_causes(a, b, rec_a, rec_b)
+    return (
+        _reduction_cause(a, b, rec_a, rec_b)
+        + _sampler_causes(a, b, rec_a, rec_b)
+        + _statistics_cause(a, b, rec_a, rec_b)
+    )

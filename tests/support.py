@@ -422,7 +422,7 @@ BN_CASES = {  # batch_norm under split steps: every step full (common.distribute
                 {"kind": "dense", "units": 8, "bias": False},
                 {"kind": "batch_norm", "sync": True, "momentum": 0.8, "running_var": "unbiased"},
                 {"kind": "tanh"},
-                {"kind": "dense", "units": 6},
+                {"kind": "dense", "units": 6, "bias": False},
                 {"kind": "batch_norm", "momentum": 0.7},
                 {"kind": "relu"},
                 {"kind": "dense"},

@@ -83,3 +83,20 @@ def test_ddp_part_means_against_a_global_mean_on_a_ragged_step():
     jax = _record(_steps([[[0, 1, 2, 3], [4, 5]]], first_only), split=SPLIT_IDIOMS["jax"])
     assert _traps({"torch": torch, "jax": jax}) == ["mean-of-means"]
     assert _traps({"torch": torch, "torch2": torch}) == []
+
+
+def test_batch_norm_statistics_over_other_rows_are_named():
+    from common.distributed import single_device
+    from tests.support import BN_SYNC, bn_spec
+
+    def rec(spec):  # a split record carries its `split` row (common.native.split_idiom), the twin none
+        split = split_idiom(spec, "torch")
+        return {"spec": spec.to_dict(), "steps": [], "epochs": [], **({"split": split} if split else {})}
+
+    per_replica = bn_spec("bn-r2")  # 16-row global batch over 2 replicas: bn0 normalises 8 rows at a time
+    causes = explain({"torch": (rec(per_replica), {}), "torch-single": (rec(single_device(per_replica)), {})})
+    (cause,) = [c for c in causes if c["trap"] == "batch-norm-statistics"]
+    assert "model.layers[1]" in cause["why"] and "groups of 8" in cause["why"] and "groups of 16" in cause["why"]
+    synced = bn_spec(BN_SYNC)  # the 16 rows pooled: the twin's statistics
+    both = {"torch": (rec(synced), {}), "torch-single": (rec(single_device(synced)), {})}
+    assert not [c for c in explain(both) if c["trap"] == "batch-norm-statistics"]

@@ -27,6 +27,15 @@ micro-steps // K) is not used: its update sits in an `ops.cond` whose all-reduce
 MirroredStrategy refuses inside control flow under tf.function. The recorded loss is strategy.reduce(SUM) of
 Σ w·ℓ over that of Σ w; `shards` are the ids each replica returns.
 
+BatchNorm (common.layers.norm, "under split steps"). Every part is full (common.distributed.check_batch_norm), so a
+part's forward pass gives its batch_norm layers no real-row mask (backends.tf_backend.norm): each replica's c rows
+are one batch (sync = false), or Keras's `synchronized=True` all-reduces the moments over the R replicas (sync =
+true). Each micro-batch's forward pass updates the moving statistics, K updates per step. They are
+MirroredVariables (aggregation NONE, synchronization ON_WRITE): in `strategy.run` each replica's assign writes its
+own copy, so the copies follow their replicas' chains (sync = false) or agree (sync = true), and a cross-replica
+read (evaluation, `parameters`) gives the copy on the current device, CPU:0, replica 0's
+(tensorflow/python/distribute/values.py, `_get_on_device_or_primary`): the canonical first replica's chain.
+
 Native mode (`NativeSplit`; common.native.SPLIT_IDIOMS["tf"]: global_batch, global_batch, loss_over_k): what a
 port writes. The native tf.data pipeline (`shuffle(N, seed, reshuffle_each_iteration=True)`, `.batch(G)`,
 `drop_remainder` under "drop") goes once through `strategy.experimental_distribute_dataset`, whose rebatching
@@ -44,10 +53,12 @@ so replica r's i-th row meets the mask of every other replica's i-th row. An epo
 global batches (⌈N/G⌉, drop: ⌊N/G⌋), not the plan's; a step records the rows fed (micro-batch by micro-batch,
 replica by replica), their loss Σℓ / n, and `shards` [replica][micro-batch] over the micro-batches it ran.
 
-Execution. eager: the step under tf.function. compiled: each replica's K forward/backward passes under
-`jit_compile=True`, the all-reduce and the update outside XLA, since MirroredStrategy keeps merge_call on CPU
+Execution. eager: the step under tf.function, each replica's passes traced into it (a nested tf.function cannot
+hold a synchronised batch_norm's all-reduce, a merge_call). compiled: each replica's K forward/backward passes
+under `jit_compile=True`, the all-reduce and the update outside XLA, since MirroredStrategy keeps merge_call on CPU
 devices and an XLA cluster cannot reach a mirrored variable's other devices (a whole-step XLA function fails with
-"Trying to access resource ... located in device CPU:1 from device CPU:0").
+"Trying to access resource ... located in device CPU:1 from device CPU:0"); a synchronised batch_norm over R > 1
+replicas would put its all-reduce inside the XLA function, and is refused (`check_compiled`).
 
 Past one machine: set TF_CONFIG ({"cluster": {"worker": [hosts]}, "task": {"type": "worker", "index": i}}) on each
 host and use `tf.distribute.MultiWorkerMirroredStrategy()` in place of `strategy(R)`; the dataset function already
@@ -64,6 +75,7 @@ import tensorflow as tf
 
 from common.distributed import Layout
 from common.driver import EpochRun
+from common.layers import Layer
 
 AVERAGED = 1  # A: apply_gradients sums the replicas' gradients, each replica sums its K micro-batches
 
@@ -102,18 +114,33 @@ def by_part(layout: Layout, rows: np.ndarray) -> np.ndarray:
     )
 
 
+def check_compiled(layout: Layout, layers: tuple[Layer, ...], execution: str) -> None:
+    """Refuse compiled execution with a synchronised batch_norm over R > 1 replicas (module docstring,
+    "Execution"): ValueError naming the layer."""
+    synced = [layer for layer in layers if layer.kind == "batch_norm" and layer.sync]
+    if execution == "compiled" and layout.replicas > 1 and synced:
+        raise ValueError(
+            f"tf: execution = 'compiled' XLA-compiles each replica's forward and backward passes, and batch_norm "
+            f"{synced[0].name} (model.layers[{synced[0].index}], sync = true) all-reduces its moments over the "
+            f"{layout.replicas} replicas inside them, a MirroredStrategy merge_call that cannot run in a nested "
+            "tf.function; use execution = 'eager'"
+        )
+
+
 class Replicas:
     """What both split-step runners share, `run(epoch, first_step) -> EpochRun` with shards: per replica
     (`strategy.run`), one GradientTape per micro-batch, the gradients summed in the replica, then one
     `apply_gradients`, which all-reduces them with SUM (A = 1) and updates once; the step's loss is
     strategy.reduce(SUM) of Σ w·ℓ over that of Σ w. A runner gives `micro_batches(parts)` (one replica's input →
     its micro-batches), `objective(part)` (→ the loss to differentiate, Σ w·ℓ, Σ w) and `fed(parts)` (the ids).
-    The model and optimizer were built under `strategy.scope()`; compiled XLA-compiles each replica's passes."""
+    The model and optimizer were built under `strategy.scope()`; compiled XLA-compiles each replica's passes,
+    eager traces them into the step."""
 
     def __init__(self, strategy, layout: Layout, model, optimizer, pipeline, execution: str):
+        check_compiled(layout, model.canonical, execution)
         self.strategy, self.layout, self.model, self.optimizer = strategy, layout, model, optimizer
         self.pipeline = pipeline
-        self.gradients = tf.function(self._gradients, jit_compile=execution == "compiled")
+        self.gradients = tf.function(self._gradients, jit_compile=True) if execution == "compiled" else self._gradients
         self.step = tf.function(self._step)
 
     def _gradients(self, parts):
@@ -144,8 +171,9 @@ class Replicas:
 
 class Split(Replicas):
     """Exact mode: replica r is fed the parts [r][k] of the plan's split (module docstring, "Input"), each part's
-    objective Σ w·ℓ · s_k + (A / P) · Σ model.losses. `loss_fn(y, logits, sample_weight=w)` is Σ w·ℓ (Keras
-    reduction "sum"); `masks` the shared masks (backends.tf_backend.execution.Masks)."""
+    objective Σ w·ℓ · s_k + (A / P) · Σ model.losses, its forward pass without real-row flags (module docstring,
+    "BatchNorm"). `loss_fn(y, logits, sample_weight=w)` is Σ w·ℓ (Keras reduction "sum"); `masks` the shared masks
+    (backends.tf_backend.execution.Masks)."""
 
     def __init__(self, strategy, layout: Layout, model, optimizer, pipeline, execution: str, loss_fn, masks):
         super().__init__(strategy, layout, model, optimizer, pipeline, execution)
@@ -160,7 +188,7 @@ class Split(Replicas):
 
     def objective(self, part: dict):
         w = part["weights"]
-        logits = self.model(part["x"], masks=part["masks"] or None, real=w > 0, training=True)
+        logits = self.model(part["x"], masks=part["masks"] or None, training=True)
         weighted = self.loss_fn(part["y"], logits, sample_weight=w)
         penalty = self.layout.penalty_scale(AVERAGED) * sum(self.model.losses)
         return weighted * part["scales"] + penalty, weighted, tf.reduce_sum(w)

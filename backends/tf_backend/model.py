@@ -3,12 +3,13 @@
 
 `build` makes each `common.layers.Layer` the Keras layer of its family's LAYERS (core, norm, image, sequence) and
 `Stack` calls them in order: Keras itself carries the Embedding's token mask to the layer that consumes it, the i-th
-exact-mode dropout layer multiplies the i-th shared mask (common.dropout), and in training each exact-mode
-batch_norm gets the batch's real rows (w > 0) as its Keras mask (backends.tf_backend.norm). Every Keras layout
-equals the canonical one (Dense kernel (in, out), Conv2D kernel (k, k, in, out) on NHWC, Embedding (vocab, dim),
-SimpleRNN kernel (dim, units), LayerNormalization and BatchNormalization gamma/beta, BatchNormalization moving
-mean/variance), so `load_canonical` / `to_canonical` assign and read without transposes; the moving statistics
-are the state (common.layers.is_state) among those variables, loaded and read like the parameters.
+exact-mode dropout layer multiplies the i-th shared mask (common.dropout), and in single-device training each
+exact-mode batch_norm gets the batch's real rows (w > 0) as its Keras mask (backends.tf_backend.norm; the full parts
+of a split step pass none). Every Keras layout equals the canonical one (Dense kernel (in, out), Conv2D kernel
+(k, k, in, out) on NHWC, Embedding (vocab, dim), SimpleRNN kernel (dim, units), LayerNormalization and
+BatchNormalization gamma/beta, BatchNormalization moving mean/variance), so `load_canonical` / `to_canonical` assign
+and read without transposes; the moving statistics are the state (common.layers.is_state) among those variables,
+loaded and read like the parameters.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ VARIABLES = {**core.VARIABLES, **norm.VARIABLES, **image.VARIABLES, **sequence.V
 
 class Stack(keras.Model):
     """The stack's Keras layers called in order; `masks`: the shared dropout masks, `real`: the batch's real-row
-    flags (B,) for the batch_norm statistics (both exact mode, training)."""
+    flags (B,) for the batch_norm statistics (both exact mode, training; `real` single-device only)."""
 
     def __init__(self, layers: tuple[Layer, ...], build: core.Build):
         super().__init__(name="stack", dtype=build.dtype)

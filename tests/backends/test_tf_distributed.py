@@ -3,7 +3,9 @@ accumulation inside each replica against the numpy oracle's serial split and aga
 single-device twin (common.distributed.single_device), both reductions, the shards each replica was fed, compiled
 execution, and the two tf.nn helpers exact mode does not use on a ragged step. Native mode (common.native
 SPLIT_IDIOMS["tf"]): tf.data's global batches rebatched by tf.distribute, measured from the records, and the port's
-`compute_average_loss(global_batch_size=G) / K` in the replica's code path.
+`compute_average_loss(global_batch_size=G) / K` in the replica's code path. batch_norm under split steps: the
+evaluation reads replica 0's moving statistics, and compiled execution refuses a synchronised batch_norm over
+replicas.
 
 The runs train in one worker process (`python -m backends.worker`, which reserves the logical devices first)."""
 
@@ -13,11 +15,15 @@ import numpy as np
 import pytest
 
 from common.batching import Batch
+from common.datasets import load_dataset
 from common.distributed import Layout
+from common.driver import model_layers
 from common.native import SPLIT_IDIOMS
 from tests.dp_acceptance import *  # noqa: F403  (the shared acceptance tests, collected on this module's `runs`)
 from tests.support import (
+    BN_CASES,
     DP_CASES,
+    bn_spec,
     dp_jobs,
     dp_spec,
     installed,
@@ -197,3 +203,32 @@ def test_native_replica_gradients_divide_a_ragged_micro_batch_by_g_times_k():
     for got, g_ce, g_penalty in zip(grads, tape.gradient(ce, variables), penalties, strict=True):
         want = g_ce / 16 + (0.0 if g_penalty is None else g_penalty / 4)
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("case", sorted(BN_CASES))
+def test_batch_norm_evaluation_reads_the_first_replicas_statistics(runs, case):
+    """Each epoch's evaluation (train and test losses, with the moving statistics) matches the oracle's ≤ 1e-9: a
+    cross-replica read of a moving statistic gives replica 0's copy, the canonical first replica's chain (under
+    sync = false the replicas' copies differ)."""
+    got, want = runs[("bn", case, "float64")][0]["epochs"], run_in_process("numpy", bn_spec(case))[0]["epochs"]
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        for key in ("train_loss", "test_loss"):
+            assert abs(a[key] - b[key]) <= 1e-9 * abs(b[key]), (case, a["epoch"], key, a[key], b[key])
+
+
+def test_compiled_refuses_a_synchronised_batch_norm_over_replicas():
+    """Its all-reduce would sit in each replica's XLA function: refused for R > 1; eager, one replica, or
+    per-replica statistics run."""
+    from backends.tf_backend.distributed import check_compiled
+
+    def layers(case):
+        spec = bn_spec(case)
+        return model_layers(spec, load_dataset(spec))
+
+    r2 = Layout.from_spec(bn_spec("bn-r2-sync"))
+    with pytest.raises(ValueError, match=r"batch_norm bn0 \(model.layers\[1\], sync = true\).*execution = 'eager'"):
+        check_compiled(r2, layers("bn-r2-sync"), "compiled")
+    check_compiled(r2, layers("bn-r2-sync"), "eager")
+    check_compiled(Layout(accumulate=2, micro=8), layers("bn-r2-sync"), "compiled")
+    check_compiled(r2, layers("bn-r2"), "compiled")
