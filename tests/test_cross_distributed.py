@@ -65,3 +65,16 @@ def test_a_native_data_parallel_port_names_its_split_traps(tmp_path):
     assert ("numpy", "torch", "sampler-padding") in causes
     assert ("numpy", "tf", "average-loss-global-batch") in causes
     assert not any(trap == "mean-of-means" for *_, trap in causes)  # the padded sampler gives torch equal parts
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_batch_norm_over_replicas_against_one_device(tmp_path, sync):
+    """iris on R = 2 with a batch_norm layer, full steps: per-replica statistics (8 rows) part from one device's
+    (16 rows) from step 1 and the cause line says why; synchronised ones equal it on every backend."""
+    norm = '{kind="batch_norm", sync=' + str(sync).lower() + "}"
+    layers = f'model.layers=[{{kind="dense", units=8, bias=false}}, {norm}, {{kind="relu"}}, {{kind="dense"}}]'
+    proc, comparison = _run(tmp_path, layers, 'batching.last_batch="drop"')
+    assert proc.returncode == (0 if sync else 1), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert comparison["equivalent"]  # the four backends agree with each other either way
+    named = {c["a"] for c in comparison["against_single"]["causes"] if c["trap"] == "batch-norm-statistics"}
+    assert named == (set() if sync else {REFERENCE, *FRAMEWORKS})

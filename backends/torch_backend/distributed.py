@@ -7,7 +7,8 @@ form, deterministic, so every rank starts identical); the rendezvous is a FileSt
 folder, so no two runs can meet. Every wait is bounded by the group's timeout (TIMEOUT_S): a rank that exits or
 stops answering ends the run with a RuntimeError naming it (`failure`), never a hang; a helper's traceback goes to
 its stderr and to `rank<r>.err` in that folder. After the last epoch the helpers leave the group and exit, and rank
-0 destroys it.
+0 destroys it. Besides DDP's gradient all-reduces and buffer broadcasts, a `sync = true` batch_norm layer
+all-reduces its statistics over the group in each training forward and backward (norm.py).
 Past one machine: launch one process per replica with torchrun (`torchrun --nnodes N --nproc-per-node M ...`), which
 sets MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE; each process then joins with `init_process_group("gloo",
 init_method="env://")` instead of `Replicas.start` / `_join`, ranks > 0 run `run_replica`'s epochs, and rank 0 runs

@@ -5,7 +5,8 @@ float32, the shards of a ragged step; a helper rank that fails, hangs or is kill
 naming it, and the rendezvous folder is removed. Native mode (common.native.SPLIT_IDIOMS, torch row): every case
 runs and records its split and shards, and the DistributedSampler idiom is measured from the record against
 torch's sampler algorithm written out here (padding to ⌈N/R⌉·R with the first rows, rank r every R-th row,
-`set_epoch`, drop_last).
+`set_epoch`, drop_last). batch_norm with sync = true beyond the shared cases (norm.py: all-reduces on the CPU):
+on images, and without a process group (R = 1, K = 2), against the oracle.
 
 The runs train in one worker process (`python -m backends.worker`), as `parity run` runs them."""
 
@@ -23,15 +24,19 @@ from pathlib import Path
 import pytest
 
 from common.distributed import Layout
+from common.spec import Spec, typed, validate
 from tests.dp_acceptance import *  # noqa: F403  (the shared acceptance tests, collected on this module's `runs`)
 from tests.support import (
     DP_CASES,
     ROOT,
+    bn_spec,
     dp_jobs,
     dp_spec,
     installed,
     make_spec,
+    max_rel_gap,
     prepared_adapter,
+    run_in_process,
     worker_records,
 )
 
@@ -54,6 +59,23 @@ def sampler_spec(last_batch: str, epochs: int):
         optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
         train={"epochs": epochs},
     )
+
+
+def synchronised(case: str, **changes: dict) -> Spec:
+    """bn_spec(case) with every batch_norm layer synchronised, then `changes` ({section: {key: value}}) applied."""
+    spec = bn_spec(case).to_dict()
+    for layer in spec["model"]["layers"]:
+        if layer["kind"] == "batch_norm":
+            layer["sync"] = True
+    for section, values in changes.items():
+        spec[section].update(values)
+    return typed(validate(spec))
+
+
+SYNC_CASES = {  # the all-reduces over (N, H, W); plain BatchNorm per micro-batch without a group
+    "img-sync": synchronised("bn-img-r2"),
+    "r1-k2-sync": synchronised("bn-r2-sync", distributed={"replicas": 1}, batching={"accumulate": 2}),
+}
 
 
 def _worker(jobs: list[dict], folder: Path, *options: str) -> subprocess.Popen:
@@ -79,10 +101,11 @@ def distributed():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs) and the native sampler runs, trained by one
-    torch worker, which leaves no rendezvous folder behind."""
+    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs), the native sampler runs and SYNC_CASES,
+    trained by one torch worker, which leaves no rendezvous folder behind."""
     base = tmp_path_factory.mktemp("torch-dp")
     jobs = dp_jobs() | {("sampler", "keep"): sampler_spec("keep", 2), ("sampler", "drop"): sampler_spec("drop", 1)}
+    jobs |= {("sync", case): spec for case, spec in SYNC_CASES.items()}
     records = worker_records("torch", jobs, base, env={"TMPDIR": str(base)})
     assert not list(base.glob(RENDEZVOUS))
     return records
@@ -145,6 +168,12 @@ def test_native_sampler_drops_the_tail_under_drop_last(runs):
     kept = SAMPLER_N // SAMPLER_R * SAMPLER_R  # ⌊121/3⌋·3 = 120
     assert sum(s["batch_size"] for s in rec["steps"]) == kept
     assert [ranks[i % SAMPLER_R][i // SAMPLER_R] for i in range(kept)] == _sampler_order(0, rec["spec"]["seed"])[:kept]
+
+
+@pytest.mark.parametrize("case", sorted(SYNC_CASES))
+def test_synchronised_batch_norm_on_images_and_without_a_group_matches_the_oracle(runs, case):
+    losses, params = max_rel_gap(runs[("sync", case)], run_in_process("numpy", SYNC_CASES[case]))
+    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
 
 
 def test_one_replica_accumulates_without_a_process_group():
