@@ -47,12 +47,15 @@ def reserve_devices(name: str, jobs: list[dict]) -> None:
         importlib.import_module(f"backends.{REGISTRY[name].package}.distributed").reserve_devices(replicas)
 
 
-def run_job(module, name: str, spec: Spec, out: Path, progress: bool) -> None:
+def run_job(module, name: str, spec: Spec, out: Path, progress: bool, write: bool = True) -> None:
+    """Train `spec` on the backend `module` and write its record into `out` (not when `write` is False: a process
+    of a multi-host run other than rank 0, backends.host)."""
     data = load_dataset(spec)
     adapter = module.make_adapter(spec)
     body = train(adapter, spec, data, progress=progress)
-    rec = record.build(name, adapter.versions(), adapter.device(), spec, body)
-    record.write(out, rec, record.arrays(body, data))
+    if write:
+        rec = record.build(name, adapter.versions(), adapter.device(), spec, body)
+        record.write(out, rec, record.arrays(body, data))
 
 
 def main(argv=None) -> int:
