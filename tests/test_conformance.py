@@ -317,6 +317,9 @@ DP_TRAPS = (
     "average_loss_global_batch",
     "replica_regularization",
     "accumulator_dtype",
+    "sync_batchnorm_cpu",
+    "bn_jit_global_batch",
+    "bn_replica_stats",
 )
 
 
@@ -348,6 +351,29 @@ def test_data_parallel_canonical_values_come_from_the_layout():
         "divisor_sample_weight": 3.0,
     }
     assert TRAPS["replica_regularization"].effect_of(TRAPS["replica_regularization"].expected)[0] == 2.0
+
+
+def test_batch_norm_split_references_and_canonical_values():
+    from common.traps.reference import split_statistics, split_statistics_name
+
+    stats = split_statistics()
+    assert stats == {
+        "first_replica": {"mean": [2.0, 2.0], "var": [2.5, 3.5]},
+        "replica_mean": {"mean": [3.0, -1.0], "var": [6.25, 8.75]},
+        "global_batch": {"mean": [3.0, -1.0], "var": [7.25, 17.75]},
+    }, "BN_SPLIT: the three readings differ, the two means agree (equal replicas)"
+    for name, s in stats.items():
+        assert split_statistics_name(s["mean"], s["var"]) == name
+    assert split_statistics_name([2.0, 2.0], [2.5, 3.5], replica_0="per_replica") == "per_replica"
+    assert split_statistics_name([2.0, 2.0], [10 / 3, 14 / 3]) == "other", "an unbiased variance is not replica 0's"
+    assert TRAPS["sync_batchnorm_cpu"].canonical == {"cpu_training": "runs"}
+    assert TRAPS["bn_jit_global_batch"].canonical == {"statistics": "per_replica"}, "the spec's sync default: false"
+    assert TRAPS["bn_replica_stats"].canonical == {"kept": "first_replica"}
+    jax = TRAPS["bn_jit_global_batch"].expected["jax"]
+    assert jax["running_mean"] == stats["global_batch"]["mean"]
+    assert jax["per_replica_means"][0] == stats["first_replica"]["mean"]
+    assert TRAPS["bn_replica_stats"].expected["jax"]["replica_average_mean"] == stats["replica_mean"]["mean"]
+    assert TRAPS["bn_jit_global_batch"].effect_of(TRAPS["bn_jit_global_batch"].expected)[0] > 1.0
 
 
 # ------------------------------------------------------------------------------------- the matrix builder

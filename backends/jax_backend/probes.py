@@ -31,6 +31,8 @@ from common.traps.inputs import (
     BN_INPUT,
     BN_MASK,
     BN_MOMENTUM,
+    BN_REPLICAS,
+    BN_SPLIT,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
@@ -45,6 +47,7 @@ from common.traps.reference import (
     conv2d_reference,
     named_match,
     pool_reference,
+    split_statistics_name,
     window_pads,
 )
 
@@ -641,6 +644,99 @@ def accumulator_dtype() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ BatchNorm under split steps
+def _split_bn(**kwargs):
+    """A float64 nn.BatchNorm in training with momentum=0.0 (batch_stats ← the batch's statistics) and float64
+    batch_stats (force_float32_reductions=False)."""
+    return _bn(momentum=0.0, force_float32_reductions=False, **kwargs)
+
+
+def _split_stats(how: str) -> tuple[np.ndarray, np.ndarray]:
+    """The batch_stats (mean, var) one training call leaves on BN_SPLIT's replicas, on the CPU (x64 on): "jit" a
+    jitted call over the whole (R·c, F) batch, as a jitted data-parallel step sees it whatever the sharding (shape
+    (1, F)); "vmap" per replica, jax.vmap over (R, c, F) without axis_name ((R, F)); "axis_name" the same with
+    nn.BatchNorm(axis_name="r") and vmap(axis_name="r") (synchronised); "pmean" the "vmap" statistics then
+    averaged over the replicas with lax.pmean, as flax's examples' cross_replica_mean does. Each variant is one
+    small jitted program (an eager vmap dispatches op by op: seconds in all)."""
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        x = jnp.asarray(BN_SPLIT, jnp.float64)
+        parts = x.reshape(BN_REPLICAS, -1, x.shape[1])
+        layer = _split_bn(axis_name="r" if how == "axis_name" else None)
+        ones, zeros = jnp.ones(x.shape[1], jnp.float64), jnp.zeros(x.shape[1], jnp.float64)
+        # nn.BatchNorm's init values (scale 1, bias 0, mean 0, var 1), built directly: an eager init costs ~0.2 s
+        variables = {"params": {"scale": ones, "bias": zeros}, "batch_stats": {"mean": zeros, "var": ones}}
+
+        def apply(v):
+            return layer.apply(variables, v, mutable=["batch_stats"])[1]["batch_stats"]
+
+        if how == "jit":
+            stats = jax.tree.map(lambda a: a[None], jax.jit(apply)(x))
+        elif how == "pmean":
+            stats = jax.jit(jax.vmap(lambda v: jax.lax.pmean(apply(v), "r"), axis_name="r"))(parts)
+        else:
+            stats = jax.jit(jax.vmap(apply, axis_name="r" if how == "axis_name" else None))(parts)
+        return np.asarray(stats["mean"]), np.asarray(stats["var"])
+
+
+def sync_batchnorm_cpu() -> dict:
+    """flax nn.BatchNorm(axis_name="r") in training under jax.vmap(axis_name="r") over BN_SPLIT's replicas, on the
+    CPU: the outcome, the statistics replica 0 took (split_statistics_name) and whether the replicas agree."""
+    try:
+        mean, var = _split_stats("axis_name")
+    except Exception as exc:  # the outcome is the exception's type
+        return {"cpu_training": f"raises: {type(exc).__name__}"}
+    return {
+        "platform": jax.devices("cpu")[0].platform,
+        "cpu_training": "runs",
+        "statistics": split_statistics_name(mean[0], var[0]),
+        "replicas_agree": bool(np.array_equal(mean[0], mean[1]) and np.array_equal(var[0], var[1])),
+    }
+
+
+def bn_jit_global_batch() -> dict:
+    """flax nn.BatchNorm's running statistics after one training call on BN_SPLIT (_split_stats): jitted over the
+    global batch, per replica (vmap, no axis_name: replica 0's and 1's means) and synchronised (axis_name); each
+    named by split_statistics_name, replica 0's own statistics "per_replica"."""
+    (jit_mean, jit_var), (rep_mean, rep_var), (sync_mean, sync_var) = (
+        _split_stats(how) for how in ("jit", "vmap", "axis_name")
+    )
+
+    def name(mean, var):
+        return split_statistics_name(mean, var, replica_0="per_replica")
+
+    return {
+        "running_mean": jit_mean[0].tolist(),
+        "statistics": name(jit_mean[0], jit_var[0]),
+        "per_replica_means": rep_mean.tolist(),
+        "per_replica_statistics": name(rep_mean[0], rep_var[0]),
+        "synchronised_statistics": name(sync_mean[0], sync_var[0]),
+        "jit_equals_synchronised": bool(
+            np.array_equal(jit_mean[0], sync_mean[0]) and np.array_equal(jit_var[0], sync_var[0])
+        ),
+        "jit_equals_per_replica": bool(
+            np.array_equal(jit_mean[0], rep_mean[0]) and np.array_equal(jit_var[0], rep_var[0])
+        ),
+    }
+
+
+def bn_replica_stats() -> dict:
+    """flax keeps one batch_stats per replica under vmap/shard_map without axis_name: replica 0's and 1's running
+    means after one training call on BN_SPLIT, whether they differ, replica 0's statistics (device 0's, what the JAX
+    backend keeps) and the average flax's examples take (lax.pmean, their cross_replica_mean), both named by
+    split_statistics_name; "kept": the example's."""
+    mean, var = _split_stats("vmap")
+    avg_mean, avg_var = _split_stats("pmean")
+    averaged = split_statistics_name(avg_mean[0], avg_var[0])
+    return {
+        "per_replica_means": mean.tolist(),
+        "replicas_differ": bool(not np.array_equal(mean[0], mean[1])),
+        "device_0": split_statistics_name(mean[0], var[0]),
+        "replica_average_mean": avg_mean[0].tolist(),
+        "replica_average": averaged,
+        "kept": averaged,
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -682,4 +778,7 @@ PROBES = {
     "bn_statistics_dtype": bn_statistics_dtype,
     "mean_of_means": mean_of_means,
     "accumulator_dtype": accumulator_dtype,
+    "sync_batchnorm_cpu": sync_batchnorm_cpu,
+    "bn_jit_global_batch": bn_jit_global_batch,
+    "bn_replica_stats": bn_replica_stats,
 }

@@ -33,6 +33,8 @@ from common.traps.inputs import (
     BN_INPUT,
     BN_MASK,
     BN_MOMENTUM,
+    BN_REPLICAS,
+    BN_SPLIT,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
@@ -48,6 +50,7 @@ from common.traps.reference import (
     conv2d_reference,
     named_match,
     pool_reference,
+    split_statistics_name,
     window_pads,
 )
 
@@ -820,6 +823,83 @@ def accumulator_dtype() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ BatchNorm under split steps
+def _replica_rows(r: int) -> np.ndarray:
+    """Replica r's c rows of BN_SPLIT (float64)."""
+    return BN_SPLIT.reshape(BN_REPLICAS, -1, BN_SPLIT.shape[1])[r].copy()
+
+
+def _one_cpu_strategy() -> tf.distribute.MirroredStrategy:
+    """MirroredStrategy over the one host CPU device (no logical devices added): its variables are
+    MirroredVariables and its replica context all-reduces, over one replica."""
+    return tf.distribute.MirroredStrategy(["/cpu:0"], cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def sync_batchnorm_cpu() -> dict:
+    """BatchNormalization(synchronized=True, momentum=0.0) in training on replica 0's rows of BN_SPLIT, float64, on
+    the CPU: under the default strategy (the outcome, the statistics its moving statistics took, named by
+    split_statistics_name: its one replica's are the local batch's) and inside strategy.run of a one-CPU
+    MirroredStrategy (the replica-context all-reduce path)."""
+    x = _replica_rows(0)
+
+    def ran(outcome: str) -> bool:
+        return outcome in ("zeros", "nonzero")
+
+    def statistics(layer) -> str:
+        return split_statistics_name(layer.moving_mean.numpy(), layer.moving_variance.numpy(), replica_0="local")
+
+    with tf.device("/cpu:0"):
+        layer = _bn(synchronized=True, momentum=0.0)
+        outcome = _outcome(lambda: layer(x, training=True))
+        strategy = _one_cpu_strategy()
+        with strategy.scope():
+            mirrored = _bn(synchronized=True, momentum=0.0)
+            mirrored.build((None, x.shape[1]))
+        run = _outcome(lambda: tf.function(lambda z: strategy.run(lambda v: mirrored(v, training=True), args=(z,)))(x))
+    return {
+        "cpu_training": "runs" if ran(outcome) else f"raises: {outcome}",
+        "statistics": statistics(layer) if ran(outcome) else "n/a",
+        "mirrored_one_cpu": "runs" if ran(run) else f"raises: {run}",
+        "mirrored_statistics": statistics(mirrored) if ran(run) else "n/a",
+    }
+
+
+def bn_jit_global_batch() -> dict:
+    """What each MirroredStrategy replica's plain BatchNormalization normalises with: momentum=0.0 (moving
+    statistics ← the batch's) in training on replica 0's rows of BN_SPLIT only, named by split_statistics_name."""
+    layer = _bn(momentum=0.0)
+    _, mean, var = _bn_step(layer, _replica_rows(0))
+    return {"running_mean": mean.tolist(), "statistics": split_statistics_name(mean, var, replica_0="per_replica")}
+
+
+def bn_replica_stats() -> dict:
+    """BatchNormalization's moving statistics as Keras variables (aggregation, synchronization) and, built under a
+    one-CPU MirroredStrategy, as TF variables: their type and TF aggregation and synchronization. A replica-context
+    assign to an ON_WRITE MirroredVariable with aggregation NONE writes the replica's own copy, and a read outside
+    a replica gives the copy on the current device or the primary (tensorflow/python/distribute/values.py
+    _on_write_update_replica, _get_on_device_or_primary): replica 0's chain."""
+    layer = _bn()
+    layer.build((None, BN_INPUT.shape[1]))
+    with tf.device("/cpu:0"):
+        strategy = _one_cpu_strategy()
+        with strategy.scope():
+            mirrored = _bn()
+            mirrored.build((None, BN_INPUT.shape[1]))
+    variable = mirrored.moving_mean.value
+    aggregation = variable.aggregation.name.lower()
+    synchronization = variable.synchronization.name.lower()
+    first = type(variable).__name__ == "MirroredVariable" and aggregation == "none" and synchronization == "on_write"
+    return {
+        "aggregation": str(layer.moving_mean.aggregation),
+        "synchronization": str(layer.moving_mean.synchronization),
+        "moving_variance_aggregation": str(layer.moving_variance.aggregation),
+        "mirrored_type": type(variable).__name__,
+        "mirrored_aggregation": aggregation,
+        "mirrored_synchronization": synchronization,
+        "kept": "first_replica" if first else "other",
+    }
+
+
 PROBES = {
     name: keras_defaults(probe)
     for name, probe in {
@@ -873,5 +953,8 @@ PROBES = {
         "average_loss_global_batch": average_loss_global_batch,
         "replica_regularization": replica_regularization,
         "accumulator_dtype": accumulator_dtype,
+        "sync_batchnorm_cpu": sync_batchnorm_cpu,
+        "bn_jit_global_batch": bn_jit_global_batch,
+        "bn_replica_stats": bn_replica_stats,
     }.items()
 }

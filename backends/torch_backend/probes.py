@@ -2,21 +2,29 @@
 
 Each probe MEASURES what the installed torch does and returns a JSON-able dict; `tests/test_conformance.py`
 compares it with `common.traps.TRAPS[id].expected["torch"]` and `parity conformance` builds the matrix from it.
-Probes leave global state as they found it: RNG use goes through `torch.random.fork_rng`, and the TF32 defaults
-are read in a fresh interpreter (the adapter switches TF32 off on CUDA).
+Probes leave global state as they found it: RNG use goes through `torch.random.fork_rng`, the TF32 defaults
+are read in a fresh interpreter (the adapter switches TF32 off on CUDA), and the BatchNorm-under-DDP probes bring up
+a 1-rank gloo process group (FileStore in a fresh temporary directory) that they destroy again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import warnings
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -28,6 +36,8 @@ from common.traps.inputs import (
     BN_EPS_INPUT,
     BN_INPUT,
     BN_MOMENTUM,
+    BN_REPLICAS,
+    BN_SPLIT,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
@@ -43,6 +53,7 @@ from common.traps.reference import (
     conv2d_reference,
     named_match,
     pool_reference,
+    split_statistics_name,
     window_pads,
 )
 
@@ -699,6 +710,109 @@ def accumulator_dtype() -> dict:
     }
 
 
+# ------------------------------------------------------------------------------ BatchNorm under split steps
+@contextlib.contextmanager
+def _one_rank_group():
+    """A 1-rank gloo process group in this process (a FileStore in a fresh temporary directory), destroyed after;
+    refuses to run over a group someone else brought up."""
+    if dist.is_initialized():
+        raise RuntimeError("a torch.distributed process group is already initialised in this process")
+    tmp = tempfile.mkdtemp(prefix="parity-probe-")
+    try:
+        dist.init_process_group("gloo", store=dist.FileStore(os.path.join(tmp, "store"), 1), rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replica_rows(r: int) -> torch.Tensor:
+    """Replica r's c rows of BN_SPLIT (float64, CPU)."""
+    return torch.from_numpy(BN_SPLIT.reshape(BN_REPLICAS, -1, BN_SPLIT.shape[1])[r].copy())
+
+
+def sync_batchnorm_cpu() -> dict:
+    """nn.SyncBatchNorm in training on a CPU tensor (replica 0's rows of BN_SPLIT, float64): without a process
+    group (its output against F.batch_norm of the local rows), under a 1-rank gloo group (the outcome, and whether
+    the error names the GPU), DDP of a CPU module holding one, and torch.batch_norm_stats on CPU (the kernel
+    SyncBatchNorm's synchronised path calls)."""
+    x = _replica_rows(0)
+    layer = nn.SyncBatchNorm(x.shape[1], dtype=torch.float64).train()
+    local = F.batch_norm(x, None, None, training=True, eps=layer.eps)
+    outputs = []
+    with torch.no_grad():
+        alone = _raised(lambda: outputs.append(layer(x)))
+    message = ""
+    with _one_rank_group():
+        try:
+            with torch.no_grad():
+                layer(x)
+            grouped = "runs"
+        except ValueError as exc:
+            grouped, message = f"raises: {type(exc).__name__}", str(exc)
+        ddp = _raised(lambda: DistributedDataParallel(nn.SyncBatchNorm(x.shape[1], dtype=torch.float64)))
+    return {
+        "device": str(x.device),
+        "cpu_training": grouped,
+        "message_names_gpu": "expected input tensor to be on GPU" in message,
+        "no_group": alone or "runs",
+        "no_group_equals_local_batch_norm": bool(outputs and torch.equal(outputs[0], local)),
+        "ddp_cpu_module": ddp or "accepted",
+        "batch_norm_stats_cpu": _raised(lambda: torch.batch_norm_stats(x, layer.eps)) or "runs",
+    }
+
+
+def bn_jit_global_batch() -> dict:
+    """What each DDP process's plain BatchNorm normalises with: nn.BatchNorm1d(momentum=1.0) in training on replica
+    0's rows of BN_SPLIT only (running_mean ← the batch mean; the unbiased running_var rescaled by (c − 1)/c), named
+    by split_statistics_name: torch has no step that sees the global batch unless SyncBatchNorm all-reduces."""
+    x = _replica_rows(0)
+    _, mean, var = _running(_bn(momentum=1.0), x.numpy())
+    c = x.shape[0]
+    return {
+        "running_mean": mean.tolist(),
+        "statistics": split_statistics_name(mean, var * (c - 1) / c, replica_0="per_replica"),
+    }
+
+
+def bn_replica_stats() -> dict:
+    """Which replica's buffers DDP keeps: the installed DistributedDataParallel signature's broadcast_buffers (and,
+    where present, forward_sync_buffers) defaults; under a 1-rank gloo group, a default DDP(BatchNorm1d): whether it
+    syncs its buffers before each forward, and the source rank of the broadcasts two forward calls make."""
+    params = inspect.signature(DistributedDataParallel).parameters
+
+    def default(name):
+        return params[name].default if name in params else "absent"
+
+    sources: list[int] = []
+    with _one_rank_group():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ddp = DistributedDataParallel(_bn())
+        broadcast = getattr(ddp, "_distributed_broadcast_coalesced", None)
+        if broadcast is not None:
+
+            def recording(tensors, buffer_size, authoritative_rank=0):
+                sources.append(int(authoritative_rank))
+                return broadcast(tensors, buffer_size, authoritative_rank)
+
+            ddp._distributed_broadcast_coalesced = recording
+        for _ in range(2):
+            ddp(_replica_rows(0))
+        syncs = bool(ddp.will_sync_module_buffers())
+    first = syncs and sources == [0, 0]
+    return {
+        "broadcast_buffers_default": default("broadcast_buffers"),
+        "forward_sync_buffers_default": default("forward_sync_buffers"),
+        "effective_broadcast_buffers": bool(ddp.broadcast_buffers),
+        "syncs_buffers_before_forward": syncs,
+        "broadcast_sources": sources,
+        "kept": "first_replica" if first else "each_replica" if not syncs else "other",
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -746,4 +860,7 @@ PROBES = {
     "sampler_same_order": sampler_same_order,
     "mean_of_means": mean_of_means,
     "accumulator_dtype": accumulator_dtype,
+    "sync_batchnorm_cpu": sync_batchnorm_cpu,
+    "bn_jit_global_batch": bn_jit_global_batch,
+    "bn_replica_stats": bn_replica_stats,
 }

@@ -29,7 +29,11 @@ batches of 3 and 1 rows valued 0.5 … 2, lr 0.5, losses 0.5, 1, 1.5, L2 0.25 on
 is exact in float32 and float64, and the ratio 0.75/0.625 rounds to the double nearest 1.2 like the literal). The
 accumulator-dtype errors are float64 relative errors of a mean of 0.1, 0.2, 0.4: optax's float32 accumulator's
 1.703e-8 is float32 rounding, rtol 1e-6 (as bn_statistics_dtype); a float64 accumulator's error is rounding order
-only (torch's Σ(g/K) and optax's Welford running mean 1.2e-16, Keras's Σg/K 0), atol 1e-15.
+only (torch's Σ(g/K) and optax's Welford running mean 1.2e-16, Keras's Σg/K 0), atol 1e-15. BatchNorm under split
+steps (sync_batchnorm_cpu, bn_jit_global_batch, bn_replica_stats) compares exactly as well: outcomes, names and flags,
+and running means from momentum 0 (torch 1), i.e. BN_SPLIT's batch means, binary fractions exact under any summation
+order; the probes name a (mean, biased variance) pair with reference.split_statistics_name at rtol 1e-9, where the
+statistics differ by ≥ 25% (torch's unbiased running variance rescaled by (c − 1)/c is the only rounding).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ from common.traps.inputs import (
     BN_INPUT,
     BN_MASK,
     BN_MOMENTUM,
+    BN_REPLICAS,
+    BN_SPLIT,
     CONV_KERNEL,
     CONV_SAME,
     DECAY,
@@ -87,11 +93,13 @@ from common.traps.reference import (
     pool_reference,
     sgd_decay_reference,
     sgd_momentum_reference,
+    split_statistics,
 )
 
 NORM_EPS = defaults()["model"]["norm_eps"]  # Parity's layer_norm ε default (model.norm_eps), passed explicitly
 BN_DEFAULT_MOMENTUM = LAYER_KINDS["batch_norm"].keys["momentum"].default  # Parity's m, decay convention (0.9)
 CONV_PADDING_DEFAULT = LAYER_KINDS["conv2d"].keys["padding"].default  # Parity's conv2d padding default
+BN_SYNC_DEFAULT = LAYER_KINDS["batch_norm"].keys["sync"].default  # Parity's batch_norm sync default (false)
 SAME_PADS = [*same_pads(CONV_SAME["n"], CONV_SAME["kernel"], CONV_SAME["stride"])] * 2  # (top, bottom, left, right)
 
 
@@ -418,6 +426,63 @@ def _effect_accumulator(m):
         + f"; mean of {list(ACCUMULATOR['grads'])} against Σg/K in float64: "
         + ", ".join(f"{fw} {e:.3g}" for fw, e in errors.items())
         + " relative (the float64 tolerance is 1e-9)"
+    )
+
+
+def _split_xhat(name: str, replicas: int = 1) -> np.ndarray:
+    """BN_SPLIT's first `replicas` replicas' rows normalised (ε = NORM_EPS) with the split_statistics entry `name`."""
+    stats = split_statistics()[name]
+    rows = BN_SPLIT[: replicas * len(BN_SPLIT) // BN_REPLICAS]
+    return (rows - np.array(stats["mean"])) / np.sqrt(np.array(stats["var"]) + NORM_EPS)
+
+
+def _stats_text(name: str) -> str:
+    stats = split_statistics()[name]
+    return f"mean {tuple(round(v, 4) for v in stats['mean'])}, var {tuple(round(v, 4) for v in stats['var'])}"
+
+
+def _effect_sync_cpu(m):
+    return None, (
+        "synchronised BatchNorm in training on the CPU: "
+        + listing(m, "cpu_training")
+        + (
+            f"; torch without a process group: {m['torch']['no_group']} as a per-process BatchNorm "
+            f"(= F.batch_norm of the local rows: {m['torch']['no_group_equals_local_batch_norm']}), "
+            f"DDP of a CPU module holding one {m['torch']['ddp_cpu_module']}, torch.batch_norm_stats on CPU "
+            f"{m['torch']['batch_norm_stats_cpu']}"
+            if "torch" in m
+            else ""
+        )
+    )
+
+
+def _effect_bn_global_batch(m):
+    size = float(np.max(np.abs(_split_xhat("first_replica") - _split_xhat("global_batch"))))
+    jax = m.get("jax", {})
+    extra = (
+        f" (flax: jit {jax['statistics']}, vmap {jax['per_replica_statistics']}, "
+        f"axis_name {jax['synchronised_statistics']})"
+        if "per_replica_statistics" in jax
+        else ""
+    )
+    return size, (
+        f"statistics replica 0 of {BN_REPLICAS} trains with: "
+        + listing(m, "statistics")
+        + extra
+        + f"; its own rows' {_stats_text('first_replica')}, the global batch's {_stats_text('global_batch')}: "
+        f"x̂ of its rows moves by up to {size:.3g}"
+    )
+
+
+def _effect_bn_replica_stats(m):
+    first = _split_xhat("first_replica", BN_REPLICAS)
+    size = float(np.max(np.abs(first - _split_xhat("replica_mean", BN_REPLICAS))))
+    return size, (
+        "running statistics a data-parallel port keeps: "
+        + listing(m, "kept")
+        + f"; first replica's {_stats_text('first_replica')}, the replicas' average {_stats_text('replica_mean')} "
+        f"(the pooled batch's var {tuple(split_statistics()['global_batch']['var'])}): evaluating all "
+        f"{len(BN_SPLIT)} rows, x̂ moves by up to {size:.3g}"
     )
 
 
@@ -1493,6 +1558,124 @@ CATALOGUE: tuple[Trap, ...] = (
         note="found while measuring mean_of_means: the accumulator_dtype default is jnp.float32 whatever the "
         "parameters' dtype (with x64 on), and use_grad_mean=True keeps a Welford mean acc + (g − acc)/(n + 1), "
         "which differs from Σg/K in the last bit even in float64.",
+    ),
+    Trap(
+        "sync_batchnorm_cpu",
+        "torch's SyncBatchNorm runs on CUDA only: on the CPU it raises under a process group, and falls back to "
+        "per-process statistics without one",
+        "Data parallelism and accumulation",
+        {
+            "torch": {
+                "cpu_training": "raises: ValueError",
+                "message_names_gpu": True,
+                "no_group": "runs",
+                "no_group_equals_local_batch_norm": True,
+                "ddp_cpu_module": "raises: ValueError",
+                "batch_norm_stats_cpu": "raises: NotImplementedError",
+            },
+            "tf": {
+                "cpu_training": "runs",
+                "statistics": "local",
+                "mirrored_one_cpu": "runs",
+                "mirrored_statistics": "local",
+            },
+            "jax": {"cpu_training": "runs", "statistics": "global_batch", "replicas_agree": True},
+        },
+        "batch_norm sync = true (common.layers.norm, 'under split steps'): micro-batch k's G rows' statistics over "
+        "the R replicas of common.distributed.Layout, on any device. The torch backend never builds "
+        "nn.SyncBatchNorm: its SyncBatchNorm1d/2d (backends.torch_backend.norm, AllRanks) all-reduce Σx and "
+        "Σ(x − μ)² over the process group with an all-reduce autograd differentiates, on the CPU as on CUDA; Keras "
+        "BatchNormalization(synchronized=True) and flax nn.BatchNorm(axis_name=…) as they are "
+        "(backends.tf_backend.norm, backends.jax_backend.norm)",
+        compare=("cpu_training",),
+        canonical={"cpu_training": "runs"},
+        effect=_effect_sync_cpu,
+        note="torch: nn.SyncBatchNorm without a process group is silently a per-process BatchNorm (its output equals "
+        "F.batch_norm of the local rows); under a 1-rank gloo group it refuses a CPU tensor in training (ValueError "
+        "'SyncBatchNorm expected input tensor to be on GPU or XPU or privateuseone'), DDP refuses a CPU module "
+        "holding one ('SyncBatchNorm layers only work with GPU modules'), and aten::batch_norm_stats has no CPU "
+        "kernel (NotImplementedError). Keras's synchronized=True all-reduces Σx, Σx² and counts in its replica "
+        "context, on the CPU too: one replica under the default strategy or a one-CPU MirroredStrategy, so the "
+        "local rows' moments (as E[x²] − E[x]²: bn_fast_variance). flax pools over a vmap axis on the CPU.",
+    ),
+    Trap(
+        "bn_jit_global_batch",
+        "A jitted step over a sharded global batch gives BatchNorm the global batch's statistics",
+        "Data parallelism and accumulation",
+        {
+            "torch": {"running_mean": [2.0, 2.0], "statistics": "per_replica"},
+            "tf": {"running_mean": [2.0, 2.0], "statistics": "per_replica"},
+            "jax": {
+                "running_mean": [3.0, -1.0],
+                "statistics": "global_batch",
+                "per_replica_means": [[2.0, 2.0], [4.0, -4.0]],
+                "per_replica_statistics": "per_replica",
+                "synchronised_statistics": "global_batch",
+                "jit_equals_synchronised": True,
+                "jit_equals_per_replica": False,
+            },
+        },
+        "the spec's batch_norm sync decides (common.layers.norm, 'under split steps'; default "
+        f"{str(BN_SYNC_DEFAULT).lower()}): each part of common.distributed.Layout normalised with its own c rows, or "
+        "with the micro-batch's G rows. With batch_norm layers and R > 1 the JAX backend runs the step as a "
+        "shard_map over the replicas (backends.jax_backend.distributed), each device's c rows through the model, "
+        "axis_name given to the sync = true layers only; torch and Keras replicas see their own rows already",
+        compare=("statistics",),
+        canonical={"statistics": "global_batch" if BN_SYNC_DEFAULT else "per_replica"},
+        effect=_effect_bn_global_batch,
+        note="Under jit (GSPMD) a BatchNorm's mean is over the whole global array whatever its sharding, so a port "
+        "that shards the batch over devices and jits its single-device step trains with synchronised statistics, "
+        "unlike each DDP process or MirroredStrategy replica; only a per-device program (shard_map, pmap) without "
+        "axis_name gives per-replica ones. Measured on one CPU device (momentum 0: the running mean is the batch "
+        "mean): the jit over the (R·c, F) batch equals the axis_name run bit for bit, vmap without axis_name gives "
+        "each replica its own rows'. Canonical for sync = true: global_batch.",
+    ),
+    Trap(
+        "bn_replica_stats",
+        "Which replica's running statistics a data-parallel port keeps",
+        "Data parallelism and accumulation",
+        {
+            "torch": {
+                "broadcast_buffers_default": None,
+                "forward_sync_buffers_default": None,
+                "effective_broadcast_buffers": True,
+                "syncs_buffers_before_forward": True,
+                "broadcast_sources": [0, 0],
+                "kept": "first_replica",
+            },
+            "tf": {
+                "aggregation": "none",
+                "mirrored_type": "MirroredVariable",
+                "mirrored_aggregation": "none",
+                "mirrored_synchronization": "on_write",
+                "kept": "first_replica",
+            },
+            "jax": {
+                "per_replica_means": [[2.0, 2.0], [4.0, -4.0]],
+                "replicas_differ": True,
+                "device_0": "first_replica",
+                "replica_average_mean": [3.0, -1.0],
+                "replica_average": "replica_mean",
+                "kept": "replica_mean",
+            },
+        },
+        "common.layers.norm ('under split steps'): the running statistics are the first replica's chain for sync "
+        "= false (the micro-batch's for sync = true), one update per micro-batch of common.distributed.Layout: "
+        "torch rank 0 evaluates and records its buffers (DDP's default buffer broadcast from rank 0), the TF "
+        "backend reads the MirroredVariables' first copy, the JAX backend keeps device 0's batch_stats "
+        "(backends.jax_backend.distributed), never the replicas' average",
+        compare=("kept",),
+        canonical={"kept": "first_replica"},
+        effect=_effect_bn_replica_stats,
+        note="torch 2.13 deprecates broadcast_buffers: the installed DistributedDataParallel signature defaults it "
+        "to None and adds forward_sync_buffers (default None, meaning True), so the effective default is still "
+        "True; measured under a 1-rank gloo group, a default DDP(BatchNorm1d) broadcasts its buffers from rank 0 "
+        "before every forward. Keras's moving statistics have aggregation 'none'; under MirroredStrategy they are "
+        "ON_WRITE MirroredVariables whose replica-context assigns write each replica's own copy and whose reads "
+        "outside a replica give the current device's copy or the primary (only one CPU device here, so the copies "
+        "are not compared). flax keeps one batch_stats per replica under vmap/shard_map; flax's ImageNet example "
+        "averages them (cross_replica_mean, a lax.pmean): with equal replicas its mean is the global batch's, but "
+        "its variance the replicas' average, neither replica 0's nor the pooled one.",
     ),
 )
 

@@ -79,3 +79,9 @@ ACCUMULATE = dict(micro=([0.5, 1.0, 1.5], [2.0]), lr=0.5)  # K = 2 micro-batches
 AVERAGE_LOSS = dict(losses=[0.5, 1.0, 1.5], global_batch=4)  # a ragged step: n = 3 real rows of G = 4
 PENALTY = dict(l2=0.25, kernel=[[1.0, -2.0]])  # a Keras L2(λ) kernel penalty λ·Σw² = 1.25
 ACCUMULATOR = dict(grads=[0.1, 0.2, 0.4])  # K = 3 float64 gradients, not binary fractions: a float32 sum rounds
+# BatchNorm under split steps: R = 2 replicas of c = 4 rows (one float64 micro-batch of R·c rows, replica-major).
+# Replica 0's rows are BN_INPUT (means 2, 2; biased variances 2.5, 3.5), replica 1's 2·BN_INPUT + (0, −8) (means
+# 4, −4; variances 10, 14): the first replica's statistics, the replicas' averaged ones (mean 3, −1; variance 6.25,
+# 8.75) and the pooled R·c rows' (mean 3, −1; variance 7.25, 17.75) all differ, and every one is a binary fraction
+BN_REPLICAS = 2
+BN_SPLIT = np.concatenate([BN_INPUT, 2.0 * BN_INPUT + np.array([0.0, -8.0])])

@@ -6,7 +6,8 @@ rounding forms of inverted dropout, and layer normalisation (the common.layers l
 image and BatchNorm traps: a single-channel conv and pool with explicit pads, batch normalisation, and the inverse
 questions the probes ask of them (`window_pads`: which pads reproduce a measured output; `named_match`: which
 named reference does), shared by the three probe files so that every framework is judged alike. For the data
-parallelism traps: one epoch split over replicas and one accumulated step, both by common.distributed's Layout.
+parallelism traps: one epoch split over replicas and one accumulated step, both by common.distributed's Layout;
+the batch statistics a data-parallel BatchNorm takes from BN_SPLIT's replicas (`split_statistics`), and their name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from common.batching import Batch
 from common.distributed import Layout
 from common.optim import keras_epsilon_hat
-from common.traps.inputs import ACCUMULATE, ADAM, DECAY, EPS_HAT, MOMENTUM, SAMPLER
+from common.traps.inputs import ACCUMULATE, ADAM, BN_REPLICAS, BN_SPLIT, DECAY, EPS_HAT, MOMENTUM, SAMPLER
 
 
 def sgd_decay_reference(coupled: bool) -> float:
@@ -203,3 +204,30 @@ def accumulated_updates() -> dict[str, float]:
         updates[reduction] = float(-ACCUMULATE["lr"] * np.sum(layout.part_scales(weights, averaged=1) * sums))
     updates["sum_of_means"] = len(micro) * updates["mean_of_means"]
     return updates
+
+
+def split_statistics() -> dict[str, dict[str, list[float]]]:
+    """BN_SPLIT's batch statistics per channel (float64; "var" biased, the normalisation's), as a data-parallel
+    BatchNorm over its BN_REPLICAS replicas of c rows may take them (common.layers.norm, "under split steps"):
+    "first_replica" replica 0's c rows (sync = false, and the running statistics Parity keeps), "replica_mean" the
+    replicas' own statistics averaged (flax's examples: cross_replica_mean of the batch_stats), "global_batch" all
+    R·c rows (sync = true; a jitted step over the global batch). Equal replicas make the two means equal: only the
+    variance tells "replica_mean" from "global_batch"."""
+    parts = np.asarray(BN_SPLIT, np.float64).reshape(BN_REPLICAS, -1, BN_SPLIT.shape[1])
+    means, variances = parts.mean(axis=1), parts.var(axis=1)
+    named = {
+        "first_replica": (means[0], variances[0]),
+        "replica_mean": (means.mean(axis=0), variances.mean(axis=0)),
+        "global_batch": (BN_SPLIT.mean(axis=0), BN_SPLIT.var(axis=0)),
+    }
+    return {name: {"mean": m.tolist(), "var": v.tolist()} for name, (m, v) in named.items()}
+
+
+def split_statistics_name(mean, var, replica_0: str = "first_replica") -> str:
+    """Which `split_statistics` entry a measured (mean, biased variance) pair is ("other" when none; rtol 1e-9),
+    replica 0's own statistics named `replica_0` (bn_jit_global_batch calls them "per_replica")."""
+    refs = {
+        replica_0 if name == "first_replica" else name: np.concatenate([s["mean"], s["var"]])
+        for name, s in split_statistics().items()
+    }
+    return named_match(np.concatenate([np.ravel(mean), np.ravel(var)]), refs)
