@@ -80,7 +80,7 @@ class JaxAdapter:
             tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
-        if self.layout.is_split:  # no batch_norm (common.distributed.check)
+        if self.layout.is_split:  # split_step also returns the batch_norm state (distributed.Engine)
             self.engine = Engine(self.layout, self.dtype)
             tx = self.engine.accumulate(tx) if self.exact else self.engine.native_accumulate(tx)
         if self.layout.is_split and self.exact:

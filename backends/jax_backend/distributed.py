@@ -10,6 +10,15 @@ Reductions, s the part's factor (Layout.part_scales) on every row of the part:
                  sum of the gradient, so the engine sums the R parts: A = 1.
   mean_of_means: `jax.shard_map` over the mesh, each device's Σ_c w·s·ℓ, its gradient `lax.pmean`-ed over "data"
                  (DDP's average): A = R.
+batch_norm (common.layers.norm, "under split steps"): under jit a flax BatchNorm sees the whole micro-batch (the
+G rows' statistics whatever `sync` says), so with a batch_norm layer and R > 1 global_mean runs the shard_map as
+well, its gradient `lax.psum`-ed (A = 1 still). In the shard_map the model is the clone with `axis_name="data"`:
+a `sync = false` layer normalises its device's c rows, a `sync = true` one gets flax's `axis_name` (norm.py: the
+statistics of the G rows). The micro-batch's `batch_stats` leave it as device 0's on every device,
+psum_r [r = 0]·stats_r (a sum with zeros: exact): the first replica's chain for `sync = false` (what a flax port
+under shard_map keeps), every device's for `sync = true`. Each micro-batch updates them once, carried into the
+next call while MultiSteps accumulates the gradients (K updates per optimizer step). R = 1: the jit path (the
+micro-batch is the part).
 Accumulation: `optax.MultiSteps(tx, K, use_grad_mean=False, accumulator_dtype=dtype)`: zero updates for K − 1
 micro-batches, then the inner chain (its Adam count, decay and L1 step once per K) on the exact sum of the K
 gradients (A unchanged). Its default mean is a Welford running mean, acc + (g − acc)/(n + 1), not Σ/K to the last
@@ -17,12 +26,14 @@ bit, in a float32 accumulator: hence the sum, in the spec's dtype. R = 1 runs th
 Native mode (common.native.SPLIT_IDIOMS, jax: global_batch, micro_mean, multisteps_mean): a hand port's loop. Each
 global micro-batch of G rows (data.micro_batches: the native order, a ragged one padded with weight 0) is placed
 the same way and fed to the native jitted step (execution.train_step), loss Σ_G w·ℓ / Σ_G w: the gradient of the
-micro-batch mean, XLA summing over the devices. `optax.MultiSteps(tx, every_k_schedule=K)` with its defaults
-(`native_accumulate`): Welford's running mean of the K gradients, (1/K) Σ_k ∇ mean_k (the mean of the micro-batch
-means), kept in a float32 accumulator whatever the spec's dtype (trap accumulator_dtype); it updates on every K-th
-call counted over the whole run, so an epoch whose micro-batches are no multiple of K hands its last ones over to
-the next epoch's first update. A recorded step is one update (`has_updated`): the K micro-batches it averaged,
-wherever they came from; micro-batches fed after the run's last update were never applied and are in no step.
+micro-batch mean, XLA summing over the devices; a batch_norm normalises with the G rows' statistics, whatever
+`sync` says, and updates its running statistics once per micro-batch. `optax.MultiSteps(tx, every_k_schedule=K)`
+with its defaults (`native_accumulate`): Welford's running mean of the K gradients, (1/K) Σ_k ∇ mean_k (the mean of
+the micro-batch means), kept in a float32 accumulator whatever the spec's dtype (trap accumulator_dtype); it
+updates on every K-th call counted over the whole run, so an epoch whose micro-batches are no multiple of K hands
+its last ones over to the next epoch's first update. A recorded step is one update (`has_updated`): the K
+micro-batches it averaged, wherever they came from; micro-batches fed after the run's last update were never
+applied and are in no step.
 
 Beyond one machine: every process calls `jax.distributed.initialize(coordinator_address, num_processes,
 process_id)` before any JAX operation, the Mesh spans all processes' `jax.devices()`, and each process places its
@@ -35,6 +46,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
@@ -97,21 +109,28 @@ class Engine:
             return tx
         return optax.MultiSteps(tx, k, use_grad_mean=False, accumulator_dtype=self.dtype).gradient_transformation()
 
-    def combine(self, sums):
-        """`sums(variables, x, y, w, s, masks) → (Σ w·ℓ, ∇ Σ w·s·ℓ)` over the rows it is given, made the global
-        micro-batch's: as is under jit (global_mean), or per device with the gradients pmean-ed (mean_of_means)."""
-        if self.layout.reduction == "global_mean":
-            return sums
+    def combine(self, sums, model):
+        """`sums(model) → f(variables, x, y, w, s, masks) → (Σ w·ℓ, ∇ Σ w·s·ℓ, batch_stats)` over the rows f is
+        given, made the global micro-batch's (module docstring): f of `model` as is under jit, or f of the model's
+        clone with `axis_name` per device in the shard_map, the gradients psum-ed (global_mean) or pmean-ed
+        (mean_of_means) and device 0's batch_stats on every device."""
+        norms = any(layer.kind == "batch_norm" for layer in model.layers)
+        if self.layout.reduction == "global_mean" and not (norms and self.layout.replicas > 1):
+            return sums(model)
+        rows_of = sums(model.clone(axis_name=AXIS))
+        reduce = jax.lax.pmean if self.layout.reduction == "mean_of_means" else jax.lax.psum
 
         def per_device(variables, *rows):
             # the device's own copy (varying over "data"): else JAX's transpose of the replication psums the
-            # gradients itself, and pmean would find them already combined
-            loss, grads = sums(jax.lax.pcast(variables, AXIS, to="varying"), *rows)
-            return jax.lax.psum(loss, AXIS), jax.lax.pmean(grads, AXIS)
+            # gradients itself, and the reduction would find them already combined
+            loss, grads, state = rows_of(jax.lax.pcast(variables, AXIS, to="varying"), *rows)
+            first = jax.lax.axis_index(AXIS) == 0
+            state = jax.tree.map(lambda a: jax.lax.psum(jnp.where(first, a, jnp.zeros_like(a)), AXIS), state)
+            return jax.lax.psum(loss, AXIS), reduce(grads, AXIS), state
 
         rows = P(AXIS)
         return jax.shard_map(
-            per_device, mesh=self.mesh, in_specs=(P(), rows, rows, rows, rows, rows), out_specs=(P(), P())
+            per_device, mesh=self.mesh, in_specs=(P(), rows, rows, rows, rows, rows), out_specs=(P(), P(), P())
         )
 
     def native_accumulate(self, tx: optax.GradientTransformation) -> optax.GradientTransformation | optax.MultiSteps:

@@ -23,7 +23,8 @@ or compiled alike:
     split_step(variables, opt_state, x, y, w, s, masks) → (variables, opt_state, Σ w·ℓ),
 
 the gradient of Σ w·s·ℓ (s: each row's part scale) combined over the mesh, fed to the chain (optax.MultiSteps:
-zero updates until the K-th micro-batch); the adapter divides the step's Σ w·ℓ by Σ_step w.
+zero updates until the K-th micro-batch), and the micro-batch's batch_stats update; the adapter divides the step's
+Σ w·ℓ by Σ_step w.
 """
 
 from __future__ import annotations
@@ -75,22 +76,32 @@ def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
 
 def split_step(model, tx: optax.GradientTransformation, combine):
     """The pure micro-batch step of a split step (module docstring) for `model`, the accumulating chain `tx` and
-    the engine's `combine` (distributed.Engine.combine); exact mode, no batch_norm state (common.distributed)."""
+    the engine's `combine` (distributed.Engine.combine), which builds `sums` for the model it runs (`model`, or
+    its shard_map clone); exact mode. Like `train_step` it differentiates `params` only; the micro-batch's
+    batch_stats update (the engine's device 0's) comes back in the variables, where the next micro-batch starts."""
 
-    def sums(variables, x, y, w, s, masks):
-        def loss_fn(v):
-            ce = optax.softmax_cross_entropy_with_integer_labels(model.apply(v, x, masks, train=True), y)
-            return jnp.sum(w * s * ce), jnp.sum(w * ce)
+    def sums(placed):
+        def rows(variables, x, y, w, s, masks):
+            params, state = split_state(variables)
+            real = w > 0
 
-        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables)
-        return loss, grads
+            def loss_fn(p):
+                logits, updated = placed.apply({**p, **state}, x, masks, train=True, real=real, mutable=[*state])
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+                return jnp.sum(w * s * ce), (jnp.sum(w * ce), updated)
 
-    combined = combine(sums)
+            (_, (loss, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            return loss, grads, running_stats(placed.layers, placed.options, state, updated, real, placed.axis_name)
+
+        return rows
+
+    combined = combine(sums, model)
 
     def step(variables, opt_state, x, y, w, s, masks):
-        loss, grads = combined(variables, x, y, w, s, masks)
-        updates, opt_state = tx.update(grads, opt_state, variables)
-        return optax.apply_updates(variables, updates), opt_state, loss
+        loss, grads, state = combined(variables, x, y, w, s, masks)
+        params = split_state(variables)[0]
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return {**optax.apply_updates(params, updates), **state}, opt_state, loss
 
     return step
 

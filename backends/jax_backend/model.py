@@ -4,6 +4,8 @@ stacks", "Images and BatchNorm", "Initialisation").
 `build(layers, spec)` gives one `Stack` module: its compact `__call__(x, masks=None, train=False, real=None)` runs
 every layer through its family's LAYERS entry (core, norm, image, sequence), x being features (B, F), images
 (B, H, W, C) or tokens (B, T) int32; `real` (B,) bool marks a training batch's real rows (batch_norm's statistics).
+`Stack.axis_name` (None, or the engine's mesh axis in the clone distributed.Engine runs under shard_map) reaches
+batch_norm only: a `sync = true` layer synchronises its statistics over it (norm.py).
 linen because `apply(variables, x)` is a pure function of a variables pytree: it drops into one `jax.jit`-ed step
 and optax's pytree API as is. Variables: {'params': {prefix: {...}}} plus, with batch_norm, {'batch_stats':
 {prefix: {'mean', 'var'}}}, one child per canonical prefix; canonical state names (common.layers.is_state) live in
@@ -38,12 +40,14 @@ PARAMS, STATE = "params", "batch_stats"  # flax's collections of trained paramet
 class Stack(nn.Module):
     layers: tuple[Layer, ...]
     options: Options
+    axis_name: str | None = None  # the mesh axis inside distributed.Engine's shard_map (`sync` batch_norm: norm.py)
 
     @nn.compact
     def __call__(self, x, masks=None, train: bool = False, real=None):
         call = Call(train, masks, real)
         for layer in self.layers:
-            x = LAYERS[layer.kind](layer, self.options)(x, call)
+            extra = {"axis_name": self.axis_name} if layer.kind == "batch_norm" else {}
+            x = LAYERS[layer.kind](layer, self.options, **extra)(x, call)
         return x
 
 

@@ -20,11 +20,18 @@ the state `bn{i}.mean`, `bn{i}.var` (model.py routes state names there, common.l
 Running variance: flax keeps the biased σ²_b. With `running_var = "unbiased"` (exact mode) `running_stats`
 replaces only that update, after `apply(..., mutable=["batch_stats"])`, by common.layers.norm.convert_running_var
 with f = n/(n − 1), n the real values per channel of the batch (a traced count: one compile per batch shape).
+Split steps (common.layers.norm, "under split steps"; distributed.py): inside the engine's shard_map, `axis_name`
+is the mesh axis, and a `sync = true` layer gets flax's `axis_name=` over it: with the two-pass variance flax's
+`_compute_stats` takes μ = pmean_r μ_r (each device's mean over its c rows: with equal counts per device, the mean
+of the G rows), then σ²_b = pmean_r mean_r (x − μ)², the biased variance of the G rows, and differentiates through
+both collectives; n = psum_r n_r = G·H·W. A `sync = false` layer keeps its device's c rows (n = c·H·W). Outside
+the shard_map (`axis_name` None) every layer sees the rows it is given.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from backends.jax_backend.core import Options
@@ -41,10 +48,11 @@ def layer_norm(layer: Layer, options: Options):
     return lambda x, call: norm(x)
 
 
-def batch_norm(layer: Layer, options: Options):
+def batch_norm(layer: Layer, options: Options, axis_name: str | None = None):
     exact = {} if options.native else {"momentum": layer.momentum, "epsilon": layer.eps, "use_fast_variance": False}
     norm = nn.BatchNorm(
         axis=-1,
+        axis_name=axis_name if layer.sync else None,
         dtype=options.dtype,
         param_dtype=options.dtype,
         force_float32_reductions=False,
@@ -61,10 +69,13 @@ def batch_norm(layer: Layer, options: Options):
     return apply
 
 
-def running_stats(layers: tuple[Layer, ...], options: Options, before: dict, after: dict, real) -> dict:
+def running_stats(
+    layers: tuple[Layer, ...], options: Options, before: dict, after: dict, real, axis_name: str | None = None
+) -> dict:
     """The `batch_stats` after a training step, with the spec's running-variance estimator: flax's update `after`
     of `before`, each exact-mode batch_norm whose `running_var` is not flax's getting its running variance
-    converted (module docstring); `real` (B,) bool are the real rows."""
+    converted (module docstring); `real` (B,) bool are the real rows (the device's, inside the shard_map over
+    `axis_name`, where a `sync = true` layer counts every device's)."""
     converted = [
         layer
         for layer in layers
@@ -75,7 +86,8 @@ def running_stats(layers: tuple[Layer, ...], options: Options, before: dict, aft
     stats = {name: dict(child) for name, child in after["batch_stats"].items()}
     rows = jnp.sum(real).astype(options.dtype)
     for layer in converted:
-        f = running_var_factor(NATIVE_RUNNING_VAR, layer.running_var, values_per_channel(layer, rows))
+        counted = rows if axis_name is None or not layer.sync else jax.lax.psum(rows, axis_name)
+        f = running_var_factor(NATIVE_RUNNING_VAR, layer.running_var, values_per_channel(layer, counted))
         old, updated = before["batch_stats"][layer.name]["var"], stats[layer.name]["var"]
         stats[layer.name]["var"] = convert_running_var(old, updated, layer.momentum, f)
     return {**after, "batch_stats": stats}

@@ -1,7 +1,9 @@
 """JAX split steps (backends.jax_backend.distributed): a Mesh of host devices, the micro-batch sharded over it (jit
 for global_mean, shard_map + pmean for mean_of_means) and optax.MultiSteps accumulation, against the numpy oracle's
 serial split and against the backend's own single-device twin (common.distributed.single_device), both reductions,
-eager and compiled, the shards of a ragged step, one compile per micro-batch shape, and the device reservation.
+eager and compiled, the shards of a ragged step, one compile per micro-batch shape, and the device reservation;
+batch_norm (global_mean on the shard_map, the gradients psum-ed) also under mean_of_means and accumulated on one
+device (R = 1, K = 2).
 Native mode (common.native.SPLIT_IDIOMS, jax): sharded global micro-batches into optax.MultiSteps with its defaults,
 its steps counted by hand: updates every K-th micro-batch across epochs, the float32 accumulator.
 
@@ -19,12 +21,14 @@ from common.native import SPLIT_IDIOMS
 from tests.dp_acceptance import *  # noqa: F403  (the shared acceptance tests, collected on this module's `runs`)
 from tests.support import (
     DP_CASES,
+    bn_spec,
     dp_jobs,
     dp_spec,
     installed,
     make_spec,
     max_rel_gap,
     prepared_adapter,
+    run_in_process,
     worker_records,
 )
 
@@ -33,12 +37,20 @@ pytestmark = pytest.mark.skipif(not installed("jax"), reason="needs jax, flax an
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs) and r2-ragged eager, one jax worker."""
+    """(record JSON, NPZ) of every acceptance run (tests.support.dp_jobs), r2-ragged eager and bn-r2-k2 under
+    mean_of_means, one jax worker."""
     jobs = dp_jobs()
     jobs[("split", "r2-ragged", "float64", "global_mean", "eager")] = dataclasses.replace(
         dp_spec("r2-ragged"), execution="eager"
     )
+    jobs[("bn", "bn-r2-k2", "float64", "mean_of_means")] = bn_of_means()
     return worker_records("jax", jobs, tmp_path_factory.mktemp("jax-dp"))
+
+
+def bn_of_means():
+    """bn-r2-k2 under mean_of_means."""
+    spec = bn_spec("bn-r2-k2")
+    return dataclasses.replace(spec, batching=dataclasses.replace(spec.batching, reduction="mean_of_means"))
 
 
 def test_eager_replicas_match_the_compiled_ones(runs):
@@ -60,6 +72,24 @@ def test_one_compile_and_the_devices_own_shards_on_a_one_device_mesh():
         assert [[ids.tolist() for ids in replica] for replica in got] == [
             [part.ids.tolist() for part in replica] for replica in layout.split(batch)
         ]
+
+
+def test_batch_norm_under_mean_of_means_matches_the_oracle(runs):
+    """bn-r2-k2 with mean_of_means: the shard_map's pmean-ed gradients (A = R) with per-replica and synchronised
+    statistics; every part is full, so the update is global_mean's."""
+    losses, params = max_rel_gap(
+        runs[("bn", "bn-r2-k2", "float64", "mean_of_means")], run_in_process("numpy", bn_of_means())
+    )
+    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
+
+
+def test_batch_norm_accumulated_on_one_device_matches_the_oracle():
+    """R = 1, K = 2 (bn-r2-k2 on one replica): the jit path, batch_stats updated by each micro-batch and carried
+    into the next while MultiSteps sums the gradients."""
+    spec = bn_spec("bn-r2-k2")
+    spec = dataclasses.replace(spec, distributed=dataclasses.replace(spec.distributed, replicas=1))
+    losses, params = max_rel_gap(run_in_process("jax", spec), run_in_process("numpy", spec))
+    assert losses <= 1e-9 and params <= 1e-9, (losses, params)
 
 
 def test_reserving_devices_after_the_backend_started_is_a_clear_error():
