@@ -12,13 +12,14 @@ torch's own DataLoader shuffle, the mean `F.cross_entropy(logits, y)` (per_token
 lengths), the spec's optimizer numbers as written, torch's own layer defaults (common.native.LAYER_DEFAULTS). A
 step's loss stays on the device; an epoch's losses are fetched once, at its end.
 Split steps (common.distributed; docs/design.md, "Data parallelism and accumulation"): R > 1 replicas are R
-processes of a gloo group (distributed.py; ranks > 0 run `run_replica`), the model under DistributedDataParallel;
+processes of a gloo group (distributed.py; ranks > 0 run `run_replica`, or, launched by torchrun through
+backends.host, every rank runs the driver as rank `dist.get_rank()` of torchrun's group), the model under DDP;
 each rank's DataLoader yields its parts. Per optimizer step a rank runs its K parts' backward passes, the first
 K − 1 under `no_sync()` (gradients accumulate locally), the K-th synchronised: DDP averages over R and the K passes
 sum, so A = R in `Layout.part_scales` and `penalty_scale`; then one `optimizer.step()` (decay inside torch.optim,
 once). R = 1, K > 1: the same loop without DDP (autograd sums the K passes, A = 1). Evaluation and `parameters()`
-use the module itself, on rank 0 only, while the helpers go on to the next epoch's first collective; after the
-last epoch they exit.
+use the module itself (no collective), on rank 0 only, while the helpers go on to the next epoch's first
+collective (under torchrun on every rank, alike); after the last epoch they exit.
 Native split steps (common.native.SPLIT_IDIOMS, torch row: distributed_sampler, part_mean, loss_over_k): the same
 group and DDP; every rank `torch.manual_seed(seed)` (DDP broadcasts rank 0's parameters anyway), its
 DistributedSampler's DataLoader (data.py), and the loop a port writes (`_native_split_epoch`): each micro-batch's
@@ -80,7 +81,10 @@ class TorchAdapter:
     ) -> None:
         self.spec, self.layers, self.native = spec, layers, params is None
         self.plan, self.layout = plan, Layout.from_spec(spec)
-        leads = self.layout.replicas > 1 and self.replica == 0  # rank 0 starts the others (each runs run_replica)
+        hosted = distributed.hosted()  # torchrun's rank (backends.host): group joined, every rank runs the driver
+        if hosted:
+            self.replica = torch.distributed.get_rank()
+        leads = self.layout.replicas > 1 and self.replica == 0 and not hosted  # rank 0 starts the others (run_replica)
         self.group = (
             distributed.Replicas.start(self.layout.replicas, run_replica, (spec.to_dict(), self.dev.type))
             if leads

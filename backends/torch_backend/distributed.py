@@ -9,10 +9,13 @@ stops answering ends the run with a RuntimeError naming it (`failure`), never a 
 its stderr and to `rank<r>.err` in that folder. After the last epoch the helpers leave the group and exit, and rank
 0 destroys it. Besides DDP's gradient all-reduces and buffer broadcasts, a `sync = true` batch_norm layer
 all-reduces its statistics over the group in each training forward and backward (norm.py).
-Past one machine: launch one process per replica with torchrun (`torchrun --nnodes N --nproc-per-node M ...`), which
-sets MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE; each process then joins with `init_process_group("gloo",
-init_method="env://")` instead of `Replicas.start` / `_join`, ranks > 0 run `run_replica`'s epochs, and rank 0 runs
-the driver (it alone evaluates and writes the record).
+Past one machine (backends.host): one process per replica, started by torchrun, e.g. on one machine
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m backends.host torch SPEC.toml OUT
+or on each of N machines `torchrun --nnodes N --node-rank i --master-addr HOST0 --master-port P --nproc-per-node M
+-m backends.host torch SPEC.toml OUT` (N·M = distributed.replicas). `join_hosts` joins torchrun's group
+(`init_process_group("gloo", init_method="env://")`, the same TIMEOUT_S) instead of `Replicas.start`; every rank
+runs the whole driver (evaluation has no collective), rank 0 alone writes the record; torchrun ends the rest when
+one fails.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ GRACE_S = 3.0  # after a failed collective: how long a helper that is going down
 POLL_S = 0.05
 
 _active: Replicas | None = None  # the group this process leads, if any (one default process group per process)
+_hosts = False  # whether this process joined torchrun's group (join_hosts)
 
 
 def reserve_devices(n: int) -> None:
@@ -179,6 +183,55 @@ class Replicas:
             _active = None
 
 
+def _unset(keys: tuple[str, ...]) -> None:
+    from common import InputError
+
+    missing = [key for key in keys if not os.environ.get(key)]
+    if missing:
+        raise InputError(
+            f"backends.host torch: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start it "
+            "with torchrun (python -m torch.distributed.run --nproc-per-node R -m backends.host torch SPEC OUT)"
+        )
+
+
+def join_hosts(spec) -> int:
+    """backends.host: join the process group torchrun describes in the environment (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT; LOCAL_RANK picks the CUDA device on a machine with several) before anything else of torch runs,
+    and return this process's rank. That group then stands in for `Replicas.start`'s (`hosted()`): every wait is
+    bounded by TIMEOUT_S, and torchrun, not rank 0, ends the others when one fails. The spec's replicas must equal
+    the processes torchrun started (one replica each)."""
+    global _hosts
+    from common import InputError
+
+    _unset(("RANK", "WORLD_SIZE"))
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise InputError(
+            f"backends.host torch: RANK={os.environ['RANK']!r} and WORLD_SIZE={os.environ['WORLD_SIZE']!r} "
+            "are not both integers"
+        ) from None
+    replicas = spec.distributed.replicas
+    if world != replicas:
+        raise InputError(
+            f"spec key 'distributed.replicas': {replicas} replica{'s' * (replicas != 1)} but the launcher started "
+            f"{world} process{'es' * (world != 1)} (torchrun's WORLD_SIZE; one replica per process)"
+        )
+    _unset(("MASTER_ADDR", "MASTER_PORT"))
+    reserve_devices(replicas)
+    dist.init_process_group("gloo", init_method="env://", timeout=timedelta(seconds=TIMEOUT_S))
+    _hosts = True
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return rank
+
+
+def hosted() -> bool:
+    """Whether this process is a rank of torchrun's group (`join_hosts`): its adapter takes `dist.get_rank()` as
+    its replica and starts no group of its own."""
+    return _hosts and dist.is_initialized()
+
+
 def gather(obj) -> list:
     """Every rank's `obj`, in rank order (all_gather_object over the default group)."""
     out = [None] * dist.get_world_size()
@@ -190,3 +243,5 @@ def gather(obj) -> list:
 def _close_active() -> None:
     if _active is not None:
         _active.close()
+    if hosted():
+        dist.destroy_process_group()
