@@ -127,7 +127,7 @@ class JaxAdapter:
             masks = shared_masks(self.spec.seed, t, self.layers, self.layout.step_rows, self.dtype)
             loss, placed = 0.0, []
             for micro in self.engine.micro_batches(batch):
-                rows, ids = self.pipeline.sharded(micro.batch, self.engine.rows)
+                rows, ids = self.engine.sharded(self.pipeline, micro.batch)
                 cut = None if masks is None else self.engine.place([m[micro.rows] for m in masks])
                 self.params, self.opt_state, part = self.run.step(
                     self.params, self.opt_state, rows.x, rows.y, rows.weights, self.engine.place(micro.scales), cut
@@ -149,7 +149,7 @@ class JaxAdapter:
         placed, fed = [], []
         for batch in self.plan.batches(epoch):
             self.calls += 1
-            rows, ids = self.pipeline.sharded(batch, self.engine.rows)
+            rows, ids = self.engine.sharded(self.pipeline, batch)
             self.params, self.opt_state, loss = self.run.step(
                 self.params, self.opt_state, rows.x, rows.y, rows.weights, None, self.calls
             )

@@ -8,7 +8,7 @@ jitted step sees only the plan's (B, T) shapes (one compile per bucket with buck
 m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
 Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
 PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
-A split step's micro-batch (features and images): `Features.sharded`, placed over distributed.py's mesh. Native
+A split step's micro-batch (features and images): `Features.arrays`, placed by distributed.Engine.sharded. Native
 split steps (common.native.SPLIT_IDIOMS, jax) walk that order in global micro-batches of G rows instead of steps of
 S: a ragged last one is padded with weight-0 filler to G (every device a static c rows) under keep and pad alike,
 dropped under drop.
@@ -69,12 +69,6 @@ class Features(Pipeline):
 
     def rows(self, batch, split="train"):
         return Rows(batch.ids, *jax.device_put(self.arrays(batch, split)))
-
-    def sharded(self, batch: Batch, sharding) -> tuple[Rows, jax.Array]:
-        """A split step's training micro-batch over a mesh: its ids, x, y and w in one `jax.device_put` with
-        `sharding` (rows on the mesh axis, distributed.py), and the ids array as placed (what each device holds)."""
-        ids, *arrays = jax.device_put((batch.ids, *self.arrays(batch)), sharding)
-        return Rows(batch.ids, *arrays), ids
 
 
 class NaiveFeatures(Features):

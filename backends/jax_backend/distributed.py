@@ -35,27 +35,36 @@ its last ones over to the next epoch's first update. A recorded step is one upda
 micro-batches it averaged, wherever they came from; micro-batches fed after the run's last update were never
 applied and are in no step.
 
-Beyond one machine: every process calls `jax.distributed.initialize(coordinator_address, num_processes,
-process_id)` before any JAX operation, the Mesh spans all processes' `jax.devices()`, and each process places its
-own replicas' rows with `jax.make_array_from_process_local_data(sharding, rows)` instead of `jax.device_put`; the
-jitted step, shard_map and pmean are unchanged (XLA's collectives then cross the network).
+Past one machine (backends.host): one process per host, each told the coordinator, the process count and its id,
+    JAX_COORDINATOR_ADDRESS=HOST0:PORT JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i python -m backends.host jax SPEC.toml OUT
+on every host i = 0 .. N−1 (jax.distributed.initialize reads only the address itself: `join_hosts` passes all three).
+`join_hosts` joins before any other JAX call (CPU: gloo collectives, R/N host devices per process); the Mesh then
+spans every process's `jax.devices()`, each process places only its own devices' rows (`place`), the jitted step,
+shard_map and pmean are unchanged (XLA's collectives cross the processes), and results are read from replicated
+arrays or gathered (`held`). R = jax.device_count(), all processes' devices.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common.batching import Batch
+from common import InputError
+from common.batching import Batch, Rows
 from common.distributed import Layout
 
 AXIS = "data"
+LAUNCHER = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")  # what backends.host jax reads
+JOIN_TIMEOUT_S = 120  # jax.distributed.initialize: how long a process waits for the others to connect
+HEARTBEAT_S = 30  # a process silent this long is dead: the coordination service ends the others (jax default 100)
 
 
 class Micro(NamedTuple):
@@ -79,6 +88,53 @@ def reserve_devices(n: int) -> None:
                 f"jax: {n} replicas need {n} host devices, but JAX already started with {have}; call "
                 "backends.jax_backend.distributed.reserve_devices before any JAX operation (one per process)"
             ) from None
+
+
+def join_hosts(spec) -> int:
+    """backends.host: join the processes the launcher describes (LAUNCHER) before any other JAX call, and return
+    this one's `jax.process_index()`. On CPU each process gets R / N host devices and gloo collectives; the spec's
+    replicas must equal `jax.device_count()`, every process's devices together."""
+    missing = [key for key in LAUNCHER if not os.environ.get(key)]
+    if missing:
+        raise InputError(
+            f"backends.host jax: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start one "
+            "process per host with JAX_COORDINATOR_ADDRESS=HOST0:PORT JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i"
+        )
+    address = os.environ["JAX_COORDINATOR_ADDRESS"]
+    try:
+        processes, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except ValueError:
+        raise InputError(
+            f"backends.host jax: JAX_NUM_PROCESSES={os.environ['JAX_NUM_PROCESSES']!r} and "
+            f"JAX_PROCESS_ID={os.environ['JAX_PROCESS_ID']!r} are not both integers"
+        ) from None
+    if not 0 <= index < processes:
+        raise InputError(
+            f"backends.host jax: JAX_PROCESS_ID={index} is not in 0 .. JAX_NUM_PROCESSES − 1 = {processes - 1}"
+        )
+    replicas = spec.distributed.replicas
+    if replicas % processes:
+        raise InputError(
+            f"spec key 'distributed.replicas': {replicas} replica{'s' * (replicas != 1)} but the launcher started "
+            f"{processes} process{'es' * (processes != 1)} (JAX_NUM_PROCESSES; each process the same number of "
+            "devices, replicas = all processes' devices)"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU client's cross-process collectives
+    reserve_devices(replicas // processes)  # host devices; a GPU/TPU backend brings its own
+    jax.distributed.initialize(
+        address,
+        processes,
+        index,
+        initialization_timeout=JOIN_TIMEOUT_S,
+        heartbeat_timeout_seconds=HEARTBEAT_S,
+        shutdown_timeout_seconds=JOIN_TIMEOUT_S,
+    )
+    if jax.device_count() != replicas:
+        raise InputError(
+            f"spec key 'distributed.replicas': {replicas} replicas but the {processes} processes have "
+            f"{jax.device_count()} devices ({jax.local_device_count()} each)"
+        )
+    return jax.process_index()
 
 
 def devices(n: int) -> list:
@@ -163,16 +219,28 @@ class Engine:
         ]
 
     def place(self, tree):
-        """Row-wise arrays (G rows) sharded over the mesh: device r gets rows rc .. (r+1)c."""
-        return jax.device_put(tree, self.rows)
+        """Row-wise numpy arrays (the global G rows, the same in every process) sharded over the mesh: device r gets
+        rows rc .. (r+1)c, each process placing only its own devices' rows (one process: all of them)."""
+        return jax.tree.map(lambda a: jax.make_array_from_callback(a.shape, self.rows, lambda index: a[index]), tree)
+
+    def sharded(self, pipeline, batch: Batch) -> tuple[Rows, jax.Array]:
+        """A micro-batch's training rows (data.Features.arrays) placed over the mesh, and its ids as placed."""
+        ids, *arrays = self.place((batch.ids, *pipeline.arrays(batch)))
+        return Rows(batch.ids, *arrays), ids
 
     def replicate(self, tree):
-        """Variables and optimizer state: a full copy on every device of the mesh."""
+        """Variables and optimizer state: a full copy on every device of the mesh (past one machine: every process
+        made the same tree, from the same spec and canonical state)."""
         return jax.device_put(tree, self.replicated)
 
     def held(self, ids: jax.Array) -> list[np.ndarray]:
-        """The ids each device of the mesh actually holds, in replica order (read back from its shard)."""
+        """The ids each device of the mesh actually holds, in replica order: this process's devices' read back from
+        their shards, other processes' gathered from theirs (`process_allgather`, a collective every process runs)."""
         by_device = {shard.device: np.asarray(shard.data) for shard in ids.addressable_shards}
+        if len(by_device) < self.mesh.size:
+            whole = multihost_utils.process_allgather(ids, tiled=True)
+            index = ids.sharding.devices_indices_map(ids.shape)
+            by_device.update({d: whole[index[d]] for d in self.mesh.devices.flat if d not in by_device})
         return [by_device[device] for device in self.mesh.devices.flat]
 
     def held_real(self, ids: jax.Array, weights: jax.Array) -> list[np.ndarray]:

@@ -177,7 +177,7 @@ def test_native_update_is_the_mean_of_the_micro_batch_means():
     micro = [Batch(np.arange(4), np.ones(4)), Batch(np.array([4, 0, 1, 2]), np.array([1.0, 0.0, 0.0, 0.0]))]
     moved = []
     for t, batch in enumerate(micro, 1):
-        rows, _ = adapter.pipeline.sharded(batch, adapter.engine.rows)
+        rows, _ = adapter.engine.sharded(adapter.pipeline, batch)
         adapter.params, adapter.opt_state, _ = adapter.run.step(
             adapter.params, adapter.opt_state, rows.x, rows.y, rows.weights, None, t
         )
