@@ -60,19 +60,27 @@ devices and an XLA cluster cannot reach a mirrored variable's other devices (a w
 "Trying to access resource ... located in device CPU:1 from device CPU:0"); a synchronised batch_norm over R > 1
 replicas would put its all-reduce inside the XLA function, and is refused (`check_compiled`).
 
-Past one machine: set TF_CONFIG ({"cluster": {"worker": [hosts]}, "task": {"type": "worker", "index": i}}) on each
-host and use `tf.distribute.MultiWorkerMirroredStrategy()` in place of `strategy(R)`; the dataset function already
-keeps the replicas of its own input pipeline (`InputContext`), and apply_gradients all-reduces across hosts alike.
+Past one machine: `backends.host` (docs/design.md, "Beyond one machine"). Start one process per worker, each with
+TF_CONFIG = {"cluster": {"worker": ["host0:port", "host1:port", ...]}, "task": {"type": "worker", "index": i}}:
+`TF_CONFIG=... python -m backends.host tf SPEC.toml OUT`. `join_hosts` builds `MultiWorkerMirroredStrategy()`
+there, before any TensorFlow op (one replica per worker's CPU; the spec's replicas must equal the workers), and
+`strategy(R)` returns it: the same `Split` step, its all-reduces collective ops across the workers (bounded by
+TIMEOUT_S), the dataset function feeding the global replica r (worker r) its part r. Worker 0 records.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from common import InputError
 from common.distributed import Layout
 from common.driver import EpochRun
 from common.layers import Layer
@@ -97,9 +105,74 @@ def reserve_devices(n: int) -> None:
             ) from exc
 
 
+TIMEOUT_S = 120.0  # multi-worker: the longest the strategy waits for the other workers, and each collective
+_joined: tf.distribute.Strategy | None = None  # join_hosts's MultiWorkerMirroredStrategy, in a backends.host process
+
+
+def join_hosts(spec) -> int:
+    """backends.host: this process's worker of TF_CONFIG's cluster (module docstring, "Past one machine"), the
+    MultiWorkerMirroredStrategy that `strategy` returns from now on; its rank, the task index (worker 0, the chief,
+    records). InputError when TF_CONFIG is missing or malformed, or lists another number of workers than the spec's
+    replicas (checked before the strategy waits for any peer)."""
+    global _joined
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        raise InputError(
+            'backends.host tf: TF_CONFIG is not set: start one process per worker, each with TF_CONFIG = {"cluster": '
+            '{"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+        )
+    try:
+        config = json.loads(raw)
+        workers, task = config["cluster"]["worker"], config["task"]
+        kind, index = task["type"], task["index"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f'backends.host tf: TF_CONFIG is not {{"cluster": {{"worker": [...]}}, "task": {{"type": '
+            f'"worker", "index": i}}}} ({exc.__class__.__name__}: {exc})'
+        ) from None
+    if set(config["cluster"]) != {"worker"} or kind != "worker" or not isinstance(index, int):
+        raise InputError(
+            f"backends.host tf: TF_CONFIG must list only workers and give this task type 'worker' and an integer "
+            f"index (cluster {sorted(config['cluster'])}, task {task})"
+        )
+    if not 0 <= index < len(workers):
+        raise InputError(f"backends.host tf: TF_CONFIG task index {index} is outside the {len(workers)} workers")
+    replicas = Layout.from_spec(spec).replicas
+    if replicas != len(workers):
+        raise InputError(
+            f"spec key 'distributed.replicas': {replicas} replicas but TF_CONFIG lists {len(workers)} workers (one "
+            "CPU replica each); start one worker per replica"
+        )
+    # the strategy waits for every worker without a bound (its coordination service's register timeout does not
+    # reach that barrier), holding the GIL and deaf to SIGTERM: SIGALRM's default action ends a wait past TIMEOUT_S
+    print(
+        f"backends.host tf: worker {index} of {len(workers)}, waiting up to {TIMEOUT_S:g} s for the others",
+        file=sys.stderr,
+        flush=True,
+    )
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(int(TIMEOUT_S))
+    try:
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=TIMEOUT_S)
+        joined = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        signal.alarm(0)
+    if joined.num_replicas_in_sync != replicas:
+        raise InputError(
+            f"spec key 'distributed.replicas': {replicas} replicas but the {len(workers)} workers hold "
+            f"{joined.num_replicas_in_sync} replicas (one per device TensorFlow sees: set CUDA_VISIBLE_DEVICES)"
+        )
+    _joined = joined
+    return joined.cluster_resolver.task_id
+
+
 def strategy(replicas: int) -> tf.distribute.Strategy:
     """MirroredStrategy over the first `replicas` logical CPU devices (module docstring); the default strategy
-    for one replica."""
+    for one replica; in a backends.host process, the workers' MultiWorkerMirroredStrategy (`join_hosts`)."""
+    if _joined is not None:
+        if replicas != _joined.num_replicas_in_sync:
+            raise ValueError(f"tf: {replicas} replicas asked, the joined workers hold {_joined.num_replicas_in_sync}")
+        return _joined
     if replicas == 1:
         return tf.distribute.get_strategy()
     reserve_devices(replicas)
@@ -158,15 +231,23 @@ class Replicas:
     def _replica(self, parts):
         grads, loss_sum, weight_sum = self.gradients(parts)
         self.optimizer.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=True))
-        return loss_sum, weight_sum, self.fed(parts)
+        ids = self.fed(parts)
+        return loss_sum, weight_sum, ids, tf.nest.map_structure(lambda t: tf.shape(t)[:1], ids)
 
     def _step(self, parts):
         """One optimizer step: the replicas' steps, then Σ w·ℓ / max(Σ w, 1) over the whole step, and the ids fed
-        to each replica (per replica)."""
-        loss_sum, weight_sum, ids = self.strategy.run(self._replica, args=(parts,))
+        to the replicas, gathered from every replica (the other workers' too) in replica order, with each
+        replica's count of them (`by_replica`)."""
+        loss_sum, weight_sum, ids, counts = self.strategy.run(self._replica, args=(parts,))
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
         weights = self.strategy.reduce(tf.distribute.ReduceOp.SUM, weight_sum, axis=None)
-        return total / tf.maximum(weights, 1), ids
+        gather = lambda values: self.strategy.gather(values, axis=0)  # noqa: E731
+        return total / tf.maximum(weights, 1), tf.nest.map_structure(gather, ids), tf.nest.map_structure(gather, counts)
+
+    @staticmethod
+    def by_replica(ids, counts) -> list[np.ndarray]:
+        """A gathered value of `_step` cut back into its replicas' values."""
+        return np.split(ids.numpy(), np.cumsum(counts.numpy())[:-1])
 
 
 class Split(Replicas):
@@ -227,10 +308,10 @@ class Split(Replicas):
         losses, fed = [], []
         for step, parts in enumerate(self.inputs(epoch, first_step), first_step):
             self.optimizer.before_step(step)
-            loss, ids = self.step(parts)
+            loss, ids, counts = self.step(parts)
             losses.append(loss)
-            fed.append(self.strategy.experimental_local_results(ids))
-        shards = [[list(ids.numpy()) for ids in replicas] for replicas in fed]
+            fed.append(self.by_replica(ids, counts))
+        shards = [[list(ids) for ids in replicas] for replicas in fed]
         batches = self.pipeline.plan.batches(epoch)
         return EpochRun([batch.ids for batch in batches], [0] * len(batches), tf.stack(losses).numpy(), shards)
 
@@ -273,9 +354,9 @@ class NativeSplit(Replicas):
         losses, fed = [], []  # fed: per step, [micro-batch][replica] ids
         batches = iter(self.dataset)
         while parts := list(itertools.islice(batches, self.layout.accumulate)):
-            loss, ids = self.step(parts)
+            loss, ids, counts = self.step(parts)
             losses.append(loss)
-            fed.append([self.strategy.experimental_local_results(micro) for micro in ids])
-        shards = [[[micro[r].numpy() for micro in step] for r in range(self.layout.replicas)] for step in fed]
-        ids = [np.concatenate([part.numpy() for micro in step for part in micro]) for step in fed]
+            fed.append([self.by_replica(micro, count) for micro, count in zip(ids, counts, strict=True)])
+        shards = [[[micro[r] for micro in step] for r in range(self.layout.replicas)] for step in fed]
+        ids = [np.concatenate([part for micro in step for part in micro]) for step in fed]
         return EpochRun(ids, [0] * len(ids), tf.stack(losses).numpy(), shards)
