@@ -8,10 +8,8 @@ process count that does not divide the spec's replicas, and a process started wi
 are bad input: exit 2 and one line. A process killed mid-training ends the other within seconds (its gloo collective
 fails; the coordination service's heartbeat, distributed.HEARTBEAT_S, bounds it otherwise), no record."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,44 +19,13 @@ import pytest
 
 from common import record
 from common.spec import load_spec, typed, validate
-from tests.support import ROOT, dp_spec, installed, max_rel_gap, run_in_worker
+from tests.support import ROOT, dp_spec, free_ports, installed, max_rel_gap, run_in_worker, write_spec
 
 pytestmark = pytest.mark.skipif(not installed("jax"), reason="needs jax, flax and optax (pip install -e '.[jax]')")
 
 CASE = "r2-ragged"
 TIMEOUT_S = 300  # every launched process, joining and training included
 LAUNCHER = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string (ASCII escapes)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def write_toml(spec, path: Path) -> Path:
-    """The spec's JSON form as a TOML spec file (top-level keys, then one table per section)."""
-    body = spec.to_dict()
-    lines = [f"{key} = {_toml_value(value)}" for key, value in body.items() if not isinstance(value, dict)]
-    for key, value in body.items():
-        if isinstance(value, dict):
-            lines += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(folder: Path, **extra: str) -> dict[str, str]:
@@ -79,7 +46,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def spec_file(spec, tmp_path_factory):
-    path = write_toml(spec, tmp_path_factory.mktemp("jax-multihost-spec") / f"{CASE}.toml")
+    path = write_spec(spec, tmp_path_factory.mktemp("jax-multihost-spec") / f"{CASE}.toml")
     assert load_spec(path).to_dict() == spec.to_dict()
     return path
 
@@ -92,7 +59,7 @@ def one_machine(spec, tmp_path_factory):
 
 def launch(spec_file: Path, tmp_path: Path) -> tuple[dict[int, subprocess.Popen], dict[int, Path]]:
     """Processes 0 and 1 of a two-process run on a free port, each with its own OUT and log file under tmp_path."""
-    port, outs = free_port(), {i: tmp_path / f"out{i}" for i in (0, 1)}
+    port, outs = free_ports()[0], {i: tmp_path / f"out{i}" for i in (0, 1)}
     processes = {}
     for i in (1, 0):  # process 1 first: it waits for the coordinator, which process 0 starts
         outs[i].mkdir()
@@ -164,7 +131,7 @@ def test_a_process_count_other_than_the_replicas_is_bad_input(spec_file, tmp_pat
     line = _bad(
         spec_file,
         tmp_path,
-        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}",
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_ports()[0]}",
         JAX_NUM_PROCESSES="3",
         JAX_PROCESS_ID="0",
     )
@@ -173,7 +140,7 @@ def test_a_process_count_other_than_the_replicas_is_bad_input(spec_file, tmp_pat
 
 
 def test_without_the_launchers_environment_it_says_how_to_start_it(spec_file, tmp_path):
-    line = _bad(spec_file, tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}")
+    line = _bad(spec_file, tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_ports()[0]}")
     assert "JAX_NUM_PROCESSES, JAX_PROCESS_ID are not set" in line and "JAX_PROCESS_ID=i" in line, line
 
 
@@ -182,7 +149,7 @@ def test_a_killed_process_ends_the_other(spec, tmp_path):
     by the heartbeat in any case, and writes no record."""
     body = spec.to_dict()
     body["train"]["epochs"] = 5000  # far longer than the test waits
-    processes, outs = launch(write_toml(typed(validate(body)), tmp_path / "long.toml"), tmp_path)
+    processes, outs = launch(write_spec(typed(validate(body)), tmp_path / "long.toml"), tmp_path)
     logs = {i: tmp_path / f"process{i}.log" for i in processes}
     try:
         deadline = time.monotonic() + TIMEOUT_S

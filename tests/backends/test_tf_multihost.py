@@ -9,7 +9,6 @@ before any TensorFlow op of its process; every wait is bounded by TIMEOUT_S, the
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,34 +17,11 @@ from pathlib import Path
 import pytest
 
 from common import record
-from tests.support import ROOT, _toml, dp_spec, installed, max_rel_gap, run_in_worker
+from tests.support import ROOT, dp_spec, free_ports, installed, max_rel_gap, run_in_worker, write_spec
 
 pytestmark = pytest.mark.skipif(not installed("tf"), reason="needs tensorflow and keras (pip install -e '.[tf]')")
 
 TIMEOUT_S = 300
-
-
-def write_spec(spec, path: Path) -> Path:
-    """The spec as a TOML file (its JSON form: top-level scalars, then one table per section)."""
-    body = spec.to_dict()
-    lines = [f"{key} = {_toml(value)}" for key, value in body.items() if not isinstance(value, dict)]
-    for section, table in body.items():
-        if isinstance(table, dict):
-            lines += [f"[{section}]", *(f"{key} = {_toml(value)}" for key, value in table.items())]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def free_ports(n: int) -> list[int]:
-    """n ports free now (each bound to port 0, read, closed; held together so that they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def tf_config(workers: list[str], index: int) -> str:

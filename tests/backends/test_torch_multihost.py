@@ -6,10 +6,8 @@ c10d rendezvous on a free port) and as two "machines" of one process each (two t
 their static rendezvous, each its own OUT: the second's stays empty). A process count other than the spec's
 replicas, and a process started without torchrun's environment, are bad input: exit 2 and one line."""
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ import pytest
 
 from common import record
 from common.spec import load_spec, typed, validate
-from tests.support import ROOT, dp_spec, installed, max_rel_gap, run_in_worker
+from tests.support import ROOT, dp_spec, free_ports, installed, max_rel_gap, run_in_worker, write_spec
 
 pytestmark = pytest.mark.skipif(not installed("torch"), reason="needs torch (pip install -e '.[torch]')")
 
@@ -27,37 +25,6 @@ CASE = "r2-ragged"
 TIMEOUT_S = 300  # every launched process, rendezvous and training included
 RENDEZVOUS = "parity-torch-ddp-*"  # the one-machine path's FileStore folders: torchrun's ranks must make none
 LAUNCHER = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string (ASCII escapes)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def write_toml(spec, path: Path) -> Path:
-    """The spec's JSON form as a TOML spec file (top-level keys, then one table per section)."""
-    body = spec.to_dict()
-    lines = [f"{key} = {_toml_value(value)}" for key, value in body.items() if not isinstance(value, dict)]
-    for key, value in body.items():
-        if isinstance(value, dict):
-            lines += ["", f"[{key}]", *(f"{k} = {_toml_value(v)}" for k, v in value.items())]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(folder: Path, **extra: str) -> dict[str, str]:
@@ -81,7 +48,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def spec_file(spec, tmp_path_factory):
-    path = write_toml(spec, tmp_path_factory.mktemp("torch-multihost-spec") / f"{CASE}.toml")
+    path = write_spec(spec, tmp_path_factory.mktemp("torch-multihost-spec") / f"{CASE}.toml")
     assert load_spec(path).to_dict() == spec.to_dict()
     return path
 
@@ -118,7 +85,7 @@ def test_torchrun_standalone_records_what_one_machine_records(spec_file, one_mac
 
 def test_two_launchers_one_per_machine_rank_0_alone_records(spec_file, one_machine, tmp_path):
     """`torchrun --nnodes 2 --node-rank i --master-addr --master-port` as on two machines, each with its own OUT."""
-    port, outs = free_port(), {node: tmp_path / f"out{node}" for node in (0, 1)}
+    port, outs = free_ports()[0], {node: tmp_path / f"out{node}" for node in (0, 1)}
     launchers = {}
     for node in (1, 0):  # the second machine first: it waits for the first at the rendezvous
         outs[node].mkdir()
@@ -151,7 +118,7 @@ def test_a_process_count_other_than_the_replicas_is_bad_input(spec_file, tmp_pat
     """What each of torchrun's processes is told (WORLD_SIZE = 3 for a 2-replica spec): exit 2 and one line, before
     any rendezvous (MASTER_PORT points nowhere); then under torchrun itself, which fails as its processes do."""
     env = environment(tmp_path, RANK="0", LOCAL_RANK="0", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1")
-    env["MASTER_PORT"] = str(free_port())
+    env["MASTER_PORT"] = str(free_ports()[0])
     done = subprocess.run(
         [sys.executable, "-m", "backends.host", "torch", str(spec_file), str(tmp_path / "out")],
         cwd=ROOT,
@@ -174,7 +141,8 @@ def test_a_process_count_other_than_the_replicas_is_bad_input(spec_file, tmp_pat
         timeout=TIMEOUT_S,
     )
     assert launched.returncode != 0
-    assert launched.stderr.count("parity: error: spec key 'distributed.replicas': 2 replicas") == 3, launched.stderr
+    # each rank refuses before joining; torchrun ends the others at the first exit, so 1 to 3 of them print it
+    assert launched.stderr.count("parity: error: spec key 'distributed.replicas': 2 replicas") >= 1, launched.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -214,7 +182,7 @@ def test_a_killed_rank_ends_the_run_through_torchrun(spec, tmp_path):
     wait for the group's timeout), no record."""
     body = spec.to_dict()
     body["train"]["epochs"] = 5000  # far longer than the test waits
-    path = write_toml(typed(validate(body)), tmp_path / "long.toml")
+    path = write_spec(typed(validate(body)), tmp_path / "long.toml")
     tag = f"{os.getpid()}-{tmp_path.name}"
     log = (tmp_path / "torchrun.log").open("w")
     launcher = subprocess.Popen(
