@@ -2,6 +2,7 @@
 
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR] [--seeds K]
                [--against-single]
+    parity explain [SPEC] [--pair a,b] [--seeds K] [--set key.path=value ...] [--out DIR]
     parity sweep PRESET [--full] [--workers N] [--out DIR]
     parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
     parity conformance [--frameworks torch,tf,jax] [--traps ID,...] [--out DIR]
@@ -15,19 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from backends import FRAMEWORKS, REFERENCE
 from benchmarks import conformance, plots, report
+from benchmarks.attribute import explain_spec, parse_pair
 from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import describe, list_presets
 from benchmarks.runner import OutputFolder, absolute, check_target, run_all
 from benchmarks.single import against_single, twin_name
 from benchmarks.sweep import run_sweep
-from common import InputError, record
+from common import InputError, idioms, record
 from common.compare import compare
 from common.datasets import load_dataset
 from common.distributed import Layout, single_device
@@ -53,6 +56,7 @@ reused --out is replaced whole (a non-empty folder parity did not write is refus
 (.NAME.lock) refuses a second run into the same folder (exit 2). Relative paths (--out, the spec, data.path given
 with --set) are read from the folder parity is started in."""
 
+EXPLAIN_SEEDS = 5
 SET_HELP = (
     "override one spec key, e.g. --set optimizer.lr=0.1 --set batching.last_batch='\"drop\"' (TOML values; bare "
     "words are strings; repeatable)"
@@ -127,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
         "same rows per optimizer step) and compare every backend with its twin step by step",
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    explain = sub.add_parser(
+        "explain", help="attribute the native-mode gap between backends to named idioms (explain.json/md/png)"
+    )
+    explain.add_argument("spec", nargs="?", help="TOML spec file (default: the built-in iris experiment)")
+    explain.add_argument("--pair", help="two backends, e.g. torch,tf (default: every pair)")
+    explain.add_argument("--seeds", type=int, default=EXPLAIN_SEEDS, help=f"seeds per random variant ({EXPLAIN_SEEDS})")
+    explain.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP
+    )
+    explain.add_argument("--out", type=out_folder, help="output folder (default: runs/<name>-explain)")
+    explain.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
     sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
     sweep.add_argument("--full", action="store_true", help="full size (default: the reduced CI size)")
@@ -213,6 +228,12 @@ def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str],
     return runs, failed
 
 
+def command_explain(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    check_name(spec.name)
+    return explain_spec(absolute_data_path(spec), parse_pair(args.pair), args.seeds, args.out, args.quiet)
+
+
 def command_run(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     check_name(spec.name)
@@ -262,14 +283,16 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     if not any(b in records for b in backends):
         return _no_backend_ran(spec, work, failed)
 
-    comparison = compare(records, REFERENCE, tolerance_for(spec.dtype, spec.mode))
+    comparison = compare(records, REFERENCE, tolerance_for(spec.dtype, idioms.comparison(spec)))
     comparison["failed"] = failed
     comparison["causes"] = explain(records)
     if args.against_single:
         twin = single_device(spec)
         singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet)
         failed.update({twin_name(b): message for b, message in twin_failed.items()})
-        comparison["against_single"] = against_single(records, singles[twin.seed], tolerance_for(spec.dtype, spec.mode))
+        comparison["against_single"] = against_single(
+            records, singles[twin.seed], tolerance_for(spec.dtype, idioms.comparison(spec))
+        )
     if len(seeds) > 1:
         finals = {
             b: {m: [runs[s][b][0]["epochs"][-1][m] for s in seeds if b in runs[s]] for m in ("test_acc", "test_loss")}
@@ -294,6 +317,14 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
         print(line)
     if "statistical" in comparison:
         print(report.statistical_table(comparison))
+    if idioms.statistical(spec):
+        again = [
+            "parity",
+            "explain",
+            *([args.spec] if args.spec else []),
+            *[a for o in args.overrides for a in ("--set", o)],
+        ]
+        print(f"hint: `{shlex.join(again)}` attributes the gap between the backends to named idioms")
     if "against_single" in comparison:
         print("\n".join(report.against_single_lines(comparison["against_single"])))
     if failed:
@@ -326,6 +357,7 @@ def command_presets(args) -> int:
 
 COMMANDS = {
     "run": command_run,
+    "explain": command_explain,
     "sweep": command_sweep,
     "bench": command_bench,
     "conformance": conformance.command,

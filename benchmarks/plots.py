@@ -217,3 +217,40 @@ def bench_plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def explain_plot(result: dict, path: Path) -> None:
+    """`parity explain`: one panel per pair; per idiom the share of the native test-loss gap it explains, turned
+    on alone (solid) and turned off alone (light), semantic idioms first; noise idioms' seed-to-seed spread of the
+    gap, over |native gap|, hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = result["pairs"]
+    if not pairs:
+        return
+    height = max(2.5, 0.35 * max(len(p["idioms"]) for p in pairs) + 1.2)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), height), squeeze=False)
+    for axis, pair in zip(axes[0], pairs, strict=True):
+        rows = {r["id"]: r for r in pair["idioms"]}
+        order = pair["ranking"]["semantic"] + pair["ranking"]["noise"]
+        gap = pair["native_gap"]["test_loss"]["mean"] or float("nan")
+        ys = np.arange(len(order))[::-1]
+        for y, idiom in zip(ys, order, strict=True):
+            r = rows[idiom]
+            if r["class"] == "semantic":
+                axis.barh(y + 0.18, r["on"]["test_loss"] / gap, height=0.36, color="C0")
+                axis.barh(y - 0.18, r["off"]["test_loss"] / gap, height=0.36, color="C0", alpha=0.4)
+            else:
+                axis.barh(y, r["spread"]["test_loss"] / abs(gap), height=0.5, color="C7", hatch="//", alpha=0.6)
+        axis.set_yticks(ys, order, fontsize=8)
+        axis.axvline(0.0, color="k", lw=0.8)
+        axis.axvline(1.0, color="k", lw=0.8, ls=":")
+        axis.set_xlabel("share of the native test-loss gap")
+        axis.set_title(f"{pair['a']} − {pair['b']}: gap {pair['native_gap']['test_loss']['mean']:+.3g}", fontsize=9)
+    fig.suptitle(f"{result['spec']['name']}: on alone (dark), off alone (light), noise spread (hatched)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -21,6 +21,7 @@ from common import layers as layer_stack
 from common.batching import Batch, BatchPlan, eval_batches
 from common.datasets import Dataset
 from common.distributed import Layout, check_batch_norm, check_rows, shard_ids
+from common.idioms import IDIOMS, active, on, plan_order
 from common.layers import Layer
 from common.metrics import aggregate
 from common.native import layer_settings, running_epoch_loss, split_idiom
@@ -66,8 +67,9 @@ class Adapter(Protocol):
     ) -> None:
         """Build the native pipeline, the model of `layers`, and the optimizer for a resolved spec.
 
-        Exact mode: load `params` and follow `plan`, with the shared dropout masks of common.dropout. Native mode
-        (`params` is None): the framework's own default init, shuffle, dropout and the idioms of common.native.
+        Exact mode: load `params` and follow `plan`, with the shared dropout masks of common.dropout. `params` is
+        None exactly when the idiom `default_init` is on (the framework's own init); every other native behaviour
+        is the adapter's to read from common.idioms (`on(spec, id)`), never from `params` or `spec.mode`.
         """
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
@@ -179,15 +181,18 @@ def _plans(spec: Spec, data: Dataset) -> tuple[BatchPlan, dict[str, list[Batch]]
 def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -> dict:
     """Run the spec's training through `adapter`; return the record body (steps, epochs, params, timing).
 
-    Exact mode: the plan's batches (checked), the canonical init and shared masks; the epoch's train_loss is
-    evaluated after the epoch like every other metric. Native mode: the adapter's own order, init and dropout; the
-    epoch's train_loss is the `fit`-style running mean of its step losses (common.native.running_epoch_loss).
+    Each idiom (common.idioms) off shares what it names: the plan's batches (checked, common.idioms.plan_order), the
+    canonical init (`default_init`), and the epoch's train_loss evaluated after the epoch like every other metric;
+    with `fit_epoch_loss` on it is, for the frameworks the idiom names (not the oracle), the `fit`-style running mean
+    of the step losses (common.native.running_epoch_loss).
+    Adapters read the other idioms themselves; the record lists the ones on (`idioms`).
     """
-    exact = spec.mode == "exact"
+    exact = plan_order(spec)
     plan, eval_plan = _plans(spec, data)
     layers = check_plan(spec, data)[1]
     layout = Layout.from_spec(spec)
-    init = canonical_init(spec, data) if exact else None
+    init = None if on(spec, "default_init") else canonical_init(spec, data)
+    running_loss = on(spec, "fit_epoch_loss") and adapter.name in IDIOMS["fit_epoch_loss"].frameworks
     how = spec.metrics.aggregation
 
     started = time.perf_counter()
@@ -229,7 +234,7 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
             if data.is_sequence:
                 steps[-1]["padded_length"] = int(length)
         metrics = {"epoch": epoch + 1, **_epoch_metrics(adapter, eval_plan, how)}
-        if not exact and real:  # an epoch without an update (native accumulation carried over) keeps the evaluation
+        if running_loss and real:  # an epoch without an update (native accumulation) keeps the evaluation
             metrics["train_loss"] = running_epoch_loss(
                 [float(v) for v in run.losses], [int(ids.shape[0]) for ids in real]
             )
@@ -251,4 +256,5 @@ def train(adapter: Adapter, spec: Spec, data: Dataset, progress: bool = False) -
     split = split_idiom(spec, adapter.name)
     if split:
         body["split"] = split
+    body["idioms"] = sorted(active(spec))
     return body

@@ -15,10 +15,12 @@ records say they did, not the numbers:
   BatchNorm");
 - the split-step causes (common.split_causes): `mean-of-means`, `average-loss-global-batch`, `sampler-padding`,
   `sampler-same-order`, `batch-norm-statistics`;
-- `rounding-growth` (exact mode): the per-step losses agree to ROUNDING_START ulps at step 1, and the difference
-  then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the tolerance, at
-  step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by orders of
-  magnitude at its first step. The entry gives the growth rate (a log-linear fit of the envelope).
+- the idioms (common.idioms) an exact-regime run turned on: each deterministic idiom that changes a or b for this
+  spec, named by its trap, with the step the pair first parts and the idiom's fix;
+- `rounding-growth` (exact mode, no idiom on): the per-step losses agree to ROUNDING_START ulps at step 1, and the
+  difference then grows steadily (no step-to-step jump of the envelope beyond MAX_JUMP) until it crosses the
+  tolerance, at step MIN_STEPS or later: training dynamics amplifying rounding, where a semantic difference jumps by
+  orders of magnitude at its first step. The entry gives the growth rate (a log-linear fit of the envelope).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from itertools import combinations
 
 import numpy as np
 
+from common.idioms import IDIOMS, record_comparison
 from common.padding import length_cap
-from common.split_causes import split_causes
+from common.spec import typed
+from common.split_causes import first_apart, split_causes
 from common.tolerance import Tolerance, tolerance_for
 
 ROUNDING_START = 64  # ulps: how far apart step 1 may be and still count as "agree to rounding"
@@ -73,7 +77,7 @@ def rounding_growth(losses_a: np.ndarray, losses_b: np.ndarray, dtype: str, tol:
 
 def _growth_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | None:
     spec = rec["spec"]
-    if spec.get("mode") != "exact" or "losses" not in npz_a or "losses" not in npz_b:
+    if record_comparison(rec) != "exact" or rec.get("idioms") or "losses" not in npz_a or "losses" not in npz_b:
         return None
     tol = tolerance_for(spec["dtype"], "exact")
     found = rounding_growth(npz_a["losses"], npz_b["losses"], spec["dtype"], tol)
@@ -159,9 +163,13 @@ def biases_before_batch_norm(spec: dict) -> list[str]:
 
 def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | None:
     spec = rec["spec"]
-    if spec.get("mode") != "exact" or not spec.get("model", {}).get("layers") or spec["optimizer"]["name"] == "sgd":
+    if (
+        record_comparison(rec) != "exact"
+        or not spec.get("model", {}).get("layers")
+        or spec["optimizer"]["name"] == "sgd"
+    ):
         return None  # native runs differ everywhere; the shorthand has no batch_norm; SGD moves it by lr·noise only
-    tol = tolerance_for(spec["dtype"], spec["mode"])
+    tol = tolerance_for(spec["dtype"], "exact")
     apart = []
     for name in biases_before_batch_norm(spec):
         va, vb = npz_a.get(f"final/{name}"), npz_b.get(f"final/{name}")
@@ -182,11 +190,36 @@ def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | N
     }
 
 
+def _idiom_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
+    """The deterministic idioms on in an exact-regime run (common.idioms) that change a or b for this spec, each
+    with the step where the pair first parts."""
+    if record_comparison(rec_a) != "exact" or not rec_a.get("idioms"):
+        return []
+    spec = typed(rec_a["spec"])
+    first = first_apart(rec_a, rec_b)
+    out = []
+    for idiom in (IDIOMS[i] for i in rec_a["idioms"] if i in IDIOMS):
+        touched = [name for name in (a, b) if name in idiom.affects(spec)]
+        if not touched:
+            continue
+        when = f"; the losses first part at step {first}" if first else "; the losses still agree"
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "trap": idiom.trap,
+                "why": f"idiom {idiom.id} is on and changes {' and '.join(touched)}{when}; fix: {idiom.fix}",
+            }
+        )
+    return out
+
+
 def explain(records: dict[str, tuple[dict, dict]]) -> list[dict]:
     """The known causes that separate each pair of records (module docstring)."""
     out = []
     for a, b in combinations(sorted(records), 2):
         (rec_a, npz_a), (rec_b, npz_b) = records[a], records[b]
+        out += _idiom_causes(a, b, rec_a, rec_b)
         out += split_causes(a, b, rec_a, rec_b)
         growth = _growth_cause(a, b, rec_a, npz_a, npz_b)
         if growth:

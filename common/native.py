@@ -1,8 +1,9 @@
 """Native mode: what a user porting the spec by hand to each framework would write (docs/design.md, "Native mode").
 
 In `mode = "native"` nothing is shared but the data split. Each adapter uses its framework's own order, default
-init, dropout RNG and regularization knobs, as the table in the design document lists per framework, so the run
-shows the traps instead of converting them away: Keras L2(λ) doubles the gradient, Keras Adam keeps ε = 1e-7 in
+init, dropout RNG and regularization knobs, as the table in the design document lists per framework, each one a
+switch of common.idioms (`on(spec, id)`; exact mode with `native.idioms` turns some on), so the run shows the traps
+instead of converting them away: Keras L2(λ) doubles the gradient, Keras Adam keeps ε = 1e-7 in
 the ε-hat form, Keras decays biases, JAX's |x| has subgradient +1 at 0, and every RNG differs. Native runs are
 therefore compared statistically over seeds (common.stats), never step by step.
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.distributed import Layout
+from common.idioms import on
 
 if TYPE_CHECKING:
     from common.spec import Spec
@@ -61,6 +63,31 @@ LAYER_DEFAULTS: dict[str, dict] = {
         "avg_pool_count": "window",
     },
 }
+
+
+# framework → its LayerNorm's default ε (trap layer_norm_eps), what a port gets without passing eps
+LAYER_NORM_EPS = {"torch": 1e-5, "tf": 1e-3, "jax": 1e-6}
+# a batch_norm table's values where the table leaves them out (common.layers.norm: momentum, running_var; eps is
+# model.norm_eps)
+BN_TABLE_DEFAULTS = {"momentum": 0.9, "running_var": "biased"}
+
+
+def differs(spec: Spec, key: str) -> tuple[str, ...]:
+    """The frameworks whose native default for `key` differs from some layer of the spec: `bn_momentum`, `bn_eps`,
+    `running_var` (LAYER_DEFAULTS against the batch_norm tables) or `ln_eps` (LAYER_NORM_EPS against the layer_norm
+    tables); what the layer idioms change for this spec (common.idioms)."""
+    from common.layers import tables
+
+    kind = "layer_norm" if key == "ln_eps" else "batch_norm"
+    wanted = set()
+    for table in (t for t in tables(spec) if t["kind"] == kind):
+        if key in ("ln_eps", "bn_eps"):
+            wanted.add(table.get("eps", spec.model.norm_eps))
+        else:
+            field = "momentum" if key == "bn_momentum" else "running_var"
+            wanted.add(table.get(field, BN_TABLE_DEFAULTS[field]))
+    native = {fw: LAYER_NORM_EPS[fw] if key == "ln_eps" else row[key] for fw, row in LAYER_DEFAULTS.items()}
+    return tuple(fw for fw, value in native.items() if wanted - {value})
 
 
 # framework → how a hand port runs a split step (common.distributed) in native mode:
@@ -104,35 +131,47 @@ def split_reduction(row: dict, accumulate: int) -> str:
 
 
 def split_idiom(spec: Spec, backend: str) -> dict | None:
-    """How a backend split its steps, for the record: the native row of SPLIT_IDIOMS in native mode, the canonical
-    one (with the spec's reduction) in exact mode and for the oracle; None when steps are not split."""
+    """How a backend split its steps, for the record: the native row of SPLIT_IDIOMS with the idiom `split_step`
+    on, the canonical one (with the spec's reduction) otherwise and for the oracle; None when steps are not split."""
     if not Layout.from_spec(spec).is_split:
         return None
-    if spec.mode == "native" and backend in SPLIT_IDIOMS:
+    if on(spec, "split_step") and backend in SPLIT_IDIOMS:
         return dict(SPLIT_IDIOMS[backend])
     return {**CANONICAL_SPLIT, "reduction": spec.batching.reduction}
 
 
+# LAYER_DEFAULTS key → the idiom (common.idioms) that switches it
+LAYER_IDIOMS = {
+    "bn_momentum": "bn_momentum",
+    "bn_eps": "bn_eps",
+    "running_var": "bn_running_var",
+    "flatten": "flatten_order",
+    "same_padding": "same_padding",
+    "avg_pool_count": "avg_pool_count",
+}
+
+
 def layer_settings(spec: Spec, backend: str, layers) -> dict | None:
-    """What a backend's image and BatchNorm layers did in this run, for the record: the native row of
-    LAYER_DEFAULTS in native mode, the spec's canonical values in exact mode (and for the numpy oracle, whose
-    native mode is canonical); None when the stack has no such layer. Keys of kinds absent from the stack are
-    left out."""
+    """What a backend's image and BatchNorm layers did in this run, for the record: per key the native value of
+    LAYER_DEFAULTS where its idiom (LAYER_IDIOMS) is on, the spec's canonical value otherwise (and always for the
+    numpy oracle, whose layers are canonical); None when the stack has no such layer. Keys of kinds absent from
+    the stack are left out."""
     kinds = {layer.kind for layer in layers}
     bns = [layer for layer in layers if layer.kind == "batch_norm"]
     if not kinds & {"batch_norm", "flatten", "conv2d", "max_pool", "avg_pool"}:
         return None
-    if spec.mode == "native" and backend in LAYER_DEFAULTS:
-        row = dict(LAYER_DEFAULTS[backend])
-    else:
-        row = {
-            "bn_momentum": bns[0].momentum if bns else None,
-            "bn_eps": bns[0].eps if bns else None,
-            "running_var": bns[0].running_var if bns else None,
-            "flatten": "nhwc",
-            "same_padding": "tf",
-            "avg_pool_count": "real",
-        }
+    canonical = {
+        "bn_momentum": bns[0].momentum if bns else None,
+        "bn_eps": bns[0].eps if bns else None,
+        "running_var": bns[0].running_var if bns else None,
+        "flatten": "nhwc",
+        "same_padding": "tf",
+        "avg_pool_count": "real",
+    }
+    native = LAYER_DEFAULTS.get(backend, {})
+    row = {
+        key: native[key] if key in native and on(spec, LAYER_IDIOMS[key]) else value for key, value in canonical.items()
+    }
     keep = {
         "bn_momentum": "batch_norm" in kinds,
         "bn_eps": "batch_norm" in kinds,

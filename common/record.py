@@ -8,6 +8,7 @@ and `train_lengths` the raw lengths (common.datasets). A stack with image or bat
 those layers did in this run (common.native.layer_settings: BN momentum, ε, estimator, flatten order, "same"
 padding, avg-pool divisor), which common.explain reads. Split steps (common.distributed) add `shards` to every
 step and `split`: how this backend split them (common.native.split_idiom: sampler, loss divisor, accumulation).
+`idioms`: the ids of common.idioms on in this run (sorted; empty in plain exact mode).
 NPZ:  init/<name>, final/<name> (canonical layout), losses (float64 per step), train_x, train_y.
 Non-finite training is a result, not an error: `first_nonfinite_step` is the first step whose loss is NaN or ±inf
 (null when all are finite) and `first_nonfinite_epoch` the first epoch with a non-finite metric (null likewise).
@@ -72,6 +73,7 @@ def build(backend: str, versions: dict, device: str, spec: Spec, body: dict) -> 
         "steps": body["steps"],
         "epochs": body["epochs"],
         "timing": body["timing"],
+        "idioms": body["idioms"],
         "first_nonfinite_step": first_nonfinite([s["loss"] for s in body["steps"]], [s["step"] for s in body["steps"]]),
         "first_nonfinite_epoch": _first_nonfinite_epoch(body["epochs"]),
         **({"padding": body["padding"]} if "padding" in body else {}),

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from common import distributed, layers
+from common import distributed, idioms, layers, schedules
 from common.errors import InputError
 from common.frameworks import REGISTRY
 
@@ -160,6 +160,22 @@ SCHEMA: dict[str, Any] = {
         "beta1": Field(0.9, float, _range(0.0, 1.0, hi_open=True)),
         "beta2": Field(0.999, float, _range(0.0, 1.0, hi_open=True)),
         "eps": Field(1e-8, float, _range(0.0, 1.0, lo_open=True)),
+        # gradient clipping by norm (common.clipping): c = clip_norm (0: off), over all tensors or each one
+        "clip_norm": Field(0.0, float, _range(0.0, 1e6)),
+        "clip": Field("global", str, _choice("global", "per_tensor")),
+    },
+    # the learning rate lr(t) after t optimizer steps (common.schedules); optimizer.lr is lr(0) or the peak
+    "schedule": {
+        "kind": Field("constant", str, _choice("constant", "step", "cosine", "warmup_cosine")),
+        "warmup_steps": Field(0, int, _range(0, 2**31)),
+        "decay_steps": Field(0, int, _range(0, 2**31)),
+        "step_size": Field(1, int, _range(1, 2**31)),
+        "gamma": Field(0.1, float, _range(0.0, 1.0, lo_open=True)),
+        "final_lr": Field(0.0, float, _range(0.0, 1e6)),
+    },
+    # native-mode idioms switched one by one (common.idioms): "all" or a list of ids; mode = "native" is "all"
+    "native": {
+        "idioms": Field([], (list, str)),
     },
     "train": {
         "epochs": Field(5, int, _range(1, 100000)),
@@ -213,7 +229,8 @@ def _check_type(key: str, value: Any, field: Field) -> Any:
         value = float(value)
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if not ok:
-        raise InputError(f"spec key '{key}': expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        expected = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        raise InputError(f"spec key '{key}': expected {expected}, got {type(value).__name__} {value!r}")
     if field.check is not None:
         problem = field.check(value)
         if problem:
@@ -235,6 +252,8 @@ def validate(spec: dict) -> dict:
     - Adam with decoupled decay is spelled `adamw`.
     - `optimizer.nesterov` needs a momentum > 0 (torch raises otherwise).
     - split steps (distributed.replicas or batching.accumulate > 1): common.distributed.check.
+    - `optimizer.clip` needs clip_norm > 0; `[schedule]`: common.schedules.check; `native.idioms`:
+      common.idioms.check and check_bundle.
     """
 
     def walk(node: dict, schema: dict, prefix: str) -> dict:
@@ -266,9 +285,16 @@ def validate(spec: dict) -> dict:
         raise InputError("spec key 'optimizer.nesterov': nesterov needs optimizer.momentum > 0")
     if out["optimizer"]["name"] != "sgd" and (out["optimizer"]["momentum"] or out["optimizer"]["nesterov"]):
         raise InputError("spec key 'optimizer.momentum': momentum and nesterov apply to sgd only")
+    if out["optimizer"]["clip"] != "global" and out["optimizer"]["clip_norm"] == 0.0:
+        raise InputError("spec key 'optimizer.clip': clipping is off (optimizer.clip_norm = 0); set clip_norm > 0")
+    problem = schedules.check(out["schedule"])
+    if problem:
+        raise InputError(f"spec key '{problem[0]}': {problem[1]}")
+    idioms.check(out["mode"], out["native"]["idioms"])
     _check_model(out)
     _check_sequence_rules(typed(out))
     distributed.check(typed(out))
+    idioms.check_bundle(typed(out))
     needs_path = out["data"]["name"] in FILE_DATA
     if needs_path and not out["data"]["path"]:
         raise InputError(f"spec key 'data.path': required for data.name = '{out['data']['name']}'")

@@ -24,6 +24,7 @@ from collections import Counter
 import numpy as np
 
 from common.distributed import ragged_steps
+from common.idioms import record_comparison
 from common.native import split_reduction
 from common.tolerance import tolerance_for
 
@@ -67,8 +68,8 @@ def _reduction_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
         theirs = REDUCTION_TRAPS[kinds[other]][1] if kinds[other] in REDUCTION_TRAPS else "takes Σ w·∇ℓ / Σ w"
         why = f"{name} {what} where {other} {theirs}: their updates differ at {name}'s ragged steps "
         why += f"{_ragged_list(ragged)} (parts of unequal rows)"
-        if rec_a["spec"]["mode"] == "exact" and rec_b["spec"]["mode"] == "exact":
-            first = _first_apart(rec_a, rec_b)
+        if record_comparison(rec_a) == record_comparison(rec_b) == "exact":
+            first = first_apart(rec_a, rec_b)
             if first != ragged[0] + 1:
                 continue
             why += f", so the losses first differ at step {first}, right after ragged step {ragged[0]}"
@@ -76,7 +77,7 @@ def _reduction_cause(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     return out
 
 
-def _first_apart(rec_a: dict, rec_b: dict) -> int | None:
+def first_apart(rec_a: dict, rec_b: dict) -> int | None:
     """The first step (1-based) whose losses differ beyond the exact-mode tolerance; None when none does or the
     records have different step counts."""
     la, lb = (np.array([s["loss"] for s in r["steps"]]) for r in (rec_a, rec_b))

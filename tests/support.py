@@ -22,6 +22,7 @@ from common.compare import compare
 from common.datasets import load_dataset
 from common.distributed import Layout, single_device
 from common.driver import canonical_init, model_layers, train
+from common.idioms import comparison, on
 from common.spec import Spec, apply_overrides, defaults, typed, validate
 from common.tolerance import tolerance_for
 
@@ -130,7 +131,7 @@ def prepared_adapter(backend: str, spec: Spec):
         data,
         BatchPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths),
         model_layers(spec, data),
-        canonical_init(spec, data) if spec.mode == "exact" else None,
+        None if on(spec, "default_init") else canonical_init(spec, data),
     )
     return adapter, data
 
@@ -138,7 +139,7 @@ def prepared_adapter(backend: str, spec: Spec):
 def compare_with_oracle(backend: str, spec: Spec) -> dict:
     """comparison.json body of `backend` against the numpy oracle, both trained here."""
     records = {"numpy": run_in_process("numpy", spec), backend: run_in_process(backend, spec)}
-    return compare(records, "numpy", tolerance_for(spec.dtype, spec.mode))
+    return compare(records, "numpy", tolerance_for(spec.dtype, comparison(spec)))
 
 
 def divergences(comparison: dict) -> list[str]:

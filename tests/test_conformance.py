@@ -194,6 +194,8 @@ def test_sections_and_citations_name_design_sections():
         "Traps",
         "Images and BatchNorm",
         "Data parallelism and accumulation",
+        "Gradient clipping",
+        "Learning-rate schedules",
     }
     for trap in CATALOGUE:
         assert trap.section in sections, trap.id
@@ -374,6 +376,112 @@ def test_batch_norm_split_references_and_canonical_values():
     assert jax["per_replica_means"][0] == stats["first_replica"]["mean"]
     assert TRAPS["bn_replica_stats"].expected["jax"]["replica_average_mean"] == stats["replica_mean"]["mean"]
     assert TRAPS["bn_jit_global_batch"].effect_of(TRAPS["bn_jit_global_batch"].expected)[0] > 1.0
+
+
+# ------------------------------------------------------------------- gradient clipping and learning-rate schedules
+CLIP_SCHEDULE_TRAPS = (
+    "clip_epsilon",
+    "keras_clipnorm_per_variable",
+    "clip_before_decay",
+    "keras_clip_per_replica",
+    "cosine_annealing_period",
+    "warmup_decay_steps",
+    "scheduler_step_first",
+    "per_epoch_schedule",
+    "schedule_float32",
+)
+
+
+@pytest.mark.parametrize("trap_id", CLIP_SCHEDULE_TRAPS)
+def test_clip_and_schedule_traps_diverge_and_state_an_effect(trap_id):
+    trap = TRAPS[trap_id]
+    assert trap.section == ("Gradient clipping" if "clip" in trap_id else "Learning-rate schedules") and trap.canonical
+    assert "common.clipping" in trap.conversion or "common.schedules" in trap.conversion or "float64" in trap.conversion
+    assert trap.diverges(trap.expected) is True
+    size, text = trap.effect_of(trap.expected)
+    assert size and size > 0 and text and not text.startswith("n/a"), text
+
+
+def test_clip_and_schedule_canonical_values_come_from_common():
+    from common import clipping, schedules
+    from common.traps import catalogue as C
+
+    assert C.CLIP_N == 5.0 and TRAPS["clip_epsilon"].canonical == {"factor_at_c": 1.0, "factor_at_2c": 0.5}
+    assert TRAPS["clip_before_decay"].canonical["update"] == [-0.25] * 4, "the regularized gradient clipped by 1/4"
+    assert TRAPS["cosine_annealing_period"].canonical == {"lr": [1.0, 0.25, 0.25, 0.25]}
+    assert TRAPS["scheduler_step_first"].canonical == {"step_first": [1.0, 0.5, 0.25]}
+    assert TRAPS["per_epoch_schedule"].canonical == {"lrs": [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]}
+    assert TRAPS["schedule_float32"].canonical == {"lr": 0.1}
+    # exact mode's conversions, as measured, give the canonical values
+    assert TRAPS["cosine_annealing_period"].expected["torch"]["lambda_lr"] == C.COSINE_CANONICAL_LRS
+    assert TRAPS["warmup_decay_steps"].expected["jax"]["decay_steps_w_plus_d"] == C.WARMUP_CANONICAL_LRS
+    assert TRAPS["warmup_decay_steps"].expected["tf"]["lr"] == C.WARMUP_CANONICAL_LRS
+    assert TRAPS["clip_before_decay"].expected["torch"]["loss_term_update"] == C.DECAY_ORDERS["decay_then_clip"]
+    assert TRAPS["clip_before_decay"].expected["jax"]["decay_first_update"] == C.DECAY_ORDERS["decay_then_clip"]
+    assert TRAPS["clip_epsilon"].expected["torch"]["exact_form_at_c"] == 1.0
+    # the idioms' formulas (common.clipping, common.schedules) reproduce what the frameworks were measured to do
+    torch_clip = TRAPS["clip_epsilon"].expected["torch"]
+    assert torch_clip["factor_at_c"] == clipping.torch_scale(C.CLIP_N, C.CLIP_N)
+    assert torch_clip["factor_at_2c"] == clipping.torch_scale(C.CLIP_N, C.CLIP_N / 2)
+    s = C.SCHEDULE
+    annealing = [schedules.used(C.COSINE, s["lr"], t, 0, frozenset({"torch_cosine_annealing"})) for t in s["cosine_at"]]
+    assert TRAPS["cosine_annealing_period"].expected["torch"]["lr"] == pytest.approx(annealing, rel=1e-12)
+    optax = [
+        schedules.used(C.WARMUP_COSINE, s["lr"], t, 0, frozenset({"optax_warmup_decay_steps"})) for t in s["warmup_at"]
+    ]
+    assert TRAPS["warmup_decay_steps"].expected["jax"]["lr"] == pytest.approx(optax, rel=1e-12)
+    first = [schedules.used(C.STEP_FIRST_TABLE, 1.0, t, 0, frozenset({"scheduler_step_first"})) for t in range(3)]
+    assert TRAPS["scheduler_step_first"].expected["torch"]["step_first"] == first
+    per_epoch = C.PER_EPOCH["steps_per_epoch"]
+    epochs = [
+        schedules.used(C.PER_EPOCH_TABLE, 1.0, t, t // per_epoch, frozenset({"per_epoch_schedule"}))
+        for t in range(C.PER_EPOCH_STEPS)
+    ]
+    assert TRAPS["per_epoch_schedule"].expected["torch"]["lrs"] == epochs
+
+
+def test_clip_per_replica_references_and_canonical_values():
+    from common import clipping
+    from common.traps import catalogue as C
+    from common.traps.reference import clip_replica_placement, clip_replica_references
+
+    p, trap = C.CLIP_REPLICAS, TRAPS["keras_clip_per_replica"]
+    for case in ("agree", "opposed"):
+        refs = clip_replica_references(case)
+        total = {"w": np.sum(p[case], axis=0)}
+        # the canonical update is common.clipping's global clip of the replicas' summed gradient
+        assert refs["reduced"] == (-p["lr"] * clipping.clip(total, p["c"], "global")[0]["w"]).tolist()
+        assert len({tuple(v) for v in refs.values()}) == 3, "the three placements must be told apart"
+        for name, update in refs.items():
+            assert clip_replica_placement(update, case) == name
+        assert clip_replica_placement([9.0] * 4, case) == "other"
+    # each replica is clipped alone (norms 2, 4, 2 > c) while the sums (norms 4, 2) differ: every factor a power of 2
+    assert clip_replica_references("agree") == {
+        "reduced": [-0.5] * 4,
+        "per_replica": [-1.0] * 4,
+        "unclipped": [-2.0] * 4,
+    }
+    assert clip_replica_references("opposed") == {
+        "reduced": [-0.5] * 4,
+        "per_replica": [0.0] * 4,
+        "unclipped": [-1.0] * 4,
+    }
+    assert trap.canonical["update"] == C.REPLICA_CLIPS["agree"]["reduced"]
+    assert trap.canonical["opposed_update"] == C.REPLICA_CLIPS["opposed"]["reduced"]
+    tf = trap.expected["tf"]
+    assert tf["one_device_update"] == trap.canonical["update"], "the one-device Keras clip is the rule"
+    assert tf["opposed_one_device_update"] == trap.canonical["opposed_update"]
+    assert tf["update"] == C.REPLICA_CLIPS["agree"]["per_replica"]
+    assert tf["opposed_update"] == C.REPLICA_CLIPS["opposed"]["per_replica"]
+    assert tf["replicas"] == len(p["agree"]) == len(p["opposed"])
+    assert trap.effect_of(trap.expected)[0] == tf["replicas"], "equal replicas: the clip acts at R·c"
+
+
+def test_every_idiom_names_a_trap():
+    from common.idioms import IDIOMS
+
+    for idiom in IDIOMS.values():
+        assert idiom.trap in TRAPS, (idiom.id, idiom.trap)
 
 
 # ------------------------------------------------------------------------------------- the matrix builder

@@ -144,6 +144,7 @@ def test_record_marks_the_first_nonfinite_step_and_epoch():
         ],
         "epochs": [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": NAN, "test_acc": 0.5}],
         "timing": {},
+        "idioms": [],
     }
     rec = record.build("torch", {}, "cpu", spec, body)
     assert rec["first_nonfinite_step"] == 2 and rec["first_nonfinite_epoch"] == 1

@@ -335,7 +335,7 @@ def test_log_noise_never_stands_in_for_the_error():
 def test_parity_alone_prints_usage(tmp_path):
     proc = parity([], tmp_path)
     assert proc.returncode == 2
-    assert proc.stdout.startswith("usage: parity") and "{run,sweep,bench,conformance,presets}" in proc.stdout
+    assert proc.stdout.startswith("usage: parity") and "{run,explain,sweep,bench,conformance,presets}" in proc.stdout
     assert "exit codes:" in proc.stdout and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
 

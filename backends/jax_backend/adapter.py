@@ -3,15 +3,18 @@ of optim.py, trained by execution.py's one pure step in the spec's execution mod
 
 `run_epoch` is the whole training loop: eager / compiled walk the pipeline's Rows step by step, fused scans the
 plan's full batches (plus a one-step scan for a ragged "keep" tail); either way the losses stay on the device and
-are fetched once at the end of the epoch. Exact mode: the shared plan, canonical init and shared dropout masks
-(common.dropout, drawn here per global step). Native mode (common.native, jax column): data.JaxOrderPlan, flax's
-own init (`model.init(PRNGKey(seed), x)`), nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t),
-the optax chain as written; a pad batch's weight-0 filler is fed (one shape) but not reported.
-Split steps (common.distributed: R replicas, K micro-batches): distributed.py's engine, a mesh of R devices; exact
-mode: `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps; native
-mode: the native `train_step` per global micro-batch (data.micro_batches), its nn.Dropout key folded with the run's
-micro-batch count, into `optax.MultiSteps(tx, K)` as a port writes it, a step recorded per update. The records'
-`shards` are read back from the devices.
+are fetched once at the end of the epoch. Every native behaviour is an idiom of common.idioms, each on alone or
+all together (mode = "native"): `order` data.JaxOrderPlan (a pad batch's weight-0 filler fed, one shape, but not
+reported); `default_init` flax's own init, `model.init(PRNGKey(seed), x)` (the driver passes params=None);
+`dropout_rng` nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t) instead of the shared masks
+(common.dropout, drawn here per global step); the layer idioms in core / norm / image (model.Options); the
+optimizer's, clipping's and schedules' in optim.py. With neither `order` nor `split_step` on the run walks the
+shared plan and lists its ids, filler included (common.idioms.plan_order), which the driver checks.
+Split steps (common.distributed: R replicas, K micro-batches): distributed.py's engine, a mesh of R devices; the
+plan's split: `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps;
+idiom `split_step`: the `train_step` per global micro-batch (data.micro_batches), its nn.Dropout key folded with
+the run's micro-batch count (or the shared masks of that count), into `optax.MultiSteps(tx, K)` as a port writes
+it, a step recorded per update. The records' `shards` are read back from the devices.
 `self.params` holds all the flax variables, {'params'} plus {'batch_stats'} with batch_norm: the canonical state is
 loaded into and exported from `batch_stats` (model.py), the optax state covers `params` only, and evaluation
 normalises with the running statistics.
@@ -34,6 +37,7 @@ from common import rng
 from common.distributed import Layout
 from common.driver import EpochRun
 from common.dropout import shared_masks
+from common.idioms import on, plan_order
 from common.layers import dropout_layers
 from common.regularization import Regularization
 from common.spec import Spec, execution_of
@@ -65,32 +69,35 @@ class JaxAdapter:
 
     def prepare(self, spec, data, plan, layers, params):
         execution.check(self.execution, data)
-        self.layers, self.exact = layers, params is not None
+        self.layers = layers
         self.layout = Layout.from_spec(spec)
+        self.planned = plan_order(spec)  # the shared plan's ids, filler included, as the driver checks them
+        self.native_split = self.layout.is_split and on(spec, "split_step")
+        dropout = any(layer.rate > 0.0 for layer in dropout_layers(layers))
+        self.shared_dropout = not on(spec, "dropout_rng")
         self.pipeline = pipelines.pipeline(spec, data, plan)
         self.plan = self.pipeline.plan
         self.model = build(layers, spec)
         reg = Regularization.from_spec(spec)
-        if self.exact:
-            self.params, penalty = load_canonical(self.model, params), None
-            tx = optim.build(spec, reg, params)
-        else:
+        if params is None:  # default_init
             self.params = native_init(self.model, spec.seed)
-            names = to_canonical(self.params)
-            tx, penalty = optim.build_native(spec, reg, names), optim.native_l1_penalty(spec, reg, names)
+            params = to_canonical(self.params)
+        else:
+            self.params = load_canonical(self.model, params)
+        tx, penalty = optim.build(spec, reg, params), optim.l1_penalty(spec, reg, params)
         self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
-        native_dropout = not self.exact and any(layer.rate > 0.0 for layer in dropout_layers(layers))
+        native_dropout = dropout and not self.shared_dropout
         if self.layout.is_split:  # split_step also returns the batch_norm state (distributed.Engine)
             self.engine = Engine(self.layout, self.dtype)
-            tx = self.engine.accumulate(tx) if self.exact else self.engine.native_accumulate(tx)
-        if self.layout.is_split and self.exact:
-            step = execution.split_step(self.model, tx, self.engine.combine)
+            tx = self.engine.native_accumulate(tx) if self.native_split else self.engine.accumulate(tx)
+        if self.layout.is_split and not self.native_split:
+            step = execution.split_step(self.model, tx, self.engine.combine, penalty)
         else:
             step = execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
         self.tx, self.opt_state = tx, tx.init(split_state(self.params)[0])
         if self.layout.is_split:
             self.params, self.opt_state = self.engine.replicate((self.params, self.opt_state))
-            self.calls, self.pending = 0, []  # native: micro-batches fed, and those not yet in an update
+            self.calls, self.pending = 0, []  # split_step: micro-batches fed, and those not yet in an update
         self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
         if self.execution == "fused":
@@ -106,14 +113,14 @@ class JaxAdapter:
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
         if self.layout.is_split:
-            return self._split_epoch(epoch, first_step) if self.exact else self._native_split_epoch(epoch)
+            return self._native_split_epoch(epoch) if self.native_split else self._split_epoch(epoch, first_step)
         if self.execution == "fused":
             return self._fused_epoch(epoch, first_step)
         ids, lengths, losses = [], [], []
         for t, batch in enumerate(self.plan.batches(epoch), start=first_step):
             rows = self.pipeline.rows(batch)
             losses.append(self._advance(rows.x, rows.y, rows.weights, self._masks(t, rows.ids.shape[0]), t))
-            ids.append(rows.ids if self.exact else rows.ids[batch.weights > 0])
+            ids.append(rows.ids if self.planned else rows.ids[batch.weights > 0])
             lengths.append(rows.length)
         return EpochRun(ids, lengths, np.asarray(jnp.stack(losses)))
 
@@ -124,7 +131,7 @@ class JaxAdapter:
         batches = self.plan.batches(epoch)
         losses, shards = [], []
         for t, batch in enumerate(batches, start=first_step):
-            masks = shared_masks(self.spec.seed, t, self.layers, self.layout.step_rows, self.dtype)
+            masks = self._shared(t, self.layout.step_rows)
             loss, placed = 0.0, []
             for micro in self.engine.micro_batches(batch):
                 rows, ids = self.engine.sharded(self.pipeline, micro.batch)
@@ -139,19 +146,23 @@ class JaxAdapter:
         shards = [  # read back from the devices after the epoch, not inside its loop
             [list(replica) for replica in zip(*map(self.engine.held, placed), strict=True)] for placed in shards
         ]
-        return EpochRun([b.ids for b in batches], [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
+        ids = [b.ids if self.planned else b.real_ids for b in batches]
+        return EpochRun(ids, [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
 
     def _native_split_epoch(self, epoch: int) -> EpochRun:
-        """Native split steps (distributed.py, native mode): the epoch's global micro-batches through the native
-        step on the mesh. Each update of MultiSteps is a step: the micro-batches it averaged (the previous epoch's
-        left-overs first), their real ids, Σℓ / n over those rows, and per replica and micro-batch the real ids its
-        device held. The losses and MultiSteps's update flags are fetched once, at the end of the epoch."""
+        """Idiom `split_step` (distributed.py): the epoch's global micro-batches through `train_step` on the mesh
+        (with the shared masks of the run's micro-batch count unless `dropout_rng`). Each update of MultiSteps is a
+        step: the micro-batches it averaged (the previous epoch's left-overs first), their real ids, Σℓ / n over those
+        rows, and per replica and micro-batch the real ids its device held. The losses and MultiSteps's update flags
+        are fetched once, at the end of the epoch."""
         placed, fed = [], []
         for batch in self.plan.batches(epoch):
             self.calls += 1
             rows, ids = self.engine.sharded(self.pipeline, batch)
+            masks = self._shared(self.calls, batch.ids.shape[0])
+            masks = None if masks is None else self.engine.place(masks)
             self.params, self.opt_state, loss = self.run.step(
-                self.params, self.opt_state, rows.x, rows.y, rows.weights, None, self.calls
+                self.params, self.opt_state, rows.x, rows.y, rows.weights, masks, self.calls
             )
             placed.append((ids, rows.weights))
             fed.append((loss * batch.n_real, self.engine.has_updated(self.tx, self.opt_state)))
@@ -166,9 +177,13 @@ class JaxAdapter:
         shards = [[list(replica) for replica in zip(*(held for held, _ in step), strict=True)] for step in steps]
         return EpochRun(ids, [0] * len(steps), losses, shards)
 
+    def _shared(self, step: int, rows: int) -> list[np.ndarray] | None:
+        """The shared masks (common.dropout) of `step` for `rows` rows: None without dropout or with `dropout_rng`."""
+        return shared_masks(self.spec.seed, step, self.layers, rows, self.dtype) if self.shared_dropout else None
+
     def _masks(self, step: int, rows: int):
-        """Exact mode: the shared masks of global step `step` on the device (None without dropout / native)."""
-        masks = shared_masks(self.spec.seed, step, self.layers, rows, self.dtype) if self.exact else None
+        """The shared masks of global step `step` on the device (`_shared`)."""
+        masks = self._shared(step, rows)
         return None if masks is None else jax.device_put(masks)
 
     def _advance(self, x, y, w, masks, t) -> jax.Array:
@@ -179,10 +194,7 @@ class JaxAdapter:
         """S consecutive batches of one shape as the scan's device inputs: ids int32 and w (S, B), the masks
         stacked per dropout layer, the global steps (S,) int32."""
         steps = np.arange(first_step, first_step + ids.shape[0], dtype=np.int32)
-        per_step = [
-            shared_masks(self.spec.seed, int(t), self.layers, ids.shape[1], self.dtype) if self.exact else None
-            for t in steps
-        ]
+        per_step = [self._shared(int(t), ids.shape[1]) for t in steps]
         masks = None if per_step[0] is None else [np.stack(layer) for layer in zip(*per_step, strict=True)]
         return jax.device_put((ids.astype(np.int32), w.astype(self.dtype), masks, steps))
 
@@ -201,7 +213,7 @@ class JaxAdapter:
             chunks.append((ids[None, full * b :], w[None, full * b :], first_step + full))
         losses = jnp.concatenate([self._scan(*self._stacked(*chunk)) for chunk in chunks])
         fed = [
-            (row if self.exact else row[weights > 0])
+            (row if self.planned else row[weights > 0])
             for c_ids, c_w, _ in chunks
             for row, weights in zip(c_ids, c_w, strict=True)
         ]

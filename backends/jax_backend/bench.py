@@ -25,6 +25,7 @@ from backends.jax_backend.execution import EXECUTIONS
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.idioms import on
 from common.spec import Spec
 
 MODES = EXECUTIONS
@@ -69,13 +70,12 @@ class JaxTarget:
         self.dev = use_device(device, mode)
         self.spec = replace(spec, execution=mode)
         self.adapter = make_adapter(self.spec)
-        exact = self.spec.mode == "exact"
         self.adapter.prepare(
             self.spec,
             data,
             BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
             model_layers(self.spec, data),
-            canonical_init(self.spec, data) if exact else None,
+            None if on(self.spec, "default_init") else canonical_init(self.spec, data),
         )
         plan = self.adapter.plan
         self.loaders = {name: cls(data, plan, self.spec) for name, cls in pipeline.LOADERS.items()}

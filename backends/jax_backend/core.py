@@ -1,14 +1,15 @@
 """The core layer kinds (common.layers.core) as flax.linen: dense → `nn.Dense`, dropout → the shared mask multiply
-(exact mode) or `nn.Dropout` (native mode), relu → `nn.relu`, tanh → `jnp.tanh`.
+or `nn.Dropout` (idiom `dropout_rng`), relu → `nn.relu`, tanh → `jnp.tanh`.
 
 Every LAYERS value of the four family modules (core, norm, image, sequence) has one shape: `make(layer,
 options)`, called inside model.Stack's compact `__call__` (so the flax modules it creates are the Stack's children,
 named as the canonical prefix: `layer{i}`, `ln{i}`, `conv{i}`, `bn{i}`, `embed`, `rnn`), returns `apply(x, call)`.
 NAMES maps each kind's canonical parameter suffix to its path inside that child. Dense uses precision HIGHEST
 (docs/design.md, "Precision").
-Dropout: exact mode multiplies by mask k of common.dropout.shared_masks for the k-th dropout layer (`call.masks`,
-training only); native mode uses `nn.Dropout` (inverted dropout, rng stream "dropout", left to flax's automatic
-name `Dropout_{k}`, which keys its masks), deterministic unless `call.train` (docs/design.md, "Dropout").
+Dropout: multiplies by mask k of common.dropout.shared_masks for the k-th dropout layer (`call.masks`, training
+only); with the idiom `dropout_rng` on, `nn.Dropout` (inverted dropout, rng stream "dropout", left to flax's
+automatic name `Dropout_{k}`, which keys its masks), deterministic unless `call.train` (docs/design.md, "Dropout").
+`Options.on(id)` is how every layer family asks an idiom (common.idioms) whether a flax default stays.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "none": lambda x: x}
 
 @dataclass(frozen=True)
 class Options:
-    """What a stack is built for: the parameter and compute dtype, native mode (flax's own dropout, LayerNorm
-    epsilon), and whether token models mask their pads (`sequence.mask`)."""
+    """What a stack is built for: the parameter and compute dtype, the idioms on (common.idioms: a frozenset of ids,
+    or True for every one, as mode = "native"), and whether token models mask their pads (`sequence.mask`)."""
 
     dtype: Any
-    native: bool = False
+    native: bool | frozenset[str] = False
     masked: bool = True
+
+    def on(self, idiom: str) -> bool:
+        """Whether the idiom `idiom` is on for this stack (flax's own default kept instead of the canonical rule)."""
+        return idiom in self.native if isinstance(self.native, frozenset) else bool(self.native)
 
 
 class Call(NamedTuple):
@@ -58,7 +63,7 @@ def dense(layer: Layer, options: Options):
 
 
 def dropout(layer: Layer, options: Options):
-    native = nn.Dropout(layer.rate) if options.native else None
+    native = nn.Dropout(layer.rate) if options.on("dropout_rng") else None
 
     def apply(x, call: Call):
         if call.masks is not None:

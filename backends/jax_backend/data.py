@@ -6,12 +6,12 @@ the dataset holds them), cast to the spec dtype explicitly (x64 is on), one `jax
 `common.padding.pad_batch` to the plan's length T with the sides resolved for "jax" (native: post/post), so the
 jitted step sees only the plan's (B, T) shapes (one compile per bucket with buckets and last_batch "pad"); weights
 m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
-Exact mode follows the shared plan; native mode the order a JAX user writes, `jax.random.permutation(fold_in(
-PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static shapes).
-A split step's micro-batch (features and images): `Features.arrays`, placed by distributed.Engine.sharded. Native
-split steps (common.native.SPLIT_IDIOMS, jax) walk that order in global micro-batches of G rows instead of steps of
-S: a ragged last one is padded with weight-0 filler to G (every device a static c rows) under keep and pad alike,
-dropped under drop.
+It follows the shared plan; with the idiom `order` on, the order a JAX user writes, `jax.random.permutation(
+fold_in(PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static
+shapes). A split step's micro-batch (features and images): `Features.arrays`, placed by distributed.Engine.sharded.
+With the idiom `split_step` on (common.native.SPLIT_IDIOMS, jax) split steps walk the order in global micro-batches
+of G rows instead of steps of S: a ragged last one is padded with weight-0 filler to G (every device a static c
+rows) under keep and pad alike, dropped under drop.
 Bench loaders (features, LOADERS): "naive" (per-row Python stacking, one `jnp.asarray` per array), "fast" (the
 adapter's), "prefetched" (the split on the device once, `jnp.take` of each batch's ids, as the fused scan does).
 """
@@ -28,18 +28,19 @@ import numpy as np
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
 from common.distributed import Layout
+from common.idioms import on
 from common.padding import loss_weights, pad_batch, resolve_sides
 from common.spec import Spec
 
 
 def native_order(seed: int, epoch: int, n_rows: int) -> np.ndarray:
-    """The native-mode shuffle of epoch `epoch` (0-based): jax.random's permutation, as numpy row ids."""
+    """The idiom `order`'s shuffle of epoch `epoch` (0-based): jax.random's permutation, as numpy row ids."""
     return np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(seed), epoch), n_rows))
 
 
 @dataclass(frozen=True)
 class JaxOrderPlan(BatchPlan):
-    """A BatchPlan whose shuffled order is `native_order` (native mode); batches are cut as the shared plan's."""
+    """A BatchPlan whose shuffled order is `native_order` (idiom `order`); batches are cut as the shared plan's."""
 
     def order(self, epoch: int) -> np.ndarray:
         return native_order(self.seed, epoch, self.n_rows) if self.shuffle else np.arange(self.n_rows)
@@ -126,8 +127,8 @@ class Tokens(Pipeline):
         )
 
 
-def micro_batches(spec: Spec, plan: JaxOrderPlan) -> JaxOrderPlan:
-    """Native split steps: `plan`'s order cut into global micro-batches of G rows, the ragged last one padded to G
+def micro_batches(spec: Spec, plan: BatchPlan) -> BatchPlan:
+    """Idiom `split_step`: `plan`'s order cut into global micro-batches of G rows, the ragged last one padded to G
     with weight 0 (a sharded batch needs the static shape) unless last_batch is drop."""
     last = "drop" if spec.batching.last_batch == "drop" else "pad"
     return replace(plan, batch_size=Layout.from_spec(spec).micro, last_batch=last)
@@ -137,10 +138,11 @@ LOADERS = {"naive": NaiveFeatures, "fast": Features, "prefetched": PrefetchedFea
 
 
 def pipeline(spec: Spec, data: Dataset, plan: BatchPlan) -> Pipeline:
-    """The training pipeline: tokens or features as the data are, over the shared plan (exact mode) or the
-    JaxOrderPlan cut the same way (native mode; split steps: its global micro-batches, `micro_batches`)."""
-    if spec.mode == "native":
+    """The training pipeline: tokens or features as the data are, over the shared plan or, idiom `order`, the
+    JaxOrderPlan cut the same way; split steps with the idiom `split_step`: its global micro-batches
+    (`micro_batches`)."""
+    if on(spec, "order"):
         plan = JaxOrderPlan.from_spec(spec, data.train_x.shape[0], data.train_lengths)
-        if Layout.from_spec(spec).is_split:
-            plan = micro_batches(spec, plan)
+    if on(spec, "split_step") and Layout.from_spec(spec).is_split:
+        plan = micro_batches(spec, plan)
     return (Tokens if data.is_sequence else Features)(data, plan, spec)

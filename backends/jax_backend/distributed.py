@@ -23,7 +23,7 @@ Accumulation: `optax.MultiSteps(tx, K, use_grad_mean=False, accumulator_dtype=dt
 micro-batches, then the inner chain (its Adam count, decay and L1 step once per K) on the exact sum of the K
 gradients (A unchanged). Its default mean is a Welford running mean, acc + (g − acc)/(n + 1), not Σ/K to the last
 bit, in a float32 accumulator: hence the sum, in the spec's dtype. R = 1 runs the same path on a one-device mesh.
-Native mode (common.native.SPLIT_IDIOMS, jax: global_batch, micro_mean, multisteps_mean): a hand port's loop. Each
+Idiom `split_step` (common.native.SPLIT_IDIOMS, jax: global_batch, micro_mean, multisteps_mean): a port's loop. Each
 global micro-batch of G rows (data.micro_batches: the native order, a ragged one padded with weight 0) is placed
 the same way and fed to the native jitted step (execution.train_step), loss Σ_G w·ℓ / Σ_G w: the gradient of the
 micro-batch mean, XLA summing over the devices; a batch_norm normalises with the G rows' statistics, whatever
@@ -190,8 +190,8 @@ class Engine:
         )
 
     def native_accumulate(self, tx: optax.GradientTransformation) -> optax.GradientTransformation | optax.MultiSteps:
-        """Native mode: `optax.MultiSteps(tx, every_k_schedule=K)` as a port writes it, every default kept (the mean
-        of K gradients in a float32 accumulator); K = 1: `tx` itself."""
+        """Idiom `split_step`: `optax.MultiSteps(tx, every_k_schedule=K)` as a port writes it, every default kept (the
+        mean of K gradients in a float32 accumulator); K = 1: `tx` itself."""
         k = self.layout.accumulate
         return tx if k == 1 else optax.MultiSteps(tx, every_k_schedule=k)
 
@@ -244,5 +244,5 @@ class Engine:
         return [by_device[device] for device in self.mesh.devices.flat]
 
     def held_real(self, ids: jax.Array, weights: jax.Array) -> list[np.ndarray]:
-        """Native mode: the real rows (w > 0) each device holds, in replica order."""
+        """Idiom `split_step`: the real rows (w > 0) each device holds, in replica order."""
         return [i[w > 0] for i, w in zip(self.held(ids), self.held(weights), strict=True)]

@@ -7,8 +7,10 @@ for every stack (x: features, images or tokens); variables: flax's {'params'} pl
 {'batch_stats'}. The step differentiates `params` only and applies the model with `mutable=["batch_stats"]`, the
 real rows w > 0 as batch_norm's mask; the new statistics (their running variance converted to the spec's estimator
 by norm.running_stats) come back in the returned variables, and the optax chain updates `params` alone.
-masks: exact mode's shared dropout masks or None; t: the global step, whose `fold_in` gives native nn.Dropout's key
-(an argument, so it neither retraces nor dispatches once jitted).
+masks: the shared dropout masks or None (idiom `dropout_rng`); t: the global step, whose `fold_in` gives nn.Dropout's
+key under `dropout_rng` (an argument, so it neither retraces nor dispatches once jitted). The optax chain (optim.py)
+holds the clip and the schedule, so every mode reads lr(t) from the optimizer state inside its program: the fused
+scan and MultiSteps's inner chain included.
 - eager:    the step un-jitted: JAX dispatches it op by op.
 - compiled: `jax.jit(step)`, one XLA program per step.
 - fused:    `jax.jit` of a `lax.scan` of the step over stacked steps, carrying the variables (batch_stats
@@ -16,9 +18,9 @@ masks: exact mode's shared dropout masks or None; t: the global step, whose `fol
             t (S,)), each gathering its rows (features or images) from the training split on the device (not token
             data: token batches have no static epoch shape).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
-A split step (common.distributed) in native mode runs `step` once per global micro-batch, its chain wrapped in
-optax.MultiSteps (distributed.py); in exact mode `split_step` once per micro-batch, on distributed.py's engine, eager
-or compiled alike:
+A split step (common.distributed) with the idiom `split_step` on runs `step` once per global micro-batch, its chain
+wrapped in optax.MultiSteps (distributed.py); off, `split_step` once per micro-batch, on distributed.py's engine,
+eager or compiled alike:
 
     split_step(variables, opt_state, x, y, w, s, masks) → (variables, opt_state, Σ w·ℓ),
 
@@ -53,8 +55,9 @@ def check(execution: str, data: Dataset | None = None) -> None:
 
 
 def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
-    """The pure step for `model` and the optax chain `tx` (over `params`); `penalty` (native L1) is added to the
-    differentiated loss only; `dropout_key` (native nn.Dropout) is folded with t, None without native dropout."""
+    """The pure step for `model` and the optax chain `tx` (over `params`); `penalty` (L1 under `abs_subgradient`) is
+    added to the differentiated loss only; `dropout_key` (nn.Dropout under `dropout_rng`) is folded with t, None
+    without it."""
 
     def step(variables, opt_state, x, y, w, masks, t):
         rngs = None if dropout_key is None else {"dropout": jax.random.fold_in(dropout_key, t)}
@@ -74,11 +77,13 @@ def train_step(model, tx: optax.GradientTransformation, penalty, dropout_key):
     return step
 
 
-def split_step(model, tx: optax.GradientTransformation, combine):
+def split_step(model, tx: optax.GradientTransformation, combine, penalty=None):
     """The pure micro-batch step of a split step (module docstring) for `model`, the accumulating chain `tx` and
     the engine's `combine` (distributed.Engine.combine), which builds `sums` for the model it runs (`model`, or
-    its shard_map clone); exact mode. Like `train_step` it differentiates `params` only; the micro-batch's
-    batch_stats update (the engine's device 0's) comes back in the variables, where the next micro-batch starts."""
+    its shard_map clone); the plan's split (idiom `split_step` off). Like `train_step` it differentiates `params`
+    only; the micro-batch's batch_stats update (the engine's device 0's) comes back in the variables, where the next
+    micro-batch starts. `penalty` (idiom `abs_subgradient`) is added to every row's loss, Σ w·s·(ℓ + P): the scales
+    s sum to one step's mean over the step, so the K micro-batches' gradients add up to ∇P once."""
 
     def sums(placed):
         def rows(variables, x, y, w, s, masks):
@@ -88,7 +93,8 @@ def split_step(model, tx: optax.GradientTransformation, combine):
             def loss_fn(p):
                 logits, updated = placed.apply({**p, **state}, x, masks, train=True, real=real, mutable=[*state])
                 ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-                return jnp.sum(w * s * ce), (jnp.sum(w * ce), updated)
+                differentiated = ce if penalty is None else ce + penalty(p)
+                return jnp.sum(w * s * differentiated), (jnp.sum(w * ce), updated)
 
             (_, (loss, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             return loss, grads, running_stats(placed.layers, placed.options, state, updated, real, placed.axis_name)

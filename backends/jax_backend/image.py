@@ -2,13 +2,13 @@
 layout, so nothing is transposed (docs/design.md, "Images and BatchNorm").
 
 conv2d:          `nn.Conv(filters, (k, k), strides=(s, s))` named `conv{i}`, precision HIGHEST like Dense; its
-                 kernel (k, k, in, out) and bias are `conv{i}.weight` and `conv{i}.bias` as they are. Exact mode
-                 pads explicitly, ((top, bottom), (left, right)) = `layer.pads` (TF's "same" rule, resolved in
-                 common); native mode writes `padding="SAME"` / `"VALID"`, what a port writes (XLA's "SAME" is
-                 the same rule: the odd pixel at the bottom/right).
+                 kernel (k, k, in, out) and bias are `conv{i}.weight` and `conv{i}.bias` as they are. It pads
+                 explicitly, ((top, bottom), (left, right)) = `layer.pads` (TF's "same" rule, resolved in
+                 common); with the idiom `same_padding` on it writes `padding="SAME"` / `"VALID"`, what a port
+                 writes (XLA's "SAME" is the same rule, the odd pixel at the bottom/right: no change in JAX).
 max_pool:        `nn.max_pool` (its padding is −∞: a pad never wins), the same padding as conv2d.
-avg_pool:        native mode `nn.avg_pool` with flax's default `count_include_pad=True`: Σ window / k² (the trap
-                 `avg_pool_same_count` under "same"). Exact mode: Σ window / (real pixels in the window), the
+avg_pool:        idiom `avg_pool_count` on: `nn.avg_pool` with flax's default `count_include_pad=True`: Σ window /
+                 k² (the trap `avg_pool_same_count` under "same"). Off: Σ window / (real pixels in the window), the
                  canonical rule, which is flax's `count_include_pad=False` formula, `nn.pool` sum over `nn.pool` sum
                  of ones; written out here only because flax pools its ones from `jnp.ones(shape)`, float64 under
                  x64, which would turn a float32 run's activations float64 (the ones here have the input's dtype).
@@ -27,9 +27,9 @@ from common.layers import Layer
 
 
 def padding(layer: Layer, options: Options):
-    """flax's padding argument: the explicit ((top, bottom), (left, right)) in exact mode, "SAME" / "VALID" in
-    native mode."""
-    if options.native:
+    """flax's padding argument: the explicit ((top, bottom), (left, right)), or "SAME" / "VALID" with the idiom
+    `same_padding` on."""
+    if options.on("same_padding"):
         return layer.padding.upper()
     top, bottom, left, right = layer.pads
     return ((top, bottom), (left, right))
@@ -67,7 +67,7 @@ def max_pool(layer: Layer, options: Options):
 
 def avg_pool(layer: Layer, options: Options):
     pool = window(layer, options)
-    if options.native:
+    if options.on("avg_pool_count"):
         return lambda x, call: nn.avg_pool(x, **pool)
 
     def apply(x, call):

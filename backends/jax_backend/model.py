@@ -10,10 +10,10 @@ linen because `apply(variables, x)` is a pure function of a variables pytree: it
 and optax's pytree API as is. Variables: {'params': {prefix: {...}}} plus, with batch_norm, {'batch_stats':
 {prefix: {'mean', 'var'}}}, one child per canonical prefix; canonical state names (common.layers.is_state) live in
 `batch_stats`, every other name in `params` (`split_state` separates them: the optimizer sees `params` only). flax
-derives init keys from these paths, so native mode's `model.init(PRNGKey(seed), x)` (`native_init`: nn.Dense and
+derives init keys from these paths, so `default_init`'s `model.init(PRNGKey(seed), x)` (`native_init`: nn.Dense and
 nn.Conv lecun_normal kernel and zero bias, nn.Embed variance_scaling(1, fan_in, normal), SimpleCell lecun_normal /
 orthogonal / zero, LayerNorm and BatchNorm scale 1 and offset 0, running mean 0 and variance 1) depends only on the
-names. Exact mode loads the canonical variables (`load_canonical`), a renaming only: flax kernels are (in, out) and
+names. Otherwise the canonical variables are loaded (`load_canonical`), a renaming only: flax kernels are (in, out) and
 (k, k, in, out) like the canonical layouts.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from backends.jax_backend import core, image, norm, sequence
 from backends.jax_backend.core import Call, Options
+from common.idioms import active
 from common.layers import KINDS, TOKENS, Layer, is_state
 from common.spec import Spec
 
@@ -52,8 +53,8 @@ class Stack(nn.Module):
 
 
 def build(layers: tuple[Layer, ...], spec: Spec) -> Stack:
-    """The flax module of `layers` for a resolved spec (its dtype, mode and `sequence.mask`)."""
-    return Stack(tuple(layers), Options(jnp.dtype(spec.dtype), spec.mode == "native", spec.sequence.mask))
+    """The flax module of `layers` for a resolved spec (its dtype, idioms and `sequence.mask`)."""
+    return Stack(tuple(layers), Options(jnp.dtype(spec.dtype), frozenset(active(spec)), spec.sequence.mask))
 
 
 def example(model: Stack) -> jax.Array:
@@ -118,5 +119,5 @@ def load_canonical(model: Stack, canonical: dict[str, np.ndarray]) -> dict:
 
 
 def native_init(model: Stack, seed: int) -> dict:
-    """Native mode: the variables flax's own `model.init(PRNGKey(seed), x)` draws (the defaults above)."""
+    """`default_init`: the variables flax's own `model.init(PRNGKey(seed), x)` draws (the defaults above)."""
     return model.init(jax.random.PRNGKey(seed), example(model))

@@ -33,17 +33,26 @@ from common.traps.inputs import (
     BN_MOMENTUM,
     BN_REPLICAS,
     BN_SPLIT,
+    CLIP_BOUNDARY,
+    CLIP_DECAY,
+    CLIP_SCOPE,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
     LAYOUT,
     POOL_DEFAULT,
+    SCHEDULE,
+    SCHEDULE_FLOAT32,
     bn_large_mean_input,
     conv_ramp,
 )
 from common.traps.reference import (
     accumulation_measurement,
     batch_norm_reference,
+    clip_boundary_norm,
+    clip_decay_order,
+    clip_factor,
+    clip_scope,
     conv2d_reference,
     named_match,
     pool_reference,
@@ -737,6 +746,140 @@ def bn_replica_stats() -> dict:
     }
 
 
+# --------------------------------------------------------------------- gradient clipping and learning-rate schedules
+def _run64(fn, *args):
+    """fn(*args) under jax.jit with x64 on (one compile, as a training step is; eager dispatch of the same ops takes
+    seconds), the result back as numpy. Arguments and float64 constants are numpy float64 (a jnp.float64 made
+    inside `fn` is traced, and optax tests some constants in Python)."""
+    with jax.enable_x64(True):
+        return jax.device_get(jax.jit(fn)(*args))
+
+
+def _updates(tx, grads, params=None):
+    """The update the optax transform `tx` makes of `grads` from its initial state."""
+    return tx.update(grads, tx.init(grads if params is None else params), params)[0]
+
+
+def _arrays(values: dict) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in values.items()}
+
+
+def clip_epsilon() -> dict:
+    """clip_by_global_norm's factor on CLIP_BOUNDARY (global norm n = 5) at c = n and c = n/2: g'/g, exact (powers
+    of 2)."""
+    grads = _arrays({k: CLIP_BOUNDARY[k] for k in ("a", "b")})
+    n = clip_boundary_norm()
+    at_c, at_2c = _run64(lambda g: [_updates(optax.clip_by_global_norm(c), g) for c in (n, n / 2)], grads)
+    return {"factor_at_c": clip_factor(at_c, grads), "factor_at_2c": clip_factor(at_2c, grads)}
+
+
+def keras_clipnorm_per_variable() -> dict:
+    """clip_by_global_norm(c) on CLIP_SCOPE's two leaves: the scope (reference.clip_scope) and the clipped values;
+    "projection_l2_ball_scope": projection_l2_ball(u, c) mapped over the leaves (exact mode's per_tensor clip)."""
+    c = CLIP_SCOPE["c"]
+    per_leaf = optax.stateless(lambda u, _: jax.tree.map(lambda x: optax.projections.projection_l2_ball(x, c), u))
+    clipped, leaves = _run64(
+        lambda g: [_updates(optax.clip_by_global_norm(c), g), _updates(per_leaf, g)],
+        _arrays({k: CLIP_SCOPE[k] for k in ("a", "b")}),
+    )
+    return {
+        "scope": clip_scope(clipped["a"], clipped["b"]),
+        **{k: v.tolist() for k, v in clipped.items()},
+        "projection_l2_ball_scope": clip_scope(leaves["a"], leaves["b"]),
+    }
+
+
+def clip_before_decay() -> dict:
+    """CLIP_DECAY's SGD step as an optax chain: chain(clip_by_global_norm(c), add_decayed_weights(λ), sgd(lr)) (a
+    port's order) and chain(add_decayed_weights(λ), clip_by_global_norm(c), sgd(lr)) (exact mode's). Δw, order."""
+    p = CLIP_DECAY
+    clip, decay, sgd = optax.clip_by_global_norm(p["c"]), optax.add_decayed_weights(p["wd"]), optax.sgd(p["lr"])
+    clip_first, decay_first = _run64(
+        lambda g, w: [_updates(optax.chain(*chain), g, w) for chain in ((clip, decay, sgd), (decay, clip, sgd))],
+        np.asarray(p["grad"], np.float64),
+        np.asarray(p["w"], np.float64),
+    )
+    return {
+        "update": clip_first.tolist(),
+        "order": clip_decay_order(clip_first),
+        "decay_first_update": decay_first.tolist(),
+        "decay_first_order": clip_decay_order(decay_first),
+    }
+
+
+def _used_lrs(schedule, steps: int):
+    """Traced: the lr each of `steps` optax.sgd(schedule) updates used, −update of g = 1 (float64); optax calls the
+    schedule with the count before incrementing it."""
+    tx, g = optax.sgd(schedule), jnp.ones(1, jnp.float64)
+    state, used = tx.init(g), []
+    for _ in range(steps):
+        updates, state = tx.update(g, state, g)
+        used.append(-updates[0])
+    return jnp.stack(used)
+
+
+def cosine_annealing_period() -> dict:
+    """cosine_decay_schedule(lr₀, D, alpha = f/lr₀) with float64 values: the lr sgd used at t = 0, D, 1.5·D, 2·D."""
+    s = SCHEDULE
+
+    def run():
+        alpha = np.float64(s["final_lr"] / s["lr"])
+        schedule = optax.cosine_decay_schedule(np.float64(s["lr"]), s["decay_steps"], alpha=alpha)
+        return _used_lrs(schedule, max(s["cosine_at"]) + 1)
+
+    used = _run64(run)
+    return {"lr": [float(used[t]) for t in s["cosine_at"]]}
+
+
+def warmup_decay_steps() -> dict:
+    """warmup_cosine_decay_schedule(0, lr₀, W, decay_steps = D, f), float64 values: the lr sgd used at SCHEDULE's
+    warmup_at steps (a port passing the cosine's D); "decay_steps_w_plus_d": exact mode's decay_steps = W + D."""
+    s = SCHEDULE
+    steps = max(s["warmup_at"]) + 1
+
+    def schedule(decay_steps):
+        values = (np.float64(0.0), np.float64(s["lr"]), s["warmup_steps"], decay_steps, np.float64(s["final_lr"]))
+        return optax.warmup_cosine_decay_schedule(*values)
+
+    native, exact = _run64(
+        lambda: [_used_lrs(schedule(d), steps) for d in (s["decay_steps"], s["warmup_steps"] + s["decay_steps"])]
+    )
+    return {
+        "lr": [float(native[t]) for t in s["warmup_at"]],
+        "decay_steps_w_plus_d": [float(exact[t]) for t in s["warmup_at"]],
+    }
+
+
+def schedule_float32() -> dict:
+    """With x64 on: exponential_decay(0.1, staircase) and cosine_decay_schedule at count 0 (an int32, as optax's
+    count) with a Python-float lr₀ (value and dtype), exponential_decay with np.float64(0.1), and the lr the first
+    sgd update of a float64 gradient used with the Python-float schedule."""
+    p = SCHEDULE_FLOAT32
+
+    def exponential(lr0):
+        return optax.exponential_decay(lr0, p["decay_steps"], p["decay_rate"], staircase=True)
+
+    def run():
+        count = jnp.zeros([], jnp.int32)
+        return {
+            "python": exponential(p["lr"])(count),
+            "float64": exponential(np.float64(p["lr"]))(count),
+            "cosine": optax.cosine_decay_schedule(p["lr"], p["decay_steps"])(count),
+            "sgd": _used_lrs(exponential(p["lr"]), 1)[0],
+        }
+
+    out = _run64(run)
+    return {
+        "lr": float(out["python"]),
+        "dtype": out["python"].dtype.name,
+        "cosine_lr": float(out["cosine"]),
+        "cosine_dtype": out["cosine"].dtype.name,
+        "float64_lr": float(out["float64"]),
+        "float64_dtype": out["float64"].dtype.name,
+        "sgd_lr": float(out["sgd"]),
+    }
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -781,4 +924,10 @@ PROBES = {
     "sync_batchnorm_cpu": sync_batchnorm_cpu,
     "bn_jit_global_batch": bn_jit_global_batch,
     "bn_replica_stats": bn_replica_stats,
+    "clip_epsilon": clip_epsilon,
+    "keras_clipnorm_per_variable": keras_clipnorm_per_variable,
+    "clip_before_decay": clip_before_decay,
+    "cosine_annealing_period": cosine_annealing_period,
+    "warmup_decay_steps": warmup_decay_steps,
+    "schedule_float32": schedule_float32,
 }

@@ -17,6 +17,7 @@ from backends.numpy_backend.optim import CanonicalOptimizer
 from common.distributed import Layout
 from common.driver import EpochRun, canonical_init
 from common.dropout import shared_masks
+from common.idioms import on, plan_order
 from common.metrics import cross_entropy
 from common.regularization import Regularization
 from common.spec import Spec
@@ -36,15 +37,15 @@ class NumpyOracle:
 
     def prepare(self, spec, data, plan, layers, params):
         self.spec, self.data, self.plan, self.layers = spec, data, plan, layers
-        self.exact = params is not None
+        self.exact = plan_order(spec)  # the driver checks the plan's ids, filler included
         self.model = build(layers, spec)
-        self.params = load_canonical(params if self.exact else canonical_init(spec, data))
-        self.native_rng = None if self.exact else np.random.default_rng(spec.seed)
+        self.params = load_canonical(canonical_init(spec, data) if params is None else params)
+        self.native_rng = np.random.default_rng(spec.seed) if on(spec, "dropout_rng") else None
         self.optimizer = CanonicalOptimizer(spec, Regularization.from_spec(spec))
         self.layout = Layout.from_spec(spec)
 
     def _shared_masks(self, step: int, rows: int) -> list[np.ndarray] | None:
-        if not self.exact:
+        if self.native_rng is not None:
             return None
         masks = shared_masks(self.spec.seed, step, self.layers, rows, np.dtype(self.spec.dtype))
         return None if masks is None else [m.astype(np.float64) for m in masks]

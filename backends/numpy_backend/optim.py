@@ -1,10 +1,12 @@
-"""The oracle's optimizers: the canonical updates of common.optim with common.regularization's gradient terms.
+"""The oracle's optimizers: the canonical updates of common.optim with common.regularization's gradient terms,
+common.clipping's clip of that regularized gradient and common.schedules' lr(t), t the steps already taken.
 State (batch_norm's running statistics, common.layers.is_state) is never updated nor regularized here."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from common import clipping, schedules
 from common.layers import is_state
 from common.regularization import Regularization
 from common.spec import Spec
@@ -14,19 +16,21 @@ class CanonicalOptimizer:
     """SGD (momentum, nesterov), Adam and AdamW exactly as the common.optim docstring writes them."""
 
     def __init__(self, spec: Spec, reg: Regularization):
-        self.opt = spec.optimizer
+        self.opt, self.schedule = spec.optimizer, spec.schedule
         self.reg = reg
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.t = 0
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         """Update the trained parameters in `params` in place from the cross-entropy gradients `grads`."""
-        self.t += 1
         o = self.opt
-        for name, w in params.items():
-            if is_state(name):
-                continue
-            g = grads[name] + self.reg.gradient(name, w)
+        lr = schedules.lr(self.schedule, o.lr, self.t)
+        self.t += 1
+        trained = {name: w for name, w in params.items() if not is_state(name)}
+        regularized = {name: grads[name] + self.reg.gradient(name, w) for name, w in trained.items()}
+        clipped = clipping.clip(regularized, o.clip_norm, o.clip)[0]
+        for name, w in trained.items():
+            g = clipped[name]
             s = self.state.setdefault(name, {})
             if o.name == "sgd":
                 if o.momentum:
@@ -41,4 +45,4 @@ class CanonicalOptimizer:
                 v_hat = s["v"] / (1.0 - o.beta2**self.t)
                 update = m_hat / (np.sqrt(v_hat) + o.eps)
             decay = self.reg.decoupled * w if self.reg.applies(name) else 0.0
-            params[name] = w - o.lr * update - o.lr * decay
+            params[name] = w - lr * update - lr * decay

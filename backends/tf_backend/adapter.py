@@ -8,13 +8,15 @@ runner of `spec.execution` (backends.tf_backend.execution). The loss is
 
 = Σ m·ℓ / Σ m with `divide_no_nan`, the canonical Σ m·ℓ / max(Σ m, 1) since every m is 0 or ≥ 1 (Keras's default
 reduction divides by the row count, wrong on a padded batch). Only ce is recorded; the Keras penalties in
-`model.losses` are trained, not recorded. Exact mode loads the canonical init and draws the shared dropout masks;
-native mode keeps Keras's seeded default init, tf.data's shuffle and Keras Dropout (common.native). `parameters`
-and the canonical init both hold the batch_norm state (`bn{i}.mean`, `bn{i}.var`, the Keras moving statistics),
-which the optimizer never sees (backends.tf_backend.optim). A split step (common.distributed: replicas or
-accumulated micro-batches) builds the model and optimizer under the step's tf.distribute strategy and runs on
-backends.tf_backend.distributed: exact mode each part's loss Σ w·ℓ (Keras reduction "sum") scaled there, native
-mode a port's `tf.nn.compute_average_loss` over tf.data's global batches (common.native.SPLIT_IDIOMS).
+`model.losses` are trained, not recorded. `parameters` and the canonical init both hold the batch_norm state
+(`bn{i}.mean`, `bn{i}.var`, the Keras moving statistics), which the optimizer never sees
+(backends.tf_backend.optim). A split step (common.distributed: replicas or accumulated micro-batches) builds the
+model and optimizer under the step's tf.distribute strategy and runs on backends.tf_backend.distributed: each
+part's loss Σ w·ℓ (Keras reduction "sum") scaled there, or with the idiom `split_step` a port's
+`tf.nn.compute_average_loss` over tf.data's global batches (common.native.SPLIT_IDIOMS).
+Idioms read here (common.idioms): `default_init` (params is None: Keras's seeded default init kept),
+`sparse_embedding_adam` (the Embedding's IndexedSlices gradient kept), `split_step` (the runner), `order` and
+`split_step` (fused needs neither); the others are read by the modules that build what they change.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from backends.tf_backend import distributed, execution, optim
 from backends.tf_backend import model as stack
 from common.distributed import Layout
 from common.driver import EpochRun
+from common.idioms import on, plan_order
 from common.spec import Spec, execution_of
 
 
@@ -35,10 +38,10 @@ class TFAdapter:
 
     def __init__(self, spec: Spec):
         self.execution = execution_of(spec, "tf")
-        if self.execution == "fused" and spec.mode != "exact":
+        if self.execution == "fused" and not plan_order(spec):
             raise ValueError(
-                "tf: execution = 'fused' needs mode = 'exact' (the fused epoch runs the shared "
-                "BatchPlan on the device; native mode's order comes from tf.data.shuffle)"
+                "tf: execution = 'fused' needs mode = 'exact' without the idioms order and split_step (the fused "
+                "epoch runs the shared BatchPlan on the device; native mode's order comes from tf.data.shuffle)"
             )
 
     def versions(self) -> dict[str, str]:
@@ -53,18 +56,22 @@ class TFAdapter:
 
     def prepare(self, spec, data, plan, layers, params):
         keras.config.set_floatx(spec.dtype)  # before the optimizer: its lr variable takes floatx
-        exact = params is not None
         layout = Layout.from_spec(spec)
         strategy = distributed.strategy(layout.replicas)
         self.pipeline = pipelines.pipeline(spec, data, plan)
         with strategy.scope():  # split steps: the variables mirrored over the replicas (default strategy: as is)
             self.model = stack.build(layers, spec, optim.regularizers(spec, layers))
             variables = stack.variables(self.model)
-            if exact:
+            if params is not None:
                 stack.load_canonical(self.model, params)
-            self.optimizer = (optim.KerasOptimizer.exact if exact else optim.KerasOptimizer.native)(spec, variables)
-        masks = execution.Masks(spec, layers, exact)
-        if layout.is_split and exact:
+            self.optimizer = optim.KerasOptimizer(spec, variables)
+        masks = execution.Masks(spec, layers, not on(spec, "dropout_rng"))
+        if layout.is_split and not on(spec, "split_step"):
+            if on(spec, "order"):
+                raise ValueError(
+                    "tf: the idiom order (tf.data's shuffle) under split steps needs split_step too (the exact "
+                    "split engine feeds the plan's parts)"
+                )
             loss_sum = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum", dtype=spec.dtype)
             self.runner = distributed.Split(
                 strategy, layout, self.model, self.optimizer, self.pipeline, self.execution, loss_sum, masks
@@ -77,7 +84,9 @@ class TFAdapter:
             loss_fn = keras.losses.SparseCategoricalCrossentropy(
                 from_logits=True, reduction="mean_with_sample_weight", dtype=spec.dtype
             )
-            body = execution.step_body(self.model, self.optimizer.optimizer, loss_fn, dense_gradients=exact)
+            body = execution.step_body(
+                self.model, self.optimizer.optimizer, loss_fn, dense_gradients=not on(spec, "sparse_embedding_adam")
+            )
             self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer, masks)
         self._forward = tf.function(
             self._eval_forward, input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)]

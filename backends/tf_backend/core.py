@@ -1,9 +1,10 @@
 """Core layers as Keras 3 layers: dense, dropout, relu, tanh (docs/design.md, "Layer stacks").
 
 dense → `keras.layers.Dense(units, activation)`: kernel (in, out) is the canonical `layer{i}.weight` as is, the
-penalties ride on `kernel_regularizer` / `bias_regularizer` (backends.tf_backend.optim). dropout → native mode:
-`keras.layers.Dropout(rate, seed)`, Keras's own inverted dropout and RNG; exact mode: `SharedMask`, h ⊙ m with the
-common.dropout mask of this layer (no Keras layer takes an external mask; docs/design.md, "Dropout").
+penalties ride on `kernel_regularizer` / `bias_regularizer` (backends.tf_backend.optim). dropout → with the idiom
+`dropout_rng`: `keras.layers.Dropout(rate, seed)`, Keras's own inverted dropout and RNG; otherwise `SharedMask`,
+h ⊙ m with the common.dropout mask of this layer (no Keras layer takes an external mask; docs/design.md,
+"Dropout").
 relu, tanh → `keras.layers.Activation`. Native init is Keras's default (glorot_uniform, zero bias), seeded from
 common.rng.KERAS_INIT; exact mode overwrites it with the canonical init (model.load_canonical).
 `Build` is what every layer factory reads besides the `common.layers.Layer`.
@@ -23,13 +24,19 @@ from common.layers import Layer
 @dataclass(frozen=True)
 class Build:
     """The spec's settings a layer factory needs: dtype, native vs exact, the seed, Keras's token mask on or off
-    (`sequence.mask`) and the Keras regularizer of each canonical parameter (None: not penalized)."""
+    (`sequence.mask`), the Keras regularizer of each canonical parameter (None: not penalized) and the idioms on
+    (common.idioms; `native` turns every one on)."""
 
     dtype: str
     native: bool
     seed: int
     mask: bool = True
     regularizers: dict = field(default_factory=dict)
+    idioms: frozenset | None = None
+
+    def on(self, idiom: str) -> bool:
+        """Whether `idiom` (common.idioms) is on for these layers."""
+        return self.native or (self.idioms is not None and idiom in self.idioms)
 
     def keras_seed(self, stream: int, *sub: int) -> int:
         """An independent Keras seed per (spec seed, common.rng stream, sub-stream...)."""
@@ -65,7 +72,7 @@ def dense(layer: Layer, build: Build) -> keras.layers.Dense:
 
 def dropout(layer: Layer, build: Build) -> keras.layers.Layer:
     name = f"dropout{layer.number}"
-    if build.native:
+    if build.on("dropout_rng"):
         return keras.layers.Dropout(
             layer.rate, seed=build.keras_seed(rng.KERAS_DROPOUT, layer.number), dtype=build.dtype, name=name
         )

@@ -4,10 +4,11 @@ per kind of data, both yielding common.batching.Rows (docs/design.md, "Batching 
 Exact mode slices the rows in the plan's slot order (`BatchPlan.slots`: the remainder already cut under "drop",
 weight-0 filler appended under "pad") with `from_tensor_slices` and lets tf.data cut the batches; `shuffle` cannot
 reproduce the numpy order. Split steps (common.distributed; features and images) slice their parts' rows the same
-way and `.batch(c).batch(K)` them, one element per step and replica (`Features.parts`). Native mode
-(common.native): `shuffle(N, seed, reshuffle_each_iteration=True)` over all training rows, weights 1, "pad" kept
-ragged, batched by the global micro-batch G (b unless split steps make it R·b: common.distributed; a split run
-hands these global batches to `tf.distribute`, backends.tf_backend.distributed). Features (B, F) and images
+way and `.batch(c).batch(K)` them, one element per step and replica (`Features.parts`). The idioms `order` and
+`split_step` (common.idioms) take tf.data's own dataset instead: all training rows, weights 1, "pad" kept ragged,
+`shuffle(N, seed, reshuffle_each_iteration=True)` with `order` (and batching.shuffle), batched by the global
+micro-batch G with `split_step` (R·b: common.distributed; a split run hands these global batches to
+`tf.distribute`, backends.tf_backend.distributed), by b otherwise. Features (B, F) and images
 (B, H, W, C), canonical NHWC as Keras runs them: `.batch(B)`. Tokens
 (resolved sides of common.padding):
 - max_len > 0: `keras.utils.pad_sequences(maxlen, padding, truncating)` once per split, then `.batch(B)`;
@@ -29,6 +30,7 @@ import tensorflow as tf
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset
 from common.distributed import Layout
+from common.idioms import on, plan_order
 from common.padding import kept_lengths, length_cap, resolve_sides
 from common.spec import Spec
 
@@ -41,12 +43,12 @@ class Pipeline:
     def __init__(self, spec: Spec, plan: BatchPlan, n_train: int):
         b = spec.batching
         self.plan, self.dtype = plan, spec.dtype
-        self.batch_size = Layout.from_spec(spec).micro if spec.mode == "native" else b.batch_size  # native: G
+        self.batch_size = Layout.from_spec(spec).micro if on(spec, "split_step") else b.batch_size  # native: G
         self.drop = b.last_batch == "drop"
         self._native = None
-        if spec.mode == "native":  # iterated once per epoch; each iteration reshuffles
+        if not plan_order(spec):  # iterated once per epoch; each iteration reshuffles
             ds = self._rows(np.arange(n_train), np.ones(n_train))
-            if b.shuffle:
+            if b.shuffle and on(spec, "order"):
                 ds = ds.shuffle(n_train, seed=spec.seed, reshuffle_each_iteration=True)
             self._native = self._batched(ds).prefetch(tf.data.AUTOTUNE)
 

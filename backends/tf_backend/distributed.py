@@ -24,7 +24,11 @@ optimizer) and updates once: the engine's combination is a plain sum, A = 1, and
 divides a ragged step by the constant G instead of its real rows (and casts to float32 under `sample_weight`).
 Keras's own `gradient_accumulation_steps` (A = K; Adam's t counts optimizer steps there, `iterations` being
 micro-steps // K) is not used: its update sits in an `ops.cond` whose all-reduce is a merge_call, which
-MirroredStrategy refuses inside control flow under tf.function. The recorded loss is strategy.reduce(SUM) of
+MirroredStrategy refuses inside control flow under tf.function; one `apply_gradients` per optimizer step also
+keeps `iterations`, which a learning-rate schedule reads, the optimizer-step count t. Keras clips in the replica
+context before its all-reduce, i.e. each replica's share of the gradient: with clipping on, the optimizer is
+backends.tf_backend.optim.ReducedClip's variant, which all-reduces first and clips the step's gradient (exact split
+steps; with the idiom `split_step` Keras's own placement stays). The recorded loss is strategy.reduce(SUM) of
 Σ w·ℓ over that of Σ w; `shards` are the ids each replica returns.
 
 BatchNorm (common.layers.norm, "under split steps"). Every part is full (common.distributed.check_batch_norm), so a
@@ -36,12 +40,12 @@ own copy, so the copies follow their replicas' chains (sync = false) or agree (s
 read (evaluation, `parameters`) gives the copy on the current device, CPU:0, replica 0's
 (tensorflow/python/distribute/values.py, `_get_on_device_or_primary`): the canonical first replica's chain.
 
-Native mode (`NativeSplit`; common.native.SPLIT_IDIOMS["tf"]: global_batch, global_batch, loss_over_k): what a
-port writes. The native tf.data pipeline (`shuffle(N, seed, reshuffle_each_iteration=True)`, `.batch(G)`,
-`drop_remainder` under "drop") goes once through `strategy.experimental_distribute_dataset`, whose rebatching
-(the batch size is not static) cuts each global batch of n rows into R consecutive pieces of ⌈n/R⌉ rows: a ragged
-one leaves the last replicas short or empty (105 rows, G = 8, R = 2: the last batch's one row to replica 0, none
-to replica 1). The host takes K global batches per optimizer step (the epoch's rest in its last step) for one
+The idiom `split_step` (`NativeSplit`; common.native.SPLIT_IDIOMS["tf"]: global_batch, global_batch, loss_over_k):
+what a port writes. The native tf.data pipeline (`shuffle(N, seed, reshuffle_each_iteration=True)`, `.batch(G)`,
+`drop_remainder` under "drop") goes once through `strategy.experimental_distribute_dataset`, whose rebatching (the
+batch size is not static) cuts each global batch of n rows into R consecutive pieces of ⌈n/R⌉ rows: a ragged one
+leaves the last replicas short or empty (105 rows, G = 8, R = 2: the last batch's one row to replica 0, none to
+replica 1). The host takes K global batches per optimizer step (the epoch's rest in its last step) for one
 `strategy.run`; each replica's micro-batch objective is the TF tutorial's loss over K (`native_loss`),
 
     tf.nn.compute_average_loss(ℓ, global_batch_size=G) / K + tf.nn.scale_regularization_loss(Σ model.losses) / K

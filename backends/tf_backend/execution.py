@@ -33,10 +33,10 @@ MODES = ("eager", "compiled", "fused")
 def step_body(model, optimizer, loss_fn, dense_gradients: bool):
     """The train step as a Python function of (x, y, w, masks) → cross-entropy, for tf.function to trace.
 
-    `dense_gradients` (exact mode): turn an Embedding's sparse gradient (`tf.IndexedSlices`, one slice per token
-    occurrence, duplicates unsummed) into the dense gradient first: Keras 3 Adam/AdamW compute v with `ops.square`
-    of the slices, i.e. Σ_k g_k² instead of (Σ_k g_k)² for a token seen k times (common.traps). Dense layers'
-    gradients are dense already; native mode keeps what a Keras user gets.
+    `dense_gradients` (the idiom sparse_embedding_adam off): turn an Embedding's sparse gradient
+    (`tf.IndexedSlices`, one slice per token occurrence, duplicates unsummed) into the dense gradient first: Keras 3
+    Adam/AdamW compute v with `ops.square` of the slices, i.e. Σ_k g_k² instead of (Σ_k g_k)² for a token seen k
+    times (common.traps). Dense layers' gradients are dense already; the idiom keeps what a Keras user gets.
     """
 
     def body(x, y, w, masks):
@@ -150,13 +150,13 @@ class Fused(Stepwise):
 
 
 class Masks:
-    """Exact mode's shared dropout masks of each global step (common.dropout), as the step's extra inputs;
-    `shapes` holds each mask's per-row shape (width,) or (H, W, C), empty when the stack draws none (native mode,
-    or no dropout layer with p > 0)."""
+    """The shared dropout masks of each global step (common.dropout), as the step's extra inputs; `shapes` holds
+    each mask's per-row shape (width,) or (H, W, C), empty when the stack draws none (`shared` False: the idiom
+    dropout_rng, Keras's own Dropout; or no dropout layer with p > 0)."""
 
-    def __init__(self, spec: Spec, layers, exact: bool):
+    def __init__(self, spec: Spec, layers, shared: bool):
         self.seed, self.layers, self.dtype = spec.seed, layers, spec.dtype
-        drawn = shared_masks(self.seed, 1, layers, 0, self.dtype) if exact else None
+        drawn = shared_masks(self.seed, 1, layers, 0, self.dtype) if shared else None
         self.shapes = [m.shape[1:] for m in drawn] if drawn else []
 
     def __call__(self, step: int, rows: int) -> list[np.ndarray]:

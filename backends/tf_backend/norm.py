@@ -3,16 +3,17 @@ BatchNorm"; formulas in common.layers.norm).
 
 layer_norm → `keras.layers.LayerNormalization(axis=-1)`: y = γ ⊙ (x − μ)/√(σ² + ε) + β, σ² biased, with γ = gamma
 = canonical `ln{i}.scale` and β = beta = `ln{i}.offset` (no transposes), penalties on `gamma_regularizer` /
-`beta_regularizer`. Exact mode passes ε = layer.eps (model.norm_eps unless the table sets it); native mode keeps
-Keras's own default ε (1e-3, common.traps "layer_norm_eps"), as a hand port would.
+`beta_regularizer`. It passes ε = layer.eps (model.norm_eps unless the table sets it); the idiom `layer_norm_eps`
+keeps Keras's own default ε (1e-3, common.traps "layer_norm_eps"), as a hand port would.
 
 batch_norm → `keras.layers.BatchNormalization(axis=-1, synchronized=layer.sync)` over the last axis of (B, F) or
 (B, H, W, C): gamma, beta = `bn{i}.scale`, `bn{i}.offset` (trainable, penalized like biases), moving_mean,
 moving_variance = `bn{i}.mean`, `bn{i}.var` (non-trainable Keras variables: outside `trainable_variables`, never
 seen by the optimizer). Keras's momentum m is the canonical decay convention, mean ← m·mean + (1 − m)·μ, and Keras
-normalises with the biased σ²_b. Native mode: Keras's defaults (m = 0.99, ε = 1e-3, biased running variance;
-common.native.LAYER_DEFAULTS) and `synchronized=layer.sync`.
-Exact mode, `BatchNorm`:
+normalises with the biased σ²_b. The idioms `bn_momentum`, `bn_eps` and `bn_running_var` each keep one of Keras's
+defaults (m = 0.99, ε = 1e-3, biased running variance; common.native.LAYER_DEFAULTS); with all three on the layer
+is Keras's own `BatchNormalization(synchronized=layer.sync)` as a port writes it. Otherwise `BatchNorm`, with the
+spec's value of each idiom that is off:
 - momentum = layer.momentum, epsilon = layer.eps;
 - a single-device training batch's real rows come in as Keras's own `mask` (shape of x without its channel axis,
   model.Stack broadcasts w > 0 to it): Keras's masked moments leave the filler rows of `last_batch = "pad"` out of
@@ -47,7 +48,7 @@ KERAS_RUNNING_VAR = LAYER_DEFAULTS["tf"]["running_var"]  # what Keras's BatchNor
 
 
 def layer_norm(layer: Layer, build: Build) -> keras.layers.LayerNormalization:
-    eps = {} if build.native else {"epsilon": layer.eps}
+    eps = {} if build.on("layer_norm_eps") else {"epsilon": layer.eps}
     return keras.layers.LayerNormalization(
         axis=-1,
         dtype=build.dtype,
@@ -122,9 +123,16 @@ def batch_norm(layer: Layer, build: Build) -> keras.layers.BatchNormalization:
         "beta_regularizer": build.regularizer(layer, "offset"),
         "synchronized": layer.sync,
     }
-    if build.native:
+    native = {idiom: build.on(idiom) for idiom in ("bn_momentum", "bn_eps", "bn_running_var")}
+    if all(native.values()):
         return keras.layers.BatchNormalization(**keys)
-    return BatchNorm(layer.running_var, momentum=layer.momentum, epsilon=layer.eps, **keys)
+    defaults = LAYER_DEFAULTS["tf"]
+    return BatchNorm(
+        KERAS_RUNNING_VAR if native["bn_running_var"] else layer.running_var,
+        momentum=defaults["bn_momentum"] if native["bn_momentum"] else layer.momentum,
+        epsilon=defaults["bn_eps"] if native["bn_eps"] else layer.eps,
+        **keys,
+    )
 
 
 LAYERS = {"layer_norm": layer_norm, "batch_norm": batch_norm}

@@ -35,18 +35,29 @@ from common.traps.inputs import (
     BN_MOMENTUM,
     BN_REPLICAS,
     BN_SPLIT,
+    CLIP_BOUNDARY,
+    CLIP_DECAY,
+    CLIP_REPLICAS,
+    CLIP_SCOPE,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
     LAYOUT,
     PENALTY,
     POOL_DEFAULT,
+    SCHEDULE,
+    SCHEDULE_FLOAT32,
     bn_large_mean_input,
     conv_ramp,
 )
 from common.traps.reference import (
     accumulation_measurement,
     batch_norm_reference,
+    clip_boundary_norm,
+    clip_decay_order,
+    clip_factor,
+    clip_replica_placement,
+    clip_scope,
     conv2d_reference,
     named_match,
     pool_reference,
@@ -79,9 +90,13 @@ def keras_defaults(probe):
 
 
 def _fresh(code: str) -> dict:
-    """Run `code` (which prints one JSON line) in a fresh interpreter: defaults untouched by this process."""
+    """Run `code` (which prints one JSON line) in a fresh interpreter: defaults untouched by this process, and a
+    TensorFlow runtime not yet started (logical devices can still be added). A failure names its last stderr line."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180, env=env)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"fresh interpreter exited {out.returncode}: {lines[-1] if lines else 'no stderr'}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -900,6 +915,189 @@ def bn_replica_stats() -> dict:
     }
 
 
+# --------------------------------------------------------------------- gradient clipping and learning-rate schedules
+def _keras_clipped(values: dict, **clip) -> dict[str, list[float]]:
+    """The gradients `values` (name → list, float64) as Keras SGD(learning_rate=1, **clip) applies them: one step
+    from w = 0 gives w = −g', the clipped gradient (negation and 0 − 1·g' are exact)."""
+    variables = {k: keras.Variable(np.zeros(len(v)), dtype="float64") for k, v in values.items()}
+    opt = keras.optimizers.SGD(learning_rate=np.float64(1.0), **clip)
+    opt.apply_gradients([(tf.constant(v, tf.float64), variables[k]) for k, v in values.items()])
+    return {k: (-v.numpy()).tolist() for k, v in variables.items()}
+
+
+def clip_epsilon() -> dict:
+    """global_clipnorm's factor on CLIP_BOUNDARY (global norm n = 5) at c = n and c = n/2: g'/g, exact (powers
+    of 2)."""
+    grads = {k: CLIP_BOUNDARY[k] for k in ("a", "b")}
+    n = clip_boundary_norm()
+    return {
+        "factor_at_c": clip_factor(_keras_clipped(grads, global_clipnorm=n), grads),
+        "factor_at_2c": clip_factor(_keras_clipped(grads, global_clipnorm=n / 2), grads),
+    }
+
+
+def keras_clipnorm_per_variable() -> dict:
+    """SGD(clipnorm = c) on CLIP_SCOPE's two variables (what a port writes for a clip by norm): the scope
+    (reference.clip_scope) and the clipped values; "global_clipnorm_scope": SGD(global_clipnorm = c)'s scope."""
+    grads = {k: CLIP_SCOPE[k] for k in ("a", "b")}
+    clipped = _keras_clipped(grads, clipnorm=CLIP_SCOPE["c"])
+    global_ = _keras_clipped(grads, global_clipnorm=CLIP_SCOPE["c"])
+    return {
+        "scope": clip_scope(clipped["a"], clipped["b"]),
+        **clipped,
+        "global_clipnorm_scope": clip_scope(global_["a"], global_["b"]),
+    }
+
+
+def clip_before_decay() -> dict:
+    """CLIP_DECAY's SGD step with global_clipnorm = c: the coupled decay as a Keras L2(λ/2) regularizer on the
+    variable, in the loss (Σ g·w + the penalty, gradient by GradientTape), and Keras's decoupled
+    SGD(weight_decay = λ) (for plain SGD the same step as coupled decay added after the clip). Δw and order."""
+    p = CLIP_DECAY
+    grad = tf.constant(p["grad"], tf.float64)
+
+    def step(regularizer: bool) -> list[float]:
+        w = keras.Variable(np.array(p["w"]), dtype="float64")
+        decay = {} if regularizer else {"weight_decay": np.float64(p["wd"])}
+        opt = keras.optimizers.SGD(learning_rate=np.float64(p["lr"]), global_clipnorm=p["c"], **decay)
+        penalty = keras.regularizers.L2(np.float64(p["wd"] / 2))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(grad * w.value) + (penalty(w.value) if regularizer else 0.0)
+        opt.apply_gradients([(tape.gradient(loss, w.value), w)])
+        return (w.numpy() - np.array(p["w"])).tolist()
+
+    regularized, decoupled = step(True), step(False)
+    return {
+        "update": regularized,
+        "order": clip_decay_order(regularized),
+        "weight_decay_update": decoupled,
+        "weight_decay_order": clip_decay_order(decoupled),
+    }
+
+
+def _clip_replicas_measured() -> dict:
+    """keras_clip_per_replica's measurement, in a fresh interpreter (`keras_clip_per_replica`): R = 2 replicas of
+    backends.tf_backend.distributed.strategy (MirroredStrategy over R logical CPU devices, which reserve_devices
+    cuts before the runtime starts; ReductionToOneDevice: an exact sum), each fed its CLIP_REPLICAS gradient by
+    experimental_distribute_values_from_function, one SGD(lr, global_clipnorm = c) apply_gradients per replica in
+    strategy.run under tf.function, as a port's custom training step calls it. Δw of the mirrored variable and its
+    placement (reference.clip_replica_placement), for both cases; the same with clipnorm = c (one variable: the
+    same clip); the plain one-device SGD on the summed gradient; exact mode's backends.tf_backend.optim.ReducedClip
+    under the same strategy."""
+    from backends.tf_backend.distributed import strategy
+    from backends.tf_backend.optim import ReducedClip
+
+    p = CLIP_REPLICAS
+    mirrored = strategy(len(p["agree"]))
+    reduced_sgd = type("ReducedSGD", (ReducedClip, keras.optimizers.SGD), {})
+
+    def split_step(case: str, kind=keras.optimizers.SGD, **clip) -> list[float]:
+        with mirrored.scope():
+            w = keras.Variable(np.zeros(len(p[case][0])), dtype="float64")
+            opt = kind(learning_rate=np.float64(p["lr"]), **(clip or {"global_clipnorm": np.float64(p["c"])}))
+            opt.build([w])
+        grads = mirrored.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(p[case][ctx.replica_id_in_sync_group], tf.float64)
+        )
+        tf.function(lambda g: mirrored.run(lambda x: opt.apply_gradients([(x, w)]), args=(g,)))(grads)
+        return w.numpy().tolist()
+
+    def one_device(case: str) -> list[float]:
+        w = keras.Variable(np.zeros(len(p[case][0])), dtype="float64")
+        opt = keras.optimizers.SGD(learning_rate=np.float64(p["lr"]), global_clipnorm=np.float64(p["c"]))
+        opt.apply_gradients([(tf.constant(np.sum(p[case], axis=0), tf.float64), w)])
+        return w.numpy().tolist()
+
+    out = {"replicas": mirrored.num_replicas_in_sync}
+    for case, prefix in (("agree", ""), ("opposed", "opposed_")):
+        update, alone = split_step(case), one_device(case)
+        out |= {
+            f"{prefix}update": update,
+            f"{prefix}placement": clip_replica_placement(update, case),
+            f"{prefix}one_device_update": alone,
+            f"{prefix}one_device_placement": clip_replica_placement(alone, case),
+            f"{prefix}reduced_clip_placement": clip_replica_placement(split_step(case, reduced_sgd), case),
+        }
+    clipnorm = split_step("agree", clipnorm=np.float64(p["c"]))
+    return out | {"clipnorm_placement": clip_replica_placement(clipnorm, "agree")}
+
+
+def keras_clip_per_replica() -> dict:
+    """Where Keras clips under tf.distribute with 2 replicas (`_clip_replicas_measured`, in a fresh interpreter:
+    this process's runtime may have started with one CPU device)."""
+    return _fresh(
+        "import json\n"
+        "from backends.tf_backend.probes import _clip_replicas_measured\n"
+        "print(json.dumps(_clip_replicas_measured()))"
+    )
+
+
+def _keras_used_lrs(schedule, steps: int) -> list[float]:
+    """The lr each of `steps` SGD(learning_rate = schedule) steps used: g = 1 on a float64 w reset to 0 after each
+    step (Δw = −lr exactly); Keras calls the schedule with `iterations`, the steps already taken."""
+    w = keras.Variable(np.zeros(1), dtype="float64")
+    opt = keras.optimizers.SGD(learning_rate=schedule)
+    used = []
+    for _ in range(steps):
+        opt.apply_gradients([(tf.ones([1], tf.float64), w)])
+        used.append(-float(w.numpy()[0]))
+        w.assign(np.zeros(1))
+    return used
+
+
+def cosine_annealing_period() -> dict:
+    """CosineDecay(lr₀, D, alpha = f/lr₀) with float64 values: the lr SGD used at t = 0, D, 1.5·D, 2·D."""
+    s = SCHEDULE
+    schedule = keras.optimizers.schedules.CosineDecay(
+        np.float64(s["lr"]), s["decay_steps"], alpha=np.float64(s["final_lr"] / s["lr"])
+    )
+    used = _keras_used_lrs(schedule, max(s["cosine_at"]) + 1)
+    return {"lr": [used[t] for t in s["cosine_at"]]}
+
+
+def warmup_decay_steps() -> dict:
+    """CosineDecay(0, decay_steps = D, alpha = f/lr₀, warmup_target = lr₀, warmup_steps = W), float64 values: the
+    lr SGD used at SCHEDULE's warmup_at steps (D counts the cosine steps after the warmup)."""
+    s = SCHEDULE
+    schedule = keras.optimizers.schedules.CosineDecay(
+        np.float64(0.0),
+        s["decay_steps"],
+        alpha=np.float64(s["final_lr"] / s["lr"]),
+        warmup_target=np.float64(s["lr"]),
+        warmup_steps=s["warmup_steps"],
+    )
+    used = _keras_used_lrs(schedule, max(s["warmup_at"]) + 1)
+    return {"lr": [used[t] for t in s["warmup_at"]]}
+
+
+def schedule_float32() -> dict:
+    """In a float64 run (floatx float64, restored after): ExponentialDecay(lr₀ = 0.1, staircase) and CosineDecay
+    at t = 0 with a Python-float lr₀ (value and dtype), with np.float64(0.1), and the lr the first SGD step on a
+    float64 variable used with the Python-float schedule."""
+    p = SCHEDULE_FLOAT32
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+
+        def exponential(lr0):
+            return keras.optimizers.schedules.ExponentialDecay(lr0, p["decay_steps"], p["decay_rate"], staircase=True)
+
+        python, numpy = exponential(p["lr"])(0), exponential(np.float64(p["lr"]))(0)
+        cosine = keras.optimizers.schedules.CosineDecay(p["lr"], p["decay_steps"])(0)
+        used = _keras_used_lrs(exponential(p["lr"]), 1)[0]
+    finally:
+        keras.config.set_floatx(previous)
+    return {
+        "lr": float(python),
+        "dtype": python.dtype.name,
+        "cosine_lr": float(cosine),
+        "cosine_dtype": cosine.dtype.name,
+        "float64_lr": float(numpy),
+        "float64_dtype": numpy.dtype.name,
+        "sgd_lr": used,
+    }
+
+
 PROBES = {
     name: keras_defaults(probe)
     for name, probe in {
@@ -956,5 +1154,12 @@ PROBES = {
         "sync_batchnorm_cpu": sync_batchnorm_cpu,
         "bn_jit_global_batch": bn_jit_global_batch,
         "bn_replica_stats": bn_replica_stats,
+        "clip_epsilon": clip_epsilon,
+        "keras_clipnorm_per_variable": keras_clipnorm_per_variable,
+        "clip_before_decay": clip_before_decay,
+        "keras_clip_per_replica": keras_clip_per_replica,
+        "cosine_annealing_period": cosine_annealing_period,
+        "warmup_decay_steps": warmup_decay_steps,
+        "schedule_float32": schedule_float32,
     }.items()
 }

@@ -1,6 +1,14 @@
 """The PyTorch adapter for common.driver: DataLoader → the layer stack's nn.Module → torch.optim (docs/design.md,
 "Architecture", "Native mode").
 
+Native behaviours are switches of common.idioms (`on(spec, id)`), read where they act: `default_init` (the driver
+passes params=None: torch's default inits), `order` / `split_step` (data.py's loaders; `split_step` also the
+native split loop below), `dropout_rng` (nn.Dropout, no shared masks: core.py), the optimizer's idioms
+(l2_as_written, bias_decay, clip_epsilon, clip_before_decay, torch_cosine_annealing, scheduler_step_first,
+per_epoch_schedule: optim.py), the layers' (norm.py, image.py, sequence.py). "Exact mode" below: those off;
+"native mode": on. Clipping and the LRScheduler live in optim.TorchOptimizer; its scheduler events are called
+around every optimizer step by the execution mode (execution.py) and around every epoch here (`run_epoch`).
+
 Device: "auto" = CUDA when available, else CPU; bench.py may ask for "cpu" or "gpu" ("gpu" without CUDA raises).
 On CUDA TF32 is off for matmul and cuDNN, so float32 stays IEEE single (docs/design.md, "Precision").
 Exact mode: the plan's batches, canonical parameters loaded, the shared dropout masks of each global step,
@@ -42,12 +50,13 @@ from backends.torch_backend import distributed
 from backends.torch_backend.data import Pipeline, TorchRows, pipeline
 from backends.torch_backend.execution import check_execution, make_step
 from backends.torch_backend.model import DTYPES, build, load_canonical, to_canonical, trainable
-from backends.torch_backend.optim import NativeTorchOptimizer, TorchOptimizer
+from backends.torch_backend.optim import TorchOptimizer
 from common.batching import Batch, BatchPlan
 from common.datasets import Dataset, load_dataset
 from common.distributed import Layout
 from common.driver import EpochRun, canonical_init, check_plan
 from common.dropout import shared_masks
+from common.idioms import on
 from common.layers import Layer
 from common.spec import Spec, execution_of, typed, validate
 
@@ -79,7 +88,9 @@ class TorchAdapter:
         layers: tuple[Layer, ...],
         params: dict[str, np.ndarray] | None,
     ) -> None:
-        self.spec, self.layers, self.native = spec, layers, params is None
+        self.spec, self.layers = spec, layers
+        self.native_split = on(spec, "split_step")  # the loop a port writes (_native_split_epoch)
+        self.shared_masks = not on(spec, "dropout_rng")
         self.plan, self.layout = plan, Layout.from_spec(spec)
         hosted = distributed.hosted()  # torchrun's rank (backends.host): group joined, every rank runs the driver
         if hosted:
@@ -102,10 +113,10 @@ class TorchAdapter:
         # Adam's step count on the device for CUDA graphs, and for torch.compile on CUDA (which would set it only
         # for the state it creates; TorchOptimizer creates it up front)
         capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
-        self.optimizer = (NativeTorchOptimizer if self.native else TorchOptimizer)(spec, self.model, capturable)
+        self.optimizer = TorchOptimizer(spec, self.model, capturable, graph=self.execution == "fused")
         self.run_step = make_step(
             self.execution,
-            self._part_loss if self.layout.is_split and not self.native else self._loss,
+            self._part_loss if self.layout.is_split and not self.native_split else self._loss,
             self.optimizer,
             [p for _, p in trainable(self.model)] + list(self.model.buffers()),
             self.pipeline.static_shapes,
@@ -129,13 +140,15 @@ class TorchAdapter:
         return total, total * scale + self.optimizer.penalty() * self.layout.penalty_scale(self.layout.replicas)
 
     def _masks(self, step: int, rows: TorchRows) -> list[torch.Tensor] | None:
-        """Exact mode: the shared masks of global step `step` on the device (None without dropout); native mode
-        None (nn.Dropout draws its own)."""
+        """The shared masks of global step `step` on the device (None without dropout, or with `dropout_rng`:
+        nn.Dropout draws its own)."""
         return self._step_masks(step, rows.ids.shape[0])
 
     def _step_masks(self, step: int, rows: int) -> list[torch.Tensor] | None:
         """`_masks` for a step of `rows` rows."""
-        masks = None if self.native else shared_masks(self.spec.seed, step, self.layers, rows, self.spec.dtype)
+        masks = (
+            None if not self.shared_masks else shared_masks(self.spec.seed, step, self.layers, rows, self.spec.dtype)
+        )
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
     def _advance(self, rows: TorchRows, masks: list[torch.Tensor] | None) -> torch.Tensor:
@@ -197,7 +210,7 @@ class TorchAdapter:
         losses = sum(replica[0] for replica in every) / np.array([max(b.weights.sum(), 1.0) for b in batches])
         return EpochRun(ids, [0] * len(batches), losses, shards)  # feature or image data: no padded length
 
-    def _native_split_epoch(self, epoch: int) -> EpochRun:
+    def _native_split_epoch(self, epoch: int, first_step: int) -> EpochRun:
         """Native split steps (module docstring): this rank's DataLoader walked as a port writes it,
 
             loss = (F.cross_entropy(net(x), y) + penalty) / K;  loss.backward()  (under no_sync() unless stepping)
@@ -205,15 +218,17 @@ class TorchAdapter:
 
         (every rank has as many micro-batches: the sampler pads). Then every rank's Σℓ and ids per micro-batch,
         gathered: per step the ids fed over its micro-batches and replicas (micro-batch by micro-batch, replicas in
-        order; sampler repeats included), its loss Σℓ / n and its shards."""
+        order; sampler repeats included), its loss Σℓ / n and its shards. Shared dropout masks (`dropout_rng`
+        off) are keyed by the micro-batch's running number from `first_step` on (this loop has no plan steps)."""
         k = self.layout.accumulate
         count = len(self.pipeline.loader)
         self.model.train()
         sums, fed = [], []
         for i, rows in enumerate(self.pipeline.epoch(epoch)):
             stepping = (i + 1) % k == 0 or i + 1 == count
+            masks = self._masks(first_step + i, rows)
             with self._sync(stepping):
-                loss, objective = self.run_step.loss_fn(rows.x, rows.y, rows.weights, rows.lengths, None, rows.real)
+                loss, objective = self.run_step.loss_fn(rows.x, rows.y, rows.weights, rows.lengths, masks, rows.real)
                 (objective / k).backward()
             sums.append(loss.detach() * rows.ids.shape[0])
             fed.append(rows.ids)
@@ -232,9 +247,16 @@ class TorchAdapter:
         return EpochRun(ids, [0] * len(groups), np.array(losses), shards)
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+        self.optimizer.event("before_epoch")
+        run = self._epoch(epoch, first_step)
+        self.optimizer.event("after_epoch")
+        return run
+
+    def _epoch(self, epoch: int, first_step: int) -> EpochRun:
         if self.layout.is_split:
             with self._guard():
-                run = self._native_split_epoch(epoch) if self.native else self._split_epoch(epoch, first_step)
+                split = self._native_split_epoch if self.native_split else self._split_epoch
+                run = split(epoch, first_step)
             if self.group is not None and epoch == self.spec.train.epochs - 1:
                 self.group.finish()  # the helpers have run their last epoch
             return run
@@ -296,6 +318,6 @@ def run_replica(replica: int, spec_json: dict, device: str) -> None:
     data = load_dataset(spec)
     plan, layers = check_plan(spec, data)
     adapter = TorchAdapter(spec, device, replica)
-    adapter.prepare(spec, data, plan, layers, canonical_init(spec, data) if spec.mode == "exact" else None)
+    adapter.prepare(spec, data, plan, layers, None if on(spec, "default_init") else canonical_init(spec, data))
     for epoch in range(spec.train.epochs):
         adapter.run_epoch(epoch, epoch * plan.steps_per_epoch + 1)

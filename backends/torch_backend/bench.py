@@ -27,6 +27,7 @@ from backends.torch_backend.model import DTYPES
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.idioms import on
 from common.spec import Spec
 
 MODES = EXECUTIONS
@@ -93,9 +94,12 @@ class TorchTarget:
         self.adapter = TorchAdapter(self.spec, device)  # raises for a mode this device cannot run
         self.dev = self.adapter.dev
         self.plan = plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
-        exact = self.spec.mode == "exact"
         self.adapter.prepare(
-            self.spec, data, plan, model_layers(self.spec, data), canonical_init(self.spec, data) if exact else None
+            self.spec,
+            data,
+            plan,
+            model_layers(self.spec, data),
+            None if on(self.spec, "default_init") else canonical_init(self.spec, data),
         )
         first = next(self.adapter.pipeline.epoch(0))
         self.fixed = (first, self.adapter._masks(1, first))

@@ -11,7 +11,7 @@ tensor is `tensor.permute(*permutation)` of torch's (None: the same layout); par
 
 dense:      `nn.Linear` then the activation (torch.relu, torch.tanh or none); nn.Linear stores W (out, in), the
             canonical layout is (in, out), hence permuted (1, 0).
-dropout:    native mode `nn.Dropout(rate)` (the global torch RNG, off under .eval()); exact mode `h · m` with the
+dropout:    idiom `dropout_rng` on: `nn.Dropout(rate)` (the global torch RNG, off under .eval()); off: `h · m` with the
             shared pre-scaled mask m of this dropout layer (common.dropout; docs/design.md, "Dropout"), identity
             without masks (evaluation). No torch layer takes an external mask. Masks of image dropout come NHWC
             (rows, H, W, C) and are permuted to NCHW.
@@ -25,6 +25,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from common.idioms import on
 from common.layers import IMAGES, Layer
 from common.spec import Spec
 
@@ -112,7 +113,7 @@ class SharedMaskDropout(nn.Module):
 
 
 def dropout(layer: Layer, spec: Spec, dtype: torch.dtype) -> nn.Module:
-    return (NativeDropout if spec.mode == "native" else SharedMaskDropout)(layer, spec, dtype)
+    return (NativeDropout if on(spec, "dropout_rng") else SharedMaskDropout)(layer, spec, dtype)
 
 
 class ReLU(nn.ReLU):

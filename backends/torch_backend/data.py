@@ -10,6 +10,10 @@ order", "Padding and masks").
   `pad_sequence(batch_first=True, padding_side=…)` and out to the plan's T with `F.pad`
   (common.padding.padded_length), loss weights common.padding.loss_weights(w, L, loss_norm); tokens and labels go
   to the device, lengths stay on the host (`pack_padded_sequence` wants them there).
+- Idioms (common.idioms): `order` on: torch's own DataLoader order and batching (below, "native mode"); `split_step`
+  on (split steps): the DistributedSampler loaders below, torch's own order included. `order` alone under split
+  steps keeps the plan's parts (a torch port's order under DDP is its DistributedSampler, i.e. `split_step`). With
+  both off ("exact mode") the loader walks the plan.
 - Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler. Split
   steps (common.distributed): each replica's DataLoader walks `PartBatchSampler`, its parts
   `layout.split(batch)[replica][k]` of every step, micro-batch by micro-batch (c rows each, filler included).
@@ -40,6 +44,7 @@ from torch.utils.data.distributed import DistributedSampler
 from common.batching import Batch, BatchPlan, Rows
 from common.datasets import Dataset as Data
 from common.distributed import Layout
+from common.idioms import on
 from common.padding import PAD, length_cap, loss_weights, padded_length, resolve_sides
 from common.spec import Spec
 
@@ -291,7 +296,9 @@ def pipeline(
 ) -> Pipeline:
     """The pipeline of `data`: token rows with the padding collate_fn, or feature / image rows on the device; under
     split steps the training loader yields the parts of `replica` (native mode: its DistributedSampler's)."""
-    native, layout = spec.mode == "native", Layout.from_spec(spec)
+    layout = Layout.from_spec(spec)
+    sharded = layout.is_split and on(spec, "split_step")
+    native = sharded or (on(spec, "order") and not layout.is_split)  # torch's own order and batches (docstring)
     if data.is_sequence:
         datasets = {
             split: TokenRowsDataset(getattr(data, f"{split}_x"), data.lengths(split), getattr(data, f"{split}_y"))
@@ -312,7 +319,7 @@ def pipeline(
         weighted = not native
     if not native:
         loader = make_loader(datasets["train"], plan, spec.seed, collate, layout, replica)
-    elif layout.is_split:
+    elif sharded:
         loader = make_sharded_loader(datasets["train"], spec, layout, replica, collate)
     else:
         loader = make_native_loader(datasets["train"], spec, collate)

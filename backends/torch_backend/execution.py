@@ -2,7 +2,11 @@
 
 A step: zero the grads, the training forward pass and loss (`loss_fn(x, y, w, lengths, masks, real)` → (recorded
 loss, loss + penalties); `real` as core.Flow), `backward()`, the optimizer step; the model's buffers (BatchNorm's
-running statistics) are updated in place by the forward pass. Modes differ only in the native mechanism running it:
+running statistics) are updated in place by the forward pass. The optimizer step (optim.TorchOptimizer.step: clipping,
+the decoupled decay line, torch.optim) runs inside the mode's mechanism; its LRScheduler is stepped in Python around
+it (`opt_step`, `optimizer.event`), never inside a compiled graph or a CUDA graph: a scheduled lr is a float64
+tensor the step reads, so a new lr neither recompiles nor needs a new capture. Modes differ only in the native
+mechanism running the step:
 - eager:    torch's eager autograd and `torch.optim`, op by op.
 - compiled: `torch.compile` of forward + loss (AOTAutograd compiles its backward) and of the optimizer step;
             `dynamic=False` (one graph per batch shape) for static shapes, `None` (automatic dynamic shapes) for
@@ -40,18 +44,31 @@ def check_execution(execution: str, device: torch.device) -> None:
 
 
 class EagerStep:
-    """eager: autograd and torch.optim op by op."""
+    """eager: autograd and torch.optim op by op. `raw_step` is the optimizer step of the mode (clipping, decay,
+    torch.optim); `opt_step` wraps it in the optimizer's scheduler events (LRScheduler.step() in Python, outside
+    any compiled or captured step)."""
 
     def __init__(self, loss_fn: LossFn, optimizer):
         self.loss_fn, self.optimizer = loss_fn, optimizer
-        self.opt_step = optimizer.step
+        self.raw_step = optimizer.step
 
-    def __call__(self, x, y, w, lengths, masks, real) -> torch.Tensor:
+    def opt_step(self) -> None:
+        self.optimizer.event("before_step")
+        self.raw_step()
+        self.optimizer.event("after_step")
+
+    def _train(self, x, y, w, lengths, masks, real) -> torch.Tensor:
         self.optimizer.zero_grad()
         loss, total = self.loss_fn(x, y, w, lengths, masks, real)
         total.backward()
-        self.opt_step()
+        self.raw_step()
         return loss.detach()
+
+    def __call__(self, x, y, w, lengths, masks, real) -> torch.Tensor:
+        self.optimizer.event("before_step")
+        loss = self._train(x, y, w, lengths, masks, real)
+        self.optimizer.event("after_step")
+        return loss
 
 
 class CompiledStep(EagerStep):
@@ -59,7 +76,7 @@ class CompiledStep(EagerStep):
 
     def __init__(self, loss_fn: LossFn, optimizer, dynamic: bool | None = False):
         super().__init__(torch.compile(loss_fn, dynamic=dynamic), optimizer)
-        self.opt_step = torch.compile(optimizer.step, dynamic=False)
+        self.raw_step = torch.compile(optimizer.step, dynamic=False)
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         config.fail_on_recompile_limit_hit = True
@@ -90,7 +107,9 @@ class GraphStep(EagerStep):
         static, graph, loss = self.graphs[key]
         for dst, src in zip(static, self._flat(x, y, w, masks), strict=True):
             dst.copy_(src)
+        self.optimizer.event("before_step")  # a scheduler fill_s the lr tensor the graph reads
         graph.replay()
+        self.optimizer.event("after_step")
         return loss.clone()
 
     def _capture(self, inputs: list[torch.Tensor], with_masks: bool, real: int | None):
@@ -101,12 +120,12 @@ class GraphStep(EagerStep):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
-                super().__call__(*args)
+                self._train(*args)
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # zero_grad(set_to_none) inside: the grads live in the graph's pool
-            loss = super().__call__(*args)
+            loss = self._train(*args)
         return static, graph, loss
 
     @torch.no_grad()

@@ -2,9 +2,12 @@
 flatten (docs/design.md, "Images and BatchNorm"; formulas in common.layers.image). model.Stack permutes the
 canonical NHWC input to NCHW once, at the entry.
 
-"same" padding. Exact mode: TF's rule, `layer.pads` = (top, bottom, left, right), applied with `F.pad` (torch's
-order (left, right, top, bottom)), asymmetric when the total is odd (the extra pixel at the bottom/right), and the
-layer itself unpadded. Native mode: what a port writes, `padding=k // 2` on every side
+Idioms (common.idioms): `same_padding`, `avg_pool_count`, `flatten_order`, each switching what its paragraph
+below calls native mode.
+
+"same" padding. Exact mode (`same_padding` off): TF's rule, `layer.pads` = (top, bottom, left, right), applied
+with `F.pad` (torch's order (left, right, top, bottom)), asymmetric when the total is odd (the extra pixel at the
+bottom/right), and the layer itself unpadded. Native mode: what a port writes, `padding=k // 2` on every side
 (common.native.symmetric_pads; at stride 2 the windows shift by a pixel: the trap conv_same_stride2).
 
 conv2d:          `nn.Conv2d(C_in, filters, k, stride)` then the activation; torch's weight (out, in, kh, kw) is
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.torch_backend.core import ACTIVATIONS, NO_FLOW, Canonical, Flow
+from common.idioms import on
 from common.layers import Layer
 from common.native import symmetric_pads
 from common.spec import Spec
@@ -39,8 +43,8 @@ NHWC = (0, 2, 3, 1)  # the permutation of an NCHW tensor that gives the canonica
 
 def padding(layer: Layer, spec: Spec) -> tuple[tuple[int, int, int, int] | None, int]:
     """(the `F.pad` argument (left, right, top, bottom), or None for no explicit pad; the layer's own symmetric
-    `padding=`): exact mode pads explicitly by `layer.pads`, native mode writes `padding=k // 2`."""
-    if spec.mode == "native":
+    `padding=`): TF's pads explicitly by `layer.pads`, or (`same_padding`) `padding=k // 2` as a port writes."""
+    if on(spec, "same_padding"):
         return None, symmetric_pads(layer)[0]
     top, bottom, left, right = layer.pads
     return ((left, right, top, bottom) if any(layer.pads) else None), 0
@@ -71,22 +75,22 @@ class MaxPool(nn.MaxPool2d):
 
 
 class AvgPool(nn.AvgPool2d):
-    count: torch.Tensor | None  # exact mode: the real pixels of each window (H', W'); native mode None
+    count: torch.Tensor | None  # the real pixels of each window (H', W'); None with `avg_pool_count` (k²)
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         pads, own = padding(layer, spec)
-        exact = spec.mode == "exact"
-        super().__init__(layer.kernel, layer.stride, padding=own, divisor_override=1 if exact else None)
+        real = not on(spec, "avg_pool_count")
+        super().__init__(layer.kernel, layer.stride, padding=own, divisor_override=1 if real else None)
         self.pads = pads
-        count = self._sums(torch.ones(1, 1, *layer.in_shape[:2], dtype=dtype))[0, 0] if exact else None
+        count = self._pooled(torch.ones(1, 1, *layer.in_shape[:2], dtype=dtype))[0, 0] if real else None
         self.register_buffer("count", count, persistent=False)
 
-    def _sums(self, h: torch.Tensor) -> torch.Tensor:
-        """Window sums of `h` zero-padded by `pads` (exact mode's divisor 1)."""
+    def _pooled(self, h: torch.Tensor) -> torch.Tensor:
+        """torch's pooling of `h` zero-padded by `pads` (window sums under divisor 1)."""
         return super().forward(h if self.pads is None else F.pad(h, self.pads))
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
-        return super().forward(h) if self.count is None else self._sums(h) / self.count
+        return self._pooled(h) if self.count is None else self._pooled(h) / self.count
 
 
 class GlobalAvgPool(nn.Module):
@@ -100,7 +104,7 @@ class GlobalAvgPool(nn.Module):
 class Flatten(nn.Flatten):
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__()
-        self.canonical_order = spec.mode == "exact"
+        self.canonical_order = not on(spec, "flatten_order")
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
         return super().forward(h.permute(*NHWC) if self.canonical_order else h)

@@ -2,8 +2,8 @@
 batch (docs/design.md, "Layer stacks", "Images and BatchNorm"; formulas in common.layers.norm).
 
 layer_norm:  `nn.LayerNorm(width)`: y = (x − μ)/√(σ² + ε) ⊙ weight + bias (biased σ²), weight = canonical
-             `ln{i}.scale`, bias = `ln{i}.offset`, same layout. Exact mode passes ε = layer.eps explicitly; native
-             mode keeps torch's own default (1e-5, what a hand port writes; common.traps "layer_norm_eps").
+             `ln{i}.scale`, bias = `ln{i}.offset`, same layout. ε = layer.eps passed explicitly; idiom
+             `layer_norm_eps` on: torch's own default (1e-5, what a hand port writes; common.traps "layer_norm_eps").
 batch_norm:  `nn.BatchNorm1d(C)` on features (B, C), `nn.BatchNorm2d(C)` on images (B, C, H, W): training
              normalises with the biased batch variance, evaluation (.eval()) with the running statistics.
              weight = `bn{i}.scale`, bias = `bn{i}.offset` (parameters), running_mean = `bn{i}.mean`,
@@ -15,8 +15,8 @@ batch_norm:  `nn.BatchNorm1d(C)` on features (B, C), `nn.BatchNorm2d(C)` on imag
              (a buffer update under no_grad; the normalisation stays torch's). Under `last_batch = "pad"` the batch
              statistics are the real rows' (torch has no masked BatchNorm): the first `Flow.real` rows go through
              the layer, the filler rows after them (weight 0: no loss, no gradient) through `F.batch_norm` with the
-             running statistics, as in evaluation. Native mode: `nn.BatchNorm1d/2d(C)` with torch's defaults
-             (momentum 0.1, i.e. m = 0.9; eps 1e-5; the unbiased running variance; common.native.LAYER_DEFAULTS).
+             running statistics, as in evaluation. Idioms: torch's defaults one by one (common.native.LAYER_DEFAULTS):
+             `bn_momentum` 0.1 (m = 0.9), `bn_eps` 1e-5, `bn_running_var` the unbiased running variance kept.
              Under split steps (common.layers.norm, "under split steps"; R gloo ranks under DDP, distributed.py):
              sync = false is the layer above on each rank's part; DDP's default broadcast_buffers=True hands rank
              0's running statistics to the others before a synchronised forward, so rank 0, which evaluates and
@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributed._functional_collectives import all_reduce
 
 from backends.torch_backend.core import NO_FLOW, Canonical, Flow
+from common.idioms import on
 from common.layers import IMAGES, Layer
 from common.layers.norm import convert_running_var, running_var_factor, values_per_channel
 from common.native import LAYER_DEFAULTS
@@ -57,7 +58,7 @@ class LayerNorm(Canonical, nn.LayerNorm):
     CANONICAL: ClassVar = {"weight": ("scale", None), "bias": ("offset", None)}
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
-        if spec.mode == "native":
+        if on(spec, "layer_norm_eps"):
             super().__init__(layer.width, dtype=dtype)
         else:
             super().__init__(layer.width, eps=layer.eps, dtype=dtype)
@@ -77,12 +78,15 @@ class BatchNorm(Canonical):
     }
 
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
-        if spec.mode == "native":
-            super().__init__(layer.width, dtype=dtype)
-        else:
-            super().__init__(layer.width, eps=layer.eps, momentum=1.0 - layer.momentum, dtype=dtype)
+        own = {}  # torch's defaults where their idiom is on
+        if not on(spec, "bn_eps"):
+            own["eps"] = layer.eps
+        if not on(spec, "bn_momentum"):
+            own["momentum"] = 1.0 - layer.momentum
+        super().__init__(layer.width, dtype=dtype, **own)
         self.layer, self.per_row = layer, values_per_channel(layer, 1)  # n = rows · per_row (H·W on images)
-        self.converts = spec.mode == "exact" and layer.running_var != TORCH_RUNNING_VAR
+        self.decay = layer.momentum if "momentum" in own else LAYER_DEFAULTS["torch"]["bn_momentum"]
+        self.converts = not on(spec, "bn_running_var") and layer.running_var != TORCH_RUNNING_VAR
 
     def forward(self, h: torch.Tensor, flow: Flow = NO_FLOW) -> torch.Tensor:
         if not self.training or flow.real is None:
@@ -103,7 +107,7 @@ class BatchNorm(Canonical):
         factor = running_var_factor(TORCH_RUNNING_VAR, self.layer.running_var, self._count(h))
         with torch.no_grad():  # through .data: autograd saved the buffer for the backward (which in training
             # never reads it) and would refuse a tracked in-place write as a change to a saved tensor
-            self.running_var.data.copy_(convert_running_var(old, self.running_var, self.layer.momentum, factor))
+            self.running_var.data.copy_(convert_running_var(old, self.running_var, self.decay, factor))
         return y
 
     def _layer(self, h: torch.Tensor) -> torch.Tensor:

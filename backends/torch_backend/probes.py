@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from common import schedules
 from common import traps as T
 from common.traps.inputs import (
     ACCUMULATE,
@@ -38,21 +39,33 @@ from common.traps.inputs import (
     BN_MOMENTUM,
     BN_REPLICAS,
     BN_SPLIT,
+    CLIP_BOUNDARY,
+    CLIP_DECAY,
+    CLIP_SCOPE,
     CONV_KERNEL,
     CONV_SAME,
     FLATTEN_HWC,
     LAYOUT,
+    PER_EPOCH,
     POOL_DEFAULT,
     SAMPLER,
+    SCHEDULE,
+    SCHEDULE_FLOAT32,
+    STEP_FIRST,
     bn_large_mean_input,
     conv_ramp,
 )
 from common.traps.reference import (
     accumulation_measurement,
     batch_norm_reference,
+    clip_boundary_norm,
+    clip_decay_order,
+    clip_factor,
+    clip_scope,
     conv2d_reference,
     named_match,
     pool_reference,
+    schedule_table,
     split_statistics_name,
     window_pads,
 )
@@ -813,6 +826,161 @@ def bn_replica_stats() -> dict:
     }
 
 
+# --------------------------------------------------------------------- gradient clipping and learning-rate schedules
+def _grads(values: dict) -> dict[str, torch.Tensor]:
+    """float64 parameters (zeros) whose .grad holds `values` (name → list)."""
+    params = {}
+    for name, v in values.items():
+        p = torch.zeros(len(v), dtype=torch.float64, requires_grad=True)
+        p.grad = torch.tensor(v, dtype=torch.float64)
+        params[name] = p
+    return params
+
+
+def _clipped(values: dict, max_norm: float) -> dict[str, list[float]]:
+    """The gradients after torch.nn.utils.clip_grad_norm_(params, max_norm)."""
+    params = _grads(values)
+    torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm)
+    return {k: p.grad.tolist() for k, p in params.items()}
+
+
+def clip_epsilon() -> dict:
+    """clip_grad_norm_'s factor on CLIP_BOUNDARY (global norm n = 5) at max_norm = n and n/2: g'/g, exact (powers
+    of 2); "exact_form_at_c": get_total_norm and a clamp(c/n, max=1) multiply, exact mode's conversion."""
+    grads = {k: CLIP_BOUNDARY[k] for k in ("a", "b")}
+    n = clip_boundary_norm()
+    params = _grads(grads)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params.values()])
+    torch._foreach_mul_([p.grad for p in params.values()], torch.clamp(n / norm, max=1.0))
+    return {
+        "factor_at_c": clip_factor(_clipped(grads, n), grads),
+        "factor_at_2c": clip_factor(_clipped(grads, n / 2), grads),
+        "exact_form_at_c": clip_factor({k: p.grad.tolist() for k, p in params.items()}, grads),
+    }
+
+
+def keras_clipnorm_per_variable() -> dict:
+    """clip_grad_norm_(params, c) on CLIP_SCOPE's two tensors: the scope of the clip (reference.clip_scope) and the
+    clipped values."""
+    clipped = _clipped({k: CLIP_SCOPE[k] for k in ("a", "b")}, CLIP_SCOPE["c"])
+    return {"scope": clip_scope(clipped["a"], clipped["b"]), **clipped}
+
+
+def clip_before_decay() -> dict:
+    """CLIP_DECAY's SGD step: clip_grad_norm_ on the data gradient, then SGD(weight_decay=λ) (a port's loop), and
+    exact mode's: λw added to .grad (the loss term's gradient), clipped by get_total_norm and a clamp(c/n, max=1)
+    multiply, then SGD without weight_decay. Δw of each, and its order (reference.clip_decay_order)."""
+    p = CLIP_DECAY
+
+    def step(decay_in_grad: bool) -> list[float]:
+        w = torch.tensor(p["w"], dtype=torch.float64, requires_grad=True)
+        w.grad = torch.tensor(p["grad"], dtype=torch.float64)
+        if decay_in_grad:  # exact mode: the loss term's gradient, and the clip without ε
+            w.grad += p["wd"] * w.detach()
+            norm = torch.nn.utils.get_total_norm([w.grad])
+            torch._foreach_mul_([w.grad], torch.clamp(p["c"] / norm, max=1.0))
+        else:
+            torch.nn.utils.clip_grad_norm_([w], p["c"])
+        opt = torch.optim.SGD([w], lr=p["lr"], weight_decay=0.0 if decay_in_grad else p["wd"])
+        opt.step()
+        return (w.detach() - torch.tensor(p["w"], dtype=torch.float64)).tolist()
+
+    native, in_grad = step(False), step(True)
+    return {
+        "update": native,
+        "order": clip_decay_order(native),
+        "loss_term_update": in_grad,
+        "loss_term_order": clip_decay_order(in_grad),
+    }
+
+
+def _used_lrs(make_scheduler, steps: int, base: float, step_first: bool = False, per_epoch: int = 0) -> list[float]:
+    """The lr each of `steps` SGD steps used (g = 1 from w = 0, w reset after each step: Δw = −lr exactly), the
+    scheduler stepped after each optimizer step, before it (`step_first`), or every `per_epoch` optimizer steps."""
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=base)
+    scheduler = make_scheduler(opt)
+    used = []
+    for t in range(steps):
+        if step_first:
+            scheduler.step()
+        w.grad = torch.ones_like(w)
+        opt.step()
+        used.append(-w.item())
+        with torch.no_grad():
+            w.zero_()
+        if not step_first and (not per_epoch or (t + 1) % per_epoch == 0):
+            scheduler.step()
+    return used
+
+
+def cosine_annealing_period() -> dict:
+    """CosineAnnealingLR(T_max = D, eta_min = f): the lr SGD used at t = 0, D, 1.5·D, 2·D (read back from the
+    steps, scheduler.step() after optimizer.step()); "lambda_lr": exact mode's LambdaLR over common.schedules.lr."""
+    s = SCHEDULE
+    table = schedule_table("cosine", decay_steps=s["decay_steps"], final_lr=s["final_lr"])
+    last = max(s["cosine_at"]) + 1
+    annealing = _used_lrs(
+        lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s["decay_steps"], eta_min=s["final_lr"]),
+        last,
+        s["lr"],
+    )
+    exact = _used_lrs(
+        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedules.lr(table, s["lr"], t) / s["lr"]),
+        last,
+        s["lr"],
+    )
+    return {"lr": [annealing[t] for t in s["cosine_at"]], "lambda_lr": [exact[t] for t in s["cosine_at"]]}
+
+
+def scheduler_step_first() -> dict:
+    """StepLR(step_size = 1, γ = 1/2): the lrs of STEP_FIRST's steps with scheduler.step() before
+    optimizer.step() and after it; the start of the UserWarning the first order emits (up to its first period)."""
+    p = STEP_FIRST
+
+    def make(opt):
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = _used_lrs(make, p["steps"], p["lr"], step_first=True)
+    after = _used_lrs(make, p["steps"], p["lr"])
+    texts = [str(c.message) for c in caught if issubclass(c.category, UserWarning)]
+    return {
+        "step_first": first,
+        "step_after": after,
+        "warning": texts[0].split(". ")[0] if texts else None,
+        "warnings": len(texts),
+    }
+
+
+def per_epoch_schedule() -> dict:
+    """StepLR(step_size = 2, γ = 1/2) over PER_EPOCH's epochs of 3 optimizer steps: the lrs the steps used with
+    scheduler.step() once per epoch (the tutorial loop) and once per optimizer step."""
+    p = PER_EPOCH
+    steps = p["steps_per_epoch"] * p["epochs"]
+
+    def make(opt):
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p["step_size"], gamma=p["gamma"])
+
+    return {
+        "lrs": _used_lrs(make, steps, p["lr"], per_epoch=p["steps_per_epoch"]),
+        "per_step_lrs": _used_lrs(make, steps, p["lr"]),
+    }
+
+
+def schedule_float32() -> dict:
+    """ExponentialLR(γ)'s lr with a Python-float lr₀ = 0.1: the scheduler's value at t = 0 and its type (torch's
+    schedulers keep Python floats: float64), and the lr the first SGD step on a float64 parameter used."""
+    p = SCHEDULE_FLOAT32
+    w = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=p["lr"])
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=p["decay_rate"])
+    lr = scheduler.get_last_lr()[0]
+    used = _used_lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=p["decay_rate"]), 1, p["lr"])[0]
+    return {"lr": lr, "dtype": type(lr).__name__, "sgd_lr": used}
+
+
 PROBES = {
     "sparse_embedding_adam": sparse_embedding_adam,
     "rnn_padded_outputs": rnn_padded_outputs,
@@ -863,4 +1031,11 @@ PROBES = {
     "sync_batchnorm_cpu": sync_batchnorm_cpu,
     "bn_jit_global_batch": bn_jit_global_batch,
     "bn_replica_stats": bn_replica_stats,
+    "clip_epsilon": clip_epsilon,
+    "keras_clipnorm_per_variable": keras_clipnorm_per_variable,
+    "clip_before_decay": clip_before_decay,
+    "cosine_annealing_period": cosine_annealing_period,
+    "scheduler_step_first": scheduler_step_first,
+    "per_epoch_schedule": per_epoch_schedule,
+    "schedule_float32": schedule_float32,
 }

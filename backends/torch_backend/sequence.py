@@ -10,9 +10,10 @@ rnn:         `nn.RNN(dim, units, tanh, batch_first)`. Masked: `pack_padded_seque
              kept lengths; pre-padded rows are first rotated left by T − L_i so that only real tokens are packed;
              all-padded rows are packed with length 1 and their state multiplied by 0. Gives h_n, the state after
              each row's last real token. Unmasked: the plain nn.RNN over all T positions, h_n.
-             nn.RNN has two biases that enter as a sum and both get the full gradient. Exact mode maps the one
-             canonical `rnn.bias` to bias_ih and freezes bias_hh at 0 (never given to the optimizer); native mode
-             trains both (the user's model) and exports bias_ih + bias_hh. weight_ih = Wᵀ, weight_hh = Uᵀ.
+             nn.RNN has two biases that enter as a sum and both get the full gradient. Idiom `rnn_two_biases`
+             off: the one canonical `rnn.bias` is bias_ih and bias_hh is frozen at 0 (never given to the
+             optimizer); on: torch trains both (the user's model) and exports bias_ih + bias_hh.
+             weight_ih = Wᵀ, weight_hh = Uᵀ.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from backends.torch_backend.core import NO_FLOW, Canonical, Flow
+from common.idioms import on
 from common.layers import Layer
 from common.padding import resolve_sides
 from common.spec import Spec
@@ -68,7 +70,7 @@ class RNN(Canonical, nn.RNN):
     def __init__(self, layer: Layer, spec: Spec, dtype: torch.dtype):
         super().__init__(layer.in_width, layer.width, nonlinearity="tanh", batch_first=True, dtype=dtype)
         self.masked, self.pad = spec.sequence.mask, resolve_sides(spec, "torch")[0]
-        if spec.mode == "exact":
+        if not on(spec, "rnn_two_biases"):
             with torch.no_grad():
                 self.bias_hh_l0.zero_()
             self.bias_hh_l0.requires_grad_(False)
@@ -77,7 +79,7 @@ class RNN(Canonical, nn.RNN):
         return {**self.canonical_views(), "bias": self.bias_ih_l0 + self.bias_hh_l0}
 
     def trainable(self) -> list[tuple[str, nn.Parameter]]:
-        """Native mode lists bias_hh too, as a second `bias` (a bias-like vector for the regularizers)."""
+        """`rnn_two_biases` lists bias_hh too, as a second `bias` (a bias-like vector for the regularizers)."""
         extra = [("bias", self.bias_hh_l0)] if self.bias_hh_l0.requires_grad else []
         return super().trainable() + extra
 

@@ -34,6 +34,24 @@ steps (sync_batchnorm_cpu, bn_jit_global_batch, bn_replica_stats) compares exact
 and running means from momentum 0 (torch 1), i.e. BN_SPLIT's batch means, binary fractions exact under any summation
 order; the probes name a (mean, biased variance) pair with reference.split_statistics_name at rtol 1e-9, where the
 statistics differ by ≥ 25% (torch's unbiased running variance rescaled by (c − 1)/c is the only rounding).
+
+Gradient clipping and learning-rate schedules (design sections "Gradient clipping" and "Learning-rate schedules"):
+the clipping inputs make every norm and factor exact (CLIP_BOUNDARY's norms 3, 4 and 5 with power-of-2 entries, so
+g'/g is the factor itself; CLIP_DECAY's norms 2 and 4, factors 1/2 and 1/4, exact even through optax's g·fl(1/n)·c),
+and the schedules use lr₀ = 1, f = 1/4, γ = 1/2, so Keras's, optax's and the canonical values are exact; step
+schedules, the float32 lr constants (one float32 rounding of 0.1: 0.10000000149011612) and the per-epoch lrs compare
+exactly. torch's clip_grad_norm_ factors c/(n + 1e-6) are float64 quotients, recorded as measured with rtol 1e-12 (a
+reordering of their rounding, ~1e-16, passes; the ε's own 2e-7 does not), which clip_epsilon and clip_before_decay
+share; the research's case B (CLIP_SCOPE, 0.1 … 0.5: not binary) rtol 1e-12, rounding order only (the scope is named
+by reference.clip_scope at rtol 1e-5 so that torch's ε, 1.35e-6 there, does not hide it; the two scopes differ by at
+least 22%); the cosine values rtol 1e-12 (cos through libm or XLA, and torch's recursive CosineAnnealingLR:
+1.0000000000000002 at 2·D).
+
+keras_clip_per_replica compares exactly: CLIP_REPLICAS' two replicas, (1, 1, 1, 1) twice and (2, 2, 2, 2) with
+(−1, −1, −1, −1), have norms 2 and 4 and sums of norm 4 and 2 at c = 1, so every clip factor (1/2, 1/4) is a power
+of 2 and every Δw a binary fraction, exact in any summation order (Keras's c·min(1/n, 1/c) included); the placement
+is named by reference.clip_replica_placement (exact inputs, candidates 0.5 or more apart), and the counts and names
+compare exactly.
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from common import clipping
 from common.batching import BatchPlan
 from common.distributed import Layout
 from common.dropout import keep_scale
@@ -62,6 +81,9 @@ from common.traps.inputs import (
     BN_MOMENTUM,
     BN_REPLICAS,
     BN_SPLIT,
+    CLIP_DECAY,
+    CLIP_REPLICAS,
+    CLIP_SCOPE,
     CONV_KERNEL,
     CONV_SAME,
     DECAY,
@@ -74,12 +96,16 @@ from common.traps.inputs import (
     MOMENTUM,
     ORDER_N,
     ORDER_N_SMALL,
+    PER_EPOCH,
     POOL_DEFAULT,
     SAMPLER,
+    SCHEDULE,
+    SCHEDULE_FLOAT32,
     SEED,
     SEQUENCES,
     SHUFFLE_BUFFER,
     SHUFFLE_EPOCHS,
+    STEP_FIRST,
     conv_ramp,
 )
 from common.traps.judge import diverges, effect_ratio, listing, matches, normalise, spread, values_of
@@ -87,10 +113,16 @@ from common.traps.reference import (
     accumulated_updates,
     adam_reference,
     batch_norm_reference,
+    clip_boundary_norm,
+    clip_decay_references,
+    clip_replica_references,
+    clip_scope_references,
     conv2d_reference,
     layer_norm_reference,
     layout_epoch,
     pool_reference,
+    schedule_lrs,
+    schedule_table,
     sgd_decay_reference,
     sgd_momentum_reference,
     split_statistics,
@@ -483,6 +515,120 @@ def _effect_bn_replica_stats(m):
         + f"; first replica's {_stats_text('first_replica')}, the replicas' average {_stats_text('replica_mean')} "
         f"(the pooled batch's var {tuple(split_statistics()['global_batch']['var'])}): evaluating all "
         f"{len(BN_SPLIT)} rows, x̂ moves by up to {size:.3g}"
+    )
+
+
+# ------------------------------------------------------------- effects of the clipping and schedule traps
+CLIP_N = clip_boundary_norm()  # CLIP_BOUNDARY's global norm (5)
+CLIP_CANONICAL = {"factor_at_c": clipping.scale(CLIP_N, CLIP_N), "factor_at_2c": clipping.scale(CLIP_N, CLIP_N / 2)}
+SCOPES = clip_scope_references()  # CLIP_SCOPE clipped by common.clipping's global and per-tensor rules
+DECAY_ORDERS = clip_decay_references()  # CLIP_DECAY's Δw: the canonical order and the others
+REPLICA_CLIPS = {case: clip_replica_references(case) for case in ("agree", "opposed")}  # CLIP_REPLICAS' Δw
+COSINE = schedule_table("cosine", decay_steps=SCHEDULE["decay_steps"], final_lr=SCHEDULE["final_lr"])
+WARMUP_COSINE = schedule_table(
+    "warmup_cosine",
+    warmup_steps=SCHEDULE["warmup_steps"],
+    decay_steps=SCHEDULE["decay_steps"],
+    final_lr=SCHEDULE["final_lr"],
+)
+STEP_FIRST_TABLE = schedule_table("step", step_size=STEP_FIRST["step_size"], gamma=STEP_FIRST["gamma"])
+PER_EPOCH_TABLE = schedule_table("step", step_size=PER_EPOCH["step_size"], gamma=PER_EPOCH["gamma"])
+PER_EPOCH_STEPS = PER_EPOCH["steps_per_epoch"] * PER_EPOCH["epochs"]
+COSINE_CANONICAL_LRS = schedule_lrs(COSINE, SCHEDULE["lr"], SCHEDULE["cosine_at"])
+WARMUP_CANONICAL_LRS = schedule_lrs(WARMUP_COSINE, SCHEDULE["lr"], SCHEDULE["warmup_at"])
+FLOAT32_TABLE = schedule_table("step", step_size=SCHEDULE_FLOAT32["decay_steps"], gamma=SCHEDULE_FLOAT32["decay_rate"])
+
+
+def _effect_clip_epsilon(m):
+    worst = max(
+        abs(float(v[k]) - CLIP_CANONICAL[k]) / CLIP_CANONICAL[k] for v in m.values() for k in CLIP_CANONICAL if k in v
+    )
+
+    def factors(key):
+        return ", ".join(f"{fw} {float(v):.10g}" for fw, v in values_of(m, key).items())
+
+    return worst, (
+        f"clip factor at n = c = {CLIP_N:g}: {factors('factor_at_c')}; at n = 2c: {factors('factor_at_2c')} "
+        f"(min(1, c/n): {CLIP_CANONICAL['factor_at_c']:g}, {CLIP_CANONICAL['factor_at_2c']:g}); torch's shortfall "
+        f"1 − n/(n + 1e-6) is {1 - CLIP_N / (CLIP_N + clipping.TORCH_EPS):.2g} here, "
+        f"{1 - 1e-3 / (1e-3 + clipping.TORCH_EPS):.2g} at n = 1e-3: above the float64 rtol 1e-9 whenever it clips"
+    )
+
+
+def _effect_clip_scope(m):
+    a, b = len(CLIP_SCOPE["a"]), len(CLIP_SCOPE["b"])
+    glob = SCOPES["global"]
+    measured = {fw: np.array([*v["a"], *v["b"]], np.float64) for fw, v in m.items() if "a" in v and "b" in v}
+    worst = max(float(np.max(np.abs(x - glob) / np.abs(glob))) for x in measured.values())
+    return worst, (
+        "scope of the clip a port writes: "
+        + listing(m, "scope")
+        + f"; c = {CLIP_SCOPE['c']:g}, ‖a‖ = {np.linalg.norm(CLIP_SCOPE['a']):.3g}, ‖b‖ = "
+        f"{np.linalg.norm(CLIP_SCOPE['b']):.3g}, n = {np.linalg.norm([*CLIP_SCOPE['a'], *CLIP_SCOPE['b']]):.3g}: "
+        f"per variable, a ({a} values) is not clipped (×1 instead of ×{glob[0] / CLIP_SCOPE['a'][0]:.3g}) and b "
+        f"({b} values) is scaled by ×{SCOPES['per_tensor'][-1] / CLIP_SCOPE['b'][-1]:.3g}; max relative change "
+        f"{worst:.2g}"
+    )
+
+
+def _effect_clip_decay(m):
+    canonical = np.array(DECAY_ORDERS["decay_then_clip"])
+    updates = {fw: np.array(v["update"], np.float64) for fw, v in m.items() if "update" in v}
+    worst = max(float(np.max(np.abs(u - canonical))) for u in updates.values())
+    return worst, (
+        "clip and coupled decay: "
+        + listing(m, "order")
+        + f"; one SGD step (lr {CLIP_DECAY['lr']:g}, λ {CLIP_DECAY['wd']:g}, c {CLIP_DECAY['c']:g}): the regularized "
+        f"gradient clipped gives Δw = {DECAY_ORDERS['decay_then_clip']}, the decay added after the clip "
+        f"{DECAY_ORDERS['clip_then_decay']} (max |Δ| = {worst:.3g}): the decay term escapes the clip"
+    )
+
+
+def _effect_clip_replicas(m):
+    reduced = np.array(REPLICA_CLIPS["agree"]["reduced"])
+    ratios = {fw: float(np.linalg.norm(v["update"]) / np.linalg.norm(reduced)) for fw, v in m.items() if "update" in v}
+    worst = max(ratios.values())
+
+    def updates(key):
+        return ", ".join(f"{fw} {v[0]:g}" for fw, v in values_of(m, key).items())
+
+    agree, opposed = (CLIP_REPLICAS[case] for case in ("agree", "opposed"))
+    norms = {case: [float(np.linalg.norm(g)) for g in CLIP_REPLICAS[case]] for case in ("agree", "opposed")}
+    return worst, (
+        "clip placement under tf.distribute: "
+        + listing(m, "placement")
+        + f"; {len(agree)} replicas, global clip c = {CLIP_REPLICAS['c']:g}, Δw per entry: equal replicas (norms "
+        f"{norms['agree'][0]:g}, the sum's {np.linalg.norm(np.sum(agree, axis=0)):g}) {updates('update')}, the "
+        f"step's gradient clipped {REPLICA_CLIPS['agree']['reduced'][0]:g} (×{worst:.3g}: each replica's share "
+        f"clipped to c lets the step's gradient reach R·c); opposed replicas (norms {norms['opposed'][0]:g} and "
+        f"{norms['opposed'][1]:g}, the sum's {np.linalg.norm(np.sum(opposed, axis=0)):g}) {updates('opposed_update')}, "
+        f"the step's gradient clipped {REPLICA_CLIPS['opposed']['reduced'][0]:g}"
+    )
+
+
+def _effect_lrs(key: str, steps, canonical: list[float], what: str):
+    """An effect function: max |lr − canonical lr| over the read steps, with each framework's lrs."""
+
+    def effect(m):
+        lrs = {fw: np.array(v[key], np.float64) for fw, v in m.items() if key in v}
+        worst = max(float(np.max(np.abs(x - np.array(canonical)))) for x in lrs.values())
+        listed = "; ".join(f"{fw} {[round(float(x), 6) for x in v]}" for fw, v in lrs.items())
+        return worst, (
+            f"{what} at t = {list(steps)}: {listed}; common.schedules.lr {[round(x, 6) for x in canonical]} "
+            f"(max |Δ| = {worst:.3g})"
+        )
+
+    return effect
+
+
+def _effect_float32_schedule(m):
+    lrs = {fw: float(v["lr"]) for fw, v in m.items()}
+    base = SCHEDULE_FLOAT32["lr"]
+    worst = max(abs(v - base) / base for v in lrs.values())
+    return worst, (
+        f"lr(0) of a schedule given lr₀ = {base:g} as a Python float, in a float64 run: "
+        + ", ".join(f"{fw} {v!r} ({m[fw]['dtype']})" for fw, v in lrs.items())
+        + f": {worst:.3g} relative, ×{worst / 1e-9:.3g} the float64 rtol 1e-9 at every step"
     )
 
 
@@ -922,8 +1068,12 @@ CATALOGUE: tuple[Trap, ...] = (
             "tf": {"constant_lr": -2.125, "lr_changed": -1.875},
             "jax": {"constant_lr": -2.125, "lr_changed": -1.6875},
         },
-        "common.optim: torch's b ← μb + g; Keras's m = −lr·b agrees while lr is constant (the spec has no "
-        "schedule; one would need m rescaled by lr_new/lr_old at the change)",
+        "common.optim: torch's b ← μb + g, w ← w − lr_t·b under any lr(t) (common.schedules); torch SGD and "
+        "optax.sgd (trace, then scale_by_learning_rate) are that form. Keras's m ← μm − lr_t·g equals −lr_t·b only "
+        "while lr is constant, so exact mode uses a keras.optimizers.SGD subclass whose update_step keeps torch's "
+        "form (b ← μb + g; w ← w − lr_t·b; nesterov w ← w − lr_t·(g + μb)), built by backends.tf_backend.optim "
+        "(rescaling m by lr_t/lr_{t−1} instead gives NaN after a warmup from lr 0); idiom keras_sgd_momentum keeps "
+        "plain Keras SGD",
         compare=("constant_lr", "lr_changed"),
         canonical={"constant_lr": sgd_momentum_reference(False), "lr_changed": sgd_momentum_reference(True)},
         effect=lambda m: spread(
@@ -1676,6 +1826,284 @@ CATALOGUE: tuple[Trap, ...] = (
         "are not compared). flax keeps one batch_stats per replica under vmap/shard_map; flax's ImageNet example "
         "averages them (cross_replica_mean, a lax.pmean): with equal replicas its mean is the global batch's, but "
         "its variance the replicas' average, neither replica 0's nor the pooled one.",
+    ),
+    Trap(
+        "clip_epsilon",
+        "torch clip_grad_norm_ scales by c/(n + 1e-6): it clips at n = c and is never exactly c/n",
+        "Gradient clipping",
+        {
+            "torch": {"factor_at_c": 0.99999980000004, "factor_at_2c": 0.49999990000002, "exact_form_at_c": 1.0},
+            "tf": {"factor_at_c": 1.0, "factor_at_2c": 0.5},
+            "jax": {"factor_at_c": 1.0, "factor_at_2c": 0.5},
+        },
+        "common.clipping (optimizer.clip_norm, optimizer.clip): g ← g·min(1, c/n), no ε, n = 0 leaves g unchanged. "
+        "torch exact mode takes n from torch.nn.utils.get_total_norm (each grad's own norm for per_tensor) and "
+        "multiplies by clamp(c/n, max=1) (torch._foreach_mul_); Keras global_clipnorm / clipnorm and optax "
+        "clip_by_global_norm / per-leaf projection_l2_ball are the rule as they are; idiom clip_epsilon keeps "
+        "clip_grad_norm_ (common.clipping.torch_scale)",
+        compare=("factor_at_c", "factor_at_2c"),
+        canonical=CLIP_CANONICAL,
+        rtol=1e-12,
+        effect=_effect_clip_epsilon,
+        note="torch scales whenever c/(n + 1e-6) < 1, i.e. from n > c − 1e-6 on, so it also clips at n = c "
+        "(research case C: 13 → 13/(13 + 1e-6)). optax's select(n < c, g, (g/n)·c) takes the scaled branch at "
+        "n = c, equal to g only up to rounding (exact here), and XLA evaluates g/n as g·fl(1/n): on (8, 6) with "
+        "n = 10, c = 2.5 it gives 1.5000000000000002 for 1.5 (1 ulp). Keras computes g·c·min(1/n, 1/c); "
+        "n = 0 leaves g unchanged in all three.",
+    ),
+    Trap(
+        "keras_clipnorm_per_variable",
+        "Keras clipnorm=c clips each variable by its own norm; clip_grad_norm_, global_clipnorm and "
+        "clip_by_global_norm use the global norm",
+        "Gradient clipping",
+        {
+            "torch": {
+                "scope": "global",
+                "a": [0.06741989533735587, 0.13483979067471175, 0.20225968601206762],
+                "b": [0.2696795813494235, 0.33709947668677936],
+            },
+            "tf": {
+                "scope": "per_tensor",
+                "a": [0.1, 0.2, 0.3],
+                "b": [0.31234752377721214, 0.39043440472151514],
+                "global_clipnorm_scope": "global",
+            },
+            "jax": {
+                "scope": "global",
+                "a": [0.06741998624632421, 0.13483997249264842, 0.20225995873897262],
+                "b": [0.26967994498529685, 0.337099931231621],
+                "projection_l2_ball_scope": "per_tensor",
+            },
+        },
+        "common.clipping: optimizer.clip = 'global' (default) clips by n = ‖all gradients‖, 'per_tensor' each "
+        "tensor by its own norm. Keras: global → global_clipnorm=c, per_tensor → clipnorm=c; torch: "
+        "get_total_norm over all grads or each grad's norm; optax: clip_by_global_norm(c), or "
+        "projection_l2_ball(u, c) mapped over the leaves (optax has no per-leaf norm clip); idiom "
+        "keras_clipnorm_per_variable writes clipnorm for a global clip",
+        compare=("scope",),
+        canonical={"scope": "global", "a": SCOPES["global"][:3].tolist(), "b": SCOPES["global"][3:].tolist()},
+        rtol=1e-12,
+        effect=_effect_clip_scope,
+        note="Keras clipnorm is tf.clip_by_norm per variable (g·c/max(‖g‖, c), no ε) and the optimizer refuses "
+        "more than one of clipnorm, global_clipnorm and clipvalue. optax's clip_by_block_rms(τ) is not a norm "
+        "clip (g/max(1, rms/τ)); projection_l2_ball is Keras's clipnorm formula. torch's a and b carry its ε "
+        "(1.35e-6 relative: clip_epsilon).",
+    ),
+    Trap(
+        "clip_before_decay",
+        "Where the clip sits against coupled decay: torch weight_decay and optax chain(clip, decay) leave the "
+        "decay term unclipped; a Keras L2 regularizer is clipped",
+        "Gradient clipping",
+        {
+            "torch": {
+                "update": [-0.7499998750000625, -0.7499998750000625, -0.7499998750000625, -1.2500001249999375],
+                "order": "clip_then_decay",
+                "loss_term_update": DECAY_ORDERS["decay_then_clip"],
+                "loss_term_order": "decay_then_clip",
+            },
+            "tf": {
+                "update": [-0.25, -0.25, -0.25, -0.25],
+                "order": "decay_then_clip",
+                "weight_decay_update": [-0.75, -0.75, -0.75, -1.25],
+                "weight_decay_order": "clip_then_decay",
+            },
+            "jax": {
+                "update": [-0.75, -0.75, -0.75, -1.25],
+                "order": "clip_then_decay",
+                "decay_first_update": [-0.25, -0.25, -0.25, -0.25],
+                "decay_first_order": "decay_then_clip",
+            },
+        },
+        "common.clipping clips the regularized gradient (common.regularization: data gradient + L1 + coupled "
+        "decay), after accumulation and the replica reduction, before the optimizer; decoupled decay is never "
+        "clipped. torch exact mode carries coupled decay as the loss term (c/2)·Σw² (in .grad before the clip) "
+        "instead of SGD(weight_decay); Keras's L2 regularizers are in the loss already (global_clipnorm clips "
+        "them); optax chain(l1_sign, add_decayed_weights, clip, optimizer); idiom clip_before_decay keeps torch's "
+        "weight_decay and optax's clip first",
+        compare=("order", "update"),
+        canonical={"order": "decay_then_clip", "update": DECAY_ORDERS["decay_then_clip"]},
+        rtol=1e-12,
+        effect=_effect_clip_decay,
+        note="Keras's decoupled SGD(weight_decay = λ) (w −= lr·λ·w before the update) is not clipped either: for "
+        "plain SGD it is the step of coupled decay added after the clip (weight_decay_update). In optax the chain "
+        "decides; inside MultiSteps the clip acts on the accumulated mean.",
+    ),
+    Trap(
+        "keras_clip_per_replica",
+        "Keras under tf.distribute clips each replica's gradient before the all-reduce, not the step's gradient",
+        "Gradient clipping",
+        {
+            "tf": {
+                "replicas": 2,
+                "update": [-1.0, -1.0, -1.0, -1.0],
+                "placement": "per_replica",
+                "one_device_update": [-0.5, -0.5, -0.5, -0.5],
+                "one_device_placement": "reduced",
+                "reduced_clip_placement": "reduced",
+                "opposed_update": [0.0, 0.0, 0.0, 0.0],
+                "opposed_placement": "per_replica",
+                "opposed_one_device_update": [-0.5, -0.5, -0.5, -0.5],
+                "opposed_one_device_placement": "reduced",
+                "opposed_reduced_clip_placement": "reduced",
+                "clipnorm_placement": "per_replica",
+            },
+        },
+        "common.clipping clips the step's gradient after the replicas' reduction (and the accumulation), before the "
+        "optimizer. tf exact mode (split steps, R > 1, clip_norm > 0): the Keras optimizer with "
+        "backends.tf_backend.optim.ReducedClip mixed in, which all-reduces (SUM) the replicas' gradients in the "
+        "replica context before Keras's _clip_gradients and skips Keras's own later all-reduce; torch's clip on "
+        "p.grad after DDP's all-reduce (after backward, before step) and optax's clip in the chain after the "
+        "pmean / psum clip the reduced gradient as they are; idiom keras_clip_per_replica keeps Keras's placement",
+        compare=("placement", "update", "opposed_placement", "opposed_update"),
+        canonical={
+            "placement": "reduced",
+            "update": REPLICA_CLIPS["agree"]["reduced"],
+            "opposed_placement": "reduced",
+            "opposed_update": REPLICA_CLIPS["opposed"]["reduced"],
+        },
+        effect=_effect_clip_replicas,
+        note="measured under MirroredStrategy over 2 logical CPU devices (a fresh interpreter: "
+        "backends.tf_backend.distributed.strategy), one apply_gradients per replica in strategy.run. Keras 3's "
+        "BaseOptimizer.apply calls _clip_gradients and then _backend_update_step, whose _all_reduce_sum_gradients "
+        "(keras/src/backend/tensorflow/optimizer.py) sums the replicas' gradients: global_clipnorm and clipnorm "
+        "(clipnorm_placement) both act on each replica's own gradient. Under a global-batch loss each replica holds "
+        "~1/R of the step's gradient, so with agreeing replicas the clip acts at R·c; opposed replicas can cancel "
+        "to no update at all. The one-device optimizer on the summed gradient is the rule.",
+    ),
+    Trap(
+        "cosine_annealing_period",
+        "torch CosineAnnealingLR does not stop at T_max: the lr climbs back to lr₀ at 2·T_max",
+        "Learning-rate schedules",
+        {
+            "torch": {"lr": [1.0, 0.25, 0.625, 1.0000000000000002], "lambda_lr": [1.0, 0.25, 0.25, 0.25]},
+            "tf": {"lr": [1.0, 0.25, 0.25, 0.25]},
+            "jax": {"lr": [1.0, 0.25, 0.25, 0.25]},
+        },
+        "common.schedules.lr, cosine: f + (lr₀ − f)·½(1 + cos(π·min(t, D)/D)), f after D. torch exact mode: "
+        "LambdaLR(lambda t: lr(t)/lr₀) stepped after optimizer.step(); Keras CosineDecay(lr₀, D, alpha = f/lr₀) and "
+        "optax cosine_decay_schedule(lr₀, D, alpha = f/lr₀) clamp at D already (float64 values: schedule_float32); "
+        "idiom torch_cosine_annealing: CosineAnnealingLR(T_max = D, eta_min = f) (common.schedules.cosine_annealing)",
+        compare=("lr",),
+        canonical={"lr": COSINE_CANONICAL_LRS},
+        rtol=1e-12,
+        effect=_effect_lrs("lr", SCHEDULE["cosine_at"], COSINE_CANONICAL_LRS, "lr used"),
+        note="lrs read back from SGD steps (g = 1, w reset to 0 after each step; optax: the update). Up to t = D "
+        "the three agree with common.schedules to rounding; torch's recursive form ends 2.2e-16 above lr₀ at 2·D.",
+    ),
+    Trap(
+        "warmup_decay_steps",
+        "optax warmup_cosine_decay_schedule counts the warmup inside decay_steps; Keras CosineDecay does not",
+        "Learning-rate schedules",
+        {
+            "tf": {"lr": [0.5, 0.8901650429449552, 0.625, 0.25]},
+            "jax": {"lr": [0.5, 0.625, 0.25, 0.25], "decay_steps_w_plus_d": [0.5, 0.8901650429449552, 0.625, 0.25]},
+        },
+        "common.schedules.lr, warmup_cosine: lr₀·t/W for t < W, then the cosine over D steps after the warmup "
+        "(W + D in all); Keras CosineDecay(0, D, alpha = f/lr₀, warmup_target = lr₀, warmup_steps = W) as it is; "
+        "optax warmup_cosine_decay_schedule(0, lr₀, W, decay_steps = W + D, f); idiom optax_warmup_decay_steps "
+        "passes D (common.schedules.optax_warmup_cosine)",
+        compare=("lr",),
+        canonical={"lr": WARMUP_CANONICAL_LRS},
+        rtol=1e-12,
+        effect=_effect_lrs(
+            "lr",
+            SCHEDULE["warmup_at"],
+            WARMUP_CANONICAL_LRS,
+            f"W = {SCHEDULE['warmup_steps']}, D = {SCHEDULE['decay_steps']}: lr used",
+        ),
+        note="optax runs its cosine over decay_steps − W steps, so D passed as the cosine's length ends W steps "
+        "early (and not at all for D ≤ W); Keras's alpha is a fraction of warmup_target (f = α·lr₀). torch has no "
+        "warmup-cosine scheduler: LinearLR refuses start_factor 0 and SequentialLR with CosineAnnealingLR is "
+        "unclamped (cosine_annealing_period).",
+    ),
+    Trap(
+        "scheduler_step_first",
+        "torch: scheduler.step() before optimizer.step() skips lr(0) and warns",
+        "Learning-rate schedules",
+        {
+            "torch": {
+                "step_first": [0.5, 0.25, 0.125],
+                "step_after": [1.0, 0.5, 0.25],
+                "warning": "Detected call of `lr_scheduler.step()` before `optimizer.step()`",
+            }
+        },
+        "common.schedules: t counts the optimizer steps already taken and the first update uses lr(0); the torch "
+        "backend calls scheduler.step() after optimizer.step() (the constructor sets lr(0)); idiom "
+        "scheduler_step_first (on only when listed) steps it first: step t + 1 uses lr(t + 1) "
+        "(common.schedules.used)",
+        compare=("step_first",),
+        canonical={"step_first": schedule_lrs(STEP_FIRST_TABLE, STEP_FIRST["lr"], range(STEP_FIRST["steps"]))},
+        effect=_effect_lrs(
+            "step_first",
+            range(STEP_FIRST["steps"]),
+            schedule_lrs(STEP_FIRST_TABLE, STEP_FIRST["lr"], range(STEP_FIRST["steps"])),
+            f"StepLR(step_size = {STEP_FIRST['step_size']}, γ = {STEP_FIRST['gamma']:g}) stepped first: lr used",
+        ),
+        note="the UserWarning comes once, at the first scheduler.step() before any optimizer.step(); from then on "
+        "the whole schedule runs one step ahead.",
+    ),
+    Trap(
+        "per_epoch_schedule",
+        "torch: a scheduler stepped once per epoch counts epochs, not optimizer steps",
+        "Learning-rate schedules",
+        {
+            "torch": {
+                "lrs": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                "per_step_lrs": [1.0, 1.0, 0.5, 0.5, 0.25, 0.25],
+            }
+        },
+        "common.schedules: t counts optimizer steps (with K accumulated micro-batches too); the torch backend steps "
+        "its scheduler after every optimizer step; idiom per_epoch_schedule (on only when listed) steps it once per "
+        "epoch: the steps of epoch e use lr(e) (common.schedules.used)",
+        compare=("lrs",),
+        canonical={"lrs": schedule_lrs(PER_EPOCH_TABLE, PER_EPOCH["lr"], range(PER_EPOCH_STEPS))},
+        effect=_effect_lrs(
+            "lrs",
+            range(PER_EPOCH_STEPS),
+            schedule_lrs(PER_EPOCH_TABLE, PER_EPOCH["lr"], range(PER_EPOCH_STEPS)),
+            f"StepLR(step_size = {PER_EPOCH['step_size']}, γ = {PER_EPOCH['gamma']:g}) stepped once per epoch of "
+            f"{PER_EPOCH['steps_per_epoch']} steps: lr used",
+        ),
+        note="with S steps per epoch the step t uses lr(⌊t/S⌋): the schedule runs S× slower, and a step_size or "
+        "decay_steps meant in optimizer steps is read as epochs.",
+    ),
+    Trap(
+        "schedule_float32",
+        "Keras and optax schedules given Python-float constants run in float32, even in float64 / x64 runs",
+        "Learning-rate schedules",
+        {
+            "torch": {"lr": 0.1, "dtype": "float", "sgd_lr": 0.1},
+            "tf": {
+                "lr": 0.10000000149011612,
+                "dtype": "float32",
+                "cosine_lr": 0.10000000149011612,
+                "cosine_dtype": "float32",
+                "float64_lr": 0.1,
+                "float64_dtype": "float64",
+                "sgd_lr": 0.10000000149011612,
+            },
+            "jax": {
+                "lr": 0.10000000149011612,
+                "dtype": "float32",
+                "cosine_lr": 0.1,
+                "cosine_dtype": "float64",
+                "float64_lr": 0.1,
+                "float64_dtype": "float64",
+                "sgd_lr": 0.10000000149011612,
+            },
+        },
+        "float64 runs hand every schedule constant over as a float64 scalar: Keras np.float64 "
+        "initial_learning_rate, warmup_target and alpha (backends.tf_backend.optim.hyper), optax float64 (numpy or "
+        "jnp) init and end values; torch's schedulers compute in Python floats (float64) already; idiom "
+        "float32_hyper passes Python floats (as in keras_float64_hyper)",
+        compare=("lr",),
+        canonical={"lr": schedule_lrs(FLOAT32_TABLE, SCHEDULE_FLOAT32["lr"], [0])[0]},
+        effect=_effect_float32_schedule,
+        note="Keras converts initial_learning_rate with ops.convert_to_tensor (float32 for a Python float, floatx "
+        "float64 or not) and runs the whole schedule in that dtype (ExponentialDecay and CosineDecay alike); "
+        "optax's exponential_decay with its int32 count and Python floats computes in float32 under x64 while "
+        "cosine_decay_schedule returns float64. The optimizer then applies the float32-rounded lr to float64 "
+        "variables (sgd_lr).",
     ),
 )
 

@@ -85,3 +85,24 @@ ACCUMULATOR = dict(grads=[0.1, 0.2, 0.4])  # K = 3 float64 gradients, not binary
 # 8.75) and the pooled R·c rows' (mean 3, −1; variance 7.25, 17.75) all differ, and every one is a binary fraction
 BN_REPLICAS = 2
 BN_SPLIT = np.concatenate([BN_INPUT, 2.0 * BN_INPUT + np.array([0.0, -8.0])])
+
+
+# Gradient clipping and learning-rate schedules (float64). Two tensors a, b per clipping probe; lrs read back from
+# SGD steps with g = 1 from w = 0 (Δw = −lr exactly) or the update itself (optax)
+CLIP_BOUNDARY = dict(a=[1.0, 2.0, 2.0], b=[4.0])  # ‖a‖ = 3, ‖b‖ = 4, n = 5: clipped at c = n and c = n/2
+CLIP_SCOPE = dict(a=[0.1, 0.2, 0.3], b=[0.4, 0.5], c=0.5)  # research case B: ‖a‖ 0.374 < c < ‖b‖ 0.640 < n 0.742
+# one SGD step on the loss g·w (+ coupled decay λ/2·‖w‖²): ‖g‖ = 2, ‖g + λw‖ = ‖(2, 2, 2, 2)‖ = 4, both above c = 1,
+# so the clip scales by 1/2 (the data gradient alone) or 1/4 (the regularized one): powers of 2, so every result is
+# exact even where optax's (g/n)·c becomes g·fl(1/n)·c under XLA
+CLIP_DECAY = dict(w=[2.0, 2.0, 2.0, 6.0], grad=[1.0, 1.0, 1.0, -1.0], wd=0.5, c=1.0, lr=0.5)
+# lr₀ = 1, f = 1/4, D = 4, W = 2: cosine read at t = 0, D, 1.5·D, 2·D; warmup_cosine at t = 1, 3, 4, 6 (the warmup,
+# two cosine steps where D − W and D differ, the end)
+SCHEDULE = dict(lr=1.0, final_lr=0.25, decay_steps=4, warmup_steps=2, cosine_at=(0, 4, 6, 8), warmup_at=(1, 3, 4, 6))
+STEP_FIRST = dict(lr=1.0, step_size=1, gamma=0.5, steps=3)  # StepLR halving every step: lr(t) = 2⁻ᵗ
+PER_EPOCH = dict(lr=1.0, step_size=2, gamma=0.5, steps_per_epoch=3, epochs=2)  # StepLR(2, ½), 6 optimizer steps
+SCHEDULE_FLOAT32 = dict(lr=0.1, decay_steps=1, decay_rate=0.5)  # lr(0) = 0.1: not a float32 value
+# keras_clip_per_replica: R = 2 replicas' gradients of one float64 4-vector w, one SGD step (lr 1 from w = 0, so
+# Δw = −g'), global clip c = 1. "agree": equal replicas of norm 2 (shards of one batch under a global-batch loss),
+# each clipped by 1/2 alone, their sum (norm 4) by 1/4; "opposed": norms 4 and 2 (factors 1/4, 1/2) whose sum
+# (1, 1, 1, 1) has norm 2 (factor 1/2). Every factor is a power of 2: every update exact in any summation order
+CLIP_REPLICAS = dict(agree=([1.0] * 4, [1.0] * 4), opposed=([2.0] * 4, [-1.0] * 4), c=1.0, lr=1.0)

@@ -8,16 +8,37 @@ questions the probes ask of them (`window_pads`: which pads reproduce a measured
 named reference does), shared by the three probe files so that every framework is judged alike. For the data
 parallelism traps: one epoch split over replicas and one accumulated step, both by common.distributed's Layout;
 the batch statistics a data-parallel BatchNorm takes from BN_SPLIT's replicas (`split_statistics`), and their name.
+For the clipping and schedule traps: common.clipping's factors and clipped gradients on the probe inputs, the names
+of a measured clip's scope, of its place against coupled decay and of its place against the replicas' all-reduce,
+and common.schedules' lr(t) of the probe schedules (`schedule_table`: a `[schedule]` table as common.schedules
+reads it).
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from common import clipping, schedules
 from common.batching import Batch
 from common.distributed import Layout
 from common.optim import keras_epsilon_hat
-from common.traps.inputs import ACCUMULATE, ADAM, BN_REPLICAS, BN_SPLIT, DECAY, EPS_HAT, MOMENTUM, SAMPLER
+from common.spec import defaults
+from common.traps.inputs import (
+    ACCUMULATE,
+    ADAM,
+    BN_REPLICAS,
+    BN_SPLIT,
+    CLIP_BOUNDARY,
+    CLIP_DECAY,
+    CLIP_REPLICAS,
+    CLIP_SCOPE,
+    DECAY,
+    EPS_HAT,
+    MOMENTUM,
+    SAMPLER,
+)
 
 
 def sgd_decay_reference(coupled: bool) -> float:
@@ -231,3 +252,81 @@ def split_statistics_name(mean, var, replica_0: str = "first_replica") -> str:
         for name, s in split_statistics().items()
     }
     return named_match(np.concatenate([np.ravel(mean), np.ravel(var)]), refs)
+
+
+# ------------------------------------------------------------------------ gradient clipping and lr schedules
+def clip_boundary_norm() -> float:
+    """CLIP_BOUNDARY's global norm n (5, exact: the per-tensor norms are 3 and 4)."""
+    return float(np.sqrt(sum(np.sum(np.square(CLIP_BOUNDARY[k])) for k in ("a", "b"))))
+
+
+def clip_factor(clipped: dict, grads: dict) -> float | list[float]:
+    """The factor a clip multiplied `grads` by: g'/g of every element (CLIP_BOUNDARY's entries are powers of 2, so
+    the ratio is the factor exactly); one number when every element got the same factor, else the list."""
+    ratios = np.concatenate(
+        [np.ravel(np.asarray(clipped[k], np.float64) / np.asarray(grads[k], np.float64)) for k in grads]
+    )
+    return float(ratios[0]) if np.all(ratios == ratios[0]) else ratios.tolist()
+
+
+def clip_scope_references() -> dict[str, np.ndarray]:
+    """CLIP_SCOPE's a and b (concatenated) after common.clipping's global and per-tensor clips."""
+    grads = {k: np.asarray(CLIP_SCOPE[k], np.float64) for k in ("a", "b")}
+    return {
+        form: np.concatenate([clipping.clip(grads, CLIP_SCOPE["c"], form)[0][k] for k in ("a", "b")])
+        for form in ("global", "per_tensor")
+    }
+
+
+def clip_scope(a, b) -> str:
+    """Which scope a measured clip of CLIP_SCOPE had: "global", "per_tensor" or "other". rtol 1e-5, so that torch's
+    ε (1.35e-6 relative here: trap clip_epsilon) does not hide the scope; the two scopes differ by 30% or more."""
+    return named_match(np.concatenate([np.ravel(a), np.ravel(b)]), clip_scope_references(), rtol=1e-5)
+
+
+def clip_decay_references() -> dict[str, list[float]]:
+    """Δw of CLIP_DECAY's SGD step (no momentum): "decay_then_clip" the common.clipping rule, the regularized
+    gradient g + λw clipped; "clip_then_decay" the data gradient clipped and λw added after; "unclipped"."""
+    p = CLIP_DECAY
+    w, g = np.asarray(p["w"], np.float64), np.asarray(p["grad"], np.float64)
+    decay = p["wd"] * w
+    steps = {
+        "decay_then_clip": clipping.clip({"w": g + decay}, p["c"], "global")[0]["w"],
+        "clip_then_decay": clipping.clip({"w": g}, p["c"], "global")[0]["w"] + decay,
+        "unclipped": g + decay,
+    }
+    return {name: (-p["lr"] * step).tolist() for name, step in steps.items()}
+
+
+def clip_decay_order(update) -> str:
+    """Which clip_decay_references entry a measured Δw is (rtol 1e-5: torch's ε aside, they differ by 50%+)."""
+    return named_match(update, clip_decay_references(), rtol=1e-5)
+
+
+def clip_replica_references(case: str) -> dict[str, list[float]]:
+    """Δw of CLIP_REPLICAS[case]'s SGD step, the replicas' gradients summed by the all-reduce: "reduced" the
+    common.clipping rule (the global clip of the summed gradient), "per_replica" each replica's gradient clipped
+    alone and the clipped ones summed, "unclipped" the sum."""
+    p = CLIP_REPLICAS
+    grads = [np.asarray(g, np.float64) for g in p[case]]
+
+    def clipped(g):
+        return clipping.clip({"g": g}, p["c"], "global")[0]["g"]
+
+    steps = {"reduced": clipped(sum(grads)), "per_replica": sum(clipped(g) for g in grads), "unclipped": sum(grads)}
+    return {name: (0.0 - p["lr"] * step).tolist() for name, step in steps.items()}
+
+
+def clip_replica_placement(update, case: str) -> str:
+    """Which clip_replica_references(case) entry a measured Δw is (exact inputs; the entries differ by 0.5 or more)."""
+    return named_match(update, clip_replica_references(case))
+
+
+def schedule_table(kind: str, **keys) -> SimpleNamespace:
+    """A `[schedule]` table (common.spec defaults, `keys` replaced) as common.schedules reads it."""
+    return SimpleNamespace(**{**defaults()["schedule"], "kind": kind, **keys})
+
+
+def schedule_lrs(schedule: SimpleNamespace, base: float, steps) -> list[float]:
+    """common.schedules.lr(schedule, base, t) for each t of `steps`: the lr the (t + 1)-th optimizer step uses."""
+    return [schedules.lr(schedule, base, t) for t in steps]

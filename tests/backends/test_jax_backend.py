@@ -681,15 +681,15 @@ def test_native_l1_subgradient_is_plus_one_at_zero(reduction):
 
 
 def native_tx(**sections):
-    """(optim.build_native's chain for a native spec, a float64 one-layer flax params tree with nonzero biases)."""
+    """(optim.build's chain for a native spec, a float64 one-layer flax params tree with nonzero biases)."""
     from backends.jax_backend.model import to_native
-    from backends.jax_backend.optim import build_native
+    from backends.jax_backend.optim import build
     from common.regularization import Regularization
 
     spec = spec_for(mode="native", **sections)
     load_adapter("jax").make_adapter(spec)  # switches on jax_enable_x64, as every run does: float64 params below
     canonical = {"layer0.weight": np.full((2, 3), 2.0), "layer0.bias": np.full(3, -1.0)}
-    return build_native(spec, Regularization.from_spec(spec), canonical), to_native(canonical)
+    return build(spec, Regularization.from_spec(spec), canonical), to_native(canonical)
 
 
 def one_update(tx, params, gradient: float) -> dict:
