@@ -127,7 +127,10 @@ def ranking_lines(result: dict) -> str:
         rows = {r["id"]: r for r in pair["idioms"]}
         for rank, idiom in enumerate(pair["ranking"]["semantic"], 1):
             r = rows[idiom]
-            step = f"from step {r['first_step']}" if r["first_step"] else "no per-step divergence"
+            if "spread" in r:  # a random idiom whose draws move the mean
+                step = f"random, shifts the mean beyond its spread {r['spread']['test_loss']:.3g}"
+            else:
+                step = f"from step {r['first_step']}" if r["first_step"] else "no per-step divergence"
             lines.append(
                 f"  {rank}. {idiom} [semantic, {step}]: share of loss gap {_fmt(r['share']['test_loss'])}, "
                 f"acc {_fmt(r['share']['test_acc'])}; fix: {r['fix']}"
@@ -169,7 +172,7 @@ def markdown(result: dict) -> str:
         for idiom in pair["ranking"]["semantic"] + pair["ranking"]["noise"]:
             r = rows[idiom]
             spread = f"{r['spread']['test_loss']:.3g}" if "spread" in r else ""
-            first = r.get("first_step") or ("none" if r["class"] == "semantic" else "")
+            first = r.get("first_step") or ("none" if "spread" not in r else "")
             lines.append(
                 f"| {idiom} | {r['class']} | {', '.join(r['touches'])} | {first} | {_fmt(r['on']['test_loss'])} | "
                 f"{_fmt(r['off']['test_loss'])} | {_fmt(r['share']['test_loss'])} | {_fmt(r['share']['test_acc'])} | "

@@ -14,8 +14,10 @@ For each idiom i that applies to the spec and changes a or b (`relevant`), with 
 the two estimates differ where idioms interact; both are reported. Semantic idioms are ranked by |on(i)|, the gap
 each makes alone, noise idioms by their spread. A deterministic idiom is "semantic": it moves
 the expected result, and its exact+i run is compared step by step (the first step where a and b part beyond the
-exact tolerance, and their step-loss gap at the end). A random idiom is "noise": it changes the draw; its
-noise floor is the seed-to-seed standard deviation of g(exact+i). The unexplained rest is ḡ(native) − Σ on(i).
+exact tolerance, and their step-loss gap at the end). A random idiom changes the draw; its noise floor is the
+seed-to-seed standard deviation of g(exact+i). It is "noise" unless on(i) lies beyond the 95% t interval of its K
+draws' mean: then it moves the expected result too (a framework's default init is another distribution, not only
+another draw) and is "semantic". The unexplained rest is ḡ(native) − Σ on(i).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from common.idioms import IDIOMS, NATIVE_SET, RANDOM, Idiom, bundled
 from common.split_causes import first_apart
+from common.stats import t_quantile
 
 METRICS = ("test_loss", "test_acc")
 
@@ -78,6 +81,13 @@ def _gaps(records: dict, key: str, seeds, a: str, b: str, metric: str) -> np.nda
     )
 
 
+def _shifts(on: float, drawn: np.ndarray) -> bool:
+    """Whether a random idiom moves the expected gap: |on| beyond the two-sided 95% t interval of its K draws'
+    mean (a shift the draw alone would not explain)."""
+    se = float(np.std(drawn, ddof=1)) / np.sqrt(drawn.size)
+    return abs(on) > t_quantile(0.975, drawn.size - 1) * se
+
+
 def _mean_se(values: np.ndarray) -> dict:
     se = float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else 0.0
     return {"mean": float(np.mean(values)), "se": se, "n": int(values.size)}
@@ -101,7 +111,7 @@ def attribute(spec, pair: tuple[str, str], runs: list[Variant], records: dict) -
         row = {
             "id": idiom.id,
             "kind": idiom.kind,
-            "class": "noise" if idiom.kind == RANDOM else "semantic",
+            "class": "semantic",
             "touches": [f for f in pair if f in idiom.affects(spec)],
             "trap": idiom.trap,
             "fix": idiom.fix,
@@ -110,7 +120,9 @@ def attribute(spec, pair: tuple[str, str], runs: list[Variant], records: dict) -
             "share": share,
         }
         if idiom.kind == RANDOM:
-            row["spread"] = {m: float(np.std(gaps(f"exact+{idiom.id}", m), ddof=1)) for m in METRICS}
+            drawn = {m: gaps(f"exact+{idiom.id}", m) for m in METRICS}
+            row["spread"] = {m: float(np.std(drawn[m], ddof=1)) for m in METRICS}
+            row["class"] = "semantic" if any(_shifts(on[m], drawn[m]) for m in METRICS) else "noise"
         else:
             rec_a, rec_b = (records[x][f"exact+{idiom.id}", spec.seed] for x in pair)
             row["first_step"] = first_apart(rec_a, rec_b)

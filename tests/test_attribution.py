@@ -60,7 +60,11 @@ def _rec(test_loss: float, test_acc: float = 0.5, losses=(1.0, 0.9, 0.8)) -> dic
 def test_shares_spreads_and_first_steps(spec):
     runs = variants(spec, [PAIR], 4)
     records = {"torch": {}, "tf": {}}
-    noise = {"order": [0.01, -0.01, 0.03, -0.03]}  # mean 0; std (ddof 1) = √(0.002/3) = 0.0258199
+    noise = {
+        "order": [0.01, -0.01, 0.03, -0.03],  # mean 0; std (ddof 1) = √(0.002/3) = 0.0258199
+        # mean 0.055, std 0.00577, SE 0.00289; t(0.975, 3) = 3.182: the interval ±0.0092 excludes the mean
+        "default_init": [0.05, 0.06, 0.05, 0.06],
+    }
 
     def put(key, seed, gap, losses_b=(1.0, 0.9, 0.8)):
         records["torch"][key, seed] = _rec(1.0 + gap)
@@ -76,8 +80,8 @@ def test_shares_spreads_and_first_steps(spec):
                 put(v.key, seed, 0.05, losses_b=(1.0, 0.9, 0.7))  # on = 0.05; apart from step 3
             elif v.key.startswith("native-"):
                 put(v.key, seed, 0.10)  # off = 0
-            elif v.key == "exact+order":
-                put(v.key, seed, noise["order"][k])
+            elif v.key in ("exact+order", "exact+default_init"):
+                put(v.key, seed, noise[v.key.removeprefix("exact+")][k])
             else:
                 put(v.key, seed, 0.0)
     result = attribute(spec, PAIR, runs, records)
@@ -93,6 +97,9 @@ def test_shares_spreads_and_first_steps(spec):
     assert rows["order"]["class"] == "noise"
     assert rows["order"]["spread"]["test_loss"] == pytest.approx(np.sqrt(0.002 / 3))
     assert rows["bias_decay"]["first_step"] is None and rows["bias_decay"]["share"]["test_loss"] == pytest.approx(0.0)
-    assert result["ranking"]["semantic"][0] == "l2_as_written"
+    # a random idiom whose draws move the mean is semantic, ranked by its mean shift with the deterministic ones
+    assert rows["default_init"]["class"] == "semantic" and "first_step" not in rows["default_init"]
+    assert rows["default_init"]["on"]["test_loss"] == pytest.approx(0.055)
+    assert result["ranking"]["semantic"][:2] == ["default_init", "l2_as_written"]
     assert result["ranking"]["noise"][0] == "order"
-    assert result["unexplained"]["test_loss"] == pytest.approx(0.05)  # 0.10 − (0.05 + 0 (order's mean) + …)
+    assert result["unexplained"]["test_loss"] == pytest.approx(-0.005)  # 0.10 − (0.05 + 0.055 + 0 (order) + …)
