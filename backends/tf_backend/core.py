@@ -25,7 +25,8 @@ from common.layers import Layer
 class Build:
     """The spec's settings a layer factory needs: dtype, native vs exact, the seed, Keras's token mask on or off
     (`sequence.mask`), the Keras regularizer of each canonical parameter (None: not penalized) and the idioms on
-    (common.idioms; `native` turns every one on)."""
+    (common.idioms; model.build passes the run's `active` set, and `native=True` turns every one on for a layer built
+    alone)."""
 
     dtype: str
     native: bool

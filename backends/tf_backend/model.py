@@ -56,9 +56,7 @@ class Stack(keras.Model):
 def build(layers: tuple[Layer, ...], spec: Spec, regularizers: dict | None = None) -> Stack:
     """The spec's stack as a Keras model with its variables created (one eval-mode call on a one-row input);
     `regularizers`: canonical name → Keras regularizer (backends.tf_backend.optim.regularizers)."""
-    build = core.Build(
-        spec.dtype, spec.mode == "native", spec.seed, spec.sequence.mask, regularizers or {}, active(spec)
-    )
+    build = core.Build(spec.dtype, False, spec.seed, spec.sequence.mask, regularizers or {}, active(spec))
     model = Stack(layers, build)
     first = layers[0]
     model(np.ones((1, 1), np.int64) if first.flow == layer_stack.TOKENS else np.zeros((1, *first.in_shape), spec.dtype))
