@@ -47,12 +47,14 @@ def reserve_devices(name: str, jobs: list[dict]) -> None:
         importlib.import_module(f"backends.{REGISTRY[name].package}.distributed").reserve_devices(replicas)
 
 
-def run_job(module, name: str, spec: Spec, out: Path, progress: bool, write: bool = True) -> None:
+def run_job(module, name: str, spec: Spec, out: Path, progress: bool, write: bool = True, concurrent: int = 1) -> None:
     """Train `spec` on the backend `module` and write its record into `out` (not when `write` is False: a process
-    of a multi-host run other than rank 0, backends.host)."""
+    of a multi-host run other than rank 0, backends.host); `concurrent`: the backend processes running side by side
+    with this one included, recorded as `timing.concurrent` (1: timed alone)."""
     data = load_dataset(spec)
     adapter = module.make_adapter(spec)
     body = train(adapter, spec, data, progress=progress)
+    body["timing"]["concurrent"] = concurrent
     if write:
         rec = record.build(name, adapter.versions(), adapter.device(), spec, body)
         record.write(out, rec, record.arrays(body, data))
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("backend", choices=sorted(REGISTRY))
     parser.add_argument("jobs", type=Path)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--concurrent", type=int, default=1, help="backend processes running side by side")
     args = parser.parse_args(argv)
     try:
         module = load_adapter(args.backend)
@@ -75,7 +78,8 @@ def main(argv=None) -> int:
         reserve_devices(args.backend, jobs)
         for index, job in enumerate(jobs):
             try:
-                run_job(module, args.backend, typed(validate(job["spec"])), Path(job["out"]), args.progress)
+                spec = typed(validate(job["spec"]))
+                run_job(module, args.backend, spec, Path(job["out"]), args.progress, concurrent=args.concurrent)
                 print(f"done {index}", flush=True)
             except Exception:  # one failed job must not lose the others; the traceback goes to the log
                 failed += 1

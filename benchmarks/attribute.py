@@ -3,22 +3,21 @@ explain"). The variants and the arithmetic are common.attribution's; this module
 explain.json, explain.md and explain.png.
 
 Runs are grouped by backend: one worker process per backend trains every variant and seed of its jobs file (one
-framework import each), and the backend processes run side by side, as many at a time as there are usable cores.
+framework import each), and the backend processes run side by side, as many at a time as there are usable cores
+(benchmarks.runner.run_all).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
 from backends import FRAMEWORKS
 from benchmarks import plots
-from benchmarks.runner import OutputFolder, absolute, run_backend
+from benchmarks.runner import OutputFolder, absolute, cores, run_all
 from common import InputError, record
 from common.attribution import METRICS, attribute, variant_spec, variants
 from common.datasets import load_dataset
@@ -36,10 +35,6 @@ def parse_pair(text: str | None) -> list[tuple[str, str]]:
     return [(names[0], names[1])]
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _jobs(spec: Spec, runs, work: Path) -> dict[tuple[str, int], tuple[Spec, Path]]:
     return {
         (v.key, seed): (variant_spec(spec, v, seed), work / "records" / f"{v.key}-s{seed}")
@@ -49,25 +44,14 @@ def _jobs(spec: Spec, runs, work: Path) -> dict[tuple[str, int], tuple[Spec, Pat
 
 
 def _run(backends: list[str], jobs: dict, work: Path, quiet: bool) -> dict[str, str]:
-    """Every backend over every job, side by side; returns {failed backend: message}."""
-    listing = [{"spec": spec.to_dict(), "out": str(folder)} for spec, folder in jobs.values()]
+    """Every backend over every job, side by side up to the usable cores; returns {failed backend: message}."""
     for _, folder in jobs.values():
         folder.mkdir(parents=True, exist_ok=True)
-    jobs_file = work / "jobs.json"
-    jobs_file.write_text(json.dumps(listing), encoding="utf-8")
-
-    def one(backend: str):
-        started = time.perf_counter()
-        result = run_backend(backend, jobs_file, work / "logs" / f"{backend}.log", progress=False)
-        if not quiet:
-            state = "done" if result.ok else f"failed: {result.message}"
-            print(
-                f"parity: {backend} {state} ({len(jobs)} runs, {time.perf_counter() - started:.0f} s)", file=sys.stderr
-            )
-        return result
-
-    with ThreadPoolExecutor(max_workers=max(1, min(len(backends), cores()))) as pool:
-        results = list(pool.map(one, backends))
+    results = run_all(backends, list(jobs.values()), work, progress=False, jobs=cores())
+    if not quiet:
+        for r in results:
+            state = "done" if r.ok else f"failed: {r.message}"
+            print(f"parity: {r.backend} {state} ({len(jobs)} runs, {r.seconds:.0f} s)", file=sys.stderr)
     return {r.backend: r.message for r in results if not r.ok}
 
 

@@ -27,7 +27,7 @@ from benchmarks.attribute import explain_spec, parse_pair
 from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
 from benchmarks.presets import describe, list_presets
-from benchmarks.runner import OutputFolder, absolute, check_target, run_all
+from benchmarks.runner import OutputFolder, absolute, check_target, cores, run_all
 from benchmarks.single import against_single, twin_name
 from benchmarks.sweep import run_sweep
 from common import InputError, idioms, record
@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a spec with distributed.replicas or batching.accumulate > 1: also run its single-device twin (the "
         "same rows per optimizer step) and compare every backend with its twin step by step",
     )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=cores(),
+        help=f"backend processes at a time (default: the usable cores, {cores()}); 1: one after another, timed alone",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     explain = sub.add_parser(
         "explain", help="attribute the native-mode gap between backends to named idioms (explain.json/md/png)"
@@ -208,7 +214,7 @@ def parse_backends(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str], quiet: bool):
+def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str], quiet: bool, jobs: int):
     """Run every backend over the seeds into the (fresh) folder `work`; returns ({seed: {backend: record}},
     {failed backend: message})."""
     folders = {
@@ -216,8 +222,8 @@ def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str],
     }
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
-    results = run_all(backends, jobs, work, progress=not quiet)
+    listing = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
+    results = run_all(backends, listing, work, progress=not quiet, jobs=jobs)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
@@ -241,6 +247,8 @@ def command_run(args) -> int:
     backends = parse_backends(args.backends)
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
+    if args.jobs < 1:
+        raise InputError(f"--jobs: {args.jobs} must be at least 1")
     if args.against_single and not Layout.from_spec(spec).is_split:
         raise InputError(
             "--against-single: the spec's steps are not split (distributed.replicas = 1, batching.accumulate = 1); "
@@ -278,7 +286,7 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     everyone = [REFERENCE, *backends]
     seeds = list(range(spec.seed, spec.seed + args.seeds))
     (work / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
-    runs, failed = _run_backends(spec, seeds, work, everyone, args.quiet)
+    runs, failed = _run_backends(spec, seeds, work, everyone, args.quiet, args.jobs)
     records = runs[seeds[0]]
     if not any(b in records for b in backends):
         return _no_backend_ran(spec, work, failed)
@@ -288,7 +296,7 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     comparison["causes"] = explain(records)
     if args.against_single:
         twin = single_device(spec)
-        singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet)
+        singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet, args.jobs)
         failed.update({twin_name(b): message for b, message in twin_failed.items()})
         comparison["against_single"] = against_single(
             records, singles[twin.seed], tolerance_for(spec.dtype, idioms.comparison(spec))

@@ -78,11 +78,14 @@ def fake_previous_run(folder: Path) -> dict[str, bytes]:
 
 
 def workers_of(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(c) for c in text.split()]
+    """The child processes of `pid`, started by any of its threads (the runner starts workers from a thread pool)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 # 1. Paths ------------------------------------------------------------------------------------------------------
@@ -366,7 +369,7 @@ def test_help_documents_set_out_and_exit_codes(capsys):
 def test_runner_hands_workers_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = []
-    monkeypatch.setattr(runner, "run_backend", lambda b, jobs, log, progress: seen.append(jobs) or None)
+    monkeypatch.setattr(runner, "run_backend", lambda b, jobs, log, progress, *rest: seen.append(jobs) or None)
     from common.spec import load_spec
 
     runner.run_all(["torch"], [(load_spec(None), Path("rel/records"))], Path("work"), progress=False)
