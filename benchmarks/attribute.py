@@ -3,8 +3,8 @@ explain"). The variants and the arithmetic are common.attribution's; this module
 explain.json, explain.md and explain.png.
 
 Runs are grouped by backend: one worker process per backend trains every variant and seed of its jobs file (one
-framework import each), and the backend processes run side by side, as many at a time as there are usable cores
-(benchmarks.runner.run_all).
+framework import each), and the backend processes run side by side on the executor (`--executor`, `--jobs`;
+benchmarks.runner.run_all).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 
 from backends import FRAMEWORKS
 from benchmarks import plots
-from benchmarks.runner import OutputFolder, absolute, cores, run_all
+from benchmarks.executor import Executor
+from benchmarks.progress import JobBar
+from benchmarks.runner import OutputFolder, absolute, run_all
 from common import InputError, record
 from common.attribution import METRICS, attribute, variant_spec, variants
 from common.datasets import load_dataset
@@ -43,11 +45,12 @@ def _jobs(spec: Spec, runs, work: Path) -> dict[tuple[str, int], tuple[Spec, Pat
     }
 
 
-def _run(backends: list[str], jobs: dict, work: Path, quiet: bool) -> dict[str, str]:
-    """Every backend over every job, side by side up to the usable cores; returns {failed backend: message}."""
+def _run(backends: list[str], jobs: dict, work: Path, quiet: bool, executor: Executor) -> dict[str, str]:
+    """Every backend over every job on `executor`; returns {failed backend: message}."""
     for _, folder in jobs.values():
         folder.mkdir(parents=True, exist_ok=True)
-    results = run_all(backends, list(jobs.values()), work, progress=False, jobs=cores())
+    bar = JobBar(backends, [f"{key} seed {seed}" for key, seed in jobs], enabled=not quiet)
+    results = run_all(backends, list(jobs.values()), work, executor=executor, display=bar)
     if not quiet:
         for r in results:
             state = "done" if r.ok else f"failed: {r.message}"
@@ -55,7 +58,9 @@ def _run(backends: list[str], jobs: dict, work: Path, quiet: bool) -> dict[str, 
     return {r.backend: r.message for r in results if not r.ok}
 
 
-def explain_spec(spec: Spec, pairs: list[tuple[str, str]], seeds: int, out: Path | None, quiet: bool) -> int:
+def explain_spec(
+    spec: Spec, pairs: list[tuple[str, str]], seeds: int, out: Path | None, quiet: bool, executor: Executor
+) -> int:
     if seeds < 2:
         raise InputError(f"--seeds: {seeds} must be at least 2 (the random idioms' spread is a standard deviation)")
     runs = variants(spec, pairs, seeds)
@@ -72,7 +77,7 @@ def explain_spec(spec: Spec, pairs: list[tuple[str, str]], seeds: int, out: Path
         jobs = _jobs(spec, runs, work)
         if not quiet:
             print(f"parity: explain {len(jobs)} runs per backend on {', '.join(backends)}", file=sys.stderr)
-        failed = _run(backends, jobs, work, quiet)
+        failed = _run(backends, jobs, work, quiet, executor)
         records = {
             b: {key: record.read(folder, b)[0] for key, (_, folder) in jobs.items()}
             for b in backends

@@ -26,8 +26,10 @@ from benchmarks import conformance, plots, report
 from benchmarks.attribute import explain_spec, parse_pair
 from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
+from benchmarks.executor import Executor
+from benchmarks.executor import make as make_executor
 from benchmarks.presets import describe, list_presets
-from benchmarks.runner import OutputFolder, absolute, check_target, cores, run_all
+from benchmarks.runner import OutputFolder, absolute, check_target, run_all
 from benchmarks.single import against_single, twin_name
 from benchmarks.sweep import run_sweep
 from common import InputError, idioms, record
@@ -68,6 +70,25 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise InputError(f"arguments: {message}")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, jobs_flag: str, what: str) -> None:
+    """`--jobs`/`--workers`, `--executor`, `--address`, `--gpus-per-task` (benchmarks.executor)."""
+    parser.add_argument(jobs_flag, type=int, help=what)
+    parser.add_argument(
+        "--executor",
+        default="local",
+        help="where the worker processes run: local (processes here) or ray (Ray tasks: a local Ray instance, or "
+        "the cluster at --address / RAY_ADDRESS)",
+    )
+    parser.add_argument("--address", help="a Ray cluster to use (default: RAY_ADDRESS, else a new local instance)")
+    parser.add_argument(
+        "--gpus-per-task", type=float, default=0.0, help="GPUs each framework task declares to Ray (num_gpus)"
+    )
+
+
+def executor(args, jobs: int | None) -> Executor:
+    return make_executor(args.executor, jobs, args.address, args.gpus_per_task)
 
 
 def out_folder(text: str) -> Path:
@@ -130,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a spec with distributed.replicas or batching.accumulate > 1: also run its single-device twin (the "
         "same rows per optimizer step) and compare every backend with its twin step by step",
     )
-    run.add_argument(
+    add_executor_arguments(
+        run,
         "--jobs",
-        type=int,
-        default=cores(),
-        help=f"backend processes at a time (default: the usable cores, {cores()}); 1: one after another, timed alone",
+        "backend processes at a time (default: the usable cores, or the Ray cluster's CPUs); 1: one after another, "
+        "timed alone",
     )
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     explain = sub.add_parser(
@@ -147,11 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP
     )
     explain.add_argument("--out", type=out_folder, help="output folder (default: runs/<name>-explain)")
+    add_executor_arguments(
+        explain, "--jobs", "backend processes at a time (default: the usable cores, or the Ray cluster's CPUs)"
+    )
     explain.add_argument("--quiet", action="store_true", help="no progress lines")
     sweep = sub.add_parser("sweep", help="run a preset's sweep on every backend (resumable)")
     sweep.add_argument("preset", help=f"a preset name ({', '.join(list_presets())}) or a preset TOML file")
     sweep.add_argument("--full", action="store_true", help="full size (default: the reduced CI size)")
-    sweep.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    add_executor_arguments(
+        sweep, "--workers", "worker processes at a time (default: 1 locally, the Ray cluster's CPUs with ray)"
+    )
     sweep.add_argument(
         "--out", type=out_folder, help="output folder, resumed in place (default: runs/sweeps/<preset>[-ci])"
     )
@@ -214,7 +240,7 @@ def parse_backends(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str], quiet: bool, jobs: int):
+def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str], quiet: bool, ex: Executor):
     """Run every backend over the seeds into the (fresh) folder `work`; returns ({seed: {backend: record}},
     {failed backend: message})."""
     folders = {
@@ -223,7 +249,7 @@ def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str],
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     listing = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
-    results = run_all(backends, listing, work, progress=not quiet, jobs=jobs)
+    results = run_all(backends, listing, work, progress=not quiet, executor=ex)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)
@@ -237,7 +263,9 @@ def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str],
 def command_explain(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     check_name(spec.name)
-    return explain_spec(absolute_data_path(spec), parse_pair(args.pair), args.seeds, args.out, args.quiet)
+    pairs = parse_pair(args.pair)
+    with executor(args, args.jobs) as ex:
+        return explain_spec(absolute_data_path(spec), pairs, args.seeds, args.out, args.quiet, ex)
 
 
 def command_run(args) -> int:
@@ -247,8 +275,7 @@ def command_run(args) -> int:
     backends = parse_backends(args.backends)
     if args.seeds < 1:
         raise InputError(f"--seeds: {args.seeds} must be at least 1")
-    if args.jobs < 1:
-        raise InputError(f"--jobs: {args.jobs} must be at least 1")
+    ex = executor(args, args.jobs)
     if args.against_single and not Layout.from_spec(spec).is_split:
         raise InputError(
             "--against-single: the spec's steps are not split (distributed.replicas = 1, batching.accumulate = 1); "
@@ -259,8 +286,8 @@ def command_run(args) -> int:
     check_plan(spec, load_dataset(spec))  # every input error surfaces before anything is written
     out = absolute(args.out or Path("runs") / spec.name)
     folder = OutputFolder(out)
-    with folder as work:
-        code = _run_into(spec, backends, args, work)
+    with ex, folder as work:
+        code = _run_into(spec, backends, args, work, ex)
         jobs_file = work / "jobs.json"
         jobs = json.loads(jobs_file.read_text(encoding="utf-8"))
         for job in jobs:  # the paths the records will have once the folder is in place
@@ -282,11 +309,11 @@ def _no_backend_ran(spec: Spec, work: Path, failed: dict[str, str]) -> int:
     return 3
 
 
-def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
+def _run_into(spec: Spec, backends: list[str], args, work: Path, ex: Executor) -> int:
     everyone = [REFERENCE, *backends]
     seeds = list(range(spec.seed, spec.seed + args.seeds))
     (work / "spec.json").write_text(json.dumps(spec.to_dict(), indent=1, sort_keys=True), encoding="utf-8")
-    runs, failed = _run_backends(spec, seeds, work, everyone, args.quiet, args.jobs)
+    runs, failed = _run_backends(spec, seeds, work, everyone, args.quiet, ex)
     records = runs[seeds[0]]
     if not any(b in records for b in backends):
         return _no_backend_ran(spec, work, failed)
@@ -296,7 +323,7 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
     comparison["causes"] = explain(records)
     if args.against_single:
         twin = single_device(spec)
-        singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet, args.jobs)
+        singles, twin_failed = _run_backends(twin, [twin.seed], work / "single", everyone, args.quiet, ex)
         failed.update({twin_name(b): message for b, message in twin_failed.items()})
         comparison["against_single"] = against_single(
             records, singles[twin.seed], tolerance_for(spec.dtype, idioms.comparison(spec))
@@ -345,9 +372,10 @@ def _run_into(spec: Spec, backends: list[str], args, work: Path) -> int:
 
 
 def command_sweep(args) -> int:
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers: {args.workers} must be at least 1")
-    return run_sweep(args.preset, args.full, args.out, args.workers, not args.quiet)
+    with executor(args, args.workers or (1 if args.executor == "local" else None)) as ex:
+        return run_sweep(args.preset, args.full, args.out, ex, not args.quiet)
 
 
 def command_presets(args) -> int:

@@ -1,10 +1,10 @@
-"""Run each backend in its own subprocess (docs/design.md, "Architecture") and collect the records.
+"""Run each backend in its own worker process (docs/design.md, "Architecture") and collect the records.
 
 Separate processes keep global framework state apart (x64, thread pools, GPU pre-allocation), keep timings from
-interfering, and let one backend crash without losing the others. Up to `jobs` backend processes run side by side
-(`--jobs`; 1: one after another, for timings taken alone), each record saying how many ran at once
-(`timing.concurrent`); each one's progress lines, prefixed with its name, are relayed to stderr as they come, and its
-full log is kept in `DIR/logs/<backend>.log`.
+interfering, and let one backend crash without losing the others. The processes run on an executor
+(benchmarks.executor: local or Ray), up to `--jobs` side by side (1: one after another, for timings taken alone),
+each record saying how many ran at once (`timing.concurrent`); each one's progress lines, prefixed with its name,
+are relayed to stderr as they come, and its full log is kept in `DIR/logs/<backend>.log`.
 
 Output folders (docs/design.md, "Records"): every path handed to a worker is absolute (workers run with the
 repository root as their working folder). `OutputFolder` writes a run into a temporary sibling folder, holds a lock
@@ -18,173 +18,37 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.executor import BackendResult, Display, Executor, Local, Task
+from benchmarks.progress import RunTable
 from common import InputError
 from common.spec import Spec
 
 
-@dataclass
-class BackendResult:
-    backend: str
-    returncode: int
-    message: str  # killed by a signal, the install hint, or the worker's own error line when it failed
-    seconds: float = 0.0  # the worker process's wall time
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-def signal_message(returncode: int) -> str | None:
-    """`killed by SIGKILL` for a negative return code (the process died of that signal), else None."""
-    if returncode >= 0:
-        return None
-    try:
-        return f"killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"killed by signal {-returncode}"
-
-
-def failure_message(backend: str, returncode: int, lines: list[str]) -> str:
-    """Why a worker failed: its signal, else the install hint, else the exception line after its own
-    `parity: backend ... failed` header, never a line of the framework's log noise."""
-    if returncode == 0:
-        return ""
-    killed = signal_message(returncode)
-    if killed:
-        return killed
-    stripped = [line.strip() for line in lines]
-    missing = [line for line in stripped if "is not available" in line]
-    if missing:
-        return missing[0]
-    headers = [i for i, line in enumerate(stripped) if line.startswith(f"parity: backend '{backend}' failed")]
-    if headers:  # the exception line ends the traceback after the header: the first unindented line after it
-        start, exc, in_traceback = headers[-1], "", False
-        for line in lines[start + 1 :]:
-            if line.startswith("Traceback (most recent call last):"):
-                in_traceback = True
-            elif in_traceback and line.strip() and not line[0].isspace():
-                exc, in_traceback = line.strip(), False
-        return f"{stripped[start].removeprefix('parity: ').rstrip(':')}: {exc}" if exc else stripped[start]
-    return f"exit {returncode} (see the log)"
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate a worker (an interrupt must not leave it writing) and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-class Workers:
-    """The worker processes of one command, so that an interrupt stops every one of them: `start` refuses to start
-    a process once `stop_all` has run (a thread may be about to start one when the main thread is interrupted)."""
-
-    def __init__(self):
-        self.lock, self.procs, self.stopping = threading.Lock(), set(), False
-
-    def start(self, cmd: list[str]) -> subprocess.Popen | None:
-        with self.lock:
-            if self.stopping:
-                return None
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
-            self.procs.add(proc)
-            return proc
-
-    def stop_all(self) -> None:
-        with self.lock:
-            self.stopping = True
-            procs = list(self.procs)
-        for proc in procs:
-            stop(proc)
-
-
-def run_backend(
-    backend: str,
-    jobs_file: Path,
-    log_file: Path,
-    progress: bool = True,
-    concurrent: int = 1,
-    workers: Workers | None = None,
-) -> BackendResult:
-    """`python -m backends.worker BACKEND JOBS` in a subprocess, relaying progress to stderr; `concurrent`: how many
-    backend processes run side by side (recorded with the timings)."""
-    cmd = [sys.executable, "-m", "backends.worker", backend, str(Path(jobs_file).absolute()), "--progress"]
-    cmd += ["--concurrent", str(concurrent)]
-    workers = workers or Workers()
-    proc = workers.start(cmd)
-    if proc is None:
-        return BackendResult(backend, -signal.SIGINT, "not started (interrupted)")
-    lines, started = [], time.perf_counter()
-    with proc:
-        try:
-            for line in proc.stderr:
-                lines.append(line)
-                if progress and line.startswith(f"[{backend}]"):
-                    print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
-            proc.wait()
-        except BaseException:
-            stop(proc)
-            raise
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log_file.write_text("".join(lines), encoding="utf-8")
-    message = failure_message(backend, proc.returncode, lines)
-    return BackendResult(backend, proc.returncode, message, time.perf_counter() - started)
-
-
-def cores() -> int:
-    """The cores this process may use (the default of --jobs)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def run_all(
-    backends: list[str], specs_and_outs: list[tuple[Spec, Path]], work: Path, progress: bool = True, jobs: int = 1
+    backends: list[str],
+    specs_and_outs: list[tuple[Spec, Path]],
+    work: Path,
+    progress: bool = True,
+    executor: Executor | None = None,
+    display: Display | None = None,
 ) -> list[BackendResult]:
-    """Run every backend over the same jobs (the jobs file holds each spec's JSON form, backends.worker), up to
-    `jobs` backend processes at a time; results in the order of `backends`. Progress lines carry their backend's
-    name. An interrupt stops every running worker before it propagates."""
+    """Run every backend over the same jobs (the jobs file holds each spec's JSON form, backends.worker), one task
+    per backend on `executor` (default: local, one at a time); results in the order of `backends`. `display`
+    (default: the live table of backends × epochs, benchmarks.progress.RunTable) shows their progress."""
+    executor = executor or Local(1)
     work = Path(work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     jobs_file = work / "jobs.json"
     listing = [{"spec": spec.to_dict(), "out": str(Path(folder).absolute())} for spec, folder in specs_and_outs]
     jobs_file.write_text(json.dumps(listing), encoding="utf-8")
-    concurrent, workers = max(1, min(jobs, len(backends))), Workers()
-
-    def one(backend: str) -> BackendResult:
-        if progress:
-            print(f"parity: running {backend} ...", file=sys.stderr, flush=True)
-        log = work / "logs" / f"{backend}.log"
-        return run_backend(backend, jobs_file, log, progress, concurrent, workers)
-
-    pool = ThreadPoolExecutor(max_workers=concurrent)
-    try:
-        futures = [pool.submit(one, backend) for backend in backends]
-        return [future.result() for future in futures]
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        workers.stop_all()
-        raise
-    finally:
-        pool.shutdown(wait=True)
+    tasks = [Task(b, jobs_file, work / "logs" / f"{b}.log", executor.gpus_for(b)) for b in backends]
+    if display is None:
+        display = RunTable(backends, specs_and_outs[0][0].train.epochs, enabled=progress, jobs=len(listing))
+    with display:
+        return executor.run(tasks, display)
 
 
 def absolute(path: str | Path) -> Path:

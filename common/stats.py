@@ -10,7 +10,7 @@ TOST with margin m at level α: p = max(P(T_ν ≥ (d + m)/se), P(T_ν ≤ (d �
 - "equivalent within ±m" when that interval lies inside (−m, m);
 - "different" when the (1 − α) two-sided interval d ± t_{1−α/2,ν}·se excludes 0 and reaches beyond ±m;
 - "inconclusive" otherwise (too few seeds or too much spread to say).
-The t distribution is computed here (regularized incomplete beta by continued fraction) to keep common numpy-only.
+The t distribution is scipy.stats.t (common stays free of ML frameworks, not of scipy).
 """
 
 from __future__ import annotations
@@ -25,50 +25,18 @@ if TYPE_CHECKING:
     from common.spec import Spec
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction for the regularized incomplete beta (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
     """P(T_df ≤ t)."""
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
+    from scipy.stats import t as student  # imported here: scipy.stats takes seconds to import, few commands use it
+
+    return float(student.cdf(t, df))
 
 
 def t_quantile(p: float, df: float) -> float:
-    """The t with P(T_df ≤ t) = p, by bisection."""
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return 0.5 * (lo + hi)
+    """The t with P(T_df ≤ t) = p."""
+    from scipy.stats import t as student
+
+    return float(student.ppf(p, df))
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,12 @@ def test_bad_data(case, tmp_path, capsys):
         (["explain", "--pair", "torch"], "--pair"),
         (["explain", "--pair", "torch,mxnet"], "--pair"),
         (["explain", "--seeds", "1"], "--seeds"),
+        (["run", "--executor", "dask"], "--executor"),
+        (["run", "--jobs", "0"], "--jobs"),
+        (["run", "--address", "127.0.0.1:6379"], "--address"),
+        (["run", "--gpus-per-task", "-1"], "--gpus-per-task"),
+        (["sweep", "iris-l2", "--workers", "0"], "--workers"),
+        (["explain", "--executor", "threads"], "--executor"),
         (["explain", "--set", "native.idioms=['x']"], "native.idioms"),
         (
             ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],

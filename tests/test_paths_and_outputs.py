@@ -16,8 +16,8 @@ import pytest
 
 from benchmarks import runner
 from benchmarks.cli import main
+from benchmarks.executor import Local, failure_message, signal_message
 from benchmarks.presets import list_presets
-from benchmarks.runner import failure_message, signal_message
 from common.traps import CATALOGUE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +369,7 @@ def test_help_documents_set_out_and_exit_codes(capsys):
 def test_runner_hands_workers_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     seen = []
-    monkeypatch.setattr(runner, "run_backend", lambda b, jobs, log, progress, *rest: seen.append(jobs) or None)
+    monkeypatch.setattr(Local, "execute", lambda self, task, concurrent, line: seen.append(task.jobs_file) or 0)
     from common.spec import load_spec
 
     runner.run_all(["torch"], [(load_spec(None), Path("rel/records"))], Path("work"), progress=False)

@@ -1,6 +1,7 @@
 """Sweeps: resumable append-only results, no run lost or duplicated after a kill; presets at CI size."""
 
 import csv
+import importlib.util
 import subprocess
 import sys
 import time
@@ -76,13 +77,29 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
+@pytest.mark.parametrize(
+    "executor",
+    [
+        "local",
+        pytest.param(
+            "ray",
+            marks=[
+                pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed ('.[ray]')"),
+                pytest.mark.xdist_group("ray"),
+            ],
+        ),
+    ],
+)
+def test_killed_sweep_resumes_without_loss_or_duplicates(executor, tmp_path):
+    """Killed (the whole process group: driver, workers, and a local Ray instance's processes) once 40 rows are in,
+    then run again: every run once, with all its rows; what was finished before the kill is kept."""
     (tmp_path / "p.toml").write_text(KILL_PRESET)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "benchmarks", "sweep", str(tmp_path / "p.toml"), "--out", str(out), "--quiet"]
+    cmd += ["--executor", executor, "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = out / "results.csv"
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline and not (results.exists() and len(_rows(results)) >= 40):
         time.sleep(0.05)
     import os
