@@ -1,9 +1,11 @@
 """The `parity` command line (docs/design.md, "Records" and "Exit codes").
 
     parity run [SPEC] [--backends torch,tf,jax] [--set key.path=value ...] [--out DIR] [--seeds K]
-               [--against-single]
-    parity explain [SPEC] [--pair a,b] [--seeds K] [--set key.path=value ...] [--out DIR]
-    parity sweep PRESET [--full] [--workers N] [--out DIR]
+               [--against-single] [--jobs N] [EXECUTOR]
+    parity explain [SPEC] [--pair a,b] [--seeds K] [--set key.path=value ...] [--out DIR] [--jobs N] [EXECUTOR]
+    parity sweep PRESET [--full] [--workers N] [--out DIR] [EXECUTOR]
+
+EXECUTOR: [--executor local|ray] [--address HOST:PORT] [--gpus-per-task G] (docs/design.md, "Executors").
     parity bench [SPEC] [--batch-sizes ...] [--backends ...] [--modes eager,compiled,fused] [--device cpu|gpu|auto]
     parity conformance [--frameworks torch,tf,jax] [--traps ID,...] [--out DIR]
     parity presets

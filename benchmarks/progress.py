@@ -134,12 +134,10 @@ class RunTable:
         with self.lock:
             row = self.rows[backend]
             row.state, row.end, row.message = ("done" if ok else "failed"), monotonic(), message
-            if ok:
+            if ok:  # a failure is reported by the command itself, with its message, even when quiet
                 row.jobs_done = self.jobs
                 seconds = row.seconds()
                 self._say(f"parity: {backend} done" + (f" ({seconds:.1f} s)" if seconds is not None else ""))
-            else:
-                self._say(f"parity: {backend} failed: {message}")
 
     def __rich__(self) -> RenderableType:
         """The table as it stands (rendered again on each refresh of the live display), failure messages below."""

@@ -20,7 +20,7 @@ from tests.support import free_ports, needs_all_frameworks
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed ('.[ray]')")
-pytestmark = [needs_ray, pytest.mark.xdist_group("ray")]  # one Ray instance at a time on this machine
+pytestmark = [pytest.mark.ray, needs_ray, pytest.mark.xdist_group("ray")]  # one Ray instance at a time on this machine
 SMALL = """
 name = "small"
 dtype = "float64"

@@ -84,6 +84,7 @@ def _rows(path):
         pytest.param(
             "ray",
             marks=[
+                pytest.mark.ray,
                 pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed ('.[ray]')"),
                 pytest.mark.xdist_group("ray"),
             ],
