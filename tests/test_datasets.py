@@ -55,3 +55,19 @@ def test_initializer_bounds_and_layout():
     assert g["layer0.weight"].dtype == np.float32 and not g["layer0.bias"].any()
     big = init_params(_mlp(400, [300], 3), "lecun_normal", 0, np.float64)["layer0.weight"]
     assert np.isclose(big.std(), np.sqrt(1 / 400), rtol=0.02) and np.abs(big).max() <= 2 * np.sqrt(1 / 400) / 0.8796
+
+
+def test_bundled_iris_and_digits_are_scikit_learns_arrays():
+    """common.datasets reads scikit-learn's data folder without importing it: the arrays must be exactly what
+    load_iris and load_digits return (a guard on that folder's layout)."""
+    from sklearn.datasets import load_digits, load_iris
+
+    from common.datasets import _sklearn
+
+    for name, bunch in (("iris", load_iris()), ("digits", load_digits())):
+        x, y = _sklearn(name, {}, images=False)
+        np.testing.assert_array_equal(x, bunch.data)
+        np.testing.assert_array_equal(y, bunch.target)
+        assert x.dtype == np.float64 and y.dtype == bunch.target.dtype
+    images, _ = _sklearn("digits", {}, images=True)
+    np.testing.assert_array_equal(images[..., 0], load_digits().images)

@@ -85,15 +85,16 @@ class JaxAdapter:
         else:
             self.params = load_canonical(self.model, params)
         tx, penalty = optim.build(spec, reg, params), optim.l1_penalty(spec, reg, params)
-        self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT)
         native_dropout = dropout and not self.shared_dropout
+        # nn.Dropout's key, made only where it is used (making it compiles XLA programs: ~0.15 s)
+        self.key = jax.random.fold_in(jax.random.PRNGKey(spec.seed), rng.JAX_DROPOUT) if native_dropout else None
         if self.layout.is_split:  # split_step also returns the batch_norm state (distributed.Engine)
             self.engine = Engine(self.layout, self.dtype)
             tx = self.engine.native_accumulate(tx) if self.native_split else self.engine.accumulate(tx)
         if self.layout.is_split and not self.native_split:
             step = execution.split_step(self.model, tx, self.engine.combine, penalty)
         else:
-            step = execution.train_step(self.model, tx, penalty, self.key if native_dropout else None)
+            step = execution.train_step(self.model, tx, penalty, self.key)
         self.tx, self.opt_state = tx, tx.init(split_state(self.params)[0])
         if self.layout.is_split:
             self.params, self.opt_state = self.engine.replicate((self.params, self.opt_state))
@@ -108,7 +109,8 @@ class JaxAdapter:
         return self.run.compile_count
 
     def dropout_key(self, step) -> jax.Array:
-        """Native nn.Dropout's key for global step `step` (the step function folds it the same way)."""
+        """Native nn.Dropout's key for global step `step` (the step function folds it the same way); dropout under
+        the idiom `dropout_rng` only."""
         return jax.random.fold_in(self.key, step)
 
     def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
@@ -122,7 +124,7 @@ class JaxAdapter:
             losses.append(self._advance(rows.x, rows.y, rows.weights, self._masks(t, rows.ids.shape[0]), t))
             ids.append(rows.ids if self.planned else rows.ids[batch.weights > 0])
             lengths.append(rows.length)
-        return EpochRun(ids, lengths, np.asarray(jnp.stack(losses)))
+        return EpochRun(ids, lengths, np.asarray(jax.device_get(losses)))
 
     def _split_epoch(self, epoch: int, first_step: int) -> EpochRun:
         """Split steps (distributed.py): per step, one `split_step` per micro-batch on the mesh, the shared masks
@@ -147,7 +149,7 @@ class JaxAdapter:
             [list(replica) for replica in zip(*map(self.engine.held, placed), strict=True)] for placed in shards
         ]
         ids = [b.ids if self.planned else b.real_ids for b in batches]
-        return EpochRun(ids, [0] * len(batches), np.asarray(jnp.stack(losses)), shards)
+        return EpochRun(ids, [0] * len(batches), np.asarray(jax.device_get(losses)), shards)
 
     def _native_split_epoch(self, epoch: int) -> EpochRun:
         """Idiom `split_step` (distributed.py): the epoch's global micro-batches through `train_step` on the mesh
