@@ -43,6 +43,12 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def interruptible() -> None:
+    """In a child before exec: SIGINT back to its default, so that Python turns it into KeyboardInterrupt even
+    when these tests run with SIGINT ignored (a background job of a non-interactive shell, tox under it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def parity(args, cwd, timeout=180):
     return subprocess.run([*PARITY, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -241,7 +247,12 @@ def test_stale_lock_is_taken_over_and_its_leftovers_undone(tmp_path, monkeypatch
 
 def test_concurrent_run_into_the_same_folder_is_refused(tmp_path):
     first = subprocess.Popen(
-        [*PARITY, "run", *LONG, "--out", "out"], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True
+        [*PARITY, "run", *LONG, "--out", "out"],
+        cwd=tmp_path,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
     )
     try:
         for line in first.stderr:
@@ -260,7 +271,12 @@ def test_concurrent_run_into_the_same_folder_is_refused(tmp_path):
 def test_sigint_exits_130_and_leaves_the_previous_folder_intact(tmp_path):
     before = fake_previous_run(tmp_path / "out")
     proc = subprocess.Popen(
-        [*PARITY, "run", *LONG, "--out", "out"], cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True
+        [*PARITY, "run", *LONG, "--out", "out"],
+        cwd=tmp_path,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
     )
     for line in proc.stderr:
         if "[numpy] epoch" in line:
