@@ -49,6 +49,18 @@ def interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def long_run(cwd: Path) -> subprocess.Popen:
+    """A run that trains until interrupted, into `cwd/out`, its progress lines on a pipe."""
+    return subprocess.Popen(
+        [*PARITY, "run", *LONG, "--out", "out"],
+        cwd=cwd,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    )
+
+
 def parity(args, cwd, timeout=180):
     return subprocess.run([*PARITY, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -246,14 +258,7 @@ def test_stale_lock_is_taken_over_and_its_leftovers_undone(tmp_path, monkeypatch
 
 
 def test_concurrent_run_into_the_same_folder_is_refused(tmp_path):
-    first = subprocess.Popen(
-        [*PARITY, "run", *LONG, "--out", "out"],
-        cwd=tmp_path,
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    first = long_run(tmp_path)
     try:
         for line in first.stderr:
             if "[numpy] epoch" in line:
@@ -270,14 +275,7 @@ def test_concurrent_run_into_the_same_folder_is_refused(tmp_path):
 
 def test_sigint_exits_130_and_leaves_the_previous_folder_intact(tmp_path):
     before = fake_previous_run(tmp_path / "out")
-    proc = subprocess.Popen(
-        [*PARITY, "run", *LONG, "--out", "out"],
-        cwd=tmp_path,
-        env=_env(),
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    proc = long_run(tmp_path)
     for line in proc.stderr:
         if "[numpy] epoch" in line:
             break
