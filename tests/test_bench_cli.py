@@ -56,7 +56,8 @@ def test_ratios_from_rows_without_frameworks():
     "workload",
     [
         ["--set", "data.params.n=512"],  # the doughnuts MLP, cut to 512 rows
-        ["--workload", "cnn"],  # digits images: conv → batch_norm → pools → dense, every reference on the images
+        # digits images (conv → batch_norm → pools → dense, every reference on the images), cut to 180 training rows
+        ["--workload", "cnn", "--set", "data.test_fraction=0.9"],
     ],
     ids=["mlp", "cnn"],
 )
