@@ -251,7 +251,8 @@ def _run_backends(spec: Spec, seeds: list[int], work: Path, backends: list[str],
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     listing = [(replace(spec, seed=seed), folder) for seed, folder in folders.items()]
-    results = run_all(backends, listing, work, progress=not quiet, executor=ex)
+    # matplotlib (for loss.png) is imported on the core the first finished worker leaves free
+    results = run_all(backends, listing, work, progress=not quiet, executor=ex, on_idle=plots.pyplot)
     failed = {r.backend: r.message for r in results if not r.ok}
     for name, message in failed.items():
         print(f"parity: backend '{name}' failed: {message}", file=sys.stderr)

@@ -10,6 +10,7 @@ way only the driver writes outputs, as results arrive, so an interrupted command
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -151,13 +152,20 @@ class Executor:
         return None
 
     def run(
-        self, tasks: list[Task], display: Display | None = None, on_line: LineHandler | None = None
+        self,
+        tasks: list[Task],
+        display: Display | None = None,
+        on_line: LineHandler | None = None,
+        on_idle: Callable[[], object] | None = None,
     ) -> list[BackendResult]:
-        """Every task; `display` told as each one starts, prints a line and ends; `on_line` for each line."""
+        """Every task; `display` told as each one starts, prints a line and ends; `on_line` for each line. `on_idle`
+        runs once, in a thread of its own, when a task ends with none left waiting: a slot stays free from then on,
+        so the caller can prepare what it does after the tasks (with one slot, that is when the last one ends)."""
         concurrent = max(1, min(self.jobs, len(tasks)))
         pool = ThreadPoolExecutor(max_workers=concurrent)
+        idle = _Idle(len(tasks), on_idle)
         try:
-            futures = [pool.submit(self._task, task, concurrent, on_line, display) for task in tasks]
+            futures = [pool.submit(self._task, task, concurrent, on_line, display, idle) for task in tasks]
             return [future.result() for future in futures]
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -166,8 +174,11 @@ class Executor:
         finally:
             pool.shutdown(wait=True)
 
-    def _task(self, task: Task, concurrent: int, on_line: LineHandler | None, display: Display | None) -> BackendResult:
+    def _task(
+        self, task: Task, concurrent: int, on_line: LineHandler | None, display: Display | None, idle: _Idle
+    ) -> BackendResult:
         lines, started = [], time.perf_counter()
+        idle.started()
         if display:
             display.started(task.backend)
 
@@ -186,6 +197,7 @@ class Executor:
         )
         if display:
             display.finished(task.backend, result.ok, result.message)
+        idle.ended()
         return result
 
     def execute(self, task: Task, concurrent: int, seen: Callable[[str], None]) -> int:
@@ -195,6 +207,29 @@ class Executor:
     def stop_all(self) -> None:
         """Stop every running task, and start none after this."""
         raise NotImplementedError
+
+
+class _Idle:
+    """Starts `then` in a daemon thread the first time a task ends with none of the `waiting` ones left to start.
+    `then` only prepares (an import, say): what it raises is left for the caller's own call to raise again."""
+
+    def __init__(self, waiting: int, then: Callable[[], object] | None):
+        self.waiting, self.then, self.lock = waiting, then, threading.Lock()
+
+    def started(self) -> None:
+        with self.lock:
+            self.waiting -= 1
+
+    def ended(self) -> None:
+        with self.lock:
+            then, self.then = (self.then, None) if self.waiting == 0 else (None, self.then)
+        if then is not None:
+            threading.Thread(target=_quietly, args=(then,), daemon=True).start()
+
+
+def _quietly(call: Callable[[], object]) -> None:
+    with contextlib.suppress(Exception):
+        call()
 
 
 class Local(Executor):

@@ -9,6 +9,16 @@ import numpy as np
 DISTANCE_FLOOR = 1e-18  # |loss − reference| of exactly 0 is drawn here on the log scale
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use: it takes a fraction of a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def backend_colours(names) -> dict[str, str]:
     """One colour per backend, the same in every panel (matplotlib's tab10 cycle in the order given)."""
     cycle = [f"C{i}" for i in range(10)]
@@ -34,10 +44,7 @@ def loss_plot(records: dict, reference: str, path: Path, comparison: dict | None
     non-finite step; exactly equal losses have no logarithm and are drawn at DISTANCE_FLOOR, which a note says.
     With `comparison` (comparison.json) the title carries the verdict and the tolerance.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from benchmarks.report import verdict_line
 
@@ -114,10 +121,7 @@ def sweep_plots(rows: list[dict], keys: list[str], sweep, out: Path, name: str) 
     plot = final:  final train/test accuracy against the first swept key (mean over seeds).
     plot = curves: the test metric against epoch, one line per grid point (train dashed).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not rows:
         return
@@ -183,10 +187,7 @@ def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
 
 def bench_plot(rows: list[dict], path: Path) -> None:
     """Samples/s against batch size (log-log): end-to-end epochs per backend and mode, Keras fit, references."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     series: dict[tuple, list] = {}
@@ -223,10 +224,7 @@ def explain_plot(result: dict, path: Path) -> None:
     """`parity explain`: one panel per pair; per idiom the share of the native test-loss gap it explains, turned
     on alone (solid) and turned off alone (light), semantic idioms first; noise idioms' seed-to-seed spread of the
     gap, over |native gap|, hatched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     pairs = result["pairs"]
     if not pairs:

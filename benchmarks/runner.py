@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,10 +36,12 @@ def run_all(
     progress: bool = True,
     executor: Executor | None = None,
     display: Display | None = None,
+    on_idle: Callable[[], object] | None = None,
 ) -> list[BackendResult]:
     """Run every backend over the same jobs (the jobs file holds each spec's JSON form, backends.worker), one task
     per backend on `executor` (default: local, one at a time); results in the order of `backends`. `display`
-    (default: the live table of backends × epochs, benchmarks.progress.RunTable) shows their progress."""
+    (default: the live table of backends × epochs, benchmarks.progress.RunTable) shows their progress; `on_idle`:
+    Executor.run's."""
     executor = executor or Local(1)
     work = Path(work).absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,7 @@ def run_all(
     if display is None:
         display = RunTable(backends, specs_and_outs[0][0].train.epochs, enabled=progress, jobs=len(listing))
     with display:
-        results = dict(zip(order, executor.run(tasks, display), strict=True))
+        results = dict(zip(order, executor.run(tasks, display, on_idle=on_idle), strict=True))
     return [results[b] for b in backends]
 
 
