@@ -105,6 +105,8 @@ def run_bench(
     windows: int,
     budget_s: float,
     keras_peer: bool = True,
+    rounds: int = 20,
+    cap_s: float = 60.0,
 ) -> dict:
     out = Path(out).absolute()  # workers run with the repository root as their working folder
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,8 @@ def run_bench(
         "device": device,
         "windows": windows,
         "budget_s": budget_s,
+        "rounds": rounds,
+        "cap_s": cap_s,
     }
     (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     results, notes = [], []
@@ -180,10 +184,11 @@ def ratios(bench: dict) -> list[dict]:
             peer = _find(rows, f"keras[{REGISTRY[backend].keras_backend}]", "keras_fit", "fit", bs)
             if peer:
                 entry["vs_keras_fit"] = e2e[best_mode]["items_per_s"] / peer["items_per_s"]
-            ref = _find(rows, backend, "reference", "hand-fused", bs)
             for mode, r in e2e.items():
-                if ref:
-                    entry[f"{mode}_vs_reference"] = r["items_per_s"] / ref["items_per_s"]
+                paired = _find(rows, backend, "ratio", mode, bs)
+                if paired:  # the median of per-round ratios (benchmarks.bench_worker), with its interval
+                    entry[f"{mode}_vs_reference"] = paired["median"]
+                    entry[f"{mode}_vs_reference_ci"] = paired["ci"]
                 step = _find(rows, backend, "step", mode, bs)
                 if step:
                     n_rows = r["items_per_call"]
@@ -228,12 +233,19 @@ def _num(value, fmt=".3g") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _vs_reference(entry: dict, mode: str) -> str:
+    """A mode's throughput relative to the reference, with its bootstrap interval: `0.93 [0.90, 0.95]`."""
+    ratio, ci = entry.get(f"{mode}_vs_reference"), entry.get(f"{mode}_vs_reference_ci")
+    return "-" if ratio is None else f"{ratio:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
 def markdown(bench: dict, rows: list[dict]) -> str:
     lines = [
         f"# Parity bench: {bench['spec']['name']} on {bench['device']}",
         "",
-        "Median per call over windows, IQR beside it; compile/first-call time apart. Samples/s = items per "
-        "call / median.",
+        "Median per call over windows (end to end: over paired rounds, every mode and the reference once per "
+        "round), IQR beside it; compile/first-call time apart. Samples/s = items per call / median. Mode / ref: "
+        "the median of per-round throughput ratios, its 95% bootstrap interval in brackets.",
         "",
     ]
     settings = {res["backend"]: res.get("settings", {}) for res in bench["results"]}
@@ -281,8 +293,8 @@ def markdown(bench: dict, rows: list[dict]) -> str:
     for e in bench["ratios"]:
         lines.append(
             f"| {e['backend']} | {e['batch_size']} | {e['best_mode']} | {e['best_samples_per_s']:.4g} | "
-            f"{_num(e.get('vs_keras_fit'))} | {_num(e.get('eager_vs_reference'))} | "
-            f"{_num(e.get('compiled_vs_reference'))} | {_num(e.get('fused_vs_reference'))} | "
+            f"{_num(e.get('vs_keras_fit'))} | {_vs_reference(e, 'eager')} | "
+            f"{_vs_reference(e, 'compiled')} | {_vs_reference(e, 'fused')} | "
             f"{_num(e.get('eager_loader_overhead'), '.1%')} | {_num(e.get('naive_loader_slowdown'))} |"
         )
     if bench["notes"]:

@@ -3,9 +3,11 @@
 Compile and warm-up are kept apart from the steady state: each mode's first exact-mode epoch (the equivalence
 check, where tracing and compilation happen) is recorded as `first_epoch_s`, beside its steady-state end-to-end
 epoch. For each batch size: every requested mode is first checked for equivalence against eager (per-step losses of one
-exact-mode epoch within common.tolerance), then timed (common.timing): the step alone, each native loader alone
-(once per batch size), one end-to-end epoch, and the backend's hand-fused reference loop. A mode that cannot run
-here (e.g. a CUDA graph without a GPU) or that fails the equivalence check is recorded with a note, not timed.
+exact-mode epoch within common.tolerance), then timed (common.timing): the step alone and each native loader alone
+(once per batch size) in windows; then the end-to-end epochs of every mode and of the backend's hand-fused
+reference loop in paired rounds, and each mode's throughput relative to the reference as the median of the
+per-round ratios with a bootstrap interval (common.bootstrap; `ratio` rows). A mode that cannot run here (e.g. a
+CUDA graph without a GPU) or that fails the equivalence check is recorded with a note, not timed.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from backends.worker import load_adapter
+from common.bootstrap import paired_ratio
 from common.compare import compare_values
 from common.datasets import load_dataset
 from common.spec import Spec, typed, validate
-from common.timing import calls_for_budget, time_calls
+from common.timing import calls_for_budget, paired_rounds, time_calls
 from common.tolerance import tolerance_for
 
 
@@ -39,7 +42,15 @@ def _timed(kind: str, mode: str, batch_size: int, timing, extra: dict | None = N
 
 
 def bench_batch_size(
-    backend: str, spec: Spec, data, modes: list[str], device: str, windows: int, budget_s: float
+    backend: str,
+    spec: Spec,
+    data,
+    modes: list[str],
+    device: str,
+    windows: int,
+    budget_s: float,
+    rounds: int,
+    cap_s: float,
 ) -> tuple[list[dict], dict]:
     bench = _module(backend, "bench")
     batch_size = spec.batching.batch_size
@@ -54,6 +65,7 @@ def bench_batch_size(
         note = f"eager unavailable on {device}: {exc}".splitlines()[0]
         return [{"kind": "note", "mode": m, "batch_size": batch_size, "note": note} for m in modes], settings
     tol = tolerance_for(spec.dtype, "exact")
+    epochs = {}  # mode → (its end-to-end epoch, sync), for the paired rounds
     for mode in modes:
         if mode not in bench.MODES:
             rows.append(
@@ -100,14 +112,7 @@ def bench_batch_size(
             calls_per_window=calls_for_budget(probe.median_s, budget_s, windows),
         )
         rows.append(_timed("step", mode, batch_size, step))
-        rows.append(
-            _timed(
-                "end_to_end",
-                mode,
-                batch_size,
-                time_calls(target.epoch, target.sync, n_rows, windows=windows, calls_per_window=1),
-            )
-        )
+        epochs[mode] = (target.epoch, target.sync)
         if mode == "eager":
             for loader in bench.LOADERS:
                 rows.append(
@@ -125,15 +130,20 @@ def bench_batch_size(
                     )
                 )
     reference = _module(backend, "reference_loop").make_reference(spec, data, device)
-    rows.append(
-        _timed(
-            "reference",
-            "hand-fused",
-            batch_size,
-            time_calls(reference.epoch, reference.sync, n_rows, windows=windows, calls_per_window=1),
-        )
-    )
+    timed = paired_rounds({**epochs, REFERENCE: (reference.epoch, reference.sync)}, rounds, cap_s)
+    for mode in epochs:
+        rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _capped(timed, mode)))
+        ratio = paired_ratio(timed.seconds[REFERENCE], timed.seconds[mode])
+        rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": REFERENCE, **ratio})
+    rows.append(_timed("reference", REFERENCE, batch_size, timed.timing(REFERENCE, n_rows), _capped(timed, REFERENCE)))
     return rows, settings
+
+
+REFERENCE = "hand-fused"  # the reference loop's name among the paired rounds' variants
+
+
+def _capped(timed, name: str) -> dict:
+    return {"capped": name in timed.capped}
 
 
 def main(argv=None) -> int:
@@ -156,7 +166,15 @@ def main(argv=None) -> int:
         print(f"[{args.backend}] batch {batch_size}", file=sys.stderr, flush=True)
         try:
             more, found = bench_batch_size(
-                args.backend, sized, data, config["modes"], config["device"], config["windows"], config["budget_s"]
+                args.backend,
+                sized,
+                data,
+                config["modes"],
+                config["device"],
+                config["windows"],
+                config["budget_s"],
+                config["rounds"],
+                config["cap_s"],
             )
             rows += [{"backend": args.backend, **r} for r in more]
             settings.update(found)

@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=SET_HELP)
     bench.add_argument("--windows", type=int, default=10, help="timing windows (>= 10 for reported figures)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of step timing per mode and batch size")
+    bench.add_argument(
+        "--rounds", type=int, default=20, help="paired rounds of end-to-end epochs (every mode and the reference)"
+    )
+    bench.add_argument(
+        "--cap", type=float, default=60.0, help="seconds of end-to-end timing per mode and batch size, at most"
+    )
     bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
     bench.add_argument("--out", type=out_folder, help="output folder (default: runs/bench)")
     conformance.add_arguments(
@@ -219,12 +225,28 @@ def command_bench(args) -> int:
     modes = parse_list(args.modes, "modes", allowed=BENCH_MODES)
     if args.windows < 2 or args.budget <= 0:
         raise InputError("--windows must be at least 2 and --budget positive")
+    if args.rounds < 2:
+        raise InputError(f"--rounds: {args.rounds} must be at least 2")
+    if args.cap <= 0:
+        raise InputError(f"--cap: {args.cap:g} seconds must be positive")
     data = load_dataset(spec)
     for size in sizes:  # BatchNorm's batch statistics at every batch size, before anything runs
         check_plan(replace(spec, batching=replace(spec.batching, batch_size=size)), data)
     out = absolute(args.out or Path("runs") / "bench")
     check_target(out)
-    result = run_bench(spec, backends, sizes, modes, args.device, out, args.windows, args.budget, not args.no_keras)
+    result = run_bench(
+        spec,
+        backends,
+        sizes,
+        modes,
+        args.device,
+        out,
+        args.windows,
+        args.budget,
+        not args.no_keras,
+        args.rounds,
+        args.cap,
+    )
     write_outputs(result, out)
     print((out / "bench.md").read_text(encoding="utf-8"))
     for note in result["notes"]:

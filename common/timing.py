@@ -1,9 +1,19 @@
-"""Timing method (docs/design.md, "Performance methodology"), framework-free: windows of many calls, the device
-synchronised at window edges only.
+"""Timing method (docs/design.md, "Performance methodology"), framework-free.
+
+Windows (`time_calls`), for one call timed alone (a step, a loader pass):
 
     warm-up:  the first call (compile/trace) is timed on its own, then `warmup` more calls are run untimed;
     windows:  W ≥ 10 windows of k calls each; t_w = (sync-to-sync wall time) / k;
     summary:  median(t_w), IQR = q75 − q25, and throughput = items per call / median.
+
+Paired rounds (`paired_rounds`), for calls whose ratios are reported (each mode's epoch against the reference's):
+
+    first:    each variant's first call (compile/trace) timed on its own, every variant the same way;
+    rounds:   R rounds; in round r every variant runs one call, in the order rotated by r places, so drift and
+              position weigh on every variant alike; t_{v,r} = sync-to-sync wall time of that call;
+    garbage:  collected before each timed call and disabled during it;
+    cap:      a variant whose timed calls have taken `cap_s` in all is timed in no later round (its rounds are
+              fewer; a pair of variants is compared over the rounds both ran).
 
 `sync` is the backend's device barrier (torch.cuda.synchronize, jax.block_until_ready, TF `.numpy()`); on CPU it
 still forces pending asynchronous work (JAX dispatch) to finish.
@@ -11,6 +21,7 @@ still forces pending asynchronous work (JAX dispatch) to finish.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -69,3 +80,64 @@ def time_calls(
 def calls_for_budget(seconds_per_call: float, budget_s: float, windows: int) -> int:
     """Calls per window so that `windows` windows take about `budget_s` (at least 1)."""
     return max(1, int(budget_s / max(windows * seconds_per_call, 1e-9)))
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """`seconds[v][r]`: variant v's call in round r (None once v was capped); `first_call_s[v]`: its first call."""
+
+    seconds: dict[str, list[float | None]]
+    first_call_s: dict[str, float]
+    capped: tuple[str, ...]
+
+    def timing(self, name: str, items_per_call: int) -> Timing:
+        """Variant `name` summarised as a Timing: its rounds as windows of one call each."""
+        ran = [t for t in self.seconds[name] if t is not None]
+        q25, median, q75 = np.percentile(ran, [25, 50, 75])
+        return Timing(
+            self.first_call_s[name],
+            float(median),
+            float(q75 - q25),
+            float(q25),
+            float(q75),
+            len(ran),
+            1,
+            items_per_call,
+        )
+
+
+def paired_rounds(
+    variants: dict[str, tuple[Callable[[], object], Callable[[object], None]]],
+    rounds: int,
+    cap_s: float = float("inf"),
+    clock: Callable[[], float] = time.perf_counter,
+) -> Rounds:
+    """Time one call of every variant ({name: (call, sync)}) per round as the module docstring describes."""
+    names = list(variants)
+    first = {}
+    for name in names:
+        first[name] = _timed(*variants[name], clock)
+    seconds: dict[str, list[float | None]] = {name: [] for name in names}
+    spent = dict.fromkeys(names, 0.0)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            if spent[name] >= cap_s:
+                seconds[name].append(None)
+                continue
+            took = _timed(*variants[name], clock)
+            spent[name] += took
+            seconds[name].append(took)
+    return Rounds(seconds, first, tuple(n for n in names if spent[n] >= cap_s))
+
+
+def _timed(call: Callable[[], object], sync: Callable[[object], None], clock: Callable[[], float]) -> float:
+    """Wall time of one synchronised call, garbage collected before and not collected during it."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = clock()
+        sync(call())
+        return clock() - start
+    finally:
+        gc.enable()

@@ -293,6 +293,8 @@ def test_bad_data(case, tmp_path, capsys):
         (["sweep", "iris-l2", "--workers", "0"], "--workers"),
         (["explain", "--executor", "threads"], "--executor"),
         (["explain", "--set", "native.idioms=['x']"], "native.idioms"),
+        (["bench", "--rounds", "1"], "--rounds"),
+        (["bench", "--cap", "0"], "--cap"),
         (
             ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
             "model.kind",

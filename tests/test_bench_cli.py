@@ -37,6 +37,16 @@ def test_ratios_from_rows_without_frameworks():
                     row("torch", "reference", "hand-fused", 0.004, 128),
                     row("torch", "loader:naive", "-", 0.004, 128),
                     row("torch", "loader:fast", "-", 0.001, 128),
+                    # the paired per-round ratio, not the quotient of the medians (0.004 / 0.005 = 0.8)
+                    {
+                        "backend": "torch",
+                        "kind": "ratio",
+                        "mode": "compiled",
+                        "batch_size": 32,
+                        "median": 0.75,
+                        "ci": [0.7, 0.9],
+                        "rounds": 20,
+                    },
                 ],
             },
             {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]},
@@ -45,7 +55,8 @@ def test_ratios_from_rows_without_frameworks():
     (entry,) = ratios(bench)
     assert entry["best_mode"] == "compiled"
     assert entry["vs_keras_fit"] == pytest.approx(4.0)
-    assert entry["compiled_vs_reference"] == pytest.approx(0.8)
+    assert entry["compiled_vs_reference"] == 0.75 and entry["compiled_vs_reference_ci"] == [0.7, 0.9]
+    assert "eager_vs_reference" not in entry  # no paired ratio for eager here
     assert entry["eager_loader_overhead"] == pytest.approx((0.010 - 4 * 0.002) / (4 * 0.002))
     assert entry["naive_loader_slowdown"] == pytest.approx(4.0)
 
@@ -77,6 +88,8 @@ def test_bench_smoke_all_backends(tmp_path, workload):
             "2",
             "--budget",
             "0.02",
+            "--rounds",
+            "3",
             "--device",
             "cpu",
             "--out",
@@ -97,6 +110,10 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         assert {"step", "end_to_end", "reference", "loader:fast"} <= kinds, backend
         modes = {r["mode"] for r in rows if r["backend"] == backend and r["kind"] == "end_to_end"}
         assert modes <= {r["mode"] for r in checks if r["backend"] == backend}, backend
+        ratios = [r for r in rows if r["backend"] == backend and r["kind"] == "ratio"]
+        assert {r["mode"] for r in ratios} == modes, backend  # every timed mode against the reference
+        for r in ratios:  # paired over the 3 rounds (none capped at these sizes)
+            assert r["rounds"] == 3 and r["vs"] == "hand-fused" and r["ci"][0] <= r["median"] <= r["ci"][1], r
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
     assert all("vs_keras_fit" in e for e in bench["ratios"])
     assert (tmp_path / "bench.png").stat().st_size > 1000

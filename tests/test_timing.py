@@ -1,0 +1,90 @@
+"""common.timing's paired rounds and common.bootstrap's paired ratios, on scripted calls and a fake clock."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from common.bootstrap import against_target, paired_ratio
+from common.timing import paired_rounds
+
+
+class Clock:
+    """A clock that each scripted call advances by its cost (binary fractions: the differences are exact)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scripted(clock: Clock, costs: list[float], log: list[str], name: str):
+    """A (call, sync) pair whose k-th call costs costs[k] seconds on `clock` and logs its name."""
+    calls = iter(costs)
+
+    def call():
+        log.append(name)
+        assert not gc.isenabled()  # collected before, disabled during every timed call
+        clock.now += next(calls)
+        return name
+
+    def sync(result):
+        assert result == name
+
+    return call, sync
+
+
+def test_every_variant_runs_once_per_round_in_a_rotating_order():
+    clock, log = Clock(), []
+    variants = {
+        "a": scripted(clock, [5.0, 1.0, 1.25, 1.5], log, "a"),
+        "b": scripted(clock, [7.0, 2.0, 2.25, 2.5], log, "b"),
+        "c": scripted(clock, [9.0, 3.0, 3.25, 3.5], log, "c"),
+    }
+    rounds = paired_rounds(variants, 3, clock=clock)
+    assert rounds.first_call_s == {"a": 5.0, "b": 7.0, "c": 9.0}
+    assert rounds.seconds == {"a": [1.0, 1.25, 1.5], "b": [2.0, 2.25, 2.5], "c": [3.0, 3.25, 3.5]}
+    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # first calls, then rounds 0, 1, 2
+    assert rounds.capped == () and gc.isenabled()
+
+
+def test_a_variant_past_its_cap_is_not_timed_again():
+    clock, log = Clock(), []
+    variants = {
+        "slow": scripted(clock, [1.0, 4.0, 4.0, 4.0], log, "slow"),
+        "fast": scripted(clock, [1.0] * 4, log, "fast"),
+    }
+    rounds = paired_rounds(variants, 3, cap_s=7.0, clock=clock)
+    assert rounds.seconds == {"slow": [4.0, 4.0, None], "fast": [1.0, 1.0, 1.0]}
+    assert rounds.capped == ("slow",) and log.count("slow") == 3  # the first call and two rounds
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios_with_an_interval_around_it():
+    reference = [2.0, 2.0, 2.0, 2.0, 2.0, None]
+    mode = [1.0, 4.0, 2.0, 2.5, 1.6, 1.0]  # ratios 2, 0.5, 1, 0.8, 1.25 (the last round has no pair)
+    ratio = paired_ratio(reference, mode, resamples=2000)
+    assert ratio["median"] == 1.0 and ratio["rounds"] == 5 and ratio["level"] == 0.95
+    lo, hi = ratio["ci"]
+    assert 0.5 <= lo <= 1.0 <= hi <= 2.0 and lo < hi
+
+
+def test_a_constant_ratio_has_a_point_interval_and_decides_the_target():
+    ratio = paired_ratio([3.0] * 20, [2.0] * 20)
+    assert ratio["median"] == 1.5 and ratio["ci"] == [1.5, 1.5]
+    assert against_target(ratio, 1.5) == "meets" and against_target(ratio, 1.6) == "misses"
+
+
+def test_the_interval_narrows_with_rounds_and_only_then_decides():
+    rng = np.random.default_rng(1)
+    few = paired_ratio(list(1.0 + 0.2 * rng.standard_normal(5)), [1.0] * 5)
+    many = paired_ratio(list(1.0 + 0.2 * rng.standard_normal(400)), [1.0] * 400)
+    assert many["ci"][1] - many["ci"][0] < few["ci"][1] - few["ci"][0]
+    assert against_target(few, 1.0) == "undecided"
+    assert against_target(many, 0.9) == "meets" and against_target(many, 1.1) == "misses"
+
+
+@pytest.mark.parametrize("pairs", [[], [(None, 1.0)]])
+def test_no_paired_round_has_no_ratio(pairs):
+    ratio = paired_ratio([a for a, _ in pairs], [b for _, b in pairs])
+    assert ratio["median"] is None and ratio["rounds"] == 0 and against_target(ratio, 1.0) == "undecided"
