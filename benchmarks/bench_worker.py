@@ -4,10 +4,12 @@ Compile and warm-up are kept apart from the steady state: each mode's first exac
 check, where tracing and compilation happen) is recorded as `first_epoch_s`, beside its steady-state end-to-end
 epoch. For each batch size: every requested mode is first checked for equivalence against eager (per-step losses of one
 exact-mode epoch within common.tolerance), then timed (common.timing): the step alone and each native loader alone
-(once per batch size) in windows; then the end-to-end epochs of every mode and of the backend's hand-fused
-reference loop in paired rounds, and each mode's throughput relative to the reference as the median of the
-per-round ratios with a bootstrap interval (common.bootstrap; `ratio` rows). A mode that cannot run here (e.g. a
-CUDA graph without a GPU) or that fails the equivalence check is recorded with a note, not timed.
+(once per batch size) in windows; then in paired rounds the end-to-end epoch of every mode (the adapter's
+run_epoch with its loader), the same loop over inputs already on the device (`placed`), and the backend's
+hand-fused reference loop. From the rounds (common.bootstrap, medians with bootstrap intervals): each mode's
+throughput relative to the reference (`ratio` rows) and its loader overhead, end to end − placed, in ms per epoch
+and as a share of the epoch (`loader_overhead` rows). A mode that cannot run here (e.g. a CUDA graph without a GPU)
+or that fails the equivalence check is recorded with a note, not timed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.worker import load_adapter
-from common.bootstrap import paired_ratio
+from common.bootstrap import loader_overhead, paired_ratio
 from common.compare import compare_values
 from common.datasets import load_dataset
 from common.spec import Spec, typed, validate
@@ -65,7 +67,7 @@ def bench_batch_size(
         note = f"eager unavailable on {device}: {exc}".splitlines()[0]
         return [{"kind": "note", "mode": m, "batch_size": batch_size, "note": note} for m in modes], settings
     tol = tolerance_for(spec.dtype, "exact")
-    epochs = {}  # mode → (its end-to-end epoch, sync), for the paired rounds
+    epochs = {}  # mode → its target, whose epochs (with its loader, and placed) join the paired rounds
     for mode in modes:
         if mode not in bench.MODES:
             rows.append(
@@ -112,7 +114,7 @@ def bench_batch_size(
             calls_per_window=calls_for_budget(probe.median_s, budget_s, windows),
         )
         rows.append(_timed("step", mode, batch_size, step))
-        epochs[mode] = (target.epoch, target.sync)
+        epochs[mode] = target
         if mode == "eager":
             for loader in bench.LOADERS:
                 rows.append(
@@ -130,11 +132,18 @@ def bench_batch_size(
                     )
                 )
     reference = _module(backend, "reference_loop").make_reference(spec, data, device)
-    timed = paired_rounds({**epochs, REFERENCE: (reference.epoch, reference.sync)}, rounds, cap_s)
+    variants = {REFERENCE: (reference.epoch, reference.sync)}
+    for mode, target in epochs.items():
+        variants |= {mode: (target.epoch, target.sync), f"{mode} placed": (target.placed_epoch, target.sync)}
+    timed = paired_rounds(variants, rounds, cap_s)
     for mode in epochs:
         rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _capped(timed, mode)))
+        placed = f"{mode} placed"
+        rows.append(_timed("placed", mode, batch_size, timed.timing(placed, n_rows), _capped(timed, placed)))
         ratio = paired_ratio(timed.seconds[REFERENCE], timed.seconds[mode])
         rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": REFERENCE, **ratio})
+        overhead = loader_overhead(timed.seconds[mode], timed.seconds[placed])
+        rows.append({"kind": "loader_overhead", "mode": mode, "batch_size": batch_size, **overhead})
     rows.append(_timed("reference", REFERENCE, batch_size, timed.timing(REFERENCE, n_rows), _capped(timed, REFERENCE)))
     return rows, settings
 

@@ -8,7 +8,8 @@ Each framework's `backends/<fw>_backend/bench.py` exposes
 
 and `reference_loop.py` the hand-fused reference as `make_reference(spec, data, device) -> EpochRunner`.
 Items per call, for batch size B and N training rows: loader alone N (the pipeline's epoch, batches on the
-device, no model), step alone B (one step on a batch already on the device), end to end N (one epoch). Every mode
+device, no model), step alone B (one step on a batch already on the device), end to end N (one epoch), placed N
+(one epoch over inputs already on the device). Every mode
 first reproduces the eager adapter's exact-mode losses (`equivalence_losses`) before it is timed.
 """
 
@@ -46,6 +47,11 @@ class BenchTarget(Protocol):
 
     def epoch(self) -> Any:
         """One end-to-end training epoch (fast loader + steps); return a syncable."""
+
+    def placed_epoch(self) -> Any:
+        """The same training loop as `epoch` (the adapter's run_epoch) over inputs already on the device: the
+        adapter's `epoch_inputs` of epoch 0, made once and held; return a syncable. epoch − placed_epoch is the
+        loader's share of the epoch."""
 
     def sync(self, result: Any) -> None:
         """Block until the device has finished `result` (torch.cuda.synchronize, block_until_ready, .numpy())."""

@@ -1,36 +1,62 @@
-"""Paired timing ratios (docs/design.md, "Performance methodology"): the median over rounds of one variant's time
-over another's, with a percentile bootstrap interval, and whether that interval decides a target.
+"""Paired timing statistics (docs/design.md, "Performance methodology"): per-round values of two variants timed in
+the same rounds (common.timing.paired_rounds), their median with a percentile bootstrap interval, and whether that
+interval decides a target.
 
-    r_k = a_k / b_k over the rounds k where both ran;   ratio = median(r);
-    interval: the rounds resampled with replacement B times, the (1 ± level)/2 percentiles of the B medians.
+    v_k = f(a_k, b_k) over the rounds k where both ran (a ratio a/b, a difference a − b, a share (a − b)/a);
+    estimate: median(v);  interval: the rounds resampled with replacement B times, the (1 ± level)/2 percentiles
+    of the B medians.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
-def paired_ratio(numerator, denominator, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> dict:
-    """The median over rounds of numerator_r / denominator_r (rounds where either is None are left out), with a
-    percentile bootstrap interval at `level`: the rounds resampled with replacement `resamples` times, the median
-    taken of each resample.
+def paired(a, b, f: Callable[[float, float], float]) -> list[float]:
+    """f(a_k, b_k) over the rounds where neither is None (a variant past its cap has None)."""
+    return [f(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
 
-    Timing ratios (common.timing.paired_rounds): a mode's throughput relative to its reference is
-    t_reference,r / t_mode,r, so pass the reference's seconds as the numerator."""
-    pairs = [(a, b) for a, b in zip(numerator, denominator, strict=True) if a is not None and b is not None]
-    if not pairs:
+
+def median_interval(values, level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> dict:
+    """{"median", "ci": [lo, hi], "level", "rounds"} of per-round `values` (module docstring); no values: None."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
         return {"median": None, "ci": [None, None], "level": level, "rounds": 0}
-    ratios = np.array([a / b for a, b in pairs], dtype=np.float64)
     rng = np.random.default_rng(seed)
-    medians = np.median(ratios[rng.integers(0, ratios.size, (resamples, ratios.size))], axis=1)
+    medians = np.median(values[rng.integers(0, values.size, (resamples, values.size))], axis=1)
     lo, hi = np.percentile(medians, [50 * (1 - level), 50 * (1 + level)])
-    return {"median": float(np.median(ratios)), "ci": [float(lo), float(hi)], "level": level, "rounds": ratios.size}
+    return {"median": float(np.median(values)), "ci": [float(lo), float(hi)], "level": level, "rounds": values.size}
 
 
-def against_target(ratio: dict, target: float) -> str:
-    """ "meets" when the whole interval of `ratio` (paired_ratio) is at or above `target`, "misses" when it is
-    wholly below, "undecided" when the interval contains it (more rounds might decide)."""
-    lo, hi = ratio["ci"]
+def paired_ratio(numerator, denominator, **kwargs) -> dict:
+    """median_interval of numerator_k / denominator_k. A mode's throughput relative to its reference is
+    t_reference,k / t_mode,k: pass the reference's seconds as the numerator."""
+    return median_interval(paired(numerator, denominator, lambda a, b: a / b), **kwargs)
+
+
+def loader_overhead(end_to_end, placed, **kwargs) -> dict:
+    """The loader's cost in an epoch: d_k = t_end_to_end,k − t_placed,k (the same loop over inputs already on the
+    device) in ms, and its share d_k / t_end_to_end,k of the epoch, each with its interval."""
+    ms = median_interval(paired(end_to_end, placed, lambda a, b: 1000.0 * (a - b)), **kwargs)
+    share = median_interval(paired(end_to_end, placed, lambda a, b: (a - b) / a), **kwargs)
+    return {
+        "ms_per_epoch": ms["median"],
+        "ms_ci": ms["ci"],
+        "share": share["median"],
+        "share_ci": share["ci"],
+        "rounds": ms["rounds"],
+    }
+
+
+def against_target(estimate: dict, target: float, at_most: bool = False) -> str:
+    """Whether `estimate`'s interval (median_interval) decides the target: "meets" when it lies wholly at or above
+    `target` (`at_most`: at or below it), "misses" when wholly on the other side, "undecided" when it contains the
+    target (more rounds might decide)."""
+    lo, hi = estimate["ci"]
     if lo is None:
         return "undecided"
+    if at_most:
+        return "meets" if hi <= target else "misses" if lo > target else "undecided"
     return "meets" if lo >= target else "misses" if hi < target else "undecided"

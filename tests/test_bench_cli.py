@@ -47,6 +47,37 @@ def test_ratios_from_rows_without_frameworks():
                         "ci": [0.7, 0.9],
                         "rounds": 20,
                     },
+                    {
+                        "backend": "torch",
+                        "kind": "ratio",
+                        "mode": "eager",
+                        "batch_size": 32,
+                        "median": 0.4,
+                        "ci": [0.38, 0.41],
+                        "rounds": 20,
+                    },
+                    {
+                        "backend": "torch",
+                        "kind": "loader_overhead",
+                        "mode": "eager",
+                        "batch_size": 32,
+                        "ms_per_epoch": 1.5,
+                        "ms_ci": [1.2, 1.8],
+                        "share": 0.15,
+                        "share_ci": [0.12, 0.18],
+                        "rounds": 20,
+                    },
+                    {
+                        "backend": "torch",
+                        "kind": "loader_overhead",
+                        "mode": "compiled",
+                        "batch_size": 32,
+                        "ms_per_epoch": 0.4,
+                        "ms_ci": [0.1, 0.7],
+                        "share": 0.08,
+                        "share_ci": [0.02, 0.14],
+                        "rounds": 20,
+                    },
                 ],
             },
             {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]},
@@ -56,8 +87,11 @@ def test_ratios_from_rows_without_frameworks():
     assert entry["best_mode"] == "compiled"
     assert entry["vs_keras_fit"] == pytest.approx(4.0)
     assert entry["compiled_vs_reference"] == 0.75 and entry["compiled_vs_reference_ci"] == [0.7, 0.9]
-    assert "eager_vs_reference" not in entry  # no paired ratio for eager here
-    assert entry["eager_loader_overhead"] == pytest.approx((0.010 - 4 * 0.002) / (4 * 0.002))
+    # target ≥ 0.9: the interval [0.7, 0.9] reaches it (undecided), [0.38, 0.41] lies below it
+    assert entry["compiled_vs_reference_verdict"] == "undecided" and entry["eager_vs_reference_verdict"] == "misses"
+    assert (entry["eager_loader_share"], entry["eager_loader_ms"]) == (0.15, 1.5)
+    # target ≤ 10% at batch 32: [12%, 18%] misses it, [2%, 14%] leaves it open
+    assert entry["eager_loader_verdict"] == "misses" and entry["compiled_loader_verdict"] == "undecided"
     assert entry["naive_loader_slowdown"] == pytest.approx(4.0)
 
 
@@ -114,7 +148,16 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         assert {r["mode"] for r in ratios} == modes, backend  # every timed mode against the reference
         for r in ratios:  # paired over the 3 rounds (none capped at these sizes)
             assert r["rounds"] == 3 and r["vs"] == "hand-fused" and r["ci"][0] <= r["median"] <= r["ci"][1], r
+        overheads = [r for r in rows if r["backend"] == backend and r["kind"] == "loader_overhead"]
+        assert (
+            {r["mode"] for r in overheads}
+            == modes
+            == {r["mode"] for r in rows if r["backend"] == backend and r["kind"] == "placed"}
+        ), backend
+        for r in overheads:
+            assert r["rounds"] == 3 and r["share_ci"][0] <= r["share"] <= r["share_ci"][1] < 1.0, r
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
     assert all("vs_keras_fit" in e for e in bench["ratios"])
     assert (tmp_path / "bench.png").stat().st_size > 1000
-    assert "Ratios" in (tmp_path / "bench.md").read_text()
+    report = (tmp_path / "bench.md").read_text()
+    assert "Ratios" in report and "against its targets" in report

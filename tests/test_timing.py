@@ -5,7 +5,7 @@ import gc
 import numpy as np
 import pytest
 
-from common.bootstrap import against_target, paired_ratio
+from common.bootstrap import against_target, loader_overhead, paired_ratio
 from common.timing import paired_rounds
 
 
@@ -88,3 +88,20 @@ def test_the_interval_narrows_with_rounds_and_only_then_decides():
 def test_no_paired_round_has_no_ratio(pairs):
     ratio = paired_ratio([a for a, _ in pairs], [b for _, b in pairs])
     assert ratio["median"] is None and ratio["rounds"] == 0 and against_target(ratio, 1.0) == "undecided"
+
+
+def test_loader_overhead_is_end_to_end_minus_placed_per_round():
+    end_to_end, placed = [0.010, 0.012, 0.011, None], [0.008, 0.009, 0.009, 0.009]
+    overhead = loader_overhead(end_to_end, placed, resamples=2000)
+    # d = 2, 3, 2 ms; shares 0.2, 0.25, 2/11 (the capped round left out)
+    assert overhead["rounds"] == 3
+    assert overhead["ms_per_epoch"] == pytest.approx(2.0) and overhead["share"] == pytest.approx(0.2)
+    assert overhead["ms_ci"][0] == pytest.approx(2.0) and overhead["ms_ci"][1] == pytest.approx(3.0)
+    assert 2 / 11 - 1e-12 <= overhead["share_ci"][0] <= 0.2 <= overhead["share_ci"][1] <= 0.25 + 1e-12
+
+
+def test_an_upper_target_is_met_only_below_the_whole_interval():
+    share = {"ci": [0.02, 0.04]}
+    assert against_target(share, 0.05, at_most=True) == "meets"
+    assert against_target(share, 0.03, at_most=True) == "undecided"
+    assert against_target(share, 0.01, at_most=True) == "misses"

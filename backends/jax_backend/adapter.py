@@ -113,14 +113,25 @@ class JaxAdapter:
         the idiom `dropout_rng` only."""
         return jax.random.fold_in(self.key, step)
 
-    def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
-        if self.layout.is_split:
-            return self._native_split_epoch(epoch) if self.native_split else self._split_epoch(epoch, first_step)
+    def epoch_inputs(self, epoch: int, first_step: int):
+        """What `run_epoch` steps over, made lazily from the plan: per step (its plan batch, its rows on the device),
+        fused: per scan (its stacked device inputs, its (ids, weights, first step)); `list()` of it holds them on
+        the device (the bench's loop without its loader)."""
         if self.execution == "fused":
-            return self._fused_epoch(epoch, first_step)
+            return ((self._stacked(*chunk), chunk) for chunk in self._chunks(epoch, first_step))
+        return ((batch, self.pipeline.rows(batch)) for batch in self.plan.batches(epoch))
+
+    def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
+        """One training epoch over `inputs` (`epoch_inputs`; by default made as the loop goes)."""
+        if self.layout.is_split:
+            if inputs is not None:
+                raise ValueError("jax: split steps shard their own micro-batches, not inputs made beforehand")
+            return self._native_split_epoch(epoch) if self.native_split else self._split_epoch(epoch, first_step)
+        inputs = self.epoch_inputs(epoch, first_step) if inputs is None else inputs
+        if self.execution == "fused":
+            return self._fused_epoch(inputs)
         ids, lengths, losses = [], [], []
-        for t, batch in enumerate(self.plan.batches(epoch), start=first_step):
-            rows = self.pipeline.rows(batch)
+        for t, (batch, rows) in enumerate(inputs, start=first_step):
             losses.append(self._advance(rows.x, rows.y, rows.weights, self._masks(t, rows.ids.shape[0]), t))
             ids.append(rows.ids if self.planned else rows.ids[batch.weights > 0])
             lengths.append(rows.length)
@@ -206,20 +217,23 @@ class JaxAdapter:
         )
         return losses
 
-    def _fused_epoch(self, epoch: int, first_step: int) -> EpochRun:
+    def _chunks(self, epoch: int, first_step: int) -> list[tuple]:
+        """The epoch's scans as (ids (S, B), weights (S, B), first global step): the plan's batches are its
+        consecutive chunks of batch_size; a ragged "keep" tail is a one-step scan of its own shape."""
         b = self.plan.batch_size
-        ids, w = self.plan.slots(epoch)  # the plan's batches are its consecutive chunks of batch_size
+        ids, w = self.plan.slots(epoch)
         full = ids.shape[0] // b
         chunks = [(ids[: full * b].reshape(full, b), w[: full * b].reshape(full, b), first_step)] if full else []
-        if ids.shape[0] > full * b:  # a ragged "keep" tail: a one-step scan of its own shape
+        if ids.shape[0] > full * b:
             chunks.append((ids[None, full * b :], w[None, full * b :], first_step + full))
-        losses = jnp.concatenate([self._scan(*self._stacked(*chunk)) for chunk in chunks])
-        fed = [
-            (row if self.planned else row[weights > 0])
-            for c_ids, c_w, _ in chunks
-            for row, weights in zip(c_ids, c_w, strict=True)
-        ]
-        return EpochRun(fed, [0] * len(fed), np.asarray(losses))
+        return chunks
+
+    def _fused_epoch(self, inputs) -> EpochRun:
+        losses, fed = [], []
+        for stacked, (c_ids, c_w, _) in inputs:
+            losses.append(self._scan(*stacked))
+            fed += [(row if self.planned else row[weights > 0]) for row, weights in zip(c_ids, c_w, strict=True)]
+        return EpochRun(fed, [0] * len(fed), np.asarray(jnp.concatenate(losses)))
 
     def evaluate(self, split, batches):
         out = []

@@ -6,7 +6,8 @@ methodology").
 - step alone: one update on the plan's first batch of epoch 0, already on the device (with its shared masks in
   exact mode); fused: the scanned program over that one batch (on-device gather included).
 - end to end and equivalence_losses: the adapter's `run_epoch` (the latter through common.driver.train on a fresh
-  exact-mode adapter in this mode).
+  exact-mode adapter in this mode); placed: the same loop over epoch 0's inputs held on the device
+  (`epoch_inputs`: each step's rows, or each scan's stacked inputs).
 - device: "cpu" | "gpu" | "auto", made JAX's default device (`jax.config.update("jax_default_device", …)`); "gpu"
   without one raises. sync: `jax.block_until_ready`.
 """
@@ -87,6 +88,7 @@ class JaxTarget:
             self.fixed = (rows.x, rows.y, rows.weights, self.adapter._masks(1, first.rows), 1)
         self.epochs_run = 0
         self.loader_epochs = 0
+        self.placed = None  # epoch 0's inputs on the device, for placed_epoch
 
     def settings(self) -> dict[str, Any]:
         d = self.dev
@@ -129,11 +131,16 @@ class JaxTarget:
     def step(self) -> Any:
         return (self.adapter._scan if self.mode == "fused" else self.adapter._advance)(*self.fixed)
 
-    def epoch(self) -> Any:
+    def epoch(self, inputs=None) -> Any:
         steps = self.adapter.plan.steps_per_epoch
-        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1)
+        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * steps + 1, inputs)
         self.epochs_run += 1
         return run.losses
+
+    def placed_epoch(self) -> Any:
+        if self.placed is None:
+            self.placed = list(self.adapter.epoch_inputs(0, 1))
+        return self.epoch(self.placed)
 
     def sync(self, result: Any) -> None:
         jax.block_until_ready(result)

@@ -97,9 +97,15 @@ class TFAdapter:
         losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         return losses, tf.equal(tf.argmax(logits, 1), y)
 
-    def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+    def epoch_inputs(self, epoch: int, first_step: int):
+        """What `run_epoch` steps over, from the pipeline (execution.py's runners: the tf.data iterator, or the fused
+        program's plan inputs); `list()` of it holds them on the device (the bench's loop without its loader)."""
+        return self.runner.inputs(epoch, first_step)
+
+    def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
+        """One training epoch over `inputs` (`epoch_inputs`; by default the pipeline's, made as the loop goes)."""
         self.optimizer.check_next_step(first_step)
-        return self.runner.run(epoch, first_step)
+        return self.runner.run(epoch, first_step, inputs)
 
     def evaluate(self, split, batches):
         out = []

@@ -8,7 +8,9 @@ adapter, not beside it.
 - loaders (each batch placed on the device with `tf.identity` under `tf.device`): fast = the adapter's own
   pipeline; naive = `Dataset.from_generator` one row at a time (backends.tf_backend.data).
 - end to end and equivalence: `adapter.run_epoch`, the training loop `parity run` uses (one host sync per epoch);
-  the equivalence check is common.driver.train on a fresh exact-mode adapter with this execution mode.
+  the equivalence check is common.driver.train on a fresh exact-mode adapter with this execution mode; placed:
+  the same loop over epoch 0's inputs held on the device (`epoch_inputs`: the tf.data batches, or the fused
+  program's plan inputs).
 TF is timed on CPU unless TensorFlow itself sees a GPU (the tensorflow-cpu wheel never does).
 """
 
@@ -89,6 +91,7 @@ class TFTarget:
         self.device = tf_device(device, mode)
         self.plan = BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths)
         self._epoch = 0
+        self.placed = None  # epoch 0's inputs on the device, for placed_epoch
         with tf.device(self.device):
             self.adapter = make_adapter(self.spec)
             self.adapter.prepare(
@@ -123,10 +126,16 @@ class TFTarget:
         with tf.device(self.device):
             return self.adapter.runner.step(*self._batch)
 
-    def epoch(self):
+    def epoch(self, inputs=None):
         first = int(self.adapter.optimizer.optimizer.iterations.numpy()) + 1  # step() calls advance it too
         with tf.device(self.device):
-            return self.adapter.run_epoch(self._next_epoch(), first).losses
+            return self.adapter.run_epoch(self._next_epoch(), first, inputs).losses
+
+    def placed_epoch(self):
+        if self.placed is None:
+            with tf.device(self.device):
+                self.placed = list(self.adapter.epoch_inputs(0, 1))
+        return self.epoch(self.placed)
 
     def sync(self, result) -> None:
         for value in tf.nest.flatten(result):

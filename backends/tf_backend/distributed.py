@@ -308,9 +308,9 @@ class Split(Replicas):
 
         return self.strategy.distribute_datasets_from_function(dataset)
 
-    def run(self, epoch: int, first_step: int) -> EpochRun:
+    def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
         losses, fed = [], []
-        for step, parts in enumerate(self.inputs(epoch, first_step), first_step):
+        for step, parts in enumerate(self.inputs(epoch, first_step) if inputs is None else inputs, first_step):
             self.optimizer.before_step(step)
             loss, ids, counts = self.step(parts)
             losses.append(loss)
@@ -354,9 +354,13 @@ class NativeSplit(Replicas):
     def fed(self, parts: list[dict]) -> list:
         return [part["ids"] for part in parts]
 
-    def run(self, epoch: int, first_step: int) -> EpochRun:
+    def inputs(self, epoch: int, first_step: int):
+        """The distributed dataset's iterator (reshuffled at every iteration)."""
+        return iter(self.dataset)
+
+    def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
         losses, fed = [], []  # fed: per step, [micro-batch][replica] ids
-        batches = iter(self.dataset)
+        batches = iter(self.inputs(epoch, first_step) if inputs is None else inputs)
         while parts := list(itertools.islice(batches, self.layout.accumulate)):
             loss, ids, counts = self.step(parts)
             losses.append(loss)

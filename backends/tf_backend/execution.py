@@ -65,9 +65,13 @@ class Stepwise:
             lambda x, y, w, *keep: body(x, y, w, keep), input_signature=signature, jit_compile=execution != "eager"
         )
 
-    def run(self, epoch: int, first_step: int) -> EpochRun:
+    def inputs(self, epoch: int, first_step: int):
+        """The epoch's batches from the tf.data pipeline (an iterator; `list()` of it holds them on the device)."""
+        return self.pipeline.epoch(epoch)
+
+    def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
         ids, lengths, losses = [], [], []
-        for k, rows in enumerate(self.pipeline.epoch(epoch)):
+        for k, rows in enumerate(self.inputs(epoch, first_step) if inputs is None else inputs):
             self.optimizer.before_step(first_step + k)
             losses.append(self.step(rows.x, rows.y, rows.weights, *self.masks(first_step + k, rows.ids.shape[0])))
             ids.append(rows.ids)
@@ -141,8 +145,12 @@ class Fused(Stepwise):
             losses.append(self._one(ids, w, list(masks), None if eps is None else eps[0])[None])
         return tf.concat(losses, 0)
 
-    def run(self, epoch: int, first_step: int) -> EpochRun:
-        full, tail = self.plan_inputs(epoch, first_step)
+    def inputs(self, epoch: int, first_step: int) -> list:
+        """[plan_inputs]: the program's one call's arguments, on the device."""
+        return [self.plan_inputs(epoch, first_step)]
+
+    def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
+        ((full, tail),) = self.inputs(epoch, first_step) if inputs is None else inputs
         losses = self.program(full, tail).numpy()
         slots, b = self.plan.slots(epoch)[0], self.plan.batch_size
         ids = [slots[i : i + b] for i in range(0, slots.shape[0], b)]

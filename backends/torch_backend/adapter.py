@@ -246,14 +246,22 @@ class TorchAdapter:
         shards = [[[replica[1][i] for i in group] for replica in every] for group in groups]
         return EpochRun(ids, [0] * len(groups), np.array(losses), shards)
 
-    def run_epoch(self, epoch: int, first_step: int) -> EpochRun:
+    def epoch_inputs(self, epoch: int, first_step: int):
+        """The epoch's training batches from the pipeline (lazily: the DataLoader's iterator), what `run_epoch`
+        steps over; `list()` of it holds them on the device (the bench's loop without its loader)."""
+        return self.pipeline.epoch(epoch)
+
+    def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
+        """One training epoch over `inputs` (`epoch_inputs`; by default the pipeline's, made as the loop goes)."""
         self.optimizer.event("before_epoch")
-        run = self._epoch(epoch, first_step)
+        run = self._epoch(epoch, first_step, inputs)
         self.optimizer.event("after_epoch")
         return run
 
-    def _epoch(self, epoch: int, first_step: int) -> EpochRun:
+    def _epoch(self, epoch: int, first_step: int, inputs) -> EpochRun:
         if self.layout.is_split:
+            if inputs is not None:
+                raise ValueError("torch: split steps read each replica's own loader, not inputs made beforehand")
             with self._guard():
                 split = self._native_split_epoch if self.native_split else self._split_epoch
                 run = split(epoch, first_step)
@@ -261,7 +269,7 @@ class TorchAdapter:
                 self.group.finish()  # the helpers have run their last epoch
             return run
         ids, lengths, losses = [], [], []
-        for step, rows in enumerate(self.pipeline.epoch(epoch), start=first_step):
+        for step, rows in enumerate(self.epoch_inputs(epoch, first_step) if inputs is None else inputs, first_step):
             losses.append(self._advance(rows, self._masks(step, rows)))
             ids.append(rows.ids)  # native batches hold real rows only (no pad filler)
             lengths.append(rows.length)

@@ -5,7 +5,8 @@
   bench notes the mode as unavailable. LOADERS: naive (TensorDataset per-row fetch + default collate, then
   `.to(device)`), fast (the adapter's own pipeline, data.py).
 - step alone: one update on a fixed batch (the first of epoch 0, with the shared masks of step 1 in exact mode).
-- end to end: `TorchAdapter.run_epoch`, the same training loop `parity run` drives (losses fetched once per epoch).
+- end to end: `TorchAdapter.run_epoch`, the same training loop `parity run` drives (losses fetched once per epoch);
+  placed: the same loop over epoch 0's batches held on the device (`epoch_inputs`), the loader left out.
 - equivalence_losses: the driver (common.driver.train, hence run_epoch) on a fresh adapter in this mode, exact mode.
 - sync: `torch.cuda.synchronize` on CUDA; on CPU `.item()` of a returned tensor (CPU ops run synchronously).
 - threads: recorded (`torch.get_num_threads`, `get_num_interop_threads`), never set.
@@ -108,6 +109,7 @@ class TorchTarget:
             torch.as_tensor(data.train_x, dtype=dtype), torch.as_tensor(data.train_y, dtype=torch.long), plan
         )
         self.epochs_run = self.loader_epochs = 0
+        self.placed = None  # epoch 0's batches on the device, for placed_epoch
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -136,10 +138,15 @@ class TorchTarget:
     def step(self) -> Any:
         return self.adapter._advance(*self.fixed)
 
-    def epoch(self) -> Any:
-        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * self.plan.steps_per_epoch + 1)
+    def epoch(self, inputs=None) -> Any:
+        run = self.adapter.run_epoch(self.epochs_run, self.epochs_run * self.plan.steps_per_epoch + 1, inputs)
         self.epochs_run += 1
         return run
+
+    def placed_epoch(self) -> Any:
+        if self.placed is None:
+            self.placed = list(self.adapter.epoch_inputs(0, 1))
+        return self.epoch(self.placed)
 
     def sync(self, result: Any) -> None:
         sync_device(self.dev, result)

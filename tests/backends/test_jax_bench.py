@@ -79,6 +79,16 @@ def test_mode_smoke(mode, data, eager_losses):
     np.testing.assert_allclose(losses, eager_losses, rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
 
 
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
+    """The loop timed without its loader (`placed_epoch`: epoch 0's inputs made once and held on the device) trains
+    as the driver does: a fresh target's first placed epoch gives the driver's per-step losses."""
+    target = bench.make_target(SPEC, data, mode, "cpu")
+    losses = np.asarray(target.placed_epoch())
+    assert len(target.placed) == (2 if mode == "fused" else 4)  # fused: a scan of 3 batches, then the ragged one
+    np.testing.assert_allclose(losses, eager_losses, rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
+
+
 @pytest.mark.parametrize("loader", bench.LOADERS)
 def test_loader_smoke(loader, data):
     target = bench.make_target(SPEC, data, "compiled", "cpu")

@@ -64,6 +64,16 @@ def test_mode_smoke_and_equivalence(mode, data, eager_losses):
     assert isinstance(settings["precision"]["tf32_execution"], bool)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
+    """The loop timed without its loader (`placed_epoch`: epoch 0's inputs made once and held) trains as the driver
+    does: a fresh target's first placed epoch gives the driver's per-step losses."""
+    target = make_target(SPEC, data, mode, "cpu")
+    losses = target.placed_epoch()
+    assert len(target.placed) == (1 if mode == "fused" else 4)  # fused: one program call's plan inputs
+    np.testing.assert_allclose(losses, eager_losses, rtol=tolerance_for("float64", "exact").rtol, atol=0)
+
+
 @pytest.mark.parametrize("loader", LOADERS)
 def test_loader_smoke(loader, data):
     target = make_target(SPEC, data, "eager", "cpu")

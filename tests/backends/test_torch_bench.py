@@ -73,13 +73,18 @@ def test_mode_smoke_and_equivalence(mode, data, eager_losses):
     assert check["first_divergent_step"] is None, check
 
 
+@pytest.mark.parametrize("timed", ["epoch", "placed_epoch"])
 @pytest.mark.parametrize("mode", bench.MODES)
-def test_end_to_end_epoch_is_the_adapters_run_epoch(mode, data, eager_losses):
-    """The timed epoch is the training loop `parity run` drives: a fresh target's first epoch gives the plan's rows
-    and the driver's per-step losses, fetched once at its end."""
+def test_end_to_end_epoch_is_the_adapters_run_epoch(mode, timed, data, eager_losses):
+    """The timed epoch is the training loop `parity run` drives, with its loader or over the same batches already on
+    the device: a fresh target's first epoch gives the plan's rows and the driver's per-step losses, fetched once at
+    its end."""
     if mode == "fused" and not ON_CUDA:
         pytest.skip("fused = CUDA graph: no CUDA device here")
-    run = bench.make_target(SPEC, data, mode, DEVICE).epoch()
+    target = bench.make_target(SPEC, data, mode, DEVICE)
+    run = getattr(target, timed)()
+    if timed == "placed_epoch":
+        assert len(target.placed) == 4 and all(rows.x.device == target.dev for rows in target.placed)
     assert isinstance(run, EpochRun) and isinstance(run.losses, np.ndarray)
     assert [ids.tolist() for ids in run.ids] == [b.ids.tolist() for b in BatchPlan.from_spec(SPEC, 120).batches(0)]
     check = compare_values(
