@@ -3,7 +3,8 @@
 Windows (`time_calls`), for one call timed alone (a step, a loader pass):
 
     warm-up:  the first call (compile/trace) is timed on its own, then `warmup` more calls are run untimed;
-    windows:  W ≥ 10 windows of k calls each; t_w = (sync-to-sync wall time) / k;
+    windows:  W ≥ 10 windows of k calls each; t_w = (sync-to-sync wall time) / k; garbage collected before each
+              window and disabled during it;
     summary:  median(t_w), IQR = q75 − q25, and throughput = items per call / median.
 
 Paired rounds (`paired_rounds`), for calls whose ratios are reported (each mode's epoch against the reference's):
@@ -66,11 +67,16 @@ def time_calls(
     sync(out)
     per_call = []
     for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(calls_per_window):
-            out = call()
-        sync(out)
-        per_call.append((time.perf_counter() - start) / calls_per_window)
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(calls_per_window):
+                out = call()
+            sync(out)
+            per_call.append((time.perf_counter() - start) / calls_per_window)
+        finally:
+            gc.enable()
     q25, median, q75 = np.percentile(per_call, [25, 50, 75])
     return Timing(
         first, float(median), float(q75 - q25), float(q25), float(q75), windows, calls_per_window, items_per_call

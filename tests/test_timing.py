@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from common.bootstrap import against_target, loader_overhead, paired_ratio
-from common.timing import paired_rounds
+from common.timing import paired_rounds, time_calls
 
 
 class Clock:
@@ -105,3 +105,12 @@ def test_an_upper_target_is_met_only_below_the_whole_interval():
     assert against_target(share, 0.05, at_most=True) == "meets"
     assert against_target(share, 0.03, at_most=True) == "undecided"
     assert against_target(share, 0.01, at_most=True) == "misses"
+
+
+def test_windows_run_with_the_garbage_collector_off():
+    states = []
+    timing = time_calls(
+        lambda: states.append(gc.isenabled()), lambda _: None, 1, windows=3, calls_per_window=2, warmup=1
+    )
+    assert states == [True, True] + [False] * 6 and gc.isenabled()  # first call and warm-up, then 3 windows of 2
+    assert timing.windows == 3 and timing.calls_per_window == 2
