@@ -108,6 +108,7 @@ def run_bench(
     keras_peer: bool = True,
     rounds: int = 20,
     cap_s: float = 60.0,
+    threads: int = 1,
 ) -> dict:
     out = Path(out).absolute()  # workers run with the repository root as their working folder
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,7 @@ def run_bench(
         "budget_s": budget_s,
         "rounds": rounds,
         "cap_s": cap_s,
+        "threads": threads,
     }
     (out / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
     results, notes = [], []

@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 3
+    _module(args.backend, "bench").pin_threads(config["threads"])  # before the framework starts any work
     spec = typed(validate(config["spec"]))
     data = load_dataset(spec)
     rows, settings, failed = [], {}, 0  # settings: mode → the target's versions, device, threads, precision

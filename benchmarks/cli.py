@@ -28,7 +28,7 @@ from benchmarks import conformance, plots, report
 from benchmarks.attribute import explain_spec, parse_pair
 from benchmarks.bench import MODES as BENCH_MODES
 from benchmarks.bench import WORKLOADS, bench_spec, parse_list, run_bench, write_outputs
-from benchmarks.executor import Executor
+from benchmarks.executor import Executor, cores
 from benchmarks.executor import make as make_executor
 from benchmarks.presets import describe, list_presets
 from benchmarks.runner import OutputFolder, absolute, check_target, run_all
@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--cap", type=float, default=60.0, help="seconds of end-to-end timing per mode and batch size, at most"
     )
+    bench.add_argument(
+        "--threads", type=int, help="CPU threads of every framework's pools (default: the usable cores), recorded"
+    )
     bench.add_argument("--no-keras", action="store_true", help="skip the Keras fit peer")
     bench.add_argument("--out", type=out_folder, help="output folder (default: runs/bench)")
     conformance.add_arguments(
@@ -229,6 +232,8 @@ def command_bench(args) -> int:
         raise InputError(f"--rounds: {args.rounds} must be at least 2")
     if args.cap <= 0:
         raise InputError(f"--cap: {args.cap:g} seconds must be positive")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads: {args.threads} must be at least 1")
     data = load_dataset(spec)
     for size in sizes:  # BatchNorm's batch statistics at every batch size, before anything runs
         check_plan(replace(spec, batching=replace(spec.batching, batch_size=size)), data)
@@ -246,6 +251,7 @@ def command_bench(args) -> int:
         not args.no_keras,
         args.rounds,
         args.cap,
+        args.threads or cores(),
     )
     write_outputs(result, out)
     print((out / "bench.md").read_text(encoding="utf-8"))

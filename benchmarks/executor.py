@@ -120,7 +120,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def cores() -> int:
-    """The cores this process may use (the default of --jobs)."""
+    """The cores this process may use (the default of --jobs, and of bench's --threads)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

@@ -4,18 +4,21 @@
 
 Same layer stack (dense, activations, dropout, layer_norm, and on images conv2d, pools, flatten, batch_norm, as
 plain Keras layers; canonical init),
-optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=False)`, so per-epoch Keras overhead
-(callbacks, logs, iterator set-up) is part of what is measured, as it is for a user.
+optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=...)`, shuffling as the spec's batching
+does (as the modes do), so per-epoch Keras overhead (callbacks, logs, iterator set-up, the shuffle) is part of what
+is measured, as it is for a user. The framework's thread pools are pinned as the backend workers pin theirs.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
+from backends import FRAMEWORKS, REGISTRY
 from common.datasets import load_dataset
 from common.driver import canonical_init, model_layers
 from common.layers import param_shapes
@@ -79,9 +82,17 @@ def build_model(keras, spec: Spec, data, dtype: str):
     return model
 
 
+def pin_threads(threads: int) -> None:
+    """The Keras backend's framework pools to `threads`, as the bench's workers pin theirs (pin_threads of
+    backends/<fw>_backend/bench.py, before the framework starts any work)."""
+    name = next(b for b in FRAMEWORKS if REGISTRY[b].keras_backend == os.environ.get("KERAS_BACKEND"))
+    importlib.import_module(f"backends.{name}_backend.bench").pin_threads(threads)
+
+
 def main(argv=None) -> int:
     config_path, out_path = map(Path, (argv or sys.argv[1:])[:2])
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    pin_threads(config["threads"])
     import keras
 
     spec = typed(validate(config["spec"]))
@@ -91,7 +102,9 @@ def main(argv=None) -> int:
     rows = []
     for batch_size in config["batch_sizes"]:
         model = build_model(keras, spec, data, spec.dtype)
-        fit = functools.partial(model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+        fit = functools.partial(
+            model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=spec.batching.shuffle, verbose=0
+        )
         timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
         rows.append(
             {
@@ -106,7 +119,11 @@ def main(argv=None) -> int:
         json.dumps(
             {
                 "backend": f"keras[{keras.backend.backend()}]",
-                "settings": {"keras": keras.__version__, "KERAS_BACKEND": os.environ.get("KERAS_BACKEND")},
+                "settings": {
+                    "keras": keras.__version__,
+                    "KERAS_BACKEND": os.environ.get("KERAS_BACKEND"),
+                    "threads": config["threads"],
+                },
                 "rows": rows,
             },
             indent=1,

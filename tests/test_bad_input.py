@@ -295,6 +295,7 @@ def test_bad_data(case, tmp_path, capsys):
         (["explain", "--set", "native.idioms=['x']"], "native.idioms"),
         (["bench", "--rounds", "1"], "--rounds"),
         (["bench", "--cap", "0"], "--cap"),
+        (["bench", "--threads", "0"], "--threads"),
         (
             ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
             "model.kind",

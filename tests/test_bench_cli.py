@@ -124,6 +124,8 @@ def test_bench_smoke_all_backends(tmp_path, workload):
             "0.02",
             "--rounds",
             "3",
+            "--threads",
+            "1",
             "--device",
             "cpu",
             "--out",
@@ -157,6 +159,11 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         for r in overheads:
             assert r["rounds"] == 3 and r["share_ci"][0] <= r["share"] <= r["share_ci"][1] < 1.0, r
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
+    settings = {res["backend"]: res["settings"] for res in bench["results"]}  # every pool pinned to --threads 1
+    assert {s["threads"]["torch_num_threads"] for s in settings["torch"].values()} == {1}
+    assert {(s["threads"]["intra_op"], s["threads"]["inter_op"]) for s in settings["tf"].values()} == {(1, 1)}
+    assert all("intra_op_parallelism_threads=1" in s["threads"]["XLA_FLAGS"] for s in settings["jax"].values())
+    assert {settings[f"keras[{k}]"]["threads"] for k in ("torch", "tensorflow", "jax")} == {1}
     assert all("vs_keras_fit" in e for e in bench["ratios"])
     assert (tmp_path / "bench.png").stat().st_size > 1000
     report = (tmp_path / "bench.md").read_text()

@@ -54,6 +54,14 @@ def resolve_device(device: str, mode: str = "any mode"):
     return found[0] if found else jax.devices("cpu")[0]
 
 
+def pin_threads(threads: int) -> None:
+    """XLA:CPU's Eigen pool to `threads`, through XLA_FLAGS (`intra_op_parallelism_threads`, single-threaded Eigen
+    at 1): JAX reads them when it starts its backend, at the first device use, so this must come before any (the
+    bench worker calls it first); settings records the flags."""
+    flags = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} intra_op_parallelism_threads={threads}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
 def use_device(device: str, mode: str = "any mode"):
     """Resolve `device` and make it JAX's default device (process-global, like every JAX config)."""
     dev = resolve_device(device, mode)
@@ -115,7 +123,7 @@ class JaxTarget:
                 "cpu_count": os.cpu_count(),
                 "affinity": len(os.sched_getaffinity(0)),
                 "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-                "note": "XLA:CPU sizes its Eigen pool from the cores; JAX has no thread-count API",
+                "note": "JAX has no thread-count API: XLA_FLAGS carries the bench's pin (pin_threads)",
             },
         }
 

@@ -33,6 +33,12 @@ from common.spec import Spec
 LOADERS = ("fast", "naive")
 
 
+def pin_threads(threads: int) -> None:
+    """TF's intra-op and inter-op pools to `threads` (before TF's context starts; settings records them)."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def tf_device(device: str, mode: str) -> str:
     """The TF device string for the bench's `--device` (cpu | gpu | auto); a clear error when TF sees no GPU."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -66,7 +72,7 @@ def settings(device: str, mode: str, dtype: str) -> dict:
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
             "cpu_count": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)),
-            "note": "0 = unset: TF sizes the pool itself (one thread per core)",
+            "note": "0 = unset: TF sizes the pool itself (one thread per core); the bench pins both (pin_threads)",
         },
         "precision": {
             "tf32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled()),

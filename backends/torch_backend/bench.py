@@ -9,7 +9,8 @@
   placed: the same loop over epoch 0's batches held on the device (`epoch_inputs`), the loader left out.
 - equivalence_losses: the driver (common.driver.train, hence run_epoch) on a fresh adapter in this mode, exact mode.
 - sync: `torch.cuda.synchronize` on CUDA; on CPU `.item()` of a returned tensor (CPU ops run synchronously).
-- threads: recorded (`torch.get_num_threads`, `get_num_interop_threads`), never set.
+- threads: `pin_threads` (the bench's `--threads`) sets both pools; recorded (`torch.get_num_threads`,
+  `get_num_interop_threads`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from common.spec import Spec
 
 MODES = EXECUTIONS
 LOADERS = ("naive", "fast")
+
+
+def pin_threads(threads: int) -> None:
+    """torch's CPU pools, intra-op and inter-op, to `threads` (before any parallel work; device_settings records
+    them)."""
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(threads)
 
 
 def sync_device(dev: torch.device, result: Any) -> None:
