@@ -89,7 +89,9 @@ class TFAdapter:
             )
             self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer, masks)
         self._forward = tf.function(
-            self._eval_forward, input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)]
+            self._eval_forward,
+            input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)],
+            autograph=False,  # straight-line code (execution.py's module docstring, AUTOGRAPH)
         )
 
     def _eval_forward(self, x, y):
