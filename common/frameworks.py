@@ -43,11 +43,11 @@ REGISTRY: dict[str, Framework] = {
         # the float64 oracle: numpy's "native" sides are the canonical post/post
         Framework("numpy", "numpy_backend", None, ("numpy",), None, "eager", "post", "post", 0.2),
         # pad_sequence pads at the end; a user truncates with seq[:max_len]
-        Framework("torch", "torch_backend", "torch", ("torch",), "torch", "eager", "post", "post", 2.1),
+        Framework("torch", "torch_backend", "torch", ("torch",), "torch", "eager", "post", "post", 2.0),
         # keras.utils.pad_sequences(padding="pre", truncating="pre") defaults
-        Framework("tf", "tf_backend", "tf", ("tensorflow", "keras"), "tensorflow", "eager", "pre", "pre", 4.1),
+        Framework("tf", "tf_backend", "tf", ("tensorflow", "keras"), "tensorflow", "eager", "pre", "pre", 3.7),
         # JAX's idiomatic loop is jax.jit (op-by-op JAX is a debugging mode); manual padding writes from position 0
-        Framework("jax", "jax_backend", "jax", ("jax", "flax", "optax"), "jax", "compiled", "post", "post", 1.7),
+        Framework("jax", "jax_backend", "jax", ("jax", "flax", "optax"), "jax", "compiled", "post", "post", 1.5),
     )
 }
 REFERENCE = "numpy"
