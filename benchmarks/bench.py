@@ -198,7 +198,8 @@ def ratios(bench: dict) -> list[dict]:
             peer = _find(rows, f"keras[{REGISTRY[backend].keras_backend}]", "keras_fit", "fit", bs)
             if peer:
                 entry["vs_keras_fit"] = e2e[best_mode]["items_per_s"] / peer["items_per_s"]
-            for mode in e2e:
+            for mode, r in e2e.items():
+                entry[f"{mode}_mfu"] = r.get("mfu")
                 paired = _find(rows, backend, "ratio", mode, bs)
                 if paired:
                     entry[f"{mode}_vs_reference"] = paired["median"]
@@ -318,10 +319,18 @@ def markdown(bench: dict, rows: list[dict]) -> str:
         f"Throughput / the framework's reference: the median of per-round ratios, its 95% bootstrap interval in "
         f"brackets, target ≥ {REFERENCE_TARGET:g}. Loader: end to end − the same loop over inputs already on the "
         "device, per epoch, and its share of the epoch, target ≤ 5% from batch 1024 on and ≤ 10% below. A verdict "
-        "is given only where the interval decides it.",
+        "is given only where the interval decides it. MFU: samples/s × the stack's training FLOPs per sample (3 × "
+        "the forward matrix products) over the framework's peak, a 1024² GEMM on the same device, dtype and threads.",
         "",
-        "| backend | batch | mode | / reference | verdict | loader ms/epoch | loader share | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"- {res['backend']}: {res['flops_per_sample']:,} FLOP per sample, peak "
+            f"{_num(res['peak_flops_per_s'] and res['peak_flops_per_s'] / 1e9, '.4g')} GFLOP/s"
+            for res in bench["results"]
+            if "flops_per_sample" in res
+        ],
+        "",
+        "| backend | batch | mode | / reference | verdict | loader ms/epoch | loader share | verdict | MFU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in bench["ratios"]:
         for mode in MODES:
@@ -332,7 +341,7 @@ def markdown(bench: dict, rows: list[dict]) -> str:
                 f"| {e['backend']} | {e['batch_size']} | {mode} | {_vs_reference(e, mode)} | "
                 f"{e[f'{mode}_vs_reference_verdict']} | {_num(e.get(f'{mode}_loader_ms'))} | "
                 f"{'-' if share is None else f'{share:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]'} | "
-                f"{e.get(f'{mode}_loader_verdict', '-')} |"
+                f"{e.get(f'{mode}_loader_verdict', '-')} | {_num(e.get(f'{mode}_mfu'), '.2%')} |"
             )
     if bench["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in bench["notes"]]

@@ -8,8 +8,9 @@ exact-mode epoch within common.tolerance), then timed (common.timing): the step 
 run_epoch with its loader), the same loop over inputs already on the device (`placed`), and the backend's
 hand-fused reference loop. From the rounds (common.bootstrap, medians with bootstrap intervals): each mode's
 throughput relative to the reference (`ratio` rows) and its loader overhead, end to end − placed, in ms per epoch
-and as a share of the epoch (`loader_overhead` rows). A mode that cannot run here (e.g. a CUDA graph without a GPU)
-or that fails the equivalence check is recorded with a note, not timed.
+and as a share of the epoch (`loader_overhead` rows). Every epoch row also gets its FLOP/s and model FLOP
+utilisation (common.flops, against the framework's GEMM peak). A mode that cannot run here (e.g. a CUDA graph
+without a GPU) or that fails the equivalence check is recorded with a note, not timed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from backends.worker import load_adapter
 from common.bootstrap import loader_overhead, paired_ratio
 from common.compare import compare_values
 from common.datasets import load_dataset
+from common.driver import model_layers
+from common.flops import train_flops_per_sample
 from common.spec import Spec, typed, validate
 from common.timing import calls_for_budget, paired_rounds, time_calls
 from common.tolerance import tolerance_for
@@ -191,10 +194,31 @@ def main(argv=None) -> int:
         except Exception:
             failed += 1
             traceback.print_exc()
+    utilisation = model_flop_utilisation(args.backend, spec, data, config["device"], rows)
     args.out.write_text(
-        json.dumps({"backend": args.backend, "settings": settings, "rows": rows}, indent=1), encoding="utf-8"
+        json.dumps({"backend": args.backend, "settings": settings, "rows": rows, **utilisation}, indent=1),
+        encoding="utf-8",
     )
     return 3 if failed else 0
+
+
+def model_flop_utilisation(backend: str, spec: Spec, data, device: str, rows: list[dict]) -> dict:
+    """Adds `flops_per_s` and `mfu` to every epoch row (end to end, placed, reference): samples/s × the stack's
+    training FLOPs per sample, over the framework's peak (a large GEMM on the same device, dtype and threads;
+    common.flops). Returns {"flops_per_sample", "peak_flops_per_s"}; the peak None where it cannot run here."""
+    per_sample = train_flops_per_sample(model_layers(spec, data))
+    try:
+        peak = _module(backend, "bench").peak_flops(device, spec.dtype)
+    except Exception as exc:  # e.g. --device gpu where this framework sees none: noted like an unavailable mode
+        rows.append(
+            {"backend": backend, "kind": "note", "mode": "peak", "batch_size": 0, "note": str(exc).splitlines()[0]}
+        )
+        peak = None
+    for row in rows:
+        if row["kind"] in ("end_to_end", "placed", "reference"):
+            row["flops_per_s"] = row["items_per_s"] * per_sample
+            row["mfu"] = row["flops_per_s"] / peak if peak else None
+    return {"flops_per_sample": per_sample, "peak_flops_per_s": peak}
 
 
 if __name__ == "__main__":

@@ -147,3 +147,15 @@ def _timed(call: Callable[[], object], sync: Callable[[object], None], clock: Ca
         return clock() - start
     finally:
         gc.enable()
+
+
+def fastest(
+    call: Callable[[], object],
+    sync: Callable[[object], None],
+    repeats: int = 5,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """The shortest of `repeats` synchronised calls after one untimed warm-up: a peak probe (the best the device
+    does, common.flops), not a typical call."""
+    sync(call())
+    return min(_timed(call, sync, clock) for _ in range(repeats))

@@ -159,6 +159,10 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         for r in overheads:
             assert r["rounds"] == 3 and r["share_ci"][0] <= r["share"] <= r["share_ci"][1] < 1.0, r
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
+    for res in (r for r in bench["results"] if r["backend"] in ("torch", "tf", "jax")):  # MFU of every epoch row
+        assert res["flops_per_sample"] > 0 and res["peak_flops_per_s"] > 0, res["backend"]
+        epochs = [r for r in res["rows"] if r["kind"] in ("end_to_end", "placed", "reference")]
+        assert epochs and all(0 < r["mfu"] < 1 for r in epochs), res["backend"]
     settings = {res["backend"]: res["settings"] for res in bench["results"]}  # every pool pinned to --threads 1
     assert {s["threads"]["torch_num_threads"] for s in settings["torch"].values()} == {1}
     assert {(s["threads"]["intra_op"], s["threads"]["inter_op"]) for s in settings["tf"].values()} == {(1, 1)}

@@ -14,11 +14,14 @@ methodology").
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import replace
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from backends.jax_backend import data as pipeline
 from backends.jax_backend.adapter import make_adapter
@@ -26,8 +29,10 @@ from backends.jax_backend.execution import EXECUTIONS
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.flops import PEAK_N, gemm_flops
 from common.idioms import on
 from common.spec import Spec
+from common.timing import fastest
 
 MODES = EXECUTIONS
 LOADERS = tuple(pipeline.LOADERS)
@@ -60,6 +65,19 @@ def pin_threads(threads: int) -> None:
     bench worker calls it first); settings records the flags."""
     flags = f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} intra_op_parallelism_threads={threads}"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
+def peak_flops(device: str, dtype: str, n: int = PEAK_N) -> float:
+    """FLOP/s of the fastest n×n jitted `jnp.matmul` on `device` in `dtype` (common.flops): the MFU denominator."""
+    jax.config.update("jax_enable_x64", True)  # as make_adapter does for every spec: float64 stays float64
+    dev = use_device(device)
+    a, b = (jax.device_put(np.ones((n, n), dtype), dev) for _ in range(2))
+    return gemm_flops(n) / fastest(functools.partial(_matmul, a, b), jax.block_until_ready)
+
+
+@jax.jit
+def _matmul(a, b):
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 def use_device(device: str, mode: str = "any mode"):

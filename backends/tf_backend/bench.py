@@ -28,7 +28,9 @@ from backends.tf_backend.adapter import make_adapter
 from backends.tf_backend.execution import MODES
 from common.batching import BatchPlan
 from common.driver import canonical_init, model_layers, train
+from common.flops import PEAK_N, gemm_flops
 from common.spec import Spec
+from common.timing import fastest
 
 LOADERS = ("fast", "naive")
 
@@ -37,6 +39,13 @@ def pin_threads(threads: int) -> None:
     """TF's intra-op and inter-op pools to `threads` (before TF's context starts; settings records them)."""
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def peak_flops(device: str, dtype: str, n: int = PEAK_N) -> float:
+    """FLOP/s of the fastest n×n `tf.linalg.matmul` on `device` in `dtype` (common.flops): the MFU denominator."""
+    with tf.device(tf_device(device, "peak")):
+        a, b = (tf.random.uniform((n, n), dtype=dtype) for _ in range(2))
+        return gemm_flops(n) / fastest(lambda: tf.linalg.matmul(a, b), lambda c: c[0, 0].numpy())
 
 
 def tf_device(device: str, mode: str) -> str:

@@ -22,15 +22,17 @@ from typing import Any
 
 import torch
 
-from backends.torch_backend.adapter import TorchAdapter
+from backends.torch_backend.adapter import TorchAdapter, resolve_device
 from backends.torch_backend.data import make_per_row_loader
 from backends.torch_backend.execution import EXECUTIONS
 from backends.torch_backend.model import DTYPES
 from common.batching import BatchPlan
 from common.datasets import Dataset
 from common.driver import canonical_init, model_layers, train
+from common.flops import PEAK_N, gemm_flops
 from common.idioms import on
 from common.spec import Spec
+from common.timing import fastest
 
 MODES = EXECUTIONS
 LOADERS = ("naive", "fast")
@@ -41,6 +43,13 @@ def pin_threads(threads: int) -> None:
     them)."""
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(threads)
+
+
+def peak_flops(device: str, dtype: str, n: int = PEAK_N) -> float:
+    """FLOP/s of the fastest n×n `torch.matmul` on `device` in `dtype` (common.flops): the MFU denominator."""
+    dev = resolve_device(device)
+    a, b = (torch.rand(n, n, dtype=DTYPES[dtype], device=dev) for _ in range(2))
+    return gemm_flops(n) / fastest(lambda: torch.matmul(a, b), lambda c: sync_device(dev, c[0, 0]))
 
 
 def sync_device(dev: torch.device, result: Any) -> None:

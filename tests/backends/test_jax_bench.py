@@ -131,3 +131,10 @@ def test_unknown_mode_and_missing_gpu_are_clear(data):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="fused mode: device 'gpu' requested but JAX sees no GPU"):
         bench.make_target(SPEC, data, "fused", "gpu")
+
+
+def test_the_peak_probe_measures_a_gemm_in_each_dtype():
+    """The MFU denominator (common.flops): the fastest 64² GEMM here, in both dtypes, a positive finite FLOP/s."""
+    for dtype in ("float32", "float64"):
+        peak = bench.peak_flops("cpu", dtype, n=64)
+        assert 0 < peak < float("inf"), (dtype, peak)

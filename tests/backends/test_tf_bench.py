@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
 
-from backends.tf_backend.bench import LOADERS, MODES, make_target  # noqa: E402
+from backends.tf_backend.bench import LOADERS, MODES, make_target, peak_flops  # noqa: E402
 from backends.tf_backend.reference_loop import make_reference  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.layers import is_state  # noqa: E402
@@ -243,3 +243,10 @@ def test_reference_keeps_batch_norm_state_out_of_training():
     for name, value in reference.state.items():
         assert np.all(np.isfinite(value.numpy())) and not np.allclose(value.numpy(), before[name]), name
     assert np.all(reference.state["bn0.var"].numpy() > 0)
+
+
+def test_the_peak_probe_measures_a_gemm_in_each_dtype():
+    """The MFU denominator (common.flops): the fastest 64² GEMM here, in both dtypes, a positive finite FLOP/s."""
+    for dtype in ("float32", "float64"):
+        peak = peak_flops("cpu", dtype, n=64)
+        assert 0 < peak < float("inf"), (dtype, peak)

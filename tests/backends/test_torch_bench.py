@@ -130,3 +130,10 @@ def test_reference_loop_smoke(last_batch, optimizer, data):
     _smoke(ref.epoch, ref.sync, 120)
     assert all(not torch.equal(before[k], v) for k, v in ref.model.named_parameters())  # it trains
     assert torch.isfinite(ref.epoch()).item()
+
+
+def test_the_peak_probe_measures_a_gemm_in_each_dtype():
+    """The MFU denominator (common.flops): the fastest 64² GEMM here, in both dtypes, a positive finite FLOP/s."""
+    for dtype in ("float32", "float64"):
+        peak = bench.peak_flops("cpu", dtype, n=64)
+        assert 0 < peak < float("inf"), (dtype, peak)
