@@ -2,7 +2,8 @@
 
 Each backend runs in its own subprocess (benchmarks.bench_worker), and so does Keras on each of its backends
 (benchmarks.keras_peer with KERAS_BACKEND set), one after another so that timings do not interfere. Outputs in
-DIR: bench.json (rows + settings), bench.csv, bench.png (samples/s against batch size) and bench.md (tables and
+DIR: bench.json (rows + settings), bench.csv, bench.png (samples/s against batch size, a panel per framework),
+bench_mfu.png (model FLOP utilisation) and bench.md (tables and
 the ratios: best mode vs Keras fit on the same backend, naive-loader slowdown, and per mode, from paired rounds
 with bootstrap intervals and a verdict on each target, its throughput against the hand-fused reference and its
 loader overhead). Ratios are only ever taken within one run.
@@ -244,6 +245,7 @@ def write_outputs(bench: dict, out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     plots.bench_plot(rows, out / "bench.png")
+    plots.bench_plot(rows, out / "bench_mfu.png", value="mfu")
     (out / "bench.md").write_text(markdown(bench, rows), encoding="utf-8")
 
 

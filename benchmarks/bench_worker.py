@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.worker import load_adapter
-from common.bootstrap import loader_overhead, paired_ratio
+from common.bootstrap import loader_overhead, median_interval, paired_ratio
 from common.compare import compare_values
 from common.datasets import load_dataset
 from common.driver import model_layers
@@ -140,22 +140,27 @@ def bench_batch_size(
         variants |= {mode: (target.epoch, target.sync), f"{mode} placed": (target.placed_epoch, target.sync)}
     timed = paired_rounds(variants, rounds, cap_s)
     for mode in epochs:
-        rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _capped(timed, mode)))
+        rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _rounds(timed, mode, n_rows)))
         placed = f"{mode} placed"
-        rows.append(_timed("placed", mode, batch_size, timed.timing(placed, n_rows), _capped(timed, placed)))
+        rows.append(_timed("placed", mode, batch_size, timed.timing(placed, n_rows), _rounds(timed, placed, n_rows)))
         ratio = paired_ratio(timed.seconds[REFERENCE], timed.seconds[mode])
         rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": REFERENCE, **ratio})
         overhead = loader_overhead(timed.seconds[mode], timed.seconds[placed])
         rows.append({"kind": "loader_overhead", "mode": mode, "batch_size": batch_size, **overhead})
-    rows.append(_timed("reference", REFERENCE, batch_size, timed.timing(REFERENCE, n_rows), _capped(timed, REFERENCE)))
+    rows.append(
+        _timed("reference", REFERENCE, batch_size, timed.timing(REFERENCE, n_rows), _rounds(timed, REFERENCE, n_rows))
+    )
     return rows, settings
 
 
 REFERENCE = "hand-fused"  # the reference loop's name among the paired rounds' variants
 
 
-def _capped(timed, name: str) -> dict:
-    return {"capped": name in timed.capped}
+def _rounds(timed, name: str, items: int) -> dict:
+    """Whether variant `name` hit its cap, and the bootstrap interval of its samples/s (items over the interval of
+    its median epoch time, common.bootstrap)."""
+    lo, hi = median_interval([t for t in timed.seconds[name] if t is not None])["ci"]
+    return {"capped": name in timed.capped, "items_per_s_ci": [items / hi, items / lo]}
 
 
 def main(argv=None) -> int:

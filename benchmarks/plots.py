@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.frameworks import FRAMEWORKS, REGISTRY
+
 DISTANCE_FLOOR = 1e-18  # |loss − reference| of exactly 0 is drawn here on the log scale
 
 
@@ -185,34 +187,46 @@ def sweep_summary(rows: list[dict], keys: list[str], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_plot(rows: list[dict], path: Path) -> None:
-    """Samples/s against batch size (log-log): end-to-end epochs per backend and mode, Keras fit, references."""
+MODE_COLOURS = {"eager": "C0", "compiled": "C1", "fused": "C2"}  # one colour per mode in every panel
+
+
+def bench_plot(rows: list[dict], path: Path, value: str = "items_per_s") -> None:
+    """One panel per framework, `value` against batch size: each mode's end-to-end epoch (one colour per mode across
+    panels, the bootstrap interval of samples/s as error bars), the hand-fused reference and the Keras fit peer
+    dashed. `value` "items_per_s" (bench.png, log-log) or "mfu" (bench_mfu.png, model FLOP utilisation)."""
     plt = pyplot()
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    series: dict[tuple, list] = {}
-    for r in rows:
-        if "items_per_s" not in r:
-            continue
-        axis = right if r["kind"] == "step" else left
-        if r["kind"] in ("end_to_end", "keras_fit", "reference", "step"):
-            series.setdefault((axis is right, r["backend"], r["mode"]), []).append((r["batch_size"], r["items_per_s"]))
-    for (is_step, backend, mode), points in sorted(series.items()):
-        points.sort()
-        axis = right if is_step else left
-        axis.plot(
-            [p[0] for p in points],
-            [p[1] for p in points],
-            marker="o",
-            label=f"{backend} {mode}",
-            linestyle="--" if backend.startswith("keras") or mode == "hand-fused" else "-",
-        )
-    for axis, title in ((left, "end to end (epoch): adapters, Keras fit, hand-fused"), (right, "step alone")):
+    frameworks = [b for b in FRAMEWORKS if any(r["backend"] == b for r in rows)]
+    keras = {b: f"keras[{REGISTRY[b].keras_backend}]" for b in frameworks}
+    fig, axes = plt.subplots(1, max(1, len(frameworks)), figsize=(4.6 * max(1, len(frameworks)), 4.2), squeeze=False)
+    for axis, backend in zip(axes[0], frameworks, strict=False):
+        lines: dict[tuple, list] = {}
+        for r in rows:
+            if r.get(value) is None:
+                continue
+            if r["backend"] == backend and r["kind"] in ("end_to_end", "reference"):
+                lines.setdefault((r["kind"], r["mode"]), []).append(r)
+            elif r["backend"] == keras[backend] and r["kind"] == "keras_fit":
+                lines.setdefault(("keras_fit", "Keras fit"), []).append(r)
+        for (kind, mode), points in sorted(lines.items()):
+            points.sort(key=lambda r: r["batch_size"])
+            xs, ys = [r["batch_size"] for r in points], [r[value] for r in points]
+            style = {"marker": "o", "label": mode}
+            if kind == "end_to_end":
+                style["color"] = MODE_COLOURS.get(mode)
+            else:
+                style |= {"linestyle": "--", "color": "k" if kind == "reference" else "0.55"}
+            if value == "items_per_s" and all("items_per_s_ci" in r for r in points):
+                below = [y - r["items_per_s_ci"][0] for y, r in zip(ys, points, strict=True)]
+                above = [r["items_per_s_ci"][1] - y for y, r in zip(ys, points, strict=True)]
+                axis.errorbar(xs, ys, yerr=[below, above], capsize=3, **style)
+            else:
+                axis.plot(xs, ys, **style)
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xlabel("batch size")
-        axis.set_ylabel("samples / s")
-        axis.set_title(title)
+        axis.set_ylabel("samples / s (end to end)" if value == "items_per_s" else "model FLOP utilisation")
+        axis.set_title(backend)
         if axis.lines:
             axis.legend(fontsize=7)
     fig.tight_layout()

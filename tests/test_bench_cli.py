@@ -169,6 +169,6 @@ def test_bench_smoke_all_backends(tmp_path, workload):
     assert all("intra_op_parallelism_threads=1" in s["threads"]["XLA_FLAGS"] for s in settings["jax"].values())
     assert {settings[f"keras[{k}]"]["threads"] for k in ("torch", "tensorflow", "jax")} == {1}
     assert all("vs_keras_fit" in e for e in bench["ratios"])
-    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench_mfu.png").stat().st_size > 1000
     report = (tmp_path / "bench.md").read_text()
     assert "Ratios" in report and "against its targets" in report
