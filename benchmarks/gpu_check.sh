@@ -33,8 +33,9 @@ step jax-tests 120 $py -m pytest -q -p no:cacheprovider $xdist tests/backends/te
     tests/backends/test_jax_images.py tests/backends/test_jax_bench.py
 for workload in mlp cnn; do  # JAX's eager mode (op by op, minutes per timed epoch on a GPU) is left out
     step "bench-$workload-torch" 90 $py -m benchmarks bench --workload "$workload" --device gpu --backends torch \
-        --no-keras --batch-sizes 128,1024 --budget 0.5 --out "$out/bench-$workload-torch"
+        --no-keras --batch-sizes 128,1024 --budget 0.5 --rounds 10 --cap 15 --out "$out/bench-$workload-torch"
     step "bench-$workload-jax" 90 $py -m benchmarks bench --workload "$workload" --device gpu --backends jax \
-        --modes compiled,fused --no-keras --batch-sizes 128,1024 --budget 0.5 --out "$out/bench-$workload-jax"
+        --modes compiled,fused --no-keras --batch-sizes 128,1024 --budget 0.5 --rounds 10 --cap 15 \
+        --out "$out/bench-$workload-jax"
 done
 exit $status
