@@ -25,6 +25,13 @@ def test_ratios_from_rows_without_frameworks():
             "items_per_s": items / median,
         }
 
+    def paired(kind, mode, **figures):
+        """A paired-round row of benchmarks.bench_worker (`ratio` or `loader_overhead`) over 20 rounds."""
+        return {"backend": "torch", "kind": kind, "mode": mode, "batch_size": 32, "rounds": 20, **figures}
+
+    def overhead(mode, ms, ms_ci, share, share_ci):
+        return paired("loader_overhead", mode, ms_per_epoch=ms, ms_ci=ms_ci, share=share, share_ci=share_ci)
+
     bench = {
         "batch_sizes": [32],
         "results": [
@@ -38,46 +45,10 @@ def test_ratios_from_rows_without_frameworks():
                     row("torch", "loader:naive", "-", 0.004, 128),
                     row("torch", "loader:fast", "-", 0.001, 128),
                     # the paired per-round ratio, not the quotient of the medians (0.004 / 0.005 = 0.8)
-                    {
-                        "backend": "torch",
-                        "kind": "ratio",
-                        "mode": "compiled",
-                        "batch_size": 32,
-                        "median": 0.75,
-                        "ci": [0.7, 0.9],
-                        "rounds": 20,
-                    },
-                    {
-                        "backend": "torch",
-                        "kind": "ratio",
-                        "mode": "eager",
-                        "batch_size": 32,
-                        "median": 0.4,
-                        "ci": [0.38, 0.41],
-                        "rounds": 20,
-                    },
-                    {
-                        "backend": "torch",
-                        "kind": "loader_overhead",
-                        "mode": "eager",
-                        "batch_size": 32,
-                        "ms_per_epoch": 1.5,
-                        "ms_ci": [1.2, 1.8],
-                        "share": 0.15,
-                        "share_ci": [0.12, 0.18],
-                        "rounds": 20,
-                    },
-                    {
-                        "backend": "torch",
-                        "kind": "loader_overhead",
-                        "mode": "compiled",
-                        "batch_size": 32,
-                        "ms_per_epoch": 0.4,
-                        "ms_ci": [0.1, 0.7],
-                        "share": 0.08,
-                        "share_ci": [0.02, 0.14],
-                        "rounds": 20,
-                    },
+                    paired("ratio", "compiled", median=0.75, ci=[0.7, 0.9]),
+                    paired("ratio", "eager", median=0.4, ci=[0.38, 0.41]),
+                    overhead("eager", 1.5, [1.2, 1.8], 0.15, [0.12, 0.18]),
+                    overhead("compiled", 0.4, [0.1, 0.7], 0.08, [0.02, 0.14]),
                 ],
             },
             {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]},
