@@ -11,14 +11,15 @@ around every optimizer step by the execution mode (execution.py) and around ever
 
 Device: "auto" = CUDA when available, else CPU; bench.py may ask for "cpu" or "gpu" ("gpu" without CUDA raises).
 On CUDA TF32 is off for matmul and cuDNN, so float32 stays IEEE single (docs/design.md, "Precision").
-Exact mode: the plan's batches, canonical parameters loaded, the shared dropout masks of each global step,
-torch.optim with converted settings; under `last_batch = "pad"` BatchNorm's batch statistics are those of the real
-rows (TorchRows.real, norm.py). The canonical state (BatchNorm's running statistics) is loaded and returned by
-`parameters()` with the parameters, and never given to the optimizer. Native mode (common.native, torch column):
-`torch.manual_seed(seed)`, then the model is built (the default inits, then nn.Dropout, draw from the global RNG),
-torch's own DataLoader shuffle, the mean `F.cross_entropy(logits, y)` (per_token sequences: weighted by the kept
-lengths), the spec's optimizer numbers as written, torch's own layer defaults (common.native.LAYER_DEFAULTS). A
-step's loss stays on the device; an epoch's losses are fetched once, at its end.
+Exact mode: the plan's batches, canonical parameters loaded, the shared dropout masks of each global step, torch.optim
+with converted settings (SGD fused where the device has it, optim.py); under `last_batch = "pad"` BatchNorm's batch
+statistics are those of the real rows (TorchRows.real, norm.py). The canonical state (BatchNorm's running statistics) is
+loaded and returned by `parameters()` with the parameters, and never given to the optimizer; the loss gets the
+optimizer's penalty terms only when it has some (TorchOptimizer.with_penalty). Native mode (common.native, torch
+column): `torch.manual_seed(seed)`, then the model is built (the default inits, then nn.Dropout, draw from the global
+RNG), torch's own DataLoader shuffle, the mean `F.cross_entropy(logits, y)` (per_token sequences: weighted by the kept
+lengths), the spec's optimizer numbers as written, torch's own layer defaults (common.native.LAYER_DEFAULTS). A step's
+loss stays on the device; an epoch's losses are fetched once, at its end.
 Split steps (common.distributed; docs/design.md, "Data parallelism and accumulation"): R > 1 replicas are R
 processes of a gloo group (distributed.py; ranks > 0 run `run_replica`, or, launched by torchrun through
 backends.host, every rank runs the driver as rank `dist.get_rank()` of torchrun's group), the model under DDP;
@@ -50,7 +51,7 @@ from backends.torch_backend import distributed
 from backends.torch_backend.data import Pipeline, TorchRows, pipeline
 from backends.torch_backend.execution import check_execution, make_step
 from backends.torch_backend.model import DTYPES, build, load_canonical, to_canonical, trainable
-from backends.torch_backend.optim import TorchOptimizer
+from backends.torch_backend.optim import TorchOptimizer, fused_supported
 from common.batching import Batch, BatchPlan
 from common.datasets import Dataset, load_dataset
 from common.distributed import Layout
@@ -113,7 +114,10 @@ class TorchAdapter:
         # Adam's step count on the device for CUDA graphs, and for torch.compile on CUDA (which would set it only
         # for the state it creates; TorchOptimizer creates it up front)
         capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
-        self.optimizer = TorchOptimizer(spec, self.model, capturable, graph=self.execution == "fused")
+        # fused SGD where the device has it; not under torch.compile, which does not trace into it (a graph break)
+        # and compiles the multi-tensor step itself
+        fused = fused_supported(self.dev) and self.execution != "compiled"
+        self.optimizer = TorchOptimizer(spec, self.model, capturable, fused, graph=self.execution == "fused")
         self.run_step = make_step(
             self.execution,
             self._part_loss if self.layout.is_split and not self.native_split else self._loss,
@@ -124,20 +128,22 @@ class TorchAdapter:
 
     def _loss(self, x, y, w, lengths, masks, real) -> tuple[torch.Tensor, torch.Tensor]:
         """(the recorded cross-entropy, it plus the optimizer's penalty terms): what backward() differentiates (a
-        native split step divides it by K). The forward pass runs DDP's wrapper under R > 1 replicas."""
+        native split step divides it by K). The forward pass runs DDP's wrapper under R > 1 replicas. Weighted,
+        Σ w·ℓ / max(Σ w, 1); a feature or image batch without filler rows (`real` None) has every plan weight 1,
+        where that is the plain mean, written as such."""
         logits = self.net(x, lengths, masks, real)
-        if self.pipeline.weighted:
+        if self.pipeline.weighted and (real is not None or not self.pipeline.static_shapes):
             loss = (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
         else:
             loss = F.cross_entropy(logits, y)
-        return loss, loss + self.optimizer.penalty()
+        return loss, self.optimizer.with_penalty(loss)
 
     def _part_loss(self, x, y, w, lengths, masks, real, scale) -> tuple[torch.Tensor, torch.Tensor]:
         """A split step's part: (Σ w·ℓ, Σ w·ℓ · s + the optimizer's penalty terms · A/P), what backward()
         differentiates (common.distributed.Layout.part_scales and penalty_scale, A = R)."""
         logits = self.net(x, lengths, masks, real)
         total = (F.cross_entropy(logits, y, reduction="none") * w).sum()
-        return total, total * scale + self.optimizer.penalty() * self.layout.penalty_scale(self.layout.replicas)
+        return total, self.optimizer.with_penalty(total * scale, self.layout.penalty_scale(self.layout.replicas))
 
     def _masks(self, step: int, rows: TorchRows) -> list[torch.Tensor] | None:
         """The shared masks of global step `step` on the device (None without dropout, or with `dropout_rng`:
@@ -152,8 +158,8 @@ class TorchAdapter:
         return None if masks is None else [torch.as_tensor(m, device=self.dev) for m in masks]
 
     def _advance(self, rows: TorchRows, masks: list[torch.Tensor] | None) -> torch.Tensor:
-        """One update in this execution mode; the loss tensor, not waited on."""
-        self.model.train()
+        """One update in this execution mode (the model in training mode: `_epoch`, or as prepared); the loss
+        tensor, not waited on."""
         return self.run_step(rows.x, rows.y, rows.weights, rows.lengths, masks, rows.real)
 
     def _guard(self):
@@ -269,6 +275,7 @@ class TorchAdapter:
                 self.group.finish()  # the helpers have run their last epoch
             return run
         ids, lengths, losses = [], [], []
+        self.model.train()
         for step, rows in enumerate(self.epoch_inputs(epoch, first_step) if inputs is None else inputs, first_step):
             losses.append(self._advance(rows, self._masks(step, rows)))
             ids.append(rows.ids)  # native batches hold real rows only (no pad filler)

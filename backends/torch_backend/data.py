@@ -1,11 +1,15 @@
 """The native PyTorch input pipeline: a DataLoader yielding common.batching.Rows (docs/design.md, "Batching and
 order", "Padding and masks").
 
-- Datasets take whole batches in `__getitems__`, a plan `Batch` (exact mode) or the index list of torch's own
-  BatchSampler (native mode, every row weight 1), and give `TorchRows`: a Rows plus `real`, the count of real rows
-  heading a padded batch, read on the host from the plan's weights (core.Flow.real, for BatchNorm's batch
-  statistics). Features and images (canonical NHWC (B, H, W, C); the model permutes them): `RowsDataset`, the
-  split put on the device once, one gather per batch, already a Rows. Tokens: `TokenRowsDataset` gives the raw
+- Datasets take whole batches in `__getitems__`, a plan `Batch` (split parts, evaluation), a `PlanStep` (exact-mode
+  training on features and images) or the index list of torch's own BatchSampler (native mode, every row weight 1),
+  and give `TorchRows`: a Rows plus `real`, the count of real rows heading a padded batch, read on the host from
+  the plan's weights (core.Flow.real, for BatchNorm's batch statistics). Features and images (canonical NHWC
+  (B, H, W, C); the model permutes them): `RowsDataset`, the split put on the device once, one gather per batch,
+  already a Rows; in exact-mode training one gather per epoch instead (`EpochRows`: the epoch's slots
+  `BatchPlan.slots(e)` as one ids tensor, x[ids], y[ids] and the weights on the device, the steps' `real` counted
+  on the host, at the sampler's iter()), each step's batch rows [kB, kB + B) of it: views, no per-step gather or
+  host-to-device copy. Tokens: `TokenRowsDataset` gives the raw
   rows and the `collate_fn` `PadCollate` truncates by slicing (`seq[:cap]` post, `seq[-cap:]` pre), pads with
   `pad_sequence(batch_first=True, padding_side=…)` and out to the plan's T with `F.pad`
   (common.padding.padded_length), loss weights common.padding.loss_weights(w, L, loss_norm); tokens and labels go
@@ -14,7 +18,8 @@ order", "Padding and masks").
   on (split steps): the DistributedSampler loaders below, torch's own order included. `order` alone under split
   steps keeps the plan's parts (a torch port's order under DDP is its DistributedSampler, i.e. `split_step`). With
   both off ("exact mode") the loader walks the plan.
-- Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler. Split
+- Exact mode: `DataLoader(batch_sampler=PlanBatchSampler(plan))`, the shared plan's rows, order and filler (features
+  and images: `PlanStepSampler`, yielding the `PlanStep`s of the epoch's `EpochRows`; tokens: the plan's Batches). Split
   steps (common.distributed): each replica's DataLoader walks `PartBatchSampler`, its parts
   `layout.split(batch)[replica][k]` of every step, micro-batch by micro-batch (c rows each, filler included).
   Native mode: `DataLoader(batch_size, shuffle, drop_last=last_batch == "drop")` ("pad" has no torch idiom: kept
@@ -76,6 +81,44 @@ def real_rows(weights: np.ndarray) -> int | None:
     return None if real == weights.shape[0] else real
 
 
+def step_reals(weights: np.ndarray, starts: np.ndarray) -> list[int | None]:
+    """`real_rows` of each step of an epoch's flat slot weights, step k being slots [starts[k], starts[k + 1]) (the
+    last to the end): the real rows counted per step at once, the order of the filler checked where there is some."""
+    counts = np.add.reduceat((weights != 0).astype(np.int64), starts)
+    stops = np.append(starts[1:], weights.shape[0])
+    return [
+        None if n == stop - start else real_rows(weights[start:stop])
+        for n, start, stop in zip(counts.tolist(), starts.tolist(), stops.tolist(), strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class EpochRows:
+    """Exact-mode training rows of one epoch on the device (module docstring): the plan's flat slots (host `ids`),
+    x[ids], y[ids] and their weights, gathered once; step k is slots [start, stop) = bounds[k] with `reals[k]`."""
+
+    ids: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor
+    bounds: list[tuple[int, int]]
+    reals: list[int | None]
+
+    def step(self, k: int) -> TorchRows:
+        """Step k's batch: views of the epoch's tensors."""
+        start, stop = self.bounds[k]
+        return TorchRows(
+            self.ids[start:stop], self.x[start:stop], self.y[start:stop], self.weights[start:stop], real=self.reals[k]
+        )
+
+
+class PlanStep(NamedTuple):
+    """What `PlanStepSampler` yields for one step: the epoch's placed rows and the step's number in it."""
+
+    rows: EpochRows
+    step: int
+
+
 class RowsDataset(Dataset):
     """Map-style dataset over (x, y) feature or image tensors; batches are fetched whole by `__getitems__`."""
 
@@ -88,7 +131,20 @@ class RowsDataset(Dataset):
     def __getitem__(self, index: int):
         return self.x[index], self.y[index]
 
-    def __getitems__(self, batch: Batch | list[int]) -> TorchRows:
+    def epoch_rows(self, plan: BatchPlan, epoch: int) -> EpochRows:
+        """Epoch `epoch` of `plan` placed: its slots as one ids tensor on the device, one gather of x and of y
+        (`index_select` along the rows), the weights copied once, every step's `real` counted on the host."""
+        ids, weights = plan.slots(epoch)
+        index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
+        starts = np.arange(0, ids.shape[0], plan.batch_size)
+        w = torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
+        bounds = list(zip(starts.tolist(), [*starts[1:].tolist(), ids.shape[0]], strict=True))
+        x, y = self.x.index_select(0, index), self.y.index_select(0, index)  # faster than x[index] on rows
+        return EpochRows(ids, x, y, w, bounds, step_reals(weights, starts))
+
+    def __getitems__(self, batch: PlanStep | Batch | list[int]) -> TorchRows:
+        if isinstance(batch, PlanStep):
+            return batch.rows.step(batch.step)
         ids, weights = _ids_and_weights(batch)
         index = torch.as_tensor(ids, dtype=torch.long, device=self.x.device)
         w = torch.as_tensor(weights, dtype=self.x.dtype, device=self.x.device)
@@ -194,6 +250,19 @@ class PlanBatchSampler(Sampler):
         return self.plan.steps_per_epoch
 
 
+class PlanStepSampler(PlanBatchSampler):
+    """Exact mode on features and images: at iter() the epoch's `EpochRows` (one gather), then a `PlanStep` per plan
+    batch, in the plan's order (`plan.batches(epoch)`'s rows and weights)."""
+
+    def __init__(self, plan: BatchPlan, dataset: RowsDataset):
+        super().__init__(plan)
+        self.dataset = dataset
+
+    def __iter__(self):
+        rows = self.dataset.epoch_rows(self.plan, self.epoch)
+        return (PlanStep(rows, k) for k in range(len(rows.bounds)))
+
+
 class PartBatchSampler(PlanBatchSampler):
     """Split steps: one replica's parts of every plan batch, `layout.split(batch)[replica][k]` for k = 0..K−1."""
 
@@ -222,11 +291,14 @@ def make_loader(
     layout: Layout | None = None,
     replica: int = 0,
 ) -> DataLoader:
-    """Exact mode: DataLoader walking `plan` (a split `layout`: the parts of `replica`), with its own Generator (the
-    global torch RNG stays untouched)."""
-    sampler = (
-        PartBatchSampler(plan, layout, replica) if layout is not None and layout.is_split else PlanBatchSampler(plan)
-    )
+    """Exact mode: DataLoader walking `plan` (a split `layout`: the parts of `replica`; feature and image rows: the
+    placed epoch's steps), with its own Generator (the global torch RNG stays untouched)."""
+    if layout is not None and layout.is_split:
+        sampler = PartBatchSampler(plan, layout, replica)
+    elif isinstance(dataset, RowsDataset):
+        sampler = PlanStepSampler(plan, dataset)
+    else:
+        sampler = PlanBatchSampler(plan)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
 
 

@@ -115,39 +115,46 @@ class GraphStep(EagerStep):
     def _capture(self, inputs: list[torch.Tensor], with_masks: bool, real: int | None):
         static = [t.clone() for t in inputs]
         args = self._unflat(static, with_masks, real)
-        saved = self._snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP):
-                self._train(*args)
-        torch.cuda.current_stream().wait_stream(side)
-        self._restore(saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # zero_grad(set_to_none) inside: the grads live in the graph's pool
-            loss = self._train(*args)
+        graph, loss = capture(lambda: self._train(*args), self.state, self.optimizer, self.WARMUP)
         return static, graph, loss
 
-    @torch.no_grad()
-    def _snapshot(self) -> tuple:
-        state = {
-            id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
-            for p, s in self.optimizer.opt.state.items()
-        }
-        return [t.detach().clone() for t in self.state], state, torch.cuda.get_rng_state()
 
-    @torch.no_grad()
-    def _restore(self, saved: tuple) -> None:
-        tensors, state, rng = saved
-        for t, value in zip(self.state, tensors, strict=True):
-            t.copy_(value)
-        for p, s in self.optimizer.opt.state.items():
-            before = state.get(id(p), {})
-            for k, v in s.items():
-                if not torch.is_tensor(v):
-                    raise RuntimeError(f"torch fused mode: optimizer state '{k}' is not a tensor (not capturable)")
-                v.copy_(before[k]) if k in before else v.zero_()
-        torch.cuda.set_rng_state(rng)
+def capture(run: Callable[[], torch.Tensor], state: list[torch.Tensor], optimizer, warmup: int):
+    """A CUDA graph of `run()` (training steps on static inputs) and its static output: `warmup` runs on a side
+    stream first, then `state` (parameters, buffers), the optimizer's state and the CUDA RNG restored (state the
+    warm-up created zeroed), so that replaying the graph continues the run as if the warm-up had not happened."""
+    saved = _snapshot(state, optimizer)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    _restore(saved, state, optimizer)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # zero_grad(set_to_none) inside: the grads live in the graph's pool
+        out = run()
+    return graph, out
+
+
+@torch.no_grad()
+def _snapshot(state: list[torch.Tensor], optimizer) -> tuple:
+    kept = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in optimizer.opt.state.items()}
+    return [t.detach().clone() for t in state], kept, torch.cuda.get_rng_state()
+
+
+@torch.no_grad()
+def _restore(saved: tuple, state: list[torch.Tensor], optimizer) -> None:
+    tensors, kept, rng = saved
+    for t, value in zip(state, tensors, strict=True):
+        t.copy_(value)
+    for p, s in optimizer.opt.state.items():
+        before = kept.get(id(p), {})
+        for k, v in s.items():
+            if not torch.is_tensor(v):
+                raise RuntimeError(f"torch CUDA graph: optimizer state '{k}' is not a tensor (not capturable)")
+            v.copy_(before[k]) if k in before else v.zero_()
+    torch.cuda.set_rng_state(rng)
 
 
 def make_step(execution: str, loss_fn: LossFn, optimizer, state: list[torch.Tensor], static_shapes: bool) -> EagerStep:

@@ -2,7 +2,9 @@
 (docs/design.md, "Optimisers", "Regularisation", "Gradient clipping", "Learning-rate schedules").
 
 The optimizer sees the model's trainable parameters under their canonical names (model.trainable; the exact-mode
-frozen nn.RNN bias_hh is left out), in two parameter groups: the decayed tensors and the rest. One construction
+frozen nn.RNN bias_hh is left out), in two parameter groups: the decayed tensors and the rest, or one group of all
+of them in stack order when both would have weight_decay 0 and no decoupled SGD line needs the decayed group
+(what a port writes: `SGD(model.parameters(), ...)`; the per-tensor update is the same). One construction
 path; the idioms (common.idioms) only choose coefficients, masks and where a term sits:
 - which tensors are decayed: common.regularization's (`applies`); `bias_decay` on: every trainable tensor (one
   knob over `model.parameters()`, as a port writes it);
@@ -16,7 +18,8 @@ path; the idioms (common.idioms) only choose coefficients, masks and where a ter
   group's current lr) is applied to the decayed group just before `SGD.step()`;
 - AdamW's coupled part (2·l2, an l2 beside decoupled decay) is always a loss term, l2·Σw² over the regularized
   tensors, as a port writes it; L1 is the loss term Σ_t f_t·Σ|w_t| (autograd's |x|′(0) = 0, the canonical
-  sign(0) = 0). Penalty terms enter the backward pass only.
+  sign(0) = 0). Penalty terms enter the backward pass only (`with_penalty`: the loss itself when there are none, no
+  `+ 0.0` op).
 Clipping (common.clipping), in `step()` after the backward passes (after DDP's all-reduce and the accumulation),
 before the decoupled line and `optimizer.step()`: n = `torch.nn.utils.get_total_norm` of the grads (global) or
 each grad's norm (per_tensor), the grads times clamp(c/n, max=1) with `torch._foreach_mul_` (no ε; n = 0 → 1);
@@ -30,13 +33,15 @@ before optimizer.step(); `per_epoch_schedule` → once per epoch (at its end, or
 A scheduled lr is a float64 0-d tensor on the parameters' device, so that torch.compile's and a CUDA graph's step
 read the current value without recompiling (a Python float is a constant there); the scheduler `fill_`s it. A CUDA
 graph of SGD then takes `fused=True` (foreach SGD would `.item()` the tensor lr inside the capture).
-`capturable=True` keeps Adam's step count on the device (CUDA graphs, compiled on CUDA); `fused=True` (the
-hand-fused reference) selects torch.optim's single-kernel implementation.
+`capturable=True` keeps Adam's step count on the device (CUDA graphs, compiled on CUDA); `fused=True` selects
+torch.optim's single-kernel SGD (`fused_supported`: the device has one); Adam and AdamW keep their multi-tensor
+implementation and its float64 step count (`_float64_step_count`), which the fused kernels do not take.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from backends.torch_backend.model import Stack, trainable
 from common import schedules
@@ -46,12 +51,15 @@ from common.regularization import Regularization
 from common.spec import Spec
 
 
+def fused_supported(device: torch.device) -> bool:
+    """Whether torch.optim has single-kernel (`fused=True`) optimizers for `device`'s type."""
+    return device.type in _get_fused_kernels_supported_devices()
+
+
 class TorchOptimizer:
     """A torch.optim optimizer, its LRScheduler, the penalty terms and what torch.optim lacks (module docstring)."""
 
-    def __init__(
-        self, spec: Spec, model: Stack, capturable: bool = False, fused: bool | None = None, graph: bool = False
-    ):
+    def __init__(self, spec: Spec, model: Stack, capturable: bool = False, fused: bool = False, graph: bool = False):
         o, s = spec.optimizer, spec.schedule
         self.spec, self.reg = spec, (reg := Regularization.from_spec(spec))
         named = trainable(model)
@@ -68,33 +76,36 @@ class TorchOptimizer:
         in_loss = adamw or self.sgd_decay > 0.0 or clip_coupled
         knob = reg.decoupled if adamw else (0.0 if in_loss else coupled)
         # the loss terms: (name, tensor, h) for h·Σw² beside the L1 of `name` (AdamW's l2 over the regularized
-        # tensors; a coupled c moved out of weight_decay over the decayed ones)
+        # tensors; a coupled c moved out of weight_decay over the decayed ones), the tensors with a nonzero term
         squares = {id(p): reg.coupled / 2.0 for _, p in self.regularized} if adamw else {}
         if in_loss and not adamw:
             squares = {id(p): coupled / 2.0 for p in decayed}
-        self.penalized = [(n, p, squares.get(id(p), 0.0)) for n, p in named if reg.applies(n) or id(p) in squares]
+        self.penalized = [
+            (n, p, half) for n, p in named if (half := squares.get(id(p), 0.0)) or reg.l1_coefficient(n, p.numel())
+        ]
         self.scheduled = s.kind != "constant"
         lr = o.lr
         if self.scheduled:  # read by compiled / captured steps as a tensor (module docstring)
             lr = torch.tensor(o.lr, dtype=torch.float64, device=self.params[0].device if capturable else "cpu")
+        split = [(decayed, knob), (rest, 0.0)] if knob or self.sgd_decay else [(self.params, 0.0)]
         groups = [  # a tensor lr of its own per group (one shared tensor aliased by both trips torch.compile)
             {"params": params, "weight_decay": wd, "lr": lr.clone() if torch.is_tensor(lr) else lr}
-            for params, wd in ((decayed, knob), (rest, 0.0))
+            for params, wd in split
             if params
         ]
         if sgd:
-            fused = True if graph and self.scheduled else fused
-            self.opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused)
+            fused = fused or (graph and self.scheduled)
+            self.opt = torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov, fused=fused or None)
             if o.momentum:  # created up front: torch.compile of SGD's lazy creation fails with a tensor lr and two
                 # groups (dynamo's SpeculationLogDivergence); μ·0 + g = g, the first step is unchanged
                 for p in self.params:
                     self.opt.state[p] = {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
         else:
             cls = torch.optim.AdamW if adamw else torch.optim.Adam
-            self.opt = cls(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, capturable=capturable, fused=fused)
-            if not fused:
-                self._float64_step_count(capturable)
-        self.decayed_group = self.opt.param_groups[0] if decayed else None
+            self.opt = cls(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, capturable=capturable)
+            self._float64_step_count(capturable)
+        self.fused = bool(self.opt.defaults.get("fused"))  # torch.optim's single-kernel step
+        self.decayed_group = self.opt.param_groups[0] if decayed and len(split) == 2 else None
         self.scheduler = self._scheduler(o.lr) if self.scheduled else None
         every = "epoch" if on(spec, "per_epoch_schedule") else "step"
         self.schedule_at = f"{'before' if on(spec, 'scheduler_step_first') else 'after'}_{every}"
@@ -138,6 +149,12 @@ class TorchOptimizer:
             if half:
                 total = total + half * p.square().sum()
         return total
+
+    def with_penalty(self, loss: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """loss + scale · `penalty()`; `loss` itself when no penalty term exists (no op added to the graph)."""
+        if not self.penalized:
+            return loss
+        return loss + self.penalty() * scale
 
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
-"""The PyTorch throughput target (backends/torch_backend/bench.py) and hand-fused reference: smoke tests of every
-mode and loader through common.timing (no timing thresholds), the settings record, the loaders' batches, and each
-mode's equivalence losses against the eager adapter run by the driver."""
+"""The PyTorch throughput target (backends/torch_backend/bench.py) and references (reference_loop.py): smoke tests of
+every mode and loader through common.timing (no timing thresholds), the settings record, the loaders' batches (the
+exact-mode loader's placed epoch against the plan), the lean optimizer, and each mode's and each reference
+variant's per-step losses against the eager adapter run by the driver."""
 
 from dataclasses import replace
 
@@ -10,10 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from backends.torch_backend import bench, reference_loop  # noqa: E402
+from backends.torch_backend.adapter import TorchAdapter  # noqa: E402
+from backends.torch_backend.data import step_reals  # noqa: E402
+from benchmarks.bench import bench_spec  # noqa: E402
 from common.batching import BatchPlan  # noqa: E402
 from common.compare import compare_values  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import EpochRun  # noqa: E402
+from common.driver import EpochRun, model_layers  # noqa: E402
 from common.timing import time_calls  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
 from tests.support import make_spec, run_in_process  # noqa: E402
@@ -129,7 +133,90 @@ def test_reference_loop_smoke(last_batch, optimizer, data):
     before = {k: v.detach().clone() for k, v in ref.model.named_parameters()}
     _smoke(ref.epoch, ref.sync, 120)
     assert all(not torch.equal(before[k], v) for k, v in ref.model.named_parameters())  # it trains
-    assert torch.isfinite(ref.epoch()).item()
+    losses = ref.epoch()
+    assert losses.shape == (ref.steps,) and torch.isfinite(losses).all().item()
+
+
+def test_references_are_declared_and_graph_needs_cuda(data):
+    assert reference_loop.REFERENCES == ("eager", "compiled", "graph")
+    with pytest.raises(ValueError, match="no reference 'jit'"):
+        reference_loop.make_reference(SPEC, data, DEVICE, "jit")
+    if not ON_CUDA:
+        with pytest.raises(RuntimeError, match=r"'graph' \(CUDA graphs\) needs a CUDA device"):
+            reference_loop.make_reference(SPEC, data, "cpu", "graph")
+
+
+# the bench's MLP (doughnuts 2-32-2, float32, SGD momentum) at 400 training rows: B = 32 leaves a ragged 16-row
+# last batch (keep) or 16 filler rows (pad); B = 16 divides the rows (every batch real)
+SMALL = ["data.params.n=500", "train.epochs=2"]
+
+
+@pytest.mark.parametrize("variant", reference_loop.REFERENCES)
+@pytest.mark.parametrize("batching", [(32, "keep"), (32, "pad"), (16, "keep")])
+def test_each_reference_trains_as_the_eager_mode_does(variant, batching):
+    """A reference's per-step losses (two epochs of the plan's rows, the timed `epoch()`) are the eager adapter's
+    exact-mode losses, as the driver records them, within the float32 exact tolerance."""
+    size, last = batching
+    spec = bench_spec(None, [*SMALL, f"batching.batch_size={size}", f"batching.last_batch={last}"])
+    data = load_dataset(spec)
+    if variant == "graph" and not ON_CUDA:
+        pytest.skip("graph = CUDA graphs: no CUDA device here")
+    rec, _ = run_in_process("torch", spec)
+    eager = np.array([s["loss"] for s in rec["steps"]])
+    assert eager.shape == (50 if size == 16 else 26,)
+    losses = np.asarray(reference_loop.make_reference(spec, data, DEVICE, variant).equivalence_losses(2))
+    check = compare_values(losses, eager, list(range(1, eager.shape[0] + 1)), tolerance_for("float32", "exact"))
+    assert check["first_divergent_step"] is None, check
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "pad", "drop"])
+def test_exact_loader_places_each_epoch_once_and_walks_the_plan(last_batch):
+    """Exact mode on features: the DataLoader yields the plan's batches (ids, weights, rows, `real`) as views of one
+    gather per epoch."""
+    spec = bench_spec(None, [*SMALL, "batching.batch_size=32", f"batching.last_batch={last_batch}"])
+    data = load_dataset(spec)
+    adapter = TorchAdapter(spec, "cpu")
+    plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
+    adapter.prepare(spec, data, plan, model_layers(spec, data), None)
+    for epoch in (0, 1):
+        batches = list(adapter.pipeline.epoch(epoch))
+        planned = plan.batches(epoch)
+        assert len(batches) == len(planned) == (12 if last_batch == "drop" else 13)
+        assert len({rows.x.untyped_storage().data_ptr() for rows in batches}) == 1  # one epoch tensor, sliced
+        for rows, batch in zip(batches, planned, strict=True):
+            np.testing.assert_array_equal(rows.ids, batch.ids)
+            np.testing.assert_array_equal(rows.weights.numpy(), batch.weights.astype(np.float32))
+            np.testing.assert_array_equal(rows.x.numpy(), data.train_x[batch.ids].astype(np.float32))
+            np.testing.assert_array_equal(rows.y.numpy(), data.train_y[batch.ids])
+        assert [rows.real for rows in batches] == [None] * 12 + {"keep": [None], "pad": [16], "drop": []}[last_batch]
+        assert batches[-1].ids.shape == ((32,) if last_batch != "keep" else (16,))
+
+
+def test_step_reals_counts_the_real_rows_heading_each_step():
+    assert step_reals(np.array([1.0, 1, 1, 1, 1, 1, 0, 0]), np.array([0, 4])) == [None, 2]
+    assert step_reals(np.ones(5), np.array([0, 4])) == [None, None]  # a ragged kept batch is all real
+    with pytest.raises(RuntimeError, match="filler rows"):
+        step_reals(np.array([1.0, 1, 0, 1]), np.array([0, 2]))
+
+
+@pytest.mark.parametrize("mode, fused", [("eager", True), ("compiled", None)])
+def test_lean_optimizer_one_group_fused_sgd_no_penalty_op(mode, fused):
+    """Without weight decay the SGD has one parameter group, fused on the CPU in eager mode (not under
+    torch.compile, which compiles the multi-tensor step), and the loss gets no penalty op; with a coupled weight
+    decay two groups (weights decayed)."""
+    spec = bench_spec(None, [*SMALL, f"execution={mode}"])
+    data = load_dataset(spec)
+    adapter = TorchAdapter(spec, "cpu")
+    adapter.prepare(spec, data, BatchPlan.from_spec(spec, 400), model_layers(spec, data), None)
+    opt = adapter.optimizer
+    assert len(opt.opt.param_groups) == 1 and opt.opt.defaults["fused"] is fused and opt.fused is bool(fused)
+    loss = torch.ones(())
+    assert opt.with_penalty(loss) is loss
+    decayed = replace(spec, regularization=replace(spec.regularization, weight_decay=1e-3))
+    adapter = TorchAdapter(decayed, "cpu")
+    adapter.prepare(decayed, data, BatchPlan.from_spec(decayed, 400), model_layers(decayed, data), None)
+    groups = adapter.optimizer.opt.param_groups
+    assert [(len(g["params"]), g["weight_decay"]) for g in groups] == [(2, 1e-3), (2, 0.0)]
 
 
 def test_the_peak_probe_measures_a_gemm_in_each_dtype():
