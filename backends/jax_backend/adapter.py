@@ -1,15 +1,21 @@
 """The JAX backend as a common.driver.Adapter: the flax stack of model.py, the pipeline of data.py, the optax chain
 of optim.py, trained by execution.py's one pure step in the spec's execution mode (docs/design.md, "Architecture").
 
-`run_epoch` is the whole training loop: eager / compiled walk the pipeline's Rows step by step, fused scans the
-plan's full batches (plus a one-step scan for a ragged "keep" tail); either way the losses stay on the device and
-are fetched once at the end of the epoch. Every native behaviour is an idiom of common.idioms, each on alone or
-all together (mode = "native"): `order` data.JaxOrderPlan (a pad batch's weight-0 filler fed, one shape, but not
-reported); `default_init` flax's own init, `model.init(PRNGKey(seed), x)` (the driver passes params=None);
-`dropout_rng` nn.Dropout keyed fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t) instead of the shared masks
-(common.dropout, drawn here per global step); the layer idioms in core / norm / image (model.Options); the
-optimizer's, clipping's and schedules' in optim.py. With neither `order` nor `split_step` on the run walks the
-shared plan and lists its ids, filler included (common.idioms.plan_order), which the driver checks.
+`run_epoch` is the whole training loop. Features and images: the epoch's plan slots (ids, weights, the shared
+masks with dropout, the global steps) stacked and put on the device in one transfer (`_stacked`), the training
+split on the device since `prepare`; eager / compiled call execution's `step_at` once per step (only the step's
+index comes from the host, the rows are gathered on the device), a ragged "keep" tail a stack of its own shape;
+fused runs the whole epoch as one scan program, a ragged "keep" tail padded to B with weight-0 filler by
+common.batching's "pad" rule (the same mean loss; batch_norm's statistics and the masks of the real rows unchanged),
+its recorded ids still the plan's. Token batches walk the pipeline's Rows step by step. Either way the losses stay
+on the device and are fetched once at the end of the epoch.
+Every native behaviour is an idiom of common.idioms, each on alone or all together (mode = "native"): `order`
+data.JaxOrderPlan (a pad batch's weight-0 filler fed, one shape, but not reported); `default_init` flax's own init,
+`model.init(PRNGKey(seed), x)` (the driver passes params=None); `dropout_rng` nn.Dropout keyed
+fold_in(fold_in(PRNGKey(seed), rng.JAX_DROPOUT), t) instead of the shared masks (common.dropout, drawn here per global
+step); the layer idioms in core / norm / image (model.Options); the optimizer's, clipping's and schedules' in optim.py.
+With neither `order` nor `split_step` on the run walks the shared plan and lists its ids, filler included
+(common.idioms.plan_order), which the driver checks.
 Split steps (common.distributed: R replicas, K micro-batches): distributed.py's engine, a mesh of R devices; the
 plan's split: `execution.split_step` per micro-batch (eager or compiled) into the chain wrapped in optax.MultiSteps;
 idiom `split_step`: the `train_step` per global micro-batch (data.micro_batches), its nn.Dropout key folded with
@@ -24,8 +30,9 @@ float32 run stays float32 while optax's scalar arithmetic (Adam's 1 − βᵗ) i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -74,7 +81,7 @@ class JaxAdapter:
         self.planned = plan_order(spec)  # the shared plan's ids, filler included, as the driver checks them
         self.native_split = self.layout.is_split and on(spec, "split_step")
         dropout = any(layer.rate > 0.0 for layer in dropout_layers(layers))
-        self.shared_dropout = not on(spec, "dropout_rng")
+        self.shared_dropout = dropout and not on(spec, "dropout_rng")  # masks drawn only where there is dropout
         self.pipeline = pipelines.pipeline(spec, data, plan)
         self.plan = self.pipeline.plan
         self.model = build(layers, spec)
@@ -101,8 +108,10 @@ class JaxAdapter:
             self.calls, self.pending = 0, []  # split_step: micro-batches fed, and those not yet in an update
         self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
-        if self.execution == "fused":
+        self.stacks = not data.is_sequence and not self.layout.is_split  # run_epoch over `_stacked` epoch inputs
+        if self.stacks:
             self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
+            self.ahead = None  # ((epoch, first step), its inputs) prefetched by the epoch before
 
     @property
     def compile_count(self) -> int:
@@ -114,22 +123,23 @@ class JaxAdapter:
         return jax.random.fold_in(self.key, step)
 
     def epoch_inputs(self, epoch: int, first_step: int):
-        """What `run_epoch` steps over, made lazily from the plan: per step (its plan batch, its rows on the device),
-        fused: per scan (its stacked device inputs, its (ids, weights, first step)); `list()` of it holds them on
-        the device (the bench's loop without its loader)."""
-        if self.execution == "fused":
-            return ((self._stacked(*chunk), chunk) for chunk in self._chunks(epoch, first_step))
+        """What `run_epoch` steps over, made lazily from the plan: features and images, per stack of steps (its
+        `_stacked` device inputs, its host (ids, weights)); tokens, per step (its plan batch, its rows on the
+        device); `list()` of it holds them on the device (the bench's loop without its loader)."""
+        if self.stacks:
+            return ((self._stacked(*chunk), chunk[:2]) for chunk in self._chunks(epoch, first_step))
         return ((batch, self.pipeline.rows(batch)) for batch in self.plan.batches(epoch))
 
     def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
-        """One training epoch over `inputs` (`epoch_inputs`; by default made as the loop goes)."""
+        """One training epoch over `inputs` (`epoch_inputs`; by default made as the loop goes, or for stacked
+        inputs, those the previous epoch prefetched)."""
         if self.layout.is_split:
             if inputs is not None:
                 raise ValueError("jax: split steps shard their own micro-batches, not inputs made beforehand")
             return self._native_split_epoch(epoch) if self.native_split else self._split_epoch(epoch, first_step)
+        if self.stacks:
+            return self._stacked_epoch(epoch, first_step, inputs)
         inputs = self.epoch_inputs(epoch, first_step) if inputs is None else inputs
-        if self.execution == "fused":
-            return self._fused_epoch(inputs)
         ids, lengths, losses = [], [], []
         for t, (batch, rows) in enumerate(inputs, start=first_step):
             losses.append(self._advance(rows.x, rows.y, rows.weights, self._masks(t, rows.ids.shape[0]), t))
@@ -204,11 +214,13 @@ class JaxAdapter:
         return loss
 
     def _stacked(self, ids: np.ndarray, w: np.ndarray, first_step: int) -> tuple:
-        """S consecutive batches of one shape as the scan's device inputs: ids int32 and w (S, B), the masks
-        stacked per dropout layer, the global steps (S,) int32."""
+        """S consecutive batches of one shape as device inputs, one transfer: ids int32 and w (S, B), the shared
+        masks stacked per dropout layer (None without them: no per-step draw), the global steps (S,) int32."""
         steps = np.arange(first_step, first_step + ids.shape[0], dtype=np.int32)
-        per_step = [self._shared(int(t), ids.shape[1]) for t in steps]
-        masks = None if per_step[0] is None else [np.stack(layer) for layer in zip(*per_step, strict=True)]
+        masks = None
+        if self.shared_dropout:
+            per_step = [self._shared(int(t), ids.shape[1]) for t in steps]
+            masks = [np.stack(layer) for layer in zip(*per_step, strict=True)]
         return jax.device_put((ids.astype(np.int32), w.astype(self.dtype), masks, steps))
 
     def _scan(self, ids, w, masks, steps) -> jax.Array:
@@ -217,23 +229,50 @@ class JaxAdapter:
         )
         return losses
 
+    def _step_at(self, stacked: tuple, i: int) -> jax.Array:
+        self.params, self.opt_state, loss = self.run.at(self.params, self.opt_state, *self.split, *stacked, i)
+        return loss
+
     def _chunks(self, epoch: int, first_step: int) -> list[tuple]:
-        """The epoch's scans as (ids (S, B), weights (S, B), first global step): the plan's batches are its
-        consecutive chunks of batch_size; a ragged "keep" tail is a one-step scan of its own shape."""
-        b = self.plan.batch_size
-        ids, w = self.plan.slots(epoch)
+        """The epoch's stacks as (ids (S, B), weights (S, B), first global step), the plan's slots cut into
+        consecutive batches of batch_size: one stack, and a ragged "keep" tail as a one-step stack of its own
+        shape, except fused, which pads that tail to B (the plan's "pad" rule) to scan the epoch in one program."""
+        plan = self.plan
+        if self.execution == "fused" and plan.last_batch == "keep":
+            plan = replace(plan, last_batch="pad")
+        b = plan.batch_size
+        ids, w = plan.slots(epoch)
         full = ids.shape[0] // b
         chunks = [(ids[: full * b].reshape(full, b), w[: full * b].reshape(full, b), first_step)] if full else []
         if ids.shape[0] > full * b:
             chunks.append((ids[None, full * b :], w[None, full * b :], first_step + full))
         return chunks
 
-    def _fused_epoch(self, inputs) -> EpochRun:
-        losses, fed = [], []
-        for stacked, (c_ids, c_w, _) in inputs:
-            losses.append(self._scan(*stacked))
-            fed += [(row if self.planned else row[weights > 0]) for row, weights in zip(c_ids, c_w, strict=True)]
-        return EpochRun(fed, [0] * len(fed), np.asarray(jnp.concatenate(losses)))
+    def _stacked_epoch(self, epoch: int, first_step: int, inputs) -> EpochRun:
+        """The epoch over `_stacked` inputs: fused one scan per stack, eager / compiled `step_at` per step. Without
+        `inputs` it takes those the previous epoch prefetched (made anew if they are not this epoch's), and once its
+        steps are dispatched it prefetches the next epoch's, host work and transfer while the device still runs.
+        The recorded ids are the plan's batches: only an unbucketed plan's last batch can hold filler (weight 0),
+        listed where the run lists the plan's ids under "pad" and cut otherwise (native order, or fused's padded
+        "keep" tail)."""
+        prefetch = inputs is None
+        if prefetch:
+            ahead, self.ahead = self.ahead, None
+            mine = ahead is not None and ahead[0] == (epoch, first_step)
+            inputs = ahead[1] if mine else self.epoch_inputs(epoch, first_step)
+        losses, fed, last = [], [], None
+        for stacked, (ids, w) in inputs:
+            if self.execution == "fused":
+                losses.append(self._scan(*stacked))
+            else:
+                losses += [self._step_at(stacked, i) for i in range(ids.shape[0])]
+            fed, last = fed + list(ids), w[-1]
+        if prefetch:
+            after = (epoch + 1, first_step + len(fed))
+            self.ahead = (after, list(self.epoch_inputs(*after)))
+        if fed and not (self.planned and self.plan.last_batch == "pad"):
+            fed[-1] = fed[-1][last > 0]
+        return EpochRun(fed, [0] * len(fed), np.hstack(jax.device_get(losses)))
 
     def evaluate(self, split, batches):
         out = []

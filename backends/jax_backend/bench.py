@@ -6,8 +6,9 @@ methodology").
 - step alone: one update on the plan's first batch of epoch 0, already on the device (with its shared masks in
   exact mode); fused: the scanned program over that one batch (on-device gather included).
 - end to end and equivalence_losses: the adapter's `run_epoch` (the latter through common.driver.train on a fresh
-  exact-mode adapter in this mode); placed: the same loop over epoch 0's inputs held on the device
-  (`epoch_inputs`: each step's rows, or each scan's stacked inputs).
+  exact-mode adapter in this mode), each epoch's stacked ids and weights made and put on the device while the
+  epoch before runs (prefetched); placed: the same loop over epoch 0's inputs held on the device (`epoch_inputs`:
+  the epoch's stacks, one per batch shape, gathered from the split on the device inside the step or the scan).
 - device: "cpu" | "gpu" | "auto", made JAX's default device (`jax.config.update("jax_default_device", …)`); "gpu"
   without one raises. sync: `jax.block_until_ready`.
 """

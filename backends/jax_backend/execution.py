@@ -11,12 +11,20 @@ masks: the shared dropout masks or None (idiom `dropout_rng`); t: the global ste
 key under `dropout_rng` (an argument, so it neither retraces nor dispatches once jitted). The optax chain (optim.py)
 holds the clip and the schedule, so every mode reads lr(t) from the optimizer state inside its program: the fused
 scan and MultiSteps's inner chain included.
-- eager:    the step un-jitted: JAX dispatches it op by op.
-- compiled: `jax.jit(step)`, one XLA program per step.
-- fused:    `jax.jit` of a `lax.scan` of the step over stacked steps, carrying the variables (batch_stats
-            included) and the optimizer state (ids (S, B) int32, w (S, B), masks (S, B, *shape) per dropout layer,
-            t (S,)), each gathering its rows (features or images) from the training split on the device (not token
-            data: token batches have no static epoch shape).
+Features and images train on an epoch's inputs stacked on the device once (ids (S, B) int32, w (S, B), masks
+(S, B, *shape) per dropout layer or None, t (S,) int32) and the training split on the device; step i gathers its
+own rows there (`step_at`, `take_rows`):
+
+    step_at(variables, opt_state, x_all, y_all, ids, w, masks, t, i)
+        = step(variables, opt_state, x_all[ids[i]], y_all[ids[i]], w[i], masks[i], t[i]).
+
+- eager:    `step_at` un-jitted: JAX dispatches it op by op.
+- compiled: `jax.jit(step_at)`, one XLA program per step (only i comes from the host).
+- fused:    `jax.jit` of a `lax.scan` of `step_at` over i = 0..S−1, carrying the variables (batch_stats included)
+            and the optimizer state: one program per epoch (not token data: token batches have no static epoch
+            shape).
+Token batches, split steps and the bench's step alone call `step` itself on rows already on the device. The jitted
+`step_at` and scan donate the variables and the optimizer state (their buffers are reused for the outputs).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
 A split step (common.distributed) with the idiom `split_step` on runs `step` once per global micro-batch, its chain
 wrapped in optax.MultiSteps (distributed.py); off, `split_step` once per micro-batch, on distributed.py's engine,
@@ -112,17 +120,27 @@ def split_step(model, tx: optax.GradientTransformation, combine, penalty=None):
     return step
 
 
-def scan_steps(step):
-    """The fused epoch: `lax.scan` of `step` over stacked steps, rows gathered on the device."""
+def indexed(step):
+    """`step_at` (module docstring): step i of stacked epoch inputs, its rows gathered from the split on the
+    device."""
+
+    def step_at(variables, opt_state, x_all, y_all, ids, w, masks, steps, i):
+        x, y = take_rows(x_all, y_all, ids[i])
+        masks_i = None if masks is None else [m[i] for m in masks]
+        return step(variables, opt_state, x, y, w[i], masks_i, steps[i])
+
+    return step_at
+
+
+def scan_steps(step_at):
+    """The fused epoch: `lax.scan` of `step_at` over the S stacked steps, i = 0..S−1; the per-step losses (S,)."""
 
     def scanned(variables, opt_state, x_all, y_all, ids, w, masks, steps):
-        def body(carry, xs):
-            ids_t, w_t, masks_t, t = xs
-            x, y = take_rows(x_all, y_all, ids_t)
-            variables, opt_state, loss = step(*carry, x, y, w_t, masks_t, t)
+        def body(carry, i):
+            variables, opt_state, loss = step_at(*carry, x_all, y_all, ids, w, masks, steps, i)
             return (variables, opt_state), loss
 
-        (variables, opt_state), losses = jax.lax.scan(body, (variables, opt_state), (ids, w, masks, steps))
+        (variables, opt_state), losses = jax.lax.scan(body, (variables, opt_state), jnp.arange(ids.shape[0]))
         return variables, opt_state, losses
 
     return scanned
@@ -140,12 +158,15 @@ def eval_sums(model):
 
 
 class Execution:
-    """`step` (one update) and, fused, `scan` (stacked updates) as the mode runs them, counting compiles."""
+    """`step` (one update on rows on the device), `at` (step i of stacked epoch inputs) and, fused, `scan` (all of
+    them) as the mode runs them, counting compiles."""
 
     def __init__(self, execution: str, step):
         self.compile_count = 0
+        at = indexed(step)
         self.step = step if execution == "eager" else jax.jit(self._counted(step))
-        self.scan = jax.jit(self._counted(scan_steps(step))) if execution == "fused" else None
+        self.at = at if execution == "eager" else jax.jit(self._counted(at), donate_argnums=(0, 1))
+        self.scan = jax.jit(self._counted(scan_steps(at)), donate_argnums=(0, 1)) if execution == "fused" else None
 
     def _counted(self, fn):
         def traced(*args):

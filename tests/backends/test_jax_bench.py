@@ -1,6 +1,9 @@
-"""JAX throughput target (backends/jax_backend/bench.py) and hand-fused reference: smoke tests only, no timing
-thresholds. Every mode and loader runs and gives positive timings, settings() has the record's keys, and each
-mode's equivalence_losses(1) equals the eager adapter's per-step losses (common.driver) in float64."""
+"""JAX throughput target (backends/jax_backend/bench.py) and references (reference_loop.py): no timing thresholds.
+Every mode and loader runs and gives positive timings, settings() has the record's keys, and each mode's
+equivalence_losses(1) equals the eager adapter's per-step losses (common.driver) in float64. On the bench's own
+spec (doughnuts MLP, float32) at a small size with a ragged last batch (keep, pad, drop): every reference variant
+and the compiled and fused epochs give the eager mode's exact-mode per-step losses (common.tolerance, float32 exact),
+the epochs record the plan's batches, fused runs one program per epoch, and no dropout means no mask draws."""
 
 from __future__ import annotations
 
@@ -11,15 +14,17 @@ jax = pytest.importorskip("jax")
 pytest.importorskip("flax")
 pytest.importorskip("optax")
 
+from backends.jax_backend import adapter as jax_adapter  # noqa: E402
 from backends.jax_backend import bench, reference_loop  # noqa: E402
 from backends.worker import load_adapter  # noqa: E402
+from benchmarks.bench import bench_spec  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.driver import train  # noqa: E402
 from common.timing import time_calls  # noqa: E402
-from common.tolerance import FLOAT64_EXACT  # noqa: E402
+from common.tolerance import FLOAT32_EXACT, FLOAT64_EXACT  # noqa: E402
 from tests.support import make_spec  # noqa: E402
 
-# iris: 120 training rows; batch 32 under keep gives 3 full batches and a ragged one of 24 (fused: two scans)
+# iris: 120 training rows; batch 32 under keep gives 3 full batches and a ragged one of 24 (fused: padded in its scan)
 SPEC = make_spec(
     dtype="float64",
     batching={"batch_size": 32},
@@ -85,7 +90,8 @@ def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
     as the driver does: a fresh target's first placed epoch gives the driver's per-step losses."""
     target = bench.make_target(SPEC, data, mode, "cpu")
     losses = np.asarray(target.placed_epoch())
-    assert len(target.placed) == (2 if mode == "fused" else 4)  # fused: a scan of 3 batches, then the ragged one
+    # one transfer per stack: fused pads the ragged tail into its one scan; eager / compiled stack it apart
+    assert len(target.placed) == (1 if mode == "fused" else 2)
     np.testing.assert_allclose(losses, eager_losses, rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
 
 
@@ -110,7 +116,8 @@ def test_loaders_deliver_the_same_batches(data):
 
 
 def test_reference_smoke(data):
-    runner = reference_loop.make_reference(SPEC, data, "cpu")
+    assert reference_loop.REFERENCES == ("scan",)
+    runner = reference_loop.make_reference(SPEC, data, "cpu", "scan")
     check(time_calls(runner.epoch, runner.sync, 120, windows=2, calls_per_window=1), 120)
     losses = np.asarray(runner.epoch())
     assert losses.shape == (4,) and np.all(np.isfinite(losses)) and losses.dtype == np.float64
@@ -138,3 +145,100 @@ def test_the_peak_probe_measures_a_gemm_in_each_dtype():
     for dtype in ("float32", "float64"):
         peak = bench.peak_flops("cpu", dtype, n=64)
         assert 0 < peak < float("inf"), (dtype, peak)
+
+
+def small_bench_spec(last_batch: str, epochs: int = 2):
+    """The bench's MLP spec (benchmarks.bench.BENCH_SPEC: float32, SGD lr 0.05, momentum 0.9) on 600 doughnuts:
+    480 training rows, batch 64, so the last batch has 32 rows (7 full batches and a ragged one)."""
+    return bench_spec(
+        None,
+        ["data.params.n=600", "batching.batch_size=64", f"batching.last_batch={last_batch}", f"train.epochs={epochs}"],
+    )
+
+
+@pytest.fixture(scope="module")
+def bench_runs():
+    """{last_batch: (spec, data, the driver's eager exact-mode steps over 2 epochs)}."""
+    out = {}
+    for last_batch in ("keep", "pad", "drop"):
+        spec = small_bench_spec(last_batch)
+        data = load_dataset(spec)
+        assert data.train_x.shape[0] == 480 and spec.dtype == "float32" and spec.mode == "exact"
+        out[last_batch] = (spec, data, train(jax_adapter.make_adapter(spec), spec, data)["steps"])
+    return out
+
+
+def assert_float32_exact(got, want):
+    np.testing.assert_allclose(got, want, rtol=FLOAT32_EXACT.rtol, atol=FLOAT32_EXACT.atol)
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "pad", "drop"])
+@pytest.mark.parametrize("variant", reference_loop.REFERENCES)
+def test_reference_trains_as_eager_exact_mode(variant, last_batch, bench_runs):
+    """Each reference variant trains on the plan's rows (slots of epochs 0 and 1, keep's tail padded with weight
+    0): its per-step losses are the eager mode's exact-mode losses, the ragged step included."""
+    spec, data, steps = bench_runs[last_batch]
+    losses = np.asarray(reference_loop.make_reference(spec, data, "cpu", variant).equivalence_losses(2))
+    assert losses.shape == (16 if last_batch != "drop" else 14,)
+    assert_float32_exact(losses, [s["loss"] for s in steps])
+
+
+def test_reference_epoch_returns_device_losses_and_refuses_unknown_variants(bench_runs):
+    spec, data, steps = bench_runs["keep"]
+    runner = reference_loop.make_reference(spec, data, "cpu", "scan")
+    first, second = runner.epoch(), runner.epoch()  # epochs 0 and 1 of the plan, in order
+    assert isinstance(first, jax.Array) and first.shape == (8,) and str(first.dtype) == "float32"
+    assert_float32_exact(np.concatenate([first, second]), [s["loss"] for s in steps])
+    with pytest.raises(ValueError, match="no reference 'graph'"):
+        reference_loop.make_reference(spec, data, "cpu", "graph")
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "pad", "drop"])
+@pytest.mark.parametrize("mode", ["compiled", "fused"])
+def test_epochs_equal_eager_and_record_the_plan(mode, last_batch, bench_runs):
+    """The adapter's run_epoch in compiled (epoch ids on the device, the gather in the step) and fused (one scan per
+    epoch, keep's ragged tail padded inside it) mode: the eager mode's per-step losses, and the ids of
+    plan.batches(e) (pad's filler listed, keep's tail only its 32 real rows)."""
+    spec, data, steps = bench_runs[last_batch]
+    target = bench.make_target(spec, data, mode, "cpu")
+    runs = [target.adapter.run_epoch(e, 1 + e * target.adapter.plan.steps_per_epoch) for e in (0, 1)]
+    assert_float32_exact(np.concatenate([r.losses for r in runs]), [s["loss"] for s in steps])
+    for e, run in enumerate(runs):
+        want = target.adapter.plan.batches(e)
+        assert len(run.ids) == len(want) and all(
+            np.array_equal(got, batch.ids) for got, batch in zip(run.ids, want, strict=True)
+        )
+    if last_batch != "drop":
+        assert runs[0].ids[-1].shape == (64 if last_batch == "pad" else 32,)
+    if mode == "fused":
+        assert target.adapter.compile_count == 1  # the whole epoch, ragged tail included, is one program
+
+
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_no_dropout_draws_no_masks(mode, bench_runs, monkeypatch):
+    """Without dropout no step asks common.dropout for masks (they are None): the epoch's inputs carry none."""
+
+    def refuse(*args):
+        raise AssertionError("shared_masks called for a spec without dropout")
+
+    spec, data, steps = bench_runs["keep"]
+    monkeypatch.setattr(jax_adapter, "shared_masks", refuse)
+    target = bench.make_target(spec, data, mode, "cpu")
+    assert all(stacked[2] is None for stacked, _ in target.adapter.epoch_inputs(0, 1))
+    assert_float32_exact(np.asarray(target.epoch()), [s["loss"] for s in steps[:8]])
+
+
+@pytest.mark.parametrize("mode", ["compiled", "fused"])
+def test_epoch_prefetches_the_next_and_donates_the_state(mode, bench_runs):
+    """run_epoch dispatches its steps, then makes the next epoch's inputs (taken by the next call, which trains as
+    the driver does) and donates the variables' buffers to the jitted program."""
+    spec, data, steps = bench_runs["pad"]
+    adapter = bench.make_target(spec, data, mode, "cpu").adapter
+    before = jax.tree.leaves(adapter.params)
+    adapter.run_epoch(0, 1)
+    assert all(leaf.is_deleted() for leaf in before)
+    (after, prefetched) = adapter.ahead
+    assert after == (1, 9) and len(prefetched) == 1
+    np.testing.assert_array_equal(prefetched[0][1][0].reshape(-1), adapter.plan.slots(1)[0])
+    assert_float32_exact(adapter.run_epoch(1, 9).losses, [s["loss"] for s in steps[8:]])
+    assert adapter.ahead[0] == (2, 17)
