@@ -87,7 +87,7 @@ class TFAdapter:
             body = execution.step_body(
                 self.model, self.optimizer.optimizer, loss_fn, dense_gradients=not on(spec, "sparse_embedding_adam")
             )
-            self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer, masks)
+            self.runner = execution.runner(self.execution, body, self.pipeline, self.optimizer, masks, plan_order(spec))
         self._forward = tf.function(
             self._eval_forward,
             input_signature=[self.pipeline.x_spec, tf.TensorSpec((None,), tf.int64)],
@@ -100,8 +100,9 @@ class TFAdapter:
         return losses, tf.equal(tf.argmax(logits, 1), y)
 
     def epoch_inputs(self, epoch: int, first_step: int):
-        """What `run_epoch` steps over, from the pipeline (execution.py's runners: the tf.data iterator, or the fused
-        program's plan inputs); `list()` of it holds them on the device (the bench's loop without its loader)."""
+        """What `run_epoch` steps over, from the pipeline (execution.py's runners: the tf.data iterator, or the
+        compiled / fused program's plan inputs); `list()` of it holds them on the device (the bench's loop without
+        its loader)."""
         return self.runner.inputs(epoch, first_step)
 
     def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:

@@ -9,8 +9,10 @@ adapter, not beside it.
   pipeline; naive = `Dataset.from_generator` one row at a time (backends.tf_backend.data).
 - end to end and equivalence: `adapter.run_epoch`, the training loop `parity run` uses (one host sync per epoch);
   the equivalence check is common.driver.train on a fresh exact-mode adapter with this execution mode; placed:
-  the same loop over epoch 0's inputs held on the device (`epoch_inputs`: the tf.data batches, or the fused
-  program's plan inputs).
+  the same loop over epoch 0's inputs held on the device (`epoch_inputs`: eager's tf.data batches, or the
+  compiled / fused program's plan tensors; compiled's program assigns them to the variables its persistent tf.data
+  pipeline reads, so that pipeline is timed in placed too, and its loader share is the host's plan and its copy to
+  the device).
 TF is timed on CPU unless TensorFlow itself sees a GPU (the tensorflow-cpu wheel never does).
 """
 

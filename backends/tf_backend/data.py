@@ -3,12 +3,15 @@ per kind of data, both yielding common.batching.Rows (docs/design.md, "Batching 
 
 Exact mode slices the rows in the plan's slot order (`BatchPlan.slots`: the remainder already cut under "drop",
 weight-0 filler appended under "pad") with `from_tensor_slices` and lets tf.data cut the batches; `shuffle` cannot
-reproduce the numpy order. Split steps (common.distributed; features and images) slice their parts' rows the same
-way and `.batch(c).batch(K)` them, one element per step and replica (`Features.parts`). The idioms `order` and
-`split_step` (common.idioms) take tf.data's own dataset instead: all training rows, weights 1, "pad" kept ragged,
-`shuffle(N, seed, reshuffle_each_iteration=True)` with `order` (and batching.shuffle), batched by the global
-micro-batch G with `split_step` (R·b: common.distributed; a split run hands these global batches to
-`tf.distribute`, backends.tf_backend.distributed), by b otherwise. Features (B, F) and images
+reproduce the numpy order; the compiled mode reads the same batches from a pipeline built once over variables that
+hold the current epoch's slots (`Features.batches`: each batch sliced whole and its rows gathered on the device,
+made only when asked for, so it sees the slots its epoch assigned). Split steps
+(common.distributed; features and images) slice their parts' rows the same way and `.batch(c).batch(K)` them, one
+element per step and replica (`Features.parts`). The idioms `order` and `split_step` (common.idioms) take tf.data's
+own dataset instead: all training rows, weights 1, "pad" kept ragged, `shuffle(N, seed,
+reshuffle_each_iteration=True)` with `order` (and batching.shuffle), batched by the global micro-batch G with
+`split_step` (R·b: common.distributed; a split run hands these global batches to `tf.distribute`,
+backends.tf_backend.distributed), by b otherwise. Features (B, F) and images
 (B, H, W, C), canonical NHWC as Keras runs them: `.batch(B)`. Tokens
 (resolved sides of common.padding):
 - max_len > 0: `keras.utils.pad_sequences(maxlen, padding, truncating)` once per split, then `.batch(B)`;
@@ -82,12 +85,34 @@ class Features(Pipeline):
         self.x = {s: getattr(data, f"{s}_x").astype(dtype) for s in ("train", "test")}
         self.y = {s: getattr(data, f"{s}_y").astype(np.int64) for s in ("train", "test")}
         self.x_spec = tf.TensorSpec((None, *data.train_x.shape[1:]), dtype)
+        self.train = {k: tf.constant(v["train"]) for k, v in (("x", self.x), ("y", self.y))}  # on the device once
         super().__init__(spec, plan, data.train_x.shape[0])
 
     def _rows(self, ids, weights):
         return tf.data.Dataset.from_tensor_slices(
             {"x": self.x["train"][ids], "y": self.y["train"][ids], "weights": weights.astype(self.dtype), "ids": ids}
         )
+
+    def batches(self, slots: dict, steps: int) -> tf.data.Dataset:
+        """The exact epoch's batches from a dataset made ONCE (backends.tf_backend.execution, `Looped`): `slots`
+        holds tf.Variables with the current epoch's flat plan (ids, weights and any field riding along row by
+        row), which each epoch assigns before its steps. `range(steps).repeat()` yields k = 0..S-1 per epoch, and
+        batch k is slots [kB, (k+1)B) read from the variables when it is made, its x and y gathered on the device
+        (`tf.gather`): the batches that `dataset`'s `.batch(B)` cuts. LAZY: without autotuning and tf.data's
+        default static optimizations (`inject_prefetch`, `map_parallelization`: both on by default, both would
+        make elements ahead of `get_next()` from the slots as they were then), a batch is made in order when it is
+        asked for, so it reads the slots of the epoch that asks."""
+        b = self.batch_size
+
+        def batch(k):
+            rows = tf.nest.map_structure(lambda column: column[k * b : (k + 1) * b], slots)
+            return {"x": tf.gather(self.train["x"], rows["ids"]), "y": tf.gather(self.train["y"], rows["ids"]), **rows}
+
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        options.experimental_optimization.apply_default_optimizations = False
+        options.deterministic = True
+        return tf.data.Dataset.range(steps).repeat().map(batch).with_options(options)
 
     def _row(self, i, w):
         return {"x": self.x["train"][i], "y": self.y["train"][i], "weights": w, "ids": i}

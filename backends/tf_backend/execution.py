@@ -10,11 +10,21 @@ host sync per epoch:
 - eager:    `Stepwise`, `tf.function` without XLA (TF's default for a custom loop), one call per pipeline batch;
             the input signature has None for B (and T), so ragged batches and new lengths reuse one graph;
             x is (None, F), (None, T) or (None, H, W, C), each dropout mask (None, *layer.shape).
-- compiled: the same step under `tf.function(jit_compile=True)` (XLA compiles once per distinct shape).
-- fused:    `Fused`, one `tf.function(jit_compile=True)` per epoch: the split and the epoch's plan (ids, weights,
-            shared masks, ε̂_t) on the device, a `tf.while_loop` over the full batches gathered with `tf.gather`,
-            the ragged "keep" batch as one more step in the same program; it returns the real per-step losses.
-            Exact mode, feature and image data only (it needs the plan up front and static shapes).
+- compiled: the same step under `tf.function(jit_compile=True)` (XLA compiles once per distinct shape). On feature
+            and image data `Looped`, one `tf.function` call per epoch over a tf.data pipeline and ONE iterator
+            made once, with the runner (`Features.batches`: the eager mode's `.batch(B)` of the same slots, read
+            from tf.Variables that hold the current epoch's flat plan, each batch made when `get_next` asks for
+            it). The call's inputs are the epoch's flat plan on the device (ids, weights, shared masks row by row,
+            ε̂_t per step: `Planned.slots`); the program assigns them to those variables, then a `tf.while_loop`
+            takes the epoch's S batches from the iterator, assigns ε̂_t and calls the compiled step per batch,
+            recording each batch's ids (the pipeline and iterator cost nothing to build per epoch). On token data
+            (padded or bucketed batches of varying T) and in native mode (tf.data's own shuffle, the idiom order)
+            `Stepwise` as eager.
+- fused:    `Fused`, one `tf.function(jit_compile=True)` per epoch: the split and the same plan cut into [S, B]
+            full batches and the ragged "keep" batch on the device, a `tf.while_loop` over the full batches
+            gathered with `tf.gather` (no tf.data: its iterator ops do not compile under XLA), the ragged batch
+            as one more step in the same program; it returns the real per-step losses and records the ids it was
+            given. Exact mode, feature and image data only (it needs the plan up front and static shapes).
 AUTOGRAPH: the step (and the adapter's evaluation forward pass) is traced with `autograph=False`: it is
 straight-line code, and Keras 3's layers and optimizers use `ops.cond`/`ops.while_loop`, never Python control
 flow on tensors (they run under JAX's jit too), so autograph's source conversion buys nothing and cost 0.24 s of
@@ -86,47 +96,128 @@ class Stepwise:
         return EpochRun(ids, lengths, tf.stack(losses).numpy())
 
 
-class Fused(Stepwise):
-    """fused: one XLA program per epoch (module docstring); `step` is the compiled single step (bench)."""
+class Planned(Stepwise):
+    """What the one-call-per-epoch runners share: the epoch's plan as device tensors (`plan_inputs`), made on the
+    host once per epoch; `step` stays the compiled single step (bench)."""
 
     def __init__(self, body, execution: str, pipeline, optimizer, masks):
         if not isinstance(pipeline, Features):
-            raise ValueError("tf: execution = 'fused' runs feature and image data only (static shapes)")
+            raise ValueError(f"tf: execution = '{execution}' runs its epoch as one call on feature and image data only")
         super().__init__(body, "compiled", pipeline, optimizer, masks)
         self.body, self.plan = body, pipeline.plan
-        self.x, self.y = tf.constant(pipeline.x["train"]), tf.constant(pipeline.y["train"])  # on the device once
+
+    def slots(self, epoch: int, first_step: int) -> tuple:
+        """The epoch's flat plan (numpy): ids, weights (`BatchPlan.slots`), ε̂ of each step (None without ε̂) and
+        each layer's shared dropout masks row by row ([slots, *layer.shape], step k's rows from common.dropout's
+        draw for global step first_step + k), so `.batch(B)` of the rows gives every step its own."""
+        ids, weights = self.plan.slots(epoch)
+        b = self.plan.batch_size
+        starts = range(0, ids.shape[0], b)
+        eps = self.optimizer.epsilon_table(first_step, len(starts))
+        drawn = [self.masks(first_step + k, min(b, ids.shape[0] - i)) for k, i in enumerate(starts)]
+        masks = tuple(np.concatenate([m[j] for m in drawn]) for j in range(len(self.masks.shapes)))
+        return ids, weights.astype(self.pipeline.dtype), eps, masks
+
+    def inputs(self, epoch: int, first_step: int) -> list:
+        """[plan_inputs]: the program's one call's arguments, on the device."""
+        return [self.plan_inputs(epoch, first_step)]
+
+    def _record(self, ids: np.ndarray, losses: np.ndarray) -> EpochRun:
+        """The epoch as fed: the flat `ids` cut into the plan's batches of B (the last one ragged under keep)."""
+        b = self.plan.batch_size
+        steps = [ids[i : i + b] for i in range(0, ids.shape[0], b)]
+        return EpochRun(steps, [0] * len(steps), losses)
+
+
+class Looped(Planned):
+    """compiled on feature and image data: one `tf.function` (graph) per epoch over a tf.data pipeline and ONE
+    iterator made once (module docstring). The program assigns the epoch's flat slots to the variables the pipeline
+    reads (`Features.batches`), then a `tf.while_loop` takes S batches from the iterator, each into the
+    XLA-compiled `step`; it returns the per-step losses and the ids each batch delivered. No Python runs between
+    steps. The slot count, hence S and the variables' shapes, is the same every epoch (unbucketed plan)."""
+
+    def __init__(self, body, execution: str, pipeline, optimizer, masks):
+        super().__init__(body, execution, pipeline, optimizer, masks)
+        n = self.plan.slots(0)[0].shape[0]
+        self.steps = -(-n // self.plan.batch_size)
+
+        def held(dtype, shape=()):
+            return tf.Variable(tf.zeros((n, *shape), dtype), trainable=False)
+
+        self.slots_held = {"ids": held(tf.int64), "weights": held(pipeline.dtype)}
+        if masks.shapes:
+            self.slots_held["masks"] = tuple(held(pipeline.dtype, shape) for shape in masks.shapes)
+        self.batches = iter(pipeline.batches(self.slots_held, self.steps))
+        self.program = tf.function(self._epoch, autograph=False)  # the module docstring, AUTOGRAPH
+
+    def plan_inputs(self, epoch: int, first_step: int) -> tuple:
+        """(ids, weights, ε̂ or None, masks) of `slots` as device tensors."""
+        ids, weights, eps, masks = self.slots(epoch, first_step)
+        return (
+            tf.constant(ids),
+            tf.constant(weights),
+            None if eps is None else tf.constant(eps),
+            tuple(tf.constant(m) for m in masks),
+        )
+
+    def _epoch(self, ids, weights, eps, masks):
+        given = {"ids": ids, "weights": weights, **({"masks": masks} if masks else {})}
+        assigned = tf.nest.map_structure(lambda held, t: held.assign(t, read_value=False), self.slots_held, given)
+
+        def loop(k, losses, fed):
+            batch = self.batches.get_next()
+            if eps is not None:
+                self.optimizer.epsilon_hat.assign(eps[k])
+            ce = self.step(batch["x"], batch["y"], batch["weights"], *batch.get("masks", ()))
+            return k + 1, losses.write(k, ce), fed.write(k, batch["ids"])
+
+        with tf.control_dependencies(tf.nest.flatten(assigned)):  # every batch of this epoch reads this epoch's slots
+            _, losses, fed = tf.while_loop(
+                lambda k, *_: k < self.steps,
+                loop,
+                (
+                    tf.constant(0),
+                    tf.TensorArray(self.pipeline.dtype, size=self.steps),
+                    tf.TensorArray(tf.int64, size=self.steps, infer_shape=False, element_shape=(None,)),
+                ),
+            )
+        return losses.stack(), fed.concat()
+
+    def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
+        ((ids, weights, eps, masks),) = self.inputs(epoch, first_step) if inputs is None else inputs
+        losses, fed = self.program(ids, weights, eps, masks)
+        return self._record(fed.numpy(), losses.numpy())
+
+
+class Fused(Planned):
+    """fused: one XLA program per epoch (module docstring)."""
+
+    def __init__(self, body, execution: str, pipeline, optimizer, masks):
+        super().__init__(body, execution, pipeline, optimizer, masks)
+        self.x, self.y = pipeline.train["x"], pipeline.train["y"]
         self.program = tf.function(self._epoch, jit_compile=True)
 
     def plan_inputs(self, epoch: int, first_step: int) -> tuple:
         """The epoch's plan as device tensors: (full, tail), each (ids, weights, masks, ε̂) or None.
 
         full stacks the S complete batches ([S, B] ids and weights, [S, B, *layer.shape] masks, [S] ε̂); tail is the
-        ragged last batch under "keep" ([r] ids, ...). Masks are common.dropout's for global steps first_step,
-        first_step + 1, …; ε̂ the optimizer's table (None when it has no ε̂).
+        ragged last batch under "keep" ([r] ids, ...); both cut from `slots`.
         """
-        ids, weights = self.plan.slots(epoch)
+        ids, weights, eps, masks = self.slots(epoch, first_step)
         b = self.plan.batch_size
-        full_rows = (ids.shape[0] // b) * b
-        eps = self.optimizer.epsilon_table(first_step, -(-ids.shape[0] // b))
-        masks = [self.masks(first_step + k, min(b, ids.shape[0] - i)) for k, i in enumerate(range(0, ids.shape[0], b))]
+        s = ids.shape[0] // b
 
-        def part(lo: int, hi: int, steps: slice, shape: tuple):
-            if hi <= lo:
+        def part(rows: slice, steps: slice, shape: tuple):
+            if rows.stop <= rows.start:
                 return None
-            layer_masks = tuple(
-                tf.constant(np.stack([m[j] for m in masks[steps]]).reshape((*shape, *layer)))
-                for j, layer in enumerate(self.masks.shapes)
-            )
-            rows = weights[lo:hi].astype(self.pipeline.dtype).reshape(shape)
             return (
-                tf.constant(ids[lo:hi].reshape(shape)),
-                tf.constant(rows),
-                layer_masks,
+                tf.constant(ids[rows].reshape(shape)),
+                tf.constant(weights[rows].reshape(shape)),
+                tuple(tf.constant(m[rows].reshape((*shape, *m.shape[1:]))) for m in masks),
                 None if eps is None else tf.constant(eps[steps]),
             )
 
-        s = full_rows // b
-        return part(0, full_rows, slice(0, s), (s, b)), part(full_rows, ids.shape[0], slice(s, s + 1), (-1,))
+        return part(slice(0, s * b), slice(0, s), (s, b)), part(slice(s * b, ids.shape[0]), slice(s, s + 1), (-1,))
 
     def _one(self, ids, w, masks, eps):
         if eps is not None:
@@ -152,16 +243,11 @@ class Fused(Stepwise):
             losses.append(self._one(ids, w, list(masks), None if eps is None else eps[0])[None])
         return tf.concat(losses, 0)
 
-    def inputs(self, epoch: int, first_step: int) -> list:
-        """[plan_inputs]: the program's one call's arguments, on the device."""
-        return [self.plan_inputs(epoch, first_step)]
-
     def run(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
         ((full, tail),) = self.inputs(epoch, first_step) if inputs is None else inputs
         losses = self.program(full, tail).numpy()
-        slots, b = self.plan.slots(epoch)[0], self.plan.batch_size
-        ids = [slots[i : i + b] for i in range(0, slots.shape[0], b)]
-        return EpochRun(ids, [0] * len(ids), losses)
+        fed = [part[0].numpy().reshape(-1) for part in (full, tail) if part is not None]  # the program's ids
+        return self._record(np.concatenate(fed), losses)
 
 
 class Masks:
@@ -178,6 +264,11 @@ class Masks:
         return shared_masks(self.seed, step, self.layers, rows, self.dtype) if self.shapes else []
 
 
-def runner(execution: str, body, pipeline, optimizer, masks: Masks) -> Stepwise:
-    """The epoch runner of an execution mode."""
-    return (Fused if execution == "fused" else Stepwise)(body, execution, pipeline, optimizer, masks)
+def runner(execution: str, body, pipeline, optimizer, masks: Masks, planned: bool) -> Stepwise:
+    """The epoch runner of an execution mode; `planned`: the epoch follows the shared BatchPlan (exact mode, no
+    idiom order). Compiled stays `Stepwise` on token data and on tf.data's own shuffle (module docstring)."""
+    if execution == "fused":
+        return Fused(body, execution, pipeline, optimizer, masks)
+    if execution == "compiled" and planned and isinstance(pipeline, Features):
+        return Looped(body, execution, pipeline, optimizer, masks)
+    return Stepwise(body, execution, pipeline, optimizer, masks)

@@ -1,16 +1,20 @@
-"""The hand-fused TF reference (common.benchtarget.EpochRunner): the fastest minimal loop TF offers for the spec.
+"""The TF references (common.benchtarget.EpochRunner): the fastest minimal loops TF offers for the spec.
 
 No Keras and no tf.data. The parameters and optimizer slots are plain `tf.Variable`s, the training split is a
-tensor on the device, and one `tf.function(jit_compile=True)` (one XLA program) runs a whole epoch:
-  order  = argsort(`tf.random.stateless_uniform`) keyed by (seed, epoch), on the device (identity without shuffle);
-  loop   = `tf.while_loop` over the full batches: `tf.gather` the rows, forward, `tf.GradientTape` backward, and the
-           optimizer update written as TF ops;
-  last   = "keep": the ragged last batch as one step after the loop; "pad": a full batch with weight-0 filler
-           (left out of batch_norm's statistics, so the step equals "keep" as in the adapter); "drop": nothing.
+tensor on the device, and one `tf.function` runs a whole epoch, in two variants (REFERENCES):
+  graph  the TF graph executor (`tf.function`, TF's default for a custom loop);
+  xla    one XLA program (`tf.function(jit_compile=True)`).
+  order  = the plan's (common.benchtarget): epoch e's `BatchPlan.slots(e)` drawn on the host (e counting this
+           runner's epochs from 0), a ragged "keep" batch completed by weight-0 filler rows (`np.resize` of the
+           epoch's ids, as "pad" does), sent as one [S, B] ids tensor and its weights;
+  loop   = `tf.while_loop` over the S steps: `tf.gather` the rows, forward, `tf.GradientTape` backward, and the
+           optimizer update written as TF ops; the loss Σ w·ℓ / Σ w (filler rows count for nothing, so a padded
+           "keep" batch has the ragged batch's mean loss), returned per step.
 It trains the spec's layer stack (KINDS, common.layers) from the canonical init with the spec's batch size, lr,
 optimizer (SGD with momentum / Nesterov, or Adam / AdamW in the torch/optax ε placement, common.optim) and L1 / L2 /
-coupled and decoupled decay per tensor (common.regularization), with TF's own stateless RNG for order and dropout
-masks (streams common.rng.TF_REFERENCE_*): not bit-equivalent to the adapter, and not meant to be.
+coupled and decoupled decay per tensor (common.regularization), so without dropout its per-step losses are the
+eager mode's exact-mode losses (common.tolerance); dropout draws TF's own stateless masks (stream
+common.rng.TF_REFERENCE_DROPOUT), which no adapter shares.
 
 The layers as TF ops on canonical NHWC (formulas in common.layers.image and common.layers.norm):
   dense, conv2d   `h @ W + b` and `tf.nn.conv2d` (kernel (k, k, C, filters) as is) on the input zero-padded by
@@ -21,7 +25,7 @@ The layers as TF ops on canonical NHWC (formulas in common.layers.image and comm
                   a constant: the canonical divisor is the real pixels;
   global_avg_pool `reduce_mean` over H, W;  flatten  `reshape` (B, H·W·C), NHWC order;
   dropout         a stateless mask of the activation's shape (features or images), scaled by 1/(1 − rate);
-  batch_norm      `tf.nn.moments` over every axis but the channel's (weighted by the real rows in a padded step),
+  batch_norm      mean and biased variance over every axis but the channel's, over the real rows (w > 0) only,
                   normalised with the biased σ²_b, γ, β trained; the running mean and variance are non-trainable
                   `tf.Variable`s assigned in the step in the decay convention, mean ← m·mean + (1 − m)·μ,
                   var ← m·var + (1 − m)·f·σ²_b, f = common.layers.norm.running_var_factor("biased",
@@ -36,6 +40,7 @@ import tensorflow as tf
 
 from backends.tf_backend.bench import tf_device
 from common import rng
+from common.batching import BatchPlan
 from common.benchtarget import HAND_FUSED_KINDS
 from common.driver import canonical_init, model_layers
 from common.dropout import keep_scale
@@ -45,6 +50,7 @@ from common.regularization import Regularization
 from common.spec import Spec
 
 KINDS = HAND_FUSED_KINDS
+REFERENCES = ("graph", "xla")
 ACTIVATIONS = {"relu": tf.nn.relu, "tanh": tf.tanh, "none": tf.identity}
 
 
@@ -71,8 +77,12 @@ def _pad(h, layer, value=0.0):
 
 
 class Reference:
-    def __init__(self, spec: Spec, data, device: str):
-        self.spec, self.device = spec, tf_device(device, "reference")
+    def __init__(self, spec: Spec, data, device: str, variant: str):
+        if variant not in REFERENCES:
+            raise ValueError(f"tf has no reference '{variant}' (references: {', '.join(REFERENCES)})")
+        self.spec, self.data, self.variant, self.device_name = spec, data, variant, device
+        self.device = tf_device(device, f"reference {variant}")
+        self.plan = BatchPlan.from_spec(spec, data.train_x.shape[0])
         self.dtype = tf.as_dtype(spec.dtype)
         self.reg = Regularization.from_spec(spec)
         o = spec.optimizer
@@ -96,26 +106,22 @@ class Reference:
             for layer in self.layers:
                 if layer.kind == "avg_pool":
                     self.avg_scales[layer.index] = tf.constant(avg_pool_scale(layer).astype(spec.dtype))
-        self.program = tf.function(self._epoch, jit_compile=True)
-        self._epoch_index = 0
+        self.program = tf.function(self._epoch, jit_compile=variant == "xla", autograph=False)
+        self._epochs = 0
 
     def variables(self) -> dict[str, tf.Variable]:
         """Every canonical tensor by name: the trained parameters and the batch_norm state."""
         return {**dict(zip(self.names, self.params, strict=True)), **self.state}
 
     def _batch_norm(self, h, layer, params, real):
-        """Training-mode batch_norm over every axis but the last; `real` (B,) weights select the statistics' rows
-        (None: every row). Assigns the running statistics."""
+        """Training-mode batch_norm over every axis but the last, its statistics over the rows whose `real` (B,)
+        weight is 1 (filler rows 0). Assigns the running statistics."""
         axes = list(range(len(h.shape) - 1))
         per_row = int(np.prod(h.shape[1:-1], dtype=np.int64))  # H·W on images, 1 on features
-        if real is None:
-            mean, var = tf.nn.moments(h, axes)
-            n = tf.cast(tf.shape(h)[0] * per_row, self.dtype)
-        else:
-            mask = tf.reshape(real, (-1,) + (1,) * (len(h.shape) - 1))
-            n = tf.reduce_sum(real) * per_row
-            mean = tf.reduce_sum(h * mask, axes) / n
-            var = tf.reduce_sum(tf.square(h - mean) * mask, axes) / n
+        mask = tf.reshape(real, (-1,) + (1,) * (len(h.shape) - 1))
+        n = tf.reduce_sum(real) * per_row
+        mean = tf.reduce_sum(h * mask, axes) / n
+        var = tf.reduce_sum(tf.square(h - mean) * mask, axes) / n
         m = layer.momentum
         running_mean, running_var = self.state[layer.param("mean")], self.state[layer.param("var")]
         factor = running_var_factor("biased", layer.running_var, n)
@@ -124,7 +130,7 @@ class Reference:
         scale, offset = params[layer.param("scale")], params[layer.param("offset")]
         return (h - mean) * (tf.math.rsqrt(var + layer.eps) * scale) + offset
 
-    def _forward(self, x, t, real=None):
+    def _forward(self, x, t, real):
         params = dict(zip(self.names, self.params, strict=True))
         h = x
         for layer in self.layers:
@@ -193,49 +199,51 @@ class Reference:
                 u = g
             p.assign(p - lr * u - lr * d * p if d else p - lr * u)
 
-    def _step(self, ids, w, padded: bool = False):
-        """One step on rows `ids` with loss weights `w`; `padded`: w marks the real rows (a "pad" last batch)."""
+    def _step(self, ids, w):
+        """One step on rows `ids` with loss weights `w` (1 real, 0 filler)."""
         t = self.t.assign_add(1)
+        real = tf.cast(w > 0, self.dtype)
         with tf.GradientTape() as tape:
-            logits = self._forward(tf.gather(self.x, ids), t, w if padded else None)
+            logits = self._forward(tf.gather(self.x, ids), t, real)
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.gather(self.y, ids), logits)
             ce = tf.reduce_sum(w * ce) / tf.reduce_sum(w)
             total = ce + self._penalty()
         self._update(tape.gradient(total, self.params), t)
         return ce
 
-    def _epoch(self, epoch):
-        n, b = int(self.x.shape[0]), self.spec.batching.batch_size
-        if self.spec.batching.shuffle:
-            seed = tf.stack([tf.constant(self.spec.seed * 8 + rng.TF_REFERENCE_ORDER, tf.int64), epoch])
-            order = tf.argsort(tf.random.stateless_uniform([n], seed))
-        else:
-            order = tf.range(n)
-        s, r = divmod(n, b)
-        ids = tf.reshape(order[: s * b], (s, b))
-        ones = tf.ones((b,), self.dtype)
-        loss = tf.constant(0.0, self.dtype)
-        if s:
-            _, loss = tf.while_loop(
-                lambda i, _: i < s, lambda i, _: (i + 1, self._step(ids[i], ones)), (tf.constant(0), loss)
-            )
-        last = self.spec.batching.last_batch
-        if r and last == "keep":
-            loss = self._step(order[s * b :], tf.ones((r,), self.dtype))
-        elif r and last == "pad":
-            filler = tf.concat([order[s * b :], order[: b - r]], 0)
-            real = tf.concat([tf.ones((r,), self.dtype), tf.zeros((b - r,), self.dtype)], 0)
-            loss = self._step(filler, real, padded=True)
-        return loss
+    def _epoch(self, ids, w):
+        steps = ids.shape[0]
+
+        def loop(i, losses):
+            return i + 1, losses.write(i, self._step(ids[i], w[i]))
+
+        _, losses = tf.while_loop(
+            lambda i, _: i < steps, loop, (tf.constant(0), tf.TensorArray(self.dtype, size=steps))
+        )
+        return losses.stack()
+
+    def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Epoch `epoch`'s [S, B] ids and weights: the plan's slots, a ragged last batch completed by weight-0
+        filler rows (the module docstring)."""
+        ids, weights = self.plan.slots(epoch)
+        filler = np.resize(ids, -ids.shape[0] % self.plan.batch_size)
+        ids = np.concatenate([ids, filler]).reshape(-1, self.plan.batch_size)
+        weights = np.concatenate([weights, np.zeros(filler.shape[0])]).astype(self.spec.dtype)
+        return ids, weights.reshape(ids.shape)
 
     def epoch(self):
-        self._epoch_index += 1
+        ids, weights = self.order(self._epochs)
+        self._epochs += 1
         with tf.device(self.device):
-            return self.program(tf.constant(self._epoch_index - 1, tf.int64))
+            return self.program(tf.constant(ids), tf.constant(weights))
 
     def sync(self, result) -> None:
         result.numpy()
 
+    def equivalence_losses(self, epochs: int) -> list[float]:
+        fresh = Reference(self.spec, self.data, self.device_name, self.variant)
+        return [float(v) for _ in range(epochs) for v in fresh.epoch().numpy()]
 
-def make_reference(spec: Spec, data, device: str) -> Reference:
-    return Reference(spec, data, device)
+
+def make_reference(spec: Spec, data, device: str, variant: str) -> Reference:
+    return Reference(spec, data, device, variant)

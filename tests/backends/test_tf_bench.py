@@ -1,4 +1,5 @@
-"""TensorFlow bench target and hand-fused reference: smoke timings (no thresholds), settings, equivalence per mode."""
+"""TensorFlow bench target and references: smoke timings (no thresholds), settings, equivalence per mode and per
+reference variant, the compiled mode's persistent tf.data pipeline."""
 
 import os
 from dataclasses import replace
@@ -10,7 +11,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
 
 from backends.tf_backend.bench import LOADERS, MODES, make_target, peak_flops  # noqa: E402
-from backends.tf_backend.reference_loop import make_reference  # noqa: E402
+from backends.tf_backend.reference_loop import REFERENCES, make_reference  # noqa: E402
+from benchmarks.bench import bench_spec  # noqa: E402
+from common.batching import BatchPlan  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
 from common.layers import is_state  # noqa: E402
 from common.timing import time_calls  # noqa: E402
@@ -70,7 +73,7 @@ def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
     does: a fresh target's first placed epoch gives the driver's per-step losses."""
     target = make_target(SPEC, data, mode, "cpu")
     losses = target.placed_epoch()
-    assert len(target.placed) == (1 if mode == "fused" else 4)  # fused: one program call's plan inputs
+    assert len(target.placed) == (4 if mode == "eager" else 1)  # compiled, fused: one program call's plan inputs
     np.testing.assert_allclose(losses, eager_losses, rtol=tolerance_for("float64", "exact").rtol, atol=0)
 
 
@@ -95,10 +98,68 @@ def test_loaders_deliver_the_same_epoch(data):
             np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_reference_smoke(data):
-    reference = make_reference(SPEC, data, "cpu")
+@pytest.mark.parametrize("variant", REFERENCES)
+def test_reference_smoke(variant, data):
+    reference = make_reference(SPEC, data, "cpu", variant)
     _smoke(reference.epoch, reference.sync, 120)
-    assert np.isfinite(float(reference.epoch()))
+    losses = reference.epoch().numpy()
+    assert losses.shape == (4,) and np.all(np.isfinite(losses))
+    assert reference.program._jit_compile == (variant == "xla")
+    with pytest.raises(ValueError, match="no reference 'eager'"):
+        make_reference(SPEC, data, "cpu", "eager")
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "pad"])
+def test_references_give_the_eager_modes_losses(last_batch):
+    """The bench spec (doughnuts 2-32-2, float32, SGD momentum, shuffled) at 300 rows and batch 32: 240 training
+    rows, 7 full batches and a ragged one of 16 (keep: padded by the reference to 32 with weight-0 rows; pad: the
+    plan's filler). Every reference variant's per-step losses over 2 epochs are the eager mode's exact-mode losses
+    (the plan's order and rows), within the float32 exact tolerance."""
+    spec = bench_spec(None, ["data.params.n=300", "batching.batch_size=32", f'batching.last_batch="{last_batch}"'])
+    data = load_dataset(spec)
+    assert data.train_x.shape[0] % 32 == 16 and spec.dtype == "float32" and spec.batching.shuffle
+    eager = make_target(spec, data, "eager", "cpu").equivalence_losses(2)
+    assert len(eager) == 16
+    tol = tolerance_for("float32", "exact")
+    for variant in REFERENCES:
+        losses = make_reference(spec, data, "cpu", variant).equivalence_losses(2)
+        np.testing.assert_allclose(losses, eager, rtol=tol.rtol, atol=tol.atol, err_msg=variant)
+
+
+def test_reference_pads_a_ragged_batch_with_weight_zero_plan_rows(data):
+    """keep: the last batch of 120 % 32 = 24 rows is completed by the epoch's first 8 ids at weight 0."""
+    reference = make_reference(SPEC, data, "cpu", "xla")
+    ids, weights = reference.order(1)
+    plan = BatchPlan.from_spec(SPEC, 120).batches(1)
+    assert ids.shape == weights.shape == (4, 32)
+    np.testing.assert_array_equal(ids[:3], [b.ids for b in plan[:3]])
+    np.testing.assert_array_equal(ids[3], np.concatenate([plan[3].ids, plan[0].ids[:8]]))
+    np.testing.assert_array_equal(weights[3], [1] * 24 + [0] * 8)
+
+
+@pytest.mark.parametrize("last_batch", ["keep", "pad", "drop"])
+def test_compiled_pipeline_delivers_the_plan(last_batch):
+    """The compiled mode's epoch is one program call over a tf.data pipeline and iterator made once, reading the
+    variables the program assigns the epoch's slots to: the ids each step's batch delivered are `plan.batches(e)`'s
+    over epochs in any order (the bench skips epoch numbers), so no batch was made ahead from an earlier epoch's
+    slots (tf.data's default options, with their injected prefetch, fail this); the program traces once and its
+    graph makes no dataset or iterator."""
+    spec = replace(SPEC, batching=replace(SPEC.batching, last_batch=last_batch))
+    data = load_dataset(spec)
+    target = make_target(spec, data, "compiled", "cpu")
+    plan = BatchPlan.from_spec(spec, 120)
+    runner = target.adapter.runner
+    iterator, step = runner.batches, 1
+    for epoch in (0, 3, 1, 2):
+        run = target.adapter.run_epoch(epoch, step)
+        planned = plan.batches(epoch)
+        assert len(run.ids) == len(run.losses) == len(planned)
+        for got, batch in zip(run.ids, planned, strict=True):
+            np.testing.assert_array_equal(got, batch.ids)
+        step += len(planned)
+    assert runner.program.experimental_get_tracing_count() == 1 and runner.batches is iterator
+    graph = runner.program.get_concrete_function(*runner.plan_inputs(0, step)).graph
+    assert not [op.type for op in graph.get_operations() if "Dataset" in op.type or "Iterator" in op.type]
 
 
 @pytest.mark.parametrize(
@@ -127,7 +188,7 @@ def test_reference_trains_the_same_model(sections):
     the adapter's (same init, sizes, optimizer, lr, penalties, batch size and last-batch handling)."""
     batching = {"batch_size": 32, "shuffle": False, **sections["batching"]}
     spec = make_spec(dtype="float64", train={"epochs": 2}, **{**sections, "batching": batching})
-    reference = make_reference(spec, load_dataset(spec), "cpu")
+    reference = make_reference(spec, load_dataset(spec), "cpu", "graph")
     reference.sync(reference.epoch())
     reference.sync(reference.epoch())
     final = run_in_process("tf", spec)[1]
@@ -217,7 +278,7 @@ def test_reference_trains_the_same_cnn(run, stack, last_batch):
     both running-variance estimators, padded pools, every last-batch handling)."""
     batching = {"batch_size": 64, "shuffle": False, "last_batch": last_batch}
     spec = cnn_spec(run, stack=stack, batching=batching, train={"epochs": 2})
-    reference = make_reference(spec, load_dataset(spec), "cpu")
+    reference = make_reference(spec, load_dataset(spec), "cpu", "xla")
     reference.sync(reference.epoch())
     reference.sync(reference.epoch())
     final = run_in_process("tf", spec)[1]
@@ -232,14 +293,13 @@ def test_reference_keeps_batch_norm_state_out_of_training():
     a layer without bias has none. Dropout on images (CNN_STACK's) runs on the activation's shape."""
     spec = cnn_spec("adam-l2-bias", batching={"batch_size": 64})
     data = load_dataset(spec)
-    reference = make_reference(spec, data, "cpu")
+    reference = make_reference(spec, data, "cpu", "xla")
     assert reference.state_names == ["bn0.mean", "bn0.var", "bn1.mean", "bn1.var"]
     assert not any(is_state(n) for n in reference.names) and "conv0.bias" not in reference.names
     assert all(len(slot) == len(reference.names) for slot in reference.slots) and len(reference.slots) == 2
     assert not any(v.trainable for v in reference.state.values())
     before = {n: v.numpy().copy() for n, v in reference.state.items()}
-    loss = reference.epoch()
-    assert np.isfinite(float(loss))
+    assert np.all(np.isfinite(reference.epoch().numpy()))
     for name, value in reference.state.items():
         assert np.all(np.isfinite(value.numpy())) and not np.allclose(value.numpy(), before[name]), name
     assert np.all(reference.state["bn0.var"].numpy() > 0)
