@@ -2,15 +2,18 @@
 
 Compile and warm-up are kept apart from the steady state: each mode's first exact-mode epoch (the equivalence
 check, where tracing and compilation happen) is recorded as `first_epoch_s`, beside its steady-state end-to-end
-epoch. For each batch size: every requested mode is first checked for equivalence against eager (per-step losses of one
-exact-mode epoch within common.tolerance), then timed (common.timing): the step alone and each native loader alone
-(once per batch size) in windows; then in paired rounds the end-to-end epoch of every mode (the adapter's
-run_epoch with its loader), the same loop over inputs already on the device (`placed`), and the backend's
-hand-fused reference loop. From the rounds (common.bootstrap, medians with bootstrap intervals): each mode's
-throughput relative to the reference (`ratio` rows) and its loader overhead, end to end − placed, in ms per epoch
-and as a share of the epoch (`loader_overhead` rows). Every epoch row also gets its FLOP/s and model FLOP
-utilisation (common.flops, against the framework's GEMM peak). A mode that cannot run here (e.g. a CUDA graph
-without a GPU) or that fails the equivalence check is recorded with a note, not timed.
+epoch. For each batch size: every requested mode, and every reference variant of the backend
+(common.benchtarget), is first checked for equivalence against eager (per-step losses of one exact-mode epoch
+within common.tolerance, on the code path then timed), then timed (common.timing): the step alone and each native
+loader alone (once per batch size) in windows; then in paired rounds the end-to-end epoch of every mode (the
+adapter's run_epoch with its loader), the same loop over inputs already on the device (`placed`), every reference
+variant, and (with `keras_peer`) Keras `fit` on this framework (benchmarks.keras_peer). From the rounds
+(common.bootstrap, medians with bootstrap intervals): each mode's throughput relative to the strongest reference
+(the fastest median; `ratio` rows) and to Keras fit (`vs_keras_fit`), and its loader overhead, end to end −
+placed, in ms per epoch and as a share of the epoch (`loader_overhead` rows). Every epoch row also gets its
+FLOP/s and model FLOP utilisation (common.flops, against the framework's GEMM peak). A mode or reference that
+cannot run here (e.g. a CUDA graph without a GPU) or that fails the equivalence check is recorded with a note,
+not timed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.worker import load_adapter
+from benchmarks.keras_peer import KerasFit, peer_name, use_backend
 from common.bootstrap import loader_overhead, median_interval, paired_ratio
 from common.compare import compare_values
 from common.datasets import load_dataset
@@ -56,6 +60,7 @@ def bench_batch_size(
     budget_s: float,
     rounds: int,
     cap_s: float,
+    keras_peer: bool = False,
 ) -> tuple[list[dict], dict]:
     bench = _module(backend, "bench")
     batch_size = spec.batching.batch_size
@@ -134,32 +139,97 @@ def bench_batch_size(
                         ),
                     )
                 )
-    reference = _module(backend, "reference_loop").make_reference(spec, data, device)
-    variants = {REFERENCE: (reference.epoch, reference.sync)}
+    references = _references(backend, spec, data, device, batch_size, reference_losses, tol, rows)
+    variants = {name: (runner.epoch, runner.sync) for name, runner in references.items()}
     for mode, target in epochs.items():
         variants |= {mode: (target.epoch, target.sync), f"{mode} placed": (target.placed_epoch, target.sync)}
+    peer = _keras_peer(backend, spec, data, batch_size, rows, settings) if keras_peer else None
+    if peer is not None:
+        variants[PEER] = (peer.epoch, peer.sync)
     timed = paired_rounds(variants, rounds, cap_s)
+    strongest = min(references, key=lambda name: np.median(_ran(timed, name)), default=None)
     for mode in epochs:
         rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _rounds(timed, mode, n_rows)))
         placed = f"{mode} placed"
         rows.append(_timed("placed", mode, batch_size, timed.timing(placed, n_rows), _rounds(timed, placed, n_rows)))
-        ratio = paired_ratio(timed.seconds[REFERENCE], timed.seconds[mode])
-        rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": REFERENCE, **ratio})
+        if strongest is not None:
+            ratio = paired_ratio(timed.seconds[strongest], timed.seconds[mode])
+            rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": strongest, **ratio})
+        if peer is not None:
+            ratio = paired_ratio(timed.seconds[PEER], timed.seconds[mode])
+            rows.append({"kind": "vs_keras_fit", "mode": mode, "batch_size": batch_size, "vs": PEER, **ratio})
         overhead = loader_overhead(timed.seconds[mode], timed.seconds[placed])
         rows.append({"kind": "loader_overhead", "mode": mode, "batch_size": batch_size, **overhead})
-    rows.append(
-        _timed("reference", REFERENCE, batch_size, timed.timing(REFERENCE, n_rows), _rounds(timed, REFERENCE, n_rows))
-    )
+    for name in references:
+        extra = {**_rounds(timed, name, n_rows), "strongest": name == strongest}
+        rows.append(_timed("reference", name, batch_size, timed.timing(name, n_rows), extra))
+    if peer is not None:
+        rows.append(
+            {
+                "backend": peer_name(backend),
+                **_timed("keras_fit", "fit", batch_size, timed.timing(PEER, n_rows), _rounds(timed, PEER, n_rows)),
+            }
+        )
     return rows, settings
 
 
-REFERENCE = "hand-fused"  # the reference loop's name among the paired rounds' variants
+PEER = "keras fit"  # the Keras peer's name among the paired rounds' variants
+
+
+def _references(backend, spec, data, device, batch_size, eager_losses, tol, rows) -> dict:
+    """Every reference variant of the backend (reference_loop.REFERENCES) that runs here and trains as eager does:
+    {"ref <variant>": its runner}. Each is checked like a mode, its own per-step losses (a fresh runner's epoch,
+    the timed code path) against eager's exact-mode losses; a spec with dropout cannot be checked (the references
+    draw their own masks), which the row notes. A variant that cannot run here or trains differently is noted and
+    not timed."""
+    module = _module(backend, "reference_loop")
+    unchecked = any(layer.kind == "dropout" for layer in model_layers(spec, data))
+    out = {}
+    for variant in module.REFERENCES:
+        name = f"ref {variant}"
+        row = {"kind": "equivalence", "mode": name, "batch_size": batch_size}
+        try:
+            runner = module.make_reference(spec, data, device, variant)
+            started = time.perf_counter()
+            losses = np.asarray(runner.equivalence_losses(1), dtype=np.float64)
+            row["first_epoch_s"] = time.perf_counter() - started
+        except Exception as exc:  # e.g. CUDA graphs without a GPU
+            rows.append({**row, "kind": "note", "note": f"{name} unavailable: {exc}".splitlines()[0]})
+            continue
+        if unchecked:
+            rows.append({**row, "equivalent": None, "note": "not checked: dropout draws the reference's own masks"})
+        else:
+            check = compare_values(losses, eager_losses, list(range(1, len(losses) + 1)), tol)
+            row |= {"equivalent": not check.get("divergent", True), "max_rel_diff": check["max_rel_diff"]}
+            rows.append({**row, "steps": len(losses)})
+            if not row["equivalent"]:
+                continue
+        out[name] = runner
+    return out
+
+
+def _keras_peer(backend, spec, data, batch_size, rows, settings):
+    """The Keras fit peer on this framework (benchmarks.keras_peer), or None with a note where Keras cannot run it."""
+    try:
+        peer = KerasFit(spec, data)
+    except Exception as exc:  # Keras not installed in this env, or a layer it does not build
+        note = f"Keras fit unavailable: {exc}".splitlines()[0]
+        rows.append(
+            {"backend": peer_name(backend), "kind": "note", "mode": "fit", "batch_size": batch_size, "note": note}
+        )
+        return None
+    settings[PEER] = peer.settings
+    return peer
+
+
+def _ran(timed, name: str) -> list[float]:
+    return [t for t in timed.seconds[name] if t is not None]
 
 
 def _rounds(timed, name: str, items: int) -> dict:
     """Whether variant `name` hit its cap, and the bootstrap interval of its samples/s (items over the interval of
     its median epoch time, common.bootstrap)."""
-    lo, hi = median_interval([t for t in timed.seconds[name] if t is not None])["ci"]
+    lo, hi = median_interval(_ran(timed, name))["ci"]
     return {"capped": name in timed.capped, "items_per_s_ci": [items / hi, items / lo]}
 
 
@@ -170,6 +240,8 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text(encoding="utf-8"))
+    if config.get("keras_peer"):
+        use_backend(args.backend)  # before any framework (or Keras) is imported
     try:
         load_adapter(args.backend)
     except SystemExit as exc:
@@ -193,6 +265,7 @@ def main(argv=None) -> int:
                 config["budget_s"],
                 config["rounds"],
                 config["cap_s"],
+                config.get("keras_peer", False),
             )
             rows += [{"backend": args.backend, **r} for r in more]
             settings.update(found)
@@ -220,7 +293,7 @@ def model_flop_utilisation(backend: str, spec: Spec, data, device: str, rows: li
         )
         peak = None
     for row in rows:
-        if row["kind"] in ("end_to_end", "placed", "reference"):
+        if row["kind"] in ("end_to_end", "placed", "reference", "keras_fit"):
             row["flops_per_s"] = row["items_per_s"] * per_sample
             row["mfu"] = row["flops_per_s"] / peak if peak else None
     return {"flops_per_sample": per_sample, "peak_flops_per_s": peak}

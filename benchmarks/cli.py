@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(WORKLOADS),
         help="built-in spec: mlp (16384-row doughnuts MLP) or cnn (digits images CNN); both float32",
     )
-    bench.add_argument("--batch-sizes", default="32,128,1024")
+    bench.add_argument("--batch-sizes", default="32,1024")
     bench.add_argument("--backends", default=",".join(FRAMEWORKS))
     bench.add_argument("--modes", default="eager,compiled,fused")
     bench.add_argument("--device", default="auto", choices=("cpu", "gpu", "auto"))

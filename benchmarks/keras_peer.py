@@ -1,29 +1,23 @@
-"""The peer: Keras 3 `model.fit` on one Keras backend, timed like the adapters' end-to-end epoch.
-
-    KERAS_BACKEND=<tensorflow|torch|jax> python -m benchmarks.keras_peer CONFIG.json OUT.json
+"""The peer: Keras 3 `model.fit` on the bench worker's own framework as Keras backend, one more variant of the
+worker's paired rounds (benchmarks.bench_worker), timed beside the modes and references in the same process.
 
 Same layer stack (dense, activations, dropout, layer_norm, and on images conv2d, pools, flatten, batch_norm, as
-plain Keras layers; canonical init),
-optimizer, learning rate and batch size; one call = `fit(epochs=1, shuffle=...)`, shuffling as the spec's batching
-does (as the modes do), so per-epoch Keras overhead (callbacks, logs, iterator set-up, the shuffle) is part of what
-is measured, as it is for a user. The framework's thread pools are pinned as the backend workers pin theirs.
+plain Keras layers; canonical init), optimizer, learning rate and batch size; one call = `fit(epochs=1,
+shuffle=...)`, shuffling as the spec's batching does (as the modes do), so per-epoch Keras overhead (callbacks,
+logs, iterator set-up, the shuffle) is part of what is measured, as it is for a user. `fit` returns its logs as
+Python numbers, so a returned call has finished. The worker sets KERAS_BACKEND (`use_backend`) before it imports any
+framework, and has already pinned the framework's thread pools.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import json
 import os
-import sys
-from pathlib import Path
 
-from backends import FRAMEWORKS, REGISTRY
-from common.datasets import load_dataset
+from backends import REGISTRY
 from common.driver import canonical_init, model_layers
 from common.layers import param_shapes
-from common.spec import Spec, typed, validate
-from common.timing import time_calls
+from common.spec import Spec
 
 PEER_LAYERS = {
     "dense": lambda keras, layer, dtype: keras.layers.Dense(
@@ -82,56 +76,40 @@ def build_model(keras, spec: Spec, data, dtype: str):
     return model
 
 
-def pin_threads(threads: int) -> None:
-    """The Keras backend's framework pools to `threads`, as the bench's workers pin theirs (pin_threads of
-    backends/<fw>_backend/bench.py, before the framework starts any work)."""
-    name = next(b for b in FRAMEWORKS if REGISTRY[b].keras_backend == os.environ.get("KERAS_BACKEND"))
-    importlib.import_module(f"backends.{name}_backend.bench").pin_threads(threads)
+def use_backend(backend: str) -> None:
+    """KERAS_BACKEND for the framework `backend` (common.frameworks), before Keras is first imported."""
+    os.environ["KERAS_BACKEND"] = REGISTRY[backend].keras_backend
 
 
-def main(argv=None) -> int:
-    config_path, out_path = map(Path, (argv or sys.argv[1:])[:2])
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    pin_threads(config["threads"])
-    import keras
+def peer_name(backend: str) -> str:
+    """The peer's name in the bench's rows: `keras[<its Keras backend>]`."""
+    return f"keras[{REGISTRY[backend].keras_backend}]"
 
-    spec = typed(validate(config["spec"]))
-    data = load_dataset(spec)
-    keras.config.set_floatx(spec.dtype)
-    x, y = data.train_x.astype(spec.dtype), data.train_y
-    rows = []
-    for batch_size in config["batch_sizes"]:
-        model = build_model(keras, spec, data, spec.dtype)
-        fit = functools.partial(
-            model.fit, x, y, batch_size=batch_size, epochs=1, shuffle=spec.batching.shuffle, verbose=0
+
+class KerasFit:
+    """`make_peer`'s runner (common.benchtarget.EpochRunner's epoch and sync): one `fit` epoch per call."""
+
+    def __init__(self, spec: Spec, data):
+        import keras
+
+        if keras.backend.backend() != os.environ.get("KERAS_BACKEND"):
+            raise RuntimeError(f"Keras runs on '{keras.backend.backend()}', not {os.environ.get('KERAS_BACKEND')}")
+        keras.config.set_floatx(spec.dtype)
+        self.model = build_model(keras, spec, data, spec.dtype)
+        x, y = data.train_x.astype(spec.dtype), data.train_y
+        self.fit = functools.partial(
+            self.model.fit,
+            x,
+            y,
+            batch_size=spec.batching.batch_size,
+            epochs=1,
+            shuffle=spec.batching.shuffle,
+            verbose=0,
         )
-        timing = time_calls(fit, lambda history: None, x.shape[0], windows=config["windows"], calls_per_window=1)
-        rows.append(
-            {
-                "backend": f"keras[{keras.backend.backend()}]",
-                "kind": "keras_fit",
-                "mode": "fit",
-                "batch_size": batch_size,
-                **timing.to_json(),
-            }
-        )
-    out_path.write_text(
-        json.dumps(
-            {
-                "backend": f"keras[{keras.backend.backend()}]",
-                "settings": {
-                    "keras": keras.__version__,
-                    "KERAS_BACKEND": os.environ.get("KERAS_BACKEND"),
-                    "threads": config["threads"],
-                },
-                "rows": rows,
-            },
-            indent=1,
-        ),
-        encoding="utf-8",
-    )
-    return 0
+        self.settings = {"keras": keras.__version__, "KERAS_BACKEND": keras.backend.backend()}
 
+    def epoch(self):
+        return self.fit()
 
-if __name__ == "__main__":
-    sys.exit(main())
+    def sync(self, history) -> None:
+        """Nothing to wait on: `fit` has fetched its logs."""

@@ -6,7 +6,18 @@ Each framework's `backends/<fw>_backend/bench.py` exposes
     LOADERS: tuple[str, ...]                   its native input pipelines (e.g. "naive", "fast")
     def make_target(spec, data, mode, device) -> BenchTarget
 
-and `reference_loop.py` the hand-fused reference as `make_reference(spec, data, device) -> EpochRunner`.
+and `reference_loop.py` its references, loops written as idiomatic code in that framework writes them at its
+fastest, the yardstick of its modes:
+
+    REFERENCES: tuple[str, ...]               the reference variants (e.g. "eager", "compiled", "graph")
+    def make_reference(spec, data, device, variant) -> EpochRunner   (raises for a variant the device lacks)
+
+A reference trains on the plan's rows: epoch e's order is `BatchPlan.slots(e)` (drawn on the host, e counting the
+runner's epochs from 0), a short last batch padded with weight-0 rows to one static shape (the same mean loss as
+"keep"), the canonical init, the spec's optimizer. So its per-step losses are checked against the eager mode's
+exact-mode losses like a mode's, on exactly the code path that is timed: `epoch()` returns the epoch's per-step
+losses on the device, and `equivalence_losses(epochs)` is a fresh runner's `epoch()` called `epochs` times, fetched.
+A spec whose layers draw their own randomness (dropout) cannot be checked this way; the bench notes it.
 Items per call, for batch size B and N training rows: loader alone N (the pipeline's epoch, batches on the
 device, no model), step alone B (one step on a batch already on the device), end to end N (one epoch), placed N
 (one epoch over inputs already on the device). Every mode
@@ -62,7 +73,10 @@ class BenchTarget(Protocol):
 
 class EpochRunner(Protocol):
     def epoch(self) -> Any:
-        """One training epoch; return a syncable."""
+        """One training epoch in the plan's order; return its per-step losses on the device (a syncable)."""
 
     def sync(self, result: Any) -> None:
         """As BenchTarget.sync."""
+
+    def equivalence_losses(self, epochs: int) -> list[float]:
+        """A fresh runner of this variant: the per-step losses of `epoch()` called `epochs` times, fetched."""

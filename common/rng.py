@@ -19,11 +19,10 @@ INIT_RNN = 1001
 INIT_CONV = 2000  # conv layer i draws from INIT_CONV + i
 
 # `default_rng(seed)` itself, no stream id, is one framework-like global generator drawn in call order: the numpy
-# oracle's native-mode dropout (backends.numpy_backend) and the jax reference loop's epoch order; nothing else uses it
+# oracle's native-mode dropout (backends.numpy_backend); nothing else uses it
 
 # framework-native streams (native mode and the hand-fused reference loops)
 KERAS_DROPOUT = 5  # Keras Dropout(seed=...) of dropout layer i
 KERAS_INIT = 7  # Keras initializers of native mode
 JAX_DROPOUT = 0x64726F70  # "drop": fold_in(fold_in(PRNGKey(seed), JAX_DROPOUT), step)
-TF_REFERENCE_ORDER = 1  # the tf reference loop's stateless shuffle seed
 TF_REFERENCE_DROPOUT = 2  # the tf reference loop's stateless dropout seed

@@ -41,23 +41,30 @@ def test_ratios_from_rows_without_frameworks():
                     row("torch", "end_to_end", "eager", 0.010, 128),
                     row("torch", "end_to_end", "compiled", 0.005, 128),
                     row("torch", "step", "eager", 0.002, 32),
-                    row("torch", "reference", "hand-fused", 0.004, 128),
+                    row("torch", "reference", "ref eager", 0.004, 128),
                     row("torch", "loader:naive", "-", 0.004, 128),
                     row("torch", "loader:fast", "-", 0.001, 128),
                     # the paired per-round ratio, not the quotient of the medians (0.004 / 0.005 = 0.8)
-                    paired("ratio", "compiled", median=0.75, ci=[0.7, 0.9]),
-                    paired("ratio", "eager", median=0.4, ci=[0.38, 0.41]),
+                    paired("ratio", "compiled", vs="ref eager", median=0.75, ci=[0.7, 0.9]),
+                    paired("ratio", "eager", vs="ref compiled", median=0.4, ci=[0.38, 0.41]),
+                    # Keras fit in the same rounds: the best mode's paired ratio, its interval above 2
+                    paired("vs_keras_fit", "compiled", vs="keras fit", median=4.5, ci=[4.1, 4.9]),
+                    paired("vs_keras_fit", "eager", vs="keras fit", median=1.5, ci=[1.4, 1.6]),
                     overhead("eager", 1.5, [1.2, 1.8], 0.15, [0.12, 0.18]),
                     overhead("compiled", 0.4, [0.1, 0.7], 0.08, [0.02, 0.14]),
                 ],
             },
-            {"backend": "keras[torch]", "rows": [row("keras[torch]", "keras_fit", "fit", 0.020, 128)]},
         ],
     }
     (entry,) = ratios(bench)
     assert entry["best_mode"] == "compiled"
-    assert entry["vs_keras_fit"] == pytest.approx(4.0)
+    assert (entry["vs_keras_fit"], entry["vs_keras_fit_ci"], entry["vs_keras_fit_verdict"]) == (
+        4.5,
+        [4.1, 4.9],
+        "meets",
+    )
     assert entry["compiled_vs_reference"] == 0.75 and entry["compiled_vs_reference_ci"] == [0.7, 0.9]
+    assert (entry["compiled_reference"], entry["eager_reference"]) == ("ref eager", "ref compiled")
     # target ≥ 0.9: the interval [0.7, 0.9] reaches it (undecided), [0.38, 0.41] lies below it
     assert entry["compiled_vs_reference_verdict"] == "undecided" and entry["eager_vs_reference_verdict"] == "misses"
     assert (entry["eager_loader_share"], entry["eager_loader_ms"]) == (0.15, 1.5)
@@ -78,8 +85,8 @@ def test_ratios_from_rows_without_frameworks():
     ids=["mlp", "cnn"],
 )
 def test_bench_smoke_all_backends(tmp_path, workload):
-    """Every mode of every backend passes its equivalence check before it is timed, with the Keras fit peers and
-    each backend's hand-fused reference."""
+    """Every mode and every reference variant of every backend passes its equivalence check before it is timed,
+    with the Keras fit peer in each backend's paired rounds."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -117,10 +124,16 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         assert {"step", "end_to_end", "reference", "loader:fast"} <= kinds, backend
         modes = {r["mode"] for r in rows if r["backend"] == backend and r["kind"] == "end_to_end"}
         assert modes <= {r["mode"] for r in checks if r["backend"] == backend}, backend
+        references = [r for r in rows if r["backend"] == backend and r["kind"] == "reference"]
+        (strongest,) = [r["mode"] for r in references if r["strongest"]]
+        assert {r["mode"] for r in references} <= {r["mode"] for r in checks if r["backend"] == backend}, backend
         ratios = [r for r in rows if r["backend"] == backend and r["kind"] == "ratio"]
-        assert {r["mode"] for r in ratios} == modes, backend  # every timed mode against the reference
-        for r in ratios:  # paired over the 3 rounds (none capped at these sizes)
-            assert r["rounds"] == 3 and r["vs"] == "hand-fused" and r["ci"][0] <= r["median"] <= r["ci"][1], r
+        assert {r["mode"] for r in ratios} == modes, backend  # every timed mode against the strongest reference
+        peer = [r for r in rows if r["backend"] == backend and r["kind"] == "vs_keras_fit"]
+        assert {r["mode"] for r in peer} == modes and {r["vs"] for r in peer} == {"keras fit"}, backend
+        for r in ratios + peer:  # paired over the 3 rounds (none capped at these sizes)
+            assert r["rounds"] == 3 and r["ci"][0] <= r["median"] <= r["ci"][1], r
+        assert {r["vs"] for r in ratios} == {strongest}, backend
         overheads = [r for r in rows if r["backend"] == backend and r["kind"] == "loader_overhead"]
         assert (
             {r["mode"] for r in overheads}
@@ -132,13 +145,14 @@ def test_bench_smoke_all_backends(tmp_path, workload):
     assert {e["backend"] for e in bench["ratios"]} == {"torch", "tf", "jax"}
     for res in (r for r in bench["results"] if r["backend"] in ("torch", "tf", "jax")):  # MFU of every epoch row
         assert res["flops_per_sample"] > 0 and res["peak_flops_per_s"] > 0, res["backend"]
-        epochs = [r for r in res["rows"] if r["kind"] in ("end_to_end", "placed", "reference")]
+        epochs = [r for r in res["rows"] if r["kind"] in ("end_to_end", "placed", "reference", "keras_fit")]
         assert epochs and all(0 < r["mfu"] < 1 for r in epochs), res["backend"]
     settings = {res["backend"]: res["settings"] for res in bench["results"]}  # every pool pinned to --threads 1
+    peers = {b: settings[b].pop("keras fit") for b in ("torch", "tf", "jax")}  # Keras in the worker's process
+    assert [peers[b]["KERAS_BACKEND"] for b in ("torch", "tf", "jax")] == ["torch", "tensorflow", "jax"]
     assert {s["threads"]["torch_num_threads"] for s in settings["torch"].values()} == {1}
     assert {(s["threads"]["intra_op"], s["threads"]["inter_op"]) for s in settings["tf"].values()} == {(1, 1)}
     assert all("intra_op_parallelism_threads=1" in s["threads"]["XLA_FLAGS"] for s in settings["jax"].values())
-    assert {settings[f"keras[{k}]"]["threads"] for k in ("torch", "tensorflow", "jax")} == {1}
     assert all("vs_keras_fit" in e for e in bench["ratios"])
     assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench_mfu.png").stat().st_size > 1000
     report = (tmp_path / "bench.md").read_text()
