@@ -36,6 +36,7 @@ from common.compare import compare_values
 from common.datasets import load_dataset
 from common.driver import model_layers
 from common.flops import train_flops_per_sample
+from common.padding import kept_lengths
 from common.spec import Spec, typed, validate
 from common.timing import calls_for_budget, paired_rounds, time_calls
 from common.tolerance import tolerance_for
@@ -282,9 +283,12 @@ def main(argv=None) -> int:
 
 def model_flop_utilisation(backend: str, spec: Spec, data, device: str, rows: list[dict]) -> dict:
     """Adds `flops_per_s` and `mfu` to every epoch row (end to end, placed, reference): samples/s × the stack's
-    training FLOPs per sample, over the framework's peak (a large GEMM on the same device, dtype and threads;
-    common.flops). Returns {"flops_per_sample", "peak_flops_per_s"}; the peak None where it cannot run here."""
-    per_sample = train_flops_per_sample(model_layers(spec, data))
+    training FLOPs per sample (on sequence data at the mean kept tokens per row), over the framework's peak (a
+    large GEMM on the same device, dtype and threads; common.flops). Returns {"flops_per_sample",
+    "peak_flops_per_s"}; the peak None where it cannot run here."""
+    seq = spec.sequence
+    tokens = kept_lengths(data.train_lengths, seq.max_len, seq.buckets).mean() if data.is_sequence else 1.0
+    per_sample = train_flops_per_sample(model_layers(spec, data), float(tokens))
     try:
         peak = _module(backend, "bench").peak_flops(device, spec.dtype)
     except Exception as exc:  # e.g. --device gpu where this framework sees none: noted like an unavailable mode

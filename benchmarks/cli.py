@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workload",
         default="mlp",
         choices=tuple(WORKLOADS),
-        help="built-in spec: mlp (16384-row doughnuts MLP) or cnn (digits images CNN); both float32",
+        help="built-in spec: mlp (16384-row doughnuts MLP), cnn (digits images CNN), seq (token RNN padded to "
+        "max_len) or seq-bucketed (the same in length buckets); all float32",
     )
     bench.add_argument("--batch-sizes", default="32,1024")
     bench.add_argument("--backends", default=",".join(FRAMEWORKS))

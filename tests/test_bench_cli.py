@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks.bench import ratios
+from benchmarks.bench import bench_spec, ratios
+from common.datasets import load_dataset
+from common.frameworks import REGISTRY
 from tests.support import needs_all_frameworks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +76,52 @@ def test_ratios_from_rows_without_frameworks():
     assert entry["naive_loader_slowdown"] == pytest.approx(4.0)
 
 
+def _bench(out, *args) -> dict:
+    """`parity bench` ARGS at CI size (batch 32, two windows, three paired rounds, one thread, CPU) into `out`;
+    its bench.json."""
+    command = [sys.executable, "-m", "benchmarks", "bench", *args, "--batch-sizes", "32", "--windows", "2"]
+    command += ["--budget", "0.02", "--rounds", "3", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "bench.json").read_text())
+
+
+@pytest.mark.cross
+@needs_all_frameworks
+@pytest.mark.parametrize(
+    ("workload", "timed"),
+    # JAX's op-by-op eager compiles every primitive per bucket shape (27 s here): bucketed runs the compiled modes
+    [("seq", ("eager", "compiled")), ("seq-bucketed", ("compiled",))],
+)
+def test_bench_sequence_workloads(tmp_path, workload, timed):
+    """The RNN on token batches, padded to max_len or bucketed: the modes of every backend pass their equivalence
+    check and are timed with their loader overhead and against the Keras fit peer (which pads the tokens once,
+    masking zeros); fused modes and the feature-only references are noted, not timed; the FLOPs count the RNN's
+    products per kept token."""
+    modes = ",".join((*timed, "fused"))
+    bench = _bench(tmp_path, "--workload", workload, "--set", "data.params.n=300", "--modes", modes)
+    rows = [r for res in bench["results"] for r in res["rows"]]
+    checks = [r for r in rows if r["kind"] == "equivalence"]
+    for backend in ("torch", "tf", "jax"):
+        mine = [r for r in rows if r["backend"] == backend]
+        assert {(r["mode"], r["equivalent"]) for r in checks if r["backend"] == backend} == {
+            (mode, True) for mode in timed
+        }, backend
+        notes = {r["mode"] for r in mine if r["kind"] == "note"}
+        assert "fused" in notes and all(n.startswith("ref ") for n in notes - {"fused"}), backend
+        for kind in ("end_to_end", "placed", "loader_overhead", "vs_keras_fit"):
+            assert {r["mode"] for r in mine if r["kind"] == kind} == set(timed), (backend, kind)
+        assert not [r for r in mine if r["kind"] in ("ratio", "reference")], backend
+        peer = [r for r in rows if r["backend"] == f"keras[{REGISTRY[backend].keras_backend}]"]
+        assert [r["kind"] for r in peer] == ["keras_fit"] and peer[0]["items_per_s"] > 0, backend
+    data = load_dataset(bench_spec(None, ["data.params.n=300"], workload))
+    tokens = np.minimum(data.train_lengths, 32).mean()  # both workloads cap rows at 32 tokens
+    for res in (r for r in bench["results"] if r["backend"] in ("torch", "tf", "jax")):
+        # embedding 64 → 16 (a gather), rnn 16 → 32 per token: 2·(16·32 + 32·32), dense 32 → 4: 2·32·4
+        assert res["flops_per_sample"] == pytest.approx(3 * (2 * tokens * (16 * 32 + 32 * 32) + 2 * 32 * 4))
+    assert "| compiled |" in (tmp_path / "bench.md").read_text()
+
+
 @pytest.mark.cross
 @needs_all_frameworks
 @pytest.mark.parametrize(
@@ -87,34 +136,7 @@ def test_ratios_from_rows_without_frameworks():
 def test_bench_smoke_all_backends(tmp_path, workload):
     """Every mode and every reference variant of every backend passes its equivalence check before it is timed,
     with the Keras fit peer in each backend's paired rounds."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "bench",
-            *workload,
-            "--batch-sizes",
-            "32",
-            "--windows",
-            "2",
-            "--budget",
-            "0.02",
-            "--rounds",
-            "3",
-            "--threads",
-            "1",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    bench = json.loads((tmp_path / "bench.json").read_text())
+    bench = _bench(tmp_path, *workload)
     rows = [r for res in bench["results"] for r in res["rows"]]
     assert {"torch", "tf", "jax", "keras[torch]", "keras[tensorflow]", "keras[jax]"} <= {r["backend"] for r in rows}
     checks = [r for r in rows if r["kind"] == "equivalence"]

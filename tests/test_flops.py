@@ -44,3 +44,10 @@ def test_the_peak_probe_is_a_2n_cubed_gemm_timed_at_its_fastest():
 
     # the first call (9 s) is the untimed warm-up; then the fastest of three
     assert fastest(call, synced.append, repeats=3, clock=lambda: now[0]) == 2.0 and synced == ["c"] * 4
+
+
+def test_an_rnn_counts_its_input_and_recurrent_products_per_real_token():
+    # tokens 64 → embedding 16 (a gather: 0) → rnn 32 → dense 4, rows of 10 real tokens on average:
+    # forward 10 · 2 · (16·32 + 32·32) + 2·32·4 = 30720 + 256
+    spec = bench_spec(None, [], "seq")
+    assert train_flops_per_sample(model_layers(spec, load_dataset(spec)), tokens=10) == 3 * (30720 + 256)
