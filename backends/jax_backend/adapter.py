@@ -7,8 +7,11 @@ split on the device since `prepare`; eager / compiled call execution's `step_at`
 index comes from the host, the rows are gathered on the device), a ragged "keep" tail a stack of its own shape;
 fused runs the whole epoch as one scan program, a ragged "keep" tail padded to B with weight-0 filler by
 common.batching's "pad" rule (the same mean loss; batch_norm's statistics and the masks of the real rows unchanged),
-its recorded ids still the plan's. Token batches walk the pipeline's Rows step by step. Either way the losses stay
-on the device and are fetched once at the end of the epoch.
+its recorded ids still the plan's. Tokens (eager or compiled): the training split padded to each T the epoch uses,
+on the device (data.Tokens.splits); the epoch's batches stacked per size B in one transfer each, every batch's
+masked-loss weights at its own T (`_token_inputs`), and `step_at` per step, in plan order, gathering its rows from
+the split of its T: jit compiles once per (B, T), as for per-batch padding. Either way the next epoch's inputs are
+made while the device runs (prefetch), and the losses stay on the device, fetched once at the end of the epoch.
 Every native behaviour is an idiom of common.idioms, each on alone or all together (mode = "native"): `order`
 data.JaxOrderPlan (a pad batch's weight-0 filler fed, one shape, but not reported); `default_init` flax's own init,
 `model.init(PRNGKey(seed), x)` (the driver passes params=None); `dropout_rng` nn.Dropout keyed
@@ -108,9 +111,10 @@ class JaxAdapter:
             self.calls, self.pending = 0, []  # split_step: micro-batches fed, and those not yet in an update
         self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
-        self.stacks = not data.is_sequence and not self.layout.is_split  # run_epoch over `_stacked` epoch inputs
-        if self.stacks:
-            self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
+        self.tokens = data.is_sequence
+        if not self.layout.is_split:  # run_epoch over `_stacked` epoch inputs
+            if not self.tokens:
+                self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
             self.ahead = None  # ((epoch, first step), its inputs) prefetched by the epoch before
 
     @property
@@ -123,29 +127,31 @@ class JaxAdapter:
         return jax.random.fold_in(self.key, step)
 
     def epoch_inputs(self, epoch: int, first_step: int):
-        """What `run_epoch` steps over, made lazily from the plan: features and images, per stack of steps (its
-        `_stacked` device inputs, its host (ids, weights)); tokens, per step (its plan batch, its rows on the
-        device); `list()` of it holds them on the device (the bench's loop without its loader)."""
-        if self.stacks:
-            return ((self._stacked(*chunk), chunk[:2]) for chunk in self._chunks(epoch, first_step))
-        return ((batch, self.pipeline.rows(batch)) for batch in self.plan.batches(epoch))
+        """What `run_epoch` steps over: features and images, made lazily per stack of steps (its `_stacked` device
+        inputs, its host (ids, weights)); tokens, the list of `_token_inputs`. `list()` of it holds them on the
+        device (the bench's loop without its loader)."""
+        if self.tokens:
+            return self._token_inputs(epoch, first_step)
+        return ((self._stacked(ids, w, steps), (ids, w)) for ids, w, steps in self._chunks(epoch, first_step))
 
     def run_epoch(self, epoch: int, first_step: int, inputs=None) -> EpochRun:
-        """One training epoch over `inputs` (`epoch_inputs`; by default made as the loop goes, or for stacked
-        inputs, those the previous epoch prefetched)."""
+        """One training epoch over `inputs` (`epoch_inputs`). Without them it takes those the previous epoch
+        prefetched (made anew if they are not this epoch's), and once its steps are dispatched it prefetches the
+        next epoch's, host work and transfer while the device still runs; the losses are fetched last."""
         if self.layout.is_split:
             if inputs is not None:
                 raise ValueError("jax: split steps shard their own micro-batches, not inputs made beforehand")
             return self._native_split_epoch(epoch) if self.native_split else self._split_epoch(epoch, first_step)
-        if self.stacks:
-            return self._stacked_epoch(epoch, first_step, inputs)
-        inputs = self.epoch_inputs(epoch, first_step) if inputs is None else inputs
-        ids, lengths, losses = [], [], []
-        for t, (batch, rows) in enumerate(inputs, start=first_step):
-            losses.append(self._advance(rows.x, rows.y, rows.weights, self._masks(t, rows.ids.shape[0]), t))
-            ids.append(rows.ids if self.planned else rows.ids[batch.weights > 0])
-            lengths.append(rows.length)
-        return EpochRun(ids, lengths, np.asarray(jax.device_get(losses)))
+        prefetch = inputs is None
+        if prefetch:
+            ahead, self.ahead = self.ahead, None
+            mine = ahead is not None and ahead[0] == (epoch, first_step)
+            inputs = ahead[1] if mine else self.epoch_inputs(epoch, first_step)
+        ids, lengths, losses = (self._token_epoch if self.tokens else self._stacked_epoch)(inputs)
+        if prefetch:
+            after = (epoch + 1, first_step + len(ids))
+            self.ahead = (after, list(self.epoch_inputs(*after)))
+        return EpochRun(ids, lengths, np.hstack(jax.device_get(losses)))
 
     def _split_epoch(self, epoch: int, first_step: int) -> EpochRun:
         """Split steps (distributed.py): per step, one `split_step` per micro-batch on the mesh, the shared masks
@@ -213,10 +219,10 @@ class JaxAdapter:
         self.params, self.opt_state, loss = self.run.step(self.params, self.opt_state, x, y, w, masks, t)
         return loss
 
-    def _stacked(self, ids: np.ndarray, w: np.ndarray, first_step: int) -> tuple:
-        """S consecutive batches of one shape as device inputs, one transfer: ids int32 and w (S, B), the shared
-        masks stacked per dropout layer (None without them: no per-step draw), the global steps (S,) int32."""
-        steps = np.arange(first_step, first_step + ids.shape[0], dtype=np.int32)
+    def _stacked(self, ids: np.ndarray, w: np.ndarray, steps: np.ndarray) -> tuple:
+        """S batches of one shape, global steps `steps`, as device inputs, one transfer: ids int32 and w (S, B),
+        the shared masks stacked per dropout layer (None without them: no per-step draw), the steps (S,) int32."""
+        steps = np.asarray(steps, dtype=np.int32)
         masks = None
         if self.shared_dropout:
             per_step = [self._shared(int(t), ids.shape[1]) for t in steps]
@@ -229,12 +235,12 @@ class JaxAdapter:
         )
         return losses
 
-    def _step_at(self, stacked: tuple, i: int) -> jax.Array:
-        self.params, self.opt_state, loss = self.run.at(self.params, self.opt_state, *self.split, *stacked, i)
+    def _step_at(self, split: tuple, stacked: tuple, i: int) -> jax.Array:
+        self.params, self.opt_state, loss = self.run.at(self.params, self.opt_state, *split, *stacked, i)
         return loss
 
     def _chunks(self, epoch: int, first_step: int) -> list[tuple]:
-        """The epoch's stacks as (ids (S, B), weights (S, B), first global step), the plan's slots cut into
+        """The epoch's stacks as (ids (S, B), weights (S, B), global steps (S,)), the plan's slots cut into
         consecutive batches of batch_size: one stack, and a ragged "keep" tail as a one-step stack of its own
         shape, except fused, which pads that tail to B (the plan's "pad" rule) to scan the epoch in one program."""
         plan = self.plan
@@ -243,36 +249,57 @@ class JaxAdapter:
         b = plan.batch_size
         ids, w = plan.slots(epoch)
         full = ids.shape[0] // b
-        chunks = [(ids[: full * b].reshape(full, b), w[: full * b].reshape(full, b), first_step)] if full else []
+        steps = np.arange(first_step, first_step + full + 1)
+        chunks = [(ids[: full * b].reshape(full, b), w[: full * b].reshape(full, b), steps[:full])] if full else []
         if ids.shape[0] > full * b:
-            chunks.append((ids[None, full * b :], w[None, full * b :], first_step + full))
+            chunks.append((ids[None, full * b :], w[None, full * b :], steps[full:]))
         return chunks
 
-    def _stacked_epoch(self, epoch: int, first_step: int, inputs) -> EpochRun:
-        """The epoch over `_stacked` inputs: fused one scan per stack, eager / compiled `step_at` per step. Without
-        `inputs` it takes those the previous epoch prefetched (made anew if they are not this epoch's), and once its
-        steps are dispatched it prefetches the next epoch's, host work and transfer while the device still runs.
-        The recorded ids are the plan's batches: only an unbucketed plan's last batch can hold filler (weight 0),
-        listed where the run lists the plan's ids under "pad" and cut otherwise (native order, or fused's padded
-        "keep" tail)."""
-        prefetch = inputs is None
-        if prefetch:
-            ahead, self.ahead = self.ahead, None
-            mine = ahead is not None and ahead[0] == (epoch, first_step)
-            inputs = ahead[1] if mine else self.epoch_inputs(epoch, first_step)
+    def _stacked_epoch(self, inputs) -> tuple[list, list, list]:
+        """Features and images: (ids, padded lengths 0, losses on the device) of the steps of `_stacked` inputs,
+        fused one scan per stack, eager / compiled `step_at` per step. The recorded ids are the plan's batches: only
+        an unbucketed plan's last batch can hold filler (weight 0), listed where the run lists the plan's ids under
+        "pad" and cut otherwise (native order, or fused's padded "keep" tail)."""
         losses, fed, last = [], [], None
         for stacked, (ids, w) in inputs:
             if self.execution == "fused":
                 losses.append(self._scan(*stacked))
             else:
-                losses += [self._step_at(stacked, i) for i in range(ids.shape[0])]
+                losses += [self._step_at(self.split, stacked, i) for i in range(ids.shape[0])]
             fed, last = fed + list(ids), w[-1]
-        if prefetch:
-            after = (epoch + 1, first_step + len(fed))
-            self.ahead = (after, list(self.epoch_inputs(*after)))
         if fed and not (self.planned and self.plan.last_batch == "pad"):
             fed[-1] = fed[-1][last > 0]
-        return EpochRun(fed, [0] * len(fed), np.hstack(jax.device_get(losses)))
+        return fed, [0] * len(fed), losses
+
+    def _token_inputs(self, epoch: int, first_step: int) -> list[tuple]:
+        """The epoch's token steps in plan order as (split, stack, i, batch): the training split padded to the
+        batch's T on the device (data.Tokens.splits), the `_stacked` inputs of all the epoch's batches of its size
+        B (ids, masked-loss weights m at each batch's own T, masks, global steps), i its index there, and its plan
+        batch. How many batches have B rows is fixed by the plan, not by the epoch's order, so jit sees one
+        signature per (B, T) across epochs."""
+        batches = self.plan.batches(epoch)
+        splits = self.pipeline.splits({batch.length for batch in batches})
+        sizes: dict[int, list[int]] = {}  # B → the positions of its batches in the epoch
+        for k, batch in enumerate(batches):
+            sizes.setdefault(batch.rows, []).append(k)
+        placed = {}
+        for members in sizes.values():
+            ids = np.stack([batches[k].ids for k in members])
+            kept = np.stack([splits[batches[k].length][1][batches[k].ids] for k in members])
+            w = self.pipeline.weights(np.stack([batches[k].weights for k in members]), kept)
+            stacked = self._stacked(ids, w, first_step + np.asarray(members))
+            placed.update({k: (stacked, i) for i, k in enumerate(members)})
+        return [(splits[batch.length][0], *placed[k], batch) for k, batch in enumerate(batches)]
+
+    def _token_epoch(self, inputs) -> tuple[list, list, list]:
+        """Tokens: (ids, padded lengths T, losses on the device) of `_token_inputs`, `step_at` per step; the ids
+        listed as the plan's (filler included) or the real rows'."""
+        ids, lengths, losses = [], [], []
+        for split, stacked, i, batch in inputs:
+            losses.append(self._step_at(split, stacked, i))
+            ids.append(batch.ids if self.planned else batch.real_ids)
+            lengths.append(batch.length)
+        return ids, lengths, losses
 
     def evaluate(self, split, batches):
         out = []

@@ -101,7 +101,7 @@ class JaxTarget:
         self.adapter.prepare(
             self.spec,
             data,
-            BatchPlan.from_spec(self.spec, data.train_x.shape[0]),
+            BatchPlan.from_spec(self.spec, data.train_x.shape[0], data.train_lengths),
             model_layers(self.spec, data),
             None if on(self.spec, "default_init") else canonical_init(self.spec, data),
         )
@@ -109,7 +109,7 @@ class JaxTarget:
         self.loaders = {name: cls(data, plan, self.spec) for name, cls in pipeline.LOADERS.items()}
         first = plan.batches(0)[0]
         if mode == "fused":
-            self.fixed = self.adapter._stacked(first.ids[None], first.weights[None], 1)
+            self.fixed = self.adapter._stacked(first.ids[None], first.weights[None], [1])
         else:
             rows = self.adapter.pipeline.rows(first)
             self.fixed = (rows.x, rows.y, rows.weights, self.adapter._masks(1, first.rows), 1)

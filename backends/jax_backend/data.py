@@ -5,7 +5,9 @@ Features and images: the plan batch's rows by numpy fancy indexing (features (B,
 the dataset holds them), cast to the spec dtype explicitly (x64 is on), one `jax.device_put`. Tokens:
 `common.padding.pad_batch` to the plan's length T with the sides resolved for "jax" (native: post/post), so the
 jitted step sees only the plan's (B, T) shapes (one compile per bucket with buckets and last_batch "pad"); weights
-m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths.
+m_i = common.padding.loss_weights(w_i, L_i, loss_norm), L_i the kept lengths. The training loop pads the whole
+training split to each T once (`Tokens.splits`, on the device) and its steps gather their rows there, as features do;
+evaluation pads batch by batch (`rows`).
 It follows the shared plan; with the idiom `order` on, the order a JAX user writes, `jax.random.permutation(
 fold_in(PRNGKey(seed), epoch), N)` (`JaxOrderPlan`), with the plan's last-batch cuts (pad: weight-0 filler, static
 shapes). A split step's micro-batch (features and images): `Features.arrays`, placed by distributed.Engine.sharded.
@@ -89,7 +91,7 @@ def on_device(x: np.ndarray, y: np.ndarray, dtype) -> tuple[jax.Array, jax.Array
 
 def take_rows(x: jax.Array, y: jax.Array, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Rows `ids` (int32, in range by construction, hence mode "clip": no out-of-bounds fill) of a device split,
-    features (N, F) or images (N, H, W, C) alike (axis 0)."""
+    features (N, F), images (N, H, W, C) or padded tokens (N, T) alike (axis 0)."""
     return jnp.take(x, ids, axis=0, mode="clip"), jnp.take(y, ids, axis=0, mode="clip")
 
 
@@ -109,22 +111,39 @@ class PrefetchedFeatures(Features):
 
 
 class Tokens(Pipeline):
-    """Token batches padded in numpy to the plan's T (`pad_batch`), with the masked-loss weights."""
+    """Token batches padded in numpy to the plan's T (`pad_batch`), with the masked-loss weights; for the training
+    loop, the training split padded to each T an epoch uses, on the device (`splits`)."""
 
     def __init__(self, data, plan, spec):
         super().__init__(data, plan, spec)
         self.sides = resolve_sides(spec, "jax")
         self.loss_norm = spec.sequence.loss_norm
+        self.padded: dict[int, tuple] = {}  # T → `splits`'s entry, the Ts of the last call
+
+    def splits(self, lengths: set[int]) -> dict[int, tuple]:
+        """Per T in `lengths`: ((tokens (N, T) int32, y int32) on the device, kept lengths L_i (N,)), the whole
+        training split padded to T by `pad_batch`. A row's padding depends on the row and T alone, so rows `ids`
+        of it are `pad_batch` of those rows to T. Made once per T and kept while the next call asks for it too:
+        one split with max_len, one per bucket bound with buckets, otherwise one per distinct batch length of the
+        epoch."""
+        missing = sorted(set(lengths) - set(self.padded))
+        every = self.data.sequences("train", np.arange(self.data.train_x.shape[0])) if missing else []
+        known = dict(self.padded)
+        for length in missing:
+            tokens, _, kept = pad_batch(every, *self.sides, length)
+            known[length] = (on_device(tokens, self.data.train_y, np.int32), kept)
+        self.padded = {length: known[length] for length in lengths}
+        return self.padded
+
+    def weights(self, w: np.ndarray, kept: np.ndarray) -> np.ndarray:
+        """m = common.padding.loss_weights(w, L, loss_norm) in the spec dtype, elementwise over any shape."""
+        return loss_weights(w, kept, self.loss_norm).astype(self.dtype)
 
     def rows(self, batch, split="train"):
         tokens, _, kept = pad_batch(self.data.sequences(split, batch.ids), *self.sides, batch.length)
         y = getattr(self.data, f"{split}_y")[batch.ids]
-        m = loss_weights(batch.weights, kept, self.loss_norm)
-        return Rows(
-            batch.ids,
-            *jax.device_put((tokens.astype(np.int32), y.astype(np.int32), m.astype(self.dtype))),
-            lengths=kept,
-        )
+        m = self.weights(batch.weights, kept)
+        return Rows(batch.ids, *jax.device_put((tokens.astype(np.int32), y.astype(np.int32), m)), lengths=kept)
 
 
 def micro_batches(spec: Spec, plan: BatchPlan) -> BatchPlan:

@@ -11,9 +11,9 @@ masks: the shared dropout masks or None (idiom `dropout_rng`); t: the global ste
 key under `dropout_rng` (an argument, so it neither retraces nor dispatches once jitted). The optax chain (optim.py)
 holds the clip and the schedule, so every mode reads lr(t) from the optimizer state inside its program: the fused
 scan and MultiSteps's inner chain included.
-Features and images train on an epoch's inputs stacked on the device once (ids (S, B) int32, w (S, B), masks
-(S, B, *shape) per dropout layer or None, t (S,) int32) and the training split on the device; step i gathers its
-own rows there (`step_at`, `take_rows`):
+Features, images and tokens train on an epoch's inputs stacked on the device once (ids (S, B) int32, w (S, B), masks
+(S, B, *shape) per dropout layer or None, t (S,) int32) and the training split on the device (tokens: padded to the
+step's T); step i gathers its own rows there (`step_at`, `take_rows`):
 
     step_at(variables, opt_state, x_all, y_all, ids, w, masks, t, i)
         = step(variables, opt_state, x_all[ids[i]], y_all[ids[i]], w[i], masks[i], t[i]).
@@ -23,7 +23,7 @@ own rows there (`step_at`, `take_rows`):
 - fused:    `jax.jit` of a `lax.scan` of `step_at` over i = 0..S−1, carrying the variables (batch_stats included)
             and the optimizer state: one program per epoch (not token data: token batches have no static epoch
             shape).
-Token batches, split steps and the bench's step alone call `step` itself on rows already on the device. The jitted
+Split steps and the bench's step alone call `step` itself on rows already on the device. The jitted
 `step_at` and scan donate the variables and the optimizer state (their buffers are reused for the outputs).
 jit compiles once per input signature; `compile_count` counts the traces (eager: 0).
 A split step (common.distributed) with the idiom `split_step` on runs `step` once per global micro-batch, its chain

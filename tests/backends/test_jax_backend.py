@@ -219,7 +219,7 @@ def test_fused_scans_the_shared_masks_and_returns_its_own_losses():
     )
     adapter, _ = prepared_adapter(spec)
     ids, w = adapter.plan.slots(0)
-    _, _, masks, steps = adapter._stacked(ids[:14].reshape(2, 7), w[:14].reshape(2, 7), 5)
+    _, _, masks, steps = adapter._stacked(ids[:14].reshape(2, 7), w[:14].reshape(2, 7), [5, 6])
     np.testing.assert_array_equal(np.asarray(steps), [5, 6])
     for k, t in enumerate((5, 6)):
         for got, want in zip(masks, shared_masks(spec.seed, t, adapter.layers, 7, np.float64), strict=True):
@@ -260,7 +260,7 @@ def test_fused_float32_stays_float32():
         adapter.params,
         adapter.opt_state,
         *adapter.split,
-        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), 1),
+        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), [1, 2, 3]),
     )
     closed = jax.make_jaxpr(adapter.run.scan)(*args)
     found = float_avals(closed.jaxpr)
@@ -471,7 +471,7 @@ def test_cnn_fused_float32_stays_float32():
         adapter.params,
         adapter.opt_state,
         *adapter.split,
-        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), 1),
+        *adapter._stacked(ids[:21].reshape(3, 7), w[:21].reshape(3, 7), [1, 2, 3]),
     )
     closed = jax.make_jaxpr(adapter.run.scan)(*args)
     assert ("float64", False) not in float_avals(closed.jaxpr)

@@ -19,10 +19,10 @@ from backends.jax_backend import bench, reference_loop  # noqa: E402
 from backends.worker import load_adapter  # noqa: E402
 from benchmarks.bench import bench_spec  # noqa: E402
 from common.datasets import load_dataset  # noqa: E402
-from common.driver import train  # noqa: E402
+from common.driver import _plans, train  # noqa: E402
 from common.timing import time_calls  # noqa: E402
 from common.tolerance import FLOAT32_EXACT, FLOAT64_EXACT  # noqa: E402
-from tests.support import make_spec  # noqa: E402
+from tests.support import make_spec, seq_spec  # noqa: E402
 
 # iris: 120 training rows; batch 32 under keep gives 3 full batches and a ragged one of 24 (fused: padded in its scan)
 SPEC = make_spec(
@@ -242,3 +242,17 @@ def test_epoch_prefetches_the_next_and_donates_the_state(mode, bench_runs):
     np.testing.assert_array_equal(prefetched[0][1][0].reshape(-1), adapter.plan.slots(1)[0])
     assert_float32_exact(adapter.run_epoch(1, 9).losses, [s["loss"] for s in steps[8:]])
     assert adapter.ahead[0] == (2, 17)
+
+
+def test_sequence_target_trains_the_driver_plan():
+    """The target's adapter walks the plan the driver builds for sequence data (common.driver._plans): the same
+    batches and padded lengths, buckets included, and its epoch records them."""
+    spec = seq_spec(sequence={"buckets": [4, 10]}, train={"epochs": 1})
+    data = load_dataset(spec)
+    driver_plan, _ = _plans(spec, data)
+    target = bench.make_target(spec, data, "compiled", "cpu")
+    for got, want in zip(target.adapter.plan.batches(0), driver_plan.batches(0), strict=True):
+        assert np.array_equal(got.ids, want.ids) and got.length == want.length
+    run = target.adapter.run_epoch(0, 1)
+    assert run.lengths == [b.length for b in driver_plan.batches(0)]
+    assert set(run.lengths) <= {4, 10}

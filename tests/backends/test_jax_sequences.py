@@ -31,7 +31,7 @@ from common.driver import _plans, canonical_init, model_layers, train  # noqa: E
 from common.padding import pad_batch, resolve_sides  # noqa: E402
 from common.spec import Spec  # noqa: E402
 from common.tolerance import tolerance_for  # noqa: E402
-from tests.support import divergences, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
+from tests.support import divergences, prepared_adapter, run_in_process, seq_spec, worst_tolerance_used  # noqa: E402
 
 RNN = {"kind": "rnn", "hidden": [5]}
 PAD = {"last_batch": "pad"}
@@ -279,3 +279,39 @@ def test_fused_execution_on_token_data_is_a_clear_error():
     plan, _ = _plans(spec, data)
     with pytest.raises(ValueError, match="execution 'fused' scans whole epochs of one static shape"):
         adapter.prepare(spec, data, plan, model_layers(spec, data), canonical_init(spec, data))
+
+
+def test_training_inputs_are_the_plan_batches_padded_on_the_device():
+    """The training loop's inputs (`epoch_inputs`, tokens): per plan batch, in order, the training split padded to
+    its T whose rows `ids` are `pad_batch` of the batch, labels, the masked-loss weights w·L (per_token, L from
+    pad_batch), its global step; one stack per batch size (keep: full batches and each bucket's tail)."""
+    spec = seq_spec(
+        sequence={"pad": "pre", "truncate": "pre", "buckets": [4, 10], "loss_norm": "per_token"},
+        batching={"last_batch": "keep"},
+    )
+    adapter, data = prepared_adapter("jax", spec)
+    batches = _plans(spec, data)[0].batches(1)
+    inputs = adapter.epoch_inputs(1, 12)
+    for t, (((x, y), (ids, w, masks, steps), i, batch), planned) in enumerate(
+        zip(inputs, batches, strict=True), start=12
+    ):
+        tokens, _, kept = pad_batch(data.sequences("train", planned.ids), "pre", "pre", planned.length)
+        assert np.array_equal(batch.ids, planned.ids) and batch.length == planned.length
+        assert np.array_equal(np.asarray(ids[i]), planned.ids)
+        assert np.array_equal(np.asarray(x)[planned.ids], tokens)
+        assert np.array_equal(np.asarray(y)[planned.ids], data.train_y[planned.ids])
+        assert np.array_equal(np.asarray(w[i]), planned.weights * kept)
+        assert masks is None and int(steps[i]) == t
+    assert len({id(stack) for _, stack, _, _ in inputs}) == len({b.rows for b in batches}) > 1
+
+
+def test_token_epochs_prefetch_and_compile_nothing_new():
+    """run_epoch makes the next epoch's token inputs once its steps are dispatched; later epochs reuse the
+    compiled (B, T) programs: max_len fixes T, keep gives two batch sizes, so two compiles in all."""
+    spec = seq_spec(sequence={"max_len": 8}, train={"epochs": 3})
+    adapter, _ = prepared_adapter("jax", spec)
+    for epoch in range(3):
+        run = adapter.run_epoch(epoch, 1 + 11 * epoch)
+        assert len(run.losses) == 11 and np.all(np.isfinite(run.losses))
+        assert adapter.ahead[0] == (epoch + 1, 1 + 11 * (epoch + 1))
+    assert adapter.compile_count == 2
