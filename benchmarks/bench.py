@@ -112,7 +112,7 @@ def run_bench(
     budget_s: float,
     keras_peer: bool = True,
     rounds: int = 20,
-    cap_s: float = 60.0,
+    cap_s: float = 10.0,
     threads: int = 1,
 ) -> dict:
     out = Path(out).absolute()  # workers run with the repository root as their working folder
@@ -207,7 +207,7 @@ def ratios(bench: dict) -> list[dict]:
                     entry[f"{mode}_vs_reference_verdict"] = against_target(paired, REFERENCE_TARGET)
                 overhead = _find(rows, backend, "loader_overhead", mode, bs)
                 if overhead:
-                    share = {"ci": overhead["share_ci"]}
+                    share = {"ci": overhead["share_ci"], "rounds": overhead["rounds"]}
                     entry[f"{mode}_loader_share"] = overhead["share"]
                     entry[f"{mode}_loader_share_ci"] = overhead["share_ci"]
                     entry[f"{mode}_loader_ms"] = overhead["ms_per_epoch"]

@@ -204,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds", type=int, default=20, help="paired rounds of end-to-end epochs (every mode and the reference)"
     )
     bench.add_argument(
-        "--cap", type=float, default=60.0, help="seconds of end-to-end timing per mode and batch size, at most"
+        "--cap",
+        type=float,
+        default=10.0,
+        help="seconds of end-to-end (and loader) timing per variant and batch size, at most",
     )
     bench.add_argument(
         "--threads", type=int, help="CPU threads of every framework's pools (default: the usable cores), recorded"

@@ -50,12 +50,19 @@ def loader_overhead(end_to_end, placed, **kwargs) -> dict:
     }
 
 
+MIN_ROUNDS = 6
+"""Fewest rounds that decide a target. Below 6 no distribution-free 95% interval of a median exists (the widest,
+from the smallest to the largest of n values, covers it with probability 1 − 2·2⁻ⁿ: 93.75% at n = 5, 96.9% at
+n = 6), and the bootstrap's interval collapses (one round: a point); a variant capped after a few slow rounds
+stays undecided."""
+
+
 def against_target(estimate: dict, target: float, at_most: bool = False) -> str:
-    """Whether `estimate`'s interval (median_interval) decides the target: "meets" when it lies wholly at or above
-    `target` (`at_most`: at or below it), "misses" when wholly on the other side, "undecided" when it contains the
-    target (more rounds might decide)."""
+    """Whether `estimate`'s interval (median_interval, over `rounds` ≥ MIN_ROUNDS) decides the target: "meets"
+    when it lies wholly at or above `target` (`at_most`: at or below it), "misses" when wholly on the other side,
+    "undecided" when it contains the target or has too few rounds (more rounds might decide)."""
     lo, hi = estimate["ci"]
-    if lo is None:
+    if lo is None or estimate["rounds"] < MIN_ROUNDS:
         return "undecided"
     if at_most:
         return "meets" if hi <= target else "misses" if lo > target else "undecided"

@@ -1,6 +1,7 @@
 """common.timing's paired rounds and common.bootstrap's paired ratios, on scripted calls and a fake clock."""
 
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_loader_overhead_is_end_to_end_minus_placed_per_round():
 
 
 def test_an_upper_target_is_met_only_below_the_whole_interval():
-    share = {"ci": [0.02, 0.04]}
+    share = {"ci": [0.02, 0.04], "rounds": 20}
     assert against_target(share, 0.05, at_most=True) == "meets"
     assert against_target(share, 0.03, at_most=True) == "undecided"
     assert against_target(share, 0.01, at_most=True) == "misses"
@@ -114,3 +115,54 @@ def test_windows_run_with_the_garbage_collector_off():
     )
     assert states == [True, True] + [False] * 6 and gc.isenabled()  # first call and warm-up, then 3 windows of 2
     assert timing.windows == 3 and timing.calls_per_window == 2
+
+
+def test_windows_stop_at_the_cap_but_never_below_two():
+    slept = []
+
+    def call():
+        time.sleep(0.02)
+        slept.append(1)
+
+    # each window takes ≥ 0.02 s: a 0.03 s cap stops after the second window; the first call and no warm-up apart
+    assert time_calls(call, lambda _: None, 1, windows=10, calls_per_window=1, warmup=0, cap_s=0.03).windows == 2
+    assert len(slept) == 3
+    assert time_calls(call, lambda _: None, 1, windows=4, calls_per_window=1, warmup=0, cap_s=0.0).windows == 2
+    assert time_calls(call, lambda _: None, 1, windows=3, calls_per_window=1, warmup=0).windows == 3
+
+
+class Cycle:
+    """A reference cycle that only the cyclic garbage collector frees; `freed` counts the finalised ones."""
+
+    freed = 0
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        Cycle.freed += 1
+
+
+def test_timed_calls_see_a_frozen_heap_and_still_collect_what_they_make():
+    frozen = []
+    Cycle.freed = 0
+
+    def call():
+        frozen.append(gc.get_freeze_count())
+        Cycle()  # garbage made inside the timing
+
+    old = Cycle()  # garbage made before: settled (collected) before the first timed call
+    del old
+    time_calls(call, lambda _: None, 1, windows=3, calls_per_window=1, warmup=0)
+    assert min(frozen) > 0 and gc.get_freeze_count() == 0  # frozen while timing, thawed after
+    assert Cycle.freed >= 3  # the old cycle and those of the first calls, collected before the later windows
+    clock, log = Clock(), []
+    paired_rounds({"a": scripted(clock, [1.0] * 3, log, "a")}, rounds=2, clock=clock)
+    assert gc.get_freeze_count() == 0
+
+
+def test_fewer_than_six_rounds_decide_nothing():
+    # a constant ratio over 5 rounds is a point interval, yet 5 values cannot bound a median at 95%
+    assert against_target(paired_ratio([3.0] * 5, [2.0] * 5), 1.0) == "undecided"
+    assert against_target(paired_ratio([3.0] * 6, [2.0] * 6), 1.0) == "meets"
+    assert against_target(paired_ratio([3.0, None] * 6, [2.0] * 12), 2.0) == "misses"  # 6 paired rounds of 12
