@@ -296,10 +296,7 @@ def test_bad_data(case, tmp_path, capsys):
         (["bench", "--rounds", "1"], "--rounds"),
         (["bench", "--cap", "0"], "--cap"),
         (["bench", "--threads", "0"], "--threads"),
-        (
-            ["bench", "--set", 'data.name="sequences"', "--set", 'model.kind="rnn"', "--set", "model.hidden=[4]"],
-            "model.kind",
-        ),
+        (["bench", "spec.toml", "--workload", "seq"], "--workload"),
     ],
 )
 def test_bad_arguments(argv, fragment, tmp_path, capsys):

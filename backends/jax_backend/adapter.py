@@ -111,7 +111,7 @@ class JaxAdapter:
             self.calls, self.pending = 0, []  # split_step: micro-batches fed, and those not yet in an update
         self.run = execution.Execution(self.execution, step)
         self._eval = execution.eval_sums(self.model)
-        self.tokens = data.is_sequence
+        self.tokens = isinstance(self.pipeline, pipelines.Tokens)  # what the pipeline feeds, not the model kind
         if not self.layout.is_split:  # run_epoch over `_stacked` epoch inputs
             if not self.tokens:
                 self.split = pipelines.on_device(data.train_x, data.train_y, self.dtype)
