@@ -95,6 +95,22 @@ def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
     np.testing.assert_allclose(losses, eager_losses, rtol=FLOAT64_EXACT.rtol, atol=FLOAT64_EXACT.atol)
 
 
+def test_placed_epochs_leave_the_next_epochs_prefetch_in_place(data):
+    """The paired rounds alternate end-to-end and placed epochs: an end-to-end epoch after a placed one is still
+    the one its predecessor prefetched (its inputs made once, during epoch 0), as when epochs follow each other."""
+    target = bench.make_target(SPEC, data, "fused", "cpu")
+    made, epoch_inputs = [], target.adapter.epoch_inputs
+
+    def counted(epoch, first_step):
+        made.append((epoch, first_step))
+        return epoch_inputs(epoch, first_step)
+
+    target.adapter.epoch_inputs = counted
+    target.epoch(), target.placed_epoch(), target.epoch()
+    # epoch 0 made and epoch 1 prefetched, the placed epoch 0, epoch 2 prefetched while epoch 1 runs (4 steps each)
+    assert made == [(0, 1), (1, 5), (0, 1), (2, 9)]
+
+
 @pytest.mark.parametrize("loader", bench.LOADERS)
 def test_loader_smoke(loader, data):
     target = bench.make_target(SPEC, data, "compiled", "cpu")
