@@ -77,6 +77,23 @@ def test_placed_epoch_is_the_epoch_without_its_loader(mode, data, eager_losses):
     np.testing.assert_allclose(losses, eager_losses, rtol=tolerance_for("float64", "exact").rtol, atol=0)
 
 
+@pytest.mark.parametrize("mode", ["compiled", "fused"])
+def test_no_dropout_draws_no_masks(mode, data, monkeypatch):
+    """Without dropout the one-call epochs ask for no step's masks (not one call per step, each giving none): their
+    plan inputs carry none, and the epoch trains as the driver's eager run does."""
+    spec = replace(SPEC, regularization=replace(SPEC.regularization, dropout=0.0))
+    eager = run_in_process("tf", replace(spec, execution="eager"))[1]["losses"]
+    target = make_target(spec, data, mode, "cpu")
+    assert target.adapter.runner.masks.shapes == []
+
+    def refuse(*args):
+        raise AssertionError("a step's masks asked for, for a spec without dropout")
+
+    monkeypatch.setattr(type(target.adapter.runner.masks), "__call__", lambda self, *args: refuse(*args))
+    assert target.adapter.runner.slots(0, 1)[3] == ()
+    np.testing.assert_allclose(target.epoch(), eager, rtol=tolerance_for("float64", "exact").rtol, atol=0)
+
+
 @pytest.mark.parametrize("loader", LOADERS)
 def test_loader_smoke(loader, data):
     target = make_target(SPEC, data, "eager", "cpu")
