@@ -10,6 +10,8 @@ import pytest
 from common.frameworks import FRAMEWORKS, REGISTRY
 from common.layers import core, norm, sequence
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 ROOT = Path(__file__).resolve().parent.parent / "backends"
 FAMILIES = {"core": core.KINDS, "norm": norm.KINDS, "sequence": sequence.KINDS}
 VOCABULARY = {"model": {"build", "load_canonical", "to_canonical"}, "adapter": {"make_adapter"}}

@@ -6,6 +6,8 @@ from hypothesis import strategies as st
 from common import InputError
 from common.batching import BatchPlan, eval_batches
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 @settings(max_examples=60, deadline=None)
 @given(

@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 
 from common.compare import compare_batch_ids, compare_values
 from common.tolerance import FLOAT32_EXACT, FLOAT64_EXACT
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
 
 def test_first_divergent_step_and_nan():

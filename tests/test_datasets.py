@@ -1,8 +1,11 @@
 import numpy as np
+import pytest
 
 from common.datasets import load_dataset
 from common.layers import init_params, stack
 from tests.support import make_spec
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
 
 def test_iris_split_is_deterministic_and_standardised_on_train_only():

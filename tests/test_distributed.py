@@ -16,6 +16,8 @@ from common.driver import EpochRun, canonical_init, check_plan, train
 from common.tolerance import tolerance_for
 from tests.support import BN_SYNC, bn_spec, dp_spec, make_spec, max_rel_gap, run_in_process
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 def test_layout_global_and_per_replica_batches():
     glob = Layout.from_spec(make_spec(distributed={"replicas": 2}, batching={"batch_size": 16, "accumulate": 3}))

@@ -3,7 +3,11 @@
 import threading
 from pathlib import Path
 
+import pytest
+
 from benchmarks.executor import Executor, Task
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
 
 class Scripted(Executor):

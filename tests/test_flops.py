@@ -1,11 +1,15 @@
 """common.flops: training FLOPs per sample of resolved stacks, counted by hand here; the peak probe's timing."""
 
+import pytest
+
 from benchmarks.bench import bench_spec
 from common.datasets import load_dataset
 from common.driver import model_layers
 from common.flops import gemm_flops, train_flops_per_sample
 from common.timing import fastest
 from tests.support import make_spec
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
 
 def _flops(spec) -> int:

@@ -9,6 +9,8 @@ from common.layers import init_params, param_shapes, regularized, stack, tables
 from common.spec import is_sequence, typed, validate
 from tests.support import make_spec
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 NORM_STACK = [
     {"kind": "dense", "units": 6, "activation": "relu"},
     {"kind": "layer_norm"},

@@ -1,11 +1,14 @@
 """Aggregation: the weighted metric ignores the evaluation batching; the per-batch mean does not (banding)."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.batching import eval_batches
 from common.metrics import aggregate, cross_entropy, weighted_mean
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
 
 def _per_batch(values, size):

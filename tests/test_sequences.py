@@ -9,6 +9,8 @@ from common import InputError
 from common.padding import pad_batch
 from common.sequences import majority_group, read_jsonl, synthetic
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 def test_synthetic_is_deterministic_and_labels_depend_on_the_whole_sequence():
     a, b = synthetic(300, 2, 20, 12, 3, seed=0), synthetic(300, 2, 20, 12, 3, seed=0)

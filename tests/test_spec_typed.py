@@ -10,6 +10,8 @@ import pytest
 from common.spec import SCHEMA, Field, Spec, apply_overrides, defaults, load_spec, typed, validate
 from tests.support import make_spec, seq_spec
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 NORM_STACK_SECTIONS = {
     "model": {
         "layers": [

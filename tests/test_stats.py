@@ -5,6 +5,8 @@ import pytest
 
 from common.stats import t_cdf, t_quantile, tost
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 @pytest.mark.parametrize(
     "t, df, expected",

@@ -9,6 +9,8 @@ import pytest
 from common.bootstrap import against_target, loader_overhead, paired_ratio
 from common.timing import paired_rounds, time_calls
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 class Clock:
     """A clock that each scripted call advances by its cost (binary fractions: the differences are exact)."""

@@ -10,6 +10,8 @@ from common.layers import init_params, is_state, stack
 from common.regularization import Regularization
 from tests.support import CNN_RUNS, LAYER_NORM_STACK, cnn_spec, make_spec, run_in_process
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 
 def _mlp(hidden, activation, init, dropout=0.0):
     spec = make_spec(

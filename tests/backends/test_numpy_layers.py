@@ -1,5 +1,7 @@
 """Each oracle layer kind's backward against central finite differences in float64, value tests that pin the image
 and batch_norm formulas by hand, and the whole-stack gradient of layer_norm and CNN models (the MLP and sequence
+
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 stacks are in test_numpy_backend.py, test_numpy_sequences.py)."""
 
 import numpy as np

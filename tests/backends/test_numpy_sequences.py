@@ -15,6 +15,8 @@ from common.metrics import cross_entropy
 from common.padding import kept_lengths, loss_weights, pad_batch
 from tests.support import run_in_process, seq_spec
 
+pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
+
 VOCAB, CLASSES, WIDTH = 7, 3, 4
 LENGTHS = [3, 6, 0, 2, 5]  # row 2 is all padding (weight 0, as a filler row would be)
 PLAN_WEIGHTS = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
