@@ -149,12 +149,17 @@ def rows_of(bench: dict) -> list[dict]:
     return [{"backend": r.get("backend", res["backend"]), **r} for res in bench["results"] for r in res["rows"]]
 
 
-def _find(rows, backend, kind, mode, batch_size):
+def _find(rows, backend, kind, mode, batch_size, **match):
+    """The first row of this backend, kind, mode and batch size (and the `match` values), or None."""
     return next(
         (
             r
             for r in rows
-            if r["backend"] == backend and r["kind"] == kind and r["mode"] == mode and r["batch_size"] == batch_size
+            if r["backend"] == backend
+            and r["kind"] == kind
+            and r["mode"] == mode
+            and r["batch_size"] == batch_size
+            and all(r.get(k) == v for k, v in match.items())
         ),
         None,
     )
@@ -174,7 +179,8 @@ def loader_target(batch_size: int) -> float:
 def ratios(bench: dict) -> list[dict]:
     """Per backend and batch size, all from this one run: the best mode and its throughput against Keras fit (the
     peer's own process), and per mode the paired-round figures of benchmarks.bench_worker (throughput relative to
-    the reference, the loader's overhead) with their intervals and verdicts, and the naive loader's slowdown."""
+    the strongest reference, the loader's overhead) with their intervals and verdicts, and the naive loader's
+    slowdown."""
     rows = rows_of(bench)
     out = []
     for backend in [b for b in FRAMEWORKS if any(r["backend"] == b for r in rows)]:
@@ -199,7 +205,7 @@ def ratios(bench: dict) -> list[dict]:
                 entry["vs_keras_fit_verdict"] = against_target(peer, KERAS_TARGET)
             for mode, r in e2e.items():
                 entry[f"{mode}_mfu"] = r.get("mfu")
-                paired = _find(rows, backend, "ratio", mode, bs)
+                paired = _find(rows, backend, "ratio", mode, bs, strongest=True)
                 if paired:
                     entry[f"{mode}_reference"] = paired["vs"]
                     entry[f"{mode}_vs_reference"] = paired["median"]
@@ -349,6 +355,23 @@ def markdown(bench: dict, rows: list[dict]) -> str:
                 f"{'-' if share is None else f'{share:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]'} | "
                 f"{e.get(f'{mode}_loader_verdict', '-')} | {_num(e.get(f'{mode}_mfu'), '.2%')} |"
             )
+    against = [r for r in rows if r["kind"] == "ratio"]
+    if against:
+        lines += [
+            "",
+            "## Each mode against every reference (paired rounds)",
+            "",
+            "The strongest reference sets the target above; the others say what bounds a mode (a compiled mode "
+            "against the compiled reference, where compilation itself costs the framework).",
+            "",
+            "| backend | batch | mode | reference | / reference |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {r['backend']} | {r['batch_size']} | {r['mode']} | {r['vs']}"
+                f"{' (strongest)' if r['strongest'] else ''} | {_interval(r['median'], r['ci'])} |"
+                for r in against
+            ],
+        ]
     if bench["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in bench["notes"]]
     return "\n".join(lines) + "\n"

@@ -8,10 +8,11 @@ within common.tolerance, on the code path then timed), then timed (common.timing
 loader alone (once per batch size) in windows; then in paired rounds the end-to-end epoch of every mode (the
 adapter's run_epoch with its loader), the same loop over inputs already on the device (`placed`), every reference
 variant, and (with `keras_peer`) Keras `fit` on this framework (benchmarks.keras_peer). From the rounds
-(common.bootstrap, medians with bootstrap intervals): each mode's throughput relative to the strongest reference
-(the fastest median; `ratio` rows) and to Keras fit (`vs_keras_fit`), and its loader overhead, end to end −
-placed, in ms per epoch and as a share of the epoch (`loader_overhead` rows). Every epoch row also gets its
-FLOP/s and model FLOP utilisation (common.flops, against the framework's GEMM peak). A mode or reference that
+(common.bootstrap, medians with bootstrap intervals): each mode's throughput relative to every reference (`ratio`
+rows; `strongest` marks the one with the fastest median, which the target is held to) and to Keras fit
+(`vs_keras_fit`), and its loader overhead, end to end − placed, in ms per epoch and as a share of the epoch
+(`loader_overhead` rows). Every epoch row also gets its FLOP/s and model FLOP utilisation (common.flops, against
+the framework's GEMM peak). A mode or reference that
 cannot run here (e.g. a CUDA graph without a GPU) or that fails the equivalence check is recorded with a note,
 not timed.
 """
@@ -155,9 +156,10 @@ def bench_batch_size(
         rows.append(_timed("end_to_end", mode, batch_size, timed.timing(mode, n_rows), _rounds(timed, mode, n_rows)))
         placed = f"{mode} placed"
         rows.append(_timed("placed", mode, batch_size, timed.timing(placed, n_rows), _rounds(timed, placed, n_rows)))
-        if strongest is not None:
-            ratio = paired_ratio(timed.seconds[strongest], timed.seconds[mode])
-            rows.append({"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": strongest, **ratio})
+        for name in references:  # the strongest decides the target; the others say what bounds the mode
+            ratio = paired_ratio(timed.seconds[name], timed.seconds[mode])
+            row = {"kind": "ratio", "mode": mode, "batch_size": batch_size, "vs": name, "strongest": name == strongest}
+            rows.append({**row, **ratio})
         if peer is not None:
             ratio = paired_ratio(timed.seconds[PEER], timed.seconds[mode])
             rows.append({"kind": "vs_keras_fit", "mode": mode, "batch_size": batch_size, "vs": PEER, **ratio})

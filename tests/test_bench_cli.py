@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench import bench_spec, ratios
+from benchmarks.bench import bench_spec, markdown, ratios, rows_of
 from common.datasets import load_dataset
 from common.frameworks import REGISTRY
 from tests.support import needs_all_frameworks
@@ -26,6 +26,8 @@ def test_ratios_from_rows_without_frameworks():
             "median_s": median,
             "items_per_call": items,
             "items_per_s": items / median,
+            "iqr_s": 0.0,
+            "first_call_s": 0.0,
         }
 
     def paired(kind, mode, **figures):
@@ -47,9 +49,11 @@ def test_ratios_from_rows_without_frameworks():
                     row("torch", "reference", "ref eager", 0.004, 128),
                     row("torch", "loader:naive", "-", 0.004, 128),
                     row("torch", "loader:fast", "-", 0.001, 128),
+                    # every mode against every reference; the target is held to the strongest one's ratio
+                    paired("ratio", "compiled", vs="ref compiled", median=1.2, ci=[1.1, 1.3], strongest=False),
                     # the paired per-round ratio, not the quotient of the medians (0.004 / 0.005 = 0.8)
-                    paired("ratio", "compiled", vs="ref eager", median=0.75, ci=[0.7, 0.9]),
-                    paired("ratio", "eager", vs="ref compiled", median=0.4, ci=[0.38, 0.41]),
+                    paired("ratio", "compiled", vs="ref eager", median=0.75, ci=[0.7, 0.9], strongest=True),
+                    paired("ratio", "eager", vs="ref compiled", median=0.4, ci=[0.38, 0.41], strongest=True),
                     # Keras fit in the same rounds: the best mode's paired ratio, its interval above 2
                     paired("vs_keras_fit", "compiled", vs="keras fit", median=4.5, ci=[4.1, 4.9]),
                     paired("vs_keras_fit", "eager", vs="keras fit", median=1.5, ci=[1.4, 1.6]),
@@ -74,6 +78,10 @@ def test_ratios_from_rows_without_frameworks():
     # target ≤ 10% at batch 32: [12%, 18%] misses it, [2%, 14%] leaves it open
     assert entry["eager_loader_verdict"] == "misses" and entry["compiled_loader_verdict"] == "undecided"
     assert entry["naive_loader_slowdown"] == pytest.approx(4.0)
+    bench |= {"spec": {"name": "mlp"}, "device": "cpu", "notes": [], "ratios": [entry]}
+    report = markdown(bench, rows_of(bench))
+    assert "| torch | 32 | compiled | ref compiled | 1.2 [1.1, 1.3] |" in report
+    assert "| torch | 32 | compiled | ref eager (strongest) | 0.75 [0.7, 0.9] |" in report
 
 
 def _bench(out, *args) -> dict:
@@ -155,7 +163,8 @@ def test_bench_smoke_all_backends(tmp_path, workload):
         assert {r["mode"] for r in peer} == modes and {r["vs"] for r in peer} == {"keras fit"}, backend
         for r in ratios + peer:  # paired over the 3 rounds (none capped at these sizes)
             assert r["rounds"] == 3 and r["ci"][0] <= r["median"] <= r["ci"][1], r
-        assert {r["vs"] for r in ratios} == {strongest}, backend
+        assert {(r["mode"], r["vs"]) for r in ratios} == {(m, r["mode"]) for m in modes for r in references}, backend
+        assert {(r["mode"], r["vs"]) for r in ratios if r["strongest"]} == {(m, strongest) for m in modes}, backend
         overheads = [r for r in rows if r["backend"] == backend and r["kind"] == "loader_overhead"]
         assert (
             {r["mode"] for r in overheads}
@@ -178,4 +187,4 @@ def test_bench_smoke_all_backends(tmp_path, workload):
     assert all("vs_keras_fit" in e for e in bench["ratios"])
     assert (tmp_path / "bench.png").stat().st_size > 1000 and (tmp_path / "bench_mfu.png").stat().st_size > 1000
     report = (tmp_path / "bench.md").read_text()
-    assert "Ratios" in report and "against its targets" in report
+    assert "Ratios" in report and "against its targets" in report and "against every reference" in report
