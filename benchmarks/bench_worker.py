@@ -12,9 +12,8 @@ variant, and (with `keras_peer`) Keras `fit` on this framework (benchmarks.keras
 rows; `strongest` marks the one with the fastest median, which the target is held to) and to Keras fit
 (`vs_keras_fit`), and its loader overhead, end to end − placed, in ms per epoch and as a share of the epoch
 (`loader_overhead` rows). Every epoch row also gets its FLOP/s and model FLOP utilisation (common.flops, against
-the framework's GEMM peak). A mode or reference that
-cannot run here (e.g. a CUDA graph without a GPU) or that fails the equivalence check is recorded with a note,
-not timed.
+the framework's GEMM peak). A mode or reference that cannot run here (e.g. a CUDA graph without a GPU) or that
+fails the equivalence check is recorded with a note, not timed.
 """
 
 from __future__ import annotations
