@@ -8,7 +8,7 @@ from backends.numpy_backend.model import build
 from backends.numpy_backend.optim import CanonicalOptimizer
 from common.layers import init_params, is_state, stack
 from common.regularization import Regularization
-from tests.support import CNN_RUNS, LAYER_NORM_STACK, cnn_spec, make_spec, run_in_process
+from tests.support import CNN_RUNS, CNN_STACK, LAYER_NORM_STACK, cnn_spec, make_spec, run_in_process
 
 pytestmark = pytest.mark.framework_free  # no ML framework: runs once, in the torch env (tox.ini)
 
@@ -149,10 +149,11 @@ def test_cnn_trains_through_the_driver_and_records_the_state(run):
 
 def cnn_params(run: str = "sgd-momentum-wd"):
     """The canonical names of the CNN's parameters and state."""
-    return [  # conv0 and layer0 feed a batch_norm: no bias (tests.support.CNN_STACK); the Adam run drops conv1's
+    conv1 = CNN_RUNS[run].get("model", {}).get("layers", CNN_STACK)[3]  # the Adam run drops its bias
+    return [  # conv0 and layer0 feed a batch_norm: no bias (tests.support.CNN_STACK)
         "conv0.weight",
         "conv1.weight",
-        *(["conv1.bias"] if run == "sgd-momentum-wd" else []),
+        *(["conv1.bias"] if conv1.get("bias", True) else []),
         *(f"bn{i}.{s}" for i in (0, 1) for s in ("scale", "offset", "mean", "var")),
         "layer0.weight",
         "layer1.weight",
