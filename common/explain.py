@@ -9,10 +9,11 @@ records say they did, not the numbers:
 - the layer traps (`LAYER_TRAPS`): the pair's image and BatchNorm layers did different things (the `layers` row of
   each record, common.native.layer_settings): `bn-momentum-convention`, `bn-eps-default`, `bn-running-var`,
   `flatten-order`, `same-padding-stride2`, `avg-pool-same-count`;
-- `bias-before-batch-norm` (exact mode, Adam): a dense or conv2d layer with a bias feeds a batch_norm directly,
-  and the pair's final values of that bias differ beyond the tolerance: batch_norm cancels the bias, so its
-  gradient is rounding noise, which Adam divides by its own √v̂ into lr-sized steps (docs/design.md, "Images and
-  BatchNorm");
+- `bias-before-batch-norm` (exact mode, Adam): a dense or conv2d layer with a bias reaches a batch_norm, directly
+  or through layers that carry a change of the bias as one shift in every row (`SHIFT_CARRIERS`: linear layers,
+  pools, flatten, dropout, and relu where its units are active), and the pair's final values of that bias differ
+  beyond the tolerance: batch_norm cancels the shift, so the bias's gradient is (nearly always) rounding noise,
+  which Adam divides by its own √v̂ into lr-sized steps (docs/design.md, "A bias before a batch_norm");
 - the split-step causes (common.split_causes): `mean-of-means`, `average-loss-global-batch`, `sampler-padding`,
   `sampler-same-order`, `batch-norm-statistics`;
 - the idioms (common.idioms) an exact-regime run turned on: each deterministic idiom that changes a or b for this
@@ -146,18 +147,33 @@ def _layer_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:
     return out
 
 
-def biases_before_batch_norm(spec: dict) -> list[str]:
-    """Canonical names of the biases that feed a batch_norm directly in a record's spec (JSON form)."""
+# Kinds between a bias and a batch_norm that pass a change of the bias on as one shift in every row: linear maps and
+# pools (a max_pool where the window's maximum is the unit shifted), dropout (b/keep on kept units), relu (where
+# active). tanh, layer_norm and the rest end the path.
+SHIFT_CARRIERS = frozenset({"dense", "conv2d", "relu", "dropout", "max_pool", "avg_pool", "global_avg_pool", "flatten"})
+
+
+def biases_before_batch_norm(spec: dict) -> dict[str, list[str]]:
+    """The biases that reach a batch_norm in a record's spec (JSON form): canonical name → the kinds in between
+    (`SHIFT_CARRIERS`; [] for a direct feed); a tanh, as a layer or a layer's activation, ends the path."""
     from common.layers import tables
     from common.spec import typed
 
-    rows, counts, out = tables(typed(spec)), {"dense": 0, "conv2d": 0}, []
-    for row, after in zip(rows, [*rows[1:], None], strict=True):
-        if row["kind"] in counts:
-            number = counts[row["kind"]]
-            counts[row["kind"]] += 1
-            if row.get("bias", True) and after is not None and after["kind"] == "batch_norm":
-                out.append(f"{'layer' if row['kind'] == 'dense' else 'conv'}{number}.bias")
+    rows, counts, out = tables(typed(spec)), {"dense": 0, "conv2d": 0}, {}
+    for i, row in enumerate(rows):
+        if row["kind"] not in counts:
+            continue
+        number = counts[row["kind"]]
+        counts[row["kind"]] += 1
+        if not row.get("bias", True) or row.get("activation") == "tanh":
+            continue
+        path = ["relu"] if row.get("activation") == "relu" else []
+        for after in rows[i + 1 :]:
+            if after["kind"] == "batch_norm":
+                out[f"{'layer' if row['kind'] == 'dense' else 'conv'}{number}.bias"] = path
+            if after["kind"] not in SHIFT_CARRIERS or after.get("activation") == "tanh":
+                break
+            path.append(after["kind"] if after.get("activation") != "relu" else f"{after['kind']} (relu)")
     return out
 
 
@@ -170,8 +186,8 @@ def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | N
     ):
         return None  # native runs differ everywhere; the shorthand has no batch_norm; SGD moves it by lr·noise only
     tol = tolerance_for(spec["dtype"], "exact")
-    apart = []
-    for name in biases_before_batch_norm(spec):
+    apart, paths = [], biases_before_batch_norm(spec)
+    for name in paths:
         va, vb = npz_a.get(f"final/{name}"), npz_b.get(f"final/{name}")
         if va is None or vb is None:
             continue
@@ -184,10 +200,17 @@ def _bias_cause(a: str, b: str, rec: dict, npz_a: dict, npz_b: dict) -> dict | N
         "a": a,
         "b": b,
         "trap": "bias-before-batch-norm",
-        "why": f"{', '.join(apart)} feed{'s' if len(apart) == 1 else ''} a batch_norm, which cancels a bias: its "
-        f"gradient is rounding noise, which {spec['optimizer']['name']} divides by its own √v̂ into lr-sized steps "
-        f"that differ per framework; set bias = false on that layer",
+        "why": f"{'; '.join(_route(name, paths[name]) for name in apart)}: batch_norm cancels a shift that is the "
+        f"same in every row, so the bias's gradient is rounding noise, which {spec['optimizer']['name']} divides by "
+        f"its own √v̂ into lr-sized steps that differ per framework; set bias = false on that layer",
     }
+
+
+def _route(name: str, path: list[str]) -> str:
+    if not path:
+        return f"{name} feeds a batch_norm"
+    active = " (relu passes it where active)" if any("relu" in kind for kind in path) else ""
+    return f"{name} reaches a batch_norm through {', '.join(path)}{active}"
 
 
 def _idiom_causes(a: str, b: str, rec_a: dict, rec_b: dict) -> list[dict]:

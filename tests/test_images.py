@@ -185,6 +185,28 @@ def test_explain_names_every_layer_trap_between_native_torch_and_tf():
     assert jax_tf == {"bn-eps-default"}  # flax and Keras share the decay 0.99, the biased estimator, NHWC, TF's same
 
 
+def test_a_bias_is_followed_to_a_batch_norm_through_what_carries_its_shift():
+    """CNN_STACK's conv1 (relu) reaches bn1 through dropout, max_pool, flatten and a bias-free dense: a change of its
+    bias is the same shift in every row where relu is active and the pooled maximum kept (docs/design.md, "A bias
+    before a batch_norm"); a tanh on the way, as a layer or an activation, ends the path."""
+    full = {**CNN_STACK[3], "bias": True}
+    spec = cnn_spec("adam-l2-bias", stack=[*CNN_STACK[:3], full, *CNN_STACK[4:]], dtype="float32").to_dict()
+    route = ["relu", "dropout", "max_pool", "flatten", "dense"]
+    assert biases_before_batch_norm(spec) == {"conv1.bias": route}  # the final dense reaches no batch_norm
+    near, far = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 0.2]), np.array([0.1, -0.2, 0.3, 0.0, 0.45, 0.2])
+    records = {b: ({"spec": spec}, {"final/conv1.bias": v}) for b, v in (("numpy", near), ("tf", far))}
+    (cause,) = explain(records)
+    assert cause["trap"] == "bias-before-batch-norm"
+    assert cause["why"].startswith(
+        "conv1.bias reaches a batch_norm through relu, dropout, max_pool, flatten, dense (relu passes it where active)"
+    )
+    for stack in (
+        [*CNN_STACK[:3], {**full, "activation": "tanh"}, *CNN_STACK[4:]],  # conv1's own activation
+        [*CNN_STACK[:3], full, {"kind": "tanh"}, *CNN_STACK[4:]],  # a tanh layer after it
+    ):
+        assert biases_before_batch_norm(cnn_spec("adam-l2-bias", stack=stack).to_dict()) == {}
+
+
 def test_cause_lines_show_causes_of_pairs_found_different_over_seeds():
     cause = {"a": "jax", "b": "torch", "trap": "bn-momentum-convention", "why": "w"}
     comparison = {
@@ -201,7 +223,7 @@ def test_cause_lines_show_causes_of_pairs_found_different_over_seeds():
 def test_explain_names_a_bias_before_batch_norm_that_parted_under_adam():
     stack = [{"kind": "conv2d", "filters": 2, "kernel": 3}, {"kind": "batch_norm"}, *CNN_STACK[6:]]
     spec = cnn_spec("adam-l2-bias", stack=stack, dtype="float32").to_dict()
-    assert biases_before_batch_norm(spec) == ["conv0.bias"]  # layer0 has bias = false in CNN_STACK
+    assert biases_before_batch_norm(spec) == {"conv0.bias": []}  # layer0 has bias = false in CNN_STACK
     near, far = np.array([0.1, -0.2]), np.array([0.1, 0.05])
     records = {b: ({"spec": spec}, {"final/conv0.bias": v}) for b, v in (("numpy", near), ("torch", far))}
     assert [c["trap"] for c in explain(records)] == ["bias-before-batch-norm"]
