@@ -114,9 +114,9 @@ class TorchAdapter:
         # Adam's step count on the device for CUDA graphs, and for torch.compile on CUDA (which would set it only
         # for the state it creates; TorchOptimizer creates it up front)
         capturable = self.execution == "fused" or (self.execution == "compiled" and self.dev.type == "cuda")
-        # fused SGD where the device has it; not under torch.compile, which does not trace into it (a graph break)
-        # and compiles the multi-tensor step itself
-        fused = fused_supported(self.dev) and self.execution != "compiled"
+        # fused SGD where the device has it, in every mode: compiled mode runs the fused kernel as is (torch.compile
+        # does not trace into it) and compiles the multi-tensor step of the others (execution.CompiledStep)
+        fused = fused_supported(self.dev)
         self.optimizer = TorchOptimizer(spec, self.model, capturable, fused, graph=self.execution == "fused")
         self.run_step = make_step(
             self.execution,

@@ -8,7 +8,10 @@ it (`opt_step`, `optimizer.event`), never inside a compiled graph or a CUDA grap
 tensor the step reads, so a new lr neither recompiles nor needs a new capture. Modes differ only in the native
 mechanism running the step:
 - eager:    torch's eager autograd and `torch.optim`, op by op.
-- compiled: `torch.compile` of forward + loss (AOTAutograd compiles its backward) and of the optimizer step;
+- compiled: `torch.compile` of forward + loss (AOTAutograd compiles its backward) and of the optimizer step, unless
+            that step is torch.optim's fused kernel (SGD where the device has one), which runs as is: torch.compile
+            does not trace into it, and on a small model it is the faster step (docs/design.md, "Performance
+            methodology"); the compiled reference does the same;
             `dynamic=False` (one graph per batch shape) for static shapes, `None` (automatic dynamic shapes) for
             token batches whose T varies; it specialises on `real` (a padded batch compiles once more). Buffers
             mutate in place as in eager. The recompile limit is raised and hitting it is an error, so eager code can
@@ -72,11 +75,12 @@ class EagerStep:
 
 
 class CompiledStep(EagerStep):
-    """compiled: torch.compile of the forward + loss (AOTAutograd compiles its backward) and of the optimizer step."""
+    """compiled: torch.compile of the forward + loss (AOTAutograd compiles its backward) and of the optimizer step
+    (a fused optimizer step runs as is)."""
 
     def __init__(self, loss_fn: LossFn, optimizer, dynamic: bool | None = False):
         super().__init__(torch.compile(loss_fn, dynamic=dynamic), optimizer)
-        self.raw_step = torch.compile(optimizer.step, dynamic=False)
+        self.raw_step = optimizer.step if optimizer.fused else torch.compile(optimizer.step, dynamic=False)
         config = torch._dynamo.config
         config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         config.fail_on_recompile_limit_hit = True

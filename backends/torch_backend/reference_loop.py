@@ -17,7 +17,7 @@ against those, on the code path that is timed:
   allows it; SGD fused where the device has it); its scheduler events around every step and epoch.
 - Variants (REFERENCES): "eager", op by op; "compiled", `torch.compile(dynamic=False)` of the forward + loss
   (AOTAutograd compiles its backward), the optimizer step left to the fused kernel, which torch.compile would not trace
-  (without one, the multi-tensor step compiled too, as the compiled mode does, execution.CompiledStep); "graph", CUDA
+  (without one, the multi-tensor step compiled too), as the compiled mode does (execution.CompiledStep); "graph", CUDA
   only: CUDA graphs of CHUNK consecutive steps (one step under a schedule, whose LRScheduler steps in Python between
   steps), captured after a warm-up whose effects are undone (execution.capture); per chunk one device copy of its x and
   y and one replay.
